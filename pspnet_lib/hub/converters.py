@@ -1,0 +1,213 @@
+"""State-dict converters: other projects' checkpoint layouts -> this library's keys.
+
+Each layout is a list of regex rename rules applied to every key (the first rule that
+matches wins; a key no rule matches is dropped only if it is listed as ignorable, so
+nothing is lost silently). :func:`detect_format` recognises a layout from its keys, and
+:func:`infer_config` reads the architecture from the weights' shapes; what shapes cannot
+tell (``contract_dilation``, ``align_corners``) comes from the layout's documented defaults.
+See docs/model.md ("State-dict layout") and docs/weights.md.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+__all__ = [
+    "FORMATS",
+    "LAYOUT_DEFAULTS",
+    "convert_state_dict",
+    "detect_format",
+    "infer_config",
+    "strip_prefix",
+]
+
+Rules = list[tuple[str, str]]
+
+_NORM_FIELDS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+_RULES: dict[str, Rules] = {
+    "pspnet_lib": [(r"^(.*)$", r"\1")],
+    # mmsegmentation EncoderDecoder(ResNetV1c or ResNet, PSPHead, FCNHead).
+    "mmseg": [
+        (r"^backbone\.(.*)$", r"backbone.\1"),
+        (r"^decode_head\.conv_seg\.(weight|bias)$", r"decode_head.classifier.\1"),
+        (r"^decode_head\.psp_modules\.(\d+)\.1\.conv\.weight$", r"decode_head.ppm.branches.\1.conv.weight"),
+        (rf"^decode_head\.psp_modules\.(\d+)\.1\.bn\.{_NORM_FIELDS}$", r"decode_head.ppm.branches.\1.norm.\2"),
+        (r"^decode_head\.bottleneck\.conv\.weight$", r"decode_head.bottleneck.conv.weight"),
+        (rf"^decode_head\.bottleneck\.bn\.{_NORM_FIELDS}$", r"decode_head.bottleneck.norm.\1"),
+        (r"^auxiliary_head\.conv_seg\.(weight|bias)$", r"aux_head.classifier.\1"),
+        (r"^auxiliary_head\.convs\.(\d+)\.conv\.weight$", r"aux_head.convs.\1.conv.weight"),
+        (rf"^auxiliary_head\.convs\.(\d+)\.bn\.{_NORM_FIELDS}$", r"aux_head.convs.\1.norm.\2"),
+    ],
+    # hszhao/semseg PSPNet (after the DataParallel "module." prefix is stripped).
+    "semseg": [
+        (r"^layer0\.(\d+)\.(.*)$", r"backbone.stem.\1.\2"),
+        (r"^(layer[1-4]\..*)$", r"backbone.\1"),
+        (r"^ppm\.features\.(\d+)\.1\.weight$", r"decode_head.ppm.branches.\1.conv.weight"),
+        (rf"^ppm\.features\.(\d+)\.2\.{_NORM_FIELDS}$", r"decode_head.ppm.branches.\1.norm.\2"),
+        (r"^cls\.0\.weight$", r"decode_head.bottleneck.conv.weight"),
+        (rf"^cls\.1\.{_NORM_FIELDS}$", r"decode_head.bottleneck.norm.\1"),
+        (r"^cls\.4\.(weight|bias)$", r"decode_head.classifier.\1"),
+        (r"^aux\.0\.weight$", r"aux_head.convs.0.conv.weight"),
+        (rf"^aux\.1\.{_NORM_FIELDS}$", r"aux_head.convs.0.norm.\1"),
+        (r"^aux\.4\.(weight|bias)$", r"aux_head.classifier.\1"),
+    ],
+    # torchvision ImageNet ResNets (and mmsegmentation's "R-xxb" backbones): 7x7 stem.
+    "torchvision": [
+        (r"^(conv1|bn1)\.(.*)$", r"backbone.\1.\2"),
+        (r"^(layer[1-4]\..*)$", r"backbone.\1"),
+    ],
+    # mmsegmentation / mmcv ImageNet ResNetV1c backbones (resnet{18,50,101}_v1c).
+    "mmseg_backbone": [
+        (r"^(stem\.\d+\..*)$", r"backbone.\1"),
+        (r"^(layer[1-4]\..*)$", r"backbone.\1"),
+    ],
+    # hszhao/semseg ImageNet "deep base" backbones (resnet{50,101,152}_v2.pth).
+    "semseg_backbone": [
+        (r"^conv1\.(.*)$", r"backbone.stem.0.\1"),
+        (r"^bn1\.(.*)$", r"backbone.stem.1.\1"),
+        (r"^conv2\.(.*)$", r"backbone.stem.3.\1"),
+        (r"^bn2\.(.*)$", r"backbone.stem.4.\1"),
+        (r"^conv3\.(.*)$", r"backbone.stem.6.\1"),
+        (r"^bn3\.(.*)$", r"backbone.stem.7.\1"),
+        (r"^(layer[1-4]\..*)$", r"backbone.\1"),
+    ],
+}
+
+#: Keys a layout carries that have no counterpart here (ImageNet classifiers).
+_IGNORABLE: dict[str, str] = {
+    "torchvision": r"^fc\.(weight|bias)$",
+    "mmseg_backbone": r"^fc\.(weight|bias)$",
+    "semseg_backbone": r"^fc\.(weight|bias)$",
+}
+
+FORMATS = tuple(_RULES)
+
+#: What a checkpoint's weights cannot tell about its architecture, per layout.
+LAYOUT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pspnet_lib": {},
+    "mmseg": {"contract_dilation": True, "align_corners": False},
+    "semseg": {"contract_dilation": False, "align_corners": True},
+    "torchvision": {"contract_dilation": True, "align_corners": False},
+    "mmseg_backbone": {"contract_dilation": True, "align_corners": False},
+    "semseg_backbone": {"contract_dilation": False, "align_corners": True},
+}
+
+BACKBONE_FORMATS = ("torchvision", "mmseg_backbone", "semseg_backbone")
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
+    """Remove a prefix (DataParallel's ``module.``) when every key carries it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def detect_format(state_dict: Mapping[str, Any]) -> str:
+    """Name the layout of a state dict (see :data:`FORMATS`) from its keys."""
+    keys = set(state_dict)
+
+    def has(pattern: str) -> bool:
+        rx = re.compile(pattern)
+        return any(rx.match(k) for k in keys)
+
+    if has(r"^decode_head\.ppm\.branches\.") or (has(r"^backbone\.") and has(r"^decode_head\.classifier\.")):
+        return "pspnet_lib"
+    if has(r"^decode_head\.psp_modules\.") or has(r"^decode_head\.conv_seg\."):
+        return "mmseg"
+    if has(r"^backbone\.(stem|conv1|layer1)\.") and not has(r"^decode_head\."):
+        return "pspnet_lib"  # a backbone-only state dict in this library's layout
+    if has(r"^layer0\.") and (has(r"^ppm\.features\.") or has(r"^cls\.")):
+        return "semseg"
+    if has(r"^stem\.\d+\.") and has(r"^layer1\."):
+        return "mmseg_backbone"
+    if has(r"^conv1\.") and has(r"^conv3\.weight$") and has(r"^layer1\."):
+        return "semseg_backbone"
+    if has(r"^conv1\.") and has(r"^layer1\."):
+        return "torchvision"
+    sample = sorted(keys)[:5]
+    raise ValueError(
+        f"cannot recognise the checkpoint layout from its keys (first keys: {sample}); "
+        f"pass format= one of {', '.join(FORMATS)}"
+    )
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], format: str) -> dict[str, torch.Tensor]:
+    """Rename the keys of ``state_dict`` from ``format`` to this library's layout.
+
+    Raises ``ValueError`` listing keys that no rule maps (a sign of a wrong ``format``).
+    """
+    if format not in _RULES:
+        raise ValueError(f"unknown checkpoint format {format!r}; expected one of {', '.join(FORMATS)}")
+    rules = [(re.compile(p), r) for p, r in _RULES[format]]
+    ignorable = re.compile(_IGNORABLE[format]) if format in _IGNORABLE else None
+    out: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, value in state_dict.items():
+        for rx, repl in rules:
+            if rx.match(key):
+                out[rx.sub(repl, key)] = value
+                break
+        else:
+            if ignorable is None or not ignorable.match(key):
+                unmapped.append(key)
+    if unmapped:
+        raise ValueError(
+            f"{len(unmapped)} key(s) of the {format!r} checkpoint have no counterpart in PSPNet, "
+            f"e.g. {unmapped[:5]}; is format={format!r} right? (valid: {', '.join(FORMATS)})"
+        )
+    return out
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_lib") -> dict[str, Any]:
+    """Read the architecture from a state dict already in this library's layout.
+
+    Returns the :class:`~pspnet_lib.PSPNetConfig` fields the weights determine (depth, stem,
+    widths, classes, aux) merged over the ``format``'s defaults for what they cannot
+    (``contract_dilation``, ``align_corners``). Head fields are absent for backbone-only weights.
+    """
+    cfg: dict[str, Any] = dict(LAYOUT_DEFAULTS.get(format, {}))
+    sd = state_dict
+
+    def blocks(stage: int) -> int:
+        rx = re.compile(rf"^backbone\.layer{stage}\.(\d+)\.")
+        return len({int(m.group(1)) for k in sd if (m := rx.match(k))})
+
+    counts = tuple(blocks(i) for i in range(1, 5))
+    bottleneck = "backbone.layer1.0.conv3.weight" in sd
+    depth_table = {
+        (False, (2, 2, 2, 2)): 18,
+        (False, (3, 4, 6, 3)): 34,
+        (True, (3, 4, 6, 3)): 50,
+        (True, (3, 4, 23, 3)): 101,
+        (True, (3, 8, 36, 3)): 152,
+    }
+    if (bottleneck, counts) not in depth_table:
+        raise ValueError(f"cannot infer the ResNet depth from the weights (blocks per stage {counts})")
+    cfg["backbone"] = f"resnet{depth_table[(bottleneck, counts)]}"
+    if "backbone.stem.0.weight" in sd:
+        cfg["stem"] = "deep"
+        cfg["stem_channels"] = int(sd["backbone.stem.6.weight"].shape[0])
+        cfg["in_channels"] = int(sd["backbone.stem.0.weight"].shape[1])
+    elif "backbone.conv1.weight" in sd:
+        cfg["stem"] = "standard"
+        cfg["stem_channels"] = int(sd["backbone.conv1.weight"].shape[0])
+        cfg["in_channels"] = int(sd["backbone.conv1.weight"].shape[1])
+    else:
+        raise ValueError("the weights hold no backbone stem (backbone.stem.* or backbone.conv1.*)")
+
+    if "decode_head.classifier.weight" in sd:
+        cfg["num_classes"] = int(sd["decode_head.classifier.weight"].shape[0])
+        cfg["head_channels"] = int(sd["decode_head.bottleneck.conv.weight"].shape[0])
+        branches = sorted(
+            {int(m.group(1)) for k in sd if (m := re.match(r"^decode_head\.ppm\.branches\.(\d+)\.", k))}
+        )
+        if branches:  # the grid sizes themselves leave no trace in the weights: bins stay (1, 2, 3, 6)
+            cfg["ppm_channels"] = int(sd[f"decode_head.ppm.branches.{branches[0]}.conv.weight"].shape[0])
+        cfg["aux"] = "aux_head.classifier.weight" in sd
+        if cfg["aux"]:
+            cfg["aux_channels"] = int(sd["aux_head.convs.0.conv.weight"].shape[0])
+    return cfg

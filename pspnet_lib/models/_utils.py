@@ -1,0 +1,121 @@
+"""Small building blocks shared by the model files."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+NormLayer = Callable[[int], nn.Module]
+
+NORM_TYPES = ("batch", "syncbatch", "group", "frozenbatch")
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that always normalises with its running statistics.
+
+    Unlike ``torchvision.ops.FrozenBatchNorm2d`` it keeps BatchNorm2d's state-dict keys
+    (including ``num_batches_tracked``) so checkpoints load unchanged, and it stays in
+    eval mode whatever ``model.train()`` says. Its affine parameters can still be
+    trained; set ``requires_grad_(False)`` to freeze them too.
+    """
+
+    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
+        return super().train(False)
+
+
+def make_norm_layer(norm: str, groups: int = 32) -> NormLayer:
+    """Return a factory ``channels -> nn.Module`` for the named normalisation.
+
+    Args:
+        norm: one of ``"batch"`` (BatchNorm2d), ``"syncbatch"`` (SyncBatchNorm, for
+            multi-process training), ``"group"`` (GroupNorm, batch-size independent) or
+            ``"frozenbatch"`` (BatchNorm2d fixed to its running statistics).
+        groups: number of groups for GroupNorm; reduced to the largest divisor of the
+            channel count when a layer has fewer channels.
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d
+    if norm == "syncbatch":
+        return nn.SyncBatchNorm
+    if norm == "frozenbatch":
+        return FrozenBatchNorm2d
+    if norm == "group":
+
+        def group_norm(channels: int) -> nn.Module:
+            g = min(groups, channels)
+            while channels % g:
+                g -= 1
+            return nn.GroupNorm(g, channels)
+
+        return group_norm
+    raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_TYPES)}")
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d (no bias) -> norm -> ReLU, with the key names ``conv`` and ``norm``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        norm_layer: NormLayer,
+        padding: int = 0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.norm = norm_layer(out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv(x)))
+
+
+def _norms_with_running_stats(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+
+
+class _FreezeRunningStats:
+    """Keeps BatchNorm running statistics unchanged while a checkpointed block recomputes.
+
+    Without it the recomputation in the backward pass would apply the momentum update a
+    second time, and a checkpointed model would drift from a plain one.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.saved: list[tuple[nn.Module, float | None, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        for m in _norms_with_running_stats(self.module):
+            self.saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+
+    def __exit__(self, *exc) -> None:
+        for m, momentum, tracked in self.saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+        self.saved.clear()
+
+
+def checkpoint_module(
+    module: nn.Module, *args: torch.Tensor, fn: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Run ``fn(*args)`` (default ``module(*args)``) under activation checkpointing.
+
+    BatchNorm running statistics inside ``module`` are updated once, as without checkpointing.
+    """
+    return torch.utils.checkpoint.checkpoint(
+        fn if fn is not None else module,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _FreezeRunningStats(module)),
+    )

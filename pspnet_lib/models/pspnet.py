@@ -1,0 +1,271 @@
+"""PSPNet: a dilated ResNet, the pyramid pooling head and an auxiliary FCN head on layer3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._utils import NORM_TYPES, make_norm_layer
+from .heads import FCNHead, PSPHead
+from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS, ResNet
+
+__all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "PRESETS", "BACKBONES"]
+
+BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+
+#: Named override sets for the layouts of the two projects that released weights.
+PRESETS: dict[str, dict[str, Any]] = {
+    # mmsegmentation "R-xx-D8" (ResNetV1c): the default.
+    "mmseg": {},
+    # mmsegmentation "R-xxb-D8": torchvision-style 7x7 stem.
+    "mmseg-b": {"stem": "standard"},
+    # hszhao/semseg (the author's release): deep base 64-64-128, every layer3/4 block dilated.
+    "semseg": {"stem_channels": 128, "contract_dilation": False, "align_corners": True},
+}
+
+
+@dataclass
+class PSPNetConfig:
+    """Every architecture choice of a PSPNet; ``PSPNetConfig(**json.load(f))`` rebuilds a model.
+
+    Defaults reproduce mmsegmentation's ``pspnet_r50-d8`` (where most released weights come from).
+    See docs/model.md for each field and which released weights use which value.
+    """
+
+    backbone: str = "resnet50"
+    num_classes: int = 21
+    in_channels: int = 3
+    stem: str = "deep"
+    stem_channels: int = 64
+    output_stride: int = 8
+    contract_dilation: bool = True
+    dilations: list[int] | None = None
+    bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    ppm_channels: int | None = None
+    head_channels: int | None = None
+    aux: bool = True
+    aux_channels: int | None = None
+    dropout: float = 0.1
+    align_corners: bool = False
+    norm: str = "batch"
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        if self.stem not in ("standard", "deep"):
+            raise ValueError(f"unknown stem {self.stem!r}; expected 'standard' or 'deep'")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride!r}")
+        if self.norm not in NORM_TYPES:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORM_TYPES)}")
+        for name in ("num_classes", "in_channels", "stem_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.bins = [int(b) for b in self.bins]
+        if self.dilations is not None:
+            self.dilations = [int(d) for d in self.dilations]
+        # Resolve the depth-dependent widths so that the stored config is explicit.
+        basic = RESNET_DEPTHS[self.depth][0].expansion == 1
+        if self.head_channels is None:
+            self.head_channels = 128 if basic else 512
+        if self.aux_channels is None:
+            self.aux_channels = 64 if basic else 256
+        if self.ppm_channels is None:
+            self.ppm_channels = self.backbone_channels[3] // len(self.bins)
+
+    @property
+    def depth(self) -> int:
+        return int(self.backbone.removeprefix("resnet"))
+
+    @property
+    def backbone_channels(self) -> list[int]:
+        expansion = RESNET_DEPTHS[self.depth][0].expansion
+        return [64 * 2**i * expansion for i in range(4)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PSPNetConfig":
+        """Build a config from a mapping, rejecting unknown keys with the list of valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown PSPNet option(s) {unknown}; valid options are: {', '.join(sorted(valid))}")
+        return cls(**dict(values))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+class PSPNet(nn.Module):
+    """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017).
+
+    Args:
+        config: a :class:`PSPNetConfig` (or a mapping of its fields). Use :func:`build_pspnet`
+            for the usual way to make one.
+        norm_layer: optional factory ``channels -> nn.Module`` replacing ``config.norm``
+            (not stored in the config).
+
+    ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input's own size, for any
+    ``H, W >= 1``; ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
+    tensor ``(N, in_channels, H, W)``, normalised as the weights expect (ImageNet mean/std for
+    every released checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: PSPNetConfig | Mapping[str, Any] | None = None,
+        *,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = PSPNetConfig()
+        elif not isinstance(config, PSPNetConfig):
+            config = PSPNetConfig.from_dict(config)
+        self.config = config
+        norm_layer = norm_layer or make_norm_layer(config.norm, config.norm_groups)
+        self.backbone = ResNet(
+            config.depth,
+            in_channels=config.in_channels,
+            stem=config.stem,
+            stem_channels=config.stem_channels,
+            output_stride=config.output_stride,
+            contract_dilation=config.contract_dilation,
+            dilations=config.dilations,
+            norm_layer=norm_layer,
+        )
+        channels = self.backbone.out_channels
+        self.decode_head = PSPHead(
+            channels[3],
+            config.num_classes,
+            channels=config.head_channels,
+            bins=config.bins,
+            branch_channels=config.ppm_channels,
+            dropout=config.dropout,
+            norm_layer=norm_layer,
+            align_corners=config.align_corners,
+        )
+        self.aux_head = (
+            FCNHead(channels[2], config.num_classes, config.aux_channels, dropout=config.dropout, norm_layer=norm_layer)
+            if config.aux
+            else None
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Channels, stride and dilation of each backbone stage returned by :meth:`forward_features`."""
+        return self.backbone.feature_info
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training: recompute backbone stages and the PSP head in backward."""
+        self.backbone.set_grad_checkpointing(enable)
+        self.decode_head.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace both classifiers with freshly initialised ones for ``num_classes`` classes."""
+        self.config.num_classes = num_classes
+        heads = [self.decode_head] + ([self.aux_head] if self.aux_head is not None else [])
+        for head in heads:
+            old = head.classifier
+            head.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
+
+    def _check_input(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"PSPNet expects a torch.Tensor of shape (N, {self.config.in_channels}, H, W), got {type(x).__name__}; "
+                "for images, paths or arrays use pspnet_lib.predict / model.predict, which preprocess them"
+            )
+        if x.ndim != 4:
+            hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
+            raise ValueError(
+                f"PSPNet expects a 4-D input (N, {self.config.in_channels}, H, W), got shape {tuple(x.shape)}.{hint}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"PSPNet expects a floating-point input, got {x.dtype}. Convert and normalise first, e.g. "
+                "x.float() / 255 followed by ImageNet mean/std normalisation "
+                "(get_weights(name).transforms() does this)."
+            )
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"PSPNet was built for {self.config.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}). If your tensor is channels-last (N, H, W, C), permute it with "
+                "x.permute(0, 3, 1, 2); for other channel counts build the model with in_channels=..."
+            )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"PSPNet needs H, W >= 1, got shape {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone features of layer1..layer4 (see :attr:`feature_info`)."""
+        self._check_input(x)
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if return_aux and self.aux_head is None:
+            raise ValueError(
+                "return_aux=True needs the auxiliary head, but this model was built with aux=False; "
+                "build it with aux=True or call model(x) for the main logits only"
+            )
+        size = x.shape[-2:] if isinstance(x, torch.Tensor) else None
+        features = self.forward_features(x)
+        main = self._upsample(self.decode_head(features[3]), size)
+        if not return_aux:
+            return main
+        return main, self._upsample(self.aux_head(features[2]), size)
+
+    def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
+
+
+def build_pspnet(
+    backbone: str = "resnet50",
+    num_classes: int = 21,
+    *,
+    preset: str | None = None,
+    config: PSPNetConfig | Mapping[str, Any] | None = None,
+    norm_layer: Callable[[int], nn.Module] | None = None,
+    **overrides: Any,
+) -> PSPNet:
+    """Build a PSPNet.
+
+    Args:
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
+        num_classes: number of output classes.
+        preset: a named set of overrides from :data:`PRESETS`: ``"mmseg"`` (default layout, deep
+            stem 32-32-64), ``"mmseg-b"`` (7x7 stem) or ``"semseg"`` (the author's layout).
+        config: a full config (or mapping, e.g. a loaded ``config.json``); when given,
+            ``backbone``/``num_classes`` defaults are ignored and ``overrides`` apply on top.
+        norm_layer: a custom norm factory (e.g. ``functools.partial(nn.GroupNorm, 16)``).
+        **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...).
+
+    Example::
+
+        model = build_pspnet("resnet50", num_classes=150)
+        model = build_pspnet("resnet101", num_classes=19, preset="semseg")
+    """
+    if config is not None:
+        base = config.to_dict() if isinstance(config, PSPNetConfig) else dict(config)
+    else:
+        base = {"backbone": backbone, "num_classes": num_classes}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        base.update(PRESETS[preset])
+    base.update(overrides)
+    return PSPNet(PSPNetConfig.from_dict(base), norm_layer=norm_layer)
