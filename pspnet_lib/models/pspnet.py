@@ -114,6 +114,11 @@ class PSPNet(nn.Module):
     Args:
         config: a :class:`PSPNetConfig` (or a mapping of its fields). Use :func:`build_pspnet`
             for the usual way to make one.
+        pretrained_cfg: what a user of the weights needs besides the architecture: the input
+            normalisation (``mean``/``std`` on the 0..1 scale), ``classes``, ``palette``,
+            ``ignore_index`` and the ``inference`` protocol the published numbers used. Set by
+            :func:`~pspnet_lib.load_pretrained`; empty for a freshly built model, in which case
+            ImageNet statistics and whole-image inference are assumed. See docs/weights.md.
         norm_layer: optional factory ``channels -> nn.Module`` replacing ``config.norm``
             (not stored in the config).
 
@@ -127,9 +132,11 @@ class PSPNet(nn.Module):
         self,
         config: PSPNetConfig | Mapping[str, Any] | None = None,
         *,
+        pretrained_cfg: Mapping[str, Any] | None = None,
         norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
         if config is None:
             config = PSPNetConfig()
         elif not isinstance(config, PSPNetConfig):
@@ -184,6 +191,12 @@ class PSPNet(nn.Module):
         for head in heads:
             old = head.classifier
             head.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
+
+    def predict(self, images: Any, **kwargs: Any) -> Any:
+        """Segment images given as paths, PIL images, arrays or tensors; see :func:`pspnet_lib.predict`."""
+        from ..inference.predict import predict
+
+        return predict(self, images, **kwargs)
 
     def _check_input(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
