@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import machine_info, sync, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet  # noqa: E402
 from pspnet_lib.runtime import smooth_image  # noqa: E402
@@ -137,15 +135,10 @@ class Trainer:
         else:
             loss.backward()
             self.opt.step()
-        return float(loss)
+        return loss.detach().item()
 
     def release_grads(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -225,19 +218,6 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def machine_info(device: torch.device, threads: int) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": threads, "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    info["load_average"] = os.getloadavg()
-    return info
-
-
 def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"\nPSPNet {report['backbone']} training step ({report['machine']['device']}, "
@@ -258,13 +238,6 @@ def print_table(report: dict) -> None:
                 print(f"{batch:>5} {crop:>5} {r['mode']:<10} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {speed:>8} "
                       f"{r['growth_bytes'] / 2**20:>11.0f} {mem:>8} {r['growth_bytes'] / 2**20 / mpx:>8.0f}")
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average'])}")
-
-
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pspnet_lib.runtime import (
     from_subgrids,
     native_dtype_support,
     optimize_for_inference,
+    randomize_batchnorm_,
     smooth_image,
     space_to_batch_conv2d,
     to_subgrids,
@@ -29,22 +30,9 @@ SMALL = {"head_channels": 32, "aux_channels": 16, "ppm_channels": 8}
 BF16_NATIVE = native_dtype_support(torch.bfloat16, "cpu")[0]
 
 
-def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics/affines, so that folding them is actually exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-    return model
-
-
 def small_model(backbone: str = "resnet18", **overrides) -> nn.Module:
     kw = dict(SMALL, **overrides)
-    return randomise_norms(build_pspnet(backbone, 5, **kw)).eval()
+    return randomize_batchnorm_(build_pspnet(backbone, 5, **kw)).eval()
 
 
 def rel_err(ref: torch.Tensor, out: torch.Tensor) -> float:

@@ -3,7 +3,7 @@
 See docs/performance.md for measured speed-ups, and benchmarks/ for the scripts that measure them.
 """
 
-from .accuracy import agreement_stats, compare_models, smooth_image
+from .accuracy import agreement_stats, compare_models, randomize_batchnorm_, smooth_image
 from .model import FastPSPNet
 from .optimize import optimize_for_inference
 from .precision import native_dtype_support
@@ -16,6 +16,7 @@ __all__ = [
     "from_subgrids",
     "native_dtype_support",
     "optimize_for_inference",
+    "randomize_batchnorm_",
     "smooth_image",
     "space_to_batch_conv2d",
     "to_subgrids",

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["agreement_stats", "compare_models", "smooth_image"]
+__all__ = ["agreement_stats", "compare_models", "randomize_batchnorm_", "smooth_image"]
 
 
 def agreement_stats(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
@@ -54,6 +54,27 @@ def compare_models(reference: nn.Module, candidate: nn.Module, inputs: Iterable[
     if total["pixels"] == 0:
         raise ValueError("compare_models got no input batches")
     return total
+
+
+@torch.no_grad()
+def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters, in place.
+
+    A freshly built model's BatchNorms are identities in eval mode (mean 0, variance 1, weight 1,
+    bias 0), so an accuracy check of BatchNorm folding on it would prove nothing. The values follow
+    the reference recipe of tests/data/reference: mean ~ N(0, 0.1), variance ~ U(0.5, 1.5),
+    weight ~ N(1, 0.1), bias ~ N(0, 0.1). Returns ``model``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            c = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            if m.affine:
+                m.weight.copy_(1 + 0.1 * torch.randn(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+    return model
 
 
 def smooth_image(

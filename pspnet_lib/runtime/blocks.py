@@ -186,6 +186,7 @@ class FastStage(nn.Module):
         block = self.blocks[i]
         return block.splittable and block.dilation > 1
 
+    @torch.compiler.disable  # calibration times eager kernels and fills a cache
     def plan_for(self, x: torch.Tensor) -> tuple[int, ...]:
         """Per-block split factor (1 = direct) for inputs shaped like ``x``."""
         if self.space_to_batch is False or not any(self._candidate(i) for i in range(len(self.blocks))):

@@ -124,12 +124,15 @@ class FusedConv(nn.Module):
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
-    def _packed_weight(self, padding: int, dilation: int) -> torch.Tensor:
+    def _packed_weight(self, padding: int, dilation: int, input_size: list[int]) -> torch.Tensor:
+        # Packed on first use with the real input size: without it oneDNN may pick a blocked
+        # layout that its kernels for this shape then reorder again on every call (measured 2-3x
+        # slower for ResNet-50's 2048<->512 1x1 convolutions). Later shapes reuse the layout.
         key = (padding, dilation)
         packed = self._packed.get(key)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, [padding] * 2, [self.stride] * 2, [dilation] * 2, 1
+                self.weight, [padding] * 2, [self.stride] * 2, [dilation] * 2, 1, input_size
             )
             self._packed[key] = packed
         return packed
@@ -146,7 +149,7 @@ class FusedConv(nn.Module):
             dilation //= subgrid_factor
             padding //= subgrid_factor
         if self.backend == "mkldnn":
-            w = self._packed_weight(padding, dilation)
+            w = self._packed_weight(padding, dilation, list(x.shape))
             pad, stride, dil = [padding] * 2, [self.stride] * 2, [dilation] * 2
             act = "relu" if self.relu else "none"
             if residual is None:

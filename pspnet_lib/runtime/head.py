@@ -74,7 +74,8 @@ class FastPSPHead(nn.Module):
             branch_b.append(b.float() if b is not None else torch.zeros(w.shape[0], dtype=torch.float32, device=w.device))
             self.branch_norms.append(left.float() if left is not None else nn.Identity())
             cb = w.shape[0]
-            slices.append(weight[:, offset : offset + cb].permute(1, 2, 3, 0).float().contiguous())
+            # (C_b, 3 * 3 * O), columns ordered (di, dj, o): one matmul per branch gives Z_k.
+            slices.append(weight[:, offset : offset + cb].permute(1, 2, 3, 0).reshape(cb, -1).float().contiguous())
             offset += cb
         if offset != weight.shape[1]:
             raise ValueError(f"bottleneck input channels {weight.shape[1]} != pyramid output channels {offset}")
@@ -97,6 +98,7 @@ class FastPSPHead(nn.Module):
         )
         self._matrices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @torch.compiler.disable  # a per-size cache: mutating it inside a compiled graph forces recompiles
     def _shifted_matrices(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h, R)`` and ``(w, R)``: every bin's interpolation matrix at row offsets -1, 0, +1."""
         key = (h, w)
@@ -125,8 +127,9 @@ class FastPSPHead(nn.Module):
             b = torch.einsum("oc,ncpq->nopq", getattr(self, f"branch_weight{i}"), pooled)
             b = b + getattr(self, f"branch_bias{i}").reshape(1, -1, 1, 1)
             b = self.branch_norms[i](b).relu_()
-            zk = torch.einsum("ncpq,cdeo->ndpeqo", b, getattr(self, f"pyramid_weight{i}"))
-            z[:, offset : offset + 3 * s, offset : offset + 3 * s] = zk.reshape(n, 3 * s, 3 * s, out_ch)
+            zk = torch.matmul(b.permute(0, 2, 3, 1).reshape(n * s * s, -1), getattr(self, f"pyramid_weight{i}"))
+            zk = zk.reshape(n, s, s, 3, 3, out_ch).permute(0, 3, 1, 4, 2, 5)  # (N, di, p, dj, q, O)
+            z[:, offset : offset + 3 * s, offset : offset + 3 * s].view(n, 3, s, 3, s, out_ch).copy_(zk)
             offset += 3 * s
         t = torch.matmul(rows, z.reshape(n, r, r * out_ch)).reshape(n, h, r, out_ch)
         out = torch.matmul(cols, t)  # (N, h, w, O)
@@ -141,6 +144,6 @@ class FastPSPHead(nn.Module):
         feat.relu_()
         n, h, w, c = feat.shape
         logits = torch.addmm(self.classifier_bias, feat.reshape(-1, c), self.classifier_weight.T)
-        logits = logits.reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        out = F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
-        return out.contiguous()
+        # Few classes: making the low-resolution logits NCHW is cheap and gives a contiguous output.
+        logits = logits.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
