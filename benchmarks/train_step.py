@@ -13,13 +13,16 @@ Modes: ``fp32``; ``bf16`` (``torch.autocast`` bfloat16, model and input channels
 (autocast float16 with a ``GradScaler``) and ``fp16+ckpt``. For each batch/crop every mode gets its own
 copy of the same weights and the modes run round-robin, so machine load affects all alike.
 
-Memory is the growth over one step (after a warm-up step, so optimizer state already exists):
-on CPU, the peak resident set size (``VmHWM`` after resetting it through ``/proc/self/clear_refs``)
-minus the resident size before the step, with glibc told to return every block of 64 KiB or more to
-the OS when freed (``MALLOC_MMAP_THRESHOLD_``; the script re-executes itself with it) so the
-resident size follows live tensors; on CUDA, ``torch.cuda.max_memory_allocated`` minus the
-allocation before the step. A configuration whose predicted growth (from the same mode at a smaller
-batch) exceeds 80% of the available memory is skipped and reported as such.
+Time: one warm-up step per mode, then ``--reps`` timed steps round-robin, with the default
+allocator. Memory, measured in an extra step per mode afterwards, is the growth over one step
+(optimizer state already exists): on CPU, the peak resident set size (``VmHWM`` after resetting it
+through ``/proc/self/clear_refs``) minus the resident size before the step, with glibc told for
+that step to serve every block of 64 KiB or more by ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``, after
+``malloc_trim``) so that freed tensors leave the resident set at once and it follows live tensors
+(that setting costs ~25% in page faults, which is why timing is done separately); on CUDA,
+``torch.cuda.max_memory_allocated`` minus the allocation before the step. A configuration whose
+predicted growth (from the same mode at a smaller batch or crop) exceeds 80% of the available
+memory is skipped and reported as such.
 """
 
 from __future__ import annotations
@@ -41,9 +44,6 @@ from _common import machine_info, sync, write_json  # noqa: E402  (also puts the
 from pspnet_lib import build_pspnet  # noqa: E402
 from pspnet_lib.runtime import smooth_image  # noqa: E402
 
-_MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-
-
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -61,18 +61,19 @@ def _mem_available_bytes() -> int:
 
 
 class MemoryMeter:
-    """Peak memory growth over a region: RSS high-water mark on CPU, allocator peak on CUDA."""
+    """Peak memory growth over a region.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation at the start. CPU: the peak of
+    live tensor bytes from the CPU allocator's events (``torch.profiler`` with
+    ``profile_memory=True``: every allocation and free, summed in time order), the CPU analogue of
+    the CUDA number, plus the resident-set high-water mark (``VmHWM``, reset through
+    ``/proc/self/clear_refs``) minus the resident size at the start. The RSS figure can undercount
+    (glibc reuses memory it retained from earlier steps) or overcount (allocator slack), so the
+    allocator peak is the one used for ratios and GPU extrapolation.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.can_reset = device.type == "cuda"
-        if device.type == "cpu":
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                self.can_reset = True
-            except OSError:
-                self.can_reset = False
 
     def start(self) -> None:
         gc.collect()
@@ -80,18 +81,33 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
-        else:
+            return
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+        try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
-            self.base = _status_kib("VmRSS") * 1024
+            self.rss_base = _status_kib("VmRSS") * 1024
+        except OSError:
+            self.rss_base = None
+        self.prof.__enter__()
 
     def stop(self) -> dict:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
             return {"growth_bytes": peak - self.base, "peak_bytes": peak}
-        peak = _status_kib("VmHWM") * 1024
-        return {"growth_bytes": peak - self.base, "peak_bytes": peak}
+        rss_growth = _status_kib("VmHWM") * 1024 - self.rss_base if self.rss_base is not None else None
+        self.prof.__exit__(None, None, None)
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in self.prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        return {"growth_bytes": peak, "rss_growth_bytes": rss_growth}
 
 
 def make_batch(batch: int, crop: int, num_classes: int, device: torch.device, seed: int):
@@ -173,20 +189,23 @@ def run(args: argparse.Namespace) -> dict:
                 t.step(images, labels)
                 t.release_grads()
             times: dict[str, list[float]] = {t.mode: [] for t in trainers}
-            mems: dict[str, list[dict]] = {t.mode: [] for t in trainers}
+            mems: dict[str, dict] = {}
             losses: dict[str, float] = {}
             for _ in range(args.reps):
                 for t in trainers:
-                    meter.start()
                     sync(device)
                     t0 = time.perf_counter()
                     losses[t.mode] = t.step(images, labels)
                     sync(device)
                     times[t.mode].append(time.perf_counter() - t0)
-                    mems[t.mode].append(meter.stop())
                     t.release_grads()
             for t in trainers:
-                growth = max(m["growth_bytes"] for m in mems[t.mode])
+                meter.start()
+                t.step(images, labels)
+                mems[t.mode] = meter.stop()
+                t.release_grads()
+            for t in trainers:
+                growth = mems[t.mode]["growth_bytes"]
                 per_pixel[t.mode] = max(per_pixel.get(t.mode, 0.0), growth / (batch * crop * crop))
                 results.append(
                     {
@@ -196,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
                         "median_s": statistics.median(times[t.mode]),
                         "min_s": min(times[t.mode]),
                         "growth_bytes": growth,
-                        "peak_bytes": max(m["peak_bytes"] for m in mems[t.mode]),
+                        **{k: v for k, v in mems[t.mode].items() if k != "growth_bytes"},
                         "loss": losses[t.mode],
                     }
                 )
@@ -213,7 +232,7 @@ def run(args: argparse.Namespace) -> dict:
         "backbone": args.backbone,
         "classes": args.classes,
         "reps": args.reps,
-        "memory_method": "VmHWM - VmRSS (MALLOC_MMAP_THRESHOLD_=65536)" if device.type == "cpu" else "cuda.max_memory_allocated - memory_allocated",
+        "memory_method": "allocator peak (profiler) and VmHWM - VmRSS" if device.type == "cpu" else "cuda.max_memory_allocated - memory_allocated",
         "results": results,
     }
 
@@ -222,8 +241,10 @@ def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"\nPSPNet {report['backbone']} training step ({report['machine']['device']}, "
           f"{report['machine']['threads']} threads, torch {report['machine']['torch']})")
+    cpu = report["machine"]["device"] == "cpu"
+    print(f"memory: {report['memory_method']}")
     print(f"{'batch':>5} {'crop':>5} {'mode':<10} {'median s':>9} {'min s':>8} {'speed-up':>8} "
-          f"{'growth MiB':>11} {'vs fp32':>8} {'MiB/Mpx':>8}")
+          f"{'peak MiB':>9} {'vs fp32':>8} {'MiB/Mpx':>8}" + (f" {'RSS MiB':>8} {'vs fp32':>8}" if cpu else ""))
     for crop in sorted({r["crop"] for r in rows}):
         for batch in sorted({r["batch"] for r in rows}):
             group = [r for r in rows if r["crop"] == crop and r["batch"] == batch]
@@ -235,8 +256,12 @@ def print_table(report: dict) -> None:
                 speed = f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-"
                 mem = f"{r['growth_bytes'] / ref['growth_bytes']:.0%}" if ref else "-"
                 mpx = batch * crop * crop / 1e6
-                print(f"{batch:>5} {crop:>5} {r['mode']:<10} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {speed:>8} "
-                      f"{r['growth_bytes'] / 2**20:>11.0f} {mem:>8} {r['growth_bytes'] / 2**20 / mpx:>8.0f}")
+                line = (f"{batch:>5} {crop:>5} {r['mode']:<10} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {speed:>8} "
+                        f"{r['growth_bytes'] / 2**20:>9.0f} {mem:>8} {r['growth_bytes'] / 2**20 / mpx:>8.0f}")
+                if cpu and r.get("rss_growth_bytes") is not None:
+                    rss_ratio = f"{r['rss_growth_bytes'] / ref['rss_growth_bytes']:.0%}" if ref else "-"
+                    line += f" {r['rss_growth_bytes'] / 2**20:>8.0f} {rss_ratio:>8}"
+                print(line)
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average'])}")
 
 
@@ -254,10 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.crops = [2], [473]
-    if args.device == "cpu" and os.environ.get(_MMAP_ENV) is None:
-        # Re-execute so glibc returns freed tensors to the OS and RSS tracks live memory.
-        env = dict(os.environ, **{_MMAP_ENV: "65536"})
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     report = run(args)
     print_table(report)
     write_json(report, args.json)
