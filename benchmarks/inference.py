@@ -245,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             report["results"] = results
             write_json(report, args.json)  # partial results survive an interrupted run
     report["winograd_choices"] = {
-        f"{tuple(k[0])}->{k[1]} {k[2]}": v for k, v in conv_module._WINOGRAD_CHOICES.items()
+        f"{shape} -> {key[1]} channels, {key[2]}": choice
+        for key, shapes in conv_module._WINOGRAD_CHOICES.items()
+        for shape, choice in shapes.items()
     }
     report["peak_after"] = measure_peak(low[0], device, reps=5)
     report["load_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 WINOGRAD_MIN_CHANNELS = 64
 # Direct-vs-Winograd decisions, shared by every convolution of the same shape: timing depends on
 # the problem, not on the weights, so one measurement serves all identical layers (and models).
-_WINOGRAD_CHOICES: dict[tuple, bool] = {}
+# Keyed by the convolution (channels, dtype, device, ...), then by input shape.
+_WINOGRAD_CHOICES: dict[tuple, dict[tuple, bool]] = {}
+# Input shapes calibrated per convolution; further shapes (e.g. whole-image inference on images of
+# many sizes) reuse the decision of the calibrated shape with the closest pixel count.
+_MAX_CALIBRATED_SHAPES = 8
 
 
 def _mkldnn_ops_present() -> bool:
@@ -176,8 +180,14 @@ class FusedConv(nn.Module):
             return True
         if x.shape[1] < WINOGRAD_MIN_CHANNELS:
             return False
-        key = (tuple(x.shape), self.out_channels, x.dtype, x.device, self.backend, self.bias is not None)
-        choice = _WINOGRAD_CHOICES.get(key)
+        choices = _WINOGRAD_CHOICES.setdefault(
+            (x.shape[1], self.out_channels, x.dtype, x.device, self.backend, self.bias is not None), {}
+        )
+        shape = tuple(x.shape)
+        choice = choices.get(shape)
+        if choice is None and len(choices) >= _MAX_CALIBRATED_SHAPES:
+            pixels = shape[0] * shape[2] * shape[3]
+            return choices[min(choices, key=lambda s: abs(s[0] * s[2] * s[3] - pixels))]
         if choice is None:
             if self._winograd_weight is None:
                 self._winograd_weight = winograd_weight(self.weight.detach(), self.dtype)
@@ -190,7 +200,7 @@ class FusedConv(nn.Module):
                     device=x.device,
                 )
             choice = t_winograd < 0.95 * t_direct
-            _WINOGRAD_CHOICES[key] = choice
+            choices[shape] = choice
             logger.debug(
                 "Winograd calibration %s -> %d: direct %.2f ms, Winograd %.2f ms -> %s",
                 tuple(x.shape), self.out_channels, 1e3 * t_direct, 1e3 * t_winograd, "Winograd" if choice else "direct",
