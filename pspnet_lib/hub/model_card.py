@@ -126,6 +126,14 @@ def _classes_text(cfg: dict[str, Any], num_classes: int) -> str:
     return "\n\n".join(lines)
 
 
+def _task_description(dataset_title: str | None, num_classes: int) -> str:
+    if not dataset_title:
+        return f"semantic segmentation ({num_classes} classes)"
+    if "classes" in dataset_title:
+        return f"semantic segmentation of {dataset_title}"
+    return f"semantic segmentation of {dataset_title} ({num_classes} classes)"
+
+
 def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
     """A :class:`huggingface_hub.ModelCard` describing ``model`` (a PSPNet) and its ``pretrained_cfg``."""
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
@@ -173,8 +181,8 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
         template_str=_TEMPLATE,
         title=name,
         backbone=backbone,
-        task_description=f"semantic segmentation of {dataset_title} ({config.num_classes} classes)" if dataset_title else f"semantic segmentation ({config.num_classes} classes)",
-        repo_id=repo_id or "<org>/<repo>",
+        task_description=_task_description(dataset_title, config.num_classes),
+        repo_id=repo_id or cfg.get("hf_hub_id") or "<org>/<repo>",
         num_classes=config.num_classes,
         mean=[round(v, 4) for v in cfg.get("mean", [])] or "(ImageNet)",
         std=[round(v, 4) for v in cfg.get("std", [])] or "(ImageNet)",
