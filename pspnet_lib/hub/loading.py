@@ -342,13 +342,17 @@ def resolve_source(
         return _resolve_path(path, format, trust_pickle)
     try:
         name = resolve_name(source)
+        unknown_name = None
     except ValueError as exc:
+        name, unknown_name = None, str(exc)
+    if name is None:
         path = Path(source).expanduser()
-        if path.exists():
-            return _resolve_path(path, format, trust_pickle)
-        raise ValueError(
-            f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. {exc}"
-        ) from None
+        if not path.exists():
+            raise ValueError(
+                f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
+                f"{unknown_name}"
+            )
+        return _resolve_path(path, format, trust_pickle)
     if format is not None:
         raise ValueError(f"format= applies to checkpoint files; the zoo entry {name!r} has a known format")
     return _resolve_zoo(
