@@ -157,3 +157,10 @@ def test_from_pretrained_folder_without_config(tmp_path):
         PSPNet.from_pretrained(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="not a save_pretrained folder"):
         load_pretrained(tmp_path / "m")
+
+
+def test_model_card_repo_id(tmp_path):
+    model = build_pspnet("resnet18", 2, **SMALL)
+    model.save_pretrained(tmp_path / "m", model_card_kwargs={"repo_id": "my-org/pspnet-x"})
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert 'load_pretrained("hf-hub:my-org/pspnet-x")' in text and "license" not in text.split("---")[1]
