@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pspnet_lib.hub.loading as loading_module
-from pspnet_lib import load_pretrained
+from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.hub import ChecksumError, OfflineError, Weights, get_weights, is_cached, register_weights, unregister_weights
 from pspnet_lib.hub.download import cached_paths
 
@@ -219,3 +219,36 @@ def test_url_sources_http_and_file(published, tmp_path):
         load_pretrained("ftp://example.org/x.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pretrained((tmp_path / "missing.pth").as_uri())
+
+
+def test_backbone_zoo_entry_through_the_server(tmp_path, monkeypatch):
+    """An ImageNet backbone entry (torchvision layout): download, convert, cache, then build on it."""
+    import torchvision
+
+    served = tmp_path / "served"
+    served.mkdir()
+    tv = torchvision.models.resnet18()
+    tmp = served / "tmp.pth"
+    torch.save(tv.state_dict(), tmp)
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    path = served / f"resnet18-{sha[:8]}.pth"
+    tmp.rename(path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the default cache: $TORCH_HOME/hub/checkpoints
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    with serve_directory(served) as server:
+        register_weights(
+            Weights("test_resnet18_tv", f"{server.url}/{path.name}", sha[:8], "torchvision",
+                    {"backbone": "resnet18", "stem": "standard", "stem_channels": 64}, {"task": "backbone"}),
+            overwrite=True,
+        )
+        try:
+            model = load_pretrained("test_resnet18_tv", num_classes=3, progress=False)
+            assert len(server.requests) == 1 and (cache / f"test_resnet18_tv-{sha[:8]}.safetensors").is_file()
+            built = build_pspnet("resnet18", 3, weights_backbone="test_resnet18_tv")
+            assert len(server.requests) == 1  # the second use came from the cache
+        finally:
+            unregister_weights("test_resnet18_tv")
+    for m in (model, built):
+        assert m.config.stem == "standard" and m.load_report.ok
+        torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    assert sorted(model.load_report.reinitialised) == sorted(k for k in model.state_dict() if not k.startswith("backbone."))

@@ -17,6 +17,7 @@ torchrun ranks) loading the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -247,7 +248,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def lock_for(weights: Weights, cache_dir: Path) -> FileLock:
-    """A lock file serialising download + conversion of ``weights`` across processes."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def lock_for(weights: Weights, cache_dir: Path) -> Any:
+    """A lock file serialising download + conversion of ``weights`` across processes.
+
+    Where the cache folder is not writable (a read-only shared cache) there is nothing to
+    serialise: a no-op context is returned and the writes themselves report the problem.
+    """
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return contextlib.nullcontext()
+    if not os.access(cache_dir, os.W_OK):
+        return contextlib.nullcontext()
     return FileLock(str(cache_dir / f".{weights.cache_stem}.lock"))

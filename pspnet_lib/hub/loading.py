@@ -204,20 +204,34 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
 
 def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool, trust_pickle: bool) -> Resolved:
     backbone_only = weights.task == "backbone"
-    with lock_for(weights, cache_dir):
+
+    def from_cache() -> Resolved | None:
         cached = load_cached(weights, cache_dir)
-        if cached is not None:
-            tensors, record = cached
-            logger.debug("loaded %s from the cache (%s)", weights.name, cache_dir)
-            return Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
+        if cached is None:
+            return None
+        tensors, record = cached
+        logger.debug("loaded %s from the cache (%s)", weights.name, cache_dir)
+        return Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
+
+    # Cache files are only ever renamed into place, so reading needs no lock (and works on a read-only cache).
+    resolved = from_cache()
+    if resolved is not None:
+        return resolved
+    with lock_for(weights, cache_dir):
+        resolved = from_cache()  # another process may have finished meanwhile
+        if resolved is not None:
+            return resolved
         path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
         raw, _ = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
         state_dict = convert_state_dict(raw, weights.format)
         config = dict(weights.config) if backbone_only else PSPNetConfig.from_dict(weights.config).to_dict()
         _check_fits(state_dict, config, f"{path} ({weights.name})")
         pretrained_cfg = weights.pretrained_cfg()
-        save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path))
-        logger.info("converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir)
+        try:
+            save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path))
+            logger.info("converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir)
+        except OSError as exc:  # e.g. a read-only shared cache: use the conversion without keeping it
+            logger.warning("converted %s but could not cache it in %s: %s", weights.name, cache_dir, exc)
         return Resolved(state_dict, config, pretrained_cfg, weights.name, backbone_only)
 
 
