@@ -348,3 +348,12 @@ def test_build_dataset_names_and_transforms(tmp_path):
     image, mask = dataset[0]
     assert image.dtype == torch.float32 and (mask.numpy() == TRAIN_IDS.astype(np.int64) + 1).all()
     assert isinstance(build_dataset("cityscapes", tmp_path, None), CityscapesDataset)  # default train split
+
+
+def test_visualize_imports_before_data():
+    # inference.visualize imports data.constants, and the datasets use visualize's palette: no cycle at import.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "import pspnet_lib.inference.visualize"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

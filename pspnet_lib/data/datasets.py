@@ -26,7 +26,6 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..inference.visualize import default_palette
 from .constants import IGNORE_INDEX
 from .metadata import (
     ADE20K_CLASSES,
@@ -64,6 +63,13 @@ MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
 
+def _default_palette(num_classes: int) -> Palette:
+    # Imported here: inference.visualize imports data.constants, so a module-level import is circular.
+    from ..inference.visualize import default_palette
+
+    return default_palette(num_classes)
+
+
 def _show(paths: Sequence[Any], limit: int = 5) -> str:
     shown = ", ".join(str(p) for p in list(paths)[:limit])
     return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
@@ -90,7 +96,7 @@ class SegmentationDataset(Dataset):
         self.classes = [str(c) for c in classes]
         if not self.classes:
             raise ValueError("a dataset needs at least one class name")
-        self.palette: Palette = [tuple(int(v) for v in c[:3]) for c in (palette or default_palette(len(self.classes)))]
+        self.palette: Palette = [tuple(int(v) for v in c[:3]) for c in (palette or _default_palette(len(self.classes)))]
         if len(self.palette) < len(self.classes):
             raise ValueError(f"the palette has {len(self.palette)} colours for {len(self.classes)} classes")
         self.palette = self.palette[: len(self.classes)]
@@ -603,7 +609,7 @@ class FolderDataset(SegmentationDataset):
         if palette is None and (root / "palette.txt").is_file():
             palette = root / "palette.txt"
         if palette is None:
-            return default_palette(num_classes), False
+            return _default_palette(num_classes), False
         colours = read_palette_file(palette) if isinstance(palette, (str, os.PathLike)) else [tuple(int(v) for v in c[:3]) for c in palette]
         if len(colours) < num_classes:
             raise ValueError(f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class")
