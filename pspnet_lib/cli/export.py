@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    if args.check and args.format != "onnx":
-        raise ValueError("--check applies to --format onnx only")
+    if args.format != "onnx" and (args.check or args.opset is not None or args.onnx_exporter != "auto"):
+        raise ValueError("--check, --opset and --onnx-exporter apply to --format onnx only")
     if args.format == "onnx":
         ex._require_onnx()  # fail before loading weights
         # The dynamo exporter's helpers log every optimisation pass at INFO level.
@@ -81,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
         program = ex.export_program(model, dynamic=args.dynamic, batch_size=args.batch_size or 2, **common)
         ex.save_program(program, args.out)
     else:
-        if args.onnx_exporter != "auto" or args.opset is not None:
-            raise ValueError("--opset and --onnx-exporter apply to --format onnx only")
         ex.export_torchscript(model, args.out, batch_size=args.batch_size or 1, **common)
     size_mb = args.out.stat().st_size / 2**20
     sys.stdout.write(f"wrote {args.out} ({args.format}, {'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n")
