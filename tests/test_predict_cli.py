@@ -93,3 +93,14 @@ def test_bad_arguments_fail_before_work(weights, folder, tmp_path, caplog):
     assert main(["predict", str(folder), "--weights", str(weights_dir), "--out", str(out), "--mode", "slide"]) == 1
     assert "crop" in caplog.text
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, caplog):
+    weights_dir, _ = weights
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.jpg").write_bytes((folder / "a.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)]) == 1
+    assert "would both be written to" in caplog.text
+    assert not out.exists()

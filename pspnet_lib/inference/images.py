@@ -137,6 +137,8 @@ def to_rgb_tensor(image: Any) -> torch.Tensor:
                 f"unsupported NumPy image dtype {image.dtype}; expected uint8 (0..255) or float in [0, 1]. "
                 "Convert with image.astype(np.uint8) if the values are 0..255"
             )
+        if not image.flags.writeable:  # e.g. np.asarray(pil_image); torch.from_numpy warns on those
+            image = image.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(image))
         return _channels_first(_check_range(tensor, "NumPy image"), "NumPy image", channels_last=tensor.ndim == 3)
     if isinstance(image, torch.Tensor):

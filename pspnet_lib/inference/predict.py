@@ -59,7 +59,7 @@ class Prediction:
     classes: list[str] | None
     palette: list[tuple[int, int, int]]
     source: str | None = None
-    _present: list[int] | None = field(default=None, repr=False, compare=False)
+    _present: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def present(self) -> list[int]:
