@@ -104,3 +104,19 @@ def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, c
     assert main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)]) == 1
     assert "would both be written to" in caplog.text
     assert not out.exists()
+
+
+def test_fast_option(weights, folder, tmp_path, caplog):
+    import importlib.util
+
+    weights_dir, _ = weights
+    args = ["predict", str(folder / "a.jpg"), "--weights", str(weights_dir), "--device", "cpu"]
+    if importlib.util.find_spec("pspnet_lib.runtime") is None:
+        assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 1
+        assert "--fast needs pspnet_lib.runtime.optimize_for_inference" in caplog.text
+        return
+    assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 0
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    fast = np.asarray(Image.open(tmp_path / "fast" / "a.png"))
+    plain = np.asarray(Image.open(tmp_path / "plain" / "a.png"))
+    assert (fast == plain).mean() > 0.99
