@@ -1,6 +1,9 @@
 """pspnet_lib: a faithful, pretrained, fast PSPNet for PyTorch."""
 
+from .assets import sample_images
 from .hub import get_weights, list_pretrained, load_pretrained
+from .inference.predict import Prediction, predict
+from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
 
 __version__ = "0.1.0"
@@ -9,10 +12,16 @@ __all__ = [
     "PRESETS",
     "PSPNet",
     "PSPNetConfig",
+    "Prediction",
     "PyramidPoolingModule",
     "ResNet",
     "build_pspnet",
+    "colorize",
     "get_weights",
+    "legend",
     "list_pretrained",
     "load_pretrained",
+    "overlay",
+    "predict",
+    "sample_images",
 ]
