@@ -3,7 +3,7 @@
 See docs/weights.md (the zoo, offline use, converting checkpoints) and docs/hub.md.
 """
 
-from .datasets import DATASETS, DatasetInfo, get_dataset_info
+from ..data.metadata import DATASETS, DatasetInfo, get_dataset_info
 from .download import ChecksumError, OfflineError, default_cache_dir, is_cached
 from .loading import LoadReport, build_with_backbone_weights, load_pretrained, load_weights
 from .registry import Weights, get_weights, list_pretrained, register_weights, unregister_weights
