@@ -1,0 +1,147 @@
+"""Saving a trained model for use elsewhere, and loading models named on the command line.
+
+The final model of a training run is exported with ``model.save_pretrained(directory)`` (the
+Hugging Face Hub mixin: ``config.json`` + ``model.safetensors``) when the model class has it.
+Otherwise an equivalent directory is written here with safetensors directly: ``config.json``
+(the :class:`~pspnet_lib.PSPNetConfig` fields), ``pretrained_cfg.json`` (normalisation, classes,
+palette, inference protocol) and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CHECKPOINT_FORMAT, atomic_write_bytes
+
+__all__ = ["save_trained_model", "load_model_dir", "load_model", "is_model_dir"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+PRETRAINED_CFG_NAME = "pretrained_cfg.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
+
+
+def save_trained_model(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``model`` (a PSPNet) to ``directory`` so that it can be loaded without the training code.
+
+    Uses ``model.save_pretrained`` when available; otherwise writes ``config.json``,
+    ``pretrained_cfg.json`` and ``model.safetensors`` itself, each file atomically.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+        return directory
+    from safetensors.torch import save
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise TypeError("save_trained_model expects a PSPNet (a model with a PSPNetConfig in .config)")
+    # Contiguous, unshared CPU tensors: what safetensors requires (channels_last weights are strided).
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    pretrained_cfg = _json_safe(getattr(model, "pretrained_cfg", {}) or {})
+    atomic_write_bytes(directory / PRETRAINED_CFG_NAME, (json.dumps(pretrained_cfg, indent=2) + "\n").encode())
+    return directory
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def load_model_dir(directory: str | os.PathLike) -> nn.Module:
+    """Load a directory written by :func:`save_trained_model` (the fallback layout)."""
+    from safetensors.torch import load_file
+
+    from ..models import PSPNet, PSPNetConfig
+
+    directory = Path(directory)
+    if not is_model_dir(directory):
+        raise FileNotFoundError(f"{directory} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    if isinstance(config.get("config"), dict):  # a save_pretrained layout that nests the architecture
+        pretrained_cfg = config.get("pretrained_cfg") or {}
+        config = config["config"]
+    else:
+        pretrained_cfg = {}
+    cfg_file = directory / PRETRAINED_CFG_NAME
+    if cfg_file.is_file():
+        pretrained_cfg = json.loads(cfg_file.read_text())
+    model = PSPNet(PSPNetConfig.from_dict(config), pretrained_cfg=pretrained_cfg)
+    model.load_state_dict(load_file(directory / WEIGHTS_NAME))
+    return model
+
+
+def _load_training_checkpoint(path: Path) -> nn.Module:
+    from ..models import PSPNet, PSPNetConfig
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not state.get("model_config"):
+        raise ValueError(f"{path} does not record the model's architecture (model_config); it cannot be rebuilt")
+    model = PSPNet(PSPNetConfig.from_dict(state["model_config"]), pretrained_cfg=state.get("pretrained_cfg") or {})
+    model.load_state_dict(state["model"])
+    return model
+
+
+def load_model(spec: str | os.PathLike) -> nn.Module:
+    """A PSPNet from a training checkpoint (``.pt``), a saved model directory, or a zoo name / Hub id.
+
+    Names and Hub ids go through :func:`pspnet_lib.load_pretrained` (the weights hub).
+    """
+    path = Path(spec)
+    if path.is_file():
+        with open(path, "rb") as f:
+            is_zip = f.read(2) == b"PK"  # torch.save's archive format
+        if is_zip:
+            try:
+                return _load_training_checkpoint(path)
+            except ValueError:
+                pass  # not one of our checkpoints: let the hub's loader try its formats
+    elif is_model_dir(path) and not hasattr(_model_class(), "save_pretrained"):
+        return load_model_dir(path)
+    try:
+        from .. import load_pretrained  # type: ignore[attr-defined]
+    except ImportError:
+        if is_model_dir(path):
+            return load_model_dir(path)
+        raise RuntimeError(
+            f"cannot load {str(spec)!r}: it is not a training checkpoint or a saved model directory, and "
+            "pspnet_lib.load_pretrained (zoo names, Hub ids, other checkpoint formats) is not available in this "
+            "installation"
+        ) from None
+    return load_pretrained(str(spec))
+
+
+def _model_class() -> type:
+    from ..models import PSPNet
+
+    return PSPNet
+
+
+def describe_checkpoint(state: dict[str, Any]) -> str:
+    """One line about a training checkpoint (for logs)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        return "not a training checkpoint"
+    return f"iteration {state.get('iteration')}, best mIoU {state.get('best_miou')}"
+
+
+def strip_ddp_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix a DistributedDataParallel wrapper adds to every key."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
