@@ -66,3 +66,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class ColourGrid(Dataset):
+    """Images made of 8x8 cells, each a noisy colour of its random class (0..3).
+
+    The cells line up with PSPNet's output stride of 8, so a network that learns can score
+    nearly every pixel right; the noise keeps single pixels ambiguous.
+    """
+
+    classes = ColourBlocks.classes
+    palette = ColourBlocks.palette
+    ignore_index = 255
+    num_classes = 4
+
+    def __init__(self, length: int = 16, cells: int = 4, seed: int = 0) -> None:
+        self.length, self.cells, self.seed = length, cells, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(self.seed * 100003 + index)
+        labels = torch.randint(0, 4, (self.cells, self.cells), generator=g)
+        colours = torch.cat([torch.full((1, 3), 120.0), COLOURS[1:]])[labels].permute(2, 0, 1)
+        colours = colours + 30 * torch.randn(3, self.cells, self.cells, generator=g)
+        image = colours.repeat_interleave(8, 1).repeat_interleave(8, 2)
+        image = image + 25 * torch.randn(image.shape, generator=g)
+        mask = labels.repeat_interleave(8, 0).repeat_interleave(8, 1)
+        return image.clamp(0, 255).to(torch.uint8), mask
