@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import CHECKPOINT_FORMAT, atomic_write_bytes
+from .checkpoint import atomic_write_bytes
 
-__all__ = ["save_trained_model", "load_model_dir", "load_model", "is_model_dir"]
+__all__ = ["save_trained_model", "load_model_dir", "load_model", "is_model_dir", "load_backbone_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +133,36 @@ def _model_class() -> type:
     return PSPNet
 
 
-def describe_checkpoint(state: dict[str, Any]) -> str:
-    """One line about a training checkpoint (for logs)."""
-    if state.get("format") != CHECKPOINT_FORMAT:
-        return "not a training checkpoint"
-    return f"iteration {state.get('iteration')}, best mIoU {state.get('best_miou')}"
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Initialise ``model.backbone`` from an ImageNet checkpoint file; returns the loaded key names.
 
+    Accepts torchvision ResNets (7x7 stem: build with ``preset="mmseg-b"``), mmsegmentation's
+    ResNetV1c (``open-mmlab://resnet50_v1c``; ``preset="mmseg"``) and the author's deep-base
+    ResNets (``resnet50_v2.pth``; ``preset="semseg"``), wrapped in ``state_dict``/``model`` or not.
+    """
+    from ..hub.converters import convert_state_dict, detect_format, strip_prefix
 
-def strip_ddp_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the ``module.`` prefix a DistributedDataParallel wrapper adds to every key."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights {path} do not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = strip_prefix(state)
+    layout = detect_format(state)
+    converted = {k: v for k, v in convert_state_dict(state, layout).items() if k.startswith("backbone.")}
+    own = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    missing = sorted(set(own) - set(converted))
+    mismatched = [k for k in own if k in converted and tuple(converted[k].shape) != tuple(own[k].shape)]
+    if missing or mismatched:
+        stems = {"torchvision": "mmseg-b (7x7 stem)", "mmseg_backbone": "mmseg (deep stem 32-32-64)",
+                 "semseg_backbone": "semseg (deep stem 64-64-128)"}
+        hint = f"; these {layout} weights fit --preset {stems[layout]}" if layout in stems else ""
+        detail = missing[:3] if missing else [f"{k}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3]]
+        raise ValueError(
+            f"backbone weights {path} do not fit this model's {getattr(getattr(model, 'config', None), 'backbone', 'backbone')} "
+            f"({len(missing)} missing, {len(mismatched)} of another shape, e.g. {detail}){hint}"
+        )
+    model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in converted.items()})
+    return sorted(converted)
