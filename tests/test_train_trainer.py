@@ -175,3 +175,34 @@ def test_trainer_learns(tmp_path):
     # wrong normalisation) stays near chance.
     assert before < 0.4
     assert summary["metrics"]["mIoU"] > 0.8, summary["metrics"]
+
+
+def test_grad_accumulation_equals_the_larger_batch(tmp_path):
+    # Frozen BN statistics and no dropout: then 2 x 2 accumulated images are one batch of 4.
+    data = ColourGrid(8)
+    models = []
+    for name, batch, accum in (("big", 4, 1), ("accum", 2, 2)):
+        torch.manual_seed(0)
+        model = tiny_pspnet(dropout=0.0)
+        config = _config(tmp_path / name, iters=3, batch_size=batch, grad_accum=accum, freeze_bn=True, ckpt_interval=0)
+        Trainer(model, data, None, config).fit()
+        models.append(model)
+    for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_frozen_backbone_bf16_channels_last_checkpointing(tmp_path):
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = _config(tmp_path, iters=2, amp="bf16", channels_last=True, grad_checkpointing=True,
+                     freeze_backbone=True, ckpt_interval=0)
+    trainer = Trainer(model, ColourBlocks(4, 32), None, config)
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["head"]
+    summary = trainer.fit()
+    assert all(h["loss"] == h["loss"] for h in summary["history"] if h["type"] == "train")  # finite
+    after = model.state_dict()
+    backbone = [k for k in after if k.startswith("backbone.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics
+    assert not torch.equal(before["decode_head.classifier.weight"], after["decode_head.classifier.weight"])
+    assert not torch.equal(before["decode_head.bottleneck.norm.running_mean"], after["decode_head.bottleneck.norm.running_mean"])
+    assert model.decode_head.classifier.weight.is_contiguous(memory_format=torch.channels_last)

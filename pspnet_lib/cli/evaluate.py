@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dataset or not args.data_root:
         raise ValueError("pass --dataset {voc,ade20k,cityscapes,folder} and --data-root DIR")
     if os.environ.get("RANK", "0") != "0":
-        logging.getLogger("pspnet_lib").setLevel(logging.WARNING)
+        logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
     try:
         model = load_model(args.weights).to(info.device)

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train or fine-tune a PSPNet (recipes, AMP, resume, torchrun)",
         description="Train a PSPNet by iterations with the paper's recipe. Start from a --recipe (see "
         "--list-recipes) or give the settings as flags; flags override the recipe. Multi-GPU: "
-        "torchrun --nproc_per_node N -m pspnet_lib.cli train ... (see docs/training.md).",
+        "torchrun --nproc_per_node N -m pspnet_lib train ... (see docs/training.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
     )
@@ -90,8 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
     g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
     g.add_argument("--weights", metavar="NAME|PATH",
-                   help="start from these weights: a zoo name / Hub id (pspnet_lib.load_pretrained), a saved model "
-                        "directory or a training checkpoint; the classifier is replaced if the classes differ")
+                   help="start from these weights: a zoo name, an ImageNet backbone (e.g. resnet50_v1c), a Hub id "
+                        "(via pspnet_lib.load_pretrained), a saved model directory or a training checkpoint; the "
+                        "classifiers are replaced when the number of classes differs")
     g.add_argument("--backbone-weights", metavar="PATH",
                    help="ImageNet backbone checkpoint (torchvision, mmseg v1c or semseg layout)")
     g = p.add_argument_group("optimisation")
@@ -197,12 +198,7 @@ def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes:
     from ..engine.model_io import load_backbone_weights, load_model
 
     if args.weights:
-        model = load_model(args.weights)
-        if model.config.num_classes != num_classes:
-            logger.info("replacing the %d-class classifiers of %s with %d-class ones", model.config.num_classes,
-                        args.weights, num_classes)
-            model.reset_classifier(num_classes)
-        return model
+        return load_model(args.weights, num_classes=num_classes)
     options = dict(settings["model"])
     backbone = options.pop("backbone", "resnet50")
     model = build_pspnet(backbone, num_classes, **options)
@@ -227,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                              f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n")
         return 0
     if os.environ.get("RANK", "0") != "0":  # one process speaks for all
-        logging.getLogger("pspnet_lib").setLevel(logging.WARNING)
+        logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     settings = resolve_settings(args)
     if args.print_config:
         sys.stdout.write(json.dumps(settings, indent=2) + "\n")

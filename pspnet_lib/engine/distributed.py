@@ -109,7 +109,7 @@ def init_distributed(
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={world} but {', '.join(missing)} is not set; start multi-process training with "
-            "torchrun (e.g. torchrun --nproc_per_node 2 -m pspnet_lib.cli train ...)"
+            "torchrun (e.g. torchrun --nproc_per_node 2 -m pspnet_lib train ...)"
         )
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}

@@ -98,39 +98,50 @@ def _load_training_checkpoint(path: Path) -> nn.Module:
     return model
 
 
-def load_model(spec: str | os.PathLike) -> nn.Module:
-    """A PSPNet from a training checkpoint (``.pt``), a saved model directory, or a zoo name / Hub id.
+def load_model(spec: str | os.PathLike, num_classes: int | None = None) -> nn.Module:
+    """A PSPNet from a training checkpoint (``.pt``), a saved model directory, or a zoo name / Hub id / file.
 
-    Names and Hub ids go through :func:`pspnet_lib.load_pretrained` (the weights hub).
+    Names, Hub ids, ImageNet backbones (e.g. ``resnet50_v1c``) and other checkpoint layouts go
+    through :func:`pspnet_lib.load_pretrained` (the weights hub). With ``num_classes``, the
+    classifiers are replaced by fresh ones when the weights were trained for another number
+    of classes (fine-tuning); everything else is loaded.
     """
     path = Path(spec)
-    if path.is_file():
-        with open(path, "rb") as f:
-            is_zip = f.read(2) == b"PK"  # torch.save's archive format
-        if is_zip:
-            try:
-                return _load_training_checkpoint(path)
-            except ValueError:
-                pass  # not one of our checkpoints: let the hub's loader try its formats
-    elif is_model_dir(path) and not hasattr(_model_class(), "save_pretrained"):
-        return load_model_dir(path)
+    model = _load_training_checkpoint(path) if _is_training_checkpoint(path) else None
+    if model is None:
+        try:
+            from .. import load_pretrained  # type: ignore[attr-defined]
+        except ImportError:
+            if not is_model_dir(path):
+                raise RuntimeError(
+                    f"cannot load {str(spec)!r}: it is not a training checkpoint or a saved model directory, and "
+                    "pspnet_lib.load_pretrained (zoo names, Hub ids, other checkpoint formats) is not available "
+                    "in this installation"
+                ) from None
+            model = load_model_dir(path)
+        else:
+            return load_pretrained(str(spec), num_classes=num_classes)
+    if num_classes is not None and model.config.num_classes != num_classes:
+        logger.info("replacing the %d-class classifiers of %s with fresh %d-class ones", model.config.num_classes,
+                    spec, num_classes)
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """A file written by the Trainer (cheap check: torch's zip format holding our marker)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # torch.save's archive format
+            return False
+    from .checkpoint import CHECKPOINT_FORMAT
+
     try:
-        from .. import load_pretrained  # type: ignore[attr-defined]
-    except ImportError:
-        if is_model_dir(path):
-            return load_model_dir(path)
-        raise RuntimeError(
-            f"cannot load {str(spec)!r}: it is not a training checkpoint or a saved model directory, and "
-            "pspnet_lib.load_pretrained (zoo names, Hub ids, other checkpoint formats) is not available in this "
-            "installation"
-        ) from None
-    return load_pretrained(str(spec))
-
-
-def _model_class() -> type:
-    from ..models import PSPNet
-
-    return PSPNet
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
