@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import torch
 from PIL import Image
 
 from pspnet_lib.cli import main
@@ -16,8 +17,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    code = main(["demo", "--out", str(out), "--iters", "40", "--image-size", "32", "--train-images", "32",
-                 "--val-images", "8", "--no-progress"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the function-level one_thread fixture
+    try:
+        code = main(["demo", "--out", str(out), "--iters", "30", "--batch-size", "4", "--image-size", "32",
+                     "--train-images", "32", "--val-images", "8", "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
     return code, out
 
 
@@ -25,10 +31,11 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
     code, out = demo_run
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["iterations"] == 40 and metrics["val_images"] == 8
+    assert metrics["iterations"] == 30 and metrics["val_images"] == 8
     assert set(metrics["per_class"]) == {"sky", "ground", "disc", "box", "triangle", "stripes"}
     baseline = metrics["baseline_constant"]["mIoU"]
-    # Predicting the majority class everywhere scores ~6%; the trained model must do far better.
+    # Predicting the majority class everywhere scores ~6%; 30 steps reach ~23% (observed), and an
+    # untrained or broken network stays near the baseline.
     assert metrics["mIoU"] > max(2.5 * baseline, baseline + 0.1), metrics
     predictions = Image.open(out / "predictions.png")
     assert predictions.mode == "RGB" and predictions.width > 3 * 32 and predictions.height > 4 * 32

@@ -68,8 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a PSPNet by iterations with the paper's recipe. Start from a --recipe (see "
         "--list-recipes) or give the settings as flags; flags override the recipe. Multi-GPU: "
         "torchrun --nproc_per_node N -m pspnet_lib train ... (see docs/training.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=None,
     )
     p.add_argument("--recipe", metavar="NAME|FILE", help="a built-in recipe or a JSON recipe file")
     p.add_argument("--list-recipes", action="store_true", help="list the built-in recipes and exit")

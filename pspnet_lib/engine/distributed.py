@@ -95,7 +95,11 @@ def init_distributed(
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if want_cuda:
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        explicit = torch.device(device) if device is not None else None
+        if world <= 1 and explicit is not None and explicit.index is not None:
+            dev = explicit  # a single process on the GPU the user named
+        else:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     elif device is not None and torch.device(device).type not in ("cpu", "cuda"):
         dev = torch.device(device)

@@ -8,7 +8,7 @@ the newly added heads at 10x the backbone's learning rate, and the "poly" schedu
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -189,13 +189,3 @@ def build_poly_scheduler(
             PolyLambda(total_iters, power, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio, min_ratio=min_ratio)
         )
     return LambdaLR(optimizer, lambdas)
-
-
-def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
-    """The learning rate of every group, in order."""
-    return [float(g["lr"]) for g in optimizer.param_groups]
-
-
-def trainable_parameters(modules: Iterable[nn.Module]) -> int:
-    """How many parameters of ``modules`` require gradients."""
-    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

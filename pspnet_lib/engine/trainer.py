@@ -458,7 +458,8 @@ class Trainer:
         for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * lam(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = state["best_miou"] if state.get("best_miou") is not None else -math.inf
         self.history = list(state.get("history") or [])
