@@ -282,7 +282,7 @@ def test_folder_val_fraction_holdout_is_disjoint_and_fixed(tmp_path):
     assert FolderDataset(tmp_path, "val", val_fraction=0.2).files == val.files
 
 
-def test_folder_classes_argument_palette_and_label_map(tmp_path):
+def test_folder_classes_argument_palette_and_label_map(tmp_path, caplog):
     _folder(tmp_path, write_classes=False)
     with pytest.raises(FileNotFoundError, match="write .*classes.txt .*or pass classes="):
         FolderDataset(tmp_path)
@@ -292,6 +292,9 @@ def test_folder_classes_argument_palette_and_label_map(tmp_path):
     dataset = FolderDataset(tmp_path, classes=["x", "y", "z"], label_map={2: 255})
     _, mask = dataset[0]
     assert (mask.numpy() == np.where(_labels(0, 3) == 2, 255, _labels(0, 3))).all()
+    with caplog.at_level("WARNING", logger="pspnet_lib.data.datasets"):
+        stats = dataset.verify()
+    assert stats["class_pixels"][2] == 0 and stats["ignored_pixels"] > 0 and "no pixel of class(es) z" in caplog.text
     (tmp_path / "palette.txt").write_text("0 0 0\n255,0,0\n0 255 0\n")
     assert FolderDataset(tmp_path, classes=["x", "y", "z"]).palette == [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
     assert read_palette_file(tmp_path / "palette.txt")[1] == (255, 0, 0)

@@ -212,3 +212,18 @@ def test_write_synthetic_dataset_round_trips_through_folder_dataset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes"]  # no staging directories left
     with pytest.raises(ValueError, match="summing to 1"):
         write_synthetic_dataset(tmp_path / "other", 4, splits={"train": 0.5})
+
+
+def test_plain_inputs_are_wrapped_so_the_mask_follows_the_image():
+    from PIL import Image
+
+    image, mask = _blocks()
+    transform = train_transforms(48, rotation_p=1.0, blur_p=0.0, flip_p=0.5)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    for inputs in ((image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)), (pil, Image.fromarray(mask.numpy().astype(np.uint8)))):
+        for seed in range(4):
+            torch.manual_seed(seed)
+            out_image, out_mask = transform(*inputs)
+            assert out_mask.dtype == torch.int64 and _agreement(out_image, out_mask) > 0.99
+    with pytest.raises(ValueError, match="differs from mask size"):
+        transform(image, mask[:10])

@@ -16,7 +16,7 @@ from .datasets import (
     read_palette_file,
 )
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
-from .transforms import RandomScale, eval_transforms, train_transforms
+from .transforms import RandomScale, ToImageMask, eval_transforms, train_transforms
 
 __all__ = [
     "IGNORE_INDEX",
@@ -40,6 +40,7 @@ __all__ = [
     "make_scene",
     "write_synthetic_dataset",
     "RandomScale",
+    "ToImageMask",
     "train_transforms",
     "eval_transforms",
 ]

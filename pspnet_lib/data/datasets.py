@@ -724,8 +724,8 @@ def build_dataset(name: str, root: PathLike, split: str | None, transforms: Tran
     Args:
         name: dataset name (case-insensitive).
         root: its directory.
-        split: split name (see :data:`DEFAULT_SPLITS` for the usual train/val names; ``None`` only
-            for ``folder``, meaning all pairs).
+        split: split name (see :data:`DEFAULT_SPLITS` for the usual train/val names). ``None``
+            means every pair for ``folder`` and the training split for the others.
         transforms: joint transform applied to ``(image, mask)``.
         kwargs: passed to the dataset class (e.g. ``classes=`` for ``folder``).
     """
