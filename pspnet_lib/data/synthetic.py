@@ -34,8 +34,8 @@ SYNTHETIC_PALETTE: list[tuple[int, int, int]] = [
 
 SKY, GROUND, DISC, BOX, TRIANGLE, STRIPES = range(6)
 # Hue centre of each object class; the spread below makes neighbouring ranges overlap.
-_OBJECT_HUES = {DISC: 0.0, BOX: 0.15, TRIANGLE: 0.35, STRIPES: 0.75}
-_HUE_SPREAD = 0.2
+_OBJECT_HUES = {DISC: 0.0, BOX: 0.15, TRIANGLE: 0.85, STRIPES: 0.6}
+_HUE_SPREAD = 0.15
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -44,7 +44,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 def _object_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
     hue = _OBJECT_HUES[cls] + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD)
-    return _hsv(hue, rng.uniform(0.35, 1.0), rng.uniform(0.35, 1.0))
+    return _hsv(hue, rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0))
 
 
 def _rotated(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +85,12 @@ def make_scene(rng: np.random.Generator, size: Sequence[int] = (96, 96), border_
     ground = ground_colour * (1.0 + 0.08 * blotches)[..., None] + rng.normal(0, 10, (height, width, 1)).astype(np.float32)
     image = np.where(sky[..., None], image, ground)
 
-    # Every object class once plus up to two extras, painted in random order (later ones occlude).
-    classes = list(_OBJECT_HUES) + list(rng.choice(list(_OBJECT_HUES), size=rng.integers(0, 3)))
+    # Every object class once plus maybe one extra, painted in random order (later ones occlude).
+    classes = list(_OBJECT_HUES) + list(rng.choice(list(_OBJECT_HUES), size=rng.integers(0, 2)))
     for cls in rng.permutation(classes):
         cls = int(cls)
         cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.1, 0.95) * height
-        radius = scale * rng.uniform(0.09, 0.2)
+        radius = scale * rng.uniform(0.13, 0.26)
         angle = rng.uniform(0, math.pi)
         colour = _object_colour(rng, cls)
         u, v = _rotated(xx, yy, cx, cy, angle)
