@@ -136,7 +136,7 @@ def _load(weights: str, device: str | None, fast: bool):
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..inference._files import atomic_output
+    from .._files import atomic_output
     from ..inference.images import load_image, to_rgb_tensor
     from ..inference.predict import predict, resolve_protocol
 

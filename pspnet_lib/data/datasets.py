@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .._files import atomic_output
 from .constants import IGNORE_INDEX
 from .metadata import (
     ADE20K_CLASSES,
@@ -361,14 +361,8 @@ def cityscapes_labelids_to_trainids(label_ids: np.ndarray | torch.Tensor) -> np.
 
 
 def _save_png_atomically(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def create_cityscapes_trainids(root: PathLike, splits: Sequence[str] = ("train", "val"), overwrite: bool = False) -> int:

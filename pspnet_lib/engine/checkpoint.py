@@ -9,17 +9,18 @@ has no hard links), so each is itself a complete checkpoint that ``torch.load`` 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 import numpy as np
 import torch
+
+from .._files import atomic_save, atomic_write_bytes, fsync_dir
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,46 +41,8 @@ CHECKPOINT_FORMAT = "pspnet_lib.train_checkpoint"
 _NUMBERED = re.compile(r"^iter_(\d+)\.pt$")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not possible (nor needed) on every platform.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` complete (flushed to disk, renamed) or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, then rename)."""
-    with _atomic_open(Path(path)) as f:
-        f.write(data)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
-    with _atomic_open(Path(path)) as f:
-        torch.save(obj, f)
 
 
 def atomic_link(source: str | os.PathLike, link: str | os.PathLike) -> None:
@@ -95,7 +58,7 @@ def atomic_link(source: str | os.PathLike, link: str | os.PathLike) -> None:
         os.replace(tmp, link)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -117,7 +80,7 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
         for _, path in numbered[:-keep_last]:
             path.unlink(missing_ok=True)
             removed.append(path)
-    for tmp in directory.glob(".*.tmp-*"):
+    for tmp in directory.glob(".*.tmp*"):  # left by a killed writer (atomic_output, atomic_link)
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid != str(os.getpid()):
             tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
-from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config
+from .converters import FORMATS, convert_state_dict, detect_format, infer_config
 from .download import (
     default_cache_dir,
     fetch_url,

@@ -17,7 +17,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .._files import atomic_output, atomic_write_bytes
+
 __all__ = [
     "CheckpointError",
     "read_checkpoint",
@@ -33,7 +34,6 @@ __all__ = [
     "read_safetensors",
     "write_safetensors",
     "write_json",
-    "atomic_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -202,36 +202,19 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
     return tensors, dict(meta)
 
 
-def atomic_path(path: Path) -> Path:
-    """A unique temporary path in ``path``'s directory (so ``os.replace`` onto ``path`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``tensors`` to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp), metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON via a temporary file and an atomic rename."""
     path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return path
 
 

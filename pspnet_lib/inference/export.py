@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
-from ._files import atomic_output
+from .._files import atomic_output
 
 __all__ = [
     "make_exportable",
