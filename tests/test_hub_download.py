@@ -1,7 +1,6 @@
 """The whole zoo download path against a real HTTP server on 127.0.0.1."""
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess

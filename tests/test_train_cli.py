@@ -110,7 +110,6 @@ def test_recipes_resolve_to_valid_configs(capsys):
 
 def test_backbone_weights_from_torchvision_layout(tmp_path):
     from pspnet_lib import build_pspnet
-    from pspnet_lib.engine.model_io import load_backbone_weights
 
     torch.manual_seed(3)
     source = build_pspnet("resnet18", 4, stem="standard")
@@ -119,10 +118,10 @@ def test_backbone_weights_from_torchvision_layout(tmp_path):
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": state}, path)
-    target = build_pspnet("resnet18", 7, stem="standard")
-    loaded = load_backbone_weights(target, path)
-    assert len(loaded) == len(state) - 2
+    target = build_pspnet("resnet18", 7, weights_backbone=path)  # the stem follows the weights
+    assert target.config.stem == "standard"
+    assert sorted(target.load_report.loaded) == sorted(f"backbone.{k}" for k in state if not k.startswith("fc."))
     for key, value in target.backbone.state_dict().items():
         assert torch.equal(value, source.backbone.state_dict()[key])
     with pytest.raises(ValueError, match="mmseg-b"):
-        load_backbone_weights(build_pspnet("resnet18", 7), path)  # deep stem: the weights do not fit
+        build_pspnet("resnet18", 7, stem="deep", weights_backbone=path)  # an explicit deep stem does not fit

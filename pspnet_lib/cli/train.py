@@ -91,8 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="start from these weights: a zoo name, an ImageNet backbone (e.g. resnet50_v1c), a Hub id "
                         "(via pspnet_lib.load_pretrained), a saved model directory or a training checkpoint; the "
                         "classifiers are replaced when the number of classes differs")
-    g.add_argument("--backbone-weights", metavar="PATH",
-                   help="ImageNet backbone checkpoint (torchvision, mmseg v1c or semseg layout)")
+    g.add_argument("--backbone-weights", metavar="NAME|PATH",
+                   help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
+                        "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
+                        "the stem follows the weights")
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, help="iterations (optimiser steps)")
     g.add_argument("--batch-size", type=int, help="images per process per step (before --grad-accum)")
@@ -193,17 +195,14 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
     """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
     from .. import build_pspnet
-    from ..engine.model_io import load_backbone_weights, load_model
+    from ..engine.model_io import load_model
 
     if args.weights:
         return load_model(args.weights, num_classes=num_classes)
     options = dict(settings["model"])
     backbone = options.pop("backbone", "resnet50")
-    model = build_pspnet(backbone, num_classes, **options)
-    if args.backbone_weights:
-        loaded = load_backbone_weights(model, args.backbone_weights)
-        logger.info("backbone initialised from %s (%d tensors)", args.backbone_weights, len(loaded))
-    elif not args.resume:
+    model = build_pspnet(backbone, num_classes, weights_backbone=args.backbone_weights, **options)
+    if not args.backbone_weights and not args.resume:
         logger.warning("training from scratch: no --weights or --backbone-weights given (the published recipes "
                        "start from an ImageNet-pretrained backbone)")
     return model

@@ -51,7 +51,6 @@ from .checkpoint import (
 from .evaluate import evaluate, normalize_images
 from .loss import PSPNetLoss
 from .metrics import format_metrics_table, metrics_to_json
-from .model_io import save_trained_model
 from .optim import OPTIMIZERS, PolyLambda, build_optimizer, build_poly_scheduler
 from .sampler import InfiniteSampler, SeededDataset, mix_seed
 
@@ -714,6 +713,7 @@ class Trainer:
             logger.info("validation at iteration %d:\n%s", self._validated_at, format_metrics_table(self.last_metrics, classes))
         if not self.config.export:
             return None
-        directory = save_trained_model(self.model, self.out_dir / "model")
+        directory = self.out_dir / "model"
+        self.model.save_pretrained(directory)  # config.json + model.safetensors + model card, written atomically
         logger.info("final model written to %s", directory)
         return str(directory)
