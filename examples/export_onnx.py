@@ -19,7 +19,6 @@ from PIL import Image
 
 import pspnet_lib
 from pspnet_lib.inference.export import export_onnx
-from pspnet_lib.inference.predict import load_model
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     for noisy in ("onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    model = load_model(args.weights, device="cpu")
+    model = pspnet_lib.load_pretrained(args.weights).eval()
     export_onnx(model, args.out, preprocess=True, output="labels", exporter=args.exporter, height=args.height, width=args.width)
     logging.info("exported %s (%.1f MiB)", args.out, args.out.stat().st_size / 2**20)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 import pspnet_lib
-from pspnet_lib.inference.predict import load_model
 from pspnet_lib.inference.visualize import side_by_side
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model = load_model(args.weights, device=args.device)
+    model = pspnet_lib.load_pretrained(args.weights).to(args.device).eval()
     images = args.images or pspnet_lib.sample_images()
     results = pspnet_lib.predict(model, images, size=args.size)
 

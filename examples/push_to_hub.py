@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from pspnet_lib.inference.predict import load_model
+import pspnet_lib
+
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model = load_model(args.weights, device="cpu")
+    model = pspnet_lib.load_pretrained(args.weights).eval()
     if not hasattr(model, "save_pretrained"):
         logging.error("this pspnet_lib has no PSPNet.save_pretrained (the Hugging Face Hub integration); update pspnet_lib")
         return 1

@@ -13,12 +13,10 @@ of the same size are batched together; every result comes back at its image's ow
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -294,40 +292,12 @@ def predict(
 def load_model(weights: str | os.PathLike, *, device: str | torch.device | None = None) -> nn.Module:
     """The model named by a ``--weights`` argument, in eval mode.
 
-    Uses :func:`pspnet_lib.load_pretrained` (zoo names, ``hf-hub:`` repos, checkpoint files,
-    URLs) when the installed version provides it; otherwise reads a local folder holding
-    ``config.json`` and ``model.safetensors`` (the layout ``save_pretrained`` writes).
+    Anything :func:`pspnet_lib.load_pretrained` reads (zoo names, ``hf-hub:`` repos, saved
+    folders, checkpoint files, URLs) and the Trainer's own ``.pt`` checkpoints.
     """
-    try:
-        from .. import load_pretrained  # type: ignore[attr-defined]
-    except ImportError:
-        load_pretrained = None
-    if load_pretrained is not None:
-        model = load_pretrained(str(weights))
-    else:
-        model = _load_folder(Path(weights))
+    from ..engine.model_io import load_model as load_any
+
+    model = load_any(weights)
     if device is not None:
         model.to(device)
     return model.eval()
-
-
-def _load_folder(folder: Path) -> nn.Module:
-    from safetensors.torch import load_file
-
-    from ..models.pspnet import PSPNet, PSPNetConfig
-
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    if not (config_path.is_file() and weights_path.is_file()):
-        raise FileNotFoundError(
-            f"cannot load weights {str(folder)!r}: expected a folder with config.json and model.safetensors "
-            "(as written by save_pretrained); zoo names and hf-hub: repos need pspnet_lib.load_pretrained"
-        )
-    data = json.loads(config_path.read_text())
-    if isinstance(data.get("config"), dict):  # PyTorchModelHubMixin stores the __init__ kwargs
-        config, pretrained_cfg = data["config"], data.get("pretrained_cfg") or {}
-    else:
-        pretrained_cfg = data.pop("pretrained_cfg", None) or {}
-        config = data
-    model = PSPNet(PSPNetConfig.from_dict(config), pretrained_cfg=pretrained_cfg)
-    model.load_state_dict(load_file(str(weights_path)))
-    return model
