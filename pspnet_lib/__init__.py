@@ -5,6 +5,7 @@ from .hub import get_weights, list_pretrained, load_pretrained
 from .inference.predict import Prediction, predict
 from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
+from .runtime import optimize_for_inference
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "legend",
     "list_pretrained",
     "load_pretrained",
+    "optimize_for_inference",
     "overlay",
     "predict",
     "sample_images",

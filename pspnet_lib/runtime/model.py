@@ -1,0 +1,104 @@
+"""The inference-only PSPNet produced by :func:`~pspnet_lib.runtime.optimize_for_inference`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..models.pspnet import PSPNet
+from .blocks import FastStage, FastStem
+from .head import FastPSPHead
+
+__all__ = ["FastPSPNet"]
+
+
+class FastPSPNet(nn.Module):
+    """A PSPNet rebuilt for inference: folded norms, prepared weights, no concatenation.
+
+    ``model(x)`` returns float32 logits ``(N, num_classes, H, W)`` at the input's size, like
+    :class:`~pspnet_lib.models.PSPNet` in eval mode (the auxiliary head is dropped). Inputs of any
+    floating dtype are accepted and converted. The module is inference-only: it builds no autograd
+    graph, ``train()`` raises, and it cannot be moved to another device or dtype (optimise the
+    moved model instead). Its weights are not a state dict to save: save the original model.
+    """
+
+    def __init__(
+        self,
+        model: PSPNet,
+        *,
+        dtype: torch.dtype,
+        backend: str,
+        channels_last: bool,
+        space_to_batch: bool | str,
+    ) -> None:
+        super().__init__()
+        kw = {"dtype": dtype, "backend": backend, "channels_last": channels_last}
+        self.config = copy.deepcopy(model.config)
+        self.pretrained_cfg: dict[str, Any] = copy.deepcopy(getattr(model, "pretrained_cfg", {}))
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.backend = backend
+        self.stem = FastStem(model.backbone, **kw)
+        self.stages = nn.ModuleList(
+            FastStage(getattr(model.backbone, f"layer{i}"), space_to_batch, **kw) for i in range(1, 5)
+        )
+        self.head = FastPSPHead(model.decode_head, model.config.align_corners, **kw)
+        device = next(model.parameters()).device
+        self.device = device
+        super().train(False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def train(self, mode: bool = True) -> "FastPSPNet":
+        if mode:
+            raise RuntimeError(
+                "the module returned by optimize_for_inference is inference-only (BatchNorm is folded "
+                "into the weights); train the original model and optimise it again afterwards"
+            )
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        probe = self.stem.units[0].weight
+        if fn(probe) is probe:  # e.g. .to(its own device): nothing to do
+            return self
+        raise RuntimeError(
+            "the module returned by optimize_for_inference is bound to the device and dtype it was "
+            "built for; move or cast the original model and call optimize_for_inference on it again"
+        )
+
+    def _check_input(self, x: Any) -> None:
+        in_ch = self.config.in_channels
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (N, {in_ch}, H, W), got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != in_ch:
+            raise ValueError(f"expected an input of shape (N, {in_ch}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input (normalised image), got {x.dtype}")
+        if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"expected N, H, W >= 1, got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        size = (x.shape[2], x.shape[3])
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.no_grad():
+            x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
+            x = self.stem(x)
+            for stage in self.stages:
+                x = stage(x)
+            return self.head(x, size)
+
+    def space_to_batch_plans(self) -> list[dict]:
+        """The split factors chosen so far, per stage and input shape (for benchmarks and debugging)."""
+        return [{str(k[0]): list(v) for k, v in stage.plans.items()} for stage in self.stages]
+
+    def predict(self, images: Any, **kwargs: Any) -> Any:
+        """Segment images given as paths, PIL images, arrays or tensors; see :func:`pspnet_lib.predict`."""
+        from ..inference.predict import predict
+
+        return predict(self, images, **kwargs)

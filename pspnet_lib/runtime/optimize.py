@@ -1,0 +1,86 @@
+"""``optimize_for_inference``: one call from a trained PSPNet to the fastest exact inference module."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from ..models.pspnet import PSPNet
+from .conv import mkldnn_fusion_available
+from .model import FastPSPNet
+from .precision import resolve_dtype
+
+__all__ = ["optimize_for_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+def optimize_for_inference(
+    model: PSPNet,
+    dtype: torch.dtype = torch.float32,
+    *,
+    channels_last: bool = True,
+    space_to_batch: bool | str = "auto",
+    compile: bool = False,
+) -> nn.Module:
+    """Return a new, inference-only module computing ``model(x)`` faster.
+
+    The original model is not modified. What changes:
+
+    * every BatchNorm is folded into the preceding convolution (other norms are kept);
+    * weights are stored once in ``dtype`` and channels-last (no casts per call); on CPU they are
+      pre-packed for oneDNN and bias/residual/ReLU run inside the convolution kernels;
+    * the pyramid pooling module is never concatenated or upsampled at full resolution: the
+      bottleneck's pyramid part is computed exactly from the pooled maps (see
+      :mod:`pspnet_lib.runtime.head`); dropout and the auxiliary head are dropped;
+    * dilated 3x3 convolutions may run as undilated ones on space-to-batch sub-grids.
+
+    Args:
+        model: a :class:`~pspnet_lib.models.PSPNet` in eval mode (``model.eval()``).
+        dtype: ``torch.float32`` (matches ``model`` to ~1e-6 relative), ``torch.bfloat16`` (CPUs with
+            AVX-512-BF16/AMX, CUDA GPUs with compute capability 8.0+) or ``torch.float16`` (CUDA, CPUs
+            with AMX-FP16). A dtype the device cannot run natively falls back to float32 with a warning.
+        channels_last: run activations in channels-last memory format (faster on CPU and on
+            tensor-core GPUs).
+        space_to_batch: ``"auto"`` (time both forms of each dilated segment on the first input of
+            each shape and keep the faster; the first call per shape is slower), ``True`` or ``False``.
+        compile: wrap the module in ``torch.compile`` (needs a working compiler toolchain; the first
+            call per shape compiles). Only worth it where benchmarks/inference.py shows a gain.
+
+    Returns:
+        A module whose ``forward(x)`` returns float32 logits ``(N, num_classes, H, W)``; it also has
+        ``config``, ``pretrained_cfg``, ``num_classes`` and ``predict`` like the source model.
+
+    Example::
+
+        model = build_pspnet("resnet50", num_classes=150).eval()
+        fast = optimize_for_inference(model, torch.bfloat16)
+        logits = fast(images)  # (N, 150, H, W) float32
+    """
+    if not isinstance(model, PSPNet):
+        raise TypeError(
+            f"optimize_for_inference expects a pspnet_lib PSPNet, got {type(model).__name__}; "
+            "build one with pspnet_lib.build_pspnet or load one with pspnet_lib's hub functions"
+        )
+    if model.training:
+        raise ValueError(
+            "optimize_for_inference needs a model in eval mode: BatchNorm is folded using its running "
+            "statistics and dropout is removed, which only matches eval-mode behaviour. Call model.eval() first."
+        )
+    if space_to_batch not in (True, False, "auto"):
+        raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("the model has no parameters")
+    device = params[0].device
+    dtype = resolve_dtype(dtype, device)
+    backend = "aten"
+    if device.type == "cpu" and channels_last and not compile and mkldnn_fusion_available(dtype):
+        backend = "mkldnn"
+    fast = FastPSPNet(model, dtype=dtype, backend=backend, channels_last=channels_last, space_to_batch=space_to_batch)
+    logger.info("optimize_for_inference: %s on %s, backend %s, space_to_batch=%s", dtype, device, backend, space_to_batch)
+    if compile:
+        return torch.compile(fast)
+    return fast
