@@ -106,17 +106,12 @@ def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, c
     assert not out.exists()
 
 
-def test_fast_option(weights, folder, tmp_path, caplog):
-    import importlib.util
-
+def test_fast_option(weights, folder, tmp_path):
     weights_dir, _ = weights
     args = ["predict", str(folder / "a.jpg"), "--weights", str(weights_dir), "--device", "cpu"]
-    if importlib.util.find_spec("pspnet_lib.runtime") is None:
-        assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 1
-        assert "--fast needs pspnet_lib.runtime.optimize_for_inference" in caplog.text
-        return
-    assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 0
     assert main(args + ["--out", str(tmp_path / "plain")]) == 0
-    fast = np.asarray(Image.open(tmp_path / "fast" / "a.png"))
+    assert main(args + ["--out", str(tmp_path / "fast32"), "--fast", "--dtype", "float32"]) == 0
+    assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 0  # auto: bf16 where native
     plain = np.asarray(Image.open(tmp_path / "plain" / "a.png"))
-    assert (fast == plain).mean() > 0.99
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "fast32" / "a.png")), plain)  # exact path
+    assert (np.asarray(Image.open(tmp_path / "fast" / "a.png")) == plain).mean() > 0.99

@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--flip", action="store_true", help="also predict on mirrored images and average")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
     parser.add_argument("--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="precision of --fast: auto = bfloat16 where the device computes it natively (AVX-512-BF16/AMX CPUs, "
+        "Ampere+ GPUs), else float32 (exact)",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run)
@@ -108,7 +115,18 @@ def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> l
     return plan
 
 
-def _load(weights: str, device: str | None, fast: bool):
+def _fast_dtype(name: str, device: str):
+    import torch
+
+    from ..runtime.precision import native_dtype_support
+
+    if name != "auto":
+        return getattr(torch, name)
+    native, _ = native_dtype_support(torch.bfloat16, device)
+    return torch.bfloat16 if native else torch.float32
+
+
+def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
     import torch
 
     from ..inference.predict import load_model
@@ -118,19 +136,9 @@ def _load(weights: str, device: str | None, fast: bool):
     model = load_model(weights, device=device)
     if not fast:
         return model
-    try:
-        from ..runtime import optimize_for_inference  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise RuntimeError(
-            "--fast needs pspnet_lib.runtime.optimize_for_inference, which this installation of pspnet_lib lacks; "
-            "run without --fast"
-        ) from exc
-    fast_model = optimize_for_inference(model)
-    # predict reads the preprocessing and protocol from these; keep them on the optimised module.
-    for attribute in ("pretrained_cfg", "config"):
-        if not hasattr(fast_model, attribute):
-            setattr(fast_model, attribute, getattr(model, attribute))
-    return fast_model
+    from ..runtime import optimize_for_inference
+
+    return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 "or choose another --out folder"
             )
 
-    model = _load(args.weights, args.device, args.fast)
+    model = _load(args.weights, args.device, args.fast, args.dtype)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
 
     failed: list[tuple[Path, str]] = []
