@@ -9,14 +9,17 @@ space-to-batch calibration) and then the variants run round-robin ``--reps`` tim
 affects all of them alike; the table gives median and min latency and the speed-up ratios of the
 medians. Variants (CPU): ``fp32`` (``model(x)``), ``autocast-bf16`` (``torch.autocast`` bfloat16 with
 model and input channels-last, the usual "just turn on bf16"), ``fast-fp32`` and ``fast-bf16``
-(:func:`pspnet_lib.optimize_for_inference`); on CUDA the same with float16 as well.
+(:func:`pspnet_lib.optimize_for_inference` with its defaults: Winograd and space-to-batch chosen by
+measurement); ``--ablation`` adds ``fast-bf16-nowinograd`` and ``fast-bf16-direct`` (neither
+Winograd nor space-to-batch). On CUDA the same with float16 as well.
 
 Throughput is reported against the machine's own bfloat16 (CUDA: float16) 3x3-convolution peak,
 measured in the same run as the best of several representative 3x3 convolutions run the fastest
 way available (oneDNN, pre-packed weights, channels-last). "TFLOP/s" divides the model's nominal
 convolution FLOPs (2 x multiply-adds of every convolution of ``model(x)``, the usual way to quote a
-model's cost) by the latency; the fast path skips part of that work (the pyramid branches'
-full-resolution convolutions), so the JSON also gives the FLOPs it actually executes.
+model's cost) by the latency. The fast path does less work than that: it skips the pyramid
+branches' full-resolution convolutions (``executed_gflop`` in the JSON) and Winograd convolutions
+need 2.25x fewer multiplications, so its "TFLOP/s" can exceed the measured peak.
 Accuracy columns compare each variant's logits with fp32's: max relative error (max |diff| / max
 |fp32 logit|) and argmax agreement, on a smooth image-like input with random weights (BatchNorm
 statistics randomised so that folding them matters).
@@ -40,6 +43,7 @@ from _common import machine_info, sync, write_json  # noqa: E402  (also puts the
 
 from pspnet_lib import build_pspnet, optimize_for_inference  # noqa: E402
 from pspnet_lib.runtime import agreement_stats, randomize_batchnorm_, smooth_image  # noqa: E402
+from pspnet_lib.runtime import conv as conv_module  # noqa: E402
 from pspnet_lib.runtime.conv import FusedConv, mkldnn_fusion_available  # noqa: E402
 
 # Repetitions per model on CPU (after one warm-up call per variant): a default run of
@@ -134,6 +138,9 @@ def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, devi
     fast_models = {"fast-fp32": optimize_for_inference(model, torch.float32)}
     for dt in low:
         fast_models[f"fast-{_short(dt)}"] = optimize_for_inference(model, dt)
+    if args.ablation:  # what each choice contributes
+        fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(model, low[0], space_to_batch=False, winograd=False)
+        fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(model, low[0], winograd=False)
     if args.compile:
         fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(model, low[0], compile=True, space_to_batch=False)
     if args.skip_fast_fp32:
@@ -213,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also time the fast path without Winograd, and without Winograd and space-to-batch")
     parser.add_argument("--skip-fast-fp32", action="store_true", help="omit the fast fp32 variant (saves time)")
     parser.add_argument("--quick", action="store_true", help="R50-D8 at 512x512, 2 rounds")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/inference.json"))
@@ -235,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             results += bench_model(name, size, args, device, low)
             report["results"] = results
             write_json(report, args.json)  # partial results survive an interrupted run
+    report["winograd_choices"] = {
+        f"{tuple(k[0])}->{k[1]} {k[2]}": v for k, v in conv_module._WINOGRAD_CHOICES.items()
+    }
     report["peak_after"] = measure_peak(low[0], device, reps=5)
     report["load_after"] = [round(v, 2) for v in os.getloadavg()]
     # Quote throughput against the better of the two peak measurements (start and end of the run).

@@ -13,16 +13,21 @@ Modes: ``fp32``; ``bf16`` (``torch.autocast`` bfloat16, model and input channels
 (autocast float16 with a ``GradScaler``) and ``fp16+ckpt``. For each batch/crop every mode gets its own
 copy of the same weights and the modes run round-robin, so machine load affects all alike.
 
-Time: one warm-up step per mode, then ``--reps`` timed steps round-robin, with the default
-allocator. Memory, measured in an extra step per mode afterwards, is the growth over one step
-(optimizer state already exists): on CPU, the peak resident set size (``VmHWM`` after resetting it
-through ``/proc/self/clear_refs``) minus the resident size before the step, with glibc told for
-that step to serve every block of 64 KiB or more by ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``, after
-``malloc_trim``) so that freed tensors leave the resident set at once and it follows live tensors
-(that setting costs ~25% in page faults, which is why timing is done separately); on CUDA,
-``torch.cuda.max_memory_allocated`` minus the allocation before the step. A configuration whose
-predicted growth (from the same mode at a smaller batch or crop) exceeds 80% of the available
-memory is skipped and reported as such.
+Time: one warm-up step per mode, then ``--reps`` timed steps round-robin.
+
+Memory, in one more step per mode, is the growth over a step (weights and optimizer state already
+exist; gradients are part of the growth). CUDA: ``torch.cuda.max_memory_allocated`` minus the
+allocation before the step. CPU: the peak of live tensor bytes, from every allocation and free of
+the CPU allocator in time order (``torch.profiler`` with ``profile_memory=True``) -- the CPU
+analogue of the CUDA number, exact and unaffected by what glibc keeps cached. With ``--rss`` each
+batch/crop is also run in a fresh process (warm-up step, then a measured one) that reports the
+peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident
+size before the step, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed tensors to
+the OS at once and the resident set follows live memory (in a process that already ran steps with
+default settings, RSS growth is meaningless: glibc reuses memory it kept). Timing is never done
+under that setting (it costs ~25% in page faults). A configuration whose predicted growth (from
+the same mode at a smaller batch or crop) exceeds 80% of the available memory is skipped and
+reported as such.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,19 +68,11 @@ def _mem_available_bytes() -> int:
 
 
 class MemoryMeter:
-    """Peak memory growth over a region.
+    """Peak memory growth over a region (see the module docstring for the definitions)."""
 
-    CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation at the start. CPU: the peak of
-    live tensor bytes from the CPU allocator's events (``torch.profiler`` with
-    ``profile_memory=True``: every allocation and free, summed in time order), the CPU analogue of
-    the CUDA number, plus the resident-set high-water mark (``VmHWM``, reset through
-    ``/proc/self/clear_refs``) minus the resident size at the start. The RSS figure can undercount
-    (glibc reuses memory it retained from earlier steps) or overcount (allocator slack), so the
-    allocator peak is the one used for ratios and GPU extrapolation.
-    """
-
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, rss: bool = False) -> None:
         self.device = device
+        self.rss = rss
 
     def start(self) -> None:
         gc.collect()
@@ -81,22 +80,20 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
-            return
-        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
-        try:
+        elif self.rss:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
-            self.rss_base = _status_kib("VmRSS") * 1024
-        except OSError:
-            self.rss_base = None
-        self.prof.__enter__()
+            self.base = _status_kib("VmRSS") * 1024
+        else:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+            self.prof.__enter__()
 
-    def stop(self) -> dict:
+    def stop(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-            return {"growth_bytes": peak - self.base, "peak_bytes": peak}
-        rss_growth = _status_kib("VmHWM") * 1024 - self.rss_base if self.rss_base is not None else None
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        if self.rss:
+            return _status_kib("VmHWM") * 1024 - self.base
         self.prof.__exit__(None, None, None)
         events = sorted(
             (e.start_ns(), e.nbytes())
@@ -107,7 +104,39 @@ class MemoryMeter:
         for _, nbytes in events:
             live += nbytes
             peak = max(peak, live)
-        return {"growth_bytes": peak, "rss_growth_bytes": rss_growth}
+        return peak
+
+
+def rss_growth_in_fresh_process(args: argparse.Namespace, batch: int, crop: int, modes: list[str]) -> dict[str, int]:
+    """Run ``--rss-child`` for one batch/crop and return its per-mode RSS growth."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--backbone", args.backbone,
+           "--classes", str(args.classes), "--batches", str(batch), "--crops", str(crop),
+           "--threads", str(args.threads), "--modes", ",".join(modes)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def rss_child(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    base = build_pspnet(args.backbone, args.classes).train()
+    batch, crop = args.batches[0], args.crops[0]
+    images, labels = make_batch(batch, crop, args.classes, device, seed=batch * 1000 + crop)
+    trainers = [Trainer(base, mode, device) for mode in args.modes]
+    meter = MemoryMeter(device, rss=True)
+    result = {}
+    for t in trainers:
+        t.step(images, labels)
+        t.release_grads()
+    for t in trainers:
+        meter.start()
+        t.step(images, labels)
+        result[t.mode] = meter.stop()
+        t.release_grads()
+    print(json.dumps(result))
+    return 0
 
 
 def make_batch(batch: int, crop: int, num_classes: int, device: torch.device, seed: int):
@@ -189,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
                 t.step(images, labels)
                 t.release_grads()
             times: dict[str, list[float]] = {t.mode: [] for t in trainers}
-            mems: dict[str, dict] = {}
+            mems: dict[str, int] = {}
             losses: dict[str, float] = {}
             for _ in range(args.reps):
                 for t in trainers:
@@ -199,13 +228,17 @@ def run(args: argparse.Namespace) -> dict:
                     sync(device)
                     times[t.mode].append(time.perf_counter() - t0)
                     t.release_grads()
+            peaks: dict[str, int] = {}
             for t in trainers:
                 meter.start()
                 t.step(images, labels)
                 mems[t.mode] = meter.stop()
+                if device.type == "cuda":  # what has to fit on the GPU, CUDA context aside
+                    peaks[t.mode] = torch.cuda.max_memory_allocated(device)
                 t.release_grads()
+            rss = rss_growth_in_fresh_process(args, batch, crop, [t.mode for t in trainers]) if args.rss else {}
             for t in trainers:
-                growth = mems[t.mode]["growth_bytes"]
+                growth = mems[t.mode]
                 per_pixel[t.mode] = max(per_pixel.get(t.mode, 0.0), growth / (batch * crop * crop))
                 results.append(
                     {
@@ -215,7 +248,8 @@ def run(args: argparse.Namespace) -> dict:
                         "median_s": statistics.median(times[t.mode]),
                         "min_s": min(times[t.mode]),
                         "growth_bytes": growth,
-                        **{k: v for k, v in mems[t.mode].items() if k != "growth_bytes"},
+                        **({"rss_growth_bytes": rss[t.mode]} if t.mode in rss else {}),
+                        **({"peak_bytes": peaks[t.mode]} if t.mode in peaks else {}),
                         "loss": losses[t.mode],
                     }
                 )
@@ -230,9 +264,15 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine_info(device, args.threads),
         "backbone": args.backbone,
+        "params": sum(p.numel() for p in base.parameters()),
         "classes": args.classes,
         "reps": args.reps,
-        "memory_method": "allocator peak (profiler) and VmHWM - VmRSS" if device.type == "cpu" else "cuda.max_memory_allocated - memory_allocated",
+        "memory_method": (
+            "peak live bytes of the CPU allocator (torch.profiler)"
+            + ("; RSS: VmHWM - VmRSS in a fresh process, MALLOC_MMAP_THRESHOLD_=65536" if args.rss else "")
+            if device.type == "cpu"
+            else "torch.cuda.max_memory_allocated - memory_allocated"
+        ),
         "results": results,
     }
 
@@ -241,7 +281,7 @@ def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"\nPSPNet {report['backbone']} training step ({report['machine']['device']}, "
           f"{report['machine']['threads']} threads, torch {report['machine']['torch']})")
-    cpu = report["machine"]["device"] == "cpu"
+    cpu = any("rss_growth_bytes" in r for r in rows)
     print(f"memory: {report['memory_method']}")
     print(f"{'batch':>5} {'crop':>5} {'mode':<10} {'median s':>9} {'min s':>8} {'speed-up':>8} "
           f"{'peak MiB':>9} {'vs fp32':>8} {'MiB/Mpx':>8}" + (f" {'RSS MiB':>8} {'vs fp32':>8}" if cpu else ""))
@@ -265,6 +305,50 @@ def print_table(report: dict) -> None:
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average'])}")
 
 
+# Usable memory of common GPU sizes after the CUDA context and cuDNN/cuBLAS workspaces (~0.6 GiB,
+# an assumption: they are not part of the allocator's count).
+GPU_SIZES_GIB = (8, 11, 24)
+CONTEXT_GIB = 0.6
+FIT_CROPS = (473, 512, 713, 769)
+
+
+def fit_memory(report: dict) -> dict:
+    """Per mode, the least-squares line ``growth = fixed + per_pixel * batch * crop**2`` and the
+    largest batch per crop that fits on 8/11/24 GB GPUs (an extrapolation from these measurements)."""
+    fits = {}
+    params = report["params"]
+    persistent = 2 * 4 * params  # fp32 weights + SGD momentum (gradients are part of the growth)
+    for mode in dict.fromkeys(r["mode"] for r in report["results"]):
+        pts = [(r["batch"] * r["crop"] ** 2, r["growth_bytes"]) for r in report["results"]
+               if r["mode"] == mode and not r.get("skipped")]
+        if len({x for x, _ in pts}) < 2:
+            continue
+        n = len(pts)
+        mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+        fixed = my - slope * mx
+        table = {}
+        for gib in GPU_SIZES_GIB:
+            free = (gib - CONTEXT_GIB) * 2**30 - persistent - fixed
+            table[f"{gib}GB"] = {str(c): max(0, int(free // (slope * c * c))) for c in FIT_CROPS}
+        fits[mode] = {"fixed_bytes": fixed, "bytes_per_pixel": slope, "max_batch": table}
+    return fits
+
+
+def print_fits(report: dict) -> None:
+    fits = report.get("gpu_extrapolation") or {}
+    if not fits:
+        return
+    print(f"\nExtrapolated GPU training (fp32 weights + momentum {2 * 4 * report['params'] / 2**30:.2f} GiB, "
+          f"context {CONTEXT_GIB} GiB; growth = fixed + bytes/pixel x batch x crop^2 fitted to the rows above)")
+    print(f"{'mode':<10} {'fixed MiB':>9} {'KiB/px':>7}  " + "  ".join(
+        f"{g}GB max batch @" + "/".join(str(c) for c in FIT_CROPS) for g in GPU_SIZES_GIB))
+    for mode, fit in fits.items():
+        cols = "  ".join(f"{'/'.join(str(fit['max_batch'][f'{g}GB'][str(c)]) for c in FIT_CROPS):>{len(f'{g}GB max batch @') + 15}}"
+                         for g in GPU_SIZES_GIB)
+        print(f"{mode:<10} {fit['fixed_bytes'] / 2**20:>9.0f} {fit['bytes_per_pixel'] / 1024:>7.2f}  {cols}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
@@ -275,12 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="batch 2, crop 473 only")
+    parser.add_argument("--rss", action="store_true", help="also measure RSS growth in a fresh process per batch/crop (CPU)")
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args(argv)
+    if args.rss_child:
+        return rss_child(args)
     if args.quick:
         args.batches, args.crops = [2], [473]
     report = run(args)
+    report["gpu_extrapolation"] = fit_memory(report)
     print_table(report)
+    print_fits(report)
     write_json(report, args.json)
     print(f"wrote {args.json}")
     return 0

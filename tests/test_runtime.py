@@ -25,6 +25,7 @@ from pspnet_lib.runtime import (
 )
 from pspnet_lib.runtime.head import interpolation_matrix
 from pspnet_lib.runtime.space_to_batch import zero_subgrid_padding
+from pspnet_lib.runtime.winograd import winograd_conv3x3, winograd_weight
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "ppm_channels": 8}
 BF16_NATIVE = native_dtype_support(torch.bfloat16, "cpu")[0]
@@ -89,6 +90,22 @@ def test_space_to_batch_rejects_bad_arguments():
         space_to_batch_conv2d(torch.randn(1, 2, 8, 8), torch.randn(2, 2, 2, 2), dilation=2)
 
 
+# --- Winograd ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (1, 1), (2, 3), (16, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_winograd_conv_equals_conv(size, channels_last):
+    x = torch.randn(2, 6, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias, residual = torch.randn(5, 6, 3, 3), torch.randn(5), torch.randn(2, 5, *size)
+    u = winograd_weight(weight)
+    torch.testing.assert_close(winograd_conv3x3(x, u), F.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-5)
+    ref = (F.conv2d(x, weight, bias, padding=1) + residual).relu()
+    torch.testing.assert_close(winograd_conv3x3(x, u, bias, residual, relu=True), ref, rtol=1e-5, atol=1e-5)
+
+
 # --- pyramid head algebra ----------------------------------------------------------------------
 
 
@@ -119,10 +136,10 @@ def test_fast_fp32_equals_model(backbone, overrides, size):
     x = smooth_image(2, *size, seed=1)
     with torch.no_grad():
         ref = model(x)
-    for space_to_batch in (False, True):
-        out = optimize_for_inference(model, torch.float32, space_to_batch=space_to_batch)(x)
+    for space_to_batch, winograd in ((False, False), (True, True), ("auto", "auto")):
+        out = optimize_for_inference(model, torch.float32, space_to_batch=space_to_batch, winograd=winograd)(x)
         assert out.shape == ref.shape and out.dtype == torch.float32
-        assert rel_err(ref, out) <= 1e-4, space_to_batch
+        assert rel_err(ref, out) <= 1e-4, (space_to_batch, winograd)
 
 
 def test_fast_fp32_resnet152_once():
@@ -130,7 +147,7 @@ def test_fast_fp32_resnet152_once():
     x = smooth_image(1, 35, 29, seed=2)
     with torch.no_grad():
         ref = model(x)
-    assert rel_err(ref, optimize_for_inference(model, space_to_batch=True)(x)) <= 1e-4
+    assert rel_err(ref, optimize_for_inference(model, space_to_batch=True, winograd=True)(x)) <= 1e-4
 
 
 @pytest.mark.parametrize(
@@ -148,8 +165,9 @@ def test_fast_fp32_other_configs(overrides):
     with torch.no_grad():
         ref = model(x)
     for channels_last in (True, False):  # oneDNN fused kernels / plain F.conv2d
-        fast = optimize_for_inference(model, channels_last=channels_last, space_to_batch=True)
-        assert rel_err(ref, fast(x)) <= 1e-4
+        for winograd in (False, True):
+            fast = optimize_for_inference(model, channels_last=channels_last, space_to_batch=True, winograd=winograd)
+            assert rel_err(ref, fast(x)) <= 1e-4, (channels_last, winograd)
 
 
 def test_fast_accepts_tiny_and_strided_inputs():
@@ -182,11 +200,12 @@ def test_auto_space_to_batch_calibrates_per_shape():
 def test_fast_bf16_within_tolerance(backbone):
     model = small_model(backbone)
     x = smooth_image(2, 73, 65, seed=6)
-    fast = optimize_for_inference(model, torch.bfloat16)
-    stats = compare_models(model, fast, x)
-    assert fast.dtype == torch.bfloat16
-    assert stats["max_rel_err"] <= 3e-2
-    assert stats["argmax_agreement"] >= 0.98
+    for winograd in (False, True):
+        fast = optimize_for_inference(model, torch.bfloat16, space_to_batch=True, winograd=winograd)
+        stats = compare_models(model, fast, x)
+        assert fast.dtype == torch.bfloat16
+        assert stats["max_rel_err"] <= 3e-2, winograd
+        assert stats["argmax_agreement"] >= 0.98, winograd
 
 
 def test_unsupported_dtype_falls_back_with_warning():
@@ -253,6 +272,8 @@ def test_bad_arguments_and_inputs():
         optimize_for_inference(model, torch.int8)
     with pytest.raises(ValueError, match="space_to_batch"):
         optimize_for_inference(model, space_to_batch="yes")
+    with pytest.raises(ValueError, match="winograd"):
+        optimize_for_inference(model, winograd=1)
     fast = optimize_for_inference(model)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         fast(torch.randn(3, 32, 32))

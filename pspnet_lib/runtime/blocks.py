@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -12,8 +10,9 @@ import torch.nn as nn
 from ..models.resnet import BasicBlock, Bottleneck, ResNet
 from .conv import FusedConv
 from .space_to_batch import from_subgrids, to_subgrids, zero_subgrid_padding
+from .timing import time_candidates
 
-__all__ = ["FastStem", "FastBottleneck", "FastBasicBlock", "FastStage", "time_candidates"]
+__all__ = ["FastStem", "FastBottleneck", "FastBasicBlock", "FastStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,27 +21,6 @@ logger = logging.getLogger(__name__)
 _MIN_GAIN = 0.05
 # Distinct input shapes calibrated per stage; further shapes reuse the closest calibrated one.
 _MAX_CALIBRATED_SHAPES = 8
-
-
-def time_candidates(fns: Sequence[Callable[[], object]], repeats: int = 3, device: torch.device | None = None) -> list[float]:
-    """Best-of-``repeats`` seconds of each zero-argument function, interleaved so load affects all alike."""
-    cuda = device is not None and device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    for fn in fns:  # warm-up: first calls allocate, pick kernels, reorder weights
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 class FastStem(nn.Module):

@@ -47,7 +47,16 @@ class FastPSPHead(nn.Module):
         align_corners: ``align_corners`` of the final logit upsampling (the model's).
     """
 
-    def __init__(self, head: PSPHead, align_corners: bool, *, dtype: torch.dtype, backend: str, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        head: PSPHead,
+        align_corners: bool,
+        *,
+        dtype: torch.dtype,
+        backend: str,
+        channels_last: bool = True,
+        winograd: bool | str = False,
+    ) -> None:
         super().__init__()
         ppm = head.ppm
         self.bins = tuple(ppm.bins)
@@ -64,7 +73,9 @@ class FastPSPHead(nn.Module):
         main = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False, device=weight.device, dtype=torch.float64)
         with torch.no_grad():
             main.weight.copy_(weight[:, :in_ch])
-        self.main = FusedConv(main, None, relu=False, dtype=dtype, backend=backend, channels_last=channels_last)
+        self.main = FusedConv(
+            main, None, relu=False, dtype=dtype, backend=backend, channels_last=channels_last, winograd=winograd
+        )
         # Per-branch: folded 1x1 conv (float32) and the bottleneck slice as (C_b, 3, 3, O).
         branch_w, branch_b, slices, self.branch_norms = [], [], [], nn.ModuleList()
         offset = in_ch

@@ -33,9 +33,10 @@ class FastPSPNet(nn.Module):
         backend: str,
         channels_last: bool,
         space_to_batch: bool | str,
+        winograd: bool | str = False,
     ) -> None:
         super().__init__()
-        kw = {"dtype": dtype, "backend": backend, "channels_last": channels_last}
+        kw = {"dtype": dtype, "backend": backend, "channels_last": channels_last, "winograd": winograd}
         self.config = copy.deepcopy(model.config)
         self.pretrained_cfg: dict[str, Any] = copy.deepcopy(getattr(model, "pretrained_cfg", {}))
         self.dtype = dtype

@@ -23,6 +23,7 @@ def optimize_for_inference(
     *,
     channels_last: bool = True,
     space_to_batch: bool | str = "auto",
+    winograd: bool | str = "auto",
     compile: bool = False,
 ) -> nn.Module:
     """Return a new, inference-only module computing ``model(x)`` faster.
@@ -35,7 +36,8 @@ def optimize_for_inference(
     * the pyramid pooling module is never concatenated or upsampled at full resolution: the
       bottleneck's pyramid part is computed exactly from the pooled maps (see
       :mod:`pspnet_lib.runtime.head`); dropout and the auxiliary head are dropped;
-    * dilated 3x3 convolutions may run as undilated ones on space-to-batch sub-grids.
+    * dilated 3x3 convolutions may run as undilated ones on space-to-batch sub-grids;
+    * 3x3 convolutions may run as Winograd F(2x2, 3x3) (2.25x fewer multiplications).
 
     Args:
         model: a :class:`~pspnet_lib.models.PSPNet` in eval mode (``model.eval()``).
@@ -46,6 +48,9 @@ def optimize_for_inference(
             tensor-core GPUs).
         space_to_batch: ``"auto"`` (time both forms of each dilated segment on the first input of
             each shape and keep the faster; the first call per shape is slower), ``True`` or ``False``.
+        winograd: ``"auto"`` (time direct and Winograd 3x3 convolutions on the first input of each
+            shape, keep the faster; decisions are shared by layers of the same shape), ``True`` or
+            ``False`` (direct convolutions only: the closest to ``model``'s own arithmetic).
         compile: wrap the module in ``torch.compile`` (needs a working compiler toolchain; the first
             call per shape compiles). Only worth it where benchmarks/inference.py shows a gain.
 
@@ -69,8 +74,9 @@ def optimize_for_inference(
             "optimize_for_inference needs a model in eval mode: BatchNorm is folded using its running "
             "statistics and dropout is removed, which only matches eval-mode behaviour. Call model.eval() first."
         )
-    if space_to_batch not in (True, False, "auto"):
-        raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
+    for name, value in (("space_to_batch", space_to_batch), ("winograd", winograd)):
+        if not (value is True or value is False or value == "auto"):  # `1 in (True, ...)` would pass
+            raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
     params = list(model.parameters())
     if not params:
         raise ValueError("the model has no parameters")
@@ -79,8 +85,13 @@ def optimize_for_inference(
     backend = "aten"
     if device.type == "cpu" and channels_last and not compile and mkldnn_fusion_available(dtype):
         backend = "mkldnn"
-    fast = FastPSPNet(model, dtype=dtype, backend=backend, channels_last=channels_last, space_to_batch=space_to_batch)
-    logger.info("optimize_for_inference: %s on %s, backend %s, space_to_batch=%s", dtype, device, backend, space_to_batch)
+    fast = FastPSPNet(
+        model, dtype=dtype, backend=backend, channels_last=channels_last, space_to_batch=space_to_batch, winograd=winograd
+    )
+    logger.info(
+        "optimize_for_inference: %s on %s, backend %s, space_to_batch=%s, winograd=%s",
+        dtype, device, backend, space_to_batch, winograd,
+    )
     if compile:
         return torch.compile(fast)
     return fast
