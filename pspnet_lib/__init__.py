@@ -1,5 +1,9 @@
 """pspnet_lib: a faithful, pretrained, fast PSPNet for PyTorch."""
 
+from .assets import sample_images
+from .hub import get_weights, list_pretrained, load_pretrained
+from .inference.predict import Prediction, predict
+from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
 from .runtime import optimize_for_inference
 
@@ -9,8 +13,17 @@ __all__ = [
     "PRESETS",
     "PSPNet",
     "PSPNetConfig",
+    "Prediction",
     "PyramidPoolingModule",
     "ResNet",
     "build_pspnet",
+    "colorize",
+    "get_weights",
+    "legend",
+    "list_pretrained",
+    "load_pretrained",
     "optimize_for_inference",
+    "overlay",
+    "predict",
+    "sample_images",
 ]

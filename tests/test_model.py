@@ -8,7 +8,7 @@ from pspnet_lib import PSPNet, PSPNetConfig, PyramidPoolingModule, build_pspnet
 from pspnet_lib.hub.converters import convert_state_dict
 from pspnet_lib.models import ResNet
 
-from .reference import CASES, load_case
+from .reference import load_case
 
 
 def n_params(model: nn.Module) -> int:

@@ -201,7 +201,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
 
     if "decode_head.classifier.weight" in sd:
         cfg["num_classes"] = int(sd["decode_head.classifier.weight"].shape[0])
-        cfg["head_channels"] = int(sd["decode_head.bottleneck.conv.weight"].shape[0])
+        # a key missing here is reported by the strict load, not as a KeyError
+        cfg["head_channels"] = int(sd["decode_head.classifier.weight"].shape[1])
         branches = sorted(
             {int(m.group(1)) for k in sd if (m := re.match(r"^decode_head\.ppm\.branches\.(\d+)\.", k))}
         )
@@ -209,5 +210,5 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
             cfg["ppm_channels"] = int(sd[f"decode_head.ppm.branches.{branches[0]}.conv.weight"].shape[0])
         cfg["aux"] = "aux_head.classifier.weight" in sd
         if cfg["aux"]:
-            cfg["aux_channels"] = int(sd["aux_head.convs.0.conv.weight"].shape[0])
+            cfg["aux_channels"] = int(sd["aux_head.classifier.weight"].shape[1])
     return cfg

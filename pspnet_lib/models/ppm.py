@@ -4,6 +4,12 @@ Usable on its own on any feature map::
 
     ppm = PyramidPoolingModule(2048)          # bins (1, 2, 3, 6), 512 channels per branch
     y = ppm(features)                         # (N, 2048 + 4 * 512, H, W)
+
+For export (ONNX, ``torch.export``) the adaptive pooling can be swapped for
+:class:`MatmulAdaptiveAvgPool2d`, which computes the same bins with two averaging matrix
+products whose shapes follow the input, so one exported graph serves every input size::
+
+    ppm.set_exportable(True)
 """
 
 from __future__ import annotations
@@ -16,7 +22,56 @@ import torch.nn.functional as F
 
 from ._utils import NormLayer
 
-__all__ = ["PyramidPoolingModule", "PoolingBranch"]
+__all__ = ["PyramidPoolingModule", "PoolingBranch", "MatmulAdaptiveAvgPool2d", "adaptive_pool_matrix"]
+
+
+def adaptive_pool_matrix(size: int, bins: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The ``(bins, size)`` matrix that averages a length-``size`` axis into ``bins`` bins.
+
+    Row ``i`` averages positions ``floor(i * size / bins) <= j < ceil((i + 1) * size / bins)``,
+    the bins of :class:`torch.nn.AdaptiveAvgPool2d` (overlapping when ``size`` is not a
+    multiple of ``bins``; repeated positions when ``size < bins``). ``size`` may be a symbolic
+    size during tracing/export: everything here is tensor arithmetic on it, so exported graphs
+    rebuild the matrix for each input.
+    """
+    i = torch.arange(bins, device=device)
+    start = torch.div(i * size, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * size + (bins - 1), bins, rounding_mode="floor")
+    j = torch.arange(size, device=device)
+    inside = (j.unsqueeze(0) >= start.unsqueeze(1)) & (j.unsqueeze(0) < end.unsqueeze(1))
+    return inside.to(dtype) / (end - start).to(dtype).unsqueeze(1)
+
+
+class MatmulAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` written as ``rows @ x @ cols.T`` with input-sized averaging matrices.
+
+    Equal to ``nn.AdaptiveAvgPool2d(output_size)`` up to float rounding, for every input size,
+    but made only of ``arange``/comparisons/``matmul``, which ONNX and ``torch.export`` express
+    with dynamic height and width (ONNX's own pooling has no adaptive form for dynamic sizes).
+    The cost is ``bins`` multiply-adds per input element instead of one; negligible next to the
+    backbone.
+
+    Args:
+        output_size: ``bins`` or ``(bins_h, bins_w)``.
+    """
+
+    def __init__(self, output_size: int | Sequence[int]) -> None:
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(int(s) for s in output_size)
+        if len(self.output_size) != 2 or any(s < 1 for s in self.output_size):
+            raise ValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], dtype=x.dtype, device=x.device)
+        cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], dtype=x.dtype, device=x.device)
+        # Columns first: x is contiguous, so torch.export folds (N, C, H, W) @ (W, b) without
+        # guarding on the feature size (rows first made it specialise on width != 1).
+        return torch.matmul(rows, torch.matmul(x, cols.transpose(0, 1)))
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 class PoolingBranch(nn.Module):
@@ -42,6 +97,14 @@ class PoolingBranch(nn.Module):
                     "or build the model with norm='group'."
                 )
         return self.act(self.norm(self.conv(pooled)))
+
+    def set_exportable(self, enable: bool = True) -> None:
+        """Pool with :class:`MatmulAdaptiveAvgPool2d` (``True``) or ``nn.AdaptiveAvgPool2d`` (``False``).
+
+        Both give the same numbers; the matrix form exports with dynamic input sizes. No
+        parameters change, so state dicts are unaffected.
+        """
+        self.pool = MatmulAdaptiveAvgPool2d(self.bin_size) if enable else nn.AdaptiveAvgPool2d(self.bin_size)
 
 
 class PyramidPoolingModule(nn.Module):
@@ -83,6 +146,11 @@ class PyramidPoolingModule(nn.Module):
     @property
     def out_channels(self) -> int:
         return self.in_channels + len(self.bins) * self.branch_channels
+
+    def set_exportable(self, enable: bool = True) -> None:
+        """Switch every branch to export-friendly pooling (see :meth:`PoolingBranch.set_exportable`)."""
+        for branch in self.branches:
+            branch.set_exportable(enable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
 from ._utils import NORM_TYPES, make_norm_layer
 from .heads import FCNHead, PSPHead
@@ -108,7 +111,14 @@ class PSPNetConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-class PSPNet(nn.Module):
+class PSPNet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="pspnet_lib",
+    paper_url="https://arxiv.org/abs/1612.01105",
+    pipeline_tag="image-segmentation",
+    tags=["pspnet", "semantic-segmentation"],
+):
     """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017).
 
     Args:
@@ -126,6 +136,10 @@ class PSPNet(nn.Module):
     ``H, W >= 1``; ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
     tensor ``(N, in_channels, H, W)``, normalised as the weights expect (ImageNet mean/std for
     every released checkpoint).
+
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (from ``huggingface_hub``'s
+    ``PyTorchModelHubMixin``) write and read ``config.json`` (the config and ``pretrained_cfg``),
+    ``model.safetensors`` and a model card; see docs/hub.md.
     """
 
     def __init__(
@@ -245,6 +259,24 @@ class PSPNet(nn.Module):
     def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
 
+    # --- Hugging Face Hub (PyTorchModelHubMixin); the implementations live in pspnet_lib.hub.hf ---
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from ..hub.hf import save_model_files
+
+        save_model_files(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> "PSPNet":
+        from ..hub.hf import from_pretrained_files
+
+        return from_pretrained_files(cls, model_id, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        from ..hub.model_card import generate_model_card
+
+        return generate_model_card(self, **kwargs)
+
 
 def build_pspnet(
     backbone: str = "resnet50",
@@ -253,6 +285,7 @@ def build_pspnet(
     preset: str | None = None,
     config: PSPNetConfig | Mapping[str, Any] | None = None,
     norm_layer: Callable[[int], nn.Module] | None = None,
+    weights_backbone: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> PSPNet:
     """Build a PSPNet.
@@ -265,12 +298,17 @@ def build_pspnet(
         config: a full config (or mapping, e.g. a loaded ``config.json``); when given,
             ``backbone``/``num_classes`` defaults are ignored and ``overrides`` apply on top.
         norm_layer: a custom norm factory (e.g. ``functools.partial(nn.GroupNorm, 16)``).
+        weights_backbone: ImageNet weights for the backbone only (heads stay randomly
+            initialised): a zoo name such as ``"resnet50_v1c"`` or ``"resnet50_torchvision"``
+            (see :func:`~pspnet_lib.list_pretrained`), a file or a URL. The stem type follows the
+            weights unless set explicitly. See docs/weights.md.
         **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...).
 
     Example::
 
         model = build_pspnet("resnet50", num_classes=150)
         model = build_pspnet("resnet101", num_classes=19, preset="semseg")
+        model = build_pspnet("resnet50", num_classes=19, weights_backbone="resnet50_v1c")
     """
     if config is not None:
         base = config.to_dict() if isinstance(config, PSPNetConfig) else dict(config)
@@ -281,4 +319,9 @@ def build_pspnet(
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         base.update(PRESETS[preset])
     base.update(overrides)
+    if weights_backbone is not None:
+        from ..hub.loading import build_with_backbone_weights
+
+        explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())
+        return build_with_backbone_weights(base, weights_backbone, explicit=explicit, norm_layer=norm_layer)
     return PSPNet(PSPNetConfig.from_dict(base), norm_layer=norm_layer)

@@ -1,0 +1,66 @@
+"""Atomic file output: write to a temporary file next to the target, flush it, then ``os.replace``.
+
+Every file the library writes (checkpoints, converted weights, configs, masks, exports) goes
+through here, so an interrupted write never leaves a half-written file that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "fsync_dir"]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (best effort: not every OS/file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` atomically.
+
+    The temporary file keeps ``path``'s suffix (libraries that pick a format from it still
+    work) and is flushed to disk before the rename. If the body raises, it is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,104 @@
+"""``pspnet export``: write a model as ONNX, a ``torch.export`` program or TorchScript.
+
+    pspnet export --weights pspnet_r50-d8_ade20k --format onnx --out pspnet.onnx
+    pspnet export --weights ./my_model --format exported-program --out pspnet.pt2
+
+Exports are dynamic in batch, height and width by default (``--static`` fixes the example size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("pspnet_lib.cli.export")
+
+FORMATS = ("onnx", "exported-program", "torchscript")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX, torch.export (.pt2) or TorchScript",
+        description=(
+            "Export a model for deployment. By default the exported model accepts any batch size, height and "
+            "width (one file for every image size); --static fixes them to --batch-size x --height x --width."
+        ),
+    )
+    parser.add_argument(
+        "--weights", required=True, help="zoo name, hf-hub:org/repo, a save_pretrained folder or a checkpoint file"
+    )
+    parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    parser.add_argument("--out", required=True, type=Path, help="file to write (.onnx, .pt2 or .pt)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch/height/width (default)")
+    shape.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape (for runtimes that need it)")
+    parser.add_argument("--height", type=int, default=512, help="example (or, with --static, fixed) input height")
+    parser.add_argument("--width", type=int, default=512, help="example (or, with --static, fixed) input width")
+    parser.add_argument("--batch-size", type=int, default=None, help="example/fixed batch size (default 2; 1 for TorchScript)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(
+        "--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="which torch.onnx exporter to use"
+    )
+    parser.add_argument(
+        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 RGB (N, 3, H, W)"
+    )
+    parser.add_argument("--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns")
+    parser.add_argument("--check", action="store_true", help="ONNX only: compare ONNX Runtime with PyTorch at three sizes")
+    parser.add_argument("--device", default="cpu", help="device to trace on (default cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import export as ex
+    from ..inference.predict import load_model
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.format != "onnx" and (args.check or args.opset is not None or args.onnx_exporter != "auto"):
+        raise ValueError("--check, --opset and --onnx-exporter apply to --format onnx only")
+    if args.format == "onnx":
+        ex._require_onnx()  # fail before loading weights
+        # The dynamo exporter's helpers log every optimisation pass at INFO level.
+        for name in ("onnxscript", "onnx_ir"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    model = load_model(args.weights, device=args.device)
+    common = dict(height=args.height, width=args.width, preprocess=args.preprocess, output=args.output)
+    if args.format == "onnx":
+        ex.export_onnx(
+            model,
+            args.out,
+            dynamic=args.dynamic,
+            opset=args.opset,
+            batch_size=args.batch_size or 2,
+            exporter=args.onnx_exporter,
+            **common,
+        )
+    elif args.format == "exported-program":
+        program = ex.export_program(model, dynamic=args.dynamic, batch_size=args.batch_size or 2, **common)
+        ex.save_program(program, args.out)
+    else:
+        ex.export_torchscript(model, args.out, batch_size=args.batch_size or 1, **common)
+    size_mb = args.out.stat().st_size / 2**20
+    sys.stdout.write(f"wrote {args.out} ({args.format}, {'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n")
+    if args.check:
+        h, w = args.height, args.width
+        low = ex.min_input_size(model)
+        # The example size, one larger and one smaller, neither divisible by 8.
+        sizes = [(h, w), (h + 37, max(low, w - 21)), (max(low, h // 2 + 3), max(low, w // 2 + 5))] if args.dynamic else [(h, w)]
+        error = ex.check_onnx(args.out, model, sizes)
+        what = "mismatched pixel fraction" if args.output == "labels" else "max relative error"
+        sys.stdout.write(f"ONNX Runtime vs PyTorch at {sizes}: {what} {error:.2e}\n")
+        if error > 1e-4:
+            logger.error("the exported model differs from PyTorch by more than 1e-4")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from . import main
+
+    sys.exit(main(["export", *sys.argv[1:]]))

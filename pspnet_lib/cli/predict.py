@@ -1,0 +1,218 @@
+"""``pspnet predict``: segment image files and folders, writing paletted mask PNGs (and overlays).
+
+    pspnet predict photos/ street.jpg --weights pspnet_r50-d8_ade20k --out results/ --overlay
+
+For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
+are the class indices) and, with ``--overlay``, ``<out>/<name>_overlay.png``. Images found in a
+folder keep their sub-folder under ``<out>``. A file that cannot be read is reported and skipped;
+the exit code is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger("pspnet_lib.cli.predict")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images and write mask PNGs (and overlays)",
+        description=(
+            "Segment image files and folders. Writes <out>/<name>.png, a paletted PNG whose pixel values are "
+            "the class indices, and with --overlay <out>/<name>_overlay.png. Unreadable files are reported "
+            "and skipped; the exit code is 1 if any failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    parser.add_argument(
+        "--weights", required=True, help="zoo name, hf-hub:org/repo, a save_pretrained folder or a checkpoint file"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png (mask blended over the photo)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in overlays (default 0.5)")
+    parser.add_argument("-r", "--recursive", action="store_true", help="also search sub-folders of folder inputs")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the weights' protocol)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="resize before inference: one value = short side, two = (long side, short side) limits "
+        "(default: the weights' protocol)",
+    )
+    parser.add_argument("--no-resize", action="store_true", help="run at each image's own size")
+    parser.add_argument("--crop", type=int, nargs="+", metavar="N", help="sliding-window size (h [w]) for --mode slide")
+    parser.add_argument("--stride", type=int, nargs="+", metavar="N", help="sliding-window step (h [w]) for --mode slide")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale factors, e.g. 0.75 1.0 1.25")
+    parser.add_argument("--flip", action="store_true", help="also predict on mirrored images and average")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
+    parser.add_argument("--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="precision of --fast: auto = bfloat16 where the device computes it natively (AVX-512-BF16/AMX CPUs, "
+        "Ampere+ GPUs), else float32 (exact)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.set_defaults(func=run)
+
+
+def _pair(values: Sequence[int] | None, name: str) -> int | tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise ValueError(f"--{name} takes one or two integers, got {len(values)}")
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, Path]]:
+    """``(image_path, relative_output_stem)`` for every input file, in a stable order.
+
+    Files named explicitly are taken whatever their extension; folders contribute files with an
+    image extension (:data:`~pspnet_lib.inference.images.IMAGE_EXTENSIONS`).
+    """
+    from ..inference.images import IMAGE_EXTENSIONS
+
+    found: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                logger.warning("no image files in %s%s", path, "" if recursive else " (use --recursive for sub-folders)")
+            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    return found
+
+
+def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:
+    plan, claimed = [], {}
+    for source, stem in files:
+        mask = out / stem.with_name(stem.name + ".png")
+        over = out / stem.with_name(stem.name + "_overlay.png") if overlay else None
+        for target in filter(None, (mask, over)):
+            if target in claimed and claimed[target] != source:
+                raise ValueError(
+                    f"{claimed[target]} and {source} would both be written to {target}; "
+                    "rename one or segment them in separate runs with different --out folders"
+                )
+            claimed[target] = source
+        plan.append((source, mask, over))
+    return plan
+
+
+def _fast_dtype(name: str, device: str):
+    import torch
+
+    from ..runtime.precision import native_dtype_support
+
+    if name != "auto":
+        return getattr(torch, name)
+    native, _ = native_dtype_support(torch.bfloat16, device)
+    return torch.bfloat16 if native else torch.float32
+
+
+def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
+    import torch
+
+    from ..inference.predict import load_model
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(weights, device=device)
+    if not fast:
+        return model
+    from ..runtime import optimize_for_inference
+
+    return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .._files import atomic_output
+    from ..inference.images import load_image, to_rgb_tensor
+    from ..inference.predict import predict, resolve_protocol
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.size is not None and args.no_resize:
+        raise ValueError("--size and --no-resize contradict each other; pass one of them")
+    size = False if args.no_resize else _pair(args.size, "size")
+    options = dict(mode=args.mode, size=size, crop=_pair(args.crop, "crop"), stride=_pair(args.stride, "stride"))
+
+    files = collect_inputs(args.inputs, args.recursive)
+    if not files:
+        raise ValueError("no image files to segment among the inputs")
+    plan = _plan_outputs(files, args.out, args.overlay)
+    if not args.overwrite:
+        existing = [str(p) for _, mask, over in plan for p in (mask, over) if p is not None and p.exists()]
+        if existing:
+            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise FileExistsError(
+                f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them "
+                "or choose another --out folder"
+            )
+
+    model = _load(args.weights, args.device, args.fast, args.dtype)
+    resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
+
+    failed: list[tuple[Path, str]] = []
+    done = 0
+    progress = tqdm(total=len(plan), unit="image", desc="pspnet predict", disable=None)
+    try:
+        for start in range(0, len(plan), args.batch_size):
+            loaded = []
+            for source, mask_path, overlay_path in plan[start : start + args.batch_size]:
+                try:
+                    loaded.append((to_rgb_tensor(load_image(source)), source, mask_path, overlay_path))
+                except (OSError, ValueError) as exc:
+                    failed.append((source, str(exc)))
+                    logger.error("skipping %s: %s", source, exc)
+                    progress.update(1)
+            if not loaded:
+                continue
+            results = predict(model, [item[0] for item in loaded], scales=args.scales, flip=args.flip, **options)
+            for result, (_, source, mask_path, overlay_path) in zip(results, loaded):
+                try:
+                    with atomic_output(mask_path) as tmp:
+                        result.colorize().save(tmp, format="PNG")
+                    if overlay_path is not None:
+                        with atomic_output(overlay_path) as tmp:
+                            result.overlay(alpha=args.alpha).save(tmp, format="PNG")
+                    done += 1
+                except OSError as exc:
+                    failed.append((source, f"cannot write output: {exc}"))
+                    logger.error("failed to write the outputs of %s: %s", source, exc)
+                progress.update(1)
+    finally:
+        progress.close()
+
+    summary = f"segmented {done} of {len(plan)} image(s) into {args.out}"
+    if failed:
+        summary += f"; {len(failed)} failed: " + ", ".join(str(p) for p, _ in failed[:5])
+        summary += f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    sys.stdout.write(summary + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from . import main
+
+    sys.exit(main(["predict", *sys.argv[1:]]))

@@ -1,0 +1,277 @@
+"""``pspnet train``: train or fine-tune a PSPNet on a dataset, from a recipe or flags, on 1..N GPUs (torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+logger = logging.getLogger("pspnet_lib.cli.train")
+
+DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "folder")
+
+
+def _ints(text: str) -> list[int]:
+    """``512`` or ``512,1024`` / ``512x1024`` -> [512, 512] / [512, 1024]."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or H,W (e.g. 512 or 512,1024), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or H,W with positive values, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """Dataset flags shared by ``train`` and ``eval``."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=DATASET_CHOICES,
+                       help="dataset layout (see docs/datasets.md); a recipe sets it")
+    group.add_argument("--data-root", metavar="DIR", help="the dataset's directory")
+    group.add_argument("--classes", metavar="FILE|A,B,..",
+                       help="folder datasets: class names (a file with one per line, or comma-separated); "
+                            "default DATA_ROOT/classes.txt")
+    group.add_argument("--val-fraction", type=float, metavar="F",
+                       help="folder datasets without split information: hold out this fraction as 'val'")
+    group.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers per process")
+
+
+def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Extra ``build_dataset`` arguments from the flags (folder datasets only)."""
+    if args.dataset != "folder":
+        return {}
+    kwargs: dict[str, Any] = {}
+    if args.classes:
+        kwargs["classes"] = args.classes if os.path.isfile(args.classes) else [c.strip() for c in args.classes.split(",")]
+    if args.val_fraction is not None:
+        kwargs["val_fraction"] = args.val_fraction
+    return kwargs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a PSPNet (recipes, AMP, resume, torchrun)",
+        description="Train a PSPNet by iterations with the paper's recipe. Start from a --recipe (see "
+        "--list-recipes) or give the settings as flags; flags override the recipe. Multi-GPU: "
+        "torchrun --nproc_per_node N -m pspnet_lib train ... (see docs/training.md).",
+    )
+    p.add_argument("--recipe", metavar="NAME|FILE", help="a built-in recipe or a JSON recipe file")
+    p.add_argument("--list-recipes", action="store_true", help="list the built-in recipes and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    add_dataset_args(p)
+    g = p.add_argument_group("data splits and augmentation")
+    g.add_argument("--train-split", help="training split (default: the dataset's usual one)")
+    g.add_argument("--val-split", help="validation split (default: the dataset's usual one)")
+    g.add_argument("--no-val", action="store_true", help="do not validate")
+    g.add_argument("--crop-size", type=_ints, metavar="N|H,W", help="training crop (default 512)")
+    g.add_argument("--scale-range", type=_floats, metavar="LO,HI", help="random scale range (default 0.5,2.0)")
+    g.add_argument("--base-size", type=_ints, metavar="LONG,SHORT",
+                   help="scale relative to a keep-ratio fit into these edges (mmseg); default: each image's size")
+    g.add_argument("--rotation", type=float, metavar="DEG", help="max random rotation (default 10; 0 disables)")
+    g.add_argument("--blur-p", type=float, metavar="P", help="Gaussian blur probability (default 0.5)")
+    g = p.add_argument_group("model")
+    g.add_argument("--num-classes", type=int, metavar="K", help="classes (default: the dataset's)")
+    g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
+    g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
+    g.add_argument("--weights", metavar="NAME|PATH",
+                   help="start from these weights: a zoo name, an ImageNet backbone (e.g. resnet50_v1c), a Hub id "
+                        "(via pspnet_lib.load_pretrained), a saved model directory or a training checkpoint; the "
+                        "classifiers are replaced when the number of classes differs")
+    g.add_argument("--backbone-weights", metavar="NAME|PATH",
+                   help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
+                        "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
+                        "the stem follows the weights")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--iters", type=int, help="iterations (optimiser steps)")
+    g.add_argument("--batch-size", type=int, help="images per process per step (before --grad-accum)")
+    g.add_argument("--lr", type=float, help="base (backbone) learning rate")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"))
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--head-lr-mult", type=float, help="heads' LR factor (paper: 10)")
+    g.add_argument("--warmup-iters", type=int)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--aux-weight", type=float)
+    g.add_argument("--grad-accum", type=int, metavar="N", help="accumulate N batches per step")
+    g.add_argument("--clip-grad-norm", type=float, metavar="X")
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--amp", nargs="?", const="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="mixed precision; bare --amp = fp16 on CUDA, bf16 on the CPU")
+    g.add_argument("--channels-last", action="store_true", default=None)
+    g.add_argument("--grad-checkpointing", action="store_true", default=None)
+    g.add_argument("--freeze-backbone", action="store_true", default=None)
+    g.add_argument("--freeze-bn", action="store_true", default=None)
+    g.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>)")
+    g.add_argument("--resume", nargs="?", const=True, metavar="CKPT",
+                   help="continue the run in --out (or from this checkpoint)")
+    g.add_argument("--val-interval", type=int)
+    g.add_argument("--ckpt-interval", type=int)
+    g.add_argument("--keep-last", type=int)
+    g.add_argument("--log-interval", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
+    g = p.add_argument_group("validation protocol")
+    g.add_argument("--eval-mode", choices=("whole", "slide"))
+    g.add_argument("--eval-crop", type=_ints, metavar="N|H,W")
+    g.add_argument("--eval-stride", type=_ints, metavar="N|H,W")
+    g.add_argument("--eval-resize", type=_ints, metavar="LONG,SHORT")
+    g.add_argument("--eval-scales", type=_floats, metavar="S1,S2,..")
+    g.add_argument("--eval-flip", action="store_true", default=None)
+    p.set_defaults(func=run)
+
+
+# Flag name -> TrainConfig field, for flags that map one to one.
+_TRAIN_FLAGS = {
+    "iters": "iters", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight_decay",
+    "head_lr_mult": "head_lr_mult", "warmup_iters": "warmup_iters", "min_lr": "min_lr", "aux_weight": "aux_weight",
+    "grad_accum": "grad_accum", "clip_grad_norm": "clip_grad_norm", "channels_last": "channels_last",
+    "grad_checkpointing": "grad_checkpointing", "freeze_backbone": "freeze_backbone", "freeze_bn": "freeze_bn",
+    "device": "device", "val_interval": "val_interval", "ckpt_interval": "ckpt_interval", "keep_last": "keep_last",
+    "log_interval": "log_interval", "seed": "seed", "num_workers": "num_workers", "eval_mode": "eval_mode",
+    "eval_crop": "eval_crop", "eval_stride": "eval_stride", "eval_resize": "eval_resize", "eval_scales": "eval_scales",
+    "eval_flip": "eval_flip",
+}
+_AUGMENT_FLAGS = {"crop_size": "crop_size", "scale_range": "scale_range", "base_size": "base_size",
+                  "rotation": "rotation", "blur_p": "blur_p"}
+
+
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Recipe (if any) overlaid with the flags given: ``dataset``, ``num_classes``, ``model``, ``augment``, ``train``."""
+    from ..recipes import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    settings: dict[str, Any] = {
+        "dataset": recipe.get("dataset"),
+        "num_classes": recipe.get("num_classes"),
+        "model": {"backbone": "resnet50", **recipe.get("model", {})},
+        "augment": {"crop_size": [512, 512], **recipe.get("augment", {})},
+        "train": dict(recipe.get("train", {})),
+        "gpus": recipe.get("gpus"),
+    }
+    if args.dataset:
+        settings["dataset"] = args.dataset
+    if args.num_classes:
+        settings["num_classes"] = args.num_classes
+    for flag, key in (("backbone", "backbone"), ("preset", "preset")):
+        if getattr(args, flag):
+            settings["model"][key] = getattr(args, flag)
+    for flag, key in _AUGMENT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings["augment"][key] = getattr(args, flag)
+    for flag, key in _TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings["train"][key] = getattr(args, flag)
+    if args.amp is not None:
+        amp = args.amp
+        if amp == "auto":
+            import torch
+
+            cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+            amp = "fp16" if cuda else "bf16"
+        settings["train"]["amp"] = amp
+    if args.no_progress:
+        settings["train"]["progress"] = False
+    if not settings["dataset"]:
+        raise ValueError("no dataset: pass --dataset {voc,ade20k,cityscapes,folder} (or a --recipe that names one)")
+    settings["train"]["out_dir"] = args.out or settings["train"].get("out_dir") or os.path.join("runs", settings["dataset"])
+    return settings
+
+
+def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
+    """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
+    from .. import build_pspnet
+    from ..engine.model_io import load_model
+
+    if args.weights:
+        return load_model(args.weights, num_classes=num_classes)
+    options = dict(settings["model"])
+    backbone = options.pop("backbone", "resnet50")
+    model = build_pspnet(backbone, num_classes, weights_backbone=args.backbone_weights, **options)
+    if not args.backbone_weights and not args.resume:
+        logger.warning("training from scratch: no --weights or --backbone-weights given (the published recipes "
+                       "start from an ImageNet-pretrained backbone)")
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_recipes:
+        from ..recipes import RECIPES
+
+        for name in sorted(RECIPES):
+            r = RECIPES[name]
+            t = r["train"]
+            note = r.get("_published", "")
+            sys.stdout.write(f"{name:26s} {r['dataset']:10s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
+                             f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n")
+        return 0
+    if os.environ.get("RANK", "0") != "0":  # one process speaks for all
+        logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
+    settings = resolve_settings(args)
+    if args.print_config:
+        sys.stdout.write(json.dumps(settings, indent=2) + "\n")
+        return 0
+    if not args.data_root:
+        raise ValueError("--data-root DIR is required (the dataset's directory)")
+
+    from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
+    from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+    from ..engine import TrainConfig, Trainer
+    from ..engine import distributed as D
+
+    name = settings["dataset"]
+    config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
+    train_split = args.train_split or DEFAULT_SPLITS[name][0]
+    val_split = args.val_split or DEFAULT_SPLITS[name][1]
+    kwargs = dataset_kwargs(args)
+    # Classes first (the model's classifier width), from the dataset without transforms.
+    probe = build_dataset(name, args.data_root, train_split, None, **kwargs)
+    num_classes = settings["num_classes"] or probe.num_classes
+    if settings["num_classes"] and settings["num_classes"] != probe.num_classes:
+        raise ValueError(f"--num-classes {settings['num_classes']} but the {name} dataset at {args.data_root} has "
+                         f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)")
+    model = build_model(settings, args, num_classes)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    aug = dict(settings["augment"])
+    train_set = build_dataset(name, args.data_root, train_split,
+                              train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs)
+    val_set = None
+    if not args.no_val:
+        val_set = build_dataset(name, args.data_root, val_split, eval_transforms(normalize=False), **kwargs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if settings.get("gpus"):
+        published = settings["gpus"] * settings["train"].get("batch_size", 0)
+        ours = world * config.batch_size * config.grad_accum
+        if published and ours != published:
+            logger.warning("the recipe was published with %d images per step (%d GPUs x %d); this run uses %d "
+                           "(%d processes x %d x grad-accum %d): adjust --grad-accum or the process count to match",
+                           published, settings["gpus"], settings["train"]["batch_size"], ours, world,
+                           config.batch_size, config.grad_accum)
+    trainer = Trainer(model, train_set, val_set, config, resume=args.resume or False)
+    try:
+        summary = trainer.fit()
+    finally:
+        D.cleanup(trainer.dist)
+    if trainer.is_main:
+        if summary["metrics"]:
+            m = summary["metrics"]
+            sys.stdout.write(f"final: mIoU {100 * m['mIoU']:.2f}  mAcc {100 * m['mAcc']:.2f}  aAcc {100 * m['aAcc']:.2f}"
+                             f"  (best mIoU {100 * summary['best_miou']:.2f})\n")
+        sys.stdout.write(f"run directory: {config.out_dir} (checkpoints/, history.json"
+                         f"{', metrics.json' if summary['metrics'] else ''}); model: {summary['model_dir']}\n")
+    return 0

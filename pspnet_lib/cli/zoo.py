@@ -1,0 +1,134 @@
+"""``pspnet list``, ``pspnet info NAME`` and ``pspnet download NAME...``: the weights zoo from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("list", help="list the pretrained weights zoo", description="List the zoo entries.")
+    parser.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*ade20k*'")
+    parser.add_argument("--task", choices=("semantic-segmentation", "backbone"), help="one kind of entry only")
+    parser.add_argument("--aliases", action="store_true", help="also list the short aliases")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder to check (default: torch hub checkpoints)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run_list)
+
+    parser = subparsers.add_parser("info", help="show one zoo entry", description="Show everything known about a zoo entry.")
+    parser.add_argument("name", help="zoo name or alias")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder to check")
+    parser.add_argument("--classes", action="store_true", help="print every class name with its colour")
+    parser.set_defaults(func=run_info)
+
+    parser = subparsers.add_parser(
+        "download",
+        help="download, verify and convert zoo weights into the cache (e.g. before going offline)",
+        description="Fetch zoo entries into the cache so that later loads need no network.",
+    )
+    parser.add_argument("names", nargs="+", help="zoo names or aliases")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: torch hub checkpoints)")
+    parser.set_defaults(func=run_download)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..hub.download import is_cached
+    from ..hub.registry import get_weights, list_pretrained
+
+    names = list_pretrained(args.pattern, task=args.task, include_aliases=args.aliases)
+    rows = []
+    for name in names:
+        w = get_weights(name)
+        metrics = w.meta.get("metrics") or {}
+        rows.append(
+            {
+                "name": name,
+                "points_to": w.name if w.name != name else None,
+                "dataset": w.meta.get("dataset", ""),
+                "classes": w.meta.get("num_classes"),
+                "mIoU": metrics.get("mIoU"),
+                "mIoU_ms_flip": metrics.get("mIoU_ms_flip"),
+                "top1": metrics.get("top1"),
+                "cached": is_cached(w, args.cache_dir),
+            }
+        )
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if not rows:
+        sys.stdout.write("no zoo entry matches\n")
+        return 1
+    table = [
+        [
+            r["name"] + (f" -> {r['points_to']}" if r["points_to"] else ""),
+            r["dataset"],
+            "-" if r["classes"] is None else str(r["classes"]),
+            _fmt(r["mIoU"]) if r["top1"] is None else f"top1 {r['top1']:.2f}",
+            _fmt(r["mIoU_ms_flip"]),
+            "yes" if r["cached"] else "no",
+        ]
+        for r in rows
+    ]
+    sys.stdout.write(_table(table, ["name", "dataset", "classes", "mIoU", "ms+flip", "cached"]))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..hub.download import cached_paths, default_cache_dir, is_cached
+    from ..hub.registry import aliases_of, get_weights
+
+    w = get_weights(args.name)
+    cache = default_cache_dir(args.cache_dir)
+    st, _ = cached_paths(w, cache)
+    meta = dict(w.meta)
+    categories = meta.pop("categories", None)
+    palette = meta.pop("palette", None)
+    out = {
+        "name": w.name,
+        "aliases": aliases_of(w.name),
+        "url": w.url,
+        "sha256_prefix": w.sha256,
+        "format": w.format,
+        "config": dict(w.config),
+        **meta,
+        "num_categories": None if categories is None else len(categories),
+        "cached": is_cached(w, args.cache_dir),
+        "cache_file": str(st),
+        "original_file": str(cache / w.filename),
+    }
+    lines = [f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in out.items()]
+    if args.classes and categories:
+        lines.append("classes:")
+        lines += [f"  {i:3d} {name}  {tuple(palette[i]) if palette else ''}" for i, name in enumerate(categories)]
+    elif categories:
+        shown = ", ".join(categories[:8]) + (", ..." if len(categories) > 8 else "")
+        lines.append(f"classes: {shown} (--classes for all)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from ..hub.download import cached_paths, default_cache_dir
+    from ..hub.loading import resolve_source
+    from ..hub.registry import get_weights
+
+    cache = default_cache_dir(args.cache_dir)
+    for name in args.names:
+        w = get_weights(name)
+        resolve_source(w.name, cache_dir=cache)
+        sys.stdout.write(f"{w.name}: {cached_paths(w, cache)[0]}\n")
+    return 0

@@ -1,0 +1,107 @@
+"""Dataset evaluation: mIoU / mAcc / aAcc with any inference protocol, single- or multi-process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..inference.modes import infer
+from .metrics import ConfusionMatrix
+
+__all__ = ["evaluate", "normalize_images"]
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
+
+    A floating-point batch is taken to be normalised already and returned unchanged.
+    """
+    if images.is_floating_point():
+        return images
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", IMAGENET_STD), device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int | None = None,
+    mode: str = "whole",
+    resize: Sequence[int] | None = None,
+    crop: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on every sample of ``dataset``.
+
+    Args:
+        model: the network (put in eval mode here, restored afterwards).
+        dataset: yields ``(image, mask)``: image ``(C, H, W)`` (uint8, normalised here with the
+            model's ``pretrained_cfg``, or float already normalised), mask ``(H, W)`` integer
+            with ``ignore_index`` for unscored pixels. Images may differ in size.
+        num_classes: classes to score (default: the model's).
+        mode, resize, crop, stride, scales, flip: the inference protocol, see
+            :func:`pspnet_lib.inference.modes.infer`.
+        device: where to run (default: the model's device).
+        amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. bfloat16).
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar (rank 0 only).
+
+    Under torch.distributed each process scores a disjoint share of the samples and the
+    confusion matrices are summed, so every rank returns the metrics of the whole dataset.
+    Returns the :meth:`ConfusionMatrix.compute` dict plus ``"classes"`` when the dataset has them.
+    """
+    num_classes = num_classes or getattr(getattr(model, "config", None), "num_classes", None)
+    if num_classes is None:
+        raise ValueError("evaluate() needs num_classes for a model without a PSPNet config")
+    if device is None:
+        device = next(model.parameters()).device
+    rank, world = _rank_and_world()
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=num_workers)
+    confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for image, mask in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
+            image = normalize_images(image.to(device), model)
+            mask = mask.to(device)
+            if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
+                mask = mask[:, 0]
+            with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                scores = infer(model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+            confusion.update(scores.argmax(dim=1), mask)
+    finally:
+        model.train(was_training)
+    confusion.all_reduce()
+    metrics = confusion.compute()
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        metrics["classes"] = list(classes)
+    logger.info("evaluated %d images: mIoU %.2f, mAcc %.2f, aAcc %.2f", len(dataset), 100 * metrics["mIoU"], 100 * metrics["mAcc"], 100 * metrics["aAcc"])
+    return metrics

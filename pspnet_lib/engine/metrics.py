@@ -1,0 +1,115 @@
+"""Segmentation metrics from a confusion matrix accumulated over a whole dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..data.constants import IGNORE_INDEX
+
+__all__ = ["ConfusionMatrix", "format_metrics_table", "metrics_to_json"]
+
+
+class ConfusionMatrix:
+    """Counts ``(target, prediction)`` pairs over every scored pixel of a dataset.
+
+    Per-class IoU = TP / (TP + FP + FN), per-class accuracy = TP / (TP + FN); mIoU and mAcc
+    average the classes present in the ground truth or the predictions (a class absent from
+    both is NaN and skipped, as mmsegmentation does); aAcc = correct pixels / scored pixels.
+    Pixels whose target is ``ignore_index`` are not scored.
+
+    Args:
+        num_classes: number of classes.
+        ignore_index: target value to skip.
+        device: where the counts live (the model's device avoids copies).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` and ``target`` are integer maps of the same shape."""
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+        target = target.to(self.matrix.device).long()
+        prediction = prediction.to(self.matrix.device).long()
+        valid = target != self.ignore_index
+        bad = valid & ((target < 0) | (target >= self.num_classes))
+        if bad.any():
+            values = sorted(torch.unique(target[bad]).tolist())[:10]
+            raise ValueError(
+                f"target holds values {values} outside [0, {self.num_classes}) that are not the ignore index "
+                f"{self.ignore_index}; check num_classes and the dataset's label convention"
+            )
+        index = target[valid] * self.num_classes + prediction[valid]
+        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes (no-op outside torch.distributed)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+
+    def compute(self) -> dict[str, Any]:
+        """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen)."""
+        m = self.matrix.double().cpu()
+        tp = m.diag()
+        gt = m.sum(1)
+        pred = m.sum(0)
+        union = gt + pred - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, math.nan))
+        total = m.sum()
+        return {
+            "mIoU": _nanmean(iou),
+            "mAcc": _nanmean(acc),
+            "aAcc": float(tp.sum() / total) if total > 0 else math.nan,
+            "IoU": iou.tolist(),
+            "Acc": acc.tolist(),
+            "pixels": int(total),
+        }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    present = values[~torch.isnan(values)]
+    return float(present.mean()) if present.numel() else math.nan
+
+
+def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """A per-class table (IoU and Acc in percent) followed by the summary line."""
+    n = len(metrics["IoU"])
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    width = max([len("class")] + [len(s) for s in names])
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
+    for name, iou, acc in zip(names, metrics["IoU"], metrics["Acc"]):
+        lines.append(f"{name:<{width}}  {_pct(iou):>6}  {_pct(acc):>6}")
+    lines.append("-" * (width + 16))
+    lines.append(f"mIoU {_pct(metrics['mIoU'])}  mAcc {_pct(metrics['mAcc'])}  aAcc {_pct(metrics['aAcc'])}")
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """JSON with per-class entries keyed by class name (NaN written as null)."""
+    n = len(metrics["IoU"])
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+
+    def clean(v: float) -> float | None:
+        return None if v is None or math.isnan(v) else v
+
+    payload = {
+        "mIoU": clean(metrics["mIoU"]),
+        "mAcc": clean(metrics["mAcc"]),
+        "aAcc": clean(metrics["aAcc"]),
+        "pixels": metrics["pixels"],
+        "per_class": {name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])},
+    }
+    return json.dumps(payload, indent=2)

@@ -1,0 +1,147 @@
+"""Inference protocols: whole image, sliding window, multi-scale with flip.
+
+These follow mmsegmentation's test-time behaviour, so that evaluating a zoo checkpoint here
+reproduces its published numbers:
+
+* ``whole``: optionally resize (keeping the aspect ratio, mmsegmentation's ``Resize(scale=...,
+  keep_ratio=True)``), run the model once, resize the logits back to the original size.
+* ``slide``: overlapping ``crop`` windows every ``stride`` pixels cover the image; each window's
+  logits are added into place and divided by how many windows covered each pixel (logits are
+  averaged, as mmsegmentation's ``slide_inference``). Images smaller than the crop are run whole.
+* ``scales``/``flip``: the protocol runs once per scale (relative to the resized size) and, with
+  ``flip``, also on the mirrored image; the softmax *probabilities* of all runs are averaged
+  (as mmsegmentation's ``aug_test`` / ``SegTTAModel``). A single run without flip returns logits.
+
+Every function takes a normalised float batch ``(N, C, H, W)`` and returns ``(N, K, H, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES"]
+
+MODES = ("whole", "slide")
+
+
+def rescale_size(height: int, width: int, scale: Sequence[int] | None) -> tuple[int, int]:
+    """Size after a keep-ratio resize into ``scale = (long_edge_max, short_edge_max)``.
+
+    ``(2048, 512)`` (ADE20K, VOC) scales an image so its long side is at most 2048 and its
+    short side at most 512, with the largest factor that satisfies both (mmcv's ``rescale``).
+    ``None`` keeps the size.
+    """
+    if scale is None:
+        return height, width
+    long_max, short_max = max(scale), min(scale)
+    factor = min(long_max / max(height, width), short_max / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def _align_corners(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "align_corners", False))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def infer_whole(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Run the model on the whole batch at once; logits at the input size."""
+    return model(images)
+
+
+def infer_slide(
+    model: nn.Module, images: torch.Tensor, crop: int | Sequence[int], stride: int | Sequence[int]
+) -> torch.Tensor:
+    """Sliding-window logits: every pixel covered, overlapping windows averaged.
+
+    Args:
+        crop: window size ``(h, w)`` (or one int for square windows).
+        stride: step between windows ``(h, w)``; at most the crop, so that no pixel is skipped.
+    """
+    crop_h, crop_w = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    stride_h, stride_w = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if not (0 < stride_h <= crop_h and 0 < stride_w <= crop_w):
+        raise ValueError(f"slide inference needs 0 < stride <= crop, got crop={crop!r}, stride={stride!r}")
+    n, _, height, width = images.shape
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    logits = None
+    count = images.new_zeros((1, 1, height, width))
+    for row in range(rows):
+        for col in range(cols):
+            y2 = min(row * stride_h + crop_h, height)
+            x2 = min(col * stride_w + crop_w, width)
+            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+            window = model(images[:, :, y1:y2, x1:x2])
+            if logits is None:
+                logits = window.new_zeros((n, window.shape[1], height, width))
+            logits[:, :, y1:y2, x1:x2] += window
+            count[:, :, y1:y2, x1:x2] += 1
+    return logits / count
+
+
+@torch.no_grad()
+def infer(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mode: str = "whole",
+    resize: Sequence[int] | None = None,
+    crop: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Segment a normalised batch with a test protocol; scores at the input's size.
+
+    Args:
+        model: a module mapping ``(N, C, h, w)`` to logits ``(N, K, h, w)`` (a PSPNet, or one
+            from :func:`~pspnet_lib.optimize_for_inference`).
+        images: normalised float batch ``(N, C, H, W)``.
+        mode: ``"whole"`` or ``"slide"``.
+        resize: keep-ratio resize limits ``(long, short)`` applied first (see :func:`rescale_size`).
+        crop, stride: sliding-window size and step (``mode="slide"``).
+        scales: extra scale factors relative to the resized size (multi-scale testing).
+        flip: also run on the horizontally mirrored image.
+
+    Returns logits for a single run, and the mean of softmax probabilities when several runs
+    (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "slide" and (crop is None or stride is None):
+        raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
+    if images.ndim != 4:
+        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    scales = tuple(float(s) for s in scales) or (1.0,)
+    if any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+    align_corners = _align_corners(model)
+    height, width = images.shape[-2:]
+    base_h, base_w = rescale_size(height, width, resize)
+    runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+    total = None
+    for scale, mirrored in runs:
+        size = (max(1, int(base_h * scale + 0.5)), max(1, int(base_w * scale + 0.5)))
+        x = _resize(images, size, align_corners=False)  # as cv2/PIL bilinear resizing of the picture
+        if mirrored:
+            x = x.flip(-1)
+        out = infer_whole(model, x) if mode == "whole" else infer_slide(model, x, crop, stride)
+        if mirrored:
+            out = out.flip(-1)
+        out = _resize(out.float(), (height, width), align_corners)
+        if len(runs) == 1:
+            return out
+        probs = out.softmax(dim=1)
+        total = probs if total is None else total + probs
+    return total / len(runs)

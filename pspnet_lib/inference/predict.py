@@ -1,0 +1,303 @@
+"""``predict``: pictures in, segmentations out, with the preprocessing stored with the weights.
+
+    from pspnet_lib import load_pretrained, predict
+    model = load_pretrained("pspnet_r50-d8_ade20k")
+    result = predict(model, "street.jpg")            # or model.predict("street.jpg")
+    result.mask                                       # (H, W) int64 class indices, original size
+    result.overlay().save("street_overlay.png")
+
+Any mix of paths, PIL images, arrays and tensors of different sizes can go in one call. Images
+of the same size are batched together; every result comes back at its image's own size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from .images import is_image_batch, to_rgb_tensor
+from .modes import MODES, infer
+from .visualize import colorize, default_palette, legend, overlay
+
+__all__ = ["predict", "Prediction", "resolve_protocol", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+# ``size=<int>`` limits only the short side; this stands in for "no limit" on the long side.
+_UNLIMITED = 1 << 30
+
+
+@dataclass
+class Prediction:
+    """The segmentation of one image.
+
+    Attributes:
+        mask: ``(H, W)`` int64 class indices at the image's original size (CPU).
+        probs: ``(K, H, W)`` float32 class probabilities (CPU) when ``return_probs=True``, else None.
+        image: the input as the model saw it before normalisation, ``(H, W, 3)`` uint8 RGB
+            (what :meth:`overlay` draws on).
+        classes: class names of the weights (``pretrained_cfg["classes"]``), or None if unknown.
+        palette: one RGB colour per class (the weights' palette, or a generated one).
+        source: the file path for path inputs, else None.
+    """
+
+    mask: torch.Tensor
+    probs: torch.Tensor | None
+    image: np.ndarray
+    classes: list[str] | None
+    palette: list[tuple[int, int, int]]
+    source: str | None = None
+    _present: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def present(self) -> list[int]:
+        """Sorted class indices that occur in :attr:`mask`."""
+        if self._present is None:
+            self._present = [int(c) for c in torch.unique(self.mask).tolist()]
+        return self._present
+
+    def class_name(self, index: int) -> str:
+        """Name of class ``index`` (``"class <index>"`` when the weights carry no names)."""
+        if self.classes is not None and 0 <= index < len(self.classes):
+            return self.classes[index]
+        return f"class {index}"
+
+    def colorize(self) -> Image.Image:
+        """The mask as a paletted PNG-ready image (pixel values are the class indices)."""
+        return colorize(self.mask, self.palette)
+
+    def overlay(self, image: Image.Image | np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
+        """The class colours blended over ``image`` (default: the input picture); RGB image."""
+        return overlay(self.image if image is None else image, self.mask, self.palette, alpha=alpha)
+
+    def legend(self) -> Image.Image:
+        """Swatches and names of the classes present in the mask."""
+        num = max(len(self.palette), max(self.present, default=-1) + 1)
+        names = [self.class_name(i) for i in range(num)]
+        return legend(names, self.palette, present=self.present)
+
+
+def _palette_for(model: nn.Module, num_classes: int) -> list[tuple[int, int, int]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    palette = [tuple(int(c) for c in colour[:3]) for colour in (cfg.get("palette") or [])]
+    if len(palette) < num_classes:
+        palette += default_palette(num_classes)[len(palette) :]
+    return palette
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "num_classes", None) or getattr(model, "num_classes", None)
+
+
+def resolve_protocol(
+    model: nn.Module,
+    *,
+    mode: str | None = None,
+    size: int | Sequence[int] | bool | None = None,
+    crop: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The inference protocol to use: the caller's choices over the weights' ``pretrained_cfg["inference"]``.
+
+    Returns a dict with ``mode``, ``resize`` (``(long, short)`` or None), ``crop`` and ``stride``,
+    ready for :func:`pspnet_lib.inference.modes.infer`. See :func:`predict` for the arguments.
+    """
+    stored = (getattr(model, "pretrained_cfg", None) or {}).get("inference") or {}
+    mode = mode if mode is not None else stored.get("mode") or "whole"
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+    if size is None:
+        resize = stored.get("resize")
+    elif size is False:
+        resize = None
+    elif isinstance(size, bool):
+        raise ValueError("size=True is meaningless; pass None (the weights' default), False (no resize), an int or (long, short)")
+    elif isinstance(size, int):
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        resize = (_UNLIMITED, size)
+    else:
+        resize = tuple(int(s) for s in size)
+        if len(resize) != 2 or min(resize) < 1:
+            raise ValueError(f"size must be an int (short side) or a pair (long side, short side), got {size!r}")
+    if resize is not None:
+        resize = tuple(int(s) for s in resize)
+    if mode == "slide":
+        crop = crop if crop is not None else stored.get("crop")
+        stride = stride if stride is not None else stored.get("stride")
+        if crop is None or stride is None:
+            raise ValueError(
+                "mode='slide' needs a window size and step: pass crop=... and stride=... (e.g. crop=512, "
+                "stride=341); these weights store no sliding-window protocol"
+            )
+    else:
+        crop = stride = None
+    return {"mode": mode, "resize": resize, "crop": crop, "stride": stride}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+    return (x - mean) / std
+
+
+def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    if image.dtype != torch.uint8:
+        image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return image.permute(1, 2, 0).numpy()
+
+
+def predict(
+    model: nn.Module,
+    images: Any,
+    *,
+    mode: str | None = None,
+    size: int | Sequence[int] | bool | None = None,
+    crop: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    return_probs: bool = False,
+    amp_dtype: torch.dtype | None = None,
+) -> Prediction | list[Prediction]:
+    """Segment one image or many, each returned at its original size.
+
+    Args:
+        model: a PSPNet (or any module mapping a normalised ``(N, 3, h, w)`` batch to logits
+            ``(N, K, h, w)``). Its ``pretrained_cfg`` supplies the normalisation (``mean``/``std``,
+            ImageNet by default), the default protocol (``inference``: ``mode``, ``resize``,
+            ``crop``, ``stride``), the class names and the palette.
+        images: one image or a list of them (sizes may differ): a path, a PIL image, a NumPy
+            array ``(H, W, 3)`` uint8 (also ``(H, W)`` grayscale and ``(H, W, 4)`` RGBA), a tensor
+            ``(3, H, W)`` uint8 or float in [0, 1] (also 1 or 4 channels), or a 4-D batch.
+            Grayscale is repeated to RGB and alpha is dropped. Do not normalise: the weights'
+            mean/std are applied here.
+        mode: ``"whole"`` or ``"slide"``; None uses the weights' protocol (whole if none stored).
+        size: resize before inference (results still come back at the original size): None uses
+            the weights' protocol; False runs at the image's own size; an int scales the short
+            side to it; ``(long, short)`` fits the image within those limits keeping its aspect
+            ratio (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)``).
+        crop, stride: sliding-window size and step for ``mode="slide"`` (default: the weights').
+        flip: also run on the mirrored image and average (test-time augmentation).
+        scales: scale factors relative to the resized size for multi-scale testing, e.g.
+            ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``.
+        batch_size: at most this many same-size images per forward pass.
+        device: where to run; the model is moved there. Default: the model's device.
+        return_probs: also return per-class probabilities ``(K, H, W)`` (memory: ``K*H*W*4`` bytes
+            per image).
+        amp_dtype: run under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+
+    Returns:
+        A :class:`Prediction` for a single image, or a list of them (in input order) for a
+        list/tuple or a 4-D batch.
+
+    The model runs in eval mode (its previous mode is restored afterwards) without gradients.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride)
+    batched = is_image_batch(images)
+    items = list(images) if batched else [images]
+
+    tensors: list[torch.Tensor] = []
+    sources: list[str | None] = []
+    for index, item in enumerate(items):
+        try:
+            tensors.append(to_rgb_tensor(item))
+        except (TypeError, ValueError, FileNotFoundError) as exc:
+            if not batched:
+                raise
+            raise type(exc)(f"input {index} of {len(items)}: {exc}") from exc
+        sources.append(str(item) if isinstance(item, (str, os.PathLike)) else None)
+
+    if device is not None:
+        model.to(device)
+    run_device = _model_device(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    single_run = len(tuple(scales) or (1.0,)) * (2 if flip else 1) == 1
+
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, tensor in enumerate(tensors):
+        groups[tuple(tensor.shape[-2:])].append(index)
+
+    masks: list[torch.Tensor | None] = [None] * len(tensors)
+    probs: list[torch.Tensor | None] = [None] * len(tensors)
+    autocast = (
+        torch.autocast(device_type=run_device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        # no_grad rather than inference_mode: users edit the returned masks in place.
+        with torch.no_grad():
+            for indices in groups.values():
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    parts = [tensors[i] for i in chunk]
+                    if any(p.dtype != torch.uint8 for p in parts):
+                        parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
+                    batch = _normalise(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
+                    with autocast:
+                        scores = infer(model, batch, scales=scales, flip=flip, **protocol).float()
+                    labels = scores.argmax(dim=1).cpu()
+                    if return_probs:
+                        scores = scores.softmax(dim=1) if single_run else scores
+                        scores = scores.cpu()
+                    for j, i in enumerate(chunk):
+                        masks[i] = labels[j].clone()  # own storage, not a view of the batch
+                        if return_probs:
+                            probs[i] = scores[j].clone()
+    finally:
+        model.train(was_training)
+
+    num_classes = _num_classes(model) or (max(int(m.max()) for m in masks) + 1 if masks else 1)
+    palette = _palette_for(model, num_classes)
+    classes = list(cfg["classes"]) if cfg.get("classes") else None
+    results = [
+        Prediction(
+            mask=masks[i],
+            probs=probs[i],
+            image=_to_uint8_hwc(tensors[i]),
+            classes=classes,
+            palette=palette,
+            source=sources[i],
+        )
+        for i in range(len(tensors))
+    ]
+    return results if batched else results[0]
+
+
+def load_model(weights: str | os.PathLike, *, device: str | torch.device | None = None) -> nn.Module:
+    """The model named by a ``--weights`` argument, in eval mode.
+
+    Anything :func:`pspnet_lib.load_pretrained` reads (zoo names, ``hf-hub:`` repos, saved
+    folders, checkpoint files, URLs) and the Trainer's own ``.pt`` checkpoints.
+    """
+    from ..engine.model_io import load_model as load_any
+
+    model = load_any(weights)
+    if device is not None:
+        model.to(device)
+    return model.eval()

@@ -1,0 +1,117 @@
+"""``pspnet predict``: folders, corrupt files, overlays, no silent overwrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pspnet_lib import predict
+from pspnet_lib.cli import main
+
+from .infer_utils import CLASSES, save_model_dir, tiny_model
+
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    model = tiny_model()
+    model.pretrained_cfg = {"classes": CLASSES, "palette": PALETTE, "inference": {"mode": "whole", "resize": None}}
+    return save_model_dir(model, tmp_path_factory.mktemp("weights") / "tiny"), model
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(root / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (25, 19), dtype=np.uint8)).save(root / "b_gray.png")
+    Image.fromarray(rng.integers(0, 256, (22, 27, 4), dtype=np.uint8)).save(root / "sub" / "c_rgba.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return root
+
+
+def test_folder_with_a_corrupt_file(weights, folder, tmp_path, capsys, caplog):
+    weights_dir, model = weights
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--weights", str(weights_dir), "--out", str(out), "--overlay", "--recursive"])
+    assert code == 1
+    summary = capsys.readouterr().out
+    assert "segmented 3 of 4 image(s)" in summary and "1 failed" in summary and "broken.jpg" in summary
+    assert any("broken.jpg" in r.getMessage() and "cannot read" in r.getMessage() for r in caplog.records)
+
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "a_overlay.png", "b_gray.png", "b_gray_overlay.png", "sub/c_rgba.png", "sub/c_rgba_overlay.png"]
+    # The mask PNG is paletted, at the image's size, and holds exactly what predict() computes.
+    mask = Image.open(out / "a.png")
+    assert mask.mode == "P" and mask.size == (41, 30)
+    assert mask.getpalette()[:15] == [c for colour in PALETTE for c in colour]
+    expected = predict(model, folder / "a.jpg").mask.numpy()
+    assert np.array_equal(np.asarray(mask), expected)
+    overlay = Image.open(out / "sub" / "c_rgba_overlay.png")
+    assert overlay.mode == "RGB" and overlay.size == (27, 22)
+    assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporaries
+
+
+def test_success_exits_zero_and_explicit_files_work(weights, folder, tmp_path, capsys):
+    weights_dir, _ = weights
+    out = tmp_path / "out"
+    code = main(["predict", str(folder / "a.jpg"), str(folder / "b_gray.png"), "--weights", str(weights_dir), "--out", str(out)])
+    assert code == 0
+    assert "segmented 2 of 2" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b_gray.png"]
+    # Without --recursive, sub-folders are not searched.
+    code = main(["predict", str(folder / "sub"), "--weights", str(weights_dir), "--out", str(tmp_path / "o2")])
+    assert code == 0 and (tmp_path / "o2" / "c_rgba.png").is_file()
+
+
+def test_existing_outputs_are_not_overwritten_silently(weights, folder, tmp_path, caplog):
+    weights_dir, _ = weights
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_gray.png").write_bytes(b"precious")
+    args = ["predict", str(folder / "a.jpg"), str(folder / "b_gray.png"), "--weights", str(weights_dir), "--out", str(out)]
+    assert main(args) == 1
+    assert "already exist" in caplog.text and "--overwrite" in caplog.text
+    # Checked before any work: nothing else was written and the existing file is untouched.
+    assert (out / "b_gray.png").read_bytes() == b"precious"
+    assert not (out / "a.png").exists()
+    assert main(args + ["--overwrite"]) == 0
+    assert Image.open(out / "b_gray.png").mode == "P"
+
+
+def test_bad_arguments_fail_before_work(weights, folder, tmp_path, caplog):
+    weights_dir, _ = weights
+    out = tmp_path / "out"
+    assert main(["predict", str(folder / "nope.jpg"), "--weights", str(weights_dir), "--out", str(out)]) == 1
+    assert "input not found" in caplog.text
+    assert main(["predict", str(folder), "--weights", str(tmp_path / "no_model"), "--out", str(out)]) == 1
+    assert "no_model" in caplog.text
+    assert main(["predict", str(folder), "--weights", str(weights_dir), "--out", str(out), "--mode", "slide"]) == 1
+    assert "crop" in caplog.text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, caplog):
+    weights_dir, _ = weights
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.jpg").write_bytes((folder / "a.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)]) == 1
+    assert "would both be written to" in caplog.text
+    assert not out.exists()
+
+
+def test_fast_option(weights, folder, tmp_path):
+    weights_dir, _ = weights
+    args = ["predict", str(folder / "a.jpg"), "--weights", str(weights_dir), "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(args + ["--out", str(tmp_path / "fast32"), "--fast", "--dtype", "float32"]) == 0
+    assert main(args + ["--out", str(tmp_path / "fast"), "--fast"]) == 0  # auto: bf16 where native
+    plain = np.asarray(Image.open(tmp_path / "plain" / "a.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "fast32" / "a.png")), plain)  # exact path
+    assert (np.asarray(Image.open(tmp_path / "fast" / "a.png")) == plain).mean() > 0.99
