@@ -10,7 +10,7 @@ affects all of them alike; the table gives median and min latency and the speed-
 medians. Variants (CPU): ``fp32`` (``model(x)``), ``autocast-bf16`` (``torch.autocast`` bfloat16 with
 model and input channels-last, the usual "just turn on bf16"), ``fast-fp32`` and ``fast-bf16``
 (:func:`pspnet_lib.optimize_for_inference` with its defaults: Winograd and space-to-batch chosen by
-measurement); ``--ablation`` adds ``fast-bf16-nowinograd`` and ``fast-bf16-direct`` (neither
+measurement, in this run: ``tuning_cache=False``, so no decision stored by an earlier run is reused); ``--ablation`` adds ``fast-bf16-nowinograd`` and ``fast-bf16-direct`` (neither
 Winograd nor space-to-batch). On CUDA the same with float16 as well.
 
 Throughput is reported against the machine's own bfloat16 (CUDA: float16) 3x3-convolution peak,
@@ -43,7 +43,7 @@ from _common import machine_info, sync, write_json  # noqa: E402  (also puts the
 
 from pspnet_lib import build_pspnet, optimize_for_inference  # noqa: E402
 from pspnet_lib.runtime import agreement_stats, randomize_batchnorm_, smooth_image  # noqa: E402
-from pspnet_lib.runtime import conv as conv_module  # noqa: E402
+from pspnet_lib.runtime.tuning import tuning_cache  # noqa: E402
 from pspnet_lib.runtime.conv import FusedConv, mkldnn_fusion_available  # noqa: E402
 
 # Repetitions per model on CPU (after one warm-up call per variant): a default run of
@@ -135,14 +135,14 @@ def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, devi
     variants: dict[str, Callable[[], torch.Tensor]] = {"fp32": lambda: model(x)}
     for dt in low:
         variants[f"autocast-{_short(dt)}"] = autocast_fn(dt)
-    fast_models = {"fast-fp32": optimize_for_inference(model, torch.float32)}
+    fast_models = {"fast-fp32": optimize_for_inference(model, torch.float32, tuning_cache=False)}
     for dt in low:
-        fast_models[f"fast-{_short(dt)}"] = optimize_for_inference(model, dt)
+        fast_models[f"fast-{_short(dt)}"] = optimize_for_inference(model, dt, tuning_cache=False)
     if args.ablation:  # what each choice contributes
-        fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(model, low[0], space_to_batch=False, winograd=False)
-        fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(model, low[0], winograd=False)
+        fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(model, low[0], space_to_batch=False, winograd=False, tuning_cache=False)
+        fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(model, low[0], winograd=False, tuning_cache=False)
     if args.compile:
-        fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(model, low[0], compile=True, space_to_batch=False)
+        fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(model, low[0], compile=True, space_to_batch=False, tuning_cache=False)
     if args.skip_fast_fp32:
         fast_models.pop("fast-fp32")
     for key, fm in fast_models.items():
@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             report["results"] = results
             write_json(report, args.json)  # partial results survive an interrupted run
     report["winograd_choices"] = {
-        f"{shape} -> {key[1]} channels, {key[2]}": choice
-        for key, shapes in conv_module._WINOGRAD_CHOICES.items()
+        f"{shape} {section.split('|', 3)[3]}": choice
+        for section, shapes in tuning_cache(False).sections().items()
+        if "|winograd|" in section
         for shape, choice in shapes.items()
     }
     report["peak_after"] = measure_peak(low[0], device, reps=5)

@@ -7,6 +7,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _tuning_cache_in_tmp(tmp_path_factory):
+    # The fast path stores its timing decisions in a file under the user's cache by default; keep
+    # the suite's decisions out of it (and away from decisions made under other loads).
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PSPNET_TUNING_CACHE", str(tmp_path_factory.mktemp("tuning") / "tuning.json"))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -195,21 +195,21 @@ def test_auto_space_to_batch_calibrates_per_shape():
         assert set(plan) <= {1, 2, 4}
 
 
-def test_auto_winograd_decisions_are_shared_and_capped(monkeypatch):
+def test_auto_winograd_decisions_are_shared_and_capped(monkeypatch, tmp_path):
     from pspnet_lib.runtime import conv
 
-    monkeypatch.setattr(conv, "_WINOGRAD_CHOICES", {})
     monkeypatch.setattr(conv, "_MAX_CALIBRATED_SHAPES", 1)
     model = small_model("resnet18")
-    fast = optimize_for_inference(model, winograd="auto", space_to_batch=False)
+    fast = optimize_for_inference(model, winograd="auto", space_to_batch=False, tuning_cache=tmp_path / "t.json")
     for size in ((48, 40), (33, 47)):
         x = smooth_image(1, *size, seed=7)
         with torch.no_grad():
             ref = model(x)
         assert rel_err(ref, fast(x)) <= 1e-4
     # One decision per distinct convolution (>= 64 input channels), for the first shape only.
-    assert conv._WINOGRAD_CHOICES and all(len(shapes) == 1 for shapes in conv._WINOGRAD_CHOICES.values())
-    assert all(key[0] >= conv.WINOGRAD_MIN_CHANNELS for key in conv._WINOGRAD_CHOICES)
+    sections = {k: v for k, v in fast.tuning.sections().items() if "|winograd|" in k}
+    assert sections and all(len(shapes) == 1 for shapes in sections.values())
+    assert all(int(k.split("|winograd|")[1].split("->")[0]) >= conv.WINOGRAD_MIN_CHANNELS for k in sections)
 
 
 @pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no native bfloat16")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -11,6 +12,7 @@ from ..models.resnet import BasicBlock, Bottleneck, ResNet
 from .conv import FusedConv
 from .space_to_batch import from_subgrids, to_subgrids, zero_subgrid_padding
 from .timing import time_candidates
+from .tuning import device_fingerprint, parse_shape, shape_key, tuning_cache
 
 __all__ = ["FastStem", "FastBottleneck", "FastBasicBlock", "FastStage"]
 
@@ -129,10 +131,14 @@ class FastStage(nn.Module):
         space_to_batch: ``True`` (split every splittable dilated block), ``False`` (never), or
             ``"auto"``: on the first input of each shape, time the dilated convolution directly
             and on sub-grids (including the cost of splitting and merging) and keep the faster.
+        **kw: passed to every :class:`FusedConv` (``dtype``, ``backend``, ``channels_last``,
+            ``winograd``, ``tuning``: the :class:`~pspnet_lib.runtime.tuning.TuningCache` that also
+            holds this stage's ``"auto"`` decisions).
     """
 
     def __init__(self, stage: nn.Sequential, space_to_batch: bool | str, **kw) -> None:
         super().__init__()
+        self.tuning = kw.get("tuning") or tuning_cache(False)
         blocks = []
         for block in stage:
             if isinstance(block, Bottleneck):
@@ -159,6 +165,16 @@ class FastStage(nn.Module):
             else:
                 self.segments.append([i])
         self.plans: dict[tuple, tuple[int, ...]] = {}
+        # Identifies the stage's structure (channels, dilations, dtype, back end, Winograd mode) in
+        # the tuning cache: identical stages of any model share their decisions.
+        self._signature = hashlib.sha1(repr(self.blocks).encode()).hexdigest()[:16]
+
+    def _valid_plan(self, plan: object) -> bool:
+        return (
+            isinstance(plan, (list, tuple))
+            and len(plan) == len(self.blocks)
+            and all(type(f) is int and (f == 1 or (self._candidate(i) and f == self.blocks[i].dilation)) for i, f in enumerate(plan))
+        )
 
     def _candidate(self, i: int) -> bool:
         block = self.blocks[i]
@@ -173,14 +189,28 @@ class FastStage(nn.Module):
             return tuple(self.blocks[i].dilation if self._candidate(i) else 1 for i in range(len(self.blocks)))
         key = (tuple(x.shape), x.dtype, x.device)
         plan = self.plans.get(key)
-        if plan is None:
-            if len(self.plans) >= _MAX_CALIBRATED_SHAPES:
-                # Reuse the decision of the calibrated shape with the closest pixel count.
-                pixels = x.shape[0] * x.shape[2] * x.shape[3]
-                near = min(self.plans, key=lambda k: abs(k[0][0] * k[0][2] * k[0][3] - pixels))
-                return self.plans[near]
+        if plan is not None:
+            return plan
+        section = f"{device_fingerprint(x.device)}|space_to_batch|{self._signature}|{x.dtype}"
+        shape = shape_key(x.shape)
+        # Plans read from a file are used only if they are plans this stage could have made.
+        known = {k: tuple(v) for k, v in self.tuning.section(section).items() if self._valid_plan(v)}
+        stored = known.get(shape)
+        if stored is None and len(known) >= _MAX_CALIBRATED_SHAPES:
+            # Reuse the decision of the calibrated shape with the closest pixel count.
+            pixels = x.shape[0] * x.shape[2] * x.shape[3]
+
+            def distance(k: str) -> int:
+                n, _, h, w = parse_shape(k)
+                return abs(n * h * w - pixels)
+
+            return known[min(known, key=distance)]
+        if stored is not None:
+            plan = stored
+        else:
             plan = self._calibrate(x)
-            self.plans[key] = plan
+            self.tuning.put(section, shape, list(plan))
+        self.plans[key] = plan
         return plan
 
     @torch.no_grad()

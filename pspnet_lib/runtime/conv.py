@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .fold import fold_conv_norm
 from .timing import time_candidates
+from .tuning import TuningCache, device_fingerprint, parse_shape, shape_key, tuning_cache
 from .winograd import winograd_conv3x3, winograd_weight
 
 __all__ = ["FusedConv", "mkldnn_fusion_available"]
@@ -31,10 +32,6 @@ logger = logging.getLogger(__name__)
 # stem's 3/32-channel convolutions make GEMMs too thin to win, and skipping them keeps the first
 # call short. (Measured, bf16, 2 cores: 1.25x faster at 256 channels, 1.6x at 512 and 2048.)
 WINOGRAD_MIN_CHANNELS = 64
-# Direct-vs-Winograd decisions, shared by every convolution of the same shape: timing depends on
-# the problem, not on the weights, so one measurement serves all identical layers (and models).
-# Keyed by the convolution (channels, dtype, device, ...), then by input shape.
-_WINOGRAD_CHOICES: dict[tuple, dict[tuple, bool]] = {}
 # Input shapes calibrated per convolution; further shapes (e.g. whole-image inference on images of
 # many sizes) reuse the decision of the calibrated shape with the closest pixel count.
 _MAX_CALIBRATED_SHAPES = 8
@@ -98,6 +95,9 @@ class FusedConv(nn.Module):
         winograd: run 3x3 stride-1 undilated applications (including dilated ones on sub-grids)
             with Winograd F(2x2, 3x3): ``True``, ``False``, or ``"auto"`` (time both on the first
             input of each shape and keep the faster).
+        tuning: where ``"auto"`` decisions are looked up and recorded (default: in memory only).
+            Timing depends on the problem, not on the weights, so one decision serves every
+            convolution of the same shape, in every model and (with a file) every process.
     """
 
     def __init__(
@@ -110,6 +110,7 @@ class FusedConv(nn.Module):
         backend: str,
         channels_last: bool = True,
         winograd: bool | str = False,
+        tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -139,6 +140,7 @@ class FusedConv(nn.Module):
         self._packed: dict[tuple[int, int], torch.Tensor] = {}
         self.winograd = winograd if self.kernel_size == 3 and self.stride == 1 and leftover is None else False
         self._winograd_weight: torch.Tensor | None = None
+        self.tuning = tuning if tuning is not None else tuning_cache(False)
 
     @property
     def out_channels(self) -> int:
@@ -180,14 +182,21 @@ class FusedConv(nn.Module):
             return True
         if x.shape[1] < WINOGRAD_MIN_CHANNELS:
             return False
-        choices = _WINOGRAD_CHOICES.setdefault(
-            (x.shape[1], self.out_channels, x.dtype, x.device, self.backend, self.bias is not None), {}
+        section = (
+            f"{device_fingerprint(x.device)}|winograd|{x.shape[1]}->{self.out_channels}|{x.dtype}|"
+            f"{self.backend}|bias={self.bias is not None}|relu={self.relu}"
         )
-        shape = tuple(x.shape)
+        shape = shape_key(x.shape)
+        choices = {k: v for k, v in self.tuning.section(section).items() if isinstance(v, bool)}
         choice = choices.get(shape)
         if choice is None and len(choices) >= _MAX_CALIBRATED_SHAPES:
-            pixels = shape[0] * shape[2] * shape[3]
-            return choices[min(choices, key=lambda s: abs(s[0] * s[2] * s[3] - pixels))]
+            pixels = x.shape[0] * x.shape[2] * x.shape[3]
+
+            def distance(key: str) -> int:
+                n, _, h, w = parse_shape(key)
+                return abs(n * h * w - pixels)
+
+            return choices[min(choices, key=distance)]
         if choice is None:
             if self._winograd_weight is None:
                 self._winograd_weight = winograd_weight(self.weight.detach(), self.dtype)
@@ -200,7 +209,7 @@ class FusedConv(nn.Module):
                     device=x.device,
                 )
             choice = t_winograd < 0.95 * t_direct
-            choices[shape] = choice
+            self.tuning.put(section, shape, choice)
             logger.debug(
                 "Winograd calibration %s -> %d: direct %.2f ms, Winograd %.2f ms -> %s",
                 tuple(x.shape), self.out_channels, 1e3 * t_direct, 1e3 * t_winograd, "Winograd" if choice else "direct",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..models.heads import PSPHead
 from .conv import FusedConv
 from .fold import fold_conv_norm
+from .tuning import TuningCache
 
 __all__ = ["FastPSPHead", "interpolation_matrix"]
 
@@ -56,6 +57,7 @@ class FastPSPHead(nn.Module):
         backend: str,
         channels_last: bool = True,
         winograd: bool | str = False,
+        tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
         ppm = head.ppm
@@ -74,7 +76,8 @@ class FastPSPHead(nn.Module):
         with torch.no_grad():
             main.weight.copy_(weight[:, :in_ch])
         self.main = FusedConv(
-            main, None, relu=False, dtype=dtype, backend=backend, channels_last=channels_last, winograd=winograd
+            main, None, relu=False, dtype=dtype, backend=backend, channels_last=channels_last, winograd=winograd,
+            tuning=tuning,
         )
         # Per-branch: folded 1x1 conv (float32) and the bottleneck slice as (C_b, 3, 3, O).
         branch_w, branch_b, slices, self.branch_norms = [], [], [], nn.ModuleList()

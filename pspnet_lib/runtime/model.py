@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..models.pspnet import PSPNet
 from .blocks import FastStage, FastStem
 from .head import FastPSPHead
+from .tuning import TuningCache, tuning_cache
 
 __all__ = ["FastPSPNet"]
 
@@ -34,9 +35,13 @@ class FastPSPNet(nn.Module):
         channels_last: bool,
         space_to_batch: bool | str,
         winograd: bool | str = False,
+        tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
-        kw = {"dtype": dtype, "backend": backend, "channels_last": channels_last, "winograd": winograd}
+        self.tuning = tuning if tuning is not None else tuning_cache(False)
+        kw = {
+            "dtype": dtype, "backend": backend, "channels_last": channels_last, "winograd": winograd, "tuning": self.tuning,
+        }
         self.config = copy.deepcopy(model.config)
         self.pretrained_cfg: dict[str, Any] = copy.deepcopy(getattr(model, "pretrained_cfg", {}))
         self.dtype = dtype
@@ -92,7 +97,9 @@ class FastPSPNet(nn.Module):
             x = self.stem(x)
             for stage in self.stages:
                 x = stage(x)
-            return self.head(x, size)
+            out = self.head(x, size)
+        self.tuning.flush()  # persist any decisions this call calibrated (no-op otherwise)
+        return out
 
     def space_to_batch_plans(self) -> list[dict]:
         """The split factors chosen so far, per stage and input shape (for benchmarks and debugging)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -11,6 +12,7 @@ from ..models.pspnet import PSPNet
 from .conv import mkldnn_fusion_available
 from .model import FastPSPNet
 from .precision import resolve_dtype
+from .tuning import tuning_cache as get_tuning_cache
 
 __all__ = ["optimize_for_inference"]
 
@@ -25,6 +27,7 @@ def optimize_for_inference(
     space_to_batch: bool | str = "auto",
     winograd: bool | str = "auto",
     compile: bool = False,
+    tuning_cache: bool | str | os.PathLike = True,
 ) -> nn.Module:
     """Return a new, inference-only module computing ``model(x)`` faster.
 
@@ -51,6 +54,10 @@ def optimize_for_inference(
         winograd: ``"auto"`` (time direct and Winograd 3x3 convolutions on the first input of each
             shape, keep the faster; decisions are shared by layers of the same shape), ``True`` or
             ``False`` (direct convolutions only: the closest to ``model``'s own arithmetic).
+        tuning_cache: where the ``"auto"`` decisions are remembered across processes, so that only
+            the first process per machine and input shape pays for calibration: ``True`` (the
+            default file, ``<torch hub dir>/pspnet_lib/tuning.json``, or ``$PSPNET_TUNING_CACHE``),
+            a file path, or ``False`` (this process only). See :mod:`pspnet_lib.runtime.tuning`.
         compile: wrap the module in ``torch.compile`` (needs a working compiler toolchain; the first
             call per shape compiles). Only worth it where benchmarks/inference.py shows a gain.
 
@@ -77,6 +84,10 @@ def optimize_for_inference(
     for name, value in (("space_to_batch", space_to_batch), ("winograd", winograd)):
         if not (value is True or value is False or value == "auto"):  # `1 in (True, ...)` would pass
             raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+    if not isinstance(tuning_cache, (bool, str, os.PathLike)):
+        raise TypeError(
+            f"tuning_cache must be True (the default file), False (memory only) or a file path, got {tuning_cache!r}"
+        )
     params = list(model.parameters())
     if not params:
         raise ValueError("the model has no parameters")
@@ -86,7 +97,13 @@ def optimize_for_inference(
     if device.type == "cpu" and channels_last and not compile and mkldnn_fusion_available(dtype):
         backend = "mkldnn"
     fast = FastPSPNet(
-        model, dtype=dtype, backend=backend, channels_last=channels_last, space_to_batch=space_to_batch, winograd=winograd
+        model,
+        dtype=dtype,
+        backend=backend,
+        channels_last=channels_last,
+        space_to_batch=space_to_batch,
+        winograd=winograd,
+        tuning=get_tuning_cache(tuning_cache),
     )
     logger.info(
         "optimize_for_inference: %s on %s, backend %s, space_to_batch=%s, winograd=%s",
