@@ -203,6 +203,18 @@ def test_ppm_output_channels_order_and_small_inputs():
         torch.testing.assert_close(y[:, 16:20], first_branch)
 
 
+def test_ppm_keeps_channels_last():
+    # A channels-last feature map must give a channels-last concatenation (otherwise the
+    # bottleneck convolution re-lays out 4096 channels at full resolution, forward and backward).
+    ppm = PyramidPoolingModule(16, bins=(1, 2, 3, 6)).eval()
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        ref = ppm(x)
+        y = ppm(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref)
+
+
 def test_ppm_custom_bins_and_channels():
     ppm = PyramidPoolingModule(10, bins=(1, 4), branch_channels=3, align_corners=True).eval()
     assert ppm(torch.randn(1, 10, 9, 9)).shape == (1, 16, 9, 9)

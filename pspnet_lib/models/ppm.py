@@ -154,7 +154,12 @@ class PyramidPoolingModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
+        # Keep a channels-last input's layout: torch.cat returns NCHW as soon as one input is, and
+        # the 1x1 bin upsamples to NCHW (a 1x1 map has no distinct channels-last layout), which
+        # made the bottleneck convolution re-layout the whole concatenation, forward and backward.
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         outs = [x]
         for branch in self.branches:
-            outs.append(F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners))
+            up = F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners)
+            outs.append(up.contiguous(memory_format=torch.channels_last) if channels_last else up)
         return torch.cat(outs, dim=1)
