@@ -150,8 +150,9 @@ class TuningCache:
                 if self.path.exists():
                     try:
                         data = json.loads(self.path.read_text())
-                        if isinstance(data, dict) and data.get("version") == _FORMAT_VERSION:
-                            sections = {k: v for k, v in data.get("sections", {}).items() if isinstance(v, dict)}
+                        stored = data.get("sections") if isinstance(data, dict) and data.get("version") == _FORMAT_VERSION else None
+                        if isinstance(stored, dict):
+                            sections = {k: v for k, v in stored.items() if isinstance(v, dict)}
                     except (OSError, ValueError):
                         pass  # damaged: replaced below (the warning came from _load)
                 for name, entries in pending.items():
@@ -162,6 +163,10 @@ class TuningCache:
                     sections.pop(next(iter(sections)))
                 text = json.dumps({"version": _FORMAT_VERSION, "sections": sections}, indent=1, sort_keys=False)
                 atomic_write_bytes(self.path, text.encode())
+            logger.info(
+                "stored %d fast-path timing decisions in %s: later processes on this machine skip that calibration",
+                sum(len(entries) for entries in pending.values()), self.path,
+            )
         except Exception as exc:  # persistence is an optimisation: never fail inference over it
             logger.warning(
                 "could not save the fast path's tuning decisions to %s (%s); they stay in memory for this "
