@@ -48,10 +48,29 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file readable by its owner only; give the result the permissions
+        # an ordinary open() would (or keep those of the file it replaces), so that masks, models
+        # and exports written for others to read are readable.
+        _set_final_mode(tmp_path, path)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; set it straight back (process-wide, but instantaneous).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _set_final_mode(tmp_path: Path, path: Path) -> None:
+    try:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_current_umask()
+        os.chmod(tmp_path, mode)
+    except OSError:  # e.g. file systems without POSIX permissions; the content is what matters
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
