@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "fsync_dir"]
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "current_umask", "fsync_dir"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -58,7 +58,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process umask (the permission bits new files and folders do not get)."""
     # os.umask can only be read by setting it; set it straight back (process-wide, but instantaneous).
     mask = os.umask(0o022)
     os.umask(mask)
@@ -67,7 +68,7 @@ def _current_umask() -> int:
 
 def _set_final_mode(tmp_path: Path, path: Path) -> None:
     try:
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_current_umask()
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask()
         os.chmod(tmp_path, mode)
     except OSError:  # e.g. file systems without POSIX permissions; the content is what matters
         pass

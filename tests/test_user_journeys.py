@@ -36,3 +36,15 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@posix_only
+def test_synthetic_dataset_folder_is_not_private(tmp_path):
+    from pspnet_lib.data import write_synthetic_dataset
+
+    old = os.umask(0o022)
+    try:
+        root = write_synthetic_dataset(tmp_path / "scenes", 2, size=(16, 16), seed=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
