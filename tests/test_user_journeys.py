@@ -48,3 +48,41 @@ def test_synthetic_dataset_folder_is_not_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+def _folder(root, n=4, classes=("a", "b", "c"), size=(24, 32), seed=0):
+    """A small folder dataset: random pictures, masks with values 0..len(classes)-1."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, len(classes), size, dtype=np.uint8)).save(root / "masks" / f"{i}.png")
+    return root
+
+
+TINY = ["--backbone", "resnet18", "--crop-size", "16", "--batch-size", "2", "--iters", "1", "--no-progress",
+        "--no-val", "--lr", "0.001"]
+
+
+def test_bad_mask_found_in_a_dataloader_worker_is_one_line(tmp_path, caplog):
+    from pspnet_lib.data import FolderDataset
+    from pspnet_lib.engine import TrainConfig, Trainer
+    from pspnet_lib import build_pspnet
+
+    root = _folder(tmp_path / "data")
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "0.png")
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "1.png")
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "2.png")
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "3.png")
+    dataset = FolderDataset(root)
+    model = build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4)
+    config = TrainConfig(iters=1, batch_size=2, num_workers=1, out_dir=str(tmp_path / "run"), progress=False)
+    with pytest.raises(ValueError) as info:
+        Trainer(model, dataset, None, config).fit()
+    assert "DataLoader worker" in str(info.value)  # what torch makes of it: a traceback as message
+    from pspnet_lib.cli import user_message
+
+    shown = user_message(info.value)
+    assert "\n" not in shown and shown.startswith("mask ") and "value(s) 7" in shown and "0..2 or 255" in shown
