@@ -86,3 +86,18 @@ def test_bad_mask_found_in_a_dataloader_worker_is_one_line(tmp_path, caplog):
 
     shown = user_message(info.value)
     assert "\n" not in shown and shown.startswith("mask ") and "value(s) 7" in shown and "0..2 or 255" in shown
+
+
+def test_batch_size_one_is_refused_before_training_with_cli_advice(tmp_path, caplog):
+    root = _folder(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "folder", "--data-root", str(root), "--val-fraction", "0.25", "--out", str(out),
+            "--num-workers", "0", *TINY]
+    args[args.index("--batch-size") + 1] = "1"
+    caplog.set_level(logging.ERROR)
+    assert main(args) == 1
+    assert "--batch-size 2" in caplog.text and "--freeze-bn" in caplog.text
+    assert not (out / "checkpoints").exists()
+    # With frozen statistics batch size 1 trains.
+    caplog.clear()
+    assert main(args + ["--freeze-bn", "--out", str(tmp_path / "run2")]) == 0
