@@ -101,3 +101,18 @@ def test_batch_size_one_is_refused_before_training_with_cli_advice(tmp_path, cap
     # With frozen statistics batch size 1 trains.
     caplog.clear()
     assert main(args + ["--freeze-bn", "--out", str(tmp_path / "run2")]) == 0
+
+
+def test_training_reads_16_bit_pictures_like_predict(tmp_path):
+    from pspnet_lib.data import FolderDataset
+    from pspnet_lib.inference.images import to_rgb_tensor
+
+    root = _folder(tmp_path / "data", n=2)
+    ramp = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)  # 0..61,360: 16-bit grayscale
+    (root / "images" / "0.jpg").unlink()
+    Image.fromarray(ramp).save(root / "images" / "0.png")
+    assert Image.open(root / "images" / "0.png").mode.startswith("I")
+    image, _ = FolderDataset(root)[0]
+    assert image.shape == (3, 24, 32) and image.dtype == torch.uint8
+    assert len(torch.unique(image[0])) > 200  # a ramp, not clipped to white
+    assert torch.equal(image, to_rgb_tensor(root / "images" / "0.png"))

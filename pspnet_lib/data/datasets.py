@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .._files import atomic_output
+from ..inference.images import pil_to_rgb
 from .constants import IGNORE_INDEX
 from .metadata import (
     ADE20K_CLASSES,
@@ -136,10 +137,10 @@ class SegmentationDataset(Dataset):
 
     @staticmethod
     def read_image(path: Path) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB array of an image file."""
+        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it)."""
         try:
             with Image.open(path) as picture:
-                return np.array(picture.convert("RGB"))
+                return np.array(pil_to_rgb(picture))
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
         except (UnidentifiedImageError, OSError) as error:
