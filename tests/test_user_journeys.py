@@ -116,3 +116,50 @@ def test_training_reads_16_bit_pictures_like_predict(tmp_path):
     assert image.shape == (3, 24, 32) and image.dtype == torch.uint8
     assert len(torch.unique(image[0])) > 200  # a ramp, not clipped to white
     assert torch.equal(image, to_rgb_tensor(root / "images" / "0.png"))
+
+
+def test_train_checks_masks_before_starting(tmp_path, caplog):
+    # A bad mask among many is found before the run starts, not when a worker meets it.
+    root = _folder(tmp_path / "data", n=6)
+    Image.fromarray(np.full((24, 32), 9, np.uint8)).save(root / "masks" / "4.png")
+    out = tmp_path / "run"
+    caplog.set_level(logging.ERROR)
+    assert main(["train", "--dataset", "folder", "--data-root", str(root), "--no-val", "--out", str(out), *TINY]) == 1
+    assert "masks/4.png holds value(s) 9" in caplog.text and "\n" not in caplog.text.strip()
+    assert not out.exists()
+
+
+def test_binary_masks_saved_as_0_255(tmp_path, caplog):
+    """The most common fine-tuning mistake: 255 means 'ignore', so the object class is never trained."""
+    from pspnet_lib.data import FolderDataset
+
+    root = _folder(tmp_path / "data", n=3, classes=("background", "object"))
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray((rng.integers(0, 2, (24, 32)) * 255).astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    caplog.set_level(logging.WARNING)
+    FolderDataset(root).verify(max_images=2)
+    assert "no pixel of class(es) object in 2 of 3 samples" in caplog.text
+    assert "label_map={255: 1}" in caplog.text and "--label-map 255:1" in caplog.text
+    assert FolderDataset(root, label_map={255: 1}).verify()["ignored_pixels"] == 0
+
+
+def test_train_on_a_flat_folder_with_no_val_mask_suffix_and_label_map(tmp_path, caplog):
+    root = _folder(tmp_path / "data", n=3, classes=("background", "object"))
+    for i in range(3):  # masks named <stem>_mask.png, the object stored as 255
+        mask = np.array(Image.open(root / "masks" / f"{i}.png")) * 255
+        (root / "masks" / f"{i}.png").unlink()
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i}_mask.png")
+    caplog.set_level(logging.ERROR)
+    base = ["train", "--dataset", "folder", "--data-root", str(root), "--no-val", "--num-workers", "0", *TINY]
+    assert main(base + ["--out", str(tmp_path / "r0")]) == 1
+    assert "--mask-suffix _mask" in caplog.text  # the error says how these files pair up
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "run"
+    assert main(base + ["--out", str(out), "--mask-suffix", "_mask", "--label-map", "255:1"]) == 0
+    assert "no pixel of class" not in caplog.text
+    assert (out / "model" / "model.safetensors").is_file()
+    # Folder-only flags on another dataset are an error, not silently ignored.
+    assert main(["train", "--dataset", "voc", "--data-root", str(root), "--label-map", "255:1"]) == 1
+    assert "--label-map applies to --dataset folder only" in caplog.text

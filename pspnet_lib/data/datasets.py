@@ -194,16 +194,25 @@ class SegmentationDataset(Dataset):
                 + self.value_hint(path, values)
             )
 
-    def verify(self, max_errors: int = 20) -> dict[str, Any]:
+    def verify(self, max_errors: int = 20, max_images: int | None = None) -> dict[str, Any]:
         """Read every sample once and report all problems together (sizes, unreadable files, bad values).
 
-        Returns ``{"images": n, "class_pixels": [count per class], "ignored_pixels": count}``.
-        Raises ValueError listing up to ``max_errors`` problems.
+        Args:
+            max_errors: stop after this many problems.
+            max_images: read only this many samples, spread evenly over the dataset (a quick
+                check before training, as ``pspnet train`` does); ``None`` reads all.
+
+        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
+        Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
+        that never occur (often masks written with other values, e.g. 0/255 binary masks).
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
         errors: list[str] = []
-        for index in range(len(self)):
+        indices: Sequence[int] = range(len(self))
+        if max_images is not None and len(self) > max_images:
+            indices = sorted({round(i * (len(self) - 1) / max(max_images - 1, 1)) for i in range(max_images)})
+        for index in indices:
             try:
                 _, mask = self.load(index)
             except (ValueError, FileNotFoundError) as error:
@@ -214,13 +223,47 @@ class SegmentationDataset(Dataset):
             values = mask.numpy().ravel()
             ignored += int((values == self.ignore_index).sum())
             counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
+        if len(errors) == 1:
+            raise ValueError(errors[0])
         if errors:
             raise ValueError(f"{len(errors)} problem(s) in {self!r}:\n  " + "\n  ".join(errors))
         absent = [name for name, count in zip(self.classes, counts) if count == 0]
         if absent:
-            # Often a sign of masks stored with other values (e.g. 0/255 binary masks: 255 is ignored).
-            logger.warning("%r: no pixel of class(es) %s", self, ", ".join(absent))
-        return {"images": len(self), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+            where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
+            hint = ""
+            if ignored:
+                # The usual cause: a class stored as 255 (binary 0/255 masks), which means "ignore".
+                hint = (
+                    f"; {ignored} pixels are {self.ignore_index} (ignored). If your masks store a class as "
+                    f"{self.ignore_index} (e.g. 0/255 binary masks), remap it: label_map={{{self.ignore_index}: "
+                    f"{self.classes.index(absent[-1])}}} (CLI: --label-map {self.ignore_index}:"
+                    f"{self.classes.index(absent[-1])})"
+                )
+            logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
+        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+
+
+def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -> str | None:
+    """The suffix that turns every unmatched image stem into an unmatched mask stem, if there is one."""
+    if not image_stems or not mask_stems:
+        return None
+    suffixes = set()
+    for mask in mask_stems:
+        owners = [image for image in image_stems if mask.startswith(image) and len(mask) > len(image)]
+        if not owners:
+            return None
+        suffixes.add(mask[len(max(owners, key=len)):])
+    return suffixes.pop() if len(suffixes) == 1 else None
+
+
+def has_split(root: PathLike, split: str, image_dir: str = "images", mask_dir: str = "masks") -> bool:
+    """Whether a folder dataset at ``root`` defines ``split`` (a split list or sub-folders)."""
+    root = Path(root)
+    return (
+        (root / "splits" / f"{split}.txt").is_file()
+        or (root / f"{split}.txt").is_file()
+        or (root / image_dir / split).is_dir()
+    )
 
 
 def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
@@ -570,7 +613,8 @@ class FolderDataset(SegmentationDataset):
                 raise FileNotFoundError(
                     f"no split {split!r} in {root}: expected {root / 'splits' / f'{split}.txt'} or {root / f'{split}.txt'} "
                     f"(image stems, one per line), or sub-folders {image_dir}/{split}/ and {mask_dir}/{split}/"
-                    + ("; or pass val_fraction=0.1 to hold out part of the pairs as 'val'" if split in ("train", "val") else "")
+                    + ("; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
+                       if split in ("train", "val") else "")
                     + "; or split=None for all pairs"
                 )
         pairs = self._pairs(image_folder, mask_folder)
@@ -651,6 +695,12 @@ class FolderDataset(SegmentationDataset):
                 problems.append(f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}")
             if no_image:
                 problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
+            suffix = _common_mask_suffix([p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images])
+            if suffix:
+                problems.append(
+                    f"the masks seem to be named <image stem>{suffix}: pass mask_suffix={self.mask_suffix + suffix!r} "
+                    f"(CLI: --mask-suffix {self.mask_suffix + suffix})"
+                )
             raise FileNotFoundError("unmatched images and masks: " + "; ".join(problems))
         return {stem: (images[stem], masks[stem]) for stem in images}
 
