@@ -163,3 +163,20 @@ def test_train_on_a_flat_folder_with_no_val_mask_suffix_and_label_map(tmp_path, 
     # Folder-only flags on another dataset are an error, not silently ignored.
     assert main(["train", "--dataset", "voc", "--data-root", str(root), "--label-map", "255:1"]) == 1
     assert "--label-map applies to --dataset folder only" in caplog.text
+
+
+def test_convert_takes_out_like_the_other_commands(tmp_path, caplog):
+    from pspnet_lib import build_pspnet, load_pretrained
+
+    model = build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4)
+    model.save_pretrained(tmp_path / "src")
+    caplog.set_level(logging.ERROR)
+    # `--out` used to be taken as an abbreviation of --output-stride ("invalid int value").
+    assert main(["convert", str(tmp_path / "src"), "--out", str(tmp_path / "dst")]) == 0
+    assert load_pretrained(tmp_path / "dst").config == model.config
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 1
+    assert "two output folders" in caplog.text
+    assert main(["convert", str(tmp_path / "src")]) == 1
+    assert "no output folder" in caplog.text
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "c"), "--classes", str(tmp_path / "none.txt")]) == 1
+    assert "classes file" in caplog.text and "does not exist" in caplog.text
