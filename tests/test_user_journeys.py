@@ -180,3 +180,17 @@ def test_convert_takes_out_like_the_other_commands(tmp_path, caplog):
     assert "no output folder" in caplog.text
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "c"), "--classes", str(tmp_path / "none.txt")]) == 1
     assert "classes file" in caplog.text and "does not exist" in caplog.text
+
+
+def test_predict_takes_sizes_and_scales_with_commas_like_eval(tmp_path):
+    from pspnet_lib.cli import build_parser
+    from pspnet_lib.cli.predict import _flat, _pair
+
+    parse = build_parser().parse_args
+    spaced = parse(["predict", "x.jpg", "--weights", "w", "--out", "o", "--crop", "32", "48", "--scales", "0.5", "1.0"])
+    commas = parse(["predict", "x.jpg", "--weights", "w", "--out", "o", "--crop", "32,48", "--scales", "0.5,1.0"])
+    for args in (spaced, commas):
+        assert _pair(_flat(args.crop), "crop") == (32, 48) and _flat(args.scales) == [0.5, 1.0]
+    assert _flat(parse(["predict", "x.jpg", "--weights", "w", "--out", "o"]).scales) == [1.0]
+    with pytest.raises(SystemExit):
+        parse(["predict", "x.jpg", "--weights", "w", "--out", "o", "--size", "5l2"])
