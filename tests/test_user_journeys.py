@@ -194,3 +194,23 @@ def test_predict_takes_sizes_and_scales_with_commas_like_eval(tmp_path):
     assert _flat(parse(["predict", "x.jpg", "--weights", "w", "--out", "o"]).scales) == [1.0]
     with pytest.raises(SystemExit):
         parse(["predict", "x.jpg", "--weights", "w", "--out", "o", "--size", "5l2"])
+
+
+def test_weights_that_are_not_weights_say_what_to_pass(tmp_path):
+    from pspnet_lib import build_pspnet, load_pretrained
+
+    run = tmp_path / "run"
+    build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(run / "model")
+    (run / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"run directory: use .*run/model .* or .*checkpoints/best.pt"):
+        load_pretrained(run)  # the run directory instead of its model/
+    with pytest.raises(ValueError, match=r"config.json is a JSON file, not weights; pass the folder .*run/model"):
+        load_pretrained(run / "model" / "config.json")
+    with pytest.raises(ValueError, match=r"there is no file or folder .*run/model/nope.pt \(.*run/model exists"):
+        load_pretrained(str(run / "model" / "nope.pt"))
+    with pytest.raises(ValueError, match=r"write 'hf-hub:someone/pspnet'"):
+        load_pretrained("someone/pspnet")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes.pth .*It is not a PyTorch checkpoint") as info:
+        load_pretrained(tmp_path / "notes.pth")
+    assert "delete" not in str(info.value)  # never advise deleting a file that may be the user's own
