@@ -214,3 +214,21 @@ def test_weights_that_are_not_weights_say_what_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"notes.pth .*It is not a PyTorch checkpoint") as info:
         load_pretrained(tmp_path / "notes.pth")
     assert "delete" not in str(info.value)  # never advise deleting a file that may be the user's own
+
+
+def test_hub_unreachable_is_not_reported_as_downloads_disabled(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from pspnet_lib.hub import hf
+
+    def unreachable(**kwargs):
+        assert kwargs["local_files_only"] is False
+        raise LocalEntryNotFoundError("connection error")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf, "hf_hub_download", unreachable)
+    with pytest.raises(OSError) as info:
+        hf.hf_file("someone/pspnet", "config.json", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "could not be reached" in message and "hf download someone/pspnet" in message
+    assert "downloads are disabled" not in message
