@@ -232,3 +232,20 @@ def test_hub_unreachable_is_not_reported_as_downloads_disabled(tmp_path, monkeyp
     message = str(info.value)
     assert "could not be reached" in message and "hf download someone/pspnet" in message
     assert "downloads are disabled" not in message
+
+
+def test_doc_snippets_rebuild_a_model_from_its_config(tmp_path):
+    """docs/model.md and docs/hub.md: rebuilding the architecture from config.json."""
+    import json
+
+    from pspnet_lib import PSPNet, PSPNetConfig, build_pspnet
+
+    model = build_pspnet("resnet18", num_classes=6, aux=False, output_stride=16, in_channels=4, head_channels=16, ppm_channels=4)
+    assert PSPNet(PSPNetConfig.from_dict(json.loads(model.config.to_json()))).config == model.config
+    model.pretrained_cfg = {"classes": list("abcdef")}
+    model.save_pretrained(tmp_path / "my_model")
+    saved = json.loads((tmp_path / "my_model" / "config.json").read_text())
+    rebuilt = PSPNet(saved["config"], pretrained_cfg=saved["pretrained_cfg"])
+    assert rebuilt.config == model.config and rebuilt.pretrained_cfg["classes"] == list("abcdef")
+    with pytest.raises(ValueError, match=r"config.json of a save_pretrained folder.*values\['config'\]"):
+        PSPNetConfig.from_dict(saved)
