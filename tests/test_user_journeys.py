@@ -249,3 +249,26 @@ def test_doc_snippets_rebuild_a_model_from_its_config(tmp_path):
     assert rebuilt.config == model.config and rebuilt.pretrained_cfg["classes"] == list("abcdef")
     with pytest.raises(ValueError, match=r"config.json of a save_pretrained folder.*values\['config'\]"):
         PSPNetConfig.from_dict(saved)
+
+
+def test_load_pretrained_reads_a_training_checkpoint_with_its_architecture_and_classes(tmp_path):
+    """pspnet convert / load_pretrained on a checkpoint of a non-default layout must rebuild that layout."""
+    from pspnet_lib import load_pretrained
+    from pspnet_lib.engine import TrainConfig, Trainer
+
+    from ._engine_helpers import ColourBlocks, tiny_pspnet
+
+    model = tiny_pspnet(preset="semseg", output_stride=16)  # align_corners=True, no contracted dilation
+    config = TrainConfig(iters=1, batch_size=2, num_workers=0, out_dir=str(tmp_path / "run"), progress=False)
+    Trainer(model, ColourBlocks(4, size=24), None, config).fit()
+    loaded = load_pretrained(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert loaded.config == model.config  # the weights alone would give align_corners=False, output stride 8
+    assert loaded.pretrained_cfg["classes"] == list(ColourBlocks.classes)
+    assert loaded.pretrained_cfg["palette"] == [list(c) for c in ColourBlocks.palette]
+    model.eval()
+    x = torch.randn(1, 3, 40, 36)
+    torch.testing.assert_close(loaded(x), model(x))
+    # pspnet convert keeps all of it in the save_pretrained folder.
+    assert main(["convert", str(tmp_path / "run" / "checkpoints" / "latest.pt"), str(tmp_path / "converted")]) == 0
+    converted = load_pretrained(tmp_path / "converted")
+    assert converted.config == model.config and converted.pretrained_cfg["classes"] == list(ColourBlocks.classes)

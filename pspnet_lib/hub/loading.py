@@ -323,8 +323,29 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         if sibling.is_file() and fmt in (None, "pspnet_lib"):
             return read_pretrained_folder(sibling, path, str(path))
         return _from_state_dict(tensors, fmt, str(path))
-    raw, meta = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    if fmt in (None, "pspnet_lib") and _is_train_checkpoint(obj):
+        # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
+        # protocol); the weights alone cannot tell align_corners, dilations or output stride.
+        tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
+        pretrained_cfg = dict(obj.get("pretrained_cfg") or {})
+        pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
+        pretrained_cfg.setdefault("std", list(IMAGENET_STD))
+        logger.info("read %s as a pspnet train checkpoint (iteration %s)", path, obj.get("iteration"))
+        return Resolved(tensors, dict(obj["model_config"]), pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
+    raw, meta = extract_state_dict(obj, str(path))
     return _from_state_dict(raw, fmt, str(path), meta)
+
+
+def _is_train_checkpoint(obj: Any) -> bool:
+    from ..engine.checkpoint import CHECKPOINT_FORMAT  # here: engine imports the hub
+
+    return (
+        isinstance(obj, Mapping)
+        and obj.get("format") == CHECKPOINT_FORMAT
+        and isinstance(obj.get("model_config"), Mapping)
+        and isinstance(obj.get("model"), Mapping)
+    )
 
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".json")
