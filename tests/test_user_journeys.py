@@ -272,3 +272,14 @@ def test_load_pretrained_reads_a_training_checkpoint_with_its_architecture_and_c
     assert main(["convert", str(tmp_path / "run" / "checkpoints" / "latest.pt"), str(tmp_path / "converted")]) == 0
     converted = load_pretrained(tmp_path / "converted")
     assert converted.config == model.config and converted.pretrained_cfg["classes"] == list(ColourBlocks.classes)
+
+
+def test_info_describes_a_saved_model(tmp_path, capsys):
+    from pspnet_lib import build_pspnet
+
+    model = build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4)
+    model.pretrained_cfg = {"classes": ["road", "car", "tree"], "inference": {"mode": "whole", "resize": [64, 32]}}
+    model.save_pretrained(tmp_path / "model")
+    assert main(["info", str(tmp_path / "model"), "--classes"]) == 0
+    out = capsys.readouterr().out
+    assert '"backbone": "resnet18"' in out and '"resize": [64, 32]' in out and "  2 tree" in out
