@@ -283,3 +283,22 @@ def test_info_describes_a_saved_model(tmp_path, capsys):
     assert main(["info", str(tmp_path / "model"), "--classes"]) == 0
     out = capsys.readouterr().out
     assert '"backbone": "resnet18"' in out and '"resize": [64, 32]' in out and "  2 tree" in out
+
+
+def test_phone_photo_with_exif_rotation_pairs_with_a_mask_drawn_upright(tmp_path):
+    from pspnet_lib.data import FolderDataset
+
+    root = _folder(tmp_path / "data", n=2)
+    stored = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)  # stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": viewers show it 24 wide, 32 high
+    Image.fromarray(stored).save(root / "images" / "0.jpg", exif=exif, quality=95)
+    Image.fromarray(np.zeros((32, 24), np.uint8)).save(root / "masks" / "0.png")  # drawn on the upright photo
+    image, mask = FolderDataset(root)[0]
+    assert tuple(image.shape) == (3, 32, 24) and tuple(mask.shape) == (32, 24)
+    from pspnet_lib.inference.images import to_rgb_tensor
+
+    assert torch.equal(image, to_rgb_tensor(root / "images" / "0.jpg"))  # what predict sees
+    # A mask matching the stored pixels still pairs with them.
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "masks" / "0.png")
+    assert tuple(FolderDataset(root)[0][0].shape) == (3, 24, 32)

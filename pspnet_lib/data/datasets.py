@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -126,6 +126,12 @@ class SegmentationDataset(Dataset):
         image_path, mask_path = self.files[index]
         image = self.read_image(image_path)
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
+        if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
+            # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
+            # follow the rotated picture. Use that orientation when it is the one the mask has.
+            rotated = self.read_image(image_path, exif_orientation=True)
+            if rotated.shape[:2] == mask.shape:
+                image = rotated
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
@@ -136,10 +142,16 @@ class SegmentationDataset(Dataset):
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     @staticmethod
-    def read_image(path: Path) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it)."""
+    def read_image(path: Path, exif_orientation: bool = False) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it).
+
+        With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
+        viewers and ``predict`` do); without, the pixels are taken as stored.
+        """
         try:
             with Image.open(path) as picture:
+                if exif_orientation:
+                    picture = ImageOps.exif_transpose(picture)
                 return np.array(pil_to_rgb(picture))
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
