@@ -302,3 +302,13 @@ def test_phone_photo_with_exif_rotation_pairs_with_a_mask_drawn_upright(tmp_path
     # A mask matching the stored pixels still pairs with them.
     Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "masks" / "0.png")
     assert tuple(FolderDataset(root)[0][0].shape) == (3, 24, 32)
+
+
+def test_export_warns_when_the_suffix_does_not_match_the_format(tmp_path, caplog):
+    from pspnet_lib import build_pspnet
+
+    build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(tmp_path / "m")
+    caplog.set_level(logging.WARNING)
+    assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.onnx"),
+                 "--height", "32", "--width", "32"]) == 0
+    assert "does not end in .pt" in caplog.text
