@@ -312,3 +312,13 @@ def test_export_warns_when_the_suffix_does_not_match_the_format(tmp_path, caplog
     assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.onnx"),
                  "--height", "32", "--width", "32"]) == 0
     assert "does not end in .pt" in caplog.text
+
+
+def test_grey_masks_with_an_alpha_channel_are_read_as_grey(tmp_path):
+    from pspnet_lib.data import FolderDataset
+
+    root = _folder(tmp_path / "data", n=1)
+    labels = np.random.default_rng(2).integers(0, 3, (24, 32)).astype(np.uint8)
+    Image.fromarray(np.stack([labels, np.full_like(labels, 255)], -1), mode="LA").save(root / "masks" / "0.png")
+    _, mask = FolderDataset(root)[0]
+    assert np.array_equal(mask.numpy(), labels)

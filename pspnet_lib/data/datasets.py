@@ -163,6 +163,8 @@ class SegmentationDataset(Dataset):
         """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks."""
         try:
             with Image.open(path) as picture:
+                if picture.mode == "LA":  # grey + alpha (image editors' transparent layers): alpha is not a label
+                    return np.asarray(picture)[..., 0]
                 if picture.mode in ("RGB", "RGBA"):
                     array = np.asarray(picture.convert("RGB"))
                     if (array == array[..., :1]).all():  # a grey mask saved as RGB
@@ -171,7 +173,7 @@ class SegmentationDataset(Dataset):
                 if picture.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
                     raise ValueError(
                         f"mask {path} has PIL mode {picture.mode!r}; masks must be single-channel or paletted images "
-                        "holding class indices"
+                        "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
                     )
                 return np.asarray(picture)
         except FileNotFoundError:
