@@ -322,3 +322,17 @@ def test_grey_masks_with_an_alpha_channel_are_read_as_grey(tmp_path):
     Image.fromarray(np.stack([labels, np.full_like(labels, 255)], -1), mode="LA").save(root / "masks" / "0.png")
     _, mask = FolderDataset(root)[0]
     assert np.array_equal(mask.numpy(), labels)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_predict_and_export_on_a_missing_gpu_say_use_cpu(tmp_path, caplog):
+    from pspnet_lib import build_pspnet
+
+    build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(tmp_path / "m")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    caplog.set_level(logging.ERROR)
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
+                 "--device", "cuda"]) == 1
+    assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                 "--device", "cuda"]) == 1
+    assert caplog.text.count("CUDA is not available; use --device cpu") == 2
