@@ -336,3 +336,17 @@ def test_predict_and_export_on_a_missing_gpu_say_use_cpu(tmp_path, caplog):
     assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                  "--device", "cuda"]) == 1
     assert caplog.text.count("CUDA is not available; use --device cpu") == 2
+
+
+def test_an_output_path_blocked_by_a_file_is_one_clear_error(tmp_path, caplog):
+    from pspnet_lib import build_pspnet
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder should go")
+    with pytest.raises(NotADirectoryError, match=r"cannot create the folder .*results/sub: .*results is a file"):
+        atomic_write_bytes(blocker / "sub" / "x.png", b"")
+    build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(tmp_path / "m")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    caplog.set_level(logging.ERROR)
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "m"), "--out", str(blocker)]) == 1
+    assert "results is a file" in caplog.text and "Errno" not in caplog.text

@@ -168,7 +168,7 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .._files import atomic_output
+    from .._files import atomic_output, ensure_dir
     from ..inference.images import load_image, to_rgb_tensor
     from ..inference.predict import predict, resolve_protocol
 
@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 "or choose another --out folder"
             )
 
+    ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
 

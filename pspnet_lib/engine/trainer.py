@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .._files import ensure_dir
 from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..inference.modes import MODES
 from . import distributed as D
@@ -654,7 +655,7 @@ class Trainer:
         c = self.config
         self._restore_or_seed()
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.out_dir)
             atomic_write_bytes(self.out_dir / "train_config.json", (c.to_json() + "\n").encode())
         end = c.iters if stop_at is None else max(self.iteration, min(int(stop_at), c.iters))
         images_per_iteration = c.batch_size * c.grad_accum * self.dist.world_size
