@@ -142,6 +142,9 @@ def test_binary_masks_saved_as_0_255(tmp_path, caplog):
     assert "no pixel of class(es) object in 2 of 3 samples" in caplog.text
     assert "label_map={255: 1}" in caplog.text and "--label-map 255:1" in caplog.text
     assert FolderDataset(root, label_map={255: 1}).verify()["ignored_pixels"] == 0
+    caplog.clear()
+    FolderDataset(root).verify(warn_absent=False)  # what pspnet train does for voc/ade20k/cityscapes
+    assert "no pixel" not in caplog.text
 
 
 def test_train_on_a_flat_folder_with_no_val_mask_suffix_and_label_map(tmp_path, caplog):

@@ -276,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
     # Classes first (the model's classifier width), from the dataset without transforms.
     probe = build_dataset(name, args.data_root, train_split, None, **kwargs)
     # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
-    # run, and classes that never occur (e.g. 0/255 binary masks) are warned about.
-    probe.verify(max_images=_PREFLIGHT_SAMPLES)
+    # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
+    # about (the published datasets have many classes that a small sample misses).
+    probe.verify(max_images=_PREFLIGHT_SAMPLES, warn_absent=name == "folder")
     num_classes = settings["num_classes"] or probe.num_classes
     if settings["num_classes"] and settings["num_classes"] != probe.num_classes:
         raise ValueError(f"--num-classes {settings['num_classes']} but the {name} dataset at {args.data_root} has "

@@ -208,13 +208,14 @@ class SegmentationDataset(Dataset):
                 + self.value_hint(path, values)
             )
 
-    def verify(self, max_errors: int = 20, max_images: int | None = None) -> dict[str, Any]:
+    def verify(self, max_errors: int = 20, max_images: int | None = None, warn_absent: bool = True) -> dict[str, Any]:
         """Read every sample once and report all problems together (sizes, unreadable files, bad values).
 
         Args:
             max_errors: stop after this many problems.
             max_images: read only this many samples, spread evenly over the dataset (a quick
                 check before training, as ``pspnet train`` does); ``None`` reads all.
+            warn_absent: log a warning naming the classes that never occur in what was read.
 
         Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
         Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
@@ -242,7 +243,7 @@ class SegmentationDataset(Dataset):
         if errors:
             raise ValueError(f"{len(errors)} problem(s) in {self!r}:\n  " + "\n  ".join(errors))
         absent = [name for name, count in zip(self.classes, counts) if count == 0]
-        if absent:
+        if absent and warn_absent:
             where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
             hint = ""
             if ignored:
