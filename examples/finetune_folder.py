@@ -29,7 +29,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="folder with images/, masks/ and classes.txt")
     source.add_argument("--synthetic", action="store_true", help="generate a small dataset of synthetic scenes")
-    parser.add_argument("--weights", help="start from these weights (zoo name, hf-hub:, folder); default: ImageNet-free init")
+    parser.add_argument("--weights", help="start from these weights (zoo name, hf-hub:, folder); default: random initialisation")
     parser.add_argument("--backbone", default="resnet50", help="backbone when --weights is not given")
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--crop", type=int, default=512, help="training crop size")

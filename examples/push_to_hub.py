@@ -22,7 +22,6 @@ from pathlib import Path
 import pspnet_lib
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True, help="a save_pretrained folder (e.g. a training run's model/), zoo name or checkpoint")
@@ -35,9 +34,6 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model = pspnet_lib.load_pretrained(args.weights).eval()
-    if not hasattr(model, "save_pretrained"):
-        logging.error("this pspnet_lib has no PSPNet.save_pretrained (the Hugging Face Hub integration); update pspnet_lib")
-        return 1
     model.save_pretrained(args.out)
     logging.info("wrote %s: %s", args.out, ", ".join(sorted(p.name for p in args.out.iterdir())))
 

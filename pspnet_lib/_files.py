@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "fsync_dir"]
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "current_umask", "ensure_dir", "fsync_dir"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -31,6 +31,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` (and its parents) if needed; a file in the way is a clear error."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
+        raise NotADirectoryError(
+            f"cannot create the folder {directory}: {blocker} is a file; choose another path or move the file"
+        ) from None
+    return directory
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` atomically.
@@ -40,7 +53,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the file {path}: a folder of that name exists")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -48,10 +63,30 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file readable by its owner only; give the result the permissions
+        # an ordinary open() would (or keep those of the file it replaces), so that masks, models
+        # and exports written for others to read are readable.
+        _set_final_mode(tmp_path, path)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    """The process umask (the permission bits new files and folders do not get)."""
+    # os.umask can only be read by setting it; set it straight back (process-wide, but instantaneous).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _set_final_mode(tmp_path: Path, path: Path) -> None:
+    try:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask()
+        os.chmod(tmp_path, mode)
+    except OSError:  # e.g. file systems without POSIX permissions; the content is what matters
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -327,8 +327,12 @@ def test_folder_error_messages_name_the_files(tmp_path):
     _mask(tmp_path / "masks" / "b.png", np.full((H, W), 7, np.uint8))
     with pytest.raises(ValueError, match=r"b.png holds value\(s\) 7 outside the 3 classes.*must be 0..2 or 255"):
         FolderDataset(tmp_path)[1]
-    with pytest.raises(ValueError, match=r"(?s)1 problem\(s\).*b.png holds value\(s\) 7"):
+    with pytest.raises(ValueError, match=r"^mask .*b.png holds value\(s\) 7[^\n]*$"):  # one problem: one line
         FolderDataset(tmp_path).verify()
+    _mask(tmp_path / "masks" / "a.png", np.full((H, W), 8, np.uint8))
+    with pytest.raises(ValueError, match=r"(?s)2 problem\(s\).*a.png holds value\(s\) 8.*b.png holds value\(s\) 7"):
+        FolderDataset(tmp_path).verify()
+    _mask(tmp_path / "masks" / "a.png", _labels(0, 3))
 
     _mask(tmp_path / "masks" / "b.png", np.zeros((H + 1, W), np.uint8))
     with pytest.raises(ValueError, match=r"image .*b.png is 16x12 .* mask .*b.png is 16x13"):

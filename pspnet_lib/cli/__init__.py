@@ -49,8 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors raised by the library carry a message meant for the user; show it, not a traceback.
         if args.verbose:
             raise
-        logging.getLogger("pspnet_lib").error("%s", exc)
+        logging.getLogger("pspnet_lib").error("%s", user_message(exc))
         return 1
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of ``exc`` as the user should see it.
+
+    An error raised in a DataLoader worker process (e.g. a bad mask found during training with
+    ``--num-workers`` > 0) reaches the main process as the same exception type with the worker's
+    whole traceback as its message; only its last line, the original message, is meant for users.
+    """
+    text = str(exc)
+    if "DataLoader worker process" in text and "Original Traceback" in text:
+        last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
+        prefix = f"{type(exc).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

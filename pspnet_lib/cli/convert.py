@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("source", metavar="SRC", help="zoo name, hf-hub:org/repo, checkpoint file/folder or URL")
-    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder to write (created; must be empty or absent)")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", type=Path,
+                        help="folder to write (created; must be empty or absent)")
+    # --out as in the other commands; without it argparse would read --out as an abbreviation of --output-stride.
+    parser.add_argument("--out", dest="out_option", metavar="OUT_DIR", type=Path, help="the same as OUT_DIR")
     parser.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: detected from the keys)")
     parser.add_argument("--num-classes", type=int, help="replace the classifiers for this many classes")
     parser.add_argument("--classes", type=Path, help="text file with one class name per line (stored in pretrained_cfg)")
@@ -48,7 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..hub.loading import load_pretrained
 
-    out: Path = args.out_dir
+    if args.out_dir is not None and args.out_option is not None and args.out_dir != args.out_option:
+        raise ValueError(f"two output folders given ({args.out_dir} and --out {args.out_option}); pass one")
+    out: Path | None = args.out_dir or args.out_option
+    if out is None:
+        raise ValueError("no output folder: pspnet convert SRC OUT_DIR (or --out OUT_DIR)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.force:
@@ -60,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = value
     extra_cfg = None
     if args.classes is not None:
-        names = [line.strip() for line in args.classes.read_text(encoding="utf-8").splitlines() if line.strip()]
-        extra_cfg = {"classes": names}
+        from ..data.datasets import read_classes_file
+
+        extra_cfg = {"classes": read_classes_file(args.classes)}
     model = load_pretrained(
         args.source,
         num_classes=args.num_classes,

@@ -52,12 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: The usual file suffix of each format (what loaders and tools expect).
+_SUFFIXES = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".pt"}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..inference import export as ex
     from ..inference.predict import load_model
 
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    expected = _SUFFIXES[args.format]
+    if args.out.suffix.lower() != expected:
+        logger.warning("--out %s does not end in %s, the usual suffix of --format %s (the file is written in that "
+                       "format anyway)", args.out, expected, args.format)
     if args.format != "onnx" and (args.check or args.opset is not None or args.onnx_exporter != "auto"):
         raise ValueError("--check, --opset and --onnx-exporter apply to --format onnx only")
     if args.format == "onnx":

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 logger = logging.getLogger("pspnet_lib.cli.predict")
 
@@ -40,16 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the weights' protocol)")
     parser.add_argument(
         "--size",
-        type=int,
+        type=_numbers(int),
         nargs="+",
         metavar="N",
         help="resize before inference: one value = short side, two = (long side, short side) limits "
         "(default: the weights' protocol)",
     )
     parser.add_argument("--no-resize", action="store_true", help="run at each image's own size")
-    parser.add_argument("--crop", type=int, nargs="+", metavar="N", help="sliding-window size (h [w]) for --mode slide")
-    parser.add_argument("--stride", type=int, nargs="+", metavar="N", help="sliding-window step (h [w]) for --mode slide")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale factors, e.g. 0.75 1.0 1.25")
+    parser.add_argument("--crop", type=_numbers(int), nargs="+", metavar="N",
+                        help="sliding-window size (h [w], or h,w) for --mode slide")
+    parser.add_argument("--stride", type=_numbers(int), nargs="+", metavar="N",
+                        help="sliding-window step (h [w], or h,w) for --mode slide")
+    parser.add_argument("--scales", type=_numbers(float), nargs="+", default=[[1.0]], metavar="S",
+                        help="multi-scale factors, e.g. 0.75 1.0 1.25 (or 0.75,1.0,1.25)")
     parser.add_argument("--flip", action="store_true", help="also predict on mirrored images and average")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
     parser.add_argument("--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)")
@@ -63,6 +66,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run)
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    """An argparse type for one command-line word holding one number or several separated by commas.
+
+    ``pspnet eval``/``train`` write sizes and scales with commas (``--scales 0.5,1.0``), so
+    ``predict`` accepts that form as well as separate words (``--scales 0.5 1.0``).
+    """
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} value(s), got {text!r}") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _flat(groups: Sequence[Sequence[Any]] | None) -> list | None:
+    return None if groups is None else [value for group in groups for value in group]
 
 
 def _pair(values: Sequence[int] | None, name: str) -> int | tuple[int, int] | None:
@@ -144,7 +168,7 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .._files import atomic_output
+    from .._files import atomic_output, ensure_dir
     from ..inference.images import load_image, to_rgb_tensor
     from ..inference.predict import predict, resolve_protocol
 
@@ -154,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.size is not None and args.no_resize:
         raise ValueError("--size and --no-resize contradict each other; pass one of them")
-    size = False if args.no_resize else _pair(args.size, "size")
-    options = dict(mode=args.mode, size=size, crop=_pair(args.crop, "crop"), stride=_pair(args.stride, "stride"))
+    size = False if args.no_resize else _pair(_flat(args.size), "size")
+    options = dict(mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride"))
+    scales = _flat(args.scales)
 
     files = collect_inputs(args.inputs, args.recursive)
     if not files:
@@ -170,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 "or choose another --out folder"
             )
 
+    ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
 
@@ -188,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                     progress.update(1)
             if not loaded:
                 continue
-            results = predict(model, [item[0] for item in loaded], scales=args.scales, flip=args.flip, **options)
+            results = predict(model, [item[0] for item in loaded], scales=scales, flip=args.flip, **options)
             for result, (_, source, mask_path, overlay_path) in zip(results, loaded):
                 try:
                     with atomic_output(mask_path) as tmp:

@@ -12,6 +12,8 @@ from typing import Any
 logger = logging.getLogger("pspnet_lib.cli.train")
 
 DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "folder")
+#: How many training samples ``pspnet train`` reads before starting (spread over the dataset).
+_PREFLIGHT_SAMPLES = 32
 
 
 def _ints(text: str) -> list[int]:
@@ -46,18 +48,47 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                             "default DATA_ROOT/classes.txt")
     group.add_argument("--val-fraction", type=float, metavar="F",
                        help="folder datasets without split information: hold out this fraction as 'val'")
+    group.add_argument("--mask-suffix", metavar="SUFFIX",
+                       help="folder datasets: mask stem = image stem + SUFFIX (e.g. _mask pairs a.jpg with a_mask.png)")
+    group.add_argument("--label-map", type=_label_map, metavar="SRC:DST,..",
+                       help="folder datasets: remap stored mask values, e.g. 255:1 for binary masks saved as 0/255 "
+                            "(255 otherwise means 'ignore')")
     group.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers per process")
+
+
+def _label_map(text: str) -> dict[int, int]:
+    """``255:1`` or ``1:0,2:255`` -> {255: 1} / {1: 0, 2: 255}."""
+    mapping = {}
+    for item in (part for part in text.split(",") if part.strip()):
+        try:
+            source, target = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected SRC:DST pairs of integers such as 255:1, got {text!r}") from None
+        mapping[source] = target
+    if not mapping:
+        raise argparse.ArgumentTypeError(f"expected SRC:DST pairs of integers such as 255:1, got {text!r}")
+    return mapping
+
+
+_FOLDER_FLAGS = ("classes", "val_fraction", "mask_suffix", "label_map")
 
 
 def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Extra ``build_dataset`` arguments from the flags (folder datasets only)."""
     if args.dataset != "folder":
+        given = [f"--{flag.replace('_', '-')}" for flag in _FOLDER_FLAGS if getattr(args, flag, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --dataset folder only")
         return {}
     kwargs: dict[str, Any] = {}
     if args.classes:
         kwargs["classes"] = args.classes if os.path.isfile(args.classes) else [c.strip() for c in args.classes.split(",")]
     if args.val_fraction is not None:
         kwargs["val_fraction"] = args.val_fraction
+    if args.mask_suffix:
+        kwargs["mask_suffix"] = args.mask_suffix
+    if args.label_map:
+        kwargs["label_map"] = args.label_map
     return kwargs
 
 
@@ -229,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--data-root DIR is required (the dataset's directory)")
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
+    from ..data.datasets import has_split
     from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
     from ..engine import TrainConfig, Trainer
     from ..engine import distributed as D
@@ -238,8 +270,15 @@ def run(args: argparse.Namespace) -> int:
     train_split = args.train_split or DEFAULT_SPLITS[name][0]
     val_split = args.val_split or DEFAULT_SPLITS[name][1]
     kwargs = dataset_kwargs(args)
+    if (name == "folder" and args.no_val and not args.train_split and "val_fraction" not in kwargs
+            and not has_split(args.data_root, train_split)):
+        train_split = None  # a flat folder without validation: train on every pair
     # Classes first (the model's classifier width), from the dataset without transforms.
     probe = build_dataset(name, args.data_root, train_split, None, **kwargs)
+    # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
+    # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
+    # about (the published datasets have many classes that a small sample misses).
+    probe.verify(max_images=_PREFLIGHT_SAMPLES, warn_absent=name == "folder")
     num_classes = settings["num_classes"] or probe.num_classes
     if settings["num_classes"] and settings["num_classes"] != probe.num_classes:
         raise ValueError(f"--num-classes {settings['num_classes']} but the {name} dataset at {args.data_root} has "

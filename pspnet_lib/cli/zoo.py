@@ -17,8 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run_list)
 
-    parser = subparsers.add_parser("info", help="show one zoo entry", description="Show everything known about a zoo entry.")
-    parser.add_argument("name", help="zoo name or alias")
+    parser = subparsers.add_parser(
+        "info",
+        help="show one zoo entry (or a saved model)",
+        description="Show everything known about a zoo entry, or the architecture, classes and protocol of a "
+        "saved model (a save_pretrained folder, a training checkpoint or a weights file).",
+    )
+    parser.add_argument("name", help="zoo name or alias, or the path of a saved model")
     parser.add_argument("--cache-dir", type=Path, help="cache folder to check")
     parser.add_argument("--classes", action="store_true", help="print every class name with its colour")
     parser.set_defaults(func=run_info)
@@ -91,6 +96,8 @@ def run_info(args: argparse.Namespace) -> int:
     from ..hub.download import cached_paths, default_cache_dir, is_cached
     from ..hub.registry import aliases_of, get_weights
 
+    if Path(args.name).expanduser().exists():
+        return _info_local(args)
     w = get_weights(args.name)
     cache = default_cache_dir(args.cache_dir)
     st, _ = cached_paths(w, cache)
@@ -117,6 +124,30 @@ def run_info(args: argparse.Namespace) -> int:
     elif categories:
         shown = ", ".join(categories[:8]) + (", ..." if len(categories) > 8 else "")
         lines.append(f"classes: {shown} (--classes for all)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _info_local(args: argparse.Namespace) -> int:
+    """``pspnet info PATH``: what a saved model is (architecture, classes, preprocessing, protocol)."""
+    from ..hub.loading import load_pretrained
+
+    model = load_pretrained(Path(args.name).expanduser())
+    cfg = dict(model.pretrained_cfg)
+    classes = cfg.pop("classes", None)
+    palette = cfg.pop("palette", None)
+    out = {
+        "source": args.name,
+        "config": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **cfg,
+    }
+    lines = [f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in out.items()]
+    if classes and args.classes:
+        lines.append("classes:")
+        lines += [f"  {i:3d} {name}  {tuple(palette[i]) if palette else ''}" for i, name in enumerate(classes)]
+    elif classes:
+        lines.append(f"classes: {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''} (--classes for all)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -21,11 +21,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .._files import atomic_output
+from ..inference.images import pil_to_rgb
 from .constants import IGNORE_INDEX
 from .metadata import (
     ADE20K_CLASSES,
@@ -125,6 +126,12 @@ class SegmentationDataset(Dataset):
         image_path, mask_path = self.files[index]
         image = self.read_image(image_path)
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
+        if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
+            # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
+            # follow the rotated picture. Use that orientation when it is the one the mask has.
+            rotated = self.read_image(image_path, exif_orientation=True)
+            if rotated.shape[:2] == mask.shape:
+                image = rotated
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
@@ -135,11 +142,17 @@ class SegmentationDataset(Dataset):
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     @staticmethod
-    def read_image(path: Path) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB array of an image file."""
+    def read_image(path: Path, exif_orientation: bool = False) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it).
+
+        With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
+        viewers and ``predict`` do); without, the pixels are taken as stored.
+        """
         try:
             with Image.open(path) as picture:
-                return np.array(picture.convert("RGB"))
+                if exif_orientation:
+                    picture = ImageOps.exif_transpose(picture)
+                return np.array(pil_to_rgb(picture))
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
         except (UnidentifiedImageError, OSError) as error:
@@ -150,6 +163,8 @@ class SegmentationDataset(Dataset):
         """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks."""
         try:
             with Image.open(path) as picture:
+                if picture.mode == "LA":  # grey + alpha (image editors' transparent layers): alpha is not a label
+                    return np.asarray(picture)[..., 0]
                 if picture.mode in ("RGB", "RGBA"):
                     array = np.asarray(picture.convert("RGB"))
                     if (array == array[..., :1]).all():  # a grey mask saved as RGB
@@ -158,7 +173,7 @@ class SegmentationDataset(Dataset):
                 if picture.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
                     raise ValueError(
                         f"mask {path} has PIL mode {picture.mode!r}; masks must be single-channel or paletted images "
-                        "holding class indices"
+                        "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
                     )
                 return np.asarray(picture)
         except FileNotFoundError:
@@ -193,16 +208,26 @@ class SegmentationDataset(Dataset):
                 + self.value_hint(path, values)
             )
 
-    def verify(self, max_errors: int = 20) -> dict[str, Any]:
+    def verify(self, max_errors: int = 20, max_images: int | None = None, warn_absent: bool = True) -> dict[str, Any]:
         """Read every sample once and report all problems together (sizes, unreadable files, bad values).
 
-        Returns ``{"images": n, "class_pixels": [count per class], "ignored_pixels": count}``.
-        Raises ValueError listing up to ``max_errors`` problems.
+        Args:
+            max_errors: stop after this many problems.
+            max_images: read only this many samples, spread evenly over the dataset (a quick
+                check before training, as ``pspnet train`` does); ``None`` reads all.
+            warn_absent: log a warning naming the classes that never occur in what was read.
+
+        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
+        Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
+        that never occur (often masks written with other values, e.g. 0/255 binary masks).
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
         errors: list[str] = []
-        for index in range(len(self)):
+        indices: Sequence[int] = range(len(self))
+        if max_images is not None and len(self) > max_images:
+            indices = sorted({round(i * (len(self) - 1) / max(max_images - 1, 1)) for i in range(max_images)})
+        for index in indices:
             try:
                 _, mask = self.load(index)
             except (ValueError, FileNotFoundError) as error:
@@ -213,13 +238,47 @@ class SegmentationDataset(Dataset):
             values = mask.numpy().ravel()
             ignored += int((values == self.ignore_index).sum())
             counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
+        if len(errors) == 1:
+            raise ValueError(errors[0])
         if errors:
             raise ValueError(f"{len(errors)} problem(s) in {self!r}:\n  " + "\n  ".join(errors))
         absent = [name for name, count in zip(self.classes, counts) if count == 0]
-        if absent:
-            # Often a sign of masks stored with other values (e.g. 0/255 binary masks: 255 is ignored).
-            logger.warning("%r: no pixel of class(es) %s", self, ", ".join(absent))
-        return {"images": len(self), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+        if absent and warn_absent:
+            where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
+            hint = ""
+            if ignored:
+                # The usual cause: a class stored as 255 (binary 0/255 masks), which means "ignore".
+                hint = (
+                    f"; {ignored} pixels are {self.ignore_index} (ignored). If your masks store a class as "
+                    f"{self.ignore_index} (e.g. 0/255 binary masks), remap it: label_map={{{self.ignore_index}: "
+                    f"{self.classes.index(absent[-1])}}} (CLI: --label-map {self.ignore_index}:"
+                    f"{self.classes.index(absent[-1])})"
+                )
+            logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
+        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+
+
+def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -> str | None:
+    """The suffix that turns every unmatched image stem into an unmatched mask stem, if there is one."""
+    if not image_stems or not mask_stems:
+        return None
+    suffixes = set()
+    for mask in mask_stems:
+        owners = [image for image in image_stems if mask.startswith(image) and len(mask) > len(image)]
+        if not owners:
+            return None
+        suffixes.add(mask[len(max(owners, key=len)):])
+    return suffixes.pop() if len(suffixes) == 1 else None
+
+
+def has_split(root: PathLike, split: str, image_dir: str = "images", mask_dir: str = "masks") -> bool:
+    """Whether a folder dataset at ``root`` defines ``split`` (a split list or sub-folders)."""
+    root = Path(root)
+    return (
+        (root / "splits" / f"{split}.txt").is_file()
+        or (root / f"{split}.txt").is_file()
+        or (root / image_dir / split).is_dir()
+    )
 
 
 def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
@@ -569,7 +628,8 @@ class FolderDataset(SegmentationDataset):
                 raise FileNotFoundError(
                     f"no split {split!r} in {root}: expected {root / 'splits' / f'{split}.txt'} or {root / f'{split}.txt'} "
                     f"(image stems, one per line), or sub-folders {image_dir}/{split}/ and {mask_dir}/{split}/"
-                    + ("; or pass val_fraction=0.1 to hold out part of the pairs as 'val'" if split in ("train", "val") else "")
+                    + ("; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
+                       if split in ("train", "val") else "")
                     + "; or split=None for all pairs"
                 )
         pairs = self._pairs(image_folder, mask_folder)
@@ -650,6 +710,12 @@ class FolderDataset(SegmentationDataset):
                 problems.append(f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}")
             if no_image:
                 problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
+            suffix = _common_mask_suffix([p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images])
+            if suffix:
+                problems.append(
+                    f"the masks seem to be named <image stem>{suffix}: pass mask_suffix={self.mask_suffix + suffix!r} "
+                    f"(CLI: --mask-suffix {self.mask_suffix + suffix})"
+                )
             raise FileNotFoundError("unmatched images and masks: " + "; ".join(problems))
         return {stem: (images[stem], masks[stem]) for stem in images}
 

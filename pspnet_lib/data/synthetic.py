@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .._files import current_umask
 from .constants import IGNORE_INDEX
 
 __all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "make_scene", "SyntheticScenes", "write_synthetic_dataset"]
@@ -235,6 +236,7 @@ def write_synthetic_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     scenes = SyntheticScenes(num_images, size, seed, border_ignore=border_ignore)
     staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would make the dataset private
     try:
         (staging / "classes.txt").write_text("\n".join(scenes.classes) + "\n", encoding="utf-8")
         (staging / "palette.txt").write_text("\n".join(" ".join(map(str, c)) for c in scenes.palette) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .._files import ensure_dir
 from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..inference.modes import MODES
 from . import distributed as D
@@ -352,11 +353,32 @@ class Trainer:
             else:
                 self._log("SyncBatchNorm needs GPUs; on the CPU each process keeps its own BatchNorm statistics "
                           "(averaged over processes before validation and checkpoints)")
+        self._check_batch_statistics(model)
         self._fill_pretrained_cfg(model)
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def _check_batch_statistics(self, model: nn.Module) -> None:
+        """Refuse batch size 1 when a 1x1 pyramid branch would train its BatchNorm (before any work).
+
+        The 1x1 branch pools each image to one value per channel; with one image BatchNorm has
+        no batch statistics and the forward pass fails. The model checks this too, but only at
+        the first step, after the run directory is made, and with advice for the Python API.
+        """
+        from ..models.ppm import PoolingBranch
+
+        if self.config.batch_size > 1 or self.config.freeze_bn:
+            return
+        for module in model.modules():
+            if isinstance(module, PoolingBranch) and module.bin_size == 1 and type(module.norm) is nn.BatchNorm2d:
+                raise ValueError(
+                    "batch_size=1 cannot train BatchNorm here: the 1x1 pyramid pooling branch then holds one value "
+                    "per channel, so there are no batch statistics. Use batch_size >= 2 (add grad_accum to keep "
+                    "memory low; CLI: --batch-size 2 --grad-accum N), or freeze_bn=True to keep the pretrained "
+                    "statistics when fine-tuning (CLI: --freeze-bn), or build the model with norm='group'"
+                )
 
     def _fill_pretrained_cfg(self, model: nn.Module) -> None:
         """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
@@ -633,7 +655,7 @@ class Trainer:
         c = self.config
         self._restore_or_seed()
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.out_dir)
             atomic_write_bytes(self.out_dir / "train_config.json", (c.to_json() + "\n").encode())
         end = c.iters if stop_at is None else max(self.iteration, min(int(stop_at), c.iters))
         images_per_iteration = c.batch_size * c.grad_accum * self.dist.world_size

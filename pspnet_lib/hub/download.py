@@ -119,7 +119,7 @@ def download_file(url: str, dest: Path, *, sha256_prefix: str | None, progress: 
     except (urllib.error.URLError, OSError) as exc:
         raise OSError(
             f"could not download {url}: {exc}. Without network access, fetch the file on another machine and "
-            f"place it at {dest} (see docs/weights.md, 'Offline use')."
+            f"place it at {dest} (see docs/weights.md, 'Offline and air-gapped use')."
         ) from None
     return dest
 

@@ -60,13 +60,16 @@ def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
     )
 
 
-def _offline_hint(repo_id: str, cache_dir: Any) -> str:
+def _offline_hint(repo_id: str, cache_dir: Any, disabled: bool = True) -> str:
     where = cache_dir or hf_constants.HF_HUB_CACHE
+    state = (
+        "downloads are disabled (local_files_only=True or HF_HUB_OFFLINE=1)" if disabled
+        else "the Hub could not be reached"
+    )
     return (
-        f"hf-hub:{repo_id} is not in the Hugging Face cache ({where}) and downloads are disabled "
-        "(local_files_only=True or HF_HUB_OFFLINE=1). On a machine with network access run "
-        f"`hf download {repo_id}` (or huggingface_hub.snapshot_download) and copy its cache folder here "
-        "(or point HF_HUB_CACHE at it), or allow downloads."
+        f"hf-hub:{repo_id} is not in the Hugging Face cache ({where}) and {state}. On a machine with network "
+        f"access run `hf download {repo_id}` (or huggingface_hub.snapshot_download) and copy its cache folder here "
+        "(or point HF_HUB_CACHE at it)" + (", or allow downloads." if disabled else ".")
     )
 
 
@@ -98,7 +101,8 @@ def hf_file(
         if offline:
             raise OfflineError(_offline_hint(repo_id, cache_dir)) from None
         raise OSError(
-            f"could not download {filename} of hf-hub:{repo_id} (no network?). " + _offline_hint(repo_id, cache_dir)
+            f"could not download {filename} of hf-hub:{repo_id} (no network?). "
+            + _offline_hint(repo_id, cache_dir, disabled=False)
         ) from None
     except RevisionNotFoundError:
         raise ValueError(f"hf-hub:{repo_id} has no revision {revision!r}") from None

@@ -296,12 +296,23 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         config_path, weights_path = path / "config.json", path / "model.safetensors"
         if not (config_path.is_file() and weights_path.is_file()):
             present = sorted(p.name for p in path.iterdir())[:10]
+            hint = ""
+            if (path / "model" / "config.json").is_file() or (path / "checkpoints").is_dir():
+                hint = (
+                    f"; it looks like a `pspnet train` run directory: use {path / 'model'} (the final model) or "
+                    f"{path / 'checkpoints' / 'best.pt'}"
+                )
             raise FileNotFoundError(
-                f"{path} is not a save_pretrained folder: expected config.json and model.safetensors, found {present}"
+                f"{path} is not a save_pretrained folder: expected config.json and model.safetensors, found {present}{hint}"
             )
         return read_pretrained_folder(config_path, weights_path, str(path))
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.suffix.lower() == ".json":
+        raise ValueError(
+            f"{path} is a JSON file, not weights; pass the folder that holds it with model.safetensors "
+            f"({path.parent}) or a checkpoint file"
+        )
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         if "pspnet_lib.config" in metadata and fmt in (None, "pspnet_lib"):
@@ -312,8 +323,41 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         if sibling.is_file() and fmt in (None, "pspnet_lib"):
             return read_pretrained_folder(sibling, path, str(path))
         return _from_state_dict(tensors, fmt, str(path))
-    raw, meta = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    if fmt in (None, "pspnet_lib") and _is_train_checkpoint(obj):
+        # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
+        # protocol); the weights alone cannot tell align_corners, dilations or output stride.
+        tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
+        pretrained_cfg = dict(obj.get("pretrained_cfg") or {})
+        pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
+        pretrained_cfg.setdefault("std", list(IMAGENET_STD))
+        logger.info("read %s as a pspnet train checkpoint (iteration %s)", path, obj.get("iteration"))
+        return Resolved(tensors, dict(obj["model_config"]), pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
+    raw, meta = extract_state_dict(obj, str(path))
     return _from_state_dict(raw, fmt, str(path), meta)
+
+
+def _is_train_checkpoint(obj: Any) -> bool:
+    from ..engine.checkpoint import CHECKPOINT_FORMAT  # here: engine imports the hub
+
+    return (
+        isinstance(obj, Mapping)
+        and obj.get("format") == CHECKPOINT_FORMAT
+        and isinstance(obj.get("model_config"), Mapping)
+        and isinstance(obj.get("model"), Mapping)
+    )
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".json")
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether a string that is no zoo name was meant as a file or folder rather than a zoo name."""
+    return (
+        any(sep in source for sep in ("/", "\\", os.sep))
+        or source.startswith((".", "~"))
+        or Path(source).suffix.lower() in _WEIGHT_SUFFIXES
+    )
 
 
 _HF_RE = re.compile(r"^hf-hub:(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<rev>[\w.\-/]+))?$")
@@ -362,6 +406,15 @@ def resolve_source(
     if name is None:
         path = Path(source).expanduser()
         if not path.exists():
+            if _looks_like_path(source):
+                parent = next((p for p in path.absolute().parents if p.exists()), None)
+                missing = f"there is no file or folder {path.absolute()}" + (
+                    f" ({parent} exists, {path.absolute().relative_to(parent)} does not)" if parent and parent != Path("/") else ""
+                )
+                repo_like = re.fullmatch(r"[\w\-][\w.\-]*/[\w.\-]+", source) and path.suffix.lower() not in _WEIGHT_SUFFIXES
+                hub = f"; for a Hugging Face repository write 'hf-hub:{source}'" if repo_like else ""
+                raise ValueError(f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an "
+                                 f"'hf-hub:' id; {missing}{hub}")
             raise ValueError(
                 f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
                 f"{unknown_name}"

@@ -167,8 +167,8 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> A
 def _unreadable_message(path: Path, exc: BaseException) -> str:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (
-        f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {first_line}. The file is truncated, "
-        "corrupt or not a PyTorch checkpoint; delete it and download it again."
+        f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {first_line}. It is not a PyTorch "
+        "checkpoint, or it is truncated or corrupt (a partial download or copy: fetch it again)."
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["load_image", "to_rgb_tensor", "is_image_batch", "IMAGE_EXTENSIONS", "ACCEPTED_INPUTS"]
+__all__ = ["load_image", "pil_to_rgb", "to_rgb_tensor", "is_image_batch", "IMAGE_EXTENSIONS", "ACCEPTED_INPUTS"]
 
 #: Suffixes that ``pspnet predict`` picks up when given a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -41,12 +41,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             image.load()
             # Photos from phones store their rotation in EXIF; masks should match what viewers show.
             image = ImageOps.exif_transpose(image)
-            return _pil_to_rgb(image)
+            return pil_to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
 
 
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB version of any PIL image: grayscale repeated, alpha dropped, palettes applied.
+
+    16-bit and float grayscale (``I;16``, ``I``, ``F``) are scaled by their maximum into 0..255
+    when it exceeds 255, where ``convert("RGB")`` alone would clip them to white.
+    """
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -128,7 +133,7 @@ def to_rgb_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     if isinstance(image, Image.Image):
-        return torch.from_numpy(np.array(_pil_to_rgb(image), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(pil_to_rgb(image), dtype=np.uint8)).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
         if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
             raise TypeError(f"unsupported NumPy image dtype {image.dtype}; expected uint8 (0..255) or float in [0, 1]")

@@ -297,7 +297,18 @@ def load_model(weights: str | os.PathLike, *, device: str | torch.device | None 
     """
     from ..engine.model_io import load_model as load_any
 
+    if device is not None:
+        _check_device(device)  # before loading (and perhaps downloading) the weights
     model = load_any(weights)
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Raise a one-line error for a device this machine does not have (torch's own is about drivers)."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {str(device)!r} was requested but MPS is not available; use --device cpu")

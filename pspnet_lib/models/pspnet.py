@@ -103,6 +103,11 @@ class PSPNetConfig:
         """Build a config from a mapping, rejecting unknown keys with the list of valid ones."""
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - valid)
+        if unknown and isinstance(values.get("config"), Mapping):
+            raise ValueError(
+                "this looks like the config.json of a save_pretrained folder, which holds the architecture under "
+                "'config': pass values['config'] (or load the folder with pspnet_lib.load_pretrained(folder))"
+            )
         if unknown:
             raise ValueError(f"unknown PSPNet option(s) {unknown}; valid options are: {', '.join(sorted(valid))}")
         return cls(**dict(values))
