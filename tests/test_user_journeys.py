@@ -116,6 +116,8 @@ def test_training_reads_16_bit_pictures_like_predict(tmp_path):
     assert image.shape == (3, 24, 32) and image.dtype == torch.uint8
     assert len(torch.unique(image[0])) > 200  # a ramp, not clipped to white
     assert torch.equal(image, to_rgb_tensor(root / "images" / "0.png"))
+    # One fixed 16-bit -> 8-bit scale, not each picture's own maximum: a darker picture stays darker.
+    assert int(image[0, -1, -1]) == round(int(ramp[-1, -1]) / 257)
 
 
 def test_train_checks_masks_before_starting(tmp_path, caplog):

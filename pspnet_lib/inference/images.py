@@ -49,16 +49,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def pil_to_rgb(image: Image.Image) -> Image.Image:
     """An RGB version of any PIL image: grayscale repeated, alpha dropped, palettes applied.
 
-    16-bit and float grayscale (``I;16``, ``I``, ``F``) are scaled by their maximum into 0..255
-    when it exceeds 255, where ``convert("RGB")`` alone would clip them to white.
+    Integer grayscale beyond 8 bits (``I;16``, ``I``: how Pillow opens 16-bit PNGs and TIFFs) is
+    mapped from 0..65535 to 0..255 by one fixed scale (``/ 257``), so every picture of a dataset
+    keeps its relative brightness; ``convert("RGB")`` alone would clip everything above 255 to
+    white. Float images (``F``) in 0..1 are scaled by 255, other floats clipped to 0..255. A
+    16-bit file whose values all lie in 0..255 is taken as 8-bit data stored in a wider type.
     """
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit/float grayscale: convert("RGB") would clip everything above 255; rescale instead.
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 0.0
-        array = array / peak * 255.0 if peak > 255 else array
+        if image.mode == "F" and peak <= 1.0:
+            array = array * 255.0
+        elif image.mode != "F" and peak > 255:
+            array = array / 257.0  # 65535 -> 255
         image = Image.fromarray(array.clip(0, 255).round().astype(np.uint8), mode="L")
     return image.convert("RGB")
 
