@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     report["winograd_choices"] = {
         f"{shape} {section.split('|', 3)[3]}": choice
         for section, shapes in tuning_cache(False).sections().items()
-        if "|winograd|" in section
+        if "|winograd_tile|" in section
         for shape, choice in shapes.items()
     }
     report["peak_after"] = measure_peak(low[0], device, reps=5)

@@ -58,7 +58,7 @@ def test_decisions_are_saved_and_reused_by_a_new_process(model, image_and_ref, t
     assert _rel_err(ref, fast(x)) <= 1e-4
     data = json.loads(path.read_text())
     kinds = {name.split("|")[2] for name in data["sections"]}
-    assert kinds == {"winograd", "space_to_batch"}  # both kinds of "auto" decision were stored
+    assert kinds == {"winograd_tile", "space_to_batch"}  # both kinds of "auto" decision were stored
     stored = fast.tuning.sections()
 
     timed = _new_process(monkeypatch)

@@ -92,9 +92,10 @@ class FusedConv(nn.Module):
         dtype: compute dtype of weights and activations.
         backend: ``"mkldnn"`` or ``"aten"`` (see the module docstring).
         channels_last: store the weight channels-last (the layout the activations use).
-        winograd: run 3x3 stride-1 undilated applications (including dilated ones on sub-grids)
-            with Winograd F(2x2, 3x3): ``True``, ``False``, or ``"auto"`` (time both on the first
-            input of each shape and keep the faster).
+        winograd: how to run 3x3 stride-1 undilated applications (including dilated ones on
+            sub-grids): ``False`` (direct), ``2`` (Winograd F(2x2, 3x3)), ``4`` or ``True``
+            (F(4x4, 3x3)), or ``"auto"`` (time the three on the first input of each shape and
+            keep the fastest).
         tuning: where ``"auto"`` decisions are looked up and recorded (default: in memory only).
             Timing depends on the problem, not on the weights, so one decision serves every
             convolution of the same shape, in every model and (with a file) every process.
@@ -109,7 +110,7 @@ class FusedConv(nn.Module):
         dtype: torch.dtype,
         backend: str,
         channels_last: bool = True,
-        winograd: bool | str = False,
+        winograd: bool | int | str = False,
         tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
@@ -138,8 +139,13 @@ class FusedConv(nn.Module):
         self.weight = nn.Parameter(weight.to(dtype).contiguous(memory_format=fmt), requires_grad=False)
         self.bias = nn.Parameter(bias.to(dtype), requires_grad=False) if bias is not None else None
         self._packed: dict[tuple[int, int], torch.Tensor] = {}
+        if winograd is True:
+            winograd = 4
+        if not (winograd is False or winograd in (2, 4, "auto")):
+            raise ValueError(f"winograd must be False, True, 2, 4 or 'auto', got {winograd!r}")
         self.winograd = winograd if self.kernel_size == 3 and self.stride == 1 and leftover is None else False
-        self._winograd_weight: torch.Tensor | None = None
+        self._winograd_weights: dict[int, torch.Tensor] = {}  # per tile size, made on first use
+        self._tiles_in_use: set[int] = set()
         self.tuning = tuning if tuning is not None else tuning_cache(False)
 
     @property
@@ -170,24 +176,32 @@ class FusedConv(nn.Module):
         if subgrid_factor != 1:
             dilation //= subgrid_factor
             padding //= subgrid_factor
-        if self.winograd is not False and dilation == 1 and padding == 1 and self._use_winograd(x):
-            if self._winograd_weight is None:
-                self._winograd_weight = winograd_weight(self.weight.detach(), self.dtype)
-            return winograd_conv3x3(x, self._winograd_weight, self.bias, residual, self.relu)
+        if self.winograd is not False and dilation == 1 and padding == 1:
+            tile = self._winograd_tile(x)
+            if tile:
+                return winograd_conv3x3(x, self._winograd_weight(tile), self.bias, residual, self.relu)
         return self._direct(x, residual, padding, dilation)
 
+    def _winograd_weight(self, tile: int) -> torch.Tensor:
+        u = self._winograd_weights.get(tile)
+        if u is None:
+            u = self._winograd_weights[tile] = winograd_weight(self.weight.detach(), self.dtype, tile=tile)
+        return u
+
     @torch.compiler.disable  # timing and a shared cache: keep out of compiled graphs
-    def _use_winograd(self, x: torch.Tensor) -> bool:
-        if self.winograd is True:
-            return True
+    def _winograd_tile(self, x: torch.Tensor) -> int:
+        """0 (direct), 2 or 4: how to run this convolution on inputs shaped like ``x``."""
+        if self.winograd != "auto":
+            return self.winograd
         if x.shape[1] < WINOGRAD_MIN_CHANNELS:
-            return False
+            return 0
         section = (
-            f"{device_fingerprint(x.device)}|winograd|{x.shape[1]}->{self.out_channels}|{x.dtype}|"
+            f"{device_fingerprint(x.device)}|winograd_tile|{x.shape[1]}->{self.out_channels}|{x.dtype}|"
             f"{self.backend}|bias={self.bias is not None}|relu={self.relu}"
         )
         shape = shape_key(x.shape)
-        choices = {k: v for k, v in self.tuning.section(section).items() if isinstance(v, bool)}
+        # Values read from a file are used only if they are choices this code makes.
+        choices = {k: v for k, v in self.tuning.section(section).items() if type(v) is int and v in (0, 2, 4)}
         choice = choices.get(shape)
         if choice is None and len(choices) >= _MAX_CALIBRATED_SHAPES:
             pixels = x.shape[0] * x.shape[2] * x.shape[3]
@@ -198,21 +212,26 @@ class FusedConv(nn.Module):
 
             return choices[min(choices, key=distance)]
         if choice is None:
-            if self._winograd_weight is None:
-                self._winograd_weight = winograd_weight(self.weight.detach(), self.dtype)
             with torch.no_grad():
-                t_direct, t_winograd = time_candidates(
-                    [
-                        lambda: self._direct(x, None, 1, 1),
-                        lambda: winograd_conv3x3(x, self._winograd_weight, self.bias, None, self.relu),
+                times = time_candidates(
+                    [lambda: self._direct(x, None, 1, 1)]
+                    + [
+                        lambda tile=tile: winograd_conv3x3(x, self._winograd_weight(tile), self.bias, None, self.relu)
+                        for tile in (2, 4)
                     ],
                     device=x.device,
                 )
-            choice = t_winograd < 0.95 * t_direct
+            best = min(range(3), key=times.__getitem__)
+            # Winograd only when it saves at least 5%: noise must not flip equal options.
+            choice = (0, 2, 4)[best] if times[best] < 0.95 * times[0] else 0
             self.tuning.put(section, shape, choice)
+            # Keep only transforms some shape uses (timing made both).
+            self._tiles_in_use.add(choice)
+            self._winograd_weights = {t: u for t, u in self._winograd_weights.items() if t in self._tiles_in_use}
             logger.debug(
-                "Winograd calibration %s -> %d: direct %.2f ms, Winograd %.2f ms -> %s",
-                tuple(x.shape), self.out_channels, 1e3 * t_direct, 1e3 * t_winograd, "Winograd" if choice else "direct",
+                "Winograd calibration %s -> %d: direct %.2f ms, F(2x2) %.2f ms, F(4x4) %.2f ms -> %s",
+                tuple(x.shape), self.out_channels, *(1e3 * t for t in times),
+                f"F({choice}x{choice}, 3x3)" if choice else "direct",
             )
         return choice
 

@@ -25,7 +25,7 @@ def optimize_for_inference(
     *,
     channels_last: bool = True,
     space_to_batch: bool | str = "auto",
-    winograd: bool | str = "auto",
+    winograd: bool | int | str = "auto",
     compile: bool = False,
     tuning_cache: bool | str | os.PathLike = True,
 ) -> nn.Module:
@@ -40,7 +40,8 @@ def optimize_for_inference(
       bottleneck's pyramid part is computed exactly from the pooled maps (see
       :mod:`pspnet_lib.runtime.head`); dropout and the auxiliary head are dropped;
     * dilated 3x3 convolutions may run as undilated ones on space-to-batch sub-grids;
-    * 3x3 convolutions may run as Winograd F(2x2, 3x3) (2.25x fewer multiplications).
+    * 3x3 convolutions may run as Winograd F(2x2, 3x3) or F(4x4, 3x3) (2.25x or 4x fewer
+      multiplications).
 
     Args:
         model: a :class:`~pspnet_lib.models.PSPNet` in eval mode (``model.eval()``).
@@ -51,9 +52,11 @@ def optimize_for_inference(
             tensor-core GPUs).
         space_to_batch: ``"auto"`` (time both forms of each dilated segment on the first input of
             each shape and keep the faster; the first call per shape is slower), ``True`` or ``False``.
-        winograd: ``"auto"`` (time direct and Winograd 3x3 convolutions on the first input of each
-            shape, keep the faster; decisions are shared by layers of the same shape), ``True`` or
-            ``False`` (direct convolutions only: the closest to ``model``'s own arithmetic).
+        winograd: ``"auto"`` (time direct, Winograd F(2x2, 3x3) and F(4x4, 3x3) for each 3x3
+            convolution on the first input of each shape and keep the fastest; decisions are shared
+            by layers of the same shape), ``4`` or ``True`` (F(4x4, 3x3) wherever it applies: 4x
+            fewer multiplications), ``2`` (F(2x2, 3x3): 2.25x fewer, closer to direct arithmetic),
+            or ``False`` (direct convolutions only: the closest to ``model``'s own arithmetic).
         tuning_cache: where the ``"auto"`` decisions are remembered across processes, so that only
             the first process per machine and input shape pays for calibration: ``True`` (the
             default file, ``<torch hub dir>/pspnet_lib/tuning.json``, or ``$PSPNET_TUNING_CACHE``),
@@ -81,9 +84,11 @@ def optimize_for_inference(
             "optimize_for_inference needs a model in eval mode: BatchNorm is folded using its running "
             "statistics and dropout is removed, which only matches eval-mode behaviour. Call model.eval() first."
         )
-    for name, value in (("space_to_batch", space_to_batch), ("winograd", winograd)):
-        if not (value is True or value is False or value == "auto"):  # `1 in (True, ...)` would pass
-            raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+    # Identity checks for the booleans: `1 in (True, ...)` would pass.
+    if not (space_to_batch is True or space_to_batch is False or space_to_batch == "auto"):
+        raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
+    if not (winograd is True or winograd is False or winograd == "auto" or (type(winograd) is int and winograd in (2, 4))):
+        raise ValueError(f"winograd must be True, False, 2, 4 or 'auto', got {winograd!r}")
     if not isinstance(tuning_cache, (bool, str, os.PathLike)):
         raise TypeError(
             f"tuning_cache must be True (the default file), False (memory only) or a file path, got {tuning_cache!r}"

@@ -1,48 +1,92 @@
-"""3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3): 2.25x fewer multiplications.
+"""3x3 convolutions by Winograd's minimal filtering: F(2x2, 3x3) and F(4x4, 3x3).
 
-Each 2x2 output tile is ``A^T [(G w G^T) . (B^T d B)] A`` for the 4x4 input tile ``d`` around it
-(Lavin & Gray, 2016). Per tile position the 16 elementwise products over channels become 16
-independent ``(tiles x C) @ (C x O)`` matrix products, which run at full GEMM speed, instead of
-the 9 taps of a direct convolution: 16 / (4 * 9 / 4) = 1 / 2.25 of the multiply-adds. The input and
-output transforms are additions only (``B`` and ``A`` hold 0 and +-1; ``G`` holds 1/2, exact in
-binary), computed here with a few strided elementwise passes.
+Each ``m x m`` output tile is ``A^T [(G w G^T) . (B^T d B)] A`` for the ``(m + 2) x (m + 2)``
+input tile ``d`` around it (Lavin & Gray, 2016). Per tile position the elementwise products over
+channels become independent ``(tiles x C) @ (C x O)`` matrix products, which run at full GEMM
+speed, instead of the 9 taps of a direct convolution:
 
-Numerically it is not bit-identical to a direct convolution, but in float32 the difference is
-~1e-6 relative, and in bfloat16 the extra rounding of the transformed tiles measured no worse
-end to end than direct bf16 convolutions (benchmarks/inference.py compares both with float32).
+* F(2x2, 3x3): 16 products per 4 outputs, 2.25x fewer multiply-adds. ``B`` and ``A`` hold 0 and
+  +-1 and ``G`` 1/2, so the transforms are a few strided additions and exact in binary.
+* F(4x4, 3x3): 36 products per 16 outputs, 4x fewer. The transforms are small dense matrices
+  (applied as matrix products with ``B (x) B`` and ``A (x) A``). The interpolation points are
+  0, 1, -1, 1/2, -2 (and infinity) rather than the usual 0, +-1, +-2: with bfloat16 tiles one
+  512->512 layer measured 2.4e-2 max / 1.3e-2 mean relative error instead of 6.4e-2 / 1.7e-2
+  (direct bf16: 3.6e-3 / 2.8e-3), which is why ``optimize_for_inference`` uses it only where a
+  layer's error does not reach the logits undamped (see :mod:`pspnet_lib.runtime.head`).
+
+In float32 both match a direct convolution to ~1e-6 relative (F(4x4) ~5e-6).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["winograd_weight", "winograd_conv3x3"]
+__all__ = ["winograd_weight", "winograd_conv3x3", "winograd_tile"]
 
-# G (4x3) of F(2x2, 3x3): the filter transform.
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-# Index of the transformed tile element that enters every output of a tile with coefficient +1
-# (A[1] = (1, 1)), where a bias can be added once instead of to four outputs.
-_CENTRE = 1 * 4 + 1
+# Filter (G), input (B^T) and output (A^T) transforms, as exact fractions.
+_G2 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_G4 = (
+    (1.0, 0.0, 0.0),
+    (1 / 3, 1 / 3, 1 / 3),
+    (-1 / 3, 1 / 3, -1 / 3),
+    (-16 / 15, -8 / 15, -4 / 15),
+    (1 / 15, -2 / 15, 4 / 15),
+    (0.0, 0.0, 1.0),
+)
+_BT4 = (
+    (1.0, -1.5, -2.0, 1.5, 1.0, 0.0),
+    (0.0, -1.0, 0.5, 2.5, 1.0, 0.0),
+    (0.0, 1.0, -2.5, 0.5, 1.0, 0.0),
+    (0.0, -2.0, -1.0, 2.0, 1.0, 0.0),
+    (0.0, 0.5, -1.0, -0.5, 1.0, 0.0),
+    (0.0, 1.0, -1.5, -2.0, 1.5, 1.0),
+)
+_AT4 = (
+    (1.0, 1.0, 1.0, 1.0, 1.0, 0.0),
+    (0.0, 1.0, -1.0, 0.5, -2.0, 0.0),
+    (0.0, 1.0, 1.0, 0.25, 4.0, 0.0),
+    (0.0, 1.0, -1.0, 0.125, -8.0, 1.0),
+)
+_G_BY_TILE = {2: _G2, 4: _G4}
+# In both, the second interpolation point is 1: A^T's column 1 is all ones, so transformed element
+# (1, 1) enters every output of its tile with coefficient 1 and a bias is added there once.
+_CENTRE = {2: 1 * 4 + 1, 4: 1 * 6 + 1}
 
 
-def winograd_weight(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``(O, C, 3, 3) -> (16, C, O)``: ``G w G^T`` per channel pair.
+def winograd_tile(u: torch.Tensor) -> int:
+    """The output tile size ``m`` of a transformed weight ``u`` (``(m + 2)^2`` rows)."""
+    return {16: 2, 36: 4}[u.shape[0]]
 
-    Computed as one matrix product with ``G (x) G`` (entries 0, +-1/4, +-1/2, 1: exact in binary),
-    in float32 or wider: each of the 16 outputs is a sum of at most 9 exactly scaled weights, so
-    the result is within ~1e-7 relative of the exact transform before rounding to ``dtype``. (A
-    float64 einsum took 0.4 s of ResNet-50-D8's first call; this takes a few tens of ms.)
+
+def winograd_weight(weight: torch.Tensor, dtype: torch.dtype | None = None, tile: int = 2) -> torch.Tensor:
+    """``(O, C, 3, 3) -> ((tile + 2)^2, C, O)``: ``G w G^T`` per channel pair, for F(tile x tile, 3x3).
+
+    Computed as one matrix product with ``G (x) G`` in float32 or wider (in float64 for F(4x4),
+    whose ``G`` holds thirds and fifteenths), in the layout the tile products read. (A float64
+    einsum took 0.4 s of ResNet-50-D8's first call; the float32 product a few tens of ms.)
     """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"winograd_weight needs a 3x3 kernel, got {tuple(weight.shape)}")
-    work = torch.promote_types(weight.dtype, torch.float32)
-    g = torch.tensor(_G, dtype=work, device=weight.device)
+    if tile not in _G_BY_TILE:
+        raise ValueError(f"tile must be 2 or 4 (F(2x2, 3x3) or F(4x4, 3x3)), got {tile}")
+    work = torch.promote_types(weight.dtype, torch.float32 if tile == 2 else torch.float64)
+    g = torch.tensor(_G_BY_TILE[tile], dtype=work, device=weight.device)
     o, c = weight.shape[:2]
-    # (16, 9) @ (9, C * O): row-major (a, b) tile elements from row-major (i, j) taps, produced
-    # directly in the (16, C, O) layout the matrix products read.
+    a = tile + 2
+    # (a*a, 9) @ (9, C * O): row-major (p, q) tile elements from row-major (i, j) taps.
     taps = weight.detach().to(work).permute(2, 3, 1, 0).reshape(9, c * o)
-    return (torch.kron(g, g) @ taps).view(16, c, o).to(dtype or weight.dtype)
+    return (torch.kron(g, g) @ taps).view(a * a, c, o).to(dtype or weight.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _f4_transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    bt = torch.tensor(_BT4, dtype=torch.float64)
+    at = torch.tensor(_AT4, dtype=torch.float64)
+    # Entries are multiples of 1/8 up to 64 in magnitude: exact in bfloat16 and float16.
+    return torch.kron(bt, bt).to(dtype=dtype, device=device), torch.kron(at, at).to(dtype=dtype, device=device)
 
 
 def winograd_conv3x3(
@@ -52,11 +96,14 @@ def winograd_conv3x3(
     residual: torch.Tensor | None = None,
     relu: bool = False,
 ) -> torch.Tensor:
-    """``act(F.conv2d(x, w, bias, padding=1) + residual)`` with ``u = winograd_weight(w)``.
+    """``act(F.conv2d(x, w, bias, padding=1) + residual)`` with ``u = winograd_weight(w, tile=m)``.
 
-    ``x`` is ``(N, C, H, W)`` of any size (odd sizes are padded to whole tiles); the result is
-    channels-last. ``residual`` (same shape as the output) is added before the optional ReLU.
+    ``x`` is ``(N, C, H, W)`` of any size (padded to whole tiles); the result is channels-last.
+    ``residual`` (same shape as the output) is added before the optional ReLU. The tile size
+    follows from ``u``.
     """
+    if winograd_tile(u) == 4:
+        return _winograd_f4(x, u, bias, residual, relu)
     n, c, h, w = x.shape
     o = u.shape[2]
     t, s = (h + 1) // 2, (w + 1) // 2
@@ -75,7 +122,7 @@ def winograd_conv3x3(
         torch.sub(e[1], e[3], out=vv[a, 3])
     m = torch.bmm(v, u)  # (16, tiles, O): the 16 matrix products
     if bias is not None:
-        m[_CENTRE] += bias
+        m[_CENTRE[2]] += bias
     # Output transform A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
     mv = m.view(4, 4, n, t, s, o)
     q = (mv[0] + mv[1] + mv[2], mv[1] - mv[2] - mv[3])
@@ -85,6 +132,33 @@ def winograd_conv3x3(
         torch.sub(qa[1], qa[2], out=out[:, :, a, :, 1]).sub_(qa[3])
     y = out.view(n, 2 * t, 2 * s, o)
     if 2 * t != h or 2 * s != w:
+        y = y[:, :h, :w].contiguous()
+    if residual is not None:
+        y.add_(residual.permute(0, 2, 3, 1))
+    if relu:
+        y.relu_()
+    return y.permute(0, 3, 1, 2)
+
+
+def _winograd_f4(
+    x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, relu: bool
+) -> torch.Tensor:
+    n, c, h, w = x.shape
+    o = u.shape[2]
+    t, s = -(-h // 4), -(-w // 4)
+    bb, aa = _f4_transforms(x.dtype, x.device)
+    # NHWC, zero-padded by the convolution's 1 pixel and up to whole 4x4 output tiles.
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + 4 * s - w, 1, 1 + 4 * t - h)).contiguous()
+    sn, sh, sw, sc = xp.stride()
+    # (6, 6, N, t, s, C): the overlapping 6x6 input tiles, gathered once.
+    tiles = xp.as_strided((6, 6, n, t, s, c), (sh, sw, sn, 4 * sh, 4 * sw, sc)).reshape(36, -1)
+    v = torch.mm(bb, tiles).view(36, n * t * s, c)  # input transform: one product, fp32 accumulation
+    m = torch.bmm(v, u)  # (36, tiles, O): the 36 matrix products
+    if bias is not None:
+        m[_CENTRE[4]] += bias
+    y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, t, s, o)  # output transform
+    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * t, 4 * s, o)
+    if 4 * t != h or 4 * s != w:
         y = y[:, :h, :w].contiguous()
     if residual is not None:
         y.add_(residual.permute(0, 2, 3, 1))
