@@ -10,7 +10,8 @@ affects all of them alike; the table gives median and min latency and the speed-
 medians. Variants (CPU): ``fp32`` (``model(x)``), ``autocast-bf16`` (``torch.autocast`` bfloat16 with
 model and input channels-last, the usual "just turn on bf16"), ``fast-fp32`` and ``fast-bf16``
 (:func:`pspnet_lib.optimize_for_inference` with its defaults: Winograd and space-to-batch chosen by
-measurement, in this run: ``tuning_cache=False``, so no decision stored by an earlier run is reused); ``--ablation`` adds ``fast-bf16-nowinograd`` and ``fast-bf16-direct`` (neither
+measurement, in this run: ``tuning_cache=False``, so no decision stored by an earlier run is reused); ``--ablation`` adds ``fast-bf16-winograd2`` (F(2x2, 3x3) wherever Winograd applies, never
+F(4x4)), ``fast-bf16-nowinograd`` and ``fast-bf16-direct`` (neither
 Winograd nor space-to-batch). On CUDA the same with float16 as well.
 
 Throughput is reported against the machine's own bfloat16 (CUDA: float16) 3x3-convolution peak,
@@ -141,6 +142,7 @@ def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, devi
     if args.ablation:  # what each choice contributes
         fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(model, low[0], space_to_batch=False, winograd=False, tuning_cache=False)
         fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(model, low[0], winograd=False, tuning_cache=False)
+        fast_models[f"fast-{_short(low[0])}-winograd2"] = optimize_for_inference(model, low[0], winograd=2, tuning_cache=False)
     if args.compile:
         fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(model, low[0], compile=True, space_to_batch=False, tuning_cache=False)
     if args.skip_fast_fp32:
