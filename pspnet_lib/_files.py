@@ -75,7 +75,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 def current_umask() -> int:
     """The process umask (the permission bits new files and folders do not get)."""
-    # os.umask can only be read by setting it; set it straight back (process-wide, but instantaneous).
+    try:  # Linux reports it without changing it
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Elsewhere os.umask can only be read by setting it; set it straight back. (Process-wide: a
+    # file another thread creates in between would get 0o022.)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
