@@ -12,7 +12,7 @@ from ..models.resnet import BasicBlock, Bottleneck, ResNet
 from .conv import FusedConv
 from .space_to_batch import from_subgrids, to_subgrids, zero_subgrid_padding
 from .timing import time_candidates
-from .tuning import device_fingerprint, parse_shape, shape_key, tuning_cache
+from .tuning import device_fingerprint, shape_key, tuning_cache
 
 __all__ = ["FastStem", "FastBottleneck", "FastBasicBlock", "FastStage"]
 
@@ -192,24 +192,12 @@ class FastStage(nn.Module):
         if plan is not None:
             return plan
         section = f"{device_fingerprint(x.device)}|space_to_batch|{self._signature}|{x.dtype}"
-        shape = shape_key(x.shape)
         # Plans read from a file are used only if they are plans this stage could have made.
-        known = {k: tuple(v) for k, v in self.tuning.section(section).items() if self._valid_plan(v)}
-        stored = known.get(shape)
-        if stored is None and len(known) >= _MAX_CALIBRATED_SHAPES:
-            # Reuse the decision of the calibrated shape with the closest pixel count.
-            pixels = x.shape[0] * x.shape[2] * x.shape[3]
-
-            def distance(k: str) -> int:
-                n, _, h, w = parse_shape(k)
-                return abs(n * h * w - pixels)
-
-            return known[min(known, key=distance)]
-        if stored is not None:
-            plan = stored
-        else:
+        plan = self.tuning.lookup(section, x.shape, self._valid_plan, _MAX_CALIBRATED_SHAPES)
+        if plan is None:
             plan = self._calibrate(x)
-            self.tuning.put(section, shape, list(plan))
+            self.tuning.put(section, shape_key(x.shape), list(plan))
+        plan = tuple(plan)
         self.plans[key] = plan
         return plan
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .fold import fold_conv_norm
 from .timing import time_candidates
-from .tuning import TuningCache, device_fingerprint, parse_shape, shape_key, tuning_cache
+from .tuning import TuningCache, device_fingerprint, shape_key, tuning_cache
 from .winograd import winograd_conv3x3, winograd_weight
 
 __all__ = ["FusedConv", "mkldnn_fusion_available"]
@@ -35,6 +35,10 @@ WINOGRAD_MIN_CHANNELS = 64
 # Input shapes calibrated per convolution; further shapes (e.g. whole-image inference on images of
 # many sizes) reuse the decision of the calibrated shape with the closest pixel count.
 _MAX_CALIBRATED_SHAPES = 8
+
+
+def _is_tile(value: object) -> bool:
+    return type(value) is int and value in (0, 2, 4)
 
 
 def _mkldnn_ops_present() -> bool:
@@ -146,6 +150,7 @@ class FusedConv(nn.Module):
         self.winograd = winograd if self.kernel_size == 3 and self.stride == 1 and leftover is None else False
         self._winograd_weights: dict[int, torch.Tensor] = {}  # per tile size, made on first use
         self._tiles_in_use: set[int] = set()
+        self._tiles_by_shape: dict[tuple, int] = {}  # this layer's decisions, without a cache lookup per call
         self.tuning = tuning if tuning is not None else tuning_cache(False)
 
     @property
@@ -195,22 +200,16 @@ class FusedConv(nn.Module):
             return self.winograd
         if x.shape[1] < WINOGRAD_MIN_CHANNELS:
             return 0
+        key = (tuple(x.shape), x.dtype, x.device)
+        choice = self._tiles_by_shape.get(key)
+        if choice is not None:
+            return choice
         section = (
             f"{device_fingerprint(x.device)}|winograd_tile|{x.shape[1]}->{self.out_channels}|{x.dtype}|"
             f"{self.backend}|bias={self.bias is not None}|relu={self.relu}"
         )
-        shape = shape_key(x.shape)
         # Values read from a file are used only if they are choices this code makes.
-        choices = {k: v for k, v in self.tuning.section(section).items() if type(v) is int and v in (0, 2, 4)}
-        choice = choices.get(shape)
-        if choice is None and len(choices) >= _MAX_CALIBRATED_SHAPES:
-            pixels = x.shape[0] * x.shape[2] * x.shape[3]
-
-            def distance(key: str) -> int:
-                n, _, h, w = parse_shape(key)
-                return abs(n * h * w - pixels)
-
-            return choices[min(choices, key=distance)]
+        choice = self.tuning.lookup(section, x.shape, _is_tile, _MAX_CALIBRATED_SHAPES)
         if choice is None:
             with torch.no_grad():
                 times = time_candidates(
@@ -224,7 +223,7 @@ class FusedConv(nn.Module):
             best = min(range(3), key=times.__getitem__)
             # Winograd only when it saves at least 5%: noise must not flip equal options.
             choice = (0, 2, 4)[best] if times[best] < 0.95 * times[0] else 0
-            self.tuning.put(section, shape, choice)
+            self.tuning.put(section, shape_key(x.shape), choice)
             # Keep only transforms some shape uses (timing made both).
             self._tiles_in_use.add(choice)
             self._winograd_weights = {t: u for t, u in self._winograd_weights.items() if t in self._tiles_in_use}
@@ -233,6 +232,7 @@ class FusedConv(nn.Module):
                 tuple(x.shape), self.out_channels, *(1e3 * t for t in times),
                 f"F({choice}x{choice}, 3x3)" if choice else "direct",
             )
+        self._tiles_by_shape[key] = choice
         return choice
 
     def _direct(self, x: torch.Tensor, residual: torch.Tensor | None, padding: int, dilation: int) -> torch.Tensor:

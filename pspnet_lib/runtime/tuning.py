@@ -26,7 +26,7 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -126,6 +126,26 @@ class TuningCache:
         if not self._loaded:
             self._load()
         return {name: dict(entries) for name, entries in self._sections.items()}
+
+    def lookup(self, name: str, shape: Sequence[int], valid: Callable[[Any], bool], max_shapes: int) -> Any | None:
+        """The decision recorded under ``name`` for an ``(N, C, H, W)`` input ``shape``, or ``None``: calibrate.
+
+        Only values for which ``valid`` holds count (a file may hold anything). Once ``max_shapes``
+        shapes are recorded, an unseen shape gets the decision of the recorded one with the closest
+        pixel count ``N * H * W`` instead of a new calibration (e.g. whole-image inference on
+        pictures of many sizes).
+        """
+        known = {k: v for k, v in self.section(name).items() if valid(v)}
+        value = known.get(shape_key(shape))
+        if value is None and len(known) >= max_shapes:
+            pixels = shape[0] * shape[2] * shape[3]
+
+            def distance(key: str) -> int:
+                n, _, h, w = parse_shape(key)
+                return abs(n * h * w - pixels)
+
+            value = known[min(known, key=distance)]
+        return value
 
     def put(self, name: str, shape: str, value: Any) -> None:
         """Record a decision (in memory; :meth:`flush` persists it)."""

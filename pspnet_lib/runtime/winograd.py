@@ -131,14 +131,7 @@ def winograd_conv3x3(
     for a, qa in enumerate(q):
         torch.add(qa[0], qa[1], out=out[:, :, a, :, 0]).add_(qa[2])
         torch.sub(qa[1], qa[2], out=out[:, :, a, :, 1]).sub_(qa[3])
-    y = out.view(n, 2 * t, 2 * s, o)
-    if 2 * t != h or 2 * s != w:
-        y = y[:, :h, :w].contiguous()
-    if residual is not None:
-        y.add_(residual.permute(0, 2, 3, 1))
-    if relu:
-        y.relu_()
-    return y.permute(0, 3, 1, 2)
+    return _epilogue(out.view(n, 2 * t, 2 * s, o), h, w, residual, relu)
 
 
 def _winograd_f4(
@@ -158,8 +151,12 @@ def _winograd_f4(
     if bias is not None:
         m[_CENTRE[4]] += bias
     y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, t, s, o)  # output transform
-    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * t, 4 * s, o)
-    if 4 * t != h or 4 * s != w:
+    return _epilogue(y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * t, 4 * s, o), h, w, residual, relu)
+
+
+def _epilogue(y: torch.Tensor, h: int, w: int, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """Whole-tile NHWC output ``y`` -> ``act(y[:h, :w] + residual)`` as a channels-last NCHW view."""
+    if y.shape[1] != h or y.shape[2] != w:
         y = y[:, :h, :w].contiguous()
     if residual is not None:
         y.add_(residual.permute(0, 2, 3, 1))
