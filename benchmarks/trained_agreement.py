@@ -27,19 +27,16 @@ import torch
 from _common import machine_info, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import load_pretrained, optimize_for_inference  # noqa: E402
-from pspnet_lib.data.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from pspnet_lib.data.synthetic import SyntheticScenes  # noqa: E402
+from pspnet_lib.engine.evaluate import normalize_images  # noqa: E402
 from pspnet_lib.runtime import agreement_stats, compare_models, native_dtype_support  # noqa: E402
 
 HELD_OUT_SEED = 12345  # the demo trains on seed 0 and scores on seed 1 (pspnet_lib/demo.py)
 
 
-def held_out_batches(size: int, count: int, batch: int = 8) -> list[torch.Tensor]:
+def held_out_batches(size: int, count: int, model: torch.nn.Module, batch: int = 8) -> list[torch.Tensor]:
     scenes = SyntheticScenes(count, size=(size, size), seed=HELD_OUT_SEED)
-    images = torch.stack([scenes[i][0] for i in range(count)]).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (images - mean) / std
+    x = normalize_images(torch.stack([scenes[i][0] for i in range(count)]), model)  # the model's mean/std
     return [x[i : i + batch] for i in range(0, count, batch)]
 
 
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows = []
     for size, count in ((64, 32), (256, 8)):
-        batches = held_out_batches(size, count)
+        batches = held_out_batches(size, count, model)
         for name, kw in variants.items():
             fast = optimize_for_inference(model, tuning_cache=False, **kw)
             rows.append({"size": size, "images": count, "variant": name, **compare_models(model, fast, batches)})
