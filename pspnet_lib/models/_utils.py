@@ -119,3 +119,11 @@ def checkpoint_module(
         use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), _FreezeRunningStats(module)),
     )
+
+
+def is_symbolic_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is running: shapes are then proxies, so eager-only
+    input checks are skipped (``torch.export`` and ``torch.compile`` still run them)."""
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+    return is_fx_symbolic_tracing()

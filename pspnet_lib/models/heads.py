@@ -10,7 +10,12 @@ import torch.nn as nn
 from ._utils import ConvNormAct, NormLayer, checkpoint_module
 from .ppm import PyramidPoolingModule
 
-__all__ = ["PSPHead", "FCNHead"]
+__all__ = ["PSPHead", "FCNHead", "make_classifier"]
+
+
+def make_classifier(channels: int, num_classes: int) -> nn.Module:
+    """The 1x1 classifier conv (with bias), or ``nn.Identity`` for ``num_classes=0`` (features out)."""
+    return nn.Conv2d(channels, num_classes, 1) if num_classes > 0 else nn.Identity()
 
 
 class PSPHead(nn.Module):
@@ -42,7 +47,8 @@ class PSPHead(nn.Module):
         self.ppm = PyramidPoolingModule(in_channels, bins, branch_channels, norm_layer, align_corners)
         self.bottleneck = ConvNormAct(self.ppm.out_channels, channels, 3, norm_layer, padding=1)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.channels = channels
+        self.classifier = make_classifier(channels, num_classes)
         self.grad_checkpointing = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +81,8 @@ class FCNHead(nn.Module):
             *(ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm_layer, padding=1) for i in range(num_convs))
         )
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.channels = channels
+        self.classifier = make_classifier(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.convs(x)))

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._utils import NormLayer
+from ._utils import NormLayer, is_symbolic_tracing
 
 __all__ = ["PyramidPoolingModule", "PoolingBranch", "MatmulAdaptiveAvgPool2d", "adaptive_pool_matrix"]
 
@@ -87,7 +87,8 @@ class PoolingBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(x)
-        if self.training and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training:
+        # (shapes are symbolic under torch.fx tracing: the check is for eager calls)
+        if self.training and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training and not is_symbolic_tracing():
             if pooled.shape[0] * pooled.shape[2] * pooled.shape[3] == 1:
                 raise ValueError(
                     f"the {self.bin_size}x{self.bin_size} pyramid pooling branch has one value per channel "
@@ -157,7 +158,9 @@ class PyramidPoolingModule(nn.Module):
         # Keep a channels-last input's layout: torch.cat returns NCHW as soon as one input is, and
         # the 1x1 bin upsamples to NCHW (a 1x1 map has no distinct channels-last layout), which
         # made the bottleneck convolution re-layout the whole concatenation, forward and backward.
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = (
+            not is_symbolic_tracing() and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        )
         outs = [x]
         for branch in self.branches:
             up = F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners)

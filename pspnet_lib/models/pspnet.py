@@ -14,23 +14,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
-from ._utils import NORM_TYPES, make_norm_layer
-from .heads import FCNHead, PSPHead
+from ._utils import NORM_TYPES, is_symbolic_tracing, make_norm_layer
+from .heads import FCNHead, PSPHead, make_classifier
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS, ResNet
+from .variants import PRESETS
 
 __all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "PRESETS", "BACKBONES"]
 
 BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
 
-#: Named override sets for the layouts of the two projects that released weights.
-PRESETS: dict[str, dict[str, Any]] = {
-    # mmsegmentation "R-xx-D8" (ResNetV1c): the default.
-    "mmseg": {},
-    # mmsegmentation "R-xxb-D8": torchvision-style 7x7 stem.
-    "mmseg-b": {"stem": "standard"},
-    # hszhao/semseg (the author's release): deep base 64-64-128, every layer3/4 block dilated.
-    "semseg": {"stem_channels": 128, "contract_dilation": False, "align_corners": True},
-}
+
+@torch.fx.wrap
+def _select_outputs(return_aux: Any, main: torch.Tensor, aux: torch.Tensor | None) -> Any:
+    """``model(x, return_aux)`` of an FX-traced PSPNet: the choice is made when the graph runs.
+
+    A leaf of the traced graph (``torch.fx.wrap``), so a ``GraphModule`` keeps the ``return_aux``
+    argument of the eager model instead of freezing one branch.
+    """
+    if not return_aux:
+        return main
+    if aux is None:
+        raise ValueError(_NO_AUX)
+    return main, aux
+
+
+_NO_AUX = (
+    "return_aux=True needs the auxiliary head, but this model was built with aux=False; "
+    "build it with aux=True or call model(x) for the main logits only"
+)
+
+
+def _attach(main: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+    """``main`` unchanged, with ``aux`` joined to its autograd graph with a zero weight.
+
+    In training mode ``model(x)`` computes the auxiliary head too, so that every parameter takes
+    part in the backward pass and ``DistributedDataParallel(model)`` works with its default
+    ``find_unused_parameters=False`` (the aux head then receives zero gradients; train it with
+    ``model(x, return_aux=True)``). One aux value is enough to connect the graph;
+    ``nan_to_num`` keeps a non-finite aux logit from turning ``0 * x`` into NaN.
+    """
+    return main + torch.nan_to_num(aux[:1, :1, :1, :1]).mul(0)
 
 
 @dataclass
@@ -70,8 +93,11 @@ class PSPNetConfig:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORM_TYPES)}")
         for name in ("num_classes", "in_channels", "stem_channels"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            # num_classes=0: no classifiers, the model returns head features (timm's convention)
+            lowest = 0 if name == "num_classes" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                expected = "a non-negative integer (0: no classifier)" if lowest == 0 else "a positive integer"
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self.bins = [int(b) for b in self.bins]
@@ -140,7 +166,13 @@ class PSPNet(
     ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input's own size, for any
     ``H, W >= 1``; ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
     tensor ``(N, in_channels, H, W)``, normalised as the weights expect (ImageNet mean/std for
-    every released checkpoint).
+    every released checkpoint). In training mode ``model(x)`` also runs the auxiliary head and
+    joins it to the graph with weight zero, so that ``DistributedDataParallel`` works without
+    ``find_unused_parameters`` (docs/training.md); the returned values are unchanged.
+
+    The model traces with ``torch.fx.symbolic_trace`` (input checks run in eager mode only), so
+    ``torchvision.models.feature_extraction.create_feature_extractor`` works on it; node names
+    are in docs/model.md.
 
     ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (from ``huggingface_hub``'s
     ``PyTorchModelHubMixin``) write and read ``config.json`` (the config and ``pretrained_cfg``),
@@ -204,12 +236,35 @@ class PSPNet(
         self.decode_head.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace both classifiers with freshly initialised ones for ``num_classes`` classes."""
+        """Replace both classifiers with freshly initialised ones for ``num_classes`` classes.
+
+        ``num_classes=0`` removes them (timm's convention): ``model(x)`` then returns the PSP
+        head's features ``(N, head_channels, h, w)`` at the feature map's size (``h = ceil(H / 8)``
+        for output stride 8), and ``return_aux=True`` also the aux head's ``(N, aux_channels, h, w)``.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer (0: no classifier), got {num_classes!r}")
         self.config.num_classes = num_classes
         heads = [self.decode_head] + ([self.aux_head] if self.aux_head is not None else [])
+        reference = next(self.decode_head.parameters())
         for head in heads:
-            old = head.classifier
-            head.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
+            head.classifier = make_classifier(head.channels, num_classes).to(reference.device, reference.dtype)
+
+    def get_classifier(self) -> nn.Module:
+        """The main classifier (``decode_head.classifier``: a 1x1 conv, ``nn.Identity`` when ``num_classes=0``)."""
+        return self.decode_head.classifier
+
+    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """The PSP head on :meth:`forward_features`' output, at the feature map's size (no upsampling).
+
+        Returns logits ``(N, num_classes, h, w)``, or with ``pre_logits=True`` the features before
+        dropout and classifier ``(N, head_channels, h, w)``. ``model(x)`` (eval mode) equals
+        ``F.interpolate(model.forward_head(model.forward_features(x)), x.shape[-2:], mode="bilinear",
+        align_corners=model.config.align_corners)``.
+        """
+        if pre_logits:
+            return self.decode_head.forward_features(features[3])
+        return self.decode_head(features[3])
 
     def predict(self, images: Any, **kwargs: Any) -> Any:
         """Segment images given as paths, PIL images, arrays or tensors; see :func:`pspnet_lib.predict`."""
@@ -245,23 +300,34 @@ class PSPNet(
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of layer1..layer4 (see :attr:`feature_info`)."""
-        self._check_input(x)
+        if not is_symbolic_tracing():
+            self._check_input(x)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if return_aux and self.aux_head is None:
-            raise ValueError(
-                "return_aux=True needs the auxiliary head, but this model was built with aux=False; "
-                "build it with aux=True or call model(x) for the main logits only"
-            )
-        size = x.shape[-2:] if isinstance(x, torch.Tensor) else None
-        features = self.forward_features(x)
+        if not is_symbolic_tracing():
+            if return_aux and self.aux_head is None:
+                raise ValueError(_NO_AUX)
+            self._check_input(x)
+        # With num_classes=0 the heads return features, which stay at the feature map's size.
+        size = x.shape[-2:] if self.config.num_classes > 0 else None
+        features = self.backbone(x)
         main = self._upsample(self.decode_head(features[3]), size)
+        if isinstance(return_aux, torch.fx.Proxy):
+            # FX tracing: build both outputs and let the graph pick at run time (_select_outputs).
+            aux = self._upsample(self.aux_head(features[2]), size) if self.aux_head is not None else None
+            if aux is not None and self.training:
+                main = _attach(main, aux)
+            return _select_outputs(return_aux, main, aux)
         if not return_aux:
+            if self.training and self.aux_head is not None and torch.is_grad_enabled():
+                return _attach(main, self.aux_head(features[2]))
             return main
         return main, self._upsample(self.aux_head(features[2]), size)
 
     def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
+        if size is None:
+            return logits
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
 
     # --- Hugging Face Hub (PyTorchModelHubMixin); the implementations live in pspnet_lib.hub.hf ---
