@@ -2,6 +2,8 @@
 
 from .assets import sample_images
 from .hub import get_weights, list_pretrained, load_pretrained
+from .hub.entrypoints import get_model, list_models
+from .hub.registry import get_model_weights, get_weight
 from .inference.predict import Prediction, predict
 from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
@@ -18,8 +20,12 @@ __all__ = [
     "ResNet",
     "build_pspnet",
     "colorize",
+    "get_model",
+    "get_model_weights",
+    "get_weight",
     "get_weights",
     "legend",
+    "list_models",
     "list_pretrained",
     "load_pretrained",
     "optimize_for_inference",

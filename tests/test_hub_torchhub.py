@@ -12,6 +12,8 @@ from .reference import relative_error
 
 REPO = str(Path(__file__).resolve().parents[1])
 ENTRY_POINTS = [
+    "get_weight",
+    "list_models",
     "list_pretrained",
     "pspnet_r101_d8",
     "pspnet_r101b_d8",

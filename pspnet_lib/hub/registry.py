@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import enum
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any, Mapping
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.metadata import DATASETS
+from ..models.variants import VARIANTS, get_variant, model_name, variant_of_code
+from ._zoo_stats import STATS
 
 __all__ = [
     "Weights",
@@ -38,6 +41,10 @@ __all__ = [
     "register_weights",
     "unregister_weights",
     "resolve_name",
+    "WeightsEnum",
+    "get_weight",
+    "get_model_weights",
+    "model_of",
 ]
 
 MMSEG_BASE = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/"
@@ -67,7 +74,11 @@ class Weights:
             protocol of the published single-scale number, keyword arguments of
             :func:`pspnet_lib.inference.modes.infer`), ``tta`` (the ms+flip protocol),
             ``metrics`` (upstream numbers with ``source``), ``license``, ``source``, ``crop_size``,
-            ``schedule``, ``upstream_name``, ``mean``/``std`` (on the 0..1 scale).
+            ``schedule``, ``upstream_name``, ``mean``/``std`` (on the 0..1 scale); and
+            torchvision's fields: ``num_params``, ``_ops`` (GFLOPS of one eval forward at
+            ``_ops_size``), ``_file_size`` (MB of the converted safetensors), ``min_size``
+            (smallest ``(H, W)`` input), ``recipe`` (the ``pspnet train --recipe`` name that
+            reproduces it, or None), ``_docs`` (one paragraph); see :mod:`pspnet_lib.hub.zoo_stats`.
     """
 
     name: str
@@ -290,9 +301,6 @@ _BACKBONE_ROWS: list[tuple[str, str, str, int, str, float | None, str, str]] = [
      "torchvision", 101, "standard", 77.374, "BSD-3-Clause", "https://pytorch.org/vision/stable/models/generated/torchvision.models.resnet101.html"),
 ]
 
-_BACKBONE_CODE = re.compile(r"^r(?P<depth>\d+)(?P<b>b?)-d(?P<os>8|32)(?:-(?P<suffix>rsb|fp16))?$")
-
-
 def sha256_prefix_from_filename(filename: str) -> str:
     """The hex digits after the last ``-`` of a checkpoint file name (``...-15a8b914.pth``)."""
     match = _SHA_RE.search(filename)
@@ -302,18 +310,12 @@ def sha256_prefix_from_filename(filename: str) -> str:
 
 
 def _architecture(code: str, num_classes: int, crop: str) -> dict[str, Any]:
-    match = _BACKBONE_CODE.match(code)
-    if not match:
-        raise ValueError(f"unknown backbone code {code!r}")
     config: dict[str, Any] = {
-        "backbone": f"resnet{match['depth']}",
-        "num_classes": num_classes,
-        "stem": "standard" if match["b"] else "deep",
         "stem_channels": 64,
-        "output_stride": int(match["os"]),
         "contract_dilation": True,
-        # D32: mmsegmentation strides layer3/4 (1, 2, 2, 2) *and* keeps their dilations (2, 4).
-        "dilations": [1, 1, 2, 4] if match["os"] == "32" else None,
+        "dilations": None,
+        **variant_of_code(code).architecture,
+        "num_classes": num_classes,
         "aux": True,
         # the 769x769 Cityscapes configs set align_corners=True on both heads
         "align_corners": crop == "769x769",
@@ -321,9 +323,44 @@ def _architecture(code: str, num_classes: int, crop: str) -> dict[str, Any]:
     return config
 
 
+#: The ``pspnet train --recipe`` that reproduces an entry (mmsegmentation's schedules of the plain
+#: R-xx-D8 models; with ``--backbone``/``--preset`` for other depths and stems). rsb (AdamW, RSB
+#: pre-training), fp16 and the D32 models have none.
+_RECIPES: dict[tuple[str, str, str], str] = {
+    ("voc12aug", "512x512", "20k"): "voc-mmseg-20k",
+    ("voc12aug", "512x512", "40k"): "voc-mmseg-40k",
+    ("ade20k", "512x512", "80k"): "ade20k-mmseg-80k",
+    ("ade20k", "512x512", "160k"): "ade20k-mmseg-160k",
+    ("cityscapes", "512x1024", "40k"): "cityscapes-mmseg-40k",
+    ("cityscapes", "512x1024", "80k"): "cityscapes-mmseg-80k",
+    ("cityscapes", "769x769", "40k"): "cityscapes-mmseg-769-40k",
+    ("cityscapes", "769x769", "80k"): "cityscapes-mmseg-769-80k",
+}
+
+
+def _docs(code: str, dataset_title: str, crop: str, schedule: str, miou: float, miou_ms: float | None, recipe: str | None) -> str:
+    variant = variant_of_code(code)
+    ms = f", {miou_ms:.2f} with multi-scale + flip" if miou_ms is not None else ""
+    how = ""
+    if recipe:
+        arch = variant.architecture
+        flags = [f"--recipe {recipe}"]
+        if arch["backbone"] != "resnet50":
+            flags.append(f"--backbone {arch['backbone']}")
+        if arch["stem"] == "standard":
+            flags.append("--preset mmseg-b")
+        how = f" Reproduce with `pspnet train {' '.join(flags)}`."
+    return (
+        f"PSPNet {variant.description}, trained by mmsegmentation on {dataset_title} with {crop} crops for "
+        f"{schedule} iterations: {miou:.2f} mIoU (single scale){ms} on the validation set, as published upstream."
+        + how
+    )
+
+
 def _mmseg_entry(row: tuple) -> Weights:
     code, dataset_key, crop, schedule, miou, miou_ms, upstream, path = row
     dataset = DATASETS[dataset_key]
+    recipe = _RECIPES.get((dataset_key, crop, schedule)) if code.endswith("-d8") else None
     name = f"pspnet_{code}_{dataset_key}-{crop}-{schedule}"
     url = MMSEG_BASE + path
     h, w = (int(v) for v in crop.split("x"))
@@ -353,6 +390,16 @@ def _mmseg_entry(row: tuple) -> Weights:
         "upstream_config": MMSEG_CONFIG.format(upstream),
         "license": MMSEG_LICENSE,
         "source": MMSEG_ZOO,
+        "model": model_name(variant_of_code(code).code),
+        # Counted (not copied): see pspnet_lib.hub.zoo_stats; None until the table is regenerated.
+        "num_params": STATS.get(name, {}).get("num_params"),
+        "_ops": STATS.get(name, {}).get("_ops"),
+        "_ops_size": STATS.get(name, {}).get("_ops_size"),
+        "_file_size": STATS.get(name, {}).get("_file_size"),
+        # The model takes any H, W >= 1 (adaptive pooling repeats values below the largest bin).
+        "min_size": (1, 1),
+        "recipe": recipe,
+        "_docs": _docs(code, dataset.title, crop, schedule, miou, miou_ms, recipe),
     }
     return Weights(name, url, sha256_prefix_from_filename(path), "mmseg", _architecture(code, dataset.num_classes, crop), meta)
 
@@ -468,3 +515,86 @@ def list_pretrained(filter: str | None = None, *, task: str | None = None, inclu
 def aliases_of(name: str) -> list[str]:
     """Aliases that point to the entry ``name``."""
     return sorted(a for a, target in _ALIASES.items() if target == name)
+
+
+def get_weight(name: "str | Weights | WeightsEnum") -> Weights:
+    """torchvision's ``get_weight``: the :class:`Weights` of a zoo name, alias or ``"<Enum>.<MEMBER>"``.
+
+    ``get_weight("pspnet_r50-d8_ade20k")``, ``get_weight("PSPNet_R50_D8_Weights.DEFAULT")`` and
+    ``get_weight(get_model_weights("pspnet_r50_d8").DEFAULT)`` all work. Raises ``ValueError``
+    for an unknown name (with close matches).
+    """
+    if isinstance(name, WeightsEnum):
+        return name.value
+    if isinstance(name, str) and "." in name:
+        enum_name, _, member = name.partition(".")
+        for variant in VARIANTS.values():
+            weights_enum = get_model_weights(variant.name)
+            if weights_enum.__name__ == enum_name:
+                try:
+                    return weights_enum[member].value
+                except KeyError:
+                    raise ValueError(
+                        f"{enum_name} has no member {member!r}; members: {', '.join(weights_enum.__members__)}"
+                    ) from None
+    return get_weights(name)
+
+
+class WeightsEnum(enum.Enum):
+    """torchvision-style enum of one model's weights (``get_model_weights(name)``).
+
+    Each member's ``value`` is a :class:`Weights`; ``.url``, ``.meta``, ``.transforms()`` and
+    ``.config`` forward to it, and ``DEFAULT`` is the weights ``weights="DEFAULT"`` loads.
+    """
+
+    @property
+    def url(self) -> str:
+        return self.value.url
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.value.meta
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.value.config
+
+    def transforms(self, **kwargs: Any):
+        return self.value.transforms(**kwargs)
+
+
+_WEIGHT_ENUMS: dict[str, type[WeightsEnum]] = {}
+
+
+def model_of(weights: Weights) -> str | None:
+    """The model name (``pspnet_r50_d8``) a zoo entry belongs to, or None (backbones, your own entries)."""
+    return weights.meta.get("model")
+
+
+def get_model_weights(name: str) -> type[WeightsEnum]:
+    """torchvision's ``get_model_weights``: the enum of the zoo entries of model ``name``.
+
+    Members are named after the entry without the model prefix
+    (``pspnet_r50-d8_ade20k-512x512-160k`` -> ``ADE20K_512X512_160K``; the rsb and fp16 entries
+    keep their suffix: ``RSB_CITYSCAPES_512X1024_80K``), plus ``DEFAULT``. Entries added with
+    :func:`register_weights` appear when their ``meta["model"]`` names the model.
+    """
+    variant = get_variant(name)
+    members: dict[str, Weights] = {}
+    prefix = f"pspnet_{variant.code}"
+    for entry in sorted(_REGISTRY):
+        weights = _REGISTRY[entry]
+        if model_of(weights) != variant.name:
+            continue
+        key = re.sub(r"[^0-9A-Za-z]+", "_", entry.removeprefix(prefix)).strip("_").upper()
+        members[key] = weights
+    if variant.default_weights is not None and variant.default_weights in _REGISTRY:
+        members["DEFAULT"] = _REGISTRY[variant.default_weights]
+    enum_name = variant.name.replace("pspnet", "PSPNet").upper().replace("PSPNET", "PSPNet") + "_Weights"
+    cached = _WEIGHT_ENUMS.get(variant.name)
+    if cached is not None and {k: m.value for k, m in cached.__members__.items()} == members:
+        return cached
+    weights_enum = WeightsEnum(enum_name, list(members.items()))  # type: ignore[misc]
+    weights_enum.__doc__ = f"Weights of {variant.name}: {variant.description}."
+    _WEIGHT_ENUMS[variant.name] = weights_enum
+    return weights_enum

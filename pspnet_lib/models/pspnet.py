@@ -349,10 +349,14 @@ class PSPNet(
         return generate_model_card(self, **kwargs)
 
 
+_LOAD_OPTIONS = {"cache_dir", "local_files_only", "progress", "strict", "trust_pickle", "revision", "pretrained_cfg"}
+
+
 def build_pspnet(
     backbone: str = "resnet50",
-    num_classes: int = 21,
+    num_classes: int | None = None,
     *,
+    weights: Any = None,
     preset: str | None = None,
     config: PSPNetConfig | Mapping[str, Any] | None = None,
     norm_layer: Callable[[int], nn.Module] | None = None,
@@ -363,7 +367,12 @@ def build_pspnet(
 
     Args:
         backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
-        num_classes: number of output classes.
+        num_classes: number of output classes (default 21; with ``weights``: as in the weights,
+            another value replaces the classifiers for fine-tuning).
+        weights: torchvision's ``weights=``: None (random initialisation), ``"DEFAULT"`` (the
+            default weights of the named model with this architecture, see
+            :func:`~pspnet_lib.list_models`), a zoo name or a ``Weights`` entry. The weights must fit
+            the backbone and any layout field given; the model is returned in eval mode.
         preset: a named set of overrides from :data:`PRESETS`: ``"mmseg"`` (default layout, deep
             stem 32-32-64), ``"mmseg-b"`` (7x7 stem) or ``"semseg"`` (the author's layout).
         config: a full config (or mapping, e.g. a loaded ``config.json``); when given,
@@ -373,7 +382,9 @@ def build_pspnet(
             initialised): a zoo name such as ``"resnet50_v1c"`` or ``"resnet50_torchvision"``
             (see :func:`~pspnet_lib.list_pretrained`), a file or a URL. The stem type follows the
             weights unless set explicitly. See docs/weights.md.
-        **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...).
+        **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...);
+            with ``weights`` also :func:`~pspnet_lib.load_pretrained`'s options (``cache_dir``,
+            ``local_files_only``, ``progress``, ...).
 
     Example::
 
@@ -383,13 +394,24 @@ def build_pspnet(
     """
     if config is not None:
         base = config.to_dict() if isinstance(config, PSPNetConfig) else dict(config)
+        if num_classes is not None:
+            base["num_classes"] = num_classes
     else:
-        base = {"backbone": backbone, "num_classes": num_classes}
+        base = {"backbone": backbone, "num_classes": 21 if num_classes is None else num_classes}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         base.update(PRESETS[preset])
+    # load_pretrained's options (cache_dir=, progress=, ...) apply when weights= is given
+    load_options = {k: overrides.pop(k) for k in _LOAD_OPTIONS & set(overrides)} if weights is not None else {}
     base.update(overrides)
+    if weights is not None:
+        if weights_backbone is not None or norm_layer is not None:
+            raise ValueError("weights= loads a whole model: it cannot be combined with weights_backbone= or norm_layer=")
+        from ..hub.entrypoints import build_with_weights
+
+        explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())
+        return build_with_weights(base, explicit, weights, num_classes, **load_options)
     if weights_backbone is not None:
         from ..hub.loading import build_with_backbone_weights
 
