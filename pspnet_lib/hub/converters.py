@@ -10,6 +10,7 @@ See docs/model.md ("State-dict layout") and docs/weights.md.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Mapping
 
@@ -22,7 +23,13 @@ __all__ = [
     "detect_format",
     "infer_config",
     "strip_prefix",
+    "strip_wrappers",
+    "select_ema",
+    "WRAPPER_PREFIXES",
+    "EMA_KEYS",
 ]
+
+logger = logging.getLogger(__name__)
 
 Rules = list[tuple[str, str]]
 
@@ -106,6 +113,66 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
     return dict(state_dict)
 
 
+#: Prefixes that wrappers add to every key: DataParallel/DistributedDataParallel's ``module.``
+#: and ``torch.compile``'s ``_orig_mod.`` (nested in either order).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+#: Checkpoint entries holding an exponential moving average of the weights: timm's train script
+#: (``state_dict_ema``), generic trainers (``model_ema``, ``ema``) and mmengine's EMAHook
+#: (``ema_state_dict``). The average is preferred when present.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+
+#: Bookkeeping tensors of averaging wrappers (torch.optim.swa_utils.AveragedModel, mmengine).
+_AVERAGING_COUNTERS = ("n_averaged", "steps")
+
+
+def strip_wrappers(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove every :data:`WRAPPER_PREFIXES` prefix that all keys carry (``module._orig_mod.x`` -> ``x``)."""
+    state = dict(state_dict)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def _tensors(mapping: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def select_ema(checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint when it holds them, else ``state`` (both without wrapper prefixes).
+
+    Recognised, in this order: a separate EMA state dict under one of :data:`EMA_KEYS`; copies
+    of every parameter prefixed ``ema.`` in ``state`` (an ``ema`` sub-module); and mmcv's
+    EMAHook buffers ``ema_<key with dots as underscores>`` (parameters only: BatchNorm statistics
+    come from the model). A log line says which was used.
+    """
+    for key in EMA_KEYS:
+        inner = checkpoint.get(key) if isinstance(checkpoint, Mapping) else None
+        if isinstance(inner, Mapping) and (ema := _tensors(inner)):
+            ema = strip_wrappers({k: v for k, v in ema.items() if k not in _AVERAGING_COUNTERS})
+            logger.info("%s holds EMA weights under %r: loading those (the averaged model)", source, key)
+            return ema
+    state = strip_wrappers(state)
+    copies = {k: v for k, v in state.items() if k.startswith("ema.")}
+    if copies and len(copies) * 2 >= len(state):
+        ema = strip_wrappers({k[len("ema.") :]: v for k, v in copies.items() if k[len("ema.") :] not in _AVERAGING_COUNTERS})
+        logger.info("%s holds 'ema.' copies of the weights: loading those (the averaged model)", source)
+        return ema
+    flat = {k: v for k, v in state.items() if k.startswith("ema_")}
+    if flat:
+        plain = {k: v for k, v in state.items() if not k.startswith("ema_")}
+        renamed = {k: flat[f"ema_{k.replace('.', '_')}"] for k in plain if f"ema_{k.replace('.', '_')}" in flat}
+        if renamed and len(renamed) == len(flat):
+            logger.info("%s holds 'ema_' copies of %d weights (mmcv EMAHook): loading those", source, len(renamed))
+            return {**plain, **renamed}
+    return state
+
+
 def detect_format(state_dict: Mapping[str, Any]) -> str:
     """Name the layout of a state dict (see :data:`FORMATS`) from its keys."""
     keys = set(state_dict)
@@ -128,6 +195,11 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
         return "semseg_backbone"
     if has(r"^conv1\.") and has(r"^layer1\."):
         return "torchvision"
+    if any(k.startswith(WRAPPER_PREFIXES) for k in keys):
+        raise ValueError(
+            f"the checkpoint's keys carry wrapper prefixes ({', '.join(WRAPPER_PREFIXES)}) on some keys only "
+            f"(first keys: {sorted(keys)[:5]}); save the unwrapped model's state dict (model.module / model._orig_mod)"
+        )
     sample = sorted(keys)[:5]
     raise ValueError(
         f"cannot recognise the checkpoint layout from its keys (first keys: {sample}); "

@@ -142,10 +142,16 @@ def from_pretrained_files(
     strict: bool = True,
     config: Any = None,
     pretrained_cfg: dict | None = None,
+    num_classes: int | None = None,
+    aux: bool | None = None,
     **model_kwargs: Any,
 ):
-    """``PSPNet._from_pretrained``: rebuild exactly from ``config.json`` and load ``model.safetensors``."""
-    from .loading import load_weights
+    """``PSPNet._from_pretrained``: rebuild from ``config.json`` and load ``model.safetensors``.
+
+    ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
+    (fresh classifiers for another class count, with the same ``model.load_report``).
+    """
+    from .loading import Resolved, _build_and_load, load_weights
 
     if config is None:
         raise FileNotFoundError(
@@ -166,7 +172,16 @@ def from_pretrained_files(
             force_download=force_download,
             token=token,
         )
-    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     tensors, _ = read_safetensors(weights_path)
+    if num_classes is not None or aux is not None:
+        if model_kwargs:
+            raise TypeError(f"PSPNet.from_pretrained got unexpected option(s) {sorted(model_kwargs)}")
+        config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        resolved = Resolved(tensors, config_dict, dict(pretrained_cfg or {}), str(weights_path))
+        model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides={}, extra_cfg=None)
+        if cls is not type(model):
+            raise TypeError(f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained")
+        return model.to(map_location).eval()
+    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
     return model.to(map_location).eval()

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
-from .converters import FORMATS, convert_state_dict, detect_format, infer_config
+from .converters import FORMATS, convert_state_dict, detect_format, infer_config, select_ema
 from .download import (
     default_cache_dir,
     fetch_url,
@@ -249,6 +249,7 @@ def _classes_from_mmseg_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _from_state_dict(raw: Mapping[str, torch.Tensor], fmt: str | None, description: str, meta: Mapping[str, Any] | None = None) -> Resolved:
+    raw = select_ema({}, raw, description)  # wrapper prefixes and EMA copies of a bare state dict
     if fmt is None:
         fmt = detect_format(raw)
     elif fmt not in FORMATS:

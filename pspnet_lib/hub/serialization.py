@@ -177,10 +177,11 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
 
     Accepts a bare state dict or a dict holding it under ``state_dict`` / ``model`` /
     ``model_state`` / ``module`` (mmsegmentation, semseg, generic trainers). DataParallel's
-    ``module.`` prefix is removed; non-tensor entries are dropped. ``meta`` is the
-    checkpoint's ``meta`` dict if any.
+    ``module.`` and ``torch.compile``'s ``_orig_mod.`` prefixes are removed, EMA weights are
+    preferred when present (:func:`~pspnet_lib.hub.converters.select_ema`); non-tensor entries
+    are dropped. ``meta`` is the checkpoint's ``meta`` dict if any.
     """
-    from .converters import strip_prefix
+    from .converters import select_ema
 
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict (a mapping of tensors)")
@@ -198,7 +199,7 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
             f"{source} holds no tensors where weights are expected (top-level keys: {keys}); "
             "expected a state dict, or a dict with one under 'state_dict' or 'model'"
         )
-    tensors = strip_prefix(tensors, "module.")
+    tensors = select_ema(obj, tensors, source)
     return tensors, dict(meta)
 
 
