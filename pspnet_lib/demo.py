@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["run_demo", "run_weights_demo", "draw_training_curve", "constant_prediction_miou"]
+__all__ = ["run_demo", "run_weights_demo", "draw_training_curve", "constant_prediction_miou", "nice_ticks"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +64,45 @@ def constant_prediction_miou(masks: Sequence[np.ndarray], value: int, num_classe
     return confusion.compute()["mIoU"]
 
 
+def nice_ticks(maximum: float, target: int = 5) -> list[float]:
+    """Round tick values ``0, step, 2 * step, ...`` covering ``[0, maximum]``, ``step`` in {1, 2, 2.5, 5} x 10^k.
+
+    About ``target`` intervals; e.g. ``nice_ticks(2.14) == [0, 0.5, 1.0, 1.5, 2.0, 2.5]``.
+    """
+    maximum = max(float(maximum), 1e-12)
+    raw = maximum / target
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    count = math.ceil(maximum / step - 1e-9)
+    return [round(k * step, 10) for k in range(count + 1)]
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:g}" if abs(value) < 1e5 else f"{value:.0e}"
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:  # Pillow >= 10.1 with FreeType: a scalable font whose spaces have a visible width
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow: the bitmap font
+        return ImageFont.load_default()
+
+
 def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int] = (720, 400)) -> Image.Image:
-    """Training loss per logged iteration (blue line, left axis) and validation mIoU (orange, right axis, %)."""
+    """Training loss per logged iteration (blue line, left axis) and validation mIoU (orange, right axis, %).
+
+    Axes carry round ticks (:func:`nice_ticks`).
+    """
     width, height = size
-    left, right, top, bottom = 64, 64, 34, 44
+    left, right, top, bottom = 64, 64, 44, 48
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font, title_font = _font(13), _font(15)
     train = [(h["iter"], h["loss"]) for h in history if h.get("type") == "train" and math.isfinite(h.get("loss", math.nan))]
     val = [(h["iter"], h["mIoU"]) for h in history if h.get("type") == "val" and h.get("mIoU") is not None]
-    last_iter = max([i for i, _ in train + val] + [1])
-    loss_max = max([v for _, v in train] + [1e-6]) * 1.05
+    iter_ticks = nice_ticks(max([i for i, _ in train + val] + [1]))
+    loss_ticks = nice_ticks(max([v for _, v in train] + [1e-6]))
+    last_iter, loss_max = iter_ticks[-1], loss_ticks[-1]
     x0, x1, y0, y1 = left, width - right, height - bottom, top
 
     def x_of(it: float) -> float:
@@ -83,13 +111,18 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
     def y_of(fraction: float) -> float:
         return y0 - (y0 - y1) * fraction
 
+    def text(xy: tuple[float, float], label: str, fill: Any, anchor: str, use: Any = font) -> None:
+        draw.text(xy, label, fill=fill, font=use, anchor=anchor)
+
     draw.rectangle([x0, y1, x1, y0], outline=(80, 80, 80))
-    for k in range(6):  # grid, iteration ticks, loss ticks (left), mIoU ticks (right)
-        f = k / 5
-        draw.line([x0, y_of(f), x1, y_of(f)], fill=(230, 230, 230))
-        draw.text((x_of(last_iter * f) - 10, y0 + 6), f"{int(round(last_iter * f))}", fill="black", font=font)
-        draw.text((6, y_of(f) - 6), f"{loss_max * f:.2f}", fill=(31, 119, 180), font=font)
-        draw.text((x1 + 8, y_of(f) - 6), f"{100 * f:.0f}%", fill=(230, 110, 0), font=font)
+    for value in loss_ticks:  # grid lines and loss ticks (left)
+        y = y_of(value / loss_max)
+        draw.line([x0, y, x1, y], fill=(230, 230, 230))
+        text((x0 - 6, y), _tick_label(value), (31, 119, 180), "rm")
+    for value in iter_ticks:
+        text((x_of(value), y0 + 6), _tick_label(value), "black", "mt")
+    for k in range(6):  # mIoU ticks (right): 0..100 % in steps of 20
+        text((x1 + 6, y_of(k / 5)), f"{20 * k}%", (230, 110, 0), "lm")
     if len(train) > 1:
         draw.line([(x_of(i), y_of(v / loss_max)) for i, v in train], fill=(31, 119, 180), width=2)
     elif train:
@@ -99,9 +132,9 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
         draw.line([(x_of(i), y_of(v)) for i, v in val], fill=(230, 110, 0), width=2)
     for i, v in val:
         draw.ellipse([x_of(i) - 4, y_of(v) - 4, x_of(i) + 4, y_of(v) + 4], fill=(230, 110, 0))
-    draw.text((x0, 10), "training loss", fill=(31, 119, 180), font=font)
-    draw.text((x0 + 110, 10), "held-out mIoU", fill=(230, 110, 0), font=font)
-    draw.text(((x0 + x1) // 2 - 24, height - 18), "iteration", fill="black", font=font)
+    text((x0, 14), "Training loss (left axis)", (31, 119, 180), "lm", title_font)
+    text((x1, 14), "Held-out mIoU (right axis)", (230, 110, 0), "rm", title_font)
+    text(((x0 + x1) / 2, height - 12), "Iteration", "black", "mm")
     return canvas
 
 
@@ -123,7 +156,7 @@ def run_demo(
     samples: int = 4,
     device: str | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train a small PSPNet on synthetic scenes, evaluate it on held-out scenes and write pictures.
 
@@ -139,7 +172,7 @@ def run_demo(
         samples: held-out scenes drawn as picture | ground truth | prediction.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA if available).
         overwrite: replace the results of an earlier demo in ``out_dir``.
-        progress: show the training progress bar.
+        progress: the training progress bar: None = on a terminal only, True = always, False = never.
 
     Writes ``predictions.png`` (one row per sample), ``overlays/sample_*.png``,
     ``training_curve.png``, ``metrics.json`` (held-out mIoU per class and the constant-prediction
@@ -203,7 +236,7 @@ def run_demo(
             rows.append(panel)
     key = legend(classes, palette)
     grid = Image.new("RGB", (max([r.width for r in rows] + [0]) + key.width + 8, sum(r.height + 4 for r in rows) + 20), "white")
-    ImageDraw.Draw(grid).text((4, 4), "held-out scenes:  picture  |  ground truth  |  prediction", fill="black", font=ImageFont.load_default())
+    ImageDraw.Draw(grid).text((4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=_font(13))
     y = 20
     for row in rows:
         grid.paste(row, (0, y))

@@ -166,9 +166,9 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
     from .._files import atomic_output, ensure_dir
+    from .._progress import progress_bar
     from ..inference.images import load_image, to_rgb_tensor
     from ..inference.predict import predict, resolve_protocol
 
@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     failed: list[tuple[Path, str]] = []
     done = 0
-    progress = tqdm(total=len(plan), unit="image", desc="pspnet predict", disable=None)
-    try:
+    with progress_bar(total=len(plan), unit="image", desc="pspnet predict") as progress:
         for start in range(0, len(plan), args.batch_size):
             loaded = []
             for source, mask_path, overlay_path in plan[start : start + args.batch_size]:
@@ -227,8 +226,6 @@ def run(args: argparse.Namespace) -> int:
                     failed.append((source, f"cannot write output: {exc}"))
                     logger.error("failed to write the outputs of %s: %s", source, exc)
                 progress.update(1)
-    finally:
-        progress.close()
 
     summary = f"segmented {done} of {len(plan)} image(s) into {args.out}"
     if failed:

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
@@ -55,7 +55,7 @@ def evaluate(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     num_workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every sample of ``dataset``.
 
@@ -70,7 +70,7 @@ def evaluate(
         device: where to run (default: the model's device).
         amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. bfloat16).
         num_workers: DataLoader workers.
-        progress: show a tqdm bar (rank 0 only).
+        progress: a tqdm bar (rank 0 only): None = on a terminal only, True = always, False = never.
 
     Under torch.distributed each process scores a disjoint share of the samples and the
     confusion matrices are summed, so every rank returns the metrics of the whole dataset.
@@ -88,14 +88,15 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        for image, mask in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
-            image = normalize_images(image.to(device), model)
-            mask = mask.to(device)
-            if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
-                mask = mask[:, 0]
-            with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                scores = infer(model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
-            confusion.update(scores.argmax(dim=1), mask)
+        with progress_bar(loader, desc="eval", leave=False, progress=progress if rank == 0 else False) as bar:
+            for image, mask in bar:
+                image = normalize_images(image.to(device), model)
+                mask = mask.to(device)
+                if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
+                    mask = mask[:, 0]
+                with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    scores = infer(model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+                confusion.update(scores.argmax(dim=1), mask)
     finally:
         model.train(was_training)
     confusion.all_reduce()

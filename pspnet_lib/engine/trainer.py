@@ -31,9 +31,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._files import ensure_dir
+from .._progress import progress_bar
 from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..inference.modes import MODES
 from . import distributed as D
@@ -105,7 +105,7 @@ class TrainConfig:
         seed: seed of the data order, augmentation and initial RNG state.
         deterministic: ask PyTorch for deterministic algorithms (slower on GPUs).
         out_dir: run directory (``checkpoints/``, ``history.json``, ``metrics.json``, ``model/``).
-        progress: show a tqdm progress bar (rank 0).
+        progress: the tqdm progress bar (rank 0): None = on a terminal only, True = always, False = never.
         export: write the final model to ``out_dir/model`` with ``save_pretrained``.
 
     Validation protocol (see :func:`pspnet_lib.inference.modes.infer`)
@@ -145,7 +145,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     out_dir: str = "runs/pspnet"
-    progress: bool = True
+    progress: bool | None = None
     export: bool = True
     eval_mode: str = "whole"
     eval_resize: list[int] | None = None
@@ -665,36 +665,35 @@ class Trainer:
             images_per_iteration, c.lr, c.optimizer, c.amp, self.out_dir,
         )
         batches = self._batches(self.iteration)
-        bar = tqdm(total=c.iters, initial=self.iteration, desc="train", dynamic_ncols=True,
-                   disable=not (c.progress and self.is_main))
         meter = _Meter()
-        try:
-            while self.iteration < end:
-                self._apply_train_mode()
-                lr = self.optimizer.param_groups[0]["lr"]
-                terms = self._step(batches)
-                self.iteration += 1
-                meter.add(terms, images_per_iteration)
-                bar.update(1)
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{meter.images_per_second():.1f}",
-                                refresh=False)
-                if self.iteration % c.log_interval == 0 or self.iteration == end:
-                    self._log_window(meter, lr)
-                    meter.reset()
-                improved = False
-                if self.val_dataset is not None and (
-                    (c.val_interval and self.iteration % c.val_interval == 0) or self.iteration == c.iters
-                ):
-                    metrics = self.validate()
-                    improved = metrics["mIoU"] > self.best_miou
-                    if improved:
-                        self.best_miou = metrics["mIoU"]
-                due = (c.ckpt_interval and self.iteration % c.ckpt_interval == 0) or self.iteration == end
-                if due or improved:
-                    self.save_checkpoint(numbered=bool(due), best=improved)
-        finally:
-            bar.close()
-            del batches  # shuts the DataLoader workers down
+        with progress_bar(total=c.iters, initial=self.iteration, desc="train",
+                          progress=c.progress if self.is_main else False) as bar:
+            try:
+                while self.iteration < end:
+                    self._apply_train_mode()
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    terms = self._step(batches)
+                    self.iteration += 1
+                    meter.add(terms, images_per_iteration)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{meter.images_per_second():.1f}",
+                                    refresh=False)
+                    if self.iteration % c.log_interval == 0 or self.iteration == end:
+                        self._log_window(meter, lr)
+                        meter.reset()
+                    improved = False
+                    if self.val_dataset is not None and (
+                        (c.val_interval and self.iteration % c.val_interval == 0) or self.iteration == c.iters
+                    ):
+                        metrics = self.validate()
+                        improved = metrics["mIoU"] > self.best_miou
+                        if improved:
+                            self.best_miou = metrics["mIoU"]
+                    due = (c.ckpt_interval and self.iteration % c.ckpt_interval == 0) or self.iteration == end
+                    if due or improved:
+                        self.save_checkpoint(numbered=bool(due), best=improved)
+            finally:
+                del batches  # shuts the DataLoader workers down
         summary = {
             "iteration": self.iteration,
             "metrics": self.last_metrics,

@@ -31,6 +31,8 @@ import torch
 import torch.hub
 from filelock import FileLock
 
+from .._progress import progress_enabled
+
 from .registry import Weights
 from .serialization import CheckpointError, read_safetensors, write_json, write_safetensors
 
@@ -99,7 +101,7 @@ def _verify(path: Path, sha256_prefix: str, what: str) -> None:
         )
 
 
-def download_file(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool = True) -> Path:
+def download_file(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None = None) -> Path:
     """Download ``url`` to ``dest`` with torch.hub's downloader (temporary file, verified, renamed).
 
     A failed, interrupted or hash-mismatched download leaves nothing at ``dest``.
@@ -107,7 +109,7 @@ def download_file(url: str, dest: Path, *, sha256_prefix: str | None, progress: 
     dest.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s to %s", url, dest)
     try:
-        torch.hub.download_url_to_file(url, str(dest), hash_prefix=sha256_prefix, progress=progress)
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=sha256_prefix, progress=progress_enabled(progress))
     except RuntimeError as exc:
         if "invalid hash value" in str(exc):
             raise ChecksumError(
@@ -134,7 +136,7 @@ def _offline_message(url: str, dest: Path, sha256_prefix: str | None, name: str)
 
 
 def fetch_weights_file(
-    weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool = True
+    weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool | None = None
 ) -> Path:
     """The verified original checkpoint of ``weights`` in ``cache_dir``, downloaded if needed."""
     dest = cache_dir / weights.filename
@@ -147,7 +149,7 @@ def fetch_weights_file(
 
 
 def fetch_url(
-    url: str, cache_dir: Path | None = None, *, local_files_only: bool = False, progress: bool = True
+    url: str, cache_dir: Path | None = None, *, local_files_only: bool = False, progress: bool | None = None
 ) -> Path:
     """A local path for an ``https://``/``http://`` URL (downloaded into the cache) or ``file://`` URL.
 

@@ -202,7 +202,7 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
         raise CheckpointError(f"{what} does not match its registered architecture: {'; '.join(problems[:5])}")
 
 
-def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool, trust_pickle: bool) -> Resolved:
+def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool | None, trust_pickle: bool) -> Resolved:
     backbone_only = weights.task == "backbone"
 
     def from_cache() -> Resolved | None:
@@ -371,7 +371,7 @@ def resolve_source(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     trust_pickle: bool = False,
 ) -> Resolved:
     """Turn any supported source into weights in this library's layout (see :func:`load_pretrained`)."""
@@ -445,7 +445,7 @@ def load_pretrained(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     trust_pickle: bool = False,
     pretrained_cfg: Mapping[str, Any] | None = None,
     **overrides: Any,
@@ -475,7 +475,8 @@ def load_pretrained(
         cache_dir: for zoo names and URLs the folder of downloads and converted files (default
             ``torch.hub.get_dir()/checkpoints``); for ``hf-hub:`` the Hugging Face cache.
         local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
-        progress: show a download progress bar.
+        progress: a download progress bar: None = on a terminal only (and not with TQDM_DISABLE or
+            HF_HUB_DISABLE_PROGRESS_BARS set), True = always, False = never.
         trust_pickle: allow arbitrary pickled objects in ``.pth`` files. Only for files you
             trust: unpickling can run code. Off by default; the default reader accepts tensors,
             containers, numpy scalars and OpenMMLab bookkeeping objects (as inert placeholders).

@@ -42,6 +42,14 @@ def adaptive_pool_matrix(size: int, bins: int, *, dtype: torch.dtype = torch.flo
     return inside.to(dtype) / (end - start).to(dtype).unsqueeze(1)
 
 
+def _matmul_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    rows = adaptive_pool_matrix(x.shape[-2], bins, dtype=x.dtype, device=x.device)
+    cols = adaptive_pool_matrix(x.shape[-1], bins, dtype=x.dtype, device=x.device)
+    # Columns first: x is contiguous, so torch.export folds (N, C, H, W) @ (W, b) without
+    # guarding on the feature size (rows first made it specialise on width != 1).
+    return torch.matmul(rows, torch.matmul(x, cols.transpose(0, 1)))
+
+
 class MatmulAdaptiveAvgPool2d(nn.Module):
     """``nn.AdaptiveAvgPool2d`` written as ``rows @ x @ cols.T`` with input-sized averaging matrices.
 
@@ -64,10 +72,10 @@ class MatmulAdaptiveAvgPool2d(nn.Module):
             raise ValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output_size[0] == self.output_size[1]:
+            return _matmul_pool(x, self.output_size[0])
         rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], dtype=x.dtype, device=x.device)
         cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], dtype=x.dtype, device=x.device)
-        # Columns first: x is contiguous, so torch.export folds (N, C, H, W) @ (W, b) without
-        # guarding on the feature size (rows first made it specialise on width != 1).
         return torch.matmul(rows, torch.matmul(x, cols.transpose(0, 1)))
 
     def extra_repr(self) -> str:
@@ -86,7 +94,14 @@ class PoolingBranch(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(x)
+        if torch.compiler.is_compiling() and isinstance(self.pool, nn.AdaptiveAvgPool2d):
+            # Inductor lowers adaptive pooling with windows computed from the input size and guards
+            # on it ((H - 1) // 8 == 12, ...): one compilation per feature-map size. The matrix form
+            # is the same average with shapes that stay symbolic, so torch.compile(dynamic=True)
+            # serves every size with one graph (docs/performance.md).
+            pooled = _matmul_pool(x, self.bin_size)
+        else:
+            pooled = self.pool(x)
         # (shapes are symbolic under torch.fx tracing: the check is for eager calls)
         if self.training and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training and not is_symbolic_tracing():
             if pooled.shape[0] * pooled.shape[2] * pooled.shape[3] == 1:
