@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import IGNORE_INDEX, input_channels, input_stats
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
 
@@ -23,13 +23,14 @@ logger = logging.getLogger(__name__)
 def normalize_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
 
-    A floating-point batch is taken to be normalised already and returned unchanged.
+    A floating-point batch is taken to be normalised already and returned unchanged. Raises
+    ``ValueError`` when the stored mean/std do not have one value per input channel.
     """
     if images.is_floating_point():
         return images
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", IMAGENET_STD), device=images.device).view(1, -1, 1, 1)
+    mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
+    mean = torch.tensor(mean_values, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std_values, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
