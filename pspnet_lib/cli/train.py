@@ -11,7 +11,10 @@ from typing import Any
 
 logger = logging.getLogger("pspnet_lib.cli.train")
 
-DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "folder")
+#: Kept in step with pspnet_lib.data.DATASETS (a test checks); written out so that building the
+#: parser does not import the data package.
+DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "pascal-context", "pascal-context-59", "coco-stuff10k",
+                   "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid", "folder")
 #: How many training samples ``pspnet train`` reads before starting (spread over the dataset).
 _PREFLIGHT_SAMPLES = 32
 
@@ -218,7 +221,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_progress:
         settings["train"]["progress"] = False
     if not settings["dataset"]:
-        raise ValueError("no dataset: pass --dataset {voc,ade20k,cityscapes,folder} (or a --recipe that names one)")
+        raise ValueError(f"no dataset: pass --dataset {{{','.join(DATASET_CHOICES)}}} (or a --recipe that names one)")
     settings["train"]["out_dir"] = args.out or settings["train"].get("out_dir") or os.path.join("runs", settings["dataset"])
     return settings
 
@@ -247,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             r = RECIPES[name]
             t = r["train"]
             note = r.get("_published", "")
-            sys.stdout.write(f"{name:26s} {r['dataset']:10s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
+            sys.stdout.write(f"{name:28s} {r['dataset']:17s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
                              f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n")
         return 0
     if os.environ.get("RANK", "0") != "0":  # one process speaks for all

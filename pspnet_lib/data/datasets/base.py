@@ -252,3 +252,75 @@ def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
 def _save_png_atomically(array: np.ndarray, path: Path) -> None:
     with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
+
+    A stored ``ignore_index`` stays ``ignore_index`` (as in mmseg's ``LoadAnnotations``, where
+    255 - 1 = 254 is set back to 255). Returns int64 of the same shape.
+    """
+    mask = stored.astype(np.int64) - 1
+    mask[(stored == 0) | (stored == ignore_index)] = ignore_index
+    return mask
+
+
+class ImageAnnotationDirs(SegmentationDataset):
+    """Base of the datasets in mmsegmentation's prepared layout: ``<images>/<split>`` + ``<annotations>/<split>``.
+
+    An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
+    ``<annotations>/<split>/<stem><SEG_SUFFIX>``. Subclasses set the class attributes below;
+    ``dataset_info`` names the :class:`~pspnet_lib.data.metadata.DatasetInfo` that gives the
+    class names, palette and whether ``reduce_zero_label`` applies.
+
+    Args:
+        root: the dataset's directory (as written by ``pspnet prepare <dataset>``).
+        split: a split name of :attr:`SPLITS` (aliases such as ``val`` for ``test2014`` are accepted).
+        transforms: joint transform called as ``transforms(image, mask)``.
+    """
+
+    DATASET_KEY: str = ""
+    IMAGE_DIR: str = "img_dir"
+    ANNOTATION_DIR: str = "ann_dir"
+    IMG_SUFFIX: str = ".png"
+    SEG_SUFFIX: str = ".png"
+    #: split names accepted -> folder name under IMAGE_DIR / ANNOTATION_DIR
+    SPLITS: dict[str, str] = {"train": "train", "val": "val"}
+    #: the ``pspnet prepare`` sub-command that writes this layout
+    PREPARE: str = ""
+
+    def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
+        from ..metadata import get_dataset_info
+
+        self.info = get_dataset_info(self.DATASET_KEY)
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown {self.info.title} split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = root, self.SPLITS[split]
+        image_dir, ann_dir = root / self.IMAGE_DIR / self.split, root / self.ANNOTATION_DIR / self.split
+        prepare = f"; prepare it with `pspnet prepare {self.PREPARE} SRC {root}` (see docs/datasets.md)"
+        if not image_dir.is_dir():
+            raise FileNotFoundError(
+                f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
+                f"{self.ANNOTATION_DIR}/{self.split}/*{self.SEG_SUFFIX} there{prepare}"
+            )
+        images = sorted(p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith("."))
+        if not images:
+            raise FileNotFoundError(f"no *{self.IMG_SUFFIX} images in {image_dir}{prepare}")
+        files = [(p, ann_dir / (p.name[: -len(self.IMG_SUFFIX)] + self.SEG_SUFFIX)) for p in images]
+        missing = [m for _, m in files if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}")
+        super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        return reduce_zero_label(mask, self.ignore_index) if self.info.reduce_zero_label else mask
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        k = self.num_classes
+        stored = f"0 (ignored), 1..{k}" if self.info.reduce_zero_label else f"0..{k - 1}"
+        return (
+            f"{self.info.title} annotations store {stored} and {self.ignore_index} (ignore) ({self.info.label_convention}); "
+            f"this file was not written by `pspnet prepare {self.PREPARE}` or mmsegmentation's converter"
+        )
