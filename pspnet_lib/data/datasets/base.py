@@ -254,6 +254,20 @@ def _save_png_atomically(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
+def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: Path, highest: int) -> None:
+    """Raise naming ``path`` if ``stored`` holds a value above ``highest`` other than the ignore index.
+
+    Called before a label mapping (e.g. ``reduce_zero_label``), so that the message quotes the
+    values as they are stored in the file.
+    """
+    bad = (stored > highest) & (stored != dataset.ignore_index)
+    if bad.any():
+        values = np.unique(stored[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise ValueError(f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
+                         f"{type(dataset).__name__}; " + dataset.value_hint(path, values))
+
+
 def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
 
@@ -315,7 +329,10 @@ class ImageAnnotationDirs(SegmentationDataset):
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mask = super().convert_mask(raw, path)
-        return reduce_zero_label(mask, self.ignore_index) if self.info.reduce_zero_label else mask
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         k = self.num_classes

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from ..metadata import get_dataset_info
-from .base import PathLike, SegmentationDataset, Transforms, _first_existing, _require_files, reduce_zero_label
+from .base import (
+    PathLike,
+    SegmentationDataset,
+    Transforms,
+    _first_existing,
+    _require_files,
+    check_stored_values,
+    reduce_zero_label,
+)
 
 __all__ = ["PascalContextDataset", "PascalContext59Dataset"]
 
@@ -55,7 +63,10 @@ class PascalContextDataset(SegmentationDataset):
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mask = super().convert_mask(raw, path)
-        return reduce_zero_label(mask, self.ignore_index) if self.info.reduce_zero_label else mask
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         return (

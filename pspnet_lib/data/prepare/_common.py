@@ -97,15 +97,12 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 
 def copy_member(member: Member, target: Path) -> None:
-    """Copy an input file to ``target`` atomically (a hard link when both lie on one file system)."""
+    """Copy an input file to ``target`` atomically.
+
+    A real copy, not a hard link: a tool that later edits a prepared file in place must not change
+    the user's original download.
+    """
     if member.path is not None:
-        try:
-            # A new hard link appears complete in one step; the input itself is never modified.
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(member.path, target)
-            return
-        except OSError:
-            pass
         with atomic_output(target) as tmp:
             shutil.copyfile(member.path, tmp)
         return

@@ -54,10 +54,12 @@ def _cut(member: Member, folder: Path, name_of, size: int, step: int, colours: d
             array = _pad(np.asarray(pil_to_rgb(picture)), size, 0)
         else:
             array = _pad(colours_to_index(np.asarray(picture.convert("RGB")), colours, default=0), size, 255)
+    written = 0
     for (y0, y1, x0, x1), target in zip(boxes, targets):
         if not target.is_file():
             save_png(array[y0:y1, x0:x1], target)
-    return len(targets), 0
+            written += 1
+    return written, len(targets) - written
 
 
 def prepare_isaid(src: PathLike, dst: PathLike, *, patch_size: int = 896, overlap: int = 384) -> dict[str, int]:

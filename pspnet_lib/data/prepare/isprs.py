@@ -65,10 +65,12 @@ def _tile(member: Member, dst_dir: Path, stem: str, size: int, stride: int, colo
             array = np.asarray(pil_to_rgb(picture))
         else:
             array = colours_to_index(np.asarray(picture.convert("RGB")), colours, default=0)
+    written = 0
     for (x0, y0, x1, y1), target in zip(boxes, targets):
         if not target.is_file():
             save_png(array[y0:y1, x0:x1], target)
-    return len(targets), 0
+            written += 1
+    return written, len(targets) - written
 
 
 def _prepare_isprs(dataset: str, pairs: list[tuple[str, bool, Member]], splits: dict[str, tuple[str, ...]],
