@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .train import DATASET_CHOICES, _floats, _ints, add_dataset_args, dataset_kwargs
+from .train import DATASET_CHOICES, _floats, _ints, add_dataset_args, dataset_kwargs, generic_classes
 
 logger = logging.getLogger("pspnet_lib.cli.evaluate")
 
@@ -72,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
             if args.dataset != "folder":
                 raise ValueError("--split all applies to --dataset folder only; pass a split name of the dataset")
             split = None  # every image/mask pair of the folder
-        dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **dataset_kwargs(args))
+        kwargs = dataset_kwargs(args)
+        if args.dataset == "folder" and "classes" not in kwargs and cfg.get("classes") and not os.path.isfile(
+                os.path.join(args.data_root, "classes.txt")):
+            kwargs["classes"] = list(cfg["classes"])  # the model's own class names
+        if args.dataset == "folder":
+            generic_classes(args.data_root, model.config.num_classes, kwargs)
+        dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(f"the model predicts {model.config.num_classes} classes but the {args.dataset} dataset has "
                              f"{dataset.num_classes}; evaluate on the dataset the model was trained for")

@@ -62,6 +62,10 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    #: Whether ``ignore_index`` is this dataset's documented "not scored" value (void, borders,
+    #: unlabeled): then :meth:`verify` never suggests mapping it to a class. Only one's own folders
+    #: may hold binary 0/255 masks where 255 means a class.
+    IGNORE_IS_CONVENTION: bool = True
 
     def __init__(
         self,
@@ -201,6 +205,7 @@ class SegmentationDataset(Dataset):
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
+        seen: set[int] = set()
         errors: list[str] = []
         indices: Sequence[int] = range(len(self))
         if max_images is not None and len(self) > max_images:
@@ -214,6 +219,8 @@ class SegmentationDataset(Dataset):
                     break
                 continue
             values = mask.numpy().ravel()
+            if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
+                seen.update(int(v) for v in np.unique(values))
             ignored += int((values == self.ignore_index).sum())
             counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
         if len(errors) == 1:
@@ -224,14 +231,17 @@ class SegmentationDataset(Dataset):
         if absent and warn_absent:
             where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
             hint = ""
-            if ignored:
-                # The usual cause: a class stored as 255 (binary 0/255 masks), which means "ignore".
+            if seen == {0, self.ignore_index} and not self.IGNORE_IS_CONVENTION and self.num_classes >= 2:
+                # Two-valued 0/255 masks: the usual binary-mask export, where 255 means the object
+                # class, not "ignore". Anything else with 255 (void, borders) is left alone: mapping
+                # it to a class would teach the model that void is, e.g., "bicycle".
                 hint = (
-                    f"; {ignored} pixels are {self.ignore_index} (ignored). If your masks store a class as "
-                    f"{self.ignore_index} (e.g. 0/255 binary masks), remap it: label_map={{{self.ignore_index}: "
-                    f"{self.classes.index(absent[-1])}}} (CLI: --label-map {self.ignore_index}:"
-                    f"{self.classes.index(absent[-1])})"
+                    f"; every mask read holds only 0 and {self.ignore_index} ({ignored} pixels, ignored). If these "
+                    f"are binary masks with the object stored as {self.ignore_index}, remap it: "
+                    f"label_map={{{self.ignore_index}: 1}} (CLI: --label-map {self.ignore_index}:1)"
                 )
+            elif ignored:
+                hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
             logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
         return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
 
