@@ -201,6 +201,8 @@ def test_loveda_prepare_and_read(tmp_path):
         assert np.array_equal(_read(dst / "ann_dir" / split / f"{stem}.png"), mask)  # copied unchanged
         assert np.array_equal(_dataset_masks("loveda", dst, split)[f"{stem}.png"], _mapped(mask, LOVEDA_CLASSES))
     assert prepare_loveda(src, dst) == {"written": 0, "skipped": 6}
+    assert main(["prepare", "loveda", str(src), str(tmp_path / "via-cli")]) == 0  # the command does the same
+    assert sorted(p.name for p in (tmp_path / "via-cli" / "ann_dir" / "train").iterdir()) == ["0.png", "1366.png"]
     # A value of no class (8) is reported with the file's name.
     _write(dst / "ann_dir" / "val" / "2522.png", _png_bytes(np.full((64, 64), 8)))
     with pytest.raises(ValueError, match=r"2522\.png.*value\(s\) 8"):
