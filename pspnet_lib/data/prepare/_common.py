@@ -62,7 +62,7 @@ def find_input(src: PathLike, folder: str, archive: str | None, what: str) -> Pa
     """
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"input folder {src} does not exist; pass the folder holding the downloaded {what}")
+        raise FileNotFoundError(f"input folder {src} does not exist; pass the folder that holds {what}")
     for candidate in ([src / folder] if folder else []) + ([src / archive] if archive else []):
         if candidate.is_dir() or (candidate.is_file() and zipfile.is_zipfile(candidate)):
             return candidate
