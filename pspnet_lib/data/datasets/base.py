@@ -1,0 +1,373 @@
+"""The dataset contract and the file helpers every dataset module shares.
+
+Every dataset follows one contract. ``dataset[i]`` returns ``transforms(image, mask)``, where without
+transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (C, H, W): RGB for the default
+``in_channels=3``, grey for 1, the file's N bands for N) and ``mask`` a
+:class:`torchvision.tv_tensors.Mask` (int64, (H, W)) holding class indices ``0..num_classes-1`` and
+``ignore_index`` (255) for pixels that are not scored. Attributes: ``classes`` (names), ``palette``
+(one RGB tuple per class), ``num_classes``, ``ignore_index`` and ``files`` (``(image_path, mask_path)``
+pairs). A mask value outside the classes is reported with the file's name when the sample is read
+(:meth:`SegmentationDataset.verify` checks the whole dataset up front).
+
+The directory layouts and how to prepare each dataset are described in docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from ..._files import atomic_output
+from ...inference.images import pil_to_array, pil_to_rgb
+from ...inference.images import read_image as _read_image_file
+from ..constants import IGNORE_INDEX
+
+__all__ = ["SegmentationDataset", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS"]
+
+# One logger name for the whole package, as before it was split into modules.
+logger = logging.getLogger("pspnet_lib.data.datasets")
+
+PathLike = str | os.PathLike
+Transforms = Callable[[Any, Any], Any]
+Palette = list[tuple[int, int, int]]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+_LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
+
+
+def _default_palette(num_classes: int) -> Palette:
+    # Imported here: inference.visualize imports data.constants, so a module-level import is circular.
+    from ...inference.visualize import default_palette
+
+    return default_palette(num_classes)
+
+
+def _show(paths: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(p) for p in list(paths)[:limit])
+    return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+class SegmentationDataset(Dataset):
+    """Base class: a list of ``(image_path, mask_path)`` pairs read with PIL.
+
+    Subclasses set ``files``, ``classes`` and ``palette`` and may override :meth:`convert_mask`
+    (raw pixel values -> class indices) and :meth:`value_hint` (what to say about bad values).
+    """
+
+    ignore_index: int = IGNORE_INDEX
+    #: Whether ``ignore_index`` is this dataset's documented "not scored" value (void, borders,
+    #: unlabeled): then :meth:`verify` never suggests mapping it to a class. Only one's own folders
+    #: may hold binary 0/255 masks where 255 means a class.
+    IGNORE_IS_CONVENTION: bool = True
+
+    def __init__(
+        self,
+        files: Sequence[tuple[Path, Path]],
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]] | None = None,
+        transforms: Transforms | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        in_channels: int = 3,
+    ) -> None:
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        self.in_channels = in_channels
+        self.files = [(Path(i), Path(m)) for i, m in files]
+        self.classes = [str(c) for c in classes]
+        if not self.classes:
+            raise ValueError("a dataset needs at least one class name")
+        self.palette: Palette = [tuple(int(v) for v in c[:3]) for c in (palette or _default_palette(len(self.classes)))]
+        if len(self.palette) < len(self.classes):
+            raise ValueError(f"the palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        self.palette = self.palette[: len(self.classes)]
+        self.transforms = transforms
+        self.ignore_index = ignore_index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        root = getattr(self, "root", None)
+        return f"{type(self).__name__}(root={str(root)!r}, split={getattr(self, 'split', None)!r}, samples={len(self)}, classes={self.num_classes})"
+
+    def __getitem__(self, index: int) -> Any:
+        image, mask = self.load(index)
+        if self.transforms is not None:
+            return self.transforms(image, mask)
+        return image, mask
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """The untransformed sample ``index``: uint8 RGB image and int64 mask, sizes checked."""
+        image_path, mask_path = self.files[index]
+        image = self.read_image(image_path, channels=self.in_channels)
+        mask = self.convert_mask(self.read_mask(mask_path), mask_path)
+        if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
+            # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
+            # follow the rotated picture. Use that orientation when it is the one the mask has.
+            rotated = self.read_image(image_path, exif_orientation=True, channels=self.in_channels)
+            if rotated.shape[:2] == mask.shape:
+                image = rotated
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]}; an image and its mask must have the same size"
+            )
+        self.check_mask(mask, mask_path)
+        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        return image_t, tv_tensors.Mask(torch.from_numpy(mask))
+
+    @staticmethod
+    def read_image(path: Path, exif_orientation: bool = False, channels: int = 3) -> np.ndarray:
+        """``(H, W, channels)`` uint8 array of an image file, read as ``predict`` reads it.
+
+        ``channels`` is the model's ``in_channels``: 3 gives RGB (any picture), 1 grayscale, N a
+        multi-page TIFF, an N-band picture or a ``.npy`` array ``(H, W, N)`` (float arrays on the
+        0..1 scale become ``round(255 * v)``). Pixel values follow the fixed rules of
+        :mod:`pspnet_lib.inference.images` (16-bit ``/ 257``, float 0..1), never the content.
+        With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
+        viewers and ``predict`` do); without, the pixels are taken as stored.
+        """
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            if not path.is_file():
+                raise FileNotFoundError(f"image file {path} does not exist")
+            array = _read_image_file(path, channels)
+            if array.dtype != np.uint8:
+                array = (array.astype(np.float64) * 255.0).round().astype(np.uint8)
+            return array
+        try:
+            with Image.open(path) as picture:
+                if exif_orientation:
+                    picture = ImageOps.exif_transpose(picture)
+                if channels == 3:
+                    return np.array(pil_to_rgb(picture, what=str(path)))
+                return pil_to_array(picture, channels, what=str(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file {path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read image {path}: {error}") from None
+
+    @staticmethod
+    def read_mask(path: Path) -> np.ndarray:
+        """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks."""
+        try:
+            with Image.open(path) as picture:
+                if picture.mode == "LA":  # grey + alpha (image editors' transparent layers): alpha is not a label
+                    return np.asarray(picture)[..., 0]
+                if picture.mode in ("RGB", "RGBA"):
+                    array = np.asarray(picture.convert("RGB"))
+                    if (array == array[..., :1]).all():  # a grey mask saved as RGB
+                        return array[..., 0]
+                    return array
+                if picture.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
+                    raise ValueError(
+                        f"mask {path} has PIL mode {picture.mode!r}; masks must be single-channel or paletted images "
+                        "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
+                    )
+                return np.asarray(picture)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"mask file {path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read mask {path}: {error}") from None
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Map stored mask values to class indices (int64 ``(H, W)``); identity by default."""
+        if raw.ndim != 2:
+            raise ValueError(
+                f"mask {path} is a colour (RGB) image; masks must hold class indices as a single-channel or "
+                "paletted PNG (pixel value = class index, 255 = ignore)"
+            )
+        return raw.astype(np.int64)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        """Advice appended to the error about values outside the classes."""
+        return (
+            f"mask values must be class indices 0..{self.num_classes - 1} or {self.ignore_index} (ignore); "
+            "check the number of classes and how the masks were written"
+        )
+
+    def check_mask(self, mask: np.ndarray, path: Path) -> None:
+        """Raise if ``mask`` holds a value that is neither a class index nor the ignore index."""
+        bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != self.ignore_index)
+        if bad.any():
+            values = np.unique(mask[bad])
+            shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+            raise ValueError(
+                f"mask {path} holds value(s) {shown} outside the {self.num_classes} classes of {type(self).__name__}; "
+                + self.value_hint(path, values)
+            )
+
+    def verify(self, max_errors: int = 20, max_images: int | None = None, warn_absent: bool = True) -> dict[str, Any]:
+        """Read every sample once and report all problems together (sizes, unreadable files, bad values).
+
+        Args:
+            max_errors: stop after this many problems.
+            max_images: read only this many samples, spread evenly over the dataset (a quick
+                check before training, as ``pspnet train`` does); ``None`` reads all.
+            warn_absent: log a warning naming the classes that never occur in what was read.
+
+        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
+        Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
+        that never occur (often masks written with other values, e.g. 0/255 binary masks).
+        """
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        ignored = 0
+        seen: set[int] = set()
+        errors: list[str] = []
+        indices: Sequence[int] = range(len(self))
+        if max_images is not None and len(self) > max_images:
+            indices = sorted({round(i * (len(self) - 1) / max(max_images - 1, 1)) for i in range(max_images)})
+        for index in indices:
+            try:
+                _, mask = self.load(index)
+            except (ValueError, FileNotFoundError) as error:
+                errors.append(str(error))
+                if len(errors) >= max_errors:
+                    break
+                continue
+            values = mask.numpy().ravel()
+            if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
+                seen.update(int(v) for v in np.unique(values))
+            ignored += int((values == self.ignore_index).sum())
+            counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
+        if len(errors) == 1:
+            raise ValueError(errors[0])
+        if errors:
+            raise ValueError(f"{len(errors)} problem(s) in {self!r}:\n  " + "\n  ".join(errors))
+        absent = [name for name, count in zip(self.classes, counts) if count == 0]
+        if absent and warn_absent:
+            where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
+            hint = ""
+            if seen == {0, self.ignore_index} and not self.IGNORE_IS_CONVENTION and self.num_classes >= 2:
+                # Two-valued 0/255 masks: the usual binary-mask export, where 255 means the object
+                # class, not "ignore". Anything else with 255 (void, borders) is left alone: mapping
+                # it to a class would teach the model that void is, e.g., "bicycle".
+                hint = (
+                    f"; every mask read holds only 0 and {self.ignore_index} ({ignored} pixels, ignored). If these "
+                    f"are binary masks with the object stored as {self.ignore_index}, remap it: "
+                    f"label_map={{{self.ignore_index}: 1}} (CLI: --label-map {self.ignore_index}:1)"
+                )
+            elif ignored:
+                hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
+            logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
+        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+
+
+def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
+    missing = [p for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} file(s) listed by {what} do not exist: {_show(missing)}" + (f"; {hint}" if hint else ""))
+
+
+def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
+    for candidate in candidates:
+        if (candidate / marker).is_dir():
+            return candidate
+    return None
+
+
+def _save_png_atomically(array: np.ndarray, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: Path, highest: int) -> None:
+    """Raise naming ``path`` if ``stored`` holds a value above ``highest`` other than the ignore index.
+
+    Called before a label mapping (e.g. ``reduce_zero_label``), so that the message quotes the
+    values as they are stored in the file.
+    """
+    bad = (stored > highest) & (stored != dataset.ignore_index)
+    if bad.any():
+        values = np.unique(stored[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise ValueError(f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
+                         f"{type(dataset).__name__}; " + dataset.value_hint(path, values))
+
+
+def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
+
+    A stored ``ignore_index`` stays ``ignore_index`` (as in mmseg's ``LoadAnnotations``, where
+    255 - 1 = 254 is set back to 255). Returns int64 of the same shape.
+    """
+    mask = stored.astype(np.int64) - 1
+    mask[(stored == 0) | (stored == ignore_index)] = ignore_index
+    return mask
+
+
+class ImageAnnotationDirs(SegmentationDataset):
+    """Base of the datasets in mmsegmentation's prepared layout: ``<images>/<split>`` + ``<annotations>/<split>``.
+
+    An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
+    ``<annotations>/<split>/<stem><SEG_SUFFIX>``. Subclasses set the class attributes below;
+    ``dataset_info`` names the :class:`~pspnet_lib.data.metadata.DatasetInfo` that gives the
+    class names, palette and whether ``reduce_zero_label`` applies.
+
+    Args:
+        root: the dataset's directory (as written by ``pspnet prepare <dataset>``).
+        split: a split name of :attr:`SPLITS` (aliases such as ``val`` for ``test2014`` are accepted).
+        transforms: joint transform called as ``transforms(image, mask)``.
+    """
+
+    DATASET_KEY: str = ""
+    IMAGE_DIR: str = "img_dir"
+    ANNOTATION_DIR: str = "ann_dir"
+    IMG_SUFFIX: str = ".png"
+    SEG_SUFFIX: str = ".png"
+    #: split names accepted -> folder name under IMAGE_DIR / ANNOTATION_DIR
+    SPLITS: dict[str, str] = {"train": "train", "val": "val"}
+    #: the ``pspnet prepare`` sub-command that writes this layout
+    PREPARE: str = ""
+
+    def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
+        from ..metadata import get_dataset_info
+
+        self.info = get_dataset_info(self.DATASET_KEY)
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown {self.info.title} split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = root, self.SPLITS[split]
+        image_dir, ann_dir = root / self.IMAGE_DIR / self.split, root / self.ANNOTATION_DIR / self.split
+        prepare = f"; prepare it with `pspnet prepare {self.PREPARE} SRC {root}` (see docs/datasets.md)"
+        if not image_dir.is_dir():
+            raise FileNotFoundError(
+                f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
+                f"{self.ANNOTATION_DIR}/{self.split}/*{self.SEG_SUFFIX} there{prepare}"
+            )
+        images = sorted(p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith("."))
+        if not images:
+            raise FileNotFoundError(f"no *{self.IMG_SUFFIX} images in {image_dir}{prepare}")
+        files = [(p, ann_dir / (p.name[: -len(self.IMG_SUFFIX)] + self.SEG_SUFFIX)) for p in images]
+        missing = [m for _, m in files if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}")
+        super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        k = self.num_classes
+        stored = f"0 (ignored), 1..{k}" if self.info.reduce_zero_label else f"0..{k - 1}"
+        return (
+            f"{self.info.title} annotations store {stored} and {self.ignore_index} (ignore) ({self.info.label_convention}); "
+            f"this file was not written by `pspnet prepare {self.PREPARE}` or mmsegmentation's converter"
+        )
