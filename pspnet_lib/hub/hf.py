@@ -151,7 +151,7 @@ def from_pretrained_files(
     ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
     (fresh classifiers for another class count, with the same ``model.load_report``).
     """
-    from .loading import Resolved, _build_and_load, load_weights
+    from .loading import _build_and_load, load_weights, read_pretrained_folder
 
     if config is None:
         raise FileNotFoundError(
@@ -172,16 +172,22 @@ def from_pretrained_files(
             force_download=force_download,
             token=token,
         )
-    tensors, _ = read_safetensors(weights_path)
     if num_classes is not None or aux is not None:
         if model_kwargs:
             raise TypeError(f"PSPNet.from_pretrained got unexpected option(s) {sorted(model_kwargs)}")
-        config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        resolved = Resolved(tensors, config_dict, dict(pretrained_cfg or {}), str(weights_path))
+        # The files read as load_pretrained reads them, so that the load reports agree.
+        if os.path.isdir(model_id):
+            config_path, description = Path(model_id) / CONFIG_NAME, model_id
+        else:
+            config_path = hf_file(model_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only, token=token)
+            description = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
+        resolved = read_pretrained_folder(config_path, weights_path, description)
         model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides={}, extra_cfg=None)
         if cls is not type(model):
             raise TypeError(f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained")
         return model.to(map_location).eval()
+    tensors, _ = read_safetensors(weights_path)
     model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
     return model.to(map_location).eval()
