@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, TextIO
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-__all__ = ["progress_enabled", "progress_bar"]
+__all__ = ["progress_enabled", "progress_bar", "tqdm_class"]
 
 #: Environment variables that turn bars off (tqdm's own and huggingface_hub's).
 DISABLE_VARIABLES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
@@ -81,3 +81,16 @@ def progress_bar(
             yield bar
     finally:
         bar.close()
+
+
+class _SilentTqdm(tqdm):
+    """A tqdm that never draws (for libraries that take a ``tqdm_class``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def tqdm_class(progress: bool | None = None) -> type[tqdm]:
+    """The ``tqdm_class`` to hand to ``huggingface_hub`` downloads: drawing only if :func:`progress_enabled`."""
+    return tqdm if progress_enabled(progress) else _SilentTqdm

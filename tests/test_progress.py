@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pspnet_lib._progress import progress_bar, progress_enabled
+from pspnet_lib._progress import progress_bar, progress_enabled, tqdm_class
 from pspnet_lib.engine.evaluate import evaluate
 
 from ._engine_helpers import ColourBlocks, tiny_pspnet
@@ -56,6 +56,9 @@ def test_progress_enabled_rules(clean_env):
         clean_env.delenv(name)
     with pytest.raises(TypeError, match="progress must be None"):
         progress_enabled("yes")
+    # what huggingface_hub downloads get (hf_hub_download(tqdm_class=...)): silent off a terminal
+    silent = tqdm_class(None)
+    assert silent is not tqdm_class(True) and silent(total=3).disable and not tqdm_class(True)(total=3, file=io.StringIO()).disable
 
 
 def _run(env_extra, *, terminal):

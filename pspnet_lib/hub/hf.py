@@ -25,6 +25,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .._progress import tqdm_class
 from .download import OfflineError, is_offline
 from .serialization import read_safetensors, write_json, write_safetensors
 
@@ -82,8 +83,12 @@ def hf_file(
     local_files_only: bool = False,
     force_download: bool = False,
     token: str | bool | None = None,
+    progress: bool | None = None,
 ) -> Path:
-    """One file of a Hub repository via ``hf_hub_download``, with errors that say what to do."""
+    """One file of a Hub repository via ``hf_hub_download``, with errors that say what to do.
+
+    ``progress``: the download bar (None: on a terminal only; see :mod:`pspnet_lib._progress`).
+    """
     offline = is_offline(local_files_only)
     try:
         return Path(
@@ -95,6 +100,7 @@ def hf_file(
                 local_files_only=offline,
                 force_download=force_download,
                 token=token,
+                tqdm_class=tqdm_class(progress),
             )
         )
     except LocalEntryNotFoundError:
@@ -116,11 +122,11 @@ def hf_file(
         raise OSError(f"downloading {filename} of hf-hub:{repo_id} failed: {exc}") from None
 
 
-def resolve_hf(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool):
+def resolve_hf(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, progress: bool | None = None):
     """``hf-hub:`` source -> :class:`~pspnet_lib.hub.loading.Resolved`."""
     from .loading import read_pretrained_folder
 
-    kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
+    kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "progress": progress}
     config_path = hf_file(repo_id, CONFIG_NAME, **kwargs)
     weights_path = hf_file(repo_id, WEIGHTS_NAME, **kwargs)
     description = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")

@@ -463,7 +463,8 @@ def resolve_source(
             raise ValueError("format= applies to checkpoint files, not to Hub repositories (always pspnet_lib)")
         from .hf import resolve_hf
 
-        return resolve_hf(match["repo"], revision=match["rev"] or revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return resolve_hf(match["repo"], revision=match["rev"] or revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only, progress=progress)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", source):
         path = fetch_url(source, None if cache_dir is None else Path(cache_dir), local_files_only=local_files_only, progress=progress)
         return _resolve_path(path, format, trust_pickle)
