@@ -154,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-interval", type=int)
     g.add_argument("--keep-last", type=int)
     g.add_argument("--log-interval", type=int)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (default 0): "
+                   "the same seed on the same machine reproduces a run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
     g = p.add_argument_group("validation protocol")
     g.add_argument("--eval-mode", choices=("whole", "slide"))
@@ -262,11 +263,15 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
     from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-    from ..engine import TrainConfig, Trainer
+    from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 
     name = settings["dataset"]
     config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
+    # Seed before anything random happens (the model's initialisation, the data split and sample,
+    # the transforms): two runs with the same --seed then start from the same weights, and a run
+    # killed before its first checkpoint restarts from the same initialisation.
+    set_seed(config.seed)
     train_split = args.train_split or DEFAULT_SPLITS[name][0]
     val_split = args.val_split or DEFAULT_SPLITS[name][1]
     kwargs = dataset_kwargs(args)

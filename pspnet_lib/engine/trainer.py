@@ -102,7 +102,8 @@ class TrainConfig:
         ckpt_interval: write a checkpoint every this many iterations (0: only at the end).
         keep_last: numbered checkpoints to keep (``latest.pt`` and ``best.pt`` are kept anyway).
         log_interval: iterations between log lines and training-curve points.
-        seed: seed of the data order, augmentation and initial RNG state.
+        seed: seed of the data order, augmentation and the RNG state training starts from (the
+            model's initial weights are drawn when it is built: call :func:`set_seed` first).
         deterministic: ask PyTorch for deterministic algorithms (slower on GPUs).
         out_dir: run directory (``checkpoints/``, ``history.json``, ``metrics.json``, ``model/``).
         progress: show a tqdm progress bar (rank 0).
@@ -207,7 +208,13 @@ class TrainConfig:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices).
+
+    Call it before building the model (and before anything else that draws random numbers): the
+    :class:`Trainer` re-seeds its own streams from ``TrainConfig.seed`` when ``fit()`` starts, but
+    the initial weights of a model built from scratch come from the global RNG at build time.
+    ``pspnet train --seed N`` does this first.
+    """
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
