@@ -10,11 +10,22 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_save", "current_umask", "ensure_dir", "fsync_dir"]
+__all__ = [
+    "OverwritesInputError",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_save",
+    "check_outputs_spare_inputs",
+    "current_umask",
+    "ensure_dir",
+    "fsync_dir",
+    "local_files",
+    "sibling_folder",
+]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -107,3 +118,75 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
+
+
+class OverwritesInputError(ValueError):
+    """An output file would replace one of the command's own input files."""
+
+
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """``path`` with symlinks and ``..`` resolved, and its (device, inode) when it exists (hard links)."""
+    resolved = Path(os.path.realpath(path))
+    try:
+        st = os.stat(resolved)
+    except OSError:
+        return resolved, None
+    return resolved, (st.st_dev, st.st_ino)
+
+
+def check_outputs_spare_inputs(
+    outputs: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike],
+    *,
+    advice: str = "choose another --out",
+) -> None:
+    """Refuse to write any of ``outputs`` that is one of ``inputs``, whatever ``--overwrite`` says.
+
+    Paths are compared after resolving symlinks and ``..``, and existing files also by
+    (device, inode), so a symlink or hard link to an input counts as that input. Call it before
+    anything is written.
+
+    Raises:
+        OverwritesInputError: a ``ValueError`` naming the output, the input it would replace and
+            ``advice`` (how to pick another output).
+    """
+    by_path: dict[Path, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for raw in inputs:
+        path = Path(raw)
+        resolved, inode = _identity(path)
+        by_path.setdefault(resolved, path)
+        if inode is not None:
+            by_inode.setdefault(inode, path)
+    if not by_path:
+        return
+    for raw in outputs:
+        output = Path(raw)
+        resolved, inode = _identity(output)
+        source = by_path.get(resolved) or (by_inode.get(inode) if inode is not None else None)
+        if source is not None:
+            same = "" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else f" (the same file as {output})"
+            raise OverwritesInputError(
+                f"refusing to write {output}: it would replace the input {source}{same}; {advice}"
+            )
+
+
+def local_files(spec: str | os.PathLike) -> list[Path]:
+    """The files that a weights/source argument names on this machine: the file itself, the files
+    directly inside a folder, or nothing (a zoo name, Hub id or URL)."""
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            return [p for p in path.iterdir() if p.is_file()]
+        return [path] if path.is_file() else []
+    except OSError:  # unreadable: the command's own loading reports it
+        return []
+
+
+def sibling_folder(folder: str | os.PathLike, tag: str) -> Path:
+    """``<folder>-<tag>`` next to ``folder`` (to suggest another output folder in messages)."""
+    folder = Path(folder)
+    if folder.name not in ("", ".", ".."):
+        return folder.with_name(f"{folder.name}-{tag}")
+    resolved = Path(os.path.realpath(folder))  # "." or "..": name the folder itself
+    return resolved.with_name(f"{resolved.name or 'out'}-{tag}")

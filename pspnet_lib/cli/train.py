@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("pspnet_lib.cli.train")
@@ -240,6 +241,25 @@ def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes:
     return model
 
 
+#: What a run writes directly into its directory (besides ``checkpoints/``).
+RUN_FILES = ("train_config.json", "history.json", "metrics.json", "model/config.json", "model/model.safetensors",
+             "model/README.md")
+
+
+def check_run_dir(out_dir: str, args: argparse.Namespace) -> None:
+    """Refuse a run directory whose files would replace the run's inputs (before anything is read)."""
+    from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
+
+    out = Path(out_dir)
+    advice = f"choose another --out, e.g. --out {sibling_folder(out, 'run')}"
+    if args.data_root and os.path.realpath(out) == os.path.realpath(args.data_root):
+        raise OverwritesInputError(f"--out {out} is the dataset's directory --data-root {args.data_root}: the run's "
+                                   f"checkpoints and model would be mixed with the data; {advice}")
+    inputs = [p for spec in (args.weights, args.backbone_weights) if spec for p in local_files(spec)]
+    inputs += [Path(spec) for spec in (args.recipe, args.classes) if spec and os.path.isfile(spec)]
+    check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=advice)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         from ..recipes import RECIPES
@@ -259,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.data_root:
         raise ValueError("--data-root DIR is required (the dataset's directory)")
+    check_run_dir(settings["train"]["out_dir"], args)
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
