@@ -143,8 +143,10 @@ def check_outputs_spare_inputs(
     """Refuse to write any of ``outputs`` that is one of ``inputs``, whatever ``--overwrite`` says.
 
     Paths are compared after resolving symlinks and ``..``, and existing files also by
-    (device, inode), so a symlink or hard link to an input counts as that input. Call it before
-    anything is written.
+    (device, inode), so a symlink or hard link to an input counts as that input (conservative:
+    the atomic writers of :func:`atomic_output` would replace a file-level link rather than its
+    target, but a link through a folder, or a writer that is not atomic, would reach the input).
+    Call it before anything is written.
 
     Raises:
         OverwritesInputError: a ``ValueError`` naming the output, the input it would replace and
@@ -165,10 +167,8 @@ def check_outputs_spare_inputs(
         resolved, inode = _identity(output)
         source = by_path.get(resolved) or (by_inode.get(inode) if inode is not None else None)
         if source is not None:
-            same = "" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else f" (the same file as {output})"
-            raise OverwritesInputError(
-                f"refusing to write {output}: it would replace the input {source}{same}; {advice}"
-            )
+            how = "is" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else "is a link to (or through)"
+            raise OverwritesInputError(f"refusing to write {output}: it {how} the input {source}; {advice}")
 
 
 def local_files(spec: str | os.PathLike) -> list[Path]:

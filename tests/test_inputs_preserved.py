@@ -37,7 +37,7 @@ def test_export_over_the_weights_is_refused(model_dir, caplog):
     assert main(["export", "--weights", str(model_dir), "--format", "exported-program",
                  "--out", str(model_dir / "model.safetensors"), "--overwrite"]) == 1
     message = _last_error(caplog)
-    assert "model.safetensors" in message and "would replace the input" in message and "--out" in message
+    assert "model.safetensors" in message and "the input" in message and "--out" in message
     assert _snapshot(model_dir) == before
 
 
@@ -48,7 +48,7 @@ def test_convert_a_folder_into_itself_is_refused(model_dir, tmp_path, caplog):
     for out in (model_dir, link):
         assert main(["convert", str(model_dir), str(out), "--force"]) == 1
         message = _last_error(caplog)
-        assert "would replace the input" in message and f"{out.name}-converted" in message
+        assert "the input" in message and f"{out.name}-converted" in message
     assert _snapshot(model_dir) == before
 
 
@@ -63,7 +63,7 @@ def test_train_refuses_a_run_directory_over_its_inputs(model_dir, tmp_path, capl
     weights_before = _snapshot(model_dir)
     assert main(["train", "--dataset", "folder", "--data-root", str(data), "--out", str(run),
                  "--weights", str(model_dir), "--iters", "1"]) == 1
-    assert "would replace the input" in _last_error(caplog)
+    assert "the input" in _last_error(caplog)
     assert _snapshot(data) == before and _snapshot(model_dir) == weights_before
     assert not (run / "checkpoints").exists() and not (data / "checkpoints").exists()
 
@@ -76,3 +76,11 @@ def test_weights_demo_never_writes_over_its_weights(tmp_path, caplog):
     assert main(["demo", "--weights", str(folder), "--out", str(folder), "--overwrite"]) == 1
     assert "astronaut_mask.png" in _last_error(caplog)
     assert victim.read_bytes() == b"not a picture"
+
+
+def test_eval_report_over_the_weights_is_refused(model_dir, tmp_path, caplog):
+    before = _snapshot(model_dir)
+    assert main(["eval", "--weights", str(model_dir), "--dataset", "folder", "--data-root", str(tmp_path),
+                 "--json", str(model_dir / "config.json")]) == 1
+    assert "config.json" in _last_error(caplog) and "--json" in _last_error(caplog)
+    assert _snapshot(model_dir) == before

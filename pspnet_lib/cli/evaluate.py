@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dataset or not args.data_root:
         raise ValueError("pass --dataset {voc,ade20k,cityscapes,folder} and --data-root DIR")
+    if args.json:
+        from .._files import check_outputs_spare_inputs, local_files
+
+        check_outputs_spare_inputs([args.json], local_files(args.weights), advice="choose another --json file")
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
