@@ -7,6 +7,7 @@ through here, so an interrupted write never leaves a half-written file that a la
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ __all__ = [
     "atomic_output",
     "atomic_write_bytes",
     "atomic_save",
+    "atomic_save_safetensors",
     "check_outputs_spare_inputs",
     "current_umask",
     "ensure_dir",
@@ -118,6 +120,31 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file atomically and byte-for-byte reproducibly.
+
+    ``safetensors`` serialises the metadata through a Rust hash map, whose key order changes from
+    one call to the next, so the same tensors and metadata gave different bytes (and checksums).
+    The header is written back as JSON with sorted keys; tensor data and offsets are unchanged,
+    so any safetensors reader reads the same file.
+    """
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save(contiguous, metadata=dict(metadata) if metadata else None)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    canonical += b" " * (-len(canonical) % 8)  # the format pads the header to 8 bytes with spaces
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(canonical).to_bytes(8, "little"))
+            f.write(canonical)
+            f.write(memoryview(data)[8 + size :])
 
 
 class OverwritesInputError(ValueError):
