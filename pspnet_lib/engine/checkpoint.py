@@ -172,7 +172,7 @@ def load_resume_checkpoint(
         try:
             state = load_checkpoint(path, map_location=map_location)
         except (ValueError, OSError, RuntimeError) as exc:
-            failures.append((path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            failures.append((path, _short_reason(exc, path)))
             continue
         if failures:
             logger.warning(
@@ -188,6 +188,14 @@ def load_resume_checkpoint(
         f"cannot resume: none of the {len(failures)} checkpoint(s) can be read ({tried}). Restore a copy of one, "
         "or start a new run with another --out (out_dir)"
     )
+
+
+def _short_reason(exc: BaseException, path: Path) -> str:
+    """The gist of a reader's error about ``path``, without the path and the advice around it."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = text.replace(f"cannot read checkpoint {path} ", "").replace(str(path), "it")
+    text = re.sub(r"^\((\d+ bytes)\): ", r"\1, ", text).split(". ")[0].rstrip(".")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 #: The message of the RuntimeError that torch's zip writer raises when the file system stops taking data.
