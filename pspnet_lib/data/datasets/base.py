@@ -62,6 +62,10 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    #: Whether ``ignore_index`` is this dataset's documented "not scored" value (void, borders,
+    #: unlabeled): then :meth:`verify` never suggests mapping it to a class. Only one's own folders
+    #: may hold binary 0/255 masks where 255 means a class.
+    IGNORE_IS_CONVENTION: bool = True
 
     def __init__(
         self,
@@ -201,6 +205,7 @@ class SegmentationDataset(Dataset):
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
+        seen: set[int] = set()
         errors: list[str] = []
         indices: Sequence[int] = range(len(self))
         if max_images is not None and len(self) > max_images:
@@ -214,6 +219,8 @@ class SegmentationDataset(Dataset):
                     break
                 continue
             values = mask.numpy().ravel()
+            if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
+                seen.update(int(v) for v in np.unique(values))
             ignored += int((values == self.ignore_index).sum())
             counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
         if len(errors) == 1:
@@ -224,14 +231,17 @@ class SegmentationDataset(Dataset):
         if absent and warn_absent:
             where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
             hint = ""
-            if ignored:
-                # The usual cause: a class stored as 255 (binary 0/255 masks), which means "ignore".
+            if seen == {0, self.ignore_index} and not self.IGNORE_IS_CONVENTION and self.num_classes >= 2:
+                # Two-valued 0/255 masks: the usual binary-mask export, where 255 means the object
+                # class, not "ignore". Anything else with 255 (void, borders) is left alone: mapping
+                # it to a class would teach the model that void is, e.g., "bicycle".
                 hint = (
-                    f"; {ignored} pixels are {self.ignore_index} (ignored). If your masks store a class as "
-                    f"{self.ignore_index} (e.g. 0/255 binary masks), remap it: label_map={{{self.ignore_index}: "
-                    f"{self.classes.index(absent[-1])}}} (CLI: --label-map {self.ignore_index}:"
-                    f"{self.classes.index(absent[-1])})"
+                    f"; every mask read holds only 0 and {self.ignore_index} ({ignored} pixels, ignored). If these "
+                    f"are binary masks with the object stored as {self.ignore_index}, remap it: "
+                    f"label_map={{{self.ignore_index}: 1}} (CLI: --label-map {self.ignore_index}:1)"
                 )
+            elif ignored:
+                hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
             logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
         return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
 
@@ -252,3 +262,92 @@ def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
 def _save_png_atomically(array: np.ndarray, path: Path) -> None:
     with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: Path, highest: int) -> None:
+    """Raise naming ``path`` if ``stored`` holds a value above ``highest`` other than the ignore index.
+
+    Called before a label mapping (e.g. ``reduce_zero_label``), so that the message quotes the
+    values as they are stored in the file.
+    """
+    bad = (stored > highest) & (stored != dataset.ignore_index)
+    if bad.any():
+        values = np.unique(stored[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise ValueError(f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
+                         f"{type(dataset).__name__}; " + dataset.value_hint(path, values))
+
+
+def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
+
+    A stored ``ignore_index`` stays ``ignore_index`` (as in mmseg's ``LoadAnnotations``, where
+    255 - 1 = 254 is set back to 255). Returns int64 of the same shape.
+    """
+    mask = stored.astype(np.int64) - 1
+    mask[(stored == 0) | (stored == ignore_index)] = ignore_index
+    return mask
+
+
+class ImageAnnotationDirs(SegmentationDataset):
+    """Base of the datasets in mmsegmentation's prepared layout: ``<images>/<split>`` + ``<annotations>/<split>``.
+
+    An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
+    ``<annotations>/<split>/<stem><SEG_SUFFIX>``. Subclasses set the class attributes below;
+    ``dataset_info`` names the :class:`~pspnet_lib.data.metadata.DatasetInfo` that gives the
+    class names, palette and whether ``reduce_zero_label`` applies.
+
+    Args:
+        root: the dataset's directory (as written by ``pspnet prepare <dataset>``).
+        split: a split name of :attr:`SPLITS` (aliases such as ``val`` for ``test2014`` are accepted).
+        transforms: joint transform called as ``transforms(image, mask)``.
+    """
+
+    DATASET_KEY: str = ""
+    IMAGE_DIR: str = "img_dir"
+    ANNOTATION_DIR: str = "ann_dir"
+    IMG_SUFFIX: str = ".png"
+    SEG_SUFFIX: str = ".png"
+    #: split names accepted -> folder name under IMAGE_DIR / ANNOTATION_DIR
+    SPLITS: dict[str, str] = {"train": "train", "val": "val"}
+    #: the ``pspnet prepare`` sub-command that writes this layout
+    PREPARE: str = ""
+
+    def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
+        from ..metadata import get_dataset_info
+
+        self.info = get_dataset_info(self.DATASET_KEY)
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown {self.info.title} split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = root, self.SPLITS[split]
+        image_dir, ann_dir = root / self.IMAGE_DIR / self.split, root / self.ANNOTATION_DIR / self.split
+        prepare = f"; prepare it with `pspnet prepare {self.PREPARE} SRC {root}` (see docs/datasets.md)"
+        if not image_dir.is_dir():
+            raise FileNotFoundError(
+                f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
+                f"{self.ANNOTATION_DIR}/{self.split}/*{self.SEG_SUFFIX} there{prepare}"
+            )
+        images = sorted(p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith("."))
+        if not images:
+            raise FileNotFoundError(f"no *{self.IMG_SUFFIX} images in {image_dir}{prepare}")
+        files = [(p, ann_dir / (p.name[: -len(self.IMG_SUFFIX)] + self.SEG_SUFFIX)) for p in images]
+        missing = [m for _, m in files if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}")
+        super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        k = self.num_classes
+        stored = f"0 (ignored), 1..{k}" if self.info.reduce_zero_label else f"0..{k - 1}"
+        return (
+            f"{self.info.title} annotations store {stored} and {self.ignore_index} (ignore) ({self.info.label_convention}); "
+            f"this file was not written by `pspnet prepare {self.PREPARE}` or mmsegmentation's converter"
+        )
