@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
-    from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.constants import input_channels, input_stats
     from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)")
     model = build_model(settings, args, num_classes)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    mean, std = input_stats(cfg, input_channels(model))
     aug = dict(settings["augment"])
     train_set = build_dataset(name, args.data_root, train_split,
                               train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs)

@@ -1,7 +1,8 @@
 """The dataset contract and the file helpers every dataset module shares.
 
 Every dataset follows one contract. ``dataset[i]`` returns ``transforms(image, mask)``, where without
-transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (3, H, W), RGB) and ``mask`` a
+transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (C, H, W): RGB for the default
+``in_channels=3``, grey for 1, the file's N bands for N) and ``mask`` a
 :class:`torchvision.tv_tensors.Mask` (int64, (H, W)) holding class indices ``0..num_classes-1`` and
 ``ignore_index`` (255) for pixels that are not scored. Attributes: ``classes`` (names), ``palette``
 (one RGB tuple per class), ``num_classes``, ``ignore_index`` and ``files`` (``(image_path, mask_path)``
@@ -25,7 +26,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..._files import atomic_output
-from ...inference.images import pil_to_rgb
+from ...inference.images import pil_to_array, pil_to_rgb
+from ...inference.images import read_image as _read_image_file
 from ..constants import IGNORE_INDEX
 
 __all__ = ["SegmentationDataset", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS"]
@@ -37,7 +39,7 @@ PathLike = str | os.PathLike
 Transforms = Callable[[Any, Any], Any]
 Palette = list[tuple[int, int, int]]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
@@ -74,7 +76,11 @@ class SegmentationDataset(Dataset):
         palette: Sequence[Sequence[int]] | None = None,
         transforms: Transforms | None = None,
         ignore_index: int = IGNORE_INDEX,
+        in_channels: int = 3,
     ) -> None:
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        self.in_channels = in_channels
         self.files = [(Path(i), Path(m)) for i, m in files]
         self.classes = [str(c) for c in classes]
         if not self.classes:
@@ -106,12 +112,12 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """The untransformed sample ``index``: uint8 RGB image and int64 mask, sizes checked."""
         image_path, mask_path = self.files[index]
-        image = self.read_image(image_path)
+        image = self.read_image(image_path, channels=self.in_channels)
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
         if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
             # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
             # follow the rotated picture. Use that orientation when it is the one the mask has.
-            rotated = self.read_image(image_path, exif_orientation=True)
+            rotated = self.read_image(image_path, exif_orientation=True, channels=self.in_channels)
             if rotated.shape[:2] == mask.shape:
                 image = rotated
         if image.shape[:2] != mask.shape:
@@ -124,17 +130,31 @@ class SegmentationDataset(Dataset):
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     @staticmethod
-    def read_image(path: Path, exif_orientation: bool = False) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it).
+    def read_image(path: Path, exif_orientation: bool = False, channels: int = 3) -> np.ndarray:
+        """``(H, W, channels)`` uint8 array of an image file, read as ``predict`` reads it.
 
+        ``channels`` is the model's ``in_channels``: 3 gives RGB (any picture), 1 grayscale, N a
+        multi-page TIFF, an N-band picture or a ``.npy`` array ``(H, W, N)`` (float arrays on the
+        0..1 scale become ``round(255 * v)``). Pixel values follow the fixed rules of
+        :mod:`pspnet_lib.inference.images` (16-bit ``/ 257``, float 0..1), never the content.
         With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
         viewers and ``predict`` do); without, the pixels are taken as stored.
         """
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            if not path.is_file():
+                raise FileNotFoundError(f"image file {path} does not exist")
+            array = _read_image_file(path, channels)
+            if array.dtype != np.uint8:
+                array = (array.astype(np.float64) * 255.0).round().astype(np.uint8)
+            return array
         try:
             with Image.open(path) as picture:
                 if exif_orientation:
                     picture = ImageOps.exif_transpose(picture)
-                return np.array(pil_to_rgb(picture))
+                if channels == 3:
+                    return np.array(pil_to_rgb(picture, what=str(path)))
+                return pil_to_array(picture, channels, what=str(path))
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
         except (UnidentifiedImageError, OSError) as error:

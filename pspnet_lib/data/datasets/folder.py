@@ -140,6 +140,9 @@ class FolderDataset(SegmentationDataset):
             (a fixed shuffle by ``seed``) as ``val`` and use the rest as ``train``.
         seed: seed of that shuffle.
         ignore_index: mask value not scored.
+        in_channels: channels of the images as the model takes them (``config.in_channels``): 3
+            reads every picture as RGB, 1 as grayscale, N multi-page TIFFs / N-band pictures /
+            ``.npy`` arrays ``(H, W, N)`` (see :meth:`SegmentationDataset.read_image`).
     """
 
     IGNORE_IS_CONVENTION = False
@@ -160,6 +163,7 @@ class FolderDataset(SegmentationDataset):
         seed: int = 0,
         ignore_index: int = IGNORE_INDEX,
         ignore_colours: Sequence[Sequence[int]] | None = None,
+        in_channels: int = 3,
     ) -> None:
         root = Path(root)
         self.root, self.split = root, split
@@ -207,7 +211,7 @@ class FolderDataset(SegmentationDataset):
             files = [pairs[s] for s in stems]
         else:
             files = [pairs[s] for s in sorted(pairs)]
-        super().__init__(files, names, colours, transforms, ignore_index)
+        super().__init__(files, names, colours, transforms, ignore_index, in_channels)
 
     @staticmethod
     def _resolve_classes(root: Path, classes: Sequence[str] | PathLike | None) -> list[str]:
