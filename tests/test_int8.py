@@ -190,6 +190,21 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_predict_fast_int8_cli(model, tmp_path, capsys, caplog):
+    weights = save_model_dir(model, tmp_path / "weights")
+    pics = _write_pictures(tmp_path / "pics", 3, size=(40, 33))
+    (pics / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    argv = ["predict", str(pics), "--weights", str(weights), "--out", str(out), "--fast", "--dtype", "int8",
+            "--calibration-count", "4", "--no-resize"]
+    assert main(argv) == 1  # the broken file is reported and skipped (exit 1), the others are segmented
+    assert "segmented 3 of 4" in capsys.readouterr().out
+    mask = np.asarray(Image.open(out / "pic_00.png"))
+    assert mask.shape == (33, 40) and mask.max() < 5
+    assert main(["predict", str(pics), "--weights", str(weights), "--out", str(tmp_path / "o2"), "--dtype", "int8"]) == 1
+    assert "--dtype int8 applies to --fast only" in caplog.text
+
+
 # ---------------------------------------------------------------- optimize_for_inference(dtype="int8")
 
 def _depth_model(depth):

@@ -123,10 +123,16 @@ def calibration_images(
     transform = build_transforms(resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
     out = []
     for item in items:
-        image = to_rgb_tensor(load_image(item) if isinstance(item, (str, os.PathLike)) else item)
+        try:
+            image = to_rgb_tensor(load_image(item) if isinstance(item, (str, os.PathLike)) else item)
+        except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
+            logger.warning("calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc)
+            continue
         if image.dtype != torch.uint8:  # float [0, 1] -> the uint8 the transforms expect
             image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
         out.append(transform(image).unsqueeze(0).contiguous())
+    if not out:
+        raise ValueError(f"none of the {len(items)} calibration picture(s) could be read")
     return out
 
 
