@@ -88,14 +88,18 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint safely (``weights_only=True``) and check that it is one."""
+    """Load a training checkpoint safely and check that it is one.
+
+    Read through :func:`pspnet_lib.hub.serialization.read_checkpoint` (tensors and plain data
+    only); a torn, foreign or unsafe file raises :class:`~pspnet_lib.hub.CheckpointError`
+    naming it.
+    """
+    from ..hub.serialization import read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a torn or foreign file: say which and why
-        raise RuntimeError(f"could not read checkpoint {path}: {exc}") from exc
+    state = read_checkpoint(path, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a pspnet_lib training checkpoint (to start from pretrained weights use "
