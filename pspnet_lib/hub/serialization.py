@@ -192,6 +192,15 @@ def _inert_scalar(dtype: Any = None, data: Any = None, *rest: Any) -> Any:
     return np.frombuffer(raw, dtype=plain)[0].item()
 
 
+def _inert_bytes(*args: Any) -> bytes | InertObject:
+    """Bound to ``builtins.bytes`` (protocol 2 pickles ``b""`` as ``bytes()``); never ``bytes(n)``, which allocates n bytes."""
+    if not args:
+        return b""
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytes(args[0])
+    return InertObject("bytes", "not built from bytes")
+
+
 class _ArrayRecord:
     """Bound to ``numpy.ndarray`` and returned by ``_reconstruct``: records an array's state."""
 
@@ -266,6 +275,8 @@ def _stand_in(name: str) -> Any | None:
         return _inert_reconstruct
     if name in _SCALAR_NAMES:
         return _inert_scalar
+    if name == "builtins.bytes":
+        return _inert_bytes
     if name.startswith(_OPENMMLAB_PREFIXES) or name.startswith("numpy.dtypes."):
         return _stand_in_for(name)
     return None
@@ -383,12 +394,14 @@ def pickle_globals(path: str | os.PathLike) -> set[str]:
     return found
 
 
-def _refusal(path: Path, refused: list[str]) -> str:
+_OPT_IN = "If you trust this file, pass trust_pickle=True (CLI: --trust-pickle)"
+
+
+def _refusal(path: Path, refused: list[str], opt_in: str) -> str:
     shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
     return (
         f"refusing to unpickle {path}: it needs {shown}, which could run arbitrary code and is not needed for the "
-        "weights. If you trust this file, pass trust_pickle=True (CLI: --trust-pickle); otherwise re-save its state "
-        "dict with torch.save(state_dict, ...) or as safetensors."
+        f"weights. {opt_in}; otherwise re-save its state dict with torch.save(state_dict, ...) or as safetensors."
     )
 
 
@@ -432,6 +445,7 @@ def read_checkpoint(
     trust_pickle: bool = False,
     map_location: str | torch.device = "cpu",
     mmap: bool = False,
+    opt_in: str = _OPT_IN,
 ) -> Any:
     """Load a ``torch.save`` file without executing code from it.
 
@@ -443,7 +457,7 @@ def read_checkpoint(
         FileNotFoundError / IsADirectoryError: ``path`` is missing or a folder.
         CheckpointError: naming the file for bytes that are no checkpoint (truncated, corrupt,
             an HTML page), and for a pickle that needs globals outside the allow-list (listing
-            them, with the ``trust_pickle=True`` / ``--trust-pickle`` opt-in).
+            them, with ``opt_in``: by default the ``trust_pickle=True`` / ``--trust-pickle`` opt-in).
     """
     global _records
     path = Path(path)
@@ -460,7 +474,7 @@ def read_checkpoint(
         raise CheckpointError(_unreadable_message(path, exc if str(exc) else "not a pickle")) from None
     refused = sorted(n for n in needed if _stand_in(n) is None and not _torch_allows(n))
     if refused:
-        raise CheckpointError(_refusal(path, refused))
+        raise CheckpointError(_refusal(path, refused, opt_in))
     allowed = [(_stand_in(n), n) for n in needed if _stand_in(n) is not None]
     with _LOAD_LOCK:
         # Exactly this allow-list: globals added elsewhere in the process (add_safe_globals) could
@@ -476,8 +490,8 @@ def read_checkpoint(
             raise CheckpointError(f"cannot read checkpoint {path}: its metadata is nested too deeply") from None
         except pickle.UnpicklingError as exc:
             raise CheckpointError(
-                f"refusing to unpickle {path}: {_reason(exc)}. Weights files need only tensors and plain containers; "
-                "if you trust this file, pass trust_pickle=True (CLI: --trust-pickle)."
+                f"refusing to unpickle {path}: {_reason(exc)}. Weights files need only tensors and plain containers. "
+                f"{opt_in}."
             ) from None
         except Exception as exc:  # the unpickler fails in many ways on damaged bytes (IndexError, EOFError, ...)
             raise CheckpointError(_unreadable_message(path, exc)) from None
