@@ -1,13 +1,12 @@
 """pspnet_lib: a faithful, pretrained, fast PSPNet for PyTorch."""
 
+from ._version import __version__
 from .assets import sample_images
 from .hub import get_weights, list_pretrained, load_pretrained
 from .inference.predict import Prediction, predict
 from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
 from .runtime import optimize_for_inference
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
