@@ -336,7 +336,7 @@ def test_huge_num_classes_is_refused_fast_and_small(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith("CheckpointError ") and str(folder / "config.json") in lines[0]
-    assert "num_classes must be an integer in [1, 65536], got 1000000000" in lines[0]
+    assert "num_classes must be a positive integer (at most 65536), got 1000000000" in lines[0]
     growth_kb = int(lines[1].split()[1])
     seconds = float(lines[2].split()[1])
     assert growth_kb < 500 * 1024 and seconds < 10
@@ -352,8 +352,8 @@ def test_huge_num_classes_is_refused_fast_and_small(tmp_path):
         ({"pretrained_cfg__tta__scales": [0.5, 100]}, r"pretrained_cfg tta.scales must be a list of 1 to 16 numbers"),
         ({"config__dropout": "0.1"}, r"dropout must be a number in \[0, 1\), got '0.1'"),
         ({"config__align_corners": "yes"}, r"align_corners must be true or false, got 'yes'"),
-        ({"config__bins": [1, "2"]}, r"bins\[1\] must be an integer"),
-        ({"config__head_channels": 10**6}, r"head_channels must be an integer in \[1, 8192\]"),
+        ({"config__bins": [1, "2"]}, r"bins\[1\] must be a positive integer"),
+        ({"config__head_channels": 10**6}, r"head_channels must be a positive integer \(at most 8192\)"),
         ({"pretrained_cfg__classes": [1, 2, 3]}, r"pretrained_cfg classes must be a list of class names \(strings\), got \[1, 2, 3\]"),
         ({"pretrained_cfg__palette": ["red", "green", "blue"]}, r"pretrained_cfg palette must be a list of \[r, g, b\] colours"),
         ({"pretrained_cfg__std": [0, 0, 0]}, r"pretrained_cfg std must be positive numbers"),
@@ -449,3 +449,15 @@ def test_safetensors_header_dtype_that_lies(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"decode_head.classifier.weight \(torch.int32\)"):
         load_pretrained(folder)
+
+
+def test_from_pretrained_checks_the_same_values(tmp_path):
+    from pspnet_lib import PSPNet
+
+    folder = _save_folder(tmp_path, config__align_corners="yes")
+    with pytest.raises(CheckpointError, match=r"config.json\): align_corners must be true or false, got 'yes'") as info:
+        PSPNet.from_pretrained(folder)
+    _one_line(str(info.value))
+    folder = _save_folder(tmp_path, "std0", pretrained_cfg__std=[0, 0, 0])
+    with pytest.raises(CheckpointError, match=r"pretrained_cfg std must be positive numbers"):
+        PSPNet.from_pretrained(folder)

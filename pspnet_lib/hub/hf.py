@@ -166,7 +166,22 @@ def from_pretrained_files(
             force_download=force_download,
             token=token,
         )
-    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
+    from ..models.pspnet import PSPNetConfig
+    from .serialization import CheckpointError
+    from .validation import check_tensors, validate_pretrained_cfg
+
+    source = f"{model_id} ({CONFIG_NAME})"
+    try:  # the same checks as load_pretrained, before anything is allocated
+        if not isinstance(config, PSPNetConfig):
+            config = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=config.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     tensors, _ = read_safetensors(weights_path)
+    try:
+        check_tensors(tensors, str(weights_path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
     return model.to(map_location).eval()

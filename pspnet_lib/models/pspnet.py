@@ -44,7 +44,8 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        what = f"a positive integer (at most {high})" if low == 1 else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
 
