@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="which torch.onnx exporter to use"
     )
     parser.add_argument(
-        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 RGB (N, 3, H, W)"
+        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)"
     )
     parser.add_argument("--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns")
     parser.add_argument("--check", action="store_true", help="ONNX only: compare ONNX Runtime with PyTorch at three sizes")
@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import export as ex
     from ..inference.predict import load_model
 
+    from .._files import check_outputs_spare_inputs, local_files
+
+    # e.g. --format torchscript --out run/checkpoints/latest.pt --overwrite: the weights themselves
+    check_outputs_spare_inputs([args.out], local_files(args.weights),
+                               advice="choose another --out file")
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     expected = _SUFFIXES[args.format]

@@ -25,8 +25,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .._files import atomic_save_safetensors
 from .download import OfflineError, is_offline
-from .serialization import read_safetensors, write_json, write_safetensors
+from .serialization import read_safetensors, write_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
 
@@ -53,7 +54,8 @@ def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
         "pspnet_lib.pretrained_cfg": json.dumps(pretrained_cfg, sort_keys=True),
     }
     module = model.module if hasattr(model, "module") else model
-    write_safetensors(module.state_dict(), save_directory / WEIGHTS_NAME, metadata)
+    # Reproducible bytes: the same weights give the same file (and checksum) every time.
+    atomic_save_safetensors(module.state_dict(), save_directory / WEIGHTS_NAME, metadata)
     write_json(
         {"config": config, "pretrained_cfg": pretrained_cfg, "library": "pspnet_lib", "pspnet_lib_version": __version__},
         save_directory / CONFIG_NAME,
