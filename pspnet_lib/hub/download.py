@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlparse
 import torch
 import torch.hub
 from filelock import FileLock, Timeout
+from safetensors import SafetensorError, safe_open
 
 from .._files import atomic_write_bytes, fsync_dir, remove_stale_temporaries
 from .registry import Weights
@@ -59,6 +60,7 @@ __all__ = [
     "file_lock",
     "lock_for",
     "remove_leftovers",
+    "tidy_entry",
     "discard_unreadable_download",
     "load_cached",
     "save_cached",
@@ -127,7 +129,7 @@ LOCK_DIR = ".locks"
 _FOREIGN_PARTIAL_AGE_S = 3600.0
 
 
-def _lock(cache_dir: Path, name: str) -> Any:
+def _lock(cache_dir: Path, name: str, timeout: float = -1) -> Any:
     try:
         lock_dir = cache_dir / LOCK_DIR
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,7 @@ def _lock(cache_dir: Path, name: str) -> Any:
         return contextlib.nullcontext()
     if not os.access(lock_dir, os.W_OK):
         return contextlib.nullcontext()
-    return FileLock(str(lock_dir / f"{name}.lock"))
+    return FileLock(str(lock_dir / f"{name}.lock"), timeout=timeout)
 
 
 def file_lock(dest: Path) -> Any:
@@ -485,7 +487,8 @@ def is_cached(weights: Weights, cache_dir: str | os.PathLike | None = None) -> b
     return verify_cached(weights, cache_dir) is None
 
 
-def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify an entry (and read its tensors when ``load``); raises FileNotFoundError if absent."""
     if not (st.is_file() and js.is_file()):
         raise FileNotFoundError(f"{st} and {js}")
     try:
@@ -502,9 +505,10 @@ def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.T
             f"{st} was modified: its sha256 {digest[:16]}... differs from the {record['safetensors_sha256'][:16]}... "
             f"recorded in {js}"
         )
-    if not load:
-        return None
-    tensors, metadata = read_safetensors(st)
+    if load:
+        tensors, metadata = read_safetensors(st)
+    else:
+        tensors, metadata = {}, _safetensors_metadata(st)
     after = os.stat(st)
     if (after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns) != (
         before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns
@@ -518,6 +522,14 @@ def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.T
         if inside != record[key]:
             raise CheckpointError(f"the {key} in {js} differs from the one recorded inside {st}")
     return tensors, record
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read the safetensors header of {path}: {exc}") from None
 
 
 def load_cached(
@@ -606,6 +618,26 @@ def lock_for(weights: Weights, cache_dir: Path) -> Any:
     report the problem.
     """
     return _EntryLock(weights, cache_dir)
+
+
+def tidy_entry(weights: Weights, cache_dir: Path) -> list[Path]:
+    """Remove what interrupted downloads and conversions of ``weights`` left, unless a process is at work.
+
+    Takes the entry's and the original file's locks without waiting: if another process holds
+    either, its temporary files may be in use and nothing is touched. Returns the removed paths.
+    """
+    if not cache_dir.is_dir():
+        return []
+    removed: list[Path] = []
+    with contextlib.suppress(Timeout, OSError):
+        with _lock(cache_dir, weights.cache_stem, timeout=0) as held:
+            if held is None:  # a read-only cache: nothing could be removed anyway
+                return []
+            with _lock(cache_dir, weights.filename, timeout=0):
+                removed += [p for path in cached_paths(weights, cache_dir) for p in remove_stale_temporaries(path)]
+                removed += _remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
+                removed += remove_leftovers(cache_dir / weights.filename)
+    return removed
 
 
 class _EntryLock:

@@ -27,6 +27,7 @@ from .download import (
     lock_for,
     save_cached,
     sha256_file,
+    tidy_entry,
 )
 from .registry import Weights, get_weights, resolve_name
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
@@ -221,6 +222,7 @@ def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, p
     # Cache files are only ever renamed into place, so reading needs no lock (and works on a
     # read-only cache). An entry that does not verify is only removed under the lock: without it,
     # this could be another process's rebuild caught between its two renames.
+    tidy_entry(weights, cache_dir)
     resolved = from_cache(discard=False)
     if resolved is not None:
         return resolved
