@@ -1,0 +1,296 @@
+"""One's own images and masks in a folder, and the class-name / palette text files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..constants import IGNORE_INDEX
+from .base import (
+    _LOSSY_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    Palette,
+    PathLike,
+    SegmentationDataset,
+    Transforms,
+    _default_palette,
+    _show,
+)
+
+__all__ = ["FolderDataset", "has_split", "read_classes_file", "read_palette_file"]
+
+
+def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -> str | None:
+    """The suffix that turns every unmatched image stem into an unmatched mask stem, if there is one."""
+    if not image_stems or not mask_stems:
+        return None
+    suffixes = set()
+    for mask in mask_stems:
+        owners = [image for image in image_stems if mask.startswith(image) and len(mask) > len(image)]
+        if not owners:
+            return None
+        suffixes.add(mask[len(max(owners, key=len)):])
+    return suffixes.pop() if len(suffixes) == 1 else None
+
+
+def has_split(root: PathLike, split: str, image_dir: str = "images", mask_dir: str = "masks") -> bool:
+    """Whether a folder dataset at ``root`` defines ``split`` (a split list or sub-folders)."""
+    root = Path(root)
+    return (
+        (root / "splits" / f"{split}.txt").is_file()
+        or (root / f"{split}.txt").is_file()
+        or (root / image_dir / split).is_dir()
+    )
+
+
+def read_classes_file(path: PathLike) -> list[str]:
+    """Class names from a text file, one per line in index order (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classes file {path} does not exist")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"classes file {path} lists no class names (expected one name per line)")
+    if len(set(names)) != len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"classes file {path} repeats class name(s) {', '.join(duplicates)}")
+    return names
+
+
+def read_palette_file(path: PathLike) -> Palette:
+    """Colours from a text file, one ``R G B`` (or ``R,G,B``) line per class in index order."""
+    path = Path(path)
+    palette = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.replace(",", " ").split()
+        try:
+            colour = tuple(int(v) for v in parts)
+        except ValueError:
+            colour = ()
+        if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+            raise ValueError(f"{path}:{number}: expected 'R G B' with values 0..255, got {line.strip()!r}")
+        palette.append(colour)
+    return palette
+
+
+class FolderDataset(SegmentationDataset):
+    """One's own images and masks in a folder (the fine-tuning case).
+
+    Layout (see docs/datasets.md)::
+
+        root/
+          classes.txt            one class name per line; line i is mask value i
+          palette.txt            optional: "R G B" per class (colours; also decodes RGB masks)
+          images/  a.jpg b.png ...      (or images/train/, images/val/ ...)
+          masks/   a.png b.png ...      (or masks/train/, masks/val/ ...)
+          splits/  train.txt val.txt    optional: image stems, one per line (or root/train.txt)
+
+    Masks are PNG (or BMP/TIFF) files whose pixel values are class indices, single-channel or
+    paletted, 255 = ignore; an image and its mask share a file stem (``a.jpg`` <-> ``a.png``,
+    or ``a_mask.png`` with ``mask_suffix="_mask"``). Colour (RGB) masks are decoded with the
+    palette when one is given (``palette.txt`` or ``palette=``).
+
+    Args:
+        root: the folder.
+        split: ``None`` for every pair in ``images/``; otherwise a split name, found as
+            ``splits/<split>.txt`` or ``<split>.txt`` in root, or as sub-folders ``images/<split>/``
+            and ``masks/<split>/``, or (``train``/``val`` only) drawn with ``val_fraction``.
+        classes: class names: ``None`` reads ``root/classes.txt``; a list; or a path to such a file.
+        palette: colours per class; ``None`` reads ``root/palette.txt`` if present, else distinct defaults.
+        transforms: joint transform.
+        image_dir, mask_dir: sub-folder names.
+        mask_suffix: mask stem = image stem + this suffix.
+        label_map: remap stored mask values before use, e.g. ``{255: 1}`` for binary masks saved
+            as 0/255 (values not in the map are kept).
+        val_fraction: when the folder has no split information, hold out this fraction of the pairs
+            (a fixed shuffle by ``seed``) as ``val`` and use the rest as ``train``.
+        seed: seed of that shuffle.
+        ignore_index: mask value not scored.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str | None = None,
+        classes: Sequence[str] | PathLike | None = None,
+        palette: Sequence[Sequence[int]] | PathLike | None = None,
+        transforms: Transforms | None = None,
+        *,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        mask_suffix: str = "",
+        label_map: Mapping[int, int] | None = None,
+        val_fraction: float | None = None,
+        seed: int = 0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        root = Path(root)
+        self.root, self.split = root, split
+        images_root, masks_root = root / image_dir, root / mask_dir
+        if not images_root.is_dir() or not masks_root.is_dir():
+            raise FileNotFoundError(
+                f"{root} is not a segmentation folder: expected {image_dir}/ (pictures) and {mask_dir}/ (PNG masks "
+                f"with the same file stems) in it{'' if root.is_dir() else ' (the directory does not exist)'}; "
+                "see docs/datasets.md"
+            )
+        names = self._resolve_classes(root, classes)
+        colours, self._explicit_palette = self._resolve_palette(root, palette, len(names))
+        self.mask_suffix = mask_suffix
+        self.label_map = dict(label_map) if label_map else None
+
+        image_folder, mask_folder, stems = images_root, masks_root, None
+        if split is not None:
+            split_file = next((p for p in (root / "splits" / f"{split}.txt", root / f"{split}.txt") if p.is_file()), None)
+            if split_file is not None:
+                stems = [Path(line.strip()).stem for line in split_file.read_text().splitlines() if line.strip()]
+                if not stems:
+                    raise ValueError(f"split file {split_file} lists no images")
+            elif (images_root / split).is_dir():
+                image_folder, mask_folder = images_root / split, masks_root / split
+                if not mask_folder.is_dir():
+                    raise FileNotFoundError(f"{image_folder} exists but {mask_folder} does not; masks of split {split!r} go there")
+            elif val_fraction is not None and split in ("train", "val"):
+                stems = self._holdout(self._pairs(images_root, masks_root), split, val_fraction, seed)
+            else:
+                raise FileNotFoundError(
+                    f"no split {split!r} in {root}: expected {root / 'splits' / f'{split}.txt'} or {root / f'{split}.txt'} "
+                    f"(image stems, one per line), or sub-folders {image_dir}/{split}/ and {mask_dir}/{split}/"
+                    + ("; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
+                       if split in ("train", "val") else "")
+                    + "; or split=None for all pairs"
+                )
+        pairs = self._pairs(image_folder, mask_folder)
+        if stems is not None:
+            unknown = [s for s in stems if s not in pairs]
+            if unknown:
+                raise FileNotFoundError(f"split {split!r} names image(s) with no image/mask pair in {image_folder}: {_show(unknown)}")
+            files = [pairs[s] for s in stems]
+        else:
+            files = [pairs[s] for s in sorted(pairs)]
+        super().__init__(files, names, colours, transforms, ignore_index)
+
+    @staticmethod
+    def _resolve_classes(root: Path, classes: Sequence[str] | PathLike | None) -> list[str]:
+        if classes is None:
+            if not (root / "classes.txt").is_file():
+                raise FileNotFoundError(
+                    f"no class names for {root}: write {root / 'classes.txt'} (one name per line, line i = mask value i) "
+                    "or pass classes=[...]"
+                )
+            return read_classes_file(root / "classes.txt")
+        if isinstance(classes, (str, os.PathLike)):
+            return read_classes_file(classes)
+        names = [str(c) for c in classes]
+        if not names:
+            raise ValueError("classes is empty; give at least one class name")
+        return names
+
+    @staticmethod
+    def _resolve_palette(root: Path, palette: Any, num_classes: int) -> tuple[Palette, bool]:
+        if palette is None and (root / "palette.txt").is_file():
+            palette = root / "palette.txt"
+        if palette is None:
+            return _default_palette(num_classes), False
+        colours = read_palette_file(palette) if isinstance(palette, (str, os.PathLike)) else [tuple(int(v) for v in c[:3]) for c in palette]
+        if len(colours) < num_classes:
+            raise ValueError(f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class")
+        return colours[:num_classes], True
+
+    def _pairs(self, image_folder: Path, mask_folder: Path) -> dict[str, tuple[Path, Path]]:
+        images: dict[str, Path] = {}
+        duplicates = []
+        for path in sorted(image_folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+                if path.stem in images:
+                    duplicates.append(path)
+                images[path.stem] = path
+        if duplicates:
+            raise ValueError(f"several images share a stem in {image_folder}: {_show(duplicates)}; stems must be unique")
+        if not images:
+            subfolders = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
+            hint = f" (it has sub-folders {', '.join(subfolders)}: pass split=...)" if subfolders else ""
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_folder}{hint}")
+        masks: dict[str, Path] = {}
+        lossy = []
+        for path in sorted(mask_folder.iterdir()) if mask_folder.is_dir() else []:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            suffix = path.suffix.lower()
+            if suffix in _LOSSY_EXTENSIONS:
+                lossy.append(path)
+            elif suffix in MASK_EXTENSIONS:
+                stem = path.stem
+                if self.mask_suffix:
+                    if not stem.endswith(self.mask_suffix):
+                        continue
+                    stem = stem[: -len(self.mask_suffix)]
+                masks[stem] = path
+        if lossy:
+            raise ValueError(
+                f"masks must be lossless (PNG): JPEG/WebP compression changes label values; found {_show(lossy)}"
+            )
+        no_mask = [images[s] for s in images if s not in masks]
+        no_image = [masks[s] for s in masks if s not in images]
+        if no_mask or no_image:
+            problems = []
+            if no_mask:
+                problems.append(f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}")
+            if no_image:
+                problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
+            suffix = _common_mask_suffix([p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images])
+            if suffix:
+                problems.append(
+                    f"the masks seem to be named <image stem>{suffix}: pass mask_suffix={self.mask_suffix + suffix!r} "
+                    f"(CLI: --mask-suffix {self.mask_suffix + suffix})"
+                )
+            raise FileNotFoundError("unmatched images and masks: " + "; ".join(problems))
+        return {stem: (images[stem], masks[stem]) for stem in images}
+
+    @staticmethod
+    def _holdout(pairs: Mapping[str, Any], split: str, val_fraction: float, seed: int) -> list[str]:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        stems = sorted(pairs)
+        if len(stems) < 2:
+            raise ValueError(f"cannot hold out a validation part of {len(stems)} image(s)")
+        random.Random(seed).shuffle(stems)
+        count = min(len(stems) - 1, max(1, round(len(stems) * val_fraction)))
+        chosen = stems[:count] if split == "val" else stems[count:]
+        return sorted(chosen)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.ndim == 3:
+            if not self._explicit_palette:
+                raise ValueError(
+                    f"mask {path} is a colour (RGB) image; either store class indices (single-channel or paletted "
+                    f"PNG) or give the class colours in {self.root / 'palette.txt'} ('R G B' per class) to decode it"
+                )
+            return self._decode_colours(raw, path)
+        mask = raw.astype(np.int64)
+        if self.label_map:
+            mapped = mask.copy()
+            for source, target in self.label_map.items():
+                mapped[mask == source] = target
+            mask = mapped
+        return mask
+
+    def _decode_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+        lookup = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in enumerate(self.palette)}
+        unique, inverse = np.unique(codes, return_inverse=True)
+        unknown = [int(c) for c in unique if int(c) not in lookup]
+        if unknown:
+            shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:8])
+            raise ValueError(f"colour mask {path} holds colour(s) {shown} that are not in the palette of {self.num_classes} classes")
+        return np.array([lookup[int(c)] for c in unique], dtype=np.int64)[inverse].reshape(codes.shape)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        hint = f"there are {self.num_classes} classes ({', '.join(self.classes[:8])}{' ...' if self.num_classes > 8 else ''}), so mask values must be 0..{self.num_classes - 1} or {self.ignore_index} (ignore)"
+        return hint + "; add the missing class names or fix the masks"
