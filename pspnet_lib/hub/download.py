@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -609,17 +609,22 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def lock_for(weights: Weights, cache_dir: Path) -> Any:
+@contextlib.contextmanager
+def lock_for(weights: Weights, cache_dir: Path) -> Iterator[None]:
     """The lock serialising conversion of ``weights`` across processes (``<cache>/.locks/<name>-<sha8>.lock``).
 
     Entering it also removes what interrupted conversions of this entry left (temporary files
     of the safetensors and json). Where the cache folder is not writable (a read-only shared
-    cache) there is nothing to serialise: a no-op context is returned and the writes themselves
-    report the problem.
+    cache) there is nothing to serialise: nothing is locked and the writes themselves report
+    the problem.
     """
-    return _EntryLock(weights, cache_dir)
-
-
+    with _lock(cache_dir, weights.cache_stem) as held:
+        if held is not None:  # None: the no-op context of a read-only cache
+            removed = [p for path in cached_paths(weights, cache_dir) for p in remove_stale_temporaries(path)]
+            removed += _remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
+            if removed:
+                logger.info("removed leftovers of interrupted conversions: %s", ", ".join(str(p) for p in removed))
+        yield
 def tidy_entry(weights: Weights, cache_dir: Path) -> list[Path]:
     """Remove what interrupted downloads and conversions of ``weights`` left, unless a process is at work.
 
@@ -638,22 +643,3 @@ def tidy_entry(weights: Weights, cache_dir: Path) -> list[Path]:
                 removed += _remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
                 removed += remove_leftovers(cache_dir / weights.filename)
     return removed
-
-
-class _EntryLock:
-    def __init__(self, weights: Weights, cache_dir: Path) -> None:
-        self._paths = cached_paths(weights, cache_dir)
-        self._legacy = cache_dir / f".{weights.cache_stem}.lock"
-        self._lock = _lock(cache_dir, weights.cache_stem)
-
-    def __enter__(self) -> "_EntryLock":
-        self._lock.__enter__()
-        if not isinstance(self._lock, contextlib.nullcontext):
-            removed = [p for path in self._paths for p in remove_stale_temporaries(path)]
-            removed += _remove_legacy_lock(self._legacy)
-            if removed:
-                logger.info("removed leftovers of interrupted conversions: %s", ", ".join(str(p) for p in removed))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.__exit__(*exc)
