@@ -130,3 +130,42 @@ def test_evaluate_scores_model_predictions_against_masks():
     metrics = evaluate(model, ListDataset(list(zip(images, masks))), progress=False)
     assert metrics["aAcc"] == 1.0 and metrics["classes"] == ["a", "b", "c"]
     assert metrics["pixels"] == sum(int((m != 255).sum()) for m in masks)
+
+
+def test_out_of_range_predictions_are_misses_of_their_true_class():
+    # mmsegmentation's convention: the pixels count for their ground-truth class, for no prediction
+    cm = ConfusionMatrix(3)
+    cm.update([3, 5], [0, 0])
+    m = cm.compute()
+    assert m["IoU"][0] == 0.0 and m["Acc"][0] == 0.0
+    assert math.isnan(m["IoU"][1]) and math.isnan(m["IoU"][2])
+    assert math.isnan(m["Acc"][1]) and math.isnan(m["Acc"][2])
+    assert m["pixels"] == 2 and m["aAcc"] == 0.0 and m["out_of_range"] == 2
+    assert cm.matrix.sum() == 0 and cm.matrix[1].sum() == 0  # nothing filed under another class
+    assert cm.out_of_range.tolist() == [2, 0, 0]
+
+
+def test_out_of_range_predictions_never_shift_other_rows():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 1, 2, 7, -1, 1]), torch.tensor([0, 1, 2, 1, 2, 255]))
+    assert cm.matrix.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    m = cm.compute()
+    assert m["IoU"] == [1.0, 0.5, 0.5] and m["pixels"] == 5
+
+
+class _SixClasses(torch.utils.data.Dataset):
+    num_classes = 3
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 16, 16, dtype=torch.uint8), torch.zeros(16, 16, dtype=torch.int64)
+
+
+def test_evaluate_with_a_model_of_another_class_count_is_one_clear_error():
+    model = build_pspnet("resnet18", 6, head_channels=8, aux_channels=8, ppm_channels=8)
+    with pytest.raises(ValueError, match=r"num_classes=3\) but the model predicts 6 classes"):
+        evaluate(model, _SixClasses(), num_classes=3, progress=False)
+    with pytest.raises(ValueError, match=r"model predicts 6 classes but the dataset \(_SixClasses\) has 3"):
+        evaluate(model, _SixClasses(), progress=False)

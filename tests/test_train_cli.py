@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pspnet_lib.cli import main
-from pspnet_lib.data import write_synthetic_dataset
+from pspnet_lib.data import DATASETS, write_synthetic_dataset
 from pspnet_lib.engine.checkpoint import load_checkpoint
 from pspnet_lib.recipes import RECIPES, load_recipe
 
@@ -95,7 +95,7 @@ def test_recipes_resolve_to_valid_configs(capsys):
         recipe = load_recipe(name)
         config = TrainConfig.from_dict(recipe["train"])
         assert config.iters >= 20000 and recipe["gpus"] * config.batch_size in (8, 16)
-        assert recipe["dataset"] in ("voc", "ade20k", "cityscapes")
+        assert recipe["dataset"] in DATASETS and recipe["dataset"] != "folder"
     assert RECIPES["voc-semseg"]["train"]["head_lr_mult"] == 10 and RECIPES["voc-mmseg-20k"]["train"]["min_lr"] == 1e-4
     assert RECIPES["cityscapes-mmseg-769-40k"]["train"]["eval_mode"] == "slide"
     assert main(["train", "--list-recipes"]) == 0

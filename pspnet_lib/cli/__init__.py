@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 # Order here is the order in ``pspnet --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "export", "convert", "zoo")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "prepare", "export", "convert", "zoo")
 
 
 def build_parser() -> argparse.ArgumentParser:

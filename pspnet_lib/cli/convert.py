@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "out_dir": str(out),
         "backbone": model.config.backbone,
         "num_classes": model.config.num_classes,
-        "load_report": {k: len(v) for k, v in model.load_report.to_dict().items()},
+        "load_report": {k: len(v) for k, v in model.load_report.to_dict().items() if isinstance(v, list)},
     }
     logger.info("wrote %s (%s)", out, model.load_report)
     sys.stdout.write(json.dumps(summary) + "\n")

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .train import _floats, _ints, add_dataset_args, dataset_kwargs
+from .train import DATASET_CHOICES, _floats, _ints, add_dataset_args, dataset_kwargs, generic_classes
 
 logger = logging.getLogger("pspnet_lib.cli.evaluate")
 
@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, metavar="NAME|PATH",
                    help="a training run's model directory or checkpoint (.pt), or a zoo name / Hub id")
     add_dataset_args(p)
-    p.add_argument("--split", help="split to score (default: the dataset's validation split)")
+    p.add_argument("--split", help="split to score (default: the dataset's validation split); for --dataset folder, "
+                   "'all' scores every image/mask pair")
     p.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
     p.add_argument("--crop", type=_ints, metavar="N|H,W", help="sliding-window size")
     p.add_argument("--stride", type=_ints, metavar="N|H,W", help="sliding-window step")
@@ -39,27 +40,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms
+    from ..data import DEFAULT_SPLITS, ZOO_DATASETS, build_dataset, eval_transforms
     from ..engine import distributed as D
     from ..engine.checkpoint import atomic_write_bytes
     from ..engine.evaluate import evaluate
     from ..engine.metrics import format_metrics_table, metrics_to_json
     from ..engine.model_io import load_model
 
-    if not args.dataset or not args.data_root:
-        raise ValueError("pass --dataset {voc,ade20k,cityscapes,folder} and --data-root DIR")
+    if not args.data_root:
+        raise ValueError("pass --data-root DIR (the dataset's directory)")
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
     try:
         model = load_model(args.weights).to(info.device)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if not args.dataset:
+            # Zoo weights (or a file recognised as one) know the dataset that scores them.
+            args.dataset = ZOO_DATASETS.get(str(cfg.get("dataset")))
+            if not args.dataset:
+                raise ValueError(f"{args.weights} does not say which dataset it was trained on: pass --dataset "
+                                 f"{{{','.join(DATASET_CHOICES)}}}")
+            logger.info("scoring on --dataset %s, the dataset of %s", args.dataset, args.weights)
         protocol = dict((getattr(model, "pretrained_cfg", None) or {}).get("inference") or {})
         for flag in ("mode", "crop", "stride", "resize", "scales", "flip"):
             if getattr(args, flag) is not None:
                 protocol[flag] = getattr(args, flag)
         protocol.setdefault("mode", "whole")
         split = args.split or DEFAULT_SPLITS[args.dataset][1]
-        dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **dataset_kwargs(args))
+        if split == "all":
+            if args.dataset != "folder":
+                raise ValueError("--split all applies to --dataset folder only; pass a split name of the dataset")
+            split = None  # every image/mask pair of the folder
+        kwargs = dataset_kwargs(args)
+        if args.dataset == "folder" and "classes" not in kwargs and cfg.get("classes") and not os.path.isfile(
+                os.path.join(args.data_root, "classes.txt")):
+            kwargs["classes"] = list(cfg["classes"])  # the model's own class names
+        if args.dataset == "folder":
+            generic_classes(args.data_root, model.config.num_classes, kwargs)
+        dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(f"the model predicts {model.config.num_classes} classes but the {args.dataset} dataset has "
                              f"{dataset.num_classes}; evaluate on the dataset the model was trained for")
@@ -72,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         D.cleanup(info)
     if info.is_main:
-        sys.stdout.write(f"{args.weights} on {args.dataset} {split} ({len(dataset)} images, {protocol['mode']}"
+        sys.stdout.write(f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol['mode']}"
                          f"{', scales ' + ','.join(map(str, protocol['scales'])) if protocol.get('scales') else ''}"
                          f"{', flip' if protocol.get('flip') else ''}):\n")
         sys.stdout.write(format_metrics_table(metrics, dataset.classes) + "\n")

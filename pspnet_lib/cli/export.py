@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="which torch.onnx exporter to use"
     )
     parser.add_argument(
-        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 RGB (N, 3, H, W)"
+        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)"
     )
     parser.add_argument("--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns")
     parser.add_argument("--check", action="store_true", help="ONNX only: compare ONNX Runtime with PyTorch at three sizes")

@@ -2,7 +2,9 @@
 
     pspnet predict photos/ street.jpg --weights pspnet_r50-d8_ade20k --out results/ --overlay
 
-For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
+Inputs are read for the model's input channels (``config.in_channels``): pictures for RGB
+models, grayscale pictures for 1-channel ones, ``.npy`` arrays ``(H, W, C)`` or multi-page TIFFs
+for any channel count (see :mod:`pspnet_lib.inference.images`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
 are the class indices) and, with ``--overlay``, ``<out>/<name>_overlay.png``. Images found in a
 folder keep their sub-folder under ``<out>``. A file that cannot be read is reported and skipped;
 the exit code is 1 if any file failed.
@@ -29,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and skipped; the exit code is 1 if any failed."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files (pictures, multi-page TIFFs, .npy arrays (H, W, C)) and/or folders of them")
     parser.add_argument(
         "--weights", required=True, help="zoo name, hf-hub:org/repo, a save_pretrained folder or a checkpoint file"
     )
@@ -169,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .._files import atomic_output, ensure_dir
-    from ..inference.images import load_image, to_rgb_tensor
+    from ..data.constants import input_channels, input_stats
+    from ..inference.images import to_image_tensor
     from ..inference.predict import predict, resolve_protocol
 
     if args.batch_size < 1:
@@ -198,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
+    channels = input_channels(model)
+    input_stats(getattr(model, "pretrained_cfg", None), channels, what=f"--weights {args.weights}")  # mean/std fit
 
     failed: list[tuple[Path, str]] = []
     done = 0
@@ -207,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             loaded = []
             for source, mask_path, overlay_path in plan[start : start + args.batch_size]:
                 try:
-                    loaded.append((to_rgb_tensor(load_image(source)), source, mask_path, overlay_path))
+                    loaded.append((to_image_tensor(source, channels), source, mask_path, overlay_path))
                 except (OSError, ValueError) as exc:
                     failed.append((source, str(exc)))
                     logger.error("skipping %s: %s", source, exc)

@@ -11,7 +11,10 @@ from typing import Any
 
 logger = logging.getLogger("pspnet_lib.cli.train")
 
-DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "folder")
+#: Kept in step with pspnet_lib.data.DATASETS (a test checks); written out so that building the
+#: parser does not import the data package.
+DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "pascal-context", "pascal-context-59", "coco-stuff10k",
+                   "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid", "folder")
 #: How many training samples ``pspnet train`` reads before starting (spread over the dataset).
 _PREFLIGHT_SAMPLES = 32
 
@@ -53,7 +56,21 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-map", type=_label_map, metavar="SRC:DST,..",
                        help="folder datasets: remap stored mask values, e.g. 255:1 for binary masks saved as 0/255 "
                             "(255 otherwise means 'ignore')")
+    group.add_argument("--ignore-colour", "--ignore-color", dest="ignore_colour", type=_colour, action="append",
+                       metavar="R,G,B", help="folder datasets with colour masks: a colour read as ignore (255), e.g. "
+                       "255,255,255; repeatable (VOC's void colour 224,224,192 is ignored with the VOC palette anyway)")
     group.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers per process")
+
+
+def _colour(text: str) -> tuple[int, int, int]:
+    """``224,224,192`` -> (224, 224, 192)."""
+    try:
+        colour = tuple(int(v) for v in text.replace(" ", ",").split(",") if v.strip())
+    except ValueError:
+        colour = ()
+    if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+        raise argparse.ArgumentTypeError(f"expected R,G,B with values 0..255 such as 224,224,192, got {text!r}")
+    return colour  # type: ignore[return-value]
 
 
 def _label_map(text: str) -> dict[int, int]:
@@ -70,7 +87,7 @@ def _label_map(text: str) -> dict[int, int]:
     return mapping
 
 
-_FOLDER_FLAGS = ("classes", "val_fraction", "mask_suffix", "label_map")
+_FOLDER_FLAGS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colour")
 
 
 def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,7 +106,19 @@ def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["mask_suffix"] = args.mask_suffix
     if args.label_map:
         kwargs["label_map"] = args.label_map
+    if getattr(args, "ignore_colour", None):
+        kwargs["ignore_colours"] = args.ignore_colour
     return kwargs
+
+
+def generic_classes(data_root: str, num_classes: int | None, kwargs: dict[str, Any]) -> None:
+    """A folder with no class names (no ``--classes``, no ``classes.txt``) and a known class count:
+    name the classes ``class_0`` ... (in ``kwargs``), with a warning."""
+    if "classes" in kwargs or not num_classes or os.path.isfile(os.path.join(data_root, "classes.txt")):
+        return
+    kwargs["classes"] = [f"class_{i}" for i in range(num_classes)]
+    logger.warning("no class names for %s (no --classes, no classes.txt): using class_0 .. class_%d; write "
+                   "classes.txt (one name per line) to name them", data_root, num_classes - 1)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -218,7 +247,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_progress:
         settings["train"]["progress"] = False
     if not settings["dataset"]:
-        raise ValueError("no dataset: pass --dataset {voc,ade20k,cityscapes,folder} (or a --recipe that names one)")
+        raise ValueError(f"no dataset: pass --dataset {{{','.join(DATASET_CHOICES)}}} (or a --recipe that names one)")
     settings["train"]["out_dir"] = args.out or settings["train"].get("out_dir") or os.path.join("runs", settings["dataset"])
     return settings
 
@@ -247,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             r = RECIPES[name]
             t = r["train"]
             note = r.get("_published", "")
-            sys.stdout.write(f"{name:26s} {r['dataset']:10s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
+            sys.stdout.write(f"{name:28s} {r['dataset']:17s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
                              f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n")
         return 0
     if os.environ.get("RANK", "0") != "0":  # one process speaks for all
@@ -261,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
-    from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.constants import input_channels, input_stats
     from ..engine import TrainConfig, Trainer
     from ..engine import distributed as D
 
@@ -270,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
     train_split = args.train_split or DEFAULT_SPLITS[name][0]
     val_split = args.val_split or DEFAULT_SPLITS[name][1]
     kwargs = dataset_kwargs(args)
+    if name == "folder":
+        generic_classes(args.data_root, settings["num_classes"], kwargs)
     if (name == "folder" and args.no_val and not args.train_split and "val_fraction" not in kwargs
             and not has_split(args.data_root, train_split)):
         train_split = None  # a flat folder without validation: train on every pair
@@ -285,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)")
     model = build_model(settings, args, num_classes)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    mean, std = input_stats(cfg, input_channels(model))
     aug = dict(settings["augment"])
     train_set = build_dataset(name, args.data_root, train_split,
                               train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs)

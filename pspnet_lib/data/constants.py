@@ -8,3 +8,50 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Mask value for pixels that are not scored (void, borders, padding).
 IGNORE_INDEX: int = 255
+
+#: Statistics for models of other than 3 input channels whose weights record none: ImageNet's
+#: mean and std averaged over R, G and B, repeated per channel (like timm's adaptation of RGB
+#: weights to other channel counts). Weights trained on other data should store their own.
+GENERIC_MEAN: float = sum(IMAGENET_MEAN) / 3
+GENERIC_STD: float = sum(IMAGENET_STD) / 3
+
+
+def input_channels(model: object) -> int:
+    """``model.config.in_channels`` (3 for a module without a PSPNet config)."""
+    return int(getattr(getattr(model, "config", None), "in_channels", 3) or 3)
+
+
+def input_stats(pretrained_cfg: object, in_channels: int = 3, *, what: str = "the model") -> tuple[list[float], list[float]]:
+    """``(mean, std)`` on the 0..1 scale, one value per input channel.
+
+    Taken from ``pretrained_cfg["mean"]``/``["std"]`` (a single stored value serves every
+    channel); when absent, ImageNet's for 3 channels, else :data:`GENERIC_MEAN` /
+    :data:`GENERIC_STD` repeated.
+
+    Raises:
+        ValueError: a stored mean/std whose length is neither 1 nor ``in_channels`` (naming both
+            and how to fix ``pretrained_cfg``), or a std that is not positive.
+    """
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
+    defaults = {
+        "mean": list(IMAGENET_MEAN) if in_channels == 3 else [GENERIC_MEAN] * in_channels,
+        "std": list(IMAGENET_STD) if in_channels == 3 else [GENERIC_STD] * in_channels,
+    }
+    out = []
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if values is None:
+            out.append(defaults[key])
+            continue
+        values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+        if len(values) == 1:
+            values = values * in_channels
+        if len(values) != in_channels:
+            raise ValueError(
+                f"{what} takes {in_channels} input channel(s) (config.in_channels) but its pretrained_cfg[{key!r}] "
+                f"has {len(values)} values; set pretrained_cfg[{key!r}] to {in_channels} values on the 0..1 scale"
+            )
+        if key == "std" and min(values) <= 0:
+            raise ValueError(f"{what}: pretrained_cfg['std'] must be positive, got {values}")
+        out.append(values)
+    return out[0], out[1]

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import IGNORE_INDEX, input_channels, input_stats
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
 
@@ -23,14 +23,36 @@ logger = logging.getLogger(__name__)
 def normalize_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
 
-    A floating-point batch is taken to be normalised already and returned unchanged.
+    A floating-point batch is taken to be normalised already and returned unchanged. Raises
+    ``ValueError`` when the stored mean/std do not have one value per input channel.
     """
     if images.is_floating_point():
         return images
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", IMAGENET_STD), device=images.device).view(1, -1, 1, 1)
+    mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
+    mean = torch.tensor(mean_values, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std_values, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
+
+
+def _check_class_counts(model: nn.Module, dataset: Dataset, num_classes: int | None) -> int:
+    """The number of classes to score; one clear error when model, dataset and argument disagree."""
+    model_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    data_classes = getattr(dataset, "num_classes", None)
+    name = type(dataset).__name__
+    if num_classes is not None and model_classes is not None and num_classes != model_classes:
+        raise ValueError(
+            f"evaluate(num_classes={num_classes}) but the model predicts {model_classes} classes; evaluate a model "
+            f"trained for {num_classes} classes, or load it with load_pretrained(..., num_classes={num_classes}) and fine-tune it"
+        )
+    if model_classes is not None and isinstance(data_classes, int) and data_classes != model_classes:
+        raise ValueError(
+            f"the model predicts {model_classes} classes but the dataset ({name}) has {data_classes}; "
+            "evaluate on the dataset the model was trained for"
+        )
+    num_classes = num_classes or model_classes or (data_classes if isinstance(data_classes, int) else None)
+    if num_classes is None:
+        raise ValueError("evaluate() needs num_classes for a model without a PSPNet config")
+    return num_classes
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -64,7 +86,10 @@ def evaluate(
         dataset: yields ``(image, mask)``: image ``(C, H, W)`` (uint8, normalised here with the
             model's ``pretrained_cfg``, or float already normalised), mask ``(H, W)`` integer
             with ``ignore_index`` for unscored pixels. Images may differ in size.
-        num_classes: classes to score (default: the model's).
+        num_classes: classes to score (default: the model's). It must equal the model's class
+            count and the dataset's (``dataset.num_classes`` when it has one): otherwise
+            ``ValueError`` before anything runs, since scoring K-class predictions against
+            another class list gives meaningless numbers.
         mode, resize, crop, stride, scales, flip: the inference protocol, see
             :func:`pspnet_lib.inference.modes.infer`.
         device: where to run (default: the model's device).
@@ -76,9 +101,7 @@ def evaluate(
     confusion matrices are summed, so every rank returns the metrics of the whole dataset.
     Returns the :meth:`ConfusionMatrix.compute` dict plus ``"classes"`` when the dataset has them.
     """
-    num_classes = num_classes or getattr(getattr(model, "config", None), "num_classes", None)
-    if num_classes is None:
-        raise ValueError("evaluate() needs num_classes for a model without a PSPNet config")
+    num_classes = _check_class_counts(model, dataset, num_classes)
     if device is None:
         device = next(model.parameters()).device
     rank, world = _rank_and_world()
@@ -95,6 +118,11 @@ def evaluate(
                 mask = mask[:, 0]
             with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 scores = infer(model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+            if scores.shape[1] != num_classes:
+                raise ValueError(
+                    f"the model returned {scores.shape[1]} class scores but {num_classes} classes are being scored; "
+                    "pass the num_classes the model was trained for"
+                )
             confusion.update(scores.argmax(dim=1), mask)
     finally:
         model.train(was_training)

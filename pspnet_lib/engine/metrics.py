@@ -22,6 +22,17 @@ class ConfusionMatrix:
     both is NaN and skipped, as mmsegmentation does); aAcc = correct pixels / scored pixels.
     Pixels whose target is ``ignore_index`` are not scored.
 
+    A prediction outside ``[0, num_classes)`` (a model with more outputs than the dataset has
+    classes, a corrupted map) is a miss for its pixel's true class: it adds to that class's
+    ground-truth count (lowering its IoU and accuracy) and to no class's prediction count, as
+    mmsegmentation's ``intersect_and_union`` does (its histograms drop out-of-range
+    predictions). Such pixels are kept in :attr:`out_of_range` (one count per true class), not
+    in :attr:`matrix`, so they never shift another class's row or column.
+
+    Attributes:
+        matrix: ``(num_classes, num_classes)`` int64 counts, ``[target, prediction]``.
+        out_of_range: ``(num_classes,)`` int64 counts of out-of-range predictions per target class.
+
     Args:
         num_classes: number of classes.
         ignore_index: target value to skip.
@@ -29,12 +40,23 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu") -> None:
-        self.num_classes = num_classes
         self.ignore_index = ignore_index
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.out_of_range = torch.zeros(num_classes, dtype=torch.int64, device=device)
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``prediction`` and ``target`` are integer maps of the same shape."""
+    def update(self, prediction: torch.Tensor | Sequence[int], target: torch.Tensor | Sequence[int]) -> None:
+        """Add a batch: ``prediction`` and ``target`` are integer maps (tensors or sequences) of the same shape.
+
+        Raises ``ValueError`` for differing shapes and for target values outside
+        ``[0, num_classes)`` other than ``ignore_index`` (a wrong ``num_classes`` or label
+        convention, which must not be scored silently). Out-of-range predictions are misses
+        (see the class docstring).
+        """
+        prediction = torch.as_tensor(prediction)
+        target = torch.as_tensor(target)
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
         target = target.to(self.matrix.device).long()
@@ -47,24 +69,31 @@ class ConfusionMatrix:
                 f"target holds values {values} outside [0, {self.num_classes}) that are not the ignore index "
                 f"{self.ignore_index}; check num_classes and the dataset's label convention"
             )
-        index = target[valid] * self.num_classes + prediction[valid]
+        target, prediction = target[valid], prediction[valid]
+        outside = (prediction < 0) | (prediction >= self.num_classes)
+        if outside.any():
+            self.out_of_range += torch.bincount(target[outside], minlength=self.num_classes)
+            target, prediction = target[~outside], prediction[~outside]
+        index = target * self.num_classes + prediction
         self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
 
     def all_reduce(self) -> None:
         """Sum the counts over all processes (no-op outside torch.distributed)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self.out_of_range, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict[str, Any]:
         """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen)."""
         m = self.matrix.double().cpu()
+        missed = self.out_of_range.double().cpu()
         tp = m.diag()
-        gt = m.sum(1)
+        gt = m.sum(1) + missed
         pred = m.sum(0)
         union = gt + pred - tp
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
         acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, math.nan))
-        total = m.sum()
+        total = m.sum() + missed.sum()
         return {
             "mIoU": _nanmean(iou),
             "mAcc": _nanmean(acc),
@@ -72,6 +101,7 @@ class ConfusionMatrix:
             "IoU": iou.tolist(),
             "Acc": acc.tolist(),
             "pixels": int(total),
+            "out_of_range": int(missed.sum()),
         }
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._files import ensure_dir
-from ..data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import IGNORE_INDEX, input_channels, input_stats
 from ..inference.modes import MODES
 from . import distributed as D
 from .checkpoint import (
@@ -383,8 +383,7 @@ class Trainer:
     def _fill_pretrained_cfg(self, model: nn.Module) -> None:
         """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg.setdefault("mean", list(IMAGENET_MEAN))
-        cfg.setdefault("std", list(IMAGENET_STD))
+        cfg["mean"], cfg["std"] = input_stats(cfg, input_channels(model))  # one value per input channel
         for key in ("classes", "palette"):
             value = getattr(self.train_dataset, key, None)
             if value is not None:

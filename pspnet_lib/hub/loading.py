@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
-from .converters import FORMATS, convert_state_dict, detect_format, infer_config
+from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config
 from .download import (
     OfflineError,
     default_cache_dir,
@@ -29,7 +29,8 @@ from .download import (
     sha256_file,
     tidy_entry,
 )
-from .registry import Weights, get_weights, resolve_name
+from .mmseg_config import read_checkpoint_config
+from .registry import Weights, find_weights_for_file, get_weights, resolve_name
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
 
 __all__ = ["LoadReport", "load_pretrained", "load_weights", "build_with_backbone_weights", "resolve_source", "Resolved"]
@@ -61,6 +62,10 @@ class LoadReport:
         unexpected: checkpoint keys with no place in the model.
         mismatched: ``(key, checkpoint shape, model shape)`` for keys whose shapes differ.
         discarded: checkpoint keys dropped on request (the aux head with ``aux=False``).
+        settings: where each setting of the model came from, by name (``PSPNetConfig`` fields and
+            ``pretrained_cfg`` keys): ``"argument"``, ``"zoo entry <name> (by file name)"``,
+            ``"checkpoint meta config"``, ``"checkpoint meta CLASSES"``, ``"weights"`` (read
+            from the tensors' shapes), ``"default for <format> checkpoints"``, ...
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -69,6 +74,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     discarded: list[str] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,8 @@ class Resolved:
     pretrained_cfg: dict[str, Any]
     description: str
     backbone_only: bool = False
+    #: where settings came from (see LoadReport.settings); unnamed ones came with the weights
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 # --- loading a state dict into a model, with a report ---
@@ -265,20 +273,80 @@ def _classes_from_mmseg_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_state_dict(raw: Mapping[str, torch.Tensor], fmt: str | None, description: str, meta: Mapping[str, Any] | None = None) -> Resolved:
+def _recognise_zoo_file(path: Path, state_dict: Mapping[str, torch.Tensor], description: str) -> Resolved | None:
+    """A released zoo checkpoint recognised by its file name or sha256, with everything the zoo knows.
+
+    A file downloaded with a browser keeps the upstream name; a renamed one keeps its bytes. The
+    weights must fit the entry's architecture, else the file is read as any other checkpoint.
+    """
+    found = find_weights_for_file(path.name)
+    if found is None:
+        found = find_weights_for_file(sha256=sha256_file(path))
+    if found is None or found[0].task != "semantic-segmentation":
+        return None
+    weights, how = found
+    config = PSPNetConfig.from_dict(weights.config).to_dict()
+    try:
+        _check_fits(state_dict, config, f"{path} ({weights.name})")
+    except CheckpointError as exc:
+        logger.warning("%s has the %s of the zoo entry %s but not its architecture (%s); reading it as a plain checkpoint",
+                       path, how, weights.name, exc)
+        return None
+    pretrained_cfg = weights.pretrained_cfg()
+    origin = f"zoo entry {weights.name} (by {how})"
+    logger.info("recognised %s by its %s as the zoo entry %s: align_corners=%s, inference %s, %d classes",
+                description, how, weights.name, config["align_corners"], pretrained_cfg.get("inference"), config["num_classes"])
+    sources = {key: origin for key in (*config, *pretrained_cfg)}
+    return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=False, sources=sources)
+
+
+def _from_state_dict(
+    raw: Mapping[str, torch.Tensor],
+    fmt: str | None,
+    description: str,
+    meta: Mapping[str, Any] | None = None,
+    path: Path | None = None,
+) -> Resolved:
+    """A checkpoint of another layout. Its settings are found, in this order: the zoo entry whose
+    upstream file it is (file name or sha256), the config text in an mmseg checkpoint's meta,
+    its CLASSES/PALETTE, the tensors' shapes, the layout's defaults (docs/weights.md)."""
     if fmt is None:
         fmt = detect_format(raw)
     elif fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     state_dict = convert_state_dict(raw, fmt)
+    if path is not None and fmt == "mmseg":
+        zoo = _recognise_zoo_file(path, state_dict, description)
+        if zoo is not None:
+            return zoo
     config = infer_config(state_dict, fmt)
+    defaults = LAYOUT_DEFAULTS.get(fmt, {})
+    sources = {key: f"default for {fmt} checkpoints" if key in defaults else "weights" for key in config}
     pretrained_cfg = _default_pretrained_cfg(source=description, source_format=fmt)
+    sources["mean"] = sources["std"] = "default (ImageNet)"
     if meta and fmt == "mmseg":
+        stated = read_checkpoint_config(meta)
+        if stated is not None:
+            fields, extra = stated
+            for key, value in fields.items():
+                if key in config and key not in defaults and config[key] != value:
+                    # shapes are facts; a config that disagrees describes another model
+                    logger.warning("%s: its meta config says %s=%r but the weights hold %r; using the weights",
+                                   description, key, value, config[key])
+                    continue
+                config[key] = value
+                sources[key] = "checkpoint meta config"
+            for key, value in extra.items():
+                pretrained_cfg[key] = value
+                sources[key] = "checkpoint meta config"
+            logger.info("read the settings of %s from its meta config: %s", description,
+                        ", ".join(f"{k}={v!r}" for k, v in {**fields, **extra}.items()) or "none")
         found = _classes_from_mmseg_meta(meta)
         if found.get("classes") and len(found["classes"]) == config.get("num_classes"):
             pretrained_cfg.update(found)
+            sources.update({key: "checkpoint meta CLASSES/PALETTE" for key in found})
     logger.info("read %s as a %r checkpoint", description, fmt)
-    return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=not _has_head(state_dict))
+    return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=not _has_head(state_dict), sources=sources)
 
 
 def _read_config_json(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -339,7 +407,7 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         sibling = path.with_name("config.json")
         if sibling.is_file() and fmt in (None, "pspnet_lib"):
             return read_pretrained_folder(sibling, path, str(path))
-        return _from_state_dict(tensors, fmt, str(path))
+        return _from_state_dict(tensors, fmt, str(path), path=path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if fmt in (None, "pspnet_lib") and _is_train_checkpoint(obj):
         # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
@@ -351,7 +419,7 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         logger.info("read %s as a pspnet train checkpoint (iteration %s)", path, obj.get("iteration"))
         return Resolved(tensors, dict(obj["model_config"]), pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
     raw, meta = extract_state_dict(obj, str(path))
-    return _from_state_dict(raw, fmt, str(path), meta)
+    return _from_state_dict(raw, fmt, str(path), meta, path=path)
 
 
 def _is_train_checkpoint(obj: Any) -> bool:
@@ -584,9 +652,47 @@ def _build_and_load(
     if extra_cfg:
         pretrained_cfg.update(extra_cfg)
     model.pretrained_cfg = pretrained_cfg
+    report.settings = _settings_sources(resolved, model.config.to_dict(), pretrained_cfg, overrides, num_classes, aux, extra_cfg)
     model.load_report = report
     logger.info("loaded %s: %s", resolved.description, report)
+    logger.info("settings of %s: %s", resolved.description, _describe_settings(model.config.to_dict(), pretrained_cfg, report.settings))
     return model.eval()
+
+
+#: the settings the load log line names (the rest are in model.load_report.settings)
+_LOGGED_SETTINGS = ("backbone", "num_classes", "output_stride", "dilations", "align_corners", "inference", "classes", "mean", "std")
+
+
+def _settings_sources(
+    resolved: Resolved,
+    config: Mapping[str, Any],
+    pretrained_cfg: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    num_classes: int | None,
+    aux: bool | None,
+    extra_cfg: Mapping[str, Any] | None,
+) -> dict[str, str]:
+    stored = f"stored with {resolved.description}"
+    sources = {key: resolved.sources.get(key, stored) for key in (*config, *pretrained_cfg)}
+    for key in config:
+        if key not in resolved.config and key not in resolved.sources:
+            sources[key] = "PSPNetConfig default"
+    argued = set(overrides) | set(extra_cfg or {})
+    argued |= {"num_classes"} if num_classes is not None else set()
+    argued |= {"aux"} if aux is not None else set()
+    sources.update({key: "argument" for key in argued if key in sources})
+    return sources
+
+
+def _describe_settings(config: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    parts = []
+    for key in _LOGGED_SETTINGS:
+        value = config.get(key, pretrained_cfg.get(key))
+        if value is None or key not in sources:
+            continue
+        shown = f"{len(value)} names" if key == "classes" else repr(value)
+        parts.append(f"{key}={shown} ({sources[key]})")
+    return ", ".join(parts)
 
 
 def build_with_backbone_weights(

@@ -38,6 +38,7 @@ __all__ = [
     "register_weights",
     "unregister_weights",
     "resolve_name",
+    "find_weights_for_file",
 ]
 
 MMSEG_BASE = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/"
@@ -429,6 +430,29 @@ def resolve_name(name: str) -> str:
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"unknown pretrained weights {name!r}.{hint} See pspnet_lib.list_pretrained() or `pspnet list`.")
+
+
+def find_weights_for_file(filename: str | None = None, sha256: str | None = None) -> tuple[Weights, str] | None:
+    """The zoo entry whose upstream file this is, and how it was recognised, or None.
+
+    Args:
+        filename: the file's name (no folder), compared with each entry's upstream file name
+            (e.g. ``pspnet_r50-d8_769x769_40k_cityscapes_20200606_112725-86638686.pth``).
+        sha256: the file's full sha256 hex digest, compared with each entry's recorded prefix.
+
+    Returns ``(weights, "file name")`` or ``(weights, "sha256")``; the name is tried first.
+    """
+    entries = list(_REGISTRY.values())
+    if filename:
+        for weights in entries:
+            if weights.filename == filename:
+                return weights, "file name"
+    if sha256:
+        digest = sha256.lower()
+        for weights in entries:
+            if digest.startswith(weights.sha256):
+                return weights, "sha256"
+    return None
 
 
 def get_weights(name: str) -> Weights:

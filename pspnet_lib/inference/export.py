@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import input_channels, input_stats
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
 from .._files import atomic_output
 
@@ -88,8 +88,9 @@ class ExportWrapper(nn.Module):
 
     Args:
         model: a PSPNet (or any module mapping a normalised batch to logits).
-        preprocess: take ``uint8`` RGB batches ``(N, 3, H, W)`` (0..255) and normalise them inside
-            the graph with the weights' mean/std (``pretrained_cfg``, ImageNet by default). Without
+        preprocess: take ``uint8`` batches ``(N, C, H, W)`` (0..255, C = ``config.in_channels``)
+            and normalise them inside the graph with the weights' mean/std (``pretrained_cfg``, one
+            value per channel; ImageNet by default for RGB). ``ValueError`` if their length is not C. Without
             it the input is the normalised float batch that ``model(x)`` takes.
         output: ``"logits"`` ``(N, K, H, W)``, ``"probs"`` (softmax of the logits) or ``"labels"``
             ``(N, H, W)`` int64 class indices.
@@ -102,9 +103,9 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.preprocess = bool(preprocess)
         self.output = output
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
+        mean = torch.tensor(mean_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(std_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
@@ -116,6 +117,11 @@ class ExportWrapper(nn.Module):
         if self.output == "probs":
             return logits.softmax(dim=1)
         return logits
+
+
+def _layout(model: nn.Module) -> str:
+    channels = input_channels(model)
+    return "RGB (N, 3, H, W)" if channels == 3 else f"(N, {channels}, H, W)"
 
 
 def min_input_size(model: nn.Module) -> int:
@@ -326,9 +332,9 @@ def export_onnx(
             "pspnet_lib.config": json.dumps(model.config.to_dict()) if hasattr(model, "config") else "{}",
             "pspnet_lib.pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None) or {}, default=str),
             "pspnet_lib.input": (
-                "uint8 RGB (N, 3, H, W), 0..255; normalised inside the graph"
+                f"uint8 {_layout(model)}, 0..255; normalised inside the graph"
                 if preprocess
-                else "float32 RGB (N, 3, H, W), (x / 255 - mean) / std with pretrained_cfg mean/std"
+                else f"float32 {_layout(model)}, (x / 255 - mean) / std with pretrained_cfg mean/std"
             ),
             "pspnet_lib.output": output,
         }

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from .images import is_image_batch, to_rgb_tensor
+from ..data.constants import input_channels, input_stats
+from .images import is_image_batch, to_image_tensor
 from .modes import MODES, infer
 from .visualize import colorize, default_palette, legend, overlay
 
@@ -44,8 +44,10 @@ class Prediction:
     Attributes:
         mask: ``(H, W)`` int64 class indices at the image's original size (CPU).
         probs: ``(K, H, W)`` float32 class probabilities (CPU) when ``return_probs=True``, else None.
-        image: the input as the model saw it before normalisation, ``(H, W, 3)`` uint8 RGB
-            (what :meth:`overlay` draws on).
+        image: the input as the model saw it before normalisation, as an ``(H, W, 3)`` uint8
+            picture (what :meth:`overlay` draws on): RGB for 3-channel models, the grey channel
+            repeated for 1-channel ones, the first three channels for N >= 3 (the first one
+            repeated for 2).
         classes: class names of the weights (``pretrained_cfg["classes"]``), or None if unknown.
         palette: one RGB colour per class (the weights' palette, or a generated one).
         source: the file path for path inputs, else None.
@@ -162,7 +164,8 @@ def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
     if image.dtype != torch.uint8:
         image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return image.permute(1, 2, 0).numpy()
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
 def predict(
@@ -183,15 +186,17 @@ def predict(
     """Segment one image or many, each returned at its original size.
 
     Args:
-        model: a PSPNet (or any module mapping a normalised ``(N, 3, h, w)`` batch to logits
-            ``(N, K, h, w)``). Its ``pretrained_cfg`` supplies the normalisation (``mean``/``std``,
-            ImageNet by default), the default protocol (``inference``: ``mode``, ``resize``,
+        model: a PSPNet (or any module mapping a normalised ``(N, C, h, w)`` batch to logits
+            ``(N, K, h, w)``; C = ``model.config.in_channels``, 3 without a config). Its
+            ``pretrained_cfg`` supplies the normalisation (``mean``/``std`` with one value per
+            input channel, on the 0..1 scale; ImageNet by default for 3 channels), the default protocol (``inference``: ``mode``, ``resize``,
             ``crop``, ``stride``), the class names and the palette.
-        images: one image or a list of them (sizes may differ): a path, a PIL image, a NumPy
-            array ``(H, W, 3)`` uint8 (also ``(H, W)`` grayscale and ``(H, W, 4)`` RGBA), a tensor
-            ``(3, H, W)`` uint8 or float in [0, 1] (also 1 or 4 channels), or a 4-D batch.
-            Grayscale is repeated to RGB and alpha is dropped. Do not normalise: the weights'
-            mean/std are applied here.
+        images: one image or a list of them (sizes may differ): a path (pictures, multi-page
+            TIFFs, ``.npy``), a PIL image, a NumPy array ``(H, W, C)`` uint8 or float in [0, 1], a
+            tensor ``(C, H, W)``, or a 4-D batch, with C the model's input channels. For RGB
+            models grayscale is repeated and alpha dropped; 1-channel models take grayscale
+            ``(H, W)``; see :mod:`pspnet_lib.inference.images` for files and pixel-value rules.
+            Do not normalise: the weights' mean/std are applied here.
         mode: ``"whole"`` or ``"slide"``; None uses the weights' protocol (whole if none stored).
         size: resize before inference (results still come back at the original size): None uses
             the weights' protocol; False runs at the image's own size; an int scales the short
@@ -211,11 +216,17 @@ def predict(
         A :class:`Prediction` for a single image, or a list of them (in input order) for a
         list/tuple or a 4-D batch.
 
+    Raises ``ValueError`` before the network runs when an input's channels or the stored
+    mean/std do not match the model's input channels.
+
     The model runs in eval mode (its previous mode is restored afterwards) without gradients.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride)
+    channels = input_channels(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean_values, std_values = input_stats(cfg, channels)
     batched = is_image_batch(images)
     items = list(images) if batched else [images]
 
@@ -223,7 +234,7 @@ def predict(
     sources: list[str | None] = []
     for index, item in enumerate(items):
         try:
-            tensors.append(to_rgb_tensor(item))
+            tensors.append(to_image_tensor(item, channels))
         except (TypeError, ValueError, FileNotFoundError) as exc:
             if not batched:
                 raise
@@ -233,9 +244,8 @@ def predict(
     if device is not None:
         model.to(device)
     run_device = _model_device(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    mean = torch.tensor(mean_values, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    std = torch.tensor(std_values, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = len(tuple(scales) or (1.0,)) * (2 if flip else 1) == 1
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)

@@ -104,6 +104,46 @@ RECIPES: dict[str, dict[str, Any]] = {
         train={"eval_mode": "slide", "eval_crop": [769, 769], "eval_stride": [513, 513]},
         _published="mmseg pspnet_r50-d8 769x769 80k cityscapes: 79.59 mIoU",
     ),
+    # PASCAL Context (R-101-D8 only in the zoo): SGD lr 0.004, wd 1e-4 (schedule_40k_lr4e-3), resize
+    # (520, 520), crop 480, slide 480/320 at test time (configs/_base_/datasets/pascal_context*.py).
+    **{
+        f"{key}-mmseg-{k}k": _mmseg(
+            key, classes, k * 1000, [480, 480], [520, 520], 4, 4, [520, 520],
+            model={"backbone": "resnet101"},
+            train={"lr": 0.004, "weight_decay": 0.0001, "eval_mode": "slide", "eval_crop": [480, 480],
+                   "eval_stride": [320, 320]},
+            _published=f"mmseg pspnet_r101-d8 480x480 {k}k {key.replace('-', '_')}: {miou} mIoU",
+            _zoo=[f"pspnet_r101-d8_{key}-480x480-{k}k"],
+        )
+        for key, classes, k, miou in (("pascal-context", 60, 40, 46.60), ("pascal-context", 60, 80, 46.03),
+                                      ("pascal-context-59", 59, 40, 52.02), ("pascal-context-59", 59, 80, 52.47))
+    },
+    # COCO-Stuff 10k / 164k: RandomResize (2048, 512), crop 512, 4 GPUs x 4 (configs/_base_/datasets/coco-stuff*.py).
+    **{
+        f"{key}-mmseg-{k}k": _mmseg(
+            key, 171, k * 1000, [512, 512], [2048, 512], 4, 4, [2048, 512],
+            _published=f"mmseg pspnet_r50-d8 512x512 {k}k {key}: {miou} mIoU (R-101-D8: --backbone resnet101)",
+            _zoo=[f"pspnet_{code}_{key}-512x512-{k}k" for code in ("r50-d8", "r101-d8")],
+        )
+        for key, k, miou in (("coco-stuff10k", 20, 35.69), ("coco-stuff10k", 40, 36.33), ("coco-stuff164k", 80, 38.80),
+                             ("coco-stuff164k", 160, 39.64), ("coco-stuff164k", 320, 40.53))
+    },
+    # Remote sensing, 80k, 4 GPUs x 4: LoveDA RandomResize (2048, 512), test (1024, 1024); Potsdam and
+    # Vaihingen (512, 512); iSAID (896, 896) with crop 896 (configs/_base_/datasets/{loveda,potsdam,vaihingen,isaid}.py).
+    **{
+        f"{key}-mmseg-80k": _mmseg(
+            key, classes, 80000, [crop, crop], base, 4, 4, test,
+            _published=f"mmseg pspnet_r50-d8 {crop}x{crop} 80k {key}: {miou} mIoU "
+                       f"(other rows: --backbone {' / '.join('resnet' + c[1:-3] for c in codes if c != 'r50-d8')})",
+            _zoo=[f"pspnet_{code}_{key}-{crop}x{crop}-80k" for code in codes],
+        )
+        for key, classes, crop, base, test, miou, codes in (
+            ("loveda", 7, 512, [2048, 512], [1024, 1024], 50.46, ("r18-d8", "r50-d8", "r101-d8")),
+            ("potsdam", 6, 512, [512, 512], [512, 512], 78.12, ("r18-d8", "r50-d8", "r101-d8")),
+            ("vaihingen", 6, 512, [512, 512], [512, 512], 72.36, ("r18-d8", "r50-d8", "r101-d8")),
+            ("isaid", 16, 896, [896, 896], [896, 896], 65.36, ("r18-d8", "r50-d8")),
+        )
+    },
     "voc-semseg": _semseg("voc", 21, 33050, 473, 8, 16, 512, 50, 10582,
                           _published="hszhao/semseg PSPNet50 voc2012 val, single scale: 77.05 mIoU"),
     "ade20k-semseg": _semseg("ade20k", 150, 126300, 473, 8, 16, 512, 100, 20210,

@@ -1,15 +1,22 @@
-"""Segmentation datasets: Pascal VOC 2012 + SBD, ADE20K, Cityscapes and a folder of one's own images.
+"""Segmentation datasets: every dataset of the weights zoo and a folder of one's own images.
 
-One module per dataset family (``voc``, ``ade20k``, ``cityscapes``, ``folder``) on top of ``base``
+Pascal VOC 2012 + SBD, ADE20K, Cityscapes, PASCAL Context (60/59), COCO-Stuff (10k/164k), LoveDA,
+ISPRS Potsdam and Vaihingen, iSAID. One module per dataset family (``voc``, ``ade20k``,
+``cityscapes``, ``pascal_context``, ``coco_stuff``, ``loveda``, ``isprs``, ``isaid``, ``folder``) on top of ``base``
 (the :class:`SegmentationDataset` contract and shared file helpers); ``factory`` maps names to
 classes. The directory layouts and how to prepare each dataset are described in docs/datasets.md.
 """
 
 from .ade20k import ADE20KDataset
-from .base import IMAGE_EXTENSIONS, MASK_EXTENSIONS, SegmentationDataset
+from .base import IMAGE_EXTENSIONS, MASK_EXTENSIONS, ImageAnnotationDirs, SegmentationDataset, reduce_zero_label
 from .cityscapes import CityscapesDataset, cityscapes_labelids_to_trainids, create_cityscapes_trainids
-from .factory import DATASETS, DEFAULT_SPLITS, build_dataset
+from .coco_stuff import COCOStuff10kDataset, COCOStuff164kDataset
+from .factory import DATASETS, DEFAULT_SPLITS, ZOO_DATASETS, build_dataset
 from .folder import FolderDataset, has_split, read_classes_file, read_palette_file
+from .isaid import ISAIDDataset
+from .isprs import PotsdamDataset, VaihingenDataset
+from .loveda import LoveDADataset
+from .pascal_context import PascalContext59Dataset, PascalContextDataset
 from .voc import VOCAugDataset
 
 __all__ = [
@@ -18,8 +25,19 @@ __all__ = [
     "ADE20KDataset",
     "CityscapesDataset",
     "FolderDataset",
+    "PascalContextDataset",
+    "PascalContext59Dataset",
+    "COCOStuff10kDataset",
+    "COCOStuff164kDataset",
+    "LoveDADataset",
+    "PotsdamDataset",
+    "VaihingenDataset",
+    "ISAIDDataset",
+    "ImageAnnotationDirs",
+    "reduce_zero_label",
     "DATASETS",
     "DEFAULT_SPLITS",
+    "ZOO_DATASETS",
     "build_dataset",
     "cityscapes_labelids_to_trainids",
     "create_cityscapes_trainids",

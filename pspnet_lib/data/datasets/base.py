@@ -1,7 +1,8 @@
 """The dataset contract and the file helpers every dataset module shares.
 
 Every dataset follows one contract. ``dataset[i]`` returns ``transforms(image, mask)``, where without
-transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (3, H, W), RGB) and ``mask`` a
+transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (C, H, W): RGB for the default
+``in_channels=3``, grey for 1, the file's N bands for N) and ``mask`` a
 :class:`torchvision.tv_tensors.Mask` (int64, (H, W)) holding class indices ``0..num_classes-1`` and
 ``ignore_index`` (255) for pixels that are not scored. Attributes: ``classes`` (names), ``palette``
 (one RGB tuple per class), ``num_classes``, ``ignore_index`` and ``files`` (``(image_path, mask_path)``
@@ -25,7 +26,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..._files import atomic_output
-from ...inference.images import pil_to_rgb
+from ...inference.images import pil_to_array, pil_to_rgb
+from ...inference.images import read_image as _read_image_file
 from ..constants import IGNORE_INDEX
 
 __all__ = ["SegmentationDataset", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS"]
@@ -37,7 +39,7 @@ PathLike = str | os.PathLike
 Transforms = Callable[[Any, Any], Any]
 Palette = list[tuple[int, int, int]]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
@@ -62,6 +64,10 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    #: Whether ``ignore_index`` is this dataset's documented "not scored" value (void, borders,
+    #: unlabeled): then :meth:`verify` never suggests mapping it to a class. Only one's own folders
+    #: may hold binary 0/255 masks where 255 means a class.
+    IGNORE_IS_CONVENTION: bool = True
 
     def __init__(
         self,
@@ -70,7 +76,11 @@ class SegmentationDataset(Dataset):
         palette: Sequence[Sequence[int]] | None = None,
         transforms: Transforms | None = None,
         ignore_index: int = IGNORE_INDEX,
+        in_channels: int = 3,
     ) -> None:
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        self.in_channels = in_channels
         self.files = [(Path(i), Path(m)) for i, m in files]
         self.classes = [str(c) for c in classes]
         if not self.classes:
@@ -102,12 +112,12 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """The untransformed sample ``index``: uint8 RGB image and int64 mask, sizes checked."""
         image_path, mask_path = self.files[index]
-        image = self.read_image(image_path)
+        image = self.read_image(image_path, channels=self.in_channels)
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
         if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
             # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
             # follow the rotated picture. Use that orientation when it is the one the mask has.
-            rotated = self.read_image(image_path, exif_orientation=True)
+            rotated = self.read_image(image_path, exif_orientation=True, channels=self.in_channels)
             if rotated.shape[:2] == mask.shape:
                 image = rotated
         if image.shape[:2] != mask.shape:
@@ -120,17 +130,31 @@ class SegmentationDataset(Dataset):
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     @staticmethod
-    def read_image(path: Path, exif_orientation: bool = False) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB array of an image file (any mode, read as ``predict`` reads it).
+    def read_image(path: Path, exif_orientation: bool = False, channels: int = 3) -> np.ndarray:
+        """``(H, W, channels)`` uint8 array of an image file, read as ``predict`` reads it.
 
+        ``channels`` is the model's ``in_channels``: 3 gives RGB (any picture), 1 grayscale, N a
+        multi-page TIFF, an N-band picture or a ``.npy`` array ``(H, W, N)`` (float arrays on the
+        0..1 scale become ``round(255 * v)``). Pixel values follow the fixed rules of
+        :mod:`pspnet_lib.inference.images` (16-bit ``/ 257``, float 0..1), never the content.
         With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
         viewers and ``predict`` do); without, the pixels are taken as stored.
         """
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            if not path.is_file():
+                raise FileNotFoundError(f"image file {path} does not exist")
+            array = _read_image_file(path, channels)
+            if array.dtype != np.uint8:
+                array = (array.astype(np.float64) * 255.0).round().astype(np.uint8)
+            return array
         try:
             with Image.open(path) as picture:
                 if exif_orientation:
                     picture = ImageOps.exif_transpose(picture)
-                return np.array(pil_to_rgb(picture))
+                if channels == 3:
+                    return np.array(pil_to_rgb(picture, what=str(path)))
+                return pil_to_array(picture, channels, what=str(path))
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
         except (UnidentifiedImageError, OSError) as error:
@@ -201,6 +225,7 @@ class SegmentationDataset(Dataset):
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
+        seen: set[int] = set()
         errors: list[str] = []
         indices: Sequence[int] = range(len(self))
         if max_images is not None and len(self) > max_images:
@@ -214,6 +239,8 @@ class SegmentationDataset(Dataset):
                     break
                 continue
             values = mask.numpy().ravel()
+            if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
+                seen.update(int(v) for v in np.unique(values))
             ignored += int((values == self.ignore_index).sum())
             counts += np.bincount(values[values != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
         if len(errors) == 1:
@@ -224,14 +251,17 @@ class SegmentationDataset(Dataset):
         if absent and warn_absent:
             where = f" in {len(indices)} of {len(self)} samples" if len(indices) < len(self) else ""
             hint = ""
-            if ignored:
-                # The usual cause: a class stored as 255 (binary 0/255 masks), which means "ignore".
+            if seen == {0, self.ignore_index} and not self.IGNORE_IS_CONVENTION and self.num_classes >= 2:
+                # Two-valued 0/255 masks: the usual binary-mask export, where 255 means the object
+                # class, not "ignore". Anything else with 255 (void, borders) is left alone: mapping
+                # it to a class would teach the model that void is, e.g., "bicycle".
                 hint = (
-                    f"; {ignored} pixels are {self.ignore_index} (ignored). If your masks store a class as "
-                    f"{self.ignore_index} (e.g. 0/255 binary masks), remap it: label_map={{{self.ignore_index}: "
-                    f"{self.classes.index(absent[-1])}}} (CLI: --label-map {self.ignore_index}:"
-                    f"{self.classes.index(absent[-1])})"
+                    f"; every mask read holds only 0 and {self.ignore_index} ({ignored} pixels, ignored). If these "
+                    f"are binary masks with the object stored as {self.ignore_index}, remap it: "
+                    f"label_map={{{self.ignore_index}: 1}} (CLI: --label-map {self.ignore_index}:1)"
                 )
+            elif ignored:
+                hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
             logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
         return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
 
@@ -252,3 +282,92 @@ def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
 def _save_png_atomically(array: np.ndarray, path: Path) -> None:
     with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: Path, highest: int) -> None:
+    """Raise naming ``path`` if ``stored`` holds a value above ``highest`` other than the ignore index.
+
+    Called before a label mapping (e.g. ``reduce_zero_label``), so that the message quotes the
+    values as they are stored in the file.
+    """
+    bad = (stored > highest) & (stored != dataset.ignore_index)
+    if bad.any():
+        values = np.unique(stored[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise ValueError(f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
+                         f"{type(dataset).__name__}; " + dataset.value_hint(path, values))
+
+
+def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
+
+    A stored ``ignore_index`` stays ``ignore_index`` (as in mmseg's ``LoadAnnotations``, where
+    255 - 1 = 254 is set back to 255). Returns int64 of the same shape.
+    """
+    mask = stored.astype(np.int64) - 1
+    mask[(stored == 0) | (stored == ignore_index)] = ignore_index
+    return mask
+
+
+class ImageAnnotationDirs(SegmentationDataset):
+    """Base of the datasets in mmsegmentation's prepared layout: ``<images>/<split>`` + ``<annotations>/<split>``.
+
+    An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
+    ``<annotations>/<split>/<stem><SEG_SUFFIX>``. Subclasses set the class attributes below;
+    ``dataset_info`` names the :class:`~pspnet_lib.data.metadata.DatasetInfo` that gives the
+    class names, palette and whether ``reduce_zero_label`` applies.
+
+    Args:
+        root: the dataset's directory (as written by ``pspnet prepare <dataset>``).
+        split: a split name of :attr:`SPLITS` (aliases such as ``val`` for ``test2014`` are accepted).
+        transforms: joint transform called as ``transforms(image, mask)``.
+    """
+
+    DATASET_KEY: str = ""
+    IMAGE_DIR: str = "img_dir"
+    ANNOTATION_DIR: str = "ann_dir"
+    IMG_SUFFIX: str = ".png"
+    SEG_SUFFIX: str = ".png"
+    #: split names accepted -> folder name under IMAGE_DIR / ANNOTATION_DIR
+    SPLITS: dict[str, str] = {"train": "train", "val": "val"}
+    #: the ``pspnet prepare`` sub-command that writes this layout
+    PREPARE: str = ""
+
+    def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
+        from ..metadata import get_dataset_info
+
+        self.info = get_dataset_info(self.DATASET_KEY)
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown {self.info.title} split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = root, self.SPLITS[split]
+        image_dir, ann_dir = root / self.IMAGE_DIR / self.split, root / self.ANNOTATION_DIR / self.split
+        prepare = f"; prepare it with `pspnet prepare {self.PREPARE} SRC {root}` (see docs/datasets.md)"
+        if not image_dir.is_dir():
+            raise FileNotFoundError(
+                f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
+                f"{self.ANNOTATION_DIR}/{self.split}/*{self.SEG_SUFFIX} there{prepare}"
+            )
+        images = sorted(p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith("."))
+        if not images:
+            raise FileNotFoundError(f"no *{self.IMG_SUFFIX} images in {image_dir}{prepare}")
+        files = [(p, ann_dir / (p.name[: -len(self.IMG_SUFFIX)] + self.SEG_SUFFIX)) for p in images]
+        missing = [m for _, m in files if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}")
+        super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        k = self.num_classes
+        stored = f"0 (ignored), 1..{k}" if self.info.reduce_zero_label else f"0..{k - 1}"
+        return (
+            f"{self.info.title} annotations store {stored} and {self.ignore_index} (ignore) ({self.info.label_convention}); "
+            f"this file was not written by `pspnet prepare {self.PREPARE}` or mmsegmentation's converter"
+        )

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..constants import IGNORE_INDEX
+from ..metadata import VOC_PALETTE
 from .base import (
     _LOSSY_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -22,7 +23,7 @@ from .base import (
     _show,
 )
 
-__all__ = ["FolderDataset", "has_split", "read_classes_file", "read_palette_file"]
+__all__ = ["FolderDataset", "VOC_VOID_COLOUR", "has_split", "read_classes_file", "read_ignore_colours", "read_palette_file"]
 
 
 def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -> str | None:
@@ -63,21 +64,43 @@ def read_classes_file(path: PathLike) -> list[str]:
 
 
 def read_palette_file(path: PathLike) -> Palette:
-    """Colours from a text file, one ``R G B`` (or ``R,G,B``) line per class in index order."""
+    """Class colours from a text file, one ``R G B`` (or ``R,G,B``) line per class in index order.
+
+    Lines ``R G B ignore`` declare colours read as the ignore index instead (see
+    :func:`read_ignore_colours`); they are not classes and are skipped here.
+    """
+    return _parse_palette_file(path)[0]
+
+
+def read_ignore_colours(path: PathLike) -> Palette:
+    """The colours a palette file declares as ignore (``R G B ignore`` lines, e.g. ``224 224 192 ignore``)."""
+    return _parse_palette_file(path)[1]
+
+
+def _parse_palette_file(path: PathLike) -> tuple[Palette, Palette]:
     path = Path(path)
-    palette = []
+    palette: Palette = []
+    ignore: Palette = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.replace(",", " ").split()
+        is_ignore = len(parts) == 4 and parts[3].lower() == "ignore"
         try:
-            colour = tuple(int(v) for v in parts)
+            colour = tuple(int(v) for v in parts[:3]) if is_ignore else tuple(int(v) for v in parts)
         except ValueError:
             colour = ()
         if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
-            raise ValueError(f"{path}:{number}: expected 'R G B' with values 0..255, got {line.strip()!r}")
-        palette.append(colour)
-    return palette
+            raise ValueError(
+                f"{path}:{number}: expected 'R G B' (a class colour) or 'R G B ignore' (an ignored colour) with "
+                f"values 0..255, got {line.strip()!r}"
+            )
+        (ignore if is_ignore else palette).append(colour)
+    return palette, ignore
+
+
+#: PASCAL VOC's void colour: object boundaries and difficult regions in VOC's colour masks.
+VOC_VOID_COLOUR = (224, 224, 192)
 
 
 class FolderDataset(SegmentationDataset):
@@ -87,7 +110,8 @@ class FolderDataset(SegmentationDataset):
 
         root/
           classes.txt            one class name per line; line i is mask value i
-          palette.txt            optional: "R G B" per class (colours; also decodes RGB masks)
+          palette.txt            optional: "R G B" per class (colours; also decodes RGB masks);
+                                 "R G B ignore" lines: colours read as ignore (255)
           images/  a.jpg b.png ...      (or images/train/, images/val/ ...)
           masks/   a.png b.png ...      (or masks/train/, masks/val/ ...)
           splits/  train.txt val.txt    optional: image stems, one per line (or root/train.txt)
@@ -104,6 +128,9 @@ class FolderDataset(SegmentationDataset):
             and ``masks/<split>/``, or (``train``/``val`` only) drawn with ``val_fraction``.
         classes: class names: ``None`` reads ``root/classes.txt``; a list; or a path to such a file.
         palette: colours per class; ``None`` reads ``root/palette.txt`` if present, else distinct defaults.
+        ignore_colours: colours of RGB masks read as ``ignore_index`` (e.g. ``[(255, 255, 255)]``),
+            added to the ``R G B ignore`` lines of the palette file. With the PASCAL VOC palette
+            (its first colours), VOC's void colour (224, 224, 192) is ignored without configuration.
         transforms: joint transform.
         image_dir, mask_dir: sub-folder names.
         mask_suffix: mask stem = image stem + this suffix.
@@ -113,7 +140,12 @@ class FolderDataset(SegmentationDataset):
             (a fixed shuffle by ``seed``) as ``val`` and use the rest as ``train``.
         seed: seed of that shuffle.
         ignore_index: mask value not scored.
+        in_channels: channels of the images as the model takes them (``config.in_channels``): 3
+            reads every picture as RGB, 1 as grayscale, N multi-page TIFFs / N-band pictures /
+            ``.npy`` arrays ``(H, W, N)`` (see :meth:`SegmentationDataset.read_image`).
     """
+
+    IGNORE_IS_CONVENTION = False
 
     def __init__(
         self,
@@ -130,6 +162,8 @@ class FolderDataset(SegmentationDataset):
         val_fraction: float | None = None,
         seed: int = 0,
         ignore_index: int = IGNORE_INDEX,
+        ignore_colours: Sequence[Sequence[int]] | None = None,
+        in_channels: int = 3,
     ) -> None:
         root = Path(root)
         self.root, self.split = root, split
@@ -141,7 +175,10 @@ class FolderDataset(SegmentationDataset):
                 "see docs/datasets.md"
             )
         names = self._resolve_classes(root, classes)
-        colours, self._explicit_palette = self._resolve_palette(root, palette, len(names))
+        colours, self._explicit_palette, declared = self._resolve_palette(root, palette, len(names))
+        self.ignore_colours: Palette = [tuple(int(v) for v in c[:3]) for c in (ignore_colours or [])] + declared
+        if self._explicit_palette and len(colours) >= 2 and colours == VOC_PALETTE[: len(colours)]:
+            self.ignore_colours.append(VOC_VOID_COLOUR)
         self.mask_suffix = mask_suffix
         self.label_map = dict(label_map) if label_map else None
 
@@ -164,7 +201,7 @@ class FolderDataset(SegmentationDataset):
                     f"(image stems, one per line), or sub-folders {image_dir}/{split}/ and {mask_dir}/{split}/"
                     + ("; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
                        if split in ("train", "val") else "")
-                    + "; or split=None for all pairs"
+                    + "; or split=None for all pairs (CLI: pspnet eval --split all; pspnet train --no-val)"
                 )
         pairs = self._pairs(image_folder, mask_folder)
         if stems is not None:
@@ -174,7 +211,7 @@ class FolderDataset(SegmentationDataset):
             files = [pairs[s] for s in stems]
         else:
             files = [pairs[s] for s in sorted(pairs)]
-        super().__init__(files, names, colours, transforms, ignore_index)
+        super().__init__(files, names, colours, transforms, ignore_index, in_channels)
 
     @staticmethod
     def _resolve_classes(root: Path, classes: Sequence[str] | PathLike | None) -> list[str]:
@@ -182,7 +219,7 @@ class FolderDataset(SegmentationDataset):
             if not (root / "classes.txt").is_file():
                 raise FileNotFoundError(
                     f"no class names for {root}: write {root / 'classes.txt'} (one name per line, line i = mask value i) "
-                    "or pass classes=[...]"
+                    "or pass classes=[...] (CLI: --classes FILE|A,B,.. or, for generic names, --num-classes K)"
                 )
             return read_classes_file(root / "classes.txt")
         if isinstance(classes, (str, os.PathLike)):
@@ -193,15 +230,19 @@ class FolderDataset(SegmentationDataset):
         return names
 
     @staticmethod
-    def _resolve_palette(root: Path, palette: Any, num_classes: int) -> tuple[Palette, bool]:
+    def _resolve_palette(root: Path, palette: Any, num_classes: int) -> tuple[Palette, bool, Palette]:
         if palette is None and (root / "palette.txt").is_file():
             palette = root / "palette.txt"
         if palette is None:
-            return _default_palette(num_classes), False
-        colours = read_palette_file(palette) if isinstance(palette, (str, os.PathLike)) else [tuple(int(v) for v in c[:3]) for c in palette]
+            return _default_palette(num_classes), False, []
+        declared: Palette = []
+        if isinstance(palette, (str, os.PathLike)):
+            colours, declared = _parse_palette_file(palette)
+        else:
+            colours = [tuple(int(v) for v in c[:3]) for c in palette]
         if len(colours) < num_classes:
             raise ValueError(f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class")
-        return colours[:num_classes], True
+        return colours[:num_classes], True, declared
 
     def _pairs(self, image_folder: Path, mask_folder: Path) -> dict[str, tuple[Path, Path]]:
         images: dict[str, Path] = {}
@@ -215,7 +256,7 @@ class FolderDataset(SegmentationDataset):
             raise ValueError(f"several images share a stem in {image_folder}: {_show(duplicates)}; stems must be unique")
         if not images:
             subfolders = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
-            hint = f" (it has sub-folders {', '.join(subfolders)}: pass split=...)" if subfolders else ""
+            hint = f" (it has sub-folders {', '.join(subfolders)}: pass split=... (CLI: --split / --train-split))" if subfolders else ""
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_folder}{hint}")
         masks: dict[str, Path] = {}
         lossy = []
@@ -283,12 +324,17 @@ class FolderDataset(SegmentationDataset):
 
     def _decode_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
         codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-        lookup = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in enumerate(self.palette)}
+        lookup = {(r << 16) | (g << 8) | b: self.ignore_index for r, g, b in self.ignore_colours}
+        lookup.update({(r << 16) | (g << 8) | b: index for index, (r, g, b) in enumerate(self.palette)})
         unique, inverse = np.unique(codes, return_inverse=True)
         unknown = [int(c) for c in unique if int(c) not in lookup]
         if unknown:
             shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:8])
-            raise ValueError(f"colour mask {path} holds colour(s) {shown} that are not in the palette of {self.num_classes} classes")
+            raise ValueError(
+                f"colour mask {path} holds colour(s) {shown} that are not in the palette of {self.num_classes} classes; "
+                "if they mark pixels not to score, declare them as 'R G B ignore' lines in palette.txt "
+                "(or ignore_colours=[...]; CLI: --ignore-colour R,G,B)"
+            )
         return np.array([lookup[int(c)] for c in unique], dtype=np.int64)[inverse].reshape(codes.shape)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:

@@ -1,0 +1,58 @@
+"""``pspnet prepare``: turn a dataset's official downloads into the layout ``--dataset`` reads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+#: Kept in step with pspnet_lib.data.prepare.PREPARERS (a test checks); listed here so that
+#: building the parser does not import the data package.
+PREPARE_CHOICES = ("pascal-context", "coco-stuff10k", "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="prepare a zoo dataset from its official downloads",
+        description="Read a dataset's official archives (or their extracted folders) from SRC and write the "
+        "layout `pspnet train/eval --dataset NAME --data-root DST` reads (mmsegmentation's prepared layout). "
+        "Finished files are skipped, so an interrupted run continues where it stopped. PASCAL Context's "
+        "masks serve both pascal-context and pascal-context-59. See docs/datasets.md for each dataset's inputs.",
+    )
+    p.add_argument("dataset", choices=PREPARE_CHOICES, help="which dataset")
+    p.add_argument("src", metavar="SRC", help="folder holding the downloaded archives (or their extracted folders)")
+    p.add_argument("dst", metavar="DST", help="folder to write the prepared dataset to (may be SRC)")
+    p.add_argument("--annotations", metavar="FILE",
+                   help="pascal-context: the trainval_merged.json file (default SRC/trainval_merged.json)")
+    p.add_argument("--tile-size", type=int, metavar="PX", help="potsdam/vaihingen: tile size (default 512, as upstream)")
+    p.add_argument("--stride", type=int, metavar="PX", help="potsdam/vaihingen: tile stride (default 256, as upstream)")
+    p.add_argument("--patch-size", type=int, metavar="PX", help="isaid: patch size (default 896, as upstream)")
+    p.add_argument("--overlap", type=int, metavar="PX", help="isaid: patch overlap (default 384, as upstream)")
+    p.set_defaults(func=run)
+
+
+_OPTIONS = {
+    "annotations": ("pascal-context",),
+    "tile_size": ("potsdam", "vaihingen"),
+    "stride": ("potsdam", "vaihingen"),
+    "patch_size": ("isaid",),
+    "overlap": ("isaid",),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.prepare import PREPARERS
+
+    kwargs = {}
+    for option, datasets in _OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.dataset not in datasets:
+            raise ValueError(f"--{option.replace('_', '-')} applies to {', '.join(datasets)} only, not {args.dataset}")
+        kwargs[option] = value
+    result = PREPARERS[args.dataset](args.src, args.dst, **kwargs)
+    names = {"pascal-context": "pascal-context or pascal-context-59"}
+    sys.stdout.write(f"{args.dataset}: wrote {result['written']} file(s), {result['skipped']} already there; "
+                     f"use --dataset {names.get(args.dataset, args.dataset)} --data-root {args.dst}\n")
+    return 0

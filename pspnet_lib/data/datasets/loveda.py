@@ -1,0 +1,19 @@
+"""LoveDA (Urban and Rural merged): 7 land-cover classes, mmsegmentation's prepared layout."""
+
+from __future__ import annotations
+
+from .base import ImageAnnotationDirs
+
+__all__ = ["LoveDADataset"]
+
+
+class LoveDADataset(ImageAnnotationDirs):
+    """LoveDA as prepared by ``pspnet prepare loveda`` (or mmsegmentation's ``loveda.py``).
+
+    Layout: ``img_dir/{train,val,test}/<id>.png`` and ``ann_dir/{train,val}/<id>.png``. Stored
+    values: 0 = no-data (ignored), 1..7 = background, building, road, water, barren, forest,
+    agricultural, read as classes 0..6 (``reduce_zero_label``, as mmsegmentation's ``LoveDADataset``).
+    """
+
+    DATASET_KEY = "loveda"
+    PREPARE = "loveda"

@@ -1,0 +1,82 @@
+"""PASCAL Context: 60 classes (background included) or 59 (background ignored) on VOC2010 images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..metadata import get_dataset_info
+from .base import (
+    PathLike,
+    SegmentationDataset,
+    Transforms,
+    _first_existing,
+    _require_files,
+    check_stored_values,
+    reduce_zero_label,
+)
+
+__all__ = ["PascalContextDataset", "PascalContext59Dataset"]
+
+
+class PascalContextDataset(SegmentationDataset):
+    """PASCAL Context with 60 classes: class 0 is ``background``, a scored class (mmseg's ``PascalContextDataset``).
+
+    Layout (``pspnet prepare pascal-context`` or mmsegmentation's ``pascal_context.py``)::
+
+        VOC2010/JPEGImages/<id>.jpg
+        VOC2010/SegmentationClassContext/<id>.png     values 0..59 (0 = background)
+        VOC2010/ImageSets/SegmentationContext/{train,val}.txt
+
+    Args:
+        root: ``VOC2010``, or a folder holding ``VOC2010/`` or ``VOCdevkit/VOC2010/``.
+        split: ``train`` (4,996 images) or ``val`` (5,104).
+        transforms: joint transform.
+    """
+
+    DATASET_KEY = "pascal-context"
+    SPLITS = ("train", "val")
+
+    def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
+        self.info = get_dataset_info(self.DATASET_KEY)
+        given = Path(root)
+        found = _first_existing([given, given / "VOC2010", given / "VOCdevkit" / "VOC2010"], "SegmentationClassContext")
+        prepare = f"prepare it with `pspnet prepare {self.DATASET_KEY} SRC DST` (see docs/datasets.md)"
+        if found is None:
+            raise FileNotFoundError(
+                f"no PASCAL Context found at {given}: expected JPEGImages/, SegmentationClassContext/ and "
+                f"ImageSets/SegmentationContext/ in {given}, {given / 'VOC2010'} or {given / 'VOCdevkit' / 'VOC2010'}; {prepare}"
+            )
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown PASCAL Context split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = found, split
+        list_file = found / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"split list {list_file} does not exist; {prepare}")
+        names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        if not names:
+            raise ValueError(f"split list {list_file} is empty")
+        files = [(found / "JPEGImages" / f"{n}.jpg", found / "SegmentationClassContext" / f"{n}.png") for n in names]
+        _require_files(files, str(list_file), prepare)
+        super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
+
+    def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
+        return (
+            "SegmentationClassContext masks store 0 (background) and 1..59; this file was not written by "
+            "`pspnet prepare pascal-context` or mmsegmentation's converter (the 459-class .mat labels need that conversion)"
+        )
+
+
+class PascalContext59Dataset(PascalContextDataset):
+    """PASCAL Context with 59 classes: the same files, background (stored 0) ignored and stored k read as class k - 1
+    (``reduce_zero_label``, mmseg's ``PascalContextDataset59``)."""
+
+    DATASET_KEY = "pascal-context-59"

@@ -1,0 +1,41 @@
+"""From the official downloads to the layouts the datasets read (mmsegmentation's prepared layouts).
+
+``prepare_<dataset>(src, dst)`` reads the archives (or their extracted folders) in ``src`` and
+writes the prepared dataset under ``dst``; ``pspnet prepare <dataset> SRC DST`` does the same.
+Every preparation shows a progress bar on terminals, skips outputs that already exist (so an
+interrupted run is resumed by running it again), writes each file atomically (no half-written
+file is ever left for a later run to trust), never modifies its inputs, and names a missing input
+archive or folder in a one-line error. docs/datasets.md lists the inputs of each dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .coco_stuff import prepare_coco_stuff10k, prepare_coco_stuff164k
+from .isaid import prepare_isaid
+from .isprs import prepare_potsdam, prepare_vaihingen
+from .loveda import prepare_loveda
+from .pascal_context import prepare_pascal_context
+
+__all__ = [
+    "PREPARERS",
+    "prepare_pascal_context",
+    "prepare_coco_stuff10k",
+    "prepare_coco_stuff164k",
+    "prepare_loveda",
+    "prepare_potsdam",
+    "prepare_vaihingen",
+    "prepare_isaid",
+]
+
+#: ``pspnet prepare`` names -> functions. PASCAL Context's masks serve both the 60- and 59-class datasets.
+PREPARERS: dict[str, Callable[..., dict[str, int]]] = {
+    "pascal-context": prepare_pascal_context,
+    "coco-stuff10k": prepare_coco_stuff10k,
+    "coco-stuff164k": prepare_coco_stuff164k,
+    "loveda": prepare_loveda,
+    "potsdam": prepare_potsdam,
+    "vaihingen": prepare_vaihingen,
+    "isaid": prepare_isaid,
+}
