@@ -7,22 +7,28 @@ through here, so an interrupted write never leaves a half-written file that a la
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 __all__ = [
+    "OverwritesInputError",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_save",
+    "atomic_save_safetensors",
+    "check_outputs_spare_inputs",
     "current_umask",
     "ensure_dir",
     "fsync_dir",
+    "local_files",
     "remove_stale_temporaries",
+    "sibling_folder",
 ]
 
 
@@ -142,3 +148,100 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file atomically and byte-for-byte reproducibly.
+
+    ``safetensors`` serialises the metadata through a Rust hash map, whose key order changes from
+    one call to the next, so the same tensors and metadata gave different bytes (and checksums).
+    The header is written back as JSON with sorted keys; tensor data and offsets are unchanged,
+    so any safetensors reader reads the same file.
+    """
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save(contiguous, metadata=dict(metadata) if metadata else None)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    canonical += b" " * (-len(canonical) % 8)  # the format pads the header to 8 bytes with spaces
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(canonical).to_bytes(8, "little"))
+            f.write(canonical)
+            f.write(memoryview(data)[8 + size :])
+
+
+class OverwritesInputError(ValueError):
+    """An output file would replace one of the command's own input files."""
+
+
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """``path`` with symlinks and ``..`` resolved, and its (device, inode) when it exists (hard links)."""
+    resolved = Path(os.path.realpath(path))
+    try:
+        st = os.stat(resolved)
+    except OSError:
+        return resolved, None
+    return resolved, (st.st_dev, st.st_ino)
+
+
+def check_outputs_spare_inputs(
+    outputs: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike],
+    *,
+    advice: str = "choose another --out",
+) -> None:
+    """Refuse to write any of ``outputs`` that is one of ``inputs``, whatever ``--overwrite`` says.
+
+    Paths are compared after resolving symlinks and ``..``, and existing files also by
+    (device, inode), so a symlink or hard link to an input counts as that input (conservative:
+    the atomic writers of :func:`atomic_output` would replace a file-level link rather than its
+    target, but a link through a folder, or a writer that is not atomic, would reach the input).
+    Call it before anything is written.
+
+    Raises:
+        OverwritesInputError: a ``ValueError`` naming the output, the input it would replace and
+            ``advice`` (how to pick another output).
+    """
+    by_path: dict[Path, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for raw in inputs:
+        path = Path(raw)
+        resolved, inode = _identity(path)
+        by_path.setdefault(resolved, path)
+        if inode is not None:
+            by_inode.setdefault(inode, path)
+    if not by_path:
+        return
+    for raw in outputs:
+        output = Path(raw)
+        resolved, inode = _identity(output)
+        source = by_path.get(resolved) or (by_inode.get(inode) if inode is not None else None)
+        if source is not None:
+            how = "is" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else "is a link to (or through)"
+            raise OverwritesInputError(f"refusing to write {output}: it {how} the input {source}; {advice}")
+
+
+def local_files(spec: str | os.PathLike) -> list[Path]:
+    """The files that a weights/source argument names on this machine: the file itself, the files
+    directly inside a folder, or nothing (a zoo name, Hub id or URL)."""
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            return [p for p in path.iterdir() if p.is_file()]
+        return [path] if path.is_file() else []
+    except OSError:  # unreadable: the command's own loading reports it
+        return []
+
+
+def sibling_folder(folder: str | os.PathLike, tag: str) -> Path:
+    """``<folder>-<tag>`` next to ``folder`` (to suggest another output folder in messages)."""
+    folder = Path(folder)
+    if folder.name not in ("", ".", ".."):
+        return folder.with_name(f"{folder.name}-{tag}")
+    resolved = Path(os.path.realpath(folder))  # "." or "..": name the folder itself
+    return resolved.with_name(f"{resolved.name or 'out'}-{tag}")

@@ -255,12 +255,15 @@ def run_weights_demo(
             f"the sample-photo demo needs pspnet_lib.assets and pspnet_lib.inference.predict, which this "
             f"installation lacks ({exc}); run 'pspnet demo' without --weights for the offline training demo"
         ) from None
+    from ._files import check_outputs_spare_inputs, local_files, sibling_folder
     from .engine.model_io import load_model
     from .inference.visualize import legend, side_by_side
 
     photos = sample_images()
     out = Path(out_dir)
     names = [f"{p.stem}_{kind}.png" for p in photos for kind in ("overlay", "mask")]
+    check_outputs_spare_inputs([out / n for n in names], [*photos, *local_files(weights)],
+                               advice=f"choose another --out, e.g. --out {sibling_folder(out, 'photos')}")
     _prepare_out_dir(out, overwrite, names)
     model = load_model(weights)
     if device:

@@ -115,3 +115,48 @@ def test_fast_option(weights, folder, tmp_path):
     plain = np.asarray(Image.open(tmp_path / "plain" / "a.png"))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "fast32" / "a.png")), plain)  # exact path
     assert (np.asarray(Image.open(tmp_path / "fast" / "a.png")) == plain).mean() > 0.99
+
+
+def _snapshot(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_outputs_never_replace_the_input_pictures(weights, tmp_path, caplog, overwrite):
+    """Issue 10 item 4: `predict DIR --out DIR --overwrite` replaced the photos with their masks."""
+    weights_dir, _ = weights
+    rng = np.random.default_rng(1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("p1.png", "p2.png", "p3.png", "p4.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 23, 3), dtype=np.uint8)).save(photos / name)
+    before = _snapshot(photos)
+    flag = ["--overwrite"] if overwrite else []
+    assert main(["predict", str(photos), "--weights", str(weights_dir), "--out", str(photos), *flag]) == 1
+    assert _snapshot(photos) == before
+    message = caplog.records[-1].getMessage()
+    assert "\n" not in message and "the input" in message and "p1.png" in message
+    assert "--out" in message and "photos-masks" in message and "--overwrite" not in message
+
+
+def test_outputs_that_are_links_to_inputs_are_refused(weights, tmp_path, caplog):
+    """The same through a symlinked --out folder and through a hard link."""
+    weights_dir, _ = weights
+    rng = np.random.default_rng(2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 256, (20, 23, 3), dtype=np.uint8)).save(photos / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (20, 23, 3), dtype=np.uint8)).save(photos / "a_overlay.png")
+    before = _snapshot(photos)
+    link = tmp_path / "link-to-photos"
+    link.symlink_to(photos, target_is_directory=True)
+    assert main(["predict", str(photos), "--weights", str(weights_dir), "--out", str(link), "--overwrite"]) == 1
+    assert "a_overlay.png" in caplog.records[-1].getMessage()
+    # a hard link of an input (a_overlay.png) at the name of an output (a.png, the mask of a.jpg)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").hardlink_to(photos / "a_overlay.png")
+    assert main(["predict", str(photos), "--weights", str(weights_dir), "--out", str(out), "--overwrite"]) == 1
+    message = caplog.records[-1].getMessage()
+    assert "a.png" in message and "a_overlay.png" in message
+    assert _snapshot(photos) == before

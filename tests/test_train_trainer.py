@@ -206,3 +206,98 @@ def test_frozen_backbone_bf16_channels_last_checkpointing(tmp_path):
     assert not torch.equal(before["decode_head.classifier.weight"], after["decode_head.classifier.weight"])
     assert not torch.equal(before["decode_head.bottleneck.norm.running_mean"], after["decode_head.bottleneck.norm.running_mean"])
     assert model.decode_head.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- the machine's limits (issue 10, items 8 and 13)
+
+def _fail_writes(monkeypatch, at_name, error):
+    """Make torch.save write part of the file named ``at_name`` and then fail like a full disk does."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if at_name in os.path.basename(str(f)):
+            Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 500)  # the part that fitted
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from pspnet_lib.engine import checkpoint as ckpt_module
+    from pspnet_lib.engine.checkpoint import CheckpointWriteError
+
+    data = ColourBlocks(6, 32)
+    config = _config(tmp_path, iters=4, ckpt_interval=2)
+    # What torch's zip writer raises when the disk fills (no errno), while little space is free.
+    _fail_writes(monkeypatch, "iter_00000004", RuntimeError(
+        "[enforce fail at inline_container.cc:672] . unexpected pos 3529856 vs 3529750"))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: usage._replace(free=12_345))
+    with pytest.raises(CheckpointWriteError) as info:
+        Trainer(_model(), data, None, config).fit()
+    message = str(info.value)
+    ckpt = Path(config.out_dir) / "checkpoints"
+    assert info.value.errno == errno.ENOSPC and "\n" not in message
+    assert f"{ckpt / 'iter_00000004.pt'}" in message and "no space left" in message
+    assert "12.3 KB free" in message and "needed: the size of iter_00000002.pt" in message
+    needed = (ckpt / "iter_00000002.pt").stat().st_size
+    assert f"about {needed / 1e6:.1f} MB needed" in message
+    assert f"{ckpt / 'iter_00000002.pt'} (iteration 2)" in message and "--resume" in message
+    assert "inline_container" not in message
+    # Nothing half-written is left for a later run to trust; the last checkpoint is intact.
+    assert sorted(p.name for p in ckpt.iterdir()) == ["iter_00000002.pt", "latest.pt"]
+    assert load_checkpoint(ckpt / "latest.pt")["iteration"] == 2
+    # Space freed: --resume finishes the run.
+    monkeypatch.undo()
+    assert Trainer(_model(seed=9), data, None, config, resume=True).fit()["iteration"] == 4
+
+
+def test_disk_full_at_the_first_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from pspnet_lib.engine.checkpoint import CheckpointWriteError
+
+    config = _config(tmp_path, iters=2, ckpt_interval=2)
+    _fail_writes(monkeypatch, "iter_00000002", OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(CheckpointWriteError, match=r"iter_00000002\.pt: no space left on the device") as info:
+        Trainer(_model(), ColourBlocks(6, 32), None, config).fit()
+    assert "no checkpoint had been written yet" in str(info.value) and "--seed" in str(info.value)
+    assert "tensors" in str(info.value)  # the estimate when no checkpoint exists yet
+    assert not [p for p in (Path(config.out_dir) / "checkpoints").iterdir()]
+
+
+def test_torn_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path, caplog):
+    data = ColourBlocks(6, 32)
+    config = _config(tmp_path, iters=6, ckpt_interval=3)
+    Trainer(_model(), data, None, config).fit()
+    ckpt = Path(config.out_dir) / "checkpoints"
+    latest, newest, older = ckpt / "latest.pt", ckpt / "iter_00000006.pt", ckpt / "iter_00000003.pt"
+    intact = newest.read_bytes()
+    # A torn copy of latest.pt (e.g. copied without hard links and cut short); iter_00000006.pt is intact.
+    latest.unlink()
+    latest.write_bytes(intact[: len(intact) // 2])
+    longer = config.replace(iters=8)
+    trainer = Trainer(_model(seed=5), data, None, longer, resume=True)
+    caplog.set_level("WARNING")
+    assert trainer.fit(stop_at=6)["iteration"] == 6
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert str(latest) in warning and str(newest) in warning and "iteration 6" in warning
+
+    # latest.pt torn together with the file it links to: the next older one is used.
+    newest.write_bytes(intact[:1000])
+    caplog.clear()
+    trainer = Trainer(_model(seed=5), data, None, longer, resume=True)
+    assert trainer.fit(stop_at=3)["iteration"] == 3
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert str(newest) in warning and str(older) in warning
+
+    # Nothing readable: one error listing every file tried and why.
+    older.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        Trainer(_model(), data, None, longer, resume=True).fit()
+    message = str(info.value)
+    assert all(str(p) in message for p in (latest, newest, older)) and "none of the 3" in message

@@ -10,6 +10,9 @@ from pathlib import Path
 
 logger = logging.getLogger("pspnet_lib.cli.convert")
 
+#: What ``save_pretrained`` writes into the output folder.
+SAVED_FILES = ("config.json", "model.safetensors", "README.md")
+
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
@@ -58,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no output folder: pspnet convert SRC OUT_DIR (or --out OUT_DIR)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
+    from .._files import check_outputs_spare_inputs, local_files, sibling_folder
+
+    # Converting a save_pretrained folder into itself (with --force) would replace its own files.
+    check_outputs_spare_inputs(
+        [out / name for name in SAVED_FILES],
+        local_files(args.source) + ([args.classes] if args.classes is not None else []),
+        advice=f"choose another output folder, e.g. {sibling_folder(out, 'converted')}",
+    )
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; choose another folder or pass --force to overwrite its files")
     overrides = {}

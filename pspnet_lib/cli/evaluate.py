@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.data_root:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
+    if args.json:
+        from .._files import check_outputs_spare_inputs, local_files
+
+        check_outputs_spare_inputs([args.json], local_files(args.weights), advice="choose another --json file")
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)

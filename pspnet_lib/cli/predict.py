@@ -171,7 +171,7 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .._files import atomic_output, ensure_dir
+    from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from ..data.constants import input_channels, input_stats
     from ..inference.images import to_image_tensor
     from ..inference.predict import predict, resolve_protocol
@@ -190,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no image files to segment among the inputs")
     plan = _plan_outputs(files, args.out, args.overlay)
+    # Never replace a picture being segmented (or the weights), --overwrite or not: e.g. a.png in
+    # DIR would get its mask DIR/a.png with --out DIR.
+    check_outputs_spare_inputs(
+        (p for _, mask, over in plan for p in (mask, over) if p is not None),
+        [source for source, _ in files] + local_files(args.weights),
+        advice=f"choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}",
+    )
     if not args.overwrite:
         existing = [str(p) for _, mask, over in plan for p in (mask, over) if p is not None and p.exists()]
         if existing:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("pspnet_lib.cli.train")
@@ -183,7 +184,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-interval", type=int)
     g.add_argument("--keep-last", type=int)
     g.add_argument("--log-interval", type=int)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (default 0): "
+                   "the same seed on the same machine reproduces a run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
     g = p.add_argument_group("validation protocol")
     g.add_argument("--eval-mode", choices=("whole", "slide"))
@@ -268,6 +270,25 @@ def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes:
     return model
 
 
+#: What a run writes directly into its directory (besides ``checkpoints/``).
+RUN_FILES = ("train_config.json", "history.json", "metrics.json", "model/config.json", "model/model.safetensors",
+             "model/README.md")
+
+
+def check_run_dir(out_dir: str, args: argparse.Namespace) -> None:
+    """Refuse a run directory whose files would replace the run's inputs (before anything is read)."""
+    from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
+
+    out = Path(out_dir)
+    advice = f"choose another --out, e.g. --out {sibling_folder(out, 'run')}"
+    if args.data_root and os.path.realpath(out) == os.path.realpath(args.data_root):
+        raise OverwritesInputError(f"--out {out} is the dataset's directory --data-root {args.data_root}: the run's "
+                                   f"checkpoints and model would be mixed with the data; {advice}")
+    inputs = [p for spec in (args.weights, args.backbone_weights) if spec for p in local_files(spec)]
+    inputs += [Path(spec) for spec in (args.recipe, args.classes) if spec and os.path.isfile(spec)]
+    check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=advice)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         from ..recipes import RECIPES
@@ -287,15 +308,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.data_root:
         raise ValueError("--data-root DIR is required (the dataset's directory)")
+    check_run_dir(settings["train"]["out_dir"], args)
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
     from ..data.constants import input_channels, input_stats
-    from ..engine import TrainConfig, Trainer
+    from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 
     name = settings["dataset"]
     config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
+    # Seed before anything random happens (the model's initialisation, the data split and sample,
+    # the transforms): two runs with the same --seed then start from the same weights, and a run
+    # killed before its first checkpoint restarts from the same initialisation.
+    set_seed(config.seed)
     train_split = args.train_split or DEFAULT_SPLITS[name][0]
     val_split = args.val_split or DEFAULT_SPLITS[name][1]
     kwargs = dataset_kwargs(args)

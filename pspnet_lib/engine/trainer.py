@@ -43,11 +43,14 @@ from .checkpoint import (
     atomic_save,
     atomic_write_bytes,
     checkpoint_name,
-    find_resume_checkpoint,
+    explain_write_failure,
     get_rng_state,
     load_checkpoint,
+    load_resume_checkpoint,
+    resume_candidates,
     rotate_checkpoints,
     set_rng_state,
+    state_nbytes,
 )
 from .evaluate import evaluate, normalize_images
 from .loss import PSPNetLoss
@@ -102,7 +105,8 @@ class TrainConfig:
         ckpt_interval: write a checkpoint every this many iterations (0: only at the end).
         keep_last: numbered checkpoints to keep (``latest.pt`` and ``best.pt`` are kept anyway).
         log_interval: iterations between log lines and training-curve points.
-        seed: seed of the data order, augmentation and initial RNG state.
+        seed: seed of the data order, augmentation and the RNG state training starts from (the
+            model's initial weights are drawn when it is built: call :func:`set_seed` first).
         deterministic: ask PyTorch for deterministic algorithms (slower on GPUs).
         out_dir: run directory (``checkpoints/``, ``history.json``, ``metrics.json``, ``model/``).
         progress: show a tqdm progress bar (rank 0).
@@ -207,7 +211,13 @@ class TrainConfig:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices).
+
+    Call it before building the model (and before anything else that draws random numbers): the
+    :class:`Trainer` re-seeds its own streams from ``TrainConfig.seed`` when ``fit()`` starts, but
+    the initial weights of a model built from scratch come from the global RNG at build time.
+    ``pspnet train --seed N`` does this first.
+    """
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
@@ -322,6 +332,8 @@ class Trainer:
         self._restored = False
         self._saved_at = -1
         self._validated_at = -1
+        #: ``(path, iteration)`` of the newest complete numbered checkpoint (written or resumed from).
+        self._last_checkpoint: tuple[Path, int] | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -496,27 +508,43 @@ class Trainer:
         if self._restored:
             return
         self._restored = True
-        # Rank 0 decides (the run directory must be on a file system every process can read).
-        decision: tuple[str | None, str | None] = (None, None)
+        # Rank 0 decides, reading the checkpoint (the run directory must be on a file system every
+        # process can read); a torn latest.pt falls back to the newest readable iter_*.pt.
+        decision: tuple[str | None, str | None, str | None] = (None, None, None)
+        state = None
         if self.is_main:
-            found = find_resume_checkpoint(self.out_dir)
+            candidates = resume_candidates(self.ckpt_dir)
             if self._resume is True:
-                if found is None:
+                if not candidates:
                     logger.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
-                decision = (str(found) if found else None, None)
             elif self._resume:
-                decision = (str(self._resume), None)
-            elif found is not None:
-                decision = (None, f"{self.out_dir} already holds checkpoints of a run; resume it (resume=True / "
-                                  "--resume) or choose another out_dir")
-        found_path, error = D.broadcast_object(decision)
+                chosen = Path(self._resume)
+                # An explicit latest.pt falls back like the default; another file is taken as given.
+                candidates = [chosen] + (resume_candidates(chosen.parent)[1:] if chosen.name == "latest.pt" else [])
+            elif candidates:
+                decision = (None, "exists", f"{self.out_dir} already holds checkpoints of a run; resume it "
+                                            "(resume=True / --resume) or choose another out_dir")
+                candidates = []
+            else:
+                candidates = []
+            if candidates:
+                try:
+                    found = load_resume_checkpoint(candidates, map_location=self.device)
+                except (ValueError, OSError) as exc:
+                    decision = (None, type(exc).__name__, str(exc))
+                else:
+                    if found is not None:
+                        path, state = found
+                        decision = (str(path), None, None)
+        found_path, kind, error = D.broadcast_object(decision)
         if error:
-            raise FileExistsError(error)
-        path = Path(found_path) if found_path else None
-        if path is None:
+            raise {"exists": FileExistsError, "FileNotFoundError": FileNotFoundError}.get(kind, ValueError)(error)
+        if found_path is None:
             set_seed(mix_seed(self.config.seed, self.dist.rank))
             return
-        state = load_checkpoint(path, map_location=self.device)
+        path = Path(found_path)
+        if state is None:  # the other processes read the file rank 0 chose
+            state = load_checkpoint(path, map_location=self.device)
         saved = state.get("config") or {}
         changed = [f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}" for k in _TRAJECTORY_FIELDS
                    if k in saved and saved[k] != getattr(self.config, k)]
@@ -524,6 +552,7 @@ class Trainer:
             self._log("resuming with changed settings (the run will differ from an uninterrupted one): %s",
                       "; ".join(changed), level=logging.WARNING)
         self.load_state_dict(state)
+        self._last_checkpoint = (path, self.iteration)
         self._log("resumed from %s at iteration %d", path, self.iteration)
 
     # ------------------------------------------------------------------ steps
@@ -627,21 +656,39 @@ class Trainer:
         if not self.is_main:
             return None
         state = self.state_dict(rng_states)
-        path = None
-        if numbered:
-            path = self.ckpt_dir / checkpoint_name(self.iteration)
-            atomic_save(state, path)
-            atomic_link(path, self.ckpt_dir / "latest.pt")
-            if best:
-                atomic_link(path, self.ckpt_dir / "best.pt")
-            rotate_checkpoints(self.ckpt_dir, self.config.keep_last)
-            self._saved_at = self.iteration
-        elif best:
-            path = self.ckpt_dir / "best.pt"
-            atomic_save(state, path)
-        self._write_history()
+        path = self.ckpt_dir / (checkpoint_name(self.iteration) if numbered else "best.pt")
+        with self._explain_write_failure(path, state=state):
+            if numbered:
+                atomic_save(state, path)
+                atomic_link(path, self.ckpt_dir / "latest.pt")
+                if best:
+                    atomic_link(path, self.ckpt_dir / "best.pt")
+                # Complete and linked: from here on a resume starts here, whatever fails next.
+                self._last_checkpoint = (path, self.iteration)
+                rotate_checkpoints(self.ckpt_dir, self.config.keep_last)
+                self._saved_at = self.iteration
+            elif best:
+                atomic_save(state, path)
+            self._write_history()
         logger.debug("checkpoint written: %s", path)
         return path
+
+    def _explain_write_failure(
+        self, path: Path, *, state: Any = None, nbytes: int | None = None, what: str = "checkpoint"
+    ) -> contextlib.AbstractContextManager:
+        """A failed write (a full disk above all) becomes one line naming the file, the space needed
+        and free, the last complete checkpoint and ``--resume`` (see :func:`explain_write_failure`).
+
+        The space needed is ``nbytes`` if given, else the size of the last checkpoint, else the
+        size of ``state``'s tensors."""
+        last = self._last_checkpoint
+        if nbytes is not None:
+            needed, source = nbytes, f"the size of the {what}"
+        elif last is not None and last[0].is_file():
+            needed, source = last[0].stat().st_size, f"the size of {last[0].name}"
+        else:
+            needed, source = state_nbytes(state), f"the size of the {what}'s tensors"
+        return explain_write_failure(path, needed=needed, needed_source=source, last_checkpoint=last, what=what)
 
     def _write_history(self) -> None:
         payload = {"config": self.config.to_dict(), "history": self.history}
@@ -655,7 +702,9 @@ class Trainer:
         self._restore_or_seed()
         if self.is_main:
             ensure_dir(self.out_dir)
-            atomic_write_bytes(self.out_dir / "train_config.json", (c.to_json() + "\n").encode())
+            settings = (c.to_json() + "\n").encode()
+            with self._explain_write_failure(self.out_dir / "train_config.json", nbytes=len(settings), what="run settings"):
+                atomic_write_bytes(self.out_dir / "train_config.json", settings)
         end = c.iters if stop_at is None else max(self.iteration, min(int(stop_at), c.iters))
         images_per_iteration = c.batch_size * c.grad_accum * self.dist.world_size
         self._log(
@@ -730,11 +779,15 @@ class Trainer:
             classes = getattr(self.val_dataset, "classes", None)
             payload = json.loads(metrics_to_json(self.last_metrics, classes))
             payload["iteration"] = self._validated_at
-            atomic_write_bytes(self.out_dir / "metrics.json", (json.dumps(payload, indent=2) + "\n").encode())
+            report = (json.dumps(payload, indent=2) + "\n").encode()
+            with self._explain_write_failure(self.out_dir / "metrics.json", nbytes=len(report), what="metrics"):
+                atomic_write_bytes(self.out_dir / "metrics.json", report)
             logger.info("validation at iteration %d:\n%s", self._validated_at, format_metrics_table(self.last_metrics, classes))
         if not self.config.export:
             return None
         directory = self.out_dir / "model"
-        self.model.save_pretrained(directory)  # config.json + model.safetensors + model card, written atomically
+        with self._explain_write_failure(directory / "model.safetensors", nbytes=state_nbytes(self.model.state_dict()),
+                                         what="final model"):
+            self.model.save_pretrained(directory)  # config.json + model.safetensors + model card, written atomically
         logger.info("final model written to %s", directory)
         return str(directory)

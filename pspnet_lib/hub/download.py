@@ -420,10 +420,10 @@ def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, er
         except OSError as exc:
             outcome = f"it could not be removed ({exc}): delete {dest} before loading again"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return type(error)(
+    return CheckpointError(
         f"{first_line} [{dest} was downloaded from {url}, whose name carries no checksum; {outcome}. Check that "
         "the URL serves the weights file itself]"
-    ) if isinstance(error, CheckpointError) else error
+    )
 
 
 # --- the converted cache ---

@@ -25,8 +25,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .._files import atomic_save_safetensors
 from .download import OfflineError, is_offline
-from .serialization import read_safetensors, write_json, write_safetensors
+from .serialization import read_safetensors, write_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
 
@@ -53,7 +54,8 @@ def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
         "pspnet_lib.pretrained_cfg": json.dumps(pretrained_cfg, sort_keys=True),
     }
     module = model.module if hasattr(model, "module") else model
-    write_safetensors(module.state_dict(), save_directory / WEIGHTS_NAME, metadata)
+    # Reproducible bytes: the same weights give the same file (and checksum) every time.
+    atomic_save_safetensors(module.state_dict(), save_directory / WEIGHTS_NAME, metadata)
     write_json(
         {"config": config, "pretrained_cfg": pretrained_cfg, "library": "pspnet_lib", "pspnet_lib_version": __version__},
         save_directory / CONFIG_NAME,
@@ -166,7 +168,22 @@ def from_pretrained_files(
             force_download=force_download,
             token=token,
         )
-    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
+    from ..models.pspnet import PSPNetConfig
+    from .serialization import CheckpointError
+    from .validation import check_tensors, validate_pretrained_cfg
+
+    source = f"{model_id} ({CONFIG_NAME})"
+    try:  # the same checks as load_pretrained, before anything is allocated
+        if not isinstance(config, PSPNetConfig):
+            config = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=config.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     tensors, _ = read_safetensors(weights_path)
+    try:
+        check_tensors(tensors, str(weights_path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
     return model.to(map_location).eval()
