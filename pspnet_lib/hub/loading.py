@@ -20,13 +20,16 @@ from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config
 from .download import (
+    OfflineError,
     default_cache_dir,
+    discard_unreadable_download,
     fetch_url,
     fetch_weights_file,
     load_cached,
     lock_for,
     save_cached,
     sha256_file,
+    tidy_entry,
 )
 from .mmseg_config import read_checkpoint_config
 from .registry import Weights, find_weights_for_file, get_weights, resolve_name
@@ -217,23 +220,37 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
 def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool, trust_pickle: bool) -> Resolved:
     backbone_only = weights.task == "backbone"
 
-    def from_cache() -> Resolved | None:
-        cached = load_cached(weights, cache_dir)
+    problems: list[str] = []
+
+    def from_cache(discard: bool) -> Resolved | None:
+        problems.clear()
+        cached = load_cached(weights, cache_dir, discard=discard, problems=problems)
         if cached is None:
             return None
         tensors, record = cached
         logger.debug("loaded %s from the cache (%s)", weights.name, cache_dir)
         return Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
 
-    # Cache files are only ever renamed into place, so reading needs no lock (and works on a read-only cache).
-    resolved = from_cache()
+    # Cache files are only ever renamed into place, so reading needs no lock (and works on a
+    # read-only cache). An entry that does not verify is only removed under the lock: without it,
+    # this could be another process's rebuild caught between its two renames.
+    tidy_entry(weights, cache_dir)
+    resolved = from_cache(discard=False)
     if resolved is not None:
         return resolved
     with lock_for(weights, cache_dir):
-        resolved = from_cache()  # another process may have finished meanwhile
+        resolved = from_cache(discard=True)  # another process may have finished meanwhile
         if resolved is not None:
             return resolved
-        path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+        try:
+            path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+        except OfflineError as exc:
+            if not problems:
+                raise
+            raise OfflineError(
+                f"the cached converted weights did not verify and were removed ({problems[0]}); rebuilding them needs "
+                f"the original checkpoint: {exc}"
+            ) from None
         raw, _ = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
         state_dict = convert_state_dict(raw, weights.format)
         config = dict(weights.config) if backbone_only else PSPNetConfig.from_dict(weights.config).to_dict()
@@ -529,8 +546,12 @@ def resolve_source(
 
         return resolve_hf(match["repo"], revision=match["rev"] or revision, cache_dir=cache_dir, local_files_only=local_files_only)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", source):
-        path = fetch_url(source, None if cache_dir is None else Path(cache_dir), local_files_only=local_files_only, progress=progress)
-        return _resolve_path(path, format, trust_pickle)
+        url_cache = None if cache_dir is None else Path(cache_dir)
+        path = fetch_url(source, url_cache, local_files_only=local_files_only, progress=progress)
+        try:
+            return _resolve_path(path, format, trust_pickle)
+        except CheckpointError as exc:  # a wrong file never stays cached under the URL's name
+            raise discard_unreadable_download(source, path, url_cache, exc) from None
     try:
         name = resolve_name(source)
         unknown_name = None
