@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,6 +27,7 @@ __all__ = [
     "ensure_dir",
     "fsync_dir",
     "local_files",
+    "remove_stale_temporaries",
     "sibling_folder",
 ]
 
@@ -108,6 +110,32 @@ def _set_final_mode(tmp_path: Path, path: Path) -> None:
         os.chmod(tmp_path, mode)
     except OSError:  # e.g. file systems without POSIX permissions; the content is what matters
         pass
+
+
+def _temporary_pattern(path: Path) -> re.Pattern[str]:
+    # The names atomic_output's mkstemp call gives: ".<name>.<8 random characters>.tmp<suffix>".
+    return re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}$")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that interrupted :func:`atomic_output` writes of ``path`` left.
+
+    Only call this while holding the lock that serialises every writer of ``path``: a temporary
+    file of a write still in progress looks the same as one left by a killed process. Returns
+    the removed paths.
+    """
+    path = Path(path)
+    pattern = _temporary_pattern(path)
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    except OSError:  # no folder yet, or not listable: nothing to clean
+        return removed
+    for candidate in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -25,7 +25,9 @@ def write_mmseg_checkpoint(path: Path, case: str = "mmseg_r18_d8") -> dict:
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Serves the server's directory; ``server.mode`` can make it cut a response short or stall."""
+    """Serves the server's directory; ``server.mode`` can make it cut a response short ("truncate":
+    the full Content-Length, a third of the body), stall, or answer with an HTML page ("html" with
+    status 200, "html_error" with 404)."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -34,6 +36,14 @@ class _Handler(SimpleHTTPRequestHandler):
         self.server.requests.append(self.path)
         if self.server.mode == "normal":
             return super().do_GET()
+        if self.server.mode in ("html", "html_error"):  # what an expired link or a login wall returns
+            page = b"<!DOCTYPE html>\n<html><head><title>Not Found</title></head><body>gone</body></html>\n"
+            self.send_response(200 if self.server.mode == "html" else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)

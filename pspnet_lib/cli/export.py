@@ -46,7 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)"
     )
     parser.add_argument("--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns")
-    parser.add_argument("--check", action="store_true", help="ONNX only: compare ONNX Runtime with PyTorch at three sizes")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="ONNX only: compare ONNX Runtime with PyTorch at three sizes (with --int8: argmax agreement and max "
+        "logit error against fp32 on held-out pictures of --calibration)",
+    )
+    int8 = parser.add_argument_group("INT8 (ONNX only)")
+    int8.add_argument("--int8", action="store_true", help="static-quantized INT8 (QDQ, per-channel weights), calibrated on --calibration")
+    int8.add_argument("--calibration", type=Path, metavar="DIR", help="folder of pictures like those you will segment (needed by --int8)")
+    int8.add_argument("--calibration-count", type=int, default=16, metavar="N",
+                      help="calibrate on N pictures of DIR (a reproducible sample; default 16)")
+    int8.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                      help="how activation ranges are set (default minmax)")
+    int8.add_argument("--check-count", type=int, default=4, metavar="N",
+                      help="with --int8 --check: held-out pictures of DIR to compare on (default 4)")
+    int8.add_argument("--min-agreement", type=float, default=0.98,
+                      help="with --int8 --check: exit 1 below this argmax agreement (default 0.98)")
     parser.add_argument("--device", default="cpu", help="device to trace on (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
@@ -73,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
                        "format anyway)", args.out, expected, args.format)
     if args.format != "onnx" and (args.check or args.opset is not None or args.onnx_exporter != "auto"):
         raise ValueError("--check, --opset and --onnx-exporter apply to --format onnx only")
+    if args.format != "onnx" and args.int8:
+        raise ValueError("--int8 applies to --format onnx only (the INT8 model is a quantized ONNX file)")
+    if args.int8:
+        _check_int8_args(args)
+    elif args.calibration is not None:
+        raise ValueError("--calibration applies to --int8 only")
     if args.format == "onnx":
         ex._require_onnx()  # fail before loading weights
         # The dynamo exporter's helpers log every optimisation pass at INFO level.
@@ -80,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     model = load_model(args.weights, device=args.device)
     common = dict(height=args.height, width=args.width, preprocess=args.preprocess, output=args.output)
+    if args.int8:
+        return _export_int8(args, model, common)
     if args.format == "onnx":
         ex.export_onnx(
             model,
@@ -108,6 +132,65 @@ def run(args: argparse.Namespace) -> int:
         if error > 1e-4:
             logger.error("the exported model differs from PyTorch by more than 1e-4")
             return 1
+    return 0
+
+
+def _check_int8_args(args: argparse.Namespace) -> None:
+    from ..inference.quantize import _require_quantization, calibration_files
+
+    if args.calibration is None:
+        raise ValueError("--int8 needs --calibration DIR, a folder of pictures like those you will segment")
+    if args.calibration_count < 1:
+        raise ValueError(f"--calibration-count must be at least 1, got {args.calibration_count}")
+    if args.check and args.check_count < 1:
+        raise ValueError(f"--check-count must be at least 1, got {args.check_count}")
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise ValueError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+    calibration_files(args.calibration)  # a missing or empty folder fails before the weights load
+    _require_quantization()
+
+
+def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
+    """--int8: calibrate on a sample of --calibration, hold out other pictures for --check."""
+    import random
+
+    from ..inference.quantize import calibration_files, check_int8_onnx, export_onnx_int8
+
+    files = calibration_files(args.calibration)
+    order = list(range(len(files)))
+    random.Random(0).shuffle(order)
+    calibrate = [files[i] for i in sorted(order[: args.calibration_count])]
+    held_out = [files[i] for i in sorted(order[args.calibration_count : args.calibration_count + args.check_count])]
+    export_onnx_int8(
+        model,
+        args.out,
+        calibrate,
+        calibrate_method=args.calibration_method,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        batch_size=args.batch_size or 2,
+        exporter=args.onnx_exporter,
+        **common,
+    )
+    size_mb = args.out.stat().st_size / 2**20
+    sys.stdout.write(
+        f"wrote {args.out} (onnx, int8 QDQ calibrated on {len(calibrate)} picture(s) of {args.calibration}, "
+        f"{'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n"
+    )
+    if not args.check:
+        return 0
+    if not held_out:
+        logger.warning("all %d pictures of %s were used for calibration; checking on them (not held out). "
+                       "Add pictures or lower --calibration-count for a held-out check", len(files), args.calibration)
+        held_out = calibrate[: args.check_count]
+    stats = check_int8_onnx(args.out, model, held_out)
+    sys.stdout.write(
+        f"INT8 (ONNX Runtime) vs fp32 PyTorch on {len(held_out)} held-out picture(s): argmax agreement "
+        f"{100 * stats['argmax_agreement']:.2f}%, max relative logit error {stats['max_rel_err']:.2e}\n"
+    )
+    if stats["argmax_agreement"] < args.min_agreement:
+        logger.error("argmax agreement %.4f is below --min-agreement %.4f", stats["argmax_agreement"], args.min_agreement)
+        return 1
     return 0
 
 

@@ -61,11 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)")
     parser.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=("auto", "float32", "bfloat16", "float16", "int8"),
         default="auto",
         help="precision of --fast: auto = bfloat16 where the device computes it natively (AVX-512-BF16/AMX CPUs, "
-        "Ampere+ GPUs), else float32 (exact)",
+        "Ampere+ GPUs), else float32 (exact); int8 = a calibrated INT8 model run by OpenVINO (pspnet-lib[openvino]; "
+        "bfloat16 with a warning where it is missing), calibrated on a sample of the inputs or --calibration",
     )
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="--dtype int8: calibrate on pictures of DIR instead of a sample of the inputs")
+    parser.add_argument("--calibration-count", type=int, default=16, metavar="N",
+                        help="--dtype int8: calibrate on N pictures (default 16)")
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run)
@@ -153,7 +158,7 @@ def _fast_dtype(name: str, device: str):
     return torch.bfloat16 if native else torch.float32
 
 
-def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
+def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", calibration: Callable | None = None):
     import torch
 
     from ..inference.predict import load_model
@@ -165,7 +170,23 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto"):
         return model
     from ..runtime import optimize_for_inference
 
+    if dtype == "int8":  # calibration(model) -> normalised images, with the weights' own preprocessing
+        return optimize_for_inference(model, dtype="int8", calibration=calibration(model))
     return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
+
+
+def _int8_calibration(args: argparse.Namespace, inputs: list[Path], size: Any) -> Callable:
+    """Check the --dtype int8 options now; return ``model -> calibration images`` (read once the weights are loaded)."""
+    from ..inference.quantize import calibration_files, calibration_images
+
+    if not args.fast:
+        raise ValueError("--dtype int8 applies to --fast only (add --fast)")
+    if args.calibration_count < 1:
+        raise ValueError(f"--calibration-count must be at least 1, got {args.calibration_count}")
+    pictures = calibration_files(args.calibration) if args.calibration is not None else inputs
+    # The same resize as inference (--size/--no-resize or the weights' protocol), so the calibrated
+    # ranges are those of the activations the model will see.
+    return lambda model: calibration_images(pictures, model, count=args.calibration_count, size=size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,8 +227,13 @@ def run(args: argparse.Namespace) -> int:
                 "or choose another --out folder"
             )
 
+    calibration = None
+    if args.calibration is not None and args.dtype != "int8":
+        raise ValueError("--calibration applies to --dtype int8 only")
+    if args.dtype == "int8":
+        calibration = _int8_calibration(args, [source for source, _ in files], size)
     ensure_dir(args.out)  # a file in the way fails here, not once per image
-    model = _load(args.weights, args.device, args.fast, args.dtype)
+    model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
     channels = input_channels(model)
     input_stats(getattr(model, "pretrained_cfg", None), channels, what=f"--weights {args.weights}")  # mean/std fit

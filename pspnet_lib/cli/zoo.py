@@ -50,14 +50,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _cache_state(w, cache_dir: Path | None) -> tuple[bool, str | None]:
+    """``(cached, problem)``: cached only if the entry verifies (checksums), else why not (None: absent)."""
+    from ..hub.download import cached_paths, default_cache_dir, verify_cached
+
+    if not any(p.exists() or p.is_symlink() for p in cached_paths(w, default_cache_dir(cache_dir))):
+        return False, None
+    problem = verify_cached(w, cache_dir)
+    return problem is None, problem
+
+
 def run_list(args: argparse.Namespace) -> int:
-    from ..hub.download import is_cached
     from ..hub.registry import get_weights, list_pretrained
 
     names = list_pretrained(args.pattern, task=args.task, include_aliases=args.aliases)
     rows = []
     for name in names:
         w = get_weights(name)
+        cached, problem = _cache_state(w, args.cache_dir)
         metrics = w.meta.get("metrics") or {}
         rows.append(
             {
@@ -68,7 +78,8 @@ def run_list(args: argparse.Namespace) -> int:
                 "mIoU": metrics.get("mIoU"),
                 "mIoU_ms_flip": metrics.get("mIoU_ms_flip"),
                 "top1": metrics.get("top1"),
-                "cached": is_cached(w, args.cache_dir),
+                "cached": cached,
+                "cache_problem": problem,
             }
         )
     if args.json:
@@ -84,16 +95,18 @@ def run_list(args: argparse.Namespace) -> int:
             "-" if r["classes"] is None else str(r["classes"]),
             _fmt(r["mIoU"]) if r["top1"] is None else f"top1 {r['top1']:.2f}",
             _fmt(r["mIoU_ms_flip"]),
-            "yes" if r["cached"] else "no",
+            "yes" if r["cached"] else ("damaged" if r["cache_problem"] else "no"),
         ]
         for r in rows
     ]
     sys.stdout.write(_table(table, ["name", "dataset", "classes", "mIoU", "ms+flip", "cached"]))
+    if any(r["cache_problem"] for r in rows):
+        sys.stdout.write("damaged: the cached files fail verification; the next load or `pspnet download` rebuilds them\n")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..hub.download import cached_paths, default_cache_dir, is_cached
+    from ..hub.download import cached_paths, default_cache_dir
     from ..hub.registry import aliases_of, get_weights
 
     if Path(args.name).expanduser().exists():
@@ -101,6 +114,7 @@ def run_info(args: argparse.Namespace) -> int:
     w = get_weights(args.name)
     cache = default_cache_dir(args.cache_dir)
     st, _ = cached_paths(w, cache)
+    cached, problem = _cache_state(w, args.cache_dir)
     meta = dict(w.meta)
     categories = meta.pop("categories", None)
     palette = meta.pop("palette", None)
@@ -113,7 +127,8 @@ def run_info(args: argparse.Namespace) -> int:
         "config": dict(w.config),
         **meta,
         "num_categories": None if categories is None else len(categories),
-        "cached": is_cached(w, args.cache_dir),
+        "cached": cached,
+        **({"cache_problem": problem} if problem else {}),
         "cache_file": str(st),
         "original_file": str(cache / w.filename),
     }
@@ -153,13 +168,19 @@ def _info_local(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..hub.download import cached_paths, default_cache_dir
+    from ..hub.download import cached_paths, default_cache_dir, verify_cached
     from ..hub.loading import resolve_source
     from ..hub.registry import get_weights
 
     cache = default_cache_dir(args.cache_dir)
+    status = 0
     for name in args.names:
         w = get_weights(name)
-        resolve_source(w.name, cache_dir=cache)
-        sys.stdout.write(f"{w.name}: {cached_paths(w, cache)[0]}\n")
-    return 0
+        resolve_source(w.name, cache_dir=cache)  # verifies a cached entry; rebuilds a damaged one
+        problem = verify_cached(w, cache)
+        if problem is not None:  # e.g. a read-only cache: converted, but nothing could be kept
+            sys.stderr.write(f"error: {w.name} could not be cached in {cache} ({problem}); pass a writable --cache-dir\n")
+            status = 1
+            continue
+        sys.stdout.write(f"{w.name}: {cached_paths(w, cache)[0]} (verified)\n")
+    return status

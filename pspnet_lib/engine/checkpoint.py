@@ -110,7 +110,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = read_checkpoint(path)
+    # No opt-in to full pickle here: a training checkpoint holds tensors and plain data only.
+    state = read_checkpoint(path, opt_in="pspnet train never writes such objects: resume only from its own checkpoints")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a pspnet_lib training checkpoint (to start from pretrained weights use "

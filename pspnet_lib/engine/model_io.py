@@ -61,8 +61,10 @@ def _is_training_checkpoint(path: Path) -> bool:
             return False
     from .checkpoint import CHECKPOINT_FORMAT
 
+    from ..hub.serialization import CheckpointError, read_checkpoint
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+        state = read_checkpoint(path, mmap=True)
+    except CheckpointError:
         return False
     return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT

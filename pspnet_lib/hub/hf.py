@@ -183,7 +183,7 @@ def from_pretrained_files(
     if num_classes is not None or aux is not None:
         if model_kwargs:
             raise TypeError(f"PSPNet.from_pretrained got unexpected option(s) {sorted(model_kwargs)}")
-        # The files read as load_pretrained reads them, so that the load reports agree.
+        # The files read (and checked) as load_pretrained reads them, so that the load reports agree.
         if os.path.isdir(model_id):
             config_path, description = Path(model_id) / CONFIG_NAME, model_id
         else:
@@ -195,7 +195,22 @@ def from_pretrained_files(
         if cls is not type(model):
             raise TypeError(f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained")
         return model.to(map_location).eval()
+    from ..models.pspnet import PSPNetConfig
+    from .serialization import CheckpointError
+    from .validation import check_tensors, validate_pretrained_cfg
+
+    source = f"{model_id} ({CONFIG_NAME})"
+    try:  # the same checks as load_pretrained, before anything is allocated
+        if not isinstance(config, PSPNetConfig):
+            config = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=config.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     tensors, _ = read_safetensors(weights_path)
+    try:
+        check_tensors(tensors, str(weights_path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
     model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
     return model.to(map_location).eval()

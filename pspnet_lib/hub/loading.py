@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -18,17 +20,21 @@ from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
 from .download import (
+    OfflineError,
     default_cache_dir,
+    discard_unreadable_download,
     fetch_url,
     fetch_weights_file,
     load_cached,
     lock_for,
     save_cached,
     sha256_file,
+    tidy_entry,
 )
 from .mmseg_config import read_checkpoint_config
 from .registry import Weights, find_weights_for_file, get_weights, resolve_name
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
+from .validation import check_tensors, validate_pretrained_cfg, warn_unknown
 
 __all__ = ["LoadReport", "load_pretrained", "load_weights", "build_with_backbone_weights", "resolve_source", "Resolved"]
 
@@ -198,8 +204,9 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     """Verify (on the meta device: no memory, no compute) that converted weights fit ``config``."""
     probe = dict(config)
     probe.setdefault("num_classes", 1)
+    arch = PSPNetConfig.from_dict(probe, source=what)  # validated before the meta-device build
     with torch.device("meta"):
-        model = PSPNet(PSPNetConfig.from_dict(probe))
+        model = PSPNet(arch)
     own = model.state_dict()
     if not _has_head(state_dict):
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
@@ -213,23 +220,37 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
 def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool | None, trust_pickle: bool) -> Resolved:
     backbone_only = weights.task == "backbone"
 
-    def from_cache() -> Resolved | None:
-        cached = load_cached(weights, cache_dir)
+    problems: list[str] = []
+
+    def from_cache(discard: bool) -> Resolved | None:
+        problems.clear()
+        cached = load_cached(weights, cache_dir, discard=discard, problems=problems)
         if cached is None:
             return None
         tensors, record = cached
         logger.debug("loaded %s from the cache (%s)", weights.name, cache_dir)
         return Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
 
-    # Cache files are only ever renamed into place, so reading needs no lock (and works on a read-only cache).
-    resolved = from_cache()
+    # Cache files are only ever renamed into place, so reading needs no lock (and works on a
+    # read-only cache). An entry that does not verify is only removed under the lock: without it,
+    # this could be another process's rebuild caught between its two renames.
+    tidy_entry(weights, cache_dir)
+    resolved = from_cache(discard=False)
     if resolved is not None:
         return resolved
     with lock_for(weights, cache_dir):
-        resolved = from_cache()  # another process may have finished meanwhile
+        resolved = from_cache(discard=True)  # another process may have finished meanwhile
         if resolved is not None:
             return resolved
-        path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+        try:
+            path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+        except OfflineError as exc:
+            if not problems:
+                raise
+            raise OfflineError(
+                f"the cached converted weights did not verify and were removed ({problems[0]}); rebuilding them needs "
+                f"the original checkpoint: {exc}"
+            ) from None
         raw, _ = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
         state_dict = convert_state_dict(raw, weights.format)
         config = dict(weights.config) if backbone_only else PSPNetConfig.from_dict(weights.config).to_dict()
@@ -333,27 +354,49 @@ def _from_state_dict(
     return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=not _has_head(state_dict), sources=sources)
 
 
+_CONFIG_JSON_KEYS = {"config", "pretrained_cfg", "library", "pspnet_lib_version"}
+
+
 def _read_config_json(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(config, pretrained_cfg)`` from a ``save_pretrained`` ``config.json``."""
+    """``(config, pretrained_cfg)`` from a ``save_pretrained`` ``config.json``, validated (one-line errors naming it)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    if isinstance(data.get("config"), dict):
-        return dict(data["config"]), dict(data.get("pretrained_cfg") or {})
+        raise CheckpointError(f"{path} does not hold a JSON object (got a {type(data).__name__})")
+    if "config" in data:
+        warn_unknown(data, _CONFIG_JSON_KEYS, str(path), "top-level")
+        return _checked_record(data["config"], data.get("pretrained_cfg"), str(path))
     if set(data) <= _CONFIG_FIELDS:  # a bare PSPNetConfig dict
-        return dict(data), {}
+        return _checked_record(data, None, str(path))
     raise CheckpointError(
         f"{path} is not a pspnet_lib config (expected {{'config': {{...PSPNetConfig fields...}}, 'pretrained_cfg': {{...}}}}, "
         f"got keys {sorted(data)[:8]})"
     )
 
 
+def _checked_record(config: Any, pretrained_cfg: Any, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate an architecture dict and a ``pretrained_cfg`` read from a file (unknown architecture keys: a warning)."""
+    try:
+        arch = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=arch.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {k: v for k, v in dict(config).items() if k in _CONFIG_FIELDS}, cfg
+
+
+def _json_entry(metadata: Mapping[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: safetensors metadata {key!r} is not valid JSON ({exc})") from None
+
+
 def read_pretrained_folder(config_path: Path, weights_path: Path, description: str) -> Resolved:
     """A ``save_pretrained`` pair of files (``config.json`` + ``model.safetensors``)."""
     config, pretrained_cfg = _read_config_json(config_path)
+    _check_weights_file(weights_path)
     tensors, _ = read_safetensors(weights_path)
     pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
     pretrained_cfg.setdefault("std", list(IMAGENET_STD))
@@ -363,6 +406,10 @@ def read_pretrained_folder(config_path: Path, weights_path: Path, description: s
 def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if path.is_dir():
         config_path, weights_path = path / "config.json", path / "model.safetensors"
+        for part in (config_path, weights_path):
+            if part.exists() and not part.is_file():
+                raise CheckpointError(f"{part} is a folder or special file, not a file; a save_pretrained folder holds "
+                                      "config.json and model.safetensors as files")
         if not (config_path.is_file() and weights_path.is_file()):
             present = sorted(p.name for p in path.iterdir())[:10]
             hint = ""
@@ -375,6 +422,8 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
                 f"{path} is not a save_pretrained folder: expected config.json and model.safetensors, found {present}{hint}"
             )
         return read_pretrained_folder(config_path, weights_path, str(path))
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket); pass a weights file or folder")
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix.lower() == ".json":
@@ -385,8 +434,12 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         if "pspnet_lib.config" in metadata and fmt in (None, "pspnet_lib"):
-            config = json.loads(metadata["pspnet_lib.config"])
-            pretrained_cfg = json.loads(metadata.get("pspnet_lib.pretrained_cfg", "{}"))
+            warn_unknown([k for k in metadata if k.startswith("pspnet_lib.")], _METADATA_KEYS, str(path), "safetensors metadata")
+            config, pretrained_cfg = _checked_record(
+                _json_entry(metadata, "pspnet_lib.config", path),
+                _json_entry(metadata, "pspnet_lib.pretrained_cfg", path) if "pspnet_lib.pretrained_cfg" in metadata else None,
+                f"{path} (safetensors metadata)",
+            )
             return Resolved(tensors, config, pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
         sibling = path.with_name("config.json")
         if sibling.is_file() and fmt in (None, "pspnet_lib"):
@@ -397,13 +450,42 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
         # protocol); the weights alone cannot tell align_corners, dilations or output stride.
         tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
-        pretrained_cfg = dict(obj.get("pretrained_cfg") or {})
+        config, pretrained_cfg = _checked_record(obj["model_config"], obj.get("pretrained_cfg"), str(path))
         pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
         pretrained_cfg.setdefault("std", list(IMAGENET_STD))
         logger.info("read %s as a pspnet train checkpoint (iteration %s)", path, obj.get("iteration"))
-        return Resolved(tensors, dict(obj["model_config"]), pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
+        return Resolved(tensors, config, pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
     raw, meta = extract_state_dict(obj, str(path))
     return _from_state_dict(raw, fmt, str(path), meta, path=path)
+
+
+_METADATA_KEYS = {"pspnet_lib.config", "pspnet_lib.pretrained_cfg"}
+
+
+def _check_weights_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is a folder or special file, not a safetensors file")
+
+
+def verify_resolved(resolved: Resolved) -> None:
+    """The checks every source goes through before a model is built from it.
+
+    The architecture and ``pretrained_cfg`` are validated and the tensors must be finite floats
+    (:func:`~pspnet_lib.hub.validation.check_tensors`); whether the weights fit the architecture
+    is then checked on the meta device by :func:`_build_and_load` before the model is allocated.
+    Raises :class:`CheckpointError` naming the source.
+    """
+    try:
+        check_tensors(resolved.state_dict, resolved.description)
+        in_channels = resolved.config.get("in_channels") if isinstance(resolved.config, Mapping) else None
+        resolved.pretrained_cfg = validate_pretrained_cfg(
+            resolved.pretrained_cfg, resolved.description, in_channels=in_channels if isinstance(in_channels, int) else None
+        )
+        PSPNetConfig.from_dict(
+            {"num_classes": 1, **{k: v for k, v in resolved.config.items() if k in _CONFIG_FIELDS}}, source=resolved.description
+        )
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _is_train_checkpoint(obj: Any) -> bool:
@@ -466,8 +548,12 @@ def resolve_source(
         return resolve_hf(match["repo"], revision=match["rev"] or revision, cache_dir=cache_dir,
                           local_files_only=local_files_only, progress=progress)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", source):
-        path = fetch_url(source, None if cache_dir is None else Path(cache_dir), local_files_only=local_files_only, progress=progress)
-        return _resolve_path(path, format, trust_pickle)
+        url_cache = None if cache_dir is None else Path(cache_dir)
+        path = fetch_url(source, url_cache, local_files_only=local_files_only, progress=progress)
+        try:
+            return _resolve_path(path, format, trust_pickle)
+        except CheckpointError as exc:  # a wrong file never stays cached under the URL's name
+            raise discard_unreadable_download(source, path, url_cache, exc) from None
     try:
         name = resolve_name(source)
         unknown_name = None
@@ -583,6 +669,9 @@ def load_pretrained(
         progress=progress,
         trust_pickle=trust_pickle,
     )
+    verify_resolved(resolved)
+    if pretrained_cfg is not None:
+        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, "the pretrained_cfg argument")
     return _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg)
 
 
@@ -612,18 +701,33 @@ def _build_and_load(
     elif not resolved.backbone_only:
         config["aux"] = has_aux
     pretrained_cfg = dict(resolved.pretrained_cfg)
-    model = PSPNet(PSPNetConfig.from_dict(config), norm_layer=norm_layer)
+    arch = PSPNetConfig.from_dict(config)
 
-    reinit: set[str] = set()
-    own = model.state_dict()
-    if resolved.backbone_only:
-        reinit = {k for k in own if not k.startswith("backbone.")}
-    else:
-        if checkpoint_classes is not None and model.config.num_classes != checkpoint_classes:
-            reinit |= {k for k in CLASSIFIER_KEYS if k in own}
-        if model.aux_head is not None and not has_aux:
-            reinit |= {k for k in own if k.startswith("aux_head.")}
-    discard = {k for k in resolved.state_dict if k.startswith("aux_head.")} if model.aux_head is None else set()
+    def plan(model: PSPNet) -> tuple[set[str], set[str]]:
+        """``(reinitialise, discard)`` for ``model``."""
+        reinit: set[str] = set()
+        own = model.state_dict()
+        if resolved.backbone_only:
+            reinit = {k for k in own if not k.startswith("backbone.")}
+        else:
+            if checkpoint_classes is not None and model.config.num_classes != checkpoint_classes:
+                reinit |= {k for k in CLASSIFIER_KEYS if k in own}
+            if model.aux_head is not None and not has_aux:
+                reinit |= {k for k in own if k.startswith("aux_head.")}
+        discard = {k for k in resolved.state_dict if k.startswith("aux_head.")} if model.aux_head is None else set()
+        return reinit, discard
+
+    if strict:
+        # The fit check first, on the meta device (no memory, no compute): weights that do not fit
+        # the architecture a file describes fail before its model is allocated.
+        with torch.device("meta"):
+            probe = PSPNet(copy.deepcopy(arch), norm_layer=norm_layer)
+        reinit, discard = plan(probe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying from a non-meta parameter": nothing is copied
+            load_weights(probe, resolved.state_dict, strict=True, reinitialise=reinit, discard=discard, source=resolved.description)
+    model = PSPNet(arch, norm_layer=norm_layer)
+    reinit, discard = plan(model)
     report = load_weights(model, resolved.state_dict, strict=strict, reinitialise=reinit, discard=discard, source=resolved.description)
 
     if resolved.backbone_only or (checkpoint_classes is not None and model.config.num_classes != checkpoint_classes):
@@ -692,6 +796,7 @@ def build_with_backbone_weights(
     initialisation, and the model stays in training mode (as built).
     """
     resolved = resolve_source(weights_backbone, **source_options)
+    verify_resolved(resolved)
     state_dict = {k: v for k, v in resolved.state_dict.items() if k.startswith("backbone.")}
     if not state_dict:
         raise ValueError(f"{resolved.description} holds no backbone weights")

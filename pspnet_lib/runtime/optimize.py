@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,10 +20,16 @@ __all__ = ["optimize_for_inference"]
 logger = logging.getLogger(__name__)
 
 
+def _is_int8(dtype: Any) -> bool:
+    return dtype == "int8" or dtype is torch.int8
+
+
 def optimize_for_inference(
     model: PSPNet,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     *,
+    calibration: Any = None,
+    backend: str = "auto",
     channels_last: bool = True,
     space_to_batch: bool | str = "auto",
     winograd: bool | int | str = "auto",
@@ -48,6 +55,16 @@ def optimize_for_inference(
         dtype: ``torch.float32`` (matches ``model`` to ~1e-6 relative), ``torch.bfloat16`` (CPUs with
             AVX-512-BF16/AMX, CUDA GPUs with compute capability 8.0+) or ``torch.float16`` (CUDA, CPUs
             with AMX-FP16). A dtype the device cannot run natively falls back to float32 with a warning.
+            ``"int8"`` (or ``torch.int8``): a calibrated, static-quantized INT8 model run by
+            OpenVINO or ONNX Runtime (:class:`~pspnet_lib.runtime.int8.Int8PSPNet`; needs
+            ``calibration``); where the back end is not installed or the CPU lacks int8 dot-product
+            instructions (VNNI/AMX) it falls back to the bfloat16 fast path with a ``RuntimeWarning``.
+        calibration: ``dtype="int8"`` only: normalised images like those you will segment: a batch
+            tensor ``(N, 3, H, W)``, a list of ``(3, H, W)`` / ``(N, 3, H, W)`` tensors or a DataLoader
+            yielding them (or ``(images, labels)``). 8-32 pictures suffice;
+            :func:`pspnet_lib.inference.quantize.calibration_images` makes them from picture files.
+        backend: ``dtype="int8"`` only: ``"auto"`` (OpenVINO when installed, else the bf16 fallback),
+            ``"openvino"`` or ``"onnxruntime"``.
         channels_last: run activations in channels-last memory format (faster on CPU and on
             tensor-core GPUs).
         space_to_batch: ``"auto"`` (time both forms of each dilated segment on the first input of
@@ -65,7 +82,7 @@ def optimize_for_inference(
             call per shape compiles). Only worth it where benchmarks/inference.py shows a gain.
 
     Returns:
-        A module whose ``forward(x)`` returns float32 logits ``(N, num_classes, H, W)``; it also has
+        A module (:class:`~pspnet_lib.runtime.FastPSPNet`, or ``Int8PSPNet`` for int8) whose ``forward(x)`` returns float32 logits ``(N, num_classes, H, W)``; it also has
         ``config``, ``pretrained_cfg``, ``num_classes`` and ``predict`` like the source model.
 
     Example::
@@ -84,6 +101,15 @@ def optimize_for_inference(
             "optimize_for_inference needs a model in eval mode: BatchNorm is folded using its running "
             "statistics and dropout is removed, which only matches eval-mode behaviour. Call model.eval() first."
         )
+    if _is_int8(dtype):
+        from .int8 import build_int8
+
+        int8 = build_int8(model, calibration, backend)
+        if int8 is not None:
+            return int8
+        dtype = torch.bfloat16  # build_int8 warned; resolve_dtype may fall further to float32 (and warns)
+    elif calibration is not None or backend != "auto":
+        raise ValueError("calibration and backend apply to dtype='int8' only")
     # Identity checks for the booleans: `1 in (True, ...)` would pass.
     if not (space_to_batch is True or space_to_batch is False or space_to_batch == "auto"):
         raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
@@ -98,13 +124,13 @@ def optimize_for_inference(
         raise ValueError("the model has no parameters")
     device = params[0].device
     dtype = resolve_dtype(dtype, device)
-    backend = "aten"
+    conv_backend = "aten"
     if device.type == "cpu" and channels_last and not compile and mkldnn_fusion_available(dtype):
-        backend = "mkldnn"
+        conv_backend = "mkldnn"
     fast = FastPSPNet(
         model,
         dtype=dtype,
-        backend=backend,
+        backend=conv_backend,
         channels_last=channels_last,
         space_to_batch=space_to_batch,
         winograd=winograd,
@@ -112,7 +138,7 @@ def optimize_for_inference(
     )
     logger.info(
         "optimize_for_inference: %s on %s, backend %s, space_to_batch=%s, winograd=%s",
-        dtype, device, backend, space_to_batch, winograd,
+        dtype, device, conv_backend, space_to_batch, winograd,
     )
     if compile:
         return torch.compile(fast)

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-__all__ = ["SUPPORTED_DTYPES", "native_dtype_support", "resolve_dtype"]
+__all__ = ["SUPPORTED_DTYPES", "native_dtype_support", "native_int8_support", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ def native_dtype_support(dtype: torch.dtype, device: torch.device | str = "cpu")
     if fp16_ok is not None and fp16_ok():
         return True, "CPU has native float16 (AVX-512-FP16/AMX-FP16)"
     return False, "this CPU has no native float16 convolutions (needs AVX-512-FP16 or AMX-FP16)"
+
+
+def native_int8_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
+    """Whether ``device`` has int8 dot-product units for quantized convolutions, and a one-line reason.
+
+    INT8 inference pays off on CPUs with VNNI (AVX-512-VNNI or AVX-VNNI: 4 int8 products per
+    32-bit lane and instruction) or AMX-INT8; without them int8 convolutions are emulated with
+    16-bit multiplies and are no faster than bfloat16/float32. Only CPUs are considered: the int8
+    back ends behind ``optimize_for_inference(dtype="int8")`` are CPU runtimes.
+    """
+    device = torch.device(device)
+    if device.type != "cpu":
+        return False, f"the int8 back ends (OpenVINO, ONNX Runtime) run on the CPU, not on {device.type}"
+    if _cpu_has("_is_amx_tile_supported"):
+        return True, "CPU has AMX"
+    if _cpu_has("_is_vnni_supported"):
+        return True, "CPU has VNNI int8 dot products"
+    return False, "this CPU has neither VNNI nor AMX int8 instructions, so int8 convolutions would be slow"
 
 
 def resolve_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
