@@ -272,7 +272,7 @@ def test_unknown_option_lists_valid_ones():
         (dict(stem="wide"), "unknown stem 'wide'"),
         (dict(norm="layer"), "unknown norm 'layer'"),
         (dict(preset="detectron"), "unknown preset 'detectron'"),
-        (dict(num_classes=-1), r"num_classes must be an integer in \[0, 65536\]"),
+        (dict(num_classes=-1), r"num_classes must be a positive integer \(at most 65536\), got -1 \(or 0 for no classifier"),
     ],
 )
 def test_bad_options(kwargs, message):

@@ -122,7 +122,11 @@ class PSPNetConfig:
         self.stem = _choice("stem", self.stem, ("standard", "deep"))
         self.norm = _choice("norm", self.norm, tuple(NORM_TYPES))
         # num_classes=0: no classifiers, the model returns head features (timm's convention)
-        self.num_classes = _integer("num_classes", self.num_classes, 0, MAX_NUM_CLASSES)
+        if not (isinstance(self.num_classes, numbers.Integral) and not isinstance(self.num_classes, bool) and self.num_classes == 0):
+            try:
+                self.num_classes = _integer("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (or 0 for no classifier: the model then returns head features)") from None
         self.in_channels = _integer("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
         self.stem_channels = _integer("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
         self.norm_groups = _integer("norm_groups", self.norm_groups, 1, MAX_CHANNELS)
