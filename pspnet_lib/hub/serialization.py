@@ -38,9 +38,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .._files import atomic_output, atomic_write_bytes
+from .._files import atomic_save_safetensors, atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
@@ -540,11 +539,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
 
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``tensors`` to ``path`` via a temporary file and an atomic rename."""
+    """Write ``tensors`` to ``path`` via a temporary file and an atomic rename.
+
+    The header is written with sorted keys, so equal tensors and metadata give equal bytes (and
+    equal checksums in the cache's records).
+    """
     path = Path(path)
-    with atomic_output(path) as tmp:
-        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(contiguous, str(tmp), metadata=dict(metadata or {}))
+    atomic_save_safetensors(dict(tensors), path, dict(metadata) if metadata else None)
     return path
 
 
