@@ -179,7 +179,7 @@ def run_demo(
     baseline), ``model/`` (the trained model, loadable with ``load_pretrained``/``pspnet eval``),
     ``checkpoints/`` and ``history.json``. Returns a summary dict with the same numbers and paths.
     """
-    from . import build_pspnet
+    from .models import build_pspnet
     from .data import SyntheticScenes, eval_transforms, train_transforms
     from .engine import TrainConfig, Trainer, set_seed
     from .engine.evaluate import normalize_images

@@ -256,7 +256,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
     """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
-    from .. import build_pspnet
+    from ..models import build_pspnet
     from ..engine.model_io import load_model
 
     if args.weights:
