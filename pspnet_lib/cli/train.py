@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
-    from ..data.constants import input_channels, input_stats
+    from ..core.constants import input_channels, input_stats
     from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 

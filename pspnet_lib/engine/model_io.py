@@ -59,7 +59,7 @@ def _is_training_checkpoint(path: Path) -> bool:
     with open(path, "rb") as f:
         if f.read(2) != b"PK":  # torch.save's archive format
             return False
-    from .checkpoint import CHECKPOINT_FORMAT
+    from ..core.constants import CHECKPOINT_FORMAT
 
     from ..hub.serialization import CheckpointError, read_checkpoint
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
 from .download import (
@@ -489,7 +489,7 @@ def verify_resolved(resolved: Resolved) -> None:
 
 
 def _is_train_checkpoint(obj: Any) -> bool:
-    from ..engine.checkpoint import CHECKPOINT_FORMAT  # here: engine imports the hub
+    from ..core.constants import CHECKPOINT_FORMAT
 
     return (
         isinstance(obj, Mapping)

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..data.constants import input_channels, input_stats
-from .images import is_image_batch, to_image_tensor
+from ..core.constants import input_channels, input_stats
+from ..core.images import is_image_batch, to_image_tensor
 from .modes import MODES, infer
 from .visualize import colorize, default_palette, legend, overlay
 
@@ -195,7 +195,7 @@ def predict(
             TIFFs, ``.npy``), a PIL image, a NumPy array ``(H, W, C)`` uint8 or float in [0, 1], a
             tensor ``(C, H, W)``, or a 4-D batch, with C the model's input channels. For RGB
             models grayscale is repeated and alpha dropped; 1-channel models take grayscale
-            ``(H, W)``; see :mod:`pspnet_lib.inference.images` for files and pixel-value rules.
+            ``(H, W)``; see :mod:`pspnet_lib.core.images` for files and pixel-value rules.
             Do not normalise: the weights' mean/std are applied here.
         mode: ``"whole"`` or ``"slide"``; None uses the weights' protocol (whole if none stored).
         size: resize before inference (results still come back at the original size): None uses

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from .export import _require_onnx, export_onnx
-from .images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -62,7 +62,7 @@ def _require_quantization() -> Any:
 
 
 def calibration_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
-    """The image files (by extension, :data:`~pspnet_lib.inference.images.IMAGE_EXTENSIONS`) in ``folder``, sorted.
+    """The image files (by extension, :data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`) in ``folder``, sorted.
 
     Raises ``FileNotFoundError`` (not a folder) or ``ValueError`` (no images in it).
     """
@@ -100,7 +100,7 @@ def calibration_images(
 
     Args:
         source: a folder of pictures, or a list of paths / PIL images / arrays / uint8 tensors
-            (anything :func:`~pspnet_lib.inference.images.to_rgb_tensor` accepts).
+            (anything :func:`~pspnet_lib.core.images.to_rgb_tensor` accepts).
         model: the model whose ``pretrained_cfg`` gives mean/std (ImageNet by default) and the
             test resize.
         count: use at most this many pictures, sampled reproducibly (``seed``); None = all.
