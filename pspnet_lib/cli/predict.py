@@ -161,11 +161,11 @@ def _fast_dtype(name: str, device: str):
 def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", calibration: Callable | None = None):
     import torch
 
-    from ..inference.predict import load_model
+    from ..hub.loading import load_pretrained
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(weights, device=device)
+    model = load_pretrained(weights, device=device)
     if not fast:
         return model
     from ..runtime import optimize_for_inference

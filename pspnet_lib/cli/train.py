@@ -257,10 +257,10 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
     """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
     from ..models import build_pspnet
-    from ..engine.model_io import load_model
+    from ..hub.loading import load_pretrained
 
     if args.weights:
-        return load_model(args.weights, num_classes=num_classes)
+        return load_pretrained(args.weights, num_classes=num_classes)
     options = dict(settings["model"])
     backbone = options.pop("backbone", "resnet50")
     model = build_pspnet(backbone, num_classes, weights_backbone=args.backbone_weights, **options)
