@@ -31,9 +31,10 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
+from ..core.agreement import agreement_stats
 from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
-from .export import _require_onnx, export_onnx
 from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from .export import _require_onnx, export_onnx
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -399,7 +400,6 @@ def check_int8_onnx(
     ``pixels``. For an ``output="labels"`` file only the agreement is meaningful (errors are 0);
     uint8-input files (``preprocess=True``) are fed the pictures' uint8 values.
     """
-    from ..runtime.accuracy import agreement_stats
     from .export import ExportWrapper
 
     onnx = _require_onnx()
