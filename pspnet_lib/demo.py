@@ -179,7 +179,7 @@ def run_demo(
     baseline), ``model/`` (the trained model, loadable with ``load_pretrained``/``pspnet eval``),
     ``checkpoints/`` and ``history.json``. Returns a summary dict with the same numbers and paths.
     """
-    from . import build_pspnet
+    from .models import build_pspnet
     from .data import SyntheticScenes, eval_transforms, train_transforms
     from .engine import TrainConfig, Trainer, set_seed
     from .engine.evaluate import normalize_images
@@ -289,7 +289,7 @@ def run_weights_demo(
             f"installation lacks ({exc}); run 'pspnet demo' without --weights for the offline training demo"
         ) from None
     from ._files import check_outputs_spare_inputs, local_files, sibling_folder
-    from .engine.model_io import load_model
+    from .hub.loading import load_pretrained
     from .inference.visualize import legend, side_by_side
 
     photos = sample_images()
@@ -298,7 +298,7 @@ def run_weights_demo(
     check_outputs_spare_inputs([out / n for n in names], [*photos, *local_files(weights)],
                                advice=f"choose another --out, e.g. --out {sibling_folder(out, 'photos')}")
     _prepare_out_dir(out, overwrite, names)
-    model = load_model(weights)
+    model = load_pretrained(weights)
     if device:
         model = model.to(device)
     predictions = predict(model, list(photos), device=device)

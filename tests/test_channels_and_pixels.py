@@ -10,9 +10,9 @@ from PIL import Image
 from pspnet_lib import predict
 from pspnet_lib.cli import main
 from pspnet_lib.data import FolderDataset
-from pspnet_lib.data.constants import input_stats
+from pspnet_lib.core.constants import input_stats
 from pspnet_lib.inference.export import ExportWrapper
-from pspnet_lib.inference.images import load_image, read_image, to_image_tensor, to_rgb_tensor
+from pspnet_lib.core.images import load_image, read_image, to_image_tensor, to_rgb_tensor
 
 from .infer_utils import save_model_dir, tiny_model
 

@@ -358,7 +358,7 @@ def test_build_dataset_names_and_transforms(tmp_path):
 
 
 def test_visualize_imports_before_data():
-    # inference.visualize imports data.constants, and the datasets use visualize's palette: no cycle at import.
+    # inference.visualize and the datasets both colour masks through core.palette: no cycle at import.
     import subprocess
     import sys
 

@@ -44,7 +44,7 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
     curve = Image.open(out / "training_curve.png")
     assert curve.size == (720, 400) and len(curve.getcolors(1 << 16) or []) > 3  # something was drawn
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
-    from pspnet_lib.engine.model_io import load_model
+    from pspnet_lib import load_pretrained as load_model
 
     model = load_model(out / "model")
     assert model.pretrained_cfg["classes"][0] == "sky" and model.config.num_classes == 6

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pspnet_lib import Prediction, predict, sample_images
-from pspnet_lib.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from pspnet_lib.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from pspnet_lib.inference.modes import infer
 
 from .infer_utils import CLASSES, tiny_model

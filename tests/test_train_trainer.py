@@ -80,7 +80,7 @@ def test_checkpoint_files_rotation_best_and_export(tmp_path):
     metrics = json.loads((Path(config.out_dir) / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(ColourBlocks.classes)
     # The exported model reloads to the same outputs, with its classes and normalisation.
-    from pspnet_lib.engine.model_io import load_model
+    from pspnet_lib import load_pretrained as load_model
 
     reloaded = load_model(summary["model_dir"])
     assert reloaded.pretrained_cfg["classes"] == list(ColourBlocks.classes)

@@ -105,7 +105,7 @@ def test_batch_size_one_is_refused_before_training_with_cli_advice(tmp_path, cap
 
 def test_training_reads_16_bit_pictures_like_predict(tmp_path):
     from pspnet_lib.data import FolderDataset
-    from pspnet_lib.inference.images import to_rgb_tensor
+    from pspnet_lib.core.images import to_rgb_tensor
 
     root = _folder(tmp_path / "data", n=2)
     ramp = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)  # 0..61,360: 16-bit grayscale
@@ -301,7 +301,7 @@ def test_phone_photo_with_exif_rotation_pairs_with_a_mask_drawn_upright(tmp_path
     Image.fromarray(np.zeros((32, 24), np.uint8)).save(root / "masks" / "0.png")  # drawn on the upright photo
     image, mask = FolderDataset(root)[0]
     assert tuple(image.shape) == (3, 32, 24) and tuple(mask.shape) == (32, 24)
-    from pspnet_lib.inference.images import to_rgb_tensor
+    from pspnet_lib.core.images import to_rgb_tensor
 
     assert torch.equal(image, to_rgb_tensor(root / "images" / "0.jpg"))  # what predict sees
     # A mask matching the stored pixels still pairs with them.

@@ -17,7 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pspnet",

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import atomic_write_bytes
     from ..engine.evaluate import evaluate
     from ..engine.metrics import format_metrics_table, metrics_to_json
-    from ..engine.model_io import load_model
+    from ..hub.loading import load_pretrained
 
     if not args.data_root:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
     try:
-        model = load_model(args.weights).to(info.device)
+        model = load_pretrained(args.weights).to(info.device)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not args.dataset:
             # Zoo weights (or a file recognised as one) know the dataset that scores them.

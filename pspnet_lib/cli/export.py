@@ -74,7 +74,7 @@ _SUFFIXES = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".pt"}
 
 def run(args: argparse.Namespace) -> int:
     from ..inference import export as ex
-    from ..inference.predict import load_model
+    from ..hub.loading import load_pretrained
 
     from .._files import check_outputs_spare_inputs, local_files
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         # The dynamo exporter's helpers log every optimisation pass at INFO level.
         for name in ("onnxscript", "onnx_ir"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    model = load_model(args.weights, device=args.device)
+    model = load_pretrained(args.weights, device=args.device)
     common = dict(height=args.height, width=args.width, preprocess=args.preprocess, output=args.output)
     if args.int8:
         return _export_int8(args, model, common)

@@ -4,7 +4,7 @@
 
 Inputs are read for the model's input channels (``config.in_channels``): pictures for RGB
 models, grayscale pictures for 1-channel ones, ``.npy`` arrays ``(H, W, C)`` or multi-page TIFFs
-for any channel count (see :mod:`pspnet_lib.inference.images`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
+for any channel count (see :mod:`pspnet_lib.core.images`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
 are the class indices) and, with ``--overlay``, ``<out>/<name>_overlay.png``. Images found in a
 folder keep their sub-folder under ``<out>``. A file that cannot be read is reported and skipped;
 the exit code is 1 if any file failed.
@@ -111,9 +111,9 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, P
     """``(image_path, relative_output_stem)`` for every input file, in a stable order.
 
     Files named explicitly are taken whatever their extension; folders contribute files with an
-    image extension (:data:`~pspnet_lib.inference.images.IMAGE_EXTENSIONS`).
+    image extension (:data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`).
     """
-    from ..inference.images import IMAGE_EXTENSIONS
+    from ..core.images import IMAGE_EXTENSIONS
 
     found: list[tuple[Path, Path]] = []
     for raw in inputs:
@@ -161,11 +161,11 @@ def _fast_dtype(name: str, device: str):
 def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", calibration: Callable | None = None):
     import torch
 
-    from ..inference.predict import load_model
+    from ..hub.loading import load_pretrained
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(weights, device=device)
+    model = load_pretrained(weights, device=device)
     if not fast:
         return model
     from ..runtime import optimize_for_inference
@@ -193,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from .._progress import progress_bar
-    from ..data.constants import input_channels, input_stats
-    from ..inference.images import to_image_tensor
+    from ..core.constants import input_channels, input_stats
+    from ..core.images import to_image_tensor
     from ..inference.predict import predict, resolve_protocol
 
     if args.batch_size < 1:

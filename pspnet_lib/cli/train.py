@@ -256,11 +256,11 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
     """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
-    from .. import build_pspnet
-    from ..engine.model_io import load_model
+    from ..models import build_pspnet
+    from ..hub.loading import load_pretrained
 
     if args.weights:
-        return load_model(args.weights, num_classes=num_classes)
+        return load_pretrained(args.weights, num_classes=num_classes)
     options = dict(settings["model"])
     backbone = options.pop("backbone", "resnet50")
     model = build_pspnet(backbone, num_classes, weights_backbone=args.backbone_weights, **options)
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
-    from ..data.constants import input_channels, input_stats
+    from ..core.constants import input_channels, input_stats
     from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 

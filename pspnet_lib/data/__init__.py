@@ -1,6 +1,6 @@
 """Datasets, joint image/mask transforms and synthetic scenes for training and evaluation."""
 
-from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .datasets import (
     DATASETS,
     DEFAULT_SPLITS,

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .._files import current_umask
-from .constants import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
+from ..core.palette import colorize
 
 __all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "make_scene", "SyntheticScenes", "write_synthetic_dataset"]
 
@@ -227,8 +228,6 @@ def write_synthetic_dataset(
     The tree is built in a temporary sibling directory and renamed into place, so ``root`` is
     either absent or complete. An existing non-empty ``root`` is an error unless ``overwrite``.
     """
-    from ..inference.visualize import colorize  # here: visualize imports data.constants (a cycle at import time)
-
     root = Path(root)
     counts = _split_counts(num_images, splits) if splits else {"": num_images}
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):

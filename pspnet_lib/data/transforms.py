@@ -19,8 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..inference.modes import rescale_size
-from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..core.geometry import rescale_size
+from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms"]
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .._files import atomic_save, atomic_write_bytes, fsync_dir
+from ..core.constants import CHECKPOINT_FORMAT
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -44,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "pspnet_lib.train_checkpoint"
 _NUMBERED = re.compile(r"^iter_(\d+)\.pt$")
 
 

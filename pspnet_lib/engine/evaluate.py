@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._progress import progress_bar
-from ..data.constants import IGNORE_INDEX, input_channels, input_stats
+from ..core.constants import IGNORE_INDEX, input_channels, input_stats
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
 

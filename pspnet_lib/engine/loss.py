@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.constants import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 __all__ = ["PSPNetLoss", "check_target"]
 

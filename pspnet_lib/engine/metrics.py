@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from ..data.constants import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 __all__ = ["ConfusionMatrix", "format_metrics_table", "metrics_to_json"]
 

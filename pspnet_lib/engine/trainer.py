@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import ensure_dir
 from .._progress import progress_bar
-from ..data.constants import IGNORE_INDEX, input_channels, input_stats
-from ..inference.modes import MODES
+from ..core.constants import IGNORE_INDEX, input_channels, input_stats
+from ..core.geometry import MODES
 from . import distributed as D
 from .checkpoint import (
     CHECKPOINT_FORMAT,

@@ -580,7 +580,7 @@ def save_cached(
     Call under :func:`lock_for`. The json records the sha256 of the written safetensors (read back
     from disk, so a faulty write is caught by the next load) and of the config it holds.
     """
-    from .. import __version__
+    from .._version import __version__
 
     st, js = cached_paths(weights, cache_dir)
     config = json.loads(_dumps(config))  # exactly what the json will hold, so that the digests agree

@@ -44,7 +44,7 @@ def _json_safe(value: Any) -> Any:
 
 def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
     """Write ``model.safetensors`` and ``config.json`` of ``model`` into ``save_directory`` (atomically)."""
-    from .. import __version__
+    from .._version import __version__
 
     save_directory = Path(save_directory)
     config = model.config.to_dict()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
 from .download import (
@@ -489,7 +489,7 @@ def verify_resolved(resolved: Resolved) -> None:
 
 
 def _is_train_checkpoint(obj: Any) -> bool:
-    from ..engine.checkpoint import CHECKPOINT_FORMAT  # here: engine imports the hub
+    from ..core.constants import CHECKPOINT_FORMAT
 
     return (
         isinstance(obj, Mapping)
@@ -603,6 +603,7 @@ def load_pretrained(
     progress: bool | None = None,
     trust_pickle: bool = False,
     pretrained_cfg: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> PSPNet:
     """Build a PSPNet and load weights from any supported source.
@@ -616,7 +617,8 @@ def load_pretrained(
               ``save_pretrained`` / ``push_to_hub`` (through ``huggingface_hub``'s cache);
             * a local ``save_pretrained`` folder, a ``.safetensors`` file, or a checkpoint file
               of another layout (mmsegmentation, the author's semseg, torchvision or
-              mmsegmentation ImageNet ResNets, ...);
+              mmsegmentation ImageNet ResNets, ...), or a training checkpoint (``.pt``) written
+              by the Trainer (architecture and ``pretrained_cfg`` as recorded in it);
             * an ``https://`` / ``http://`` / ``file://`` URL of any of those files.
         num_classes: replace both classifiers with freshly initialised ones for ``num_classes``
             classes (everything else is loaded). Required for backbone-only weights.
@@ -637,6 +639,9 @@ def load_pretrained(
             containers, numpy scalars and OpenMMLab bookkeeping objects (as inert placeholders).
         pretrained_cfg: entries merged over the loaded ``model.pretrained_cfg`` (e.g. your
             ``classes`` for a bare checkpoint).
+        device: move the model there (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``); checked
+            before anything is read or downloaded: a device this machine lacks is a
+            ``RuntimeError``. Default: the CPU.
         **overrides: :class:`~pspnet_lib.PSPNetConfig` fields the weights cannot tell, e.g.
             ``align_corners=True``, ``output_stride=32, dilations=[1, 1, 2, 4]``. Defaults per layout
             are in :data:`pspnet_lib.hub.converters.LAYOUT_DEFAULTS` (docs/weights.md).
@@ -660,6 +665,8 @@ def load_pretrained(
             raise ValueError(f"pass {key} as the named argument")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if device is not None:
+        _check_device(device)  # before loading (and perhaps downloading) the weights
     resolved = resolve_source(
         source,
         format=format,
@@ -672,7 +679,17 @@ def load_pretrained(
     verify_resolved(resolved)
     if pretrained_cfg is not None:
         pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, "the pretrained_cfg argument")
-    return _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg)
+    model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg)
+    return model.to(device) if device is not None else model
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Raise a one-line error for a device this machine does not have (torch's own is about drivers)."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {str(device)!r} was requested but MPS is not available; use --device cpu")
 
 
 def _build_and_load(

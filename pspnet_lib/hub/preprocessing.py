@@ -9,8 +9,8 @@ import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF
 from torchvision import tv_tensors
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..inference.modes import rescale_size
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.geometry import rescale_size
 
 __all__ = ["KeepRatioResize", "build_transforms"]
 

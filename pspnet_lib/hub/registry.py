@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.metadata import DATASETS
 from ..models.variants import VARIANTS, get_variant, model_name, variant_of_code
 from ._zoo_stats import STATS

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..inference.modes import MODES
+from ..core.geometry import MODES
 from ..models.pspnet import MAX_IN_CHANNELS, MAX_NUM_CLASSES
 
 __all__ = ["MAX_SIDE", "validate_pretrained_cfg", "check_tensors", "warn_unknown"]

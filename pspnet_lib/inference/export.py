@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..data.constants import input_channels, input_stats
+from ..core.constants import input_channels, input_stats
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
 from .._files import atomic_output
 

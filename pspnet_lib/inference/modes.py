@@ -24,23 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.geometry import MODES, rescale_size
+
 __all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES"]
-
-MODES = ("whole", "slide")
-
-
-def rescale_size(height: int, width: int, scale: Sequence[int] | None) -> tuple[int, int]:
-    """Size after a keep-ratio resize into ``scale = (long_edge_max, short_edge_max)``.
-
-    ``(2048, 512)`` (ADE20K, VOC) scales an image so its long side is at most 2048 and its
-    short side at most 512, with the largest factor that satisfies both (mmcv's ``rescale``).
-    ``None`` keeps the size.
-    """
-    if scale is None:
-        return height, width
-    long_max, short_max = max(scale), min(scale)
-    factor = min(long_max / max(height, width), short_max / min(height, width))
-    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def _align_corners(model: nn.Module) -> bool:

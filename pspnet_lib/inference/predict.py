@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..data.constants import input_channels, input_stats
-from .images import is_image_batch, to_image_tensor
+from ..core.constants import input_channels, input_stats
+from ..core.images import is_image_batch, to_image_tensor
 from .modes import MODES, infer
 from .visualize import colorize, default_palette, legend, overlay
 
@@ -195,7 +195,7 @@ def predict(
             TIFFs, ``.npy``), a PIL image, a NumPy array ``(H, W, C)`` uint8 or float in [0, 1], a
             tensor ``(C, H, W)``, or a 4-D batch, with C the model's input channels. For RGB
             models grayscale is repeated and alpha dropped; 1-channel models take grayscale
-            ``(H, W)``; see :mod:`pspnet_lib.inference.images` for files and pixel-value rules.
+            ``(H, W)``; see :mod:`pspnet_lib.core.images` for files and pixel-value rules.
             Do not normalise: the weights' mean/std are applied here.
         mode: ``"whole"`` or ``"slide"``; None uses the weights' protocol (whole if none stored).
         size: resize before inference (results still come back at the original size): None uses
@@ -300,25 +300,15 @@ def predict(
 
 
 def load_model(weights: str | os.PathLike, *, device: str | torch.device | None = None) -> nn.Module:
-    """The model named by a ``--weights`` argument, in eval mode.
+    """Deprecated: use :func:`pspnet_lib.load_pretrained` (``load_pretrained(weights, device=device)``),
+    the one loader, which reads the same sources (the Trainer's ``.pt`` checkpoints included)."""
+    import warnings
 
-    Anything :func:`pspnet_lib.load_pretrained` reads (zoo names, ``hf-hub:`` repos, saved
-    folders, checkpoint files, URLs) and the Trainer's own ``.pt`` checkpoints.
-    """
-    from ..engine.model_io import load_model as load_any
+    from ..hub.loading import load_pretrained
 
-    if device is not None:
-        _check_device(device)  # before loading (and perhaps downloading) the weights
-    model = load_any(weights)
-    if device is not None:
-        model.to(device)
-    return model.eval()
-
-
-def _check_device(device: str | torch.device) -> None:
-    """Raise a one-line error for a device this machine does not have (torch's own is about drivers)."""
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {str(device)!r} was requested but MPS is not available; use --device cpu")
+    warnings.warn(
+        "pspnet_lib.inference.predict.load_model is deprecated; use pspnet_lib.load_pretrained(weights, device=device)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_pretrained(weights, device=device)

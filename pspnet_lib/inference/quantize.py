@@ -31,9 +31,10 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.agreement import agreement_stats
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
 from .export import _require_onnx, export_onnx
-from .images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -62,7 +63,7 @@ def _require_quantization() -> Any:
 
 
 def calibration_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
-    """The image files (by extension, :data:`~pspnet_lib.inference.images.IMAGE_EXTENSIONS`) in ``folder``, sorted.
+    """The image files (by extension, :data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`) in ``folder``, sorted.
 
     Raises ``FileNotFoundError`` (not a folder) or ``ValueError`` (no images in it).
     """
@@ -100,7 +101,7 @@ def calibration_images(
 
     Args:
         source: a folder of pictures, or a list of paths / PIL images / arrays / uint8 tensors
-            (anything :func:`~pspnet_lib.inference.images.to_rgb_tensor` accepts).
+            (anything :func:`~pspnet_lib.core.images.to_rgb_tensor` accepts).
         model: the model whose ``pretrained_cfg`` gives mean/std (ImageNet by default) and the
             test resize.
         count: use at most this many pictures, sampled reproducibly (``seed``); None = all.
@@ -399,7 +400,6 @@ def check_int8_onnx(
     ``pixels``. For an ``output="labels"`` file only the agreement is meaningful (errors are 0);
     uint8-input files (``preprocess=True``) are fed the pictures' uint8 values.
     """
-    from ..runtime.accuracy import agreement_stats
     from .export import ExportWrapper
 
     onnx = _require_onnx()

@@ -8,28 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.agreement import agreement_stats
+
 __all__ = ["agreement_stats", "compare_models", "randomize_batchnorm_", "smooth_image"]
-
-
-def agreement_stats(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
-    """Compare two logit tensors ``(N, K, H, W)``.
-
-    Returns a dict with ``max_rel_err`` (max absolute difference over the max absolute reference
-    logit), ``mean_abs_err``, ``argmax_agreement`` (fraction of pixels whose predicted class
-    agrees) and ``pixels``.
-    """
-    if reference.shape != candidate.shape:
-        raise ValueError(f"logit shapes differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}")
-    ref, cand = reference.detach().float(), candidate.detach().float()
-    diff = (ref - cand).abs()
-    scale = ref.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    agree = (ref.argmax(1) == cand.argmax(1)).float()
-    return {
-        "max_rel_err": float(diff.max() / scale),
-        "mean_abs_err": float(diff.mean()),
-        "argmax_agreement": float(agree.mean()),
-        "pixels": int(agree.numel()),
-    }
 
 
 @torch.no_grad()

@@ -26,9 +26,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..._files import atomic_output
-from ...inference.images import pil_to_array, pil_to_rgb
-from ...inference.images import read_image as _read_image_file
-from ..constants import IGNORE_INDEX
+from ...core.constants import IGNORE_INDEX
+from ...core.images import pil_to_array, pil_to_rgb
+from ...core.images import read_image as _read_image_file
+from ...core.palette import default_palette
 
 __all__ = ["SegmentationDataset", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS"]
 
@@ -45,9 +46,6 @@ _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
 
 def _default_palette(num_classes: int) -> Palette:
-    # Imported here: inference.visualize imports data.constants, so a module-level import is circular.
-    from ...inference.visualize import default_palette
-
     return default_palette(num_classes)
 
 
@@ -136,7 +134,7 @@ class SegmentationDataset(Dataset):
         ``channels`` is the model's ``in_channels``: 3 gives RGB (any picture), 1 grayscale, N a
         multi-page TIFF, an N-band picture or a ``.npy`` array ``(H, W, N)`` (float arrays on the
         0..1 scale become ``round(255 * v)``). Pixel values follow the fixed rules of
-        :mod:`pspnet_lib.inference.images` (16-bit ``/ 257``, float 0..1), never the content.
+        :mod:`pspnet_lib.core.images` (16-bit ``/ 257``, float 0..1), never the content.
         With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
         viewers and ``predict`` do); without, the pixels are taken as stored.
         """

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..constants import IGNORE_INDEX
+from ...core.constants import IGNORE_INDEX
 from ..metadata import CITYSCAPES_CLASSES, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PALETTE
 from .base import PathLike, SegmentationDataset, Transforms, _save_png_atomically, _show, logger
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..constants import IGNORE_INDEX
+from ...core.constants import IGNORE_INDEX
 from ..metadata import VOC_PALETTE
 from .base import (
     _LOSSY_EXTENSIONS,

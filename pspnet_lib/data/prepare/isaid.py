@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...inference.images import pil_to_rgb
+from ...core.images import pil_to_rgb
 from ..metadata import get_dataset_info
 from ._common import (
     Member,

@@ -6,6 +6,10 @@
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: The ``"format"`` marker of the trainer's checkpoints (:mod:`pspnet_lib.engine.checkpoint`),
+#: here so that the loaders can recognise one without importing the trainer.
+CHECKPOINT_FORMAT: str = "pspnet_lib.train_checkpoint"
+
 #: Mask value for pixels that are not scored (void, borders, padding).
 IGNORE_INDEX: int = 255
 

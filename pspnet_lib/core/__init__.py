@@ -1,0 +1,6 @@
+"""The bottom floor (docs/architecture.md): what every other part of the package shares.
+
+Constants (normalisation, ignore index, the checkpoint marker), image reading and conversion,
+palettes, keep-ratio geometry. Modules here import nothing from the rest of ``pspnet_lib``
+except ``_version`` and ``_files``.
+"""
