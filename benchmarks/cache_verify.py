@@ -50,12 +50,21 @@ def main() -> int:
     model = build_pspnet(args.backbone, num_classes=args.num_classes, aux=True)
     name = "bench_cache_verify"
     weights = register_weights(
-        Weights(name, "https://example.invalid/bench-00000000.pth", "00000000", "mmseg", config, {"task": "semantic-segmentation"}),
+        Weights(
+            name,
+            "https://example.invalid/bench-00000000.pth",
+            "00000000",
+            "mmseg",
+            config,
+            {"task": "semantic-segmentation"},
+        ),
         overwrite=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        save_cached(weights, cache, model.state_dict(), model.config.to_dict(), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "0" * 64)
+        save_cached(
+            weights, cache, model.state_dict(), model.config.to_dict(), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "0" * 64
+        )
         st, _ = cached_paths(weights, cache)
         size_mb = st.stat().st_size / 1e6
         variants = {
@@ -86,13 +95,17 @@ def main() -> int:
     hashlib_mb_s = len(blob) / 1e6 / (time.perf_counter() - t0)
 
     info = machine_info(torch.device("cpu"), args.threads)
-    print(f"{args.backbone}, {args.num_classes} classes: safetensors {size_mb:.0f} MB; {info['cpu']}; threads {args.threads}; "
-          f"load average {info['load_average']}; median of {args.rounds} rounds")
+    print(
+        f"{args.backbone}, {args.num_classes} classes: safetensors {size_mb:.0f} MB; {info['cpu']}; threads {args.threads}; "
+        f"load average {info['load_average']}; median of {args.rounds} rounds"
+    )
     width = max(len(k) for k in medians)
     for key, value in medians.items():
         print(f"  {key.ljust(width)}  {value * 1000:8.1f} ms")
-    print(f"  hashing: {size_mb / sha:.0f} MB/s through the file ({hashlib_mb_s:.0f} MB/s hashlib in memory); "
-          f"{sha / total:.0%} of a cached load_pretrained")
+    print(
+        f"  hashing: {size_mb / sha:.0f} MB/s through the file ({hashlib_mb_s:.0f} MB/s hashlib in memory); "
+        f"{sha / total:.0%} of a cached load_pretrained"
+    )
     write_json(
         {
             "machine": info,

@@ -58,7 +58,9 @@ def main() -> None:
                     sync(device)
                     times[name].append(time.perf_counter() - t)
             row = {
-                "size": [h, w], "first_call_s": round(first, 2), "new_graph": recompiled,
+                "size": [h, w],
+                "first_call_s": round(first, 2),
+                "new_graph": recompiled,
                 "compiled_ms": round(1000 * statistics.median(times["compiled"]), 1),
                 "eager_ms": round(1000 * statistics.median(times["eager"]), 1),
                 "max_rel_error": error,

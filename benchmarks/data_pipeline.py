@@ -62,9 +62,13 @@ def main() -> None:
         image = tv_tensors.Image(torch.randint(0, 256, (3, height, width), dtype=torch.uint8))
         mask = tv_tensors.Mask(torch.randint(0, 19, (height, width)))
         train = train_transforms(crop)
-        rows.append((f"train_transforms {height}x{width} -> {crop}", _ms_per_call(lambda: train(image, mask), args.repeats)))
+        rows.append(
+            (f"train_transforms {height}x{width} -> {crop}", _ms_per_call(lambda: train(image, mask), args.repeats))
+        )
         author = authors_order(crop)
-        rows.append((f"  author's order {height}x{width} -> {crop}", _ms_per_call(lambda: author(image, mask), args.repeats)))
+        rows.append(
+            (f"  author's order {height}x{width} -> {crop}", _ms_per_call(lambda: author(image, mask), args.repeats))
+        )
         evaluate = eval_transforms()
         rows.append((f"eval_transforms {height}x{width}", _ms_per_call(lambda: evaluate(image, mask), args.repeats)))
 

@@ -37,7 +37,6 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-
 from _common import machine_info, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet, load_pretrained, optimize_for_inference  # noqa: E402
@@ -57,7 +56,9 @@ def _size(text: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def build_variants(model: torch.nn.Module, calibration: list[torch.Tensor], tmp: Path, bf16: bool) -> tuple[dict, dict, dict]:
+def build_variants(
+    model: torch.nn.Module, calibration: list[torch.Tensor], tmp: Path, bf16: bool
+) -> tuple[dict, dict, dict]:
     """name -> callable(x: Tensor) -> logits Tensor; name -> preparation seconds; file sizes in MiB."""
     variants, prep, sizes = {}, {}, {}
 
@@ -76,7 +77,9 @@ def build_variants(model: torch.nn.Module, calibration: list[torch.Tensor], tmp:
                 return cl(x.contiguous(memory_format=torch.channels_last)).float()
 
         variants["autocast-bf16"] = autocast
-        variants["fast-bf16"] = timed("fast-bf16", lambda: optimize_for_inference(model, torch.bfloat16, tuning_cache=False))
+        variants["fast-bf16"] = timed(
+            "fast-bf16", lambda: optimize_for_inference(model, torch.bfloat16, tuning_cache=False)
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast_int8 = timed("fast-int8", lambda: optimize_for_inference(model, "int8", calibration=calibration))
@@ -97,7 +100,9 @@ def build_variants(model: torch.nn.Module, calibration: list[torch.Tensor], tmp:
     if HAS_OPENVINO:
         variants["ov-fp32"] = wrap(timed("ov-fp32", lambda: load_onnx_runner(fp32_file, "openvino", precision="f32")))
         if bf16:
-            variants["ov-bf16"] = wrap(timed("ov-bf16", lambda: load_onnx_runner(fp32_file, "openvino", precision="bf16")))
+            variants["ov-bf16"] = wrap(
+                timed("ov-bf16", lambda: load_onnx_runner(fp32_file, "openvino", precision="bf16"))
+            )
         variants["ov-int8"] = wrap(timed("ov-int8", lambda: load_onnx_runner(int8_file, "openvino")))
     return variants, prep, sizes
 
@@ -133,24 +138,42 @@ def speed_table(arch: str, size: tuple[int, int], args, bf16: bool, tmp: Path) -
         med = statistics.median(times[name])
         ratios = [t / b for t, b in zip(times[name], times[base])]
         fast_ratios = [t / b for t, b in zip(times[name], times["fast-bf16"])] if "fast-bf16" in times else []
-        rows.append({
-            "variant": name, "median_ms": 1e3 * med, "first_call_ms": 1e3 * first[name], "prep_s": prep.get(name, 0.0),
-            f"ratio_vs_{base}_per_round": ratios, f"ratio_vs_{base}_median": statistics.median(ratios),
-            "ratio_vs_fast-bf16_median": statistics.median(fast_ratios) if fast_ratios else None,
-            **{k: v for k, v in agreement_stats(ref, outputs[name]).items() if k in ("max_rel_err", "argmax_agreement")},
-        })
-    print(f"\n{arch}-D8, {h}x{w}, batch 1, 21 classes, random weights (randomised BatchNorm statistics), "
-          f"image-like input; {args.rounds} interleaved rounds; base = {base}\n")
-    print(f"| variant | median ms | time / {base} (median of per-round ratios) | per round | time / fast-bf16 | "
-          "first call ms | preparation s | max rel err | argmax |")
+        rows.append(
+            {
+                "variant": name,
+                "median_ms": 1e3 * med,
+                "first_call_ms": 1e3 * first[name],
+                "prep_s": prep.get(name, 0.0),
+                f"ratio_vs_{base}_per_round": ratios,
+                f"ratio_vs_{base}_median": statistics.median(ratios),
+                "ratio_vs_fast-bf16_median": statistics.median(fast_ratios) if fast_ratios else None,
+                **{
+                    k: v
+                    for k, v in agreement_stats(ref, outputs[name]).items()
+                    if k in ("max_rel_err", "argmax_agreement")
+                },
+            }
+        )
+    print(
+        f"\n{arch}-D8, {h}x{w}, batch 1, 21 classes, random weights (randomised BatchNorm statistics), "
+        f"image-like input; {args.rounds} interleaved rounds; base = {base}\n"
+    )
+    print(
+        f"| variant | median ms | time / {base} (median of per-round ratios) | per round | time / fast-bf16 | "
+        "first call ms | preparation s | max rel err | argmax |"
+    )
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         per = ", ".join(f"{v:.2f}" for v in r[f"ratio_vs_{base}_per_round"])
         vs_fast = f"{r['ratio_vs_fast-bf16_median']:.2f}" if r["ratio_vs_fast-bf16_median"] is not None else "-"
-        print(f"| {r['variant']} | {r['median_ms']:.0f} | {r[f'ratio_vs_{base}_median']:.2f} | {per} | {vs_fast} | "
-              f"{r['first_call_ms']:.0f} | {r['prep_s']:.1f} | {r['max_rel_err']:.1e} | {100 * r['argmax_agreement']:.2f}% |")
-    print(f"\nfiles: ONNX fp32 {sizes['onnx fp32']:.1f} MiB, int8 {sizes['onnx int8']:.1f} MiB; "
-          f"export {prep['onnx export']:.1f} s, quantization {prep['int8 quantization']:.1f} s")
+        print(
+            f"| {r['variant']} | {r['median_ms']:.0f} | {r[f'ratio_vs_{base}_median']:.2f} | {per} | {vs_fast} | "
+            f"{r['first_call_ms']:.0f} | {r['prep_s']:.1f} | {r['max_rel_err']:.1e} | {100 * r['argmax_agreement']:.2f}% |"
+        )
+    print(
+        f"\nfiles: ONNX fp32 {sizes['onnx fp32']:.1f} MiB, int8 {sizes['onnx int8']:.1f} MiB; "
+        f"export {prep['onnx export']:.1f} s, quantization {prep['int8 quantization']:.1f} s"
+    )
     if not HAS_OPENVINO:
         print("OpenVINO rows skipped: openvino is not installed (pip install 'pspnet-lib[openvino]')")
     return {"model": arch, "size": [h, w], "base": base, "rows": rows, "file_mib": sizes, "prep_s": prep}
@@ -159,7 +182,9 @@ def speed_table(arch: str, size: tuple[int, int], args, bf16: bool, tmp: Path) -
 def scenes(seed: int, count: int, size: int, model) -> tuple[torch.Tensor, torch.Tensor]:
     data = SyntheticScenes(count, size=(size, size), seed=seed)
     items = [data[i] for i in range(count)]
-    return normalize_images(torch.stack([i[0] for i in items]), model), torch.stack([torch.as_tensor(i[1]) for i in items])
+    return normalize_images(torch.stack([i[0] for i in items]), model), torch.stack(
+        [torch.as_tensor(i[1]) for i in items]
+    )
 
 
 def trained_table(args, bf16: bool, tmp: Path) -> dict:
@@ -186,12 +211,16 @@ def trained_table(args, bf16: bool, tmp: Path) -> dict:
             cm.update(out.argmax(1), labels)
             stats = agreement_stats(ref, out)
             rows.append({"variant": name, "mIoU": cm.compute()["mIoU"], **stats})
-    print(f"\ntrained demo model ({source}), {args.demo_images} held-out synthetic scenes at {args.demo_size} px; "
-          "int8 calibrated on 16 training scenes\n")
+    print(
+        f"\ntrained demo model ({source}), {args.demo_images} held-out synthetic scenes at {args.demo_size} px; "
+        "int8 calibrated on 16 training scenes\n"
+    )
     print("| variant | argmax agreement vs fp32 | mIoU | max rel err |")
     print("| --- | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['variant']} | {100 * r['argmax_agreement']:.2f}% | {100 * r['mIoU']:.2f} | {r['max_rel_err']:.1e} |")
+        print(
+            f"| {r['variant']} | {100 * r['argmax_agreement']:.2f}% | {100 * r['mIoU']:.2f} | {r['max_rel_err']:.1e} |"
+        )
     return {"model": args.demo_model or "demo", "size": args.demo_size, "images": args.demo_images, "rows": rows}
 
 
@@ -209,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bf16 = native_dtype_support(torch.bfloat16, "cpu")[0]
-    report = {"machine": machine_info(torch.device("cpu"), args.threads), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-              "openvino": HAS_OPENVINO, "speed": [], "trained": None}
+    report = {
+        "machine": machine_info(torch.device("cpu"), args.threads),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openvino": HAS_OPENVINO,
+        "speed": [],
+        "trained": None,
+    }
     if HAS_OPENVINO:
         import openvino
 
@@ -218,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     report["onnxruntime_version"] = onnxruntime.__version__
-    print(f"machine: {report['machine'].get('cpu')}, {args.threads} threads, load average {report['machine']['load_average']}")
+    print(
+        f"machine: {report['machine'].get('cpu')}, {args.threads} threads, load average {report['machine']['load_average']}"
+    )
     with tempfile.TemporaryDirectory(prefix="pspnet_deploy_") as tmp:
         for arch in args.models.split(","):
             for size in args.sizes.split(","):

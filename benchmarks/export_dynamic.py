@@ -56,10 +56,17 @@ def main() -> None:
         ref, new = nn.AdaptiveAvgPool2d(bins), MatmulAdaptiveAvgPool2d(bins)
         for f in (ref, new):
             f(feat)
-        t0 = time.perf_counter(); [ref(feat) for _ in range(20)]; t1 = time.perf_counter()
-        [new(feat) for _ in range(20)]; t2 = time.perf_counter()
-        print(f"pool bins={bins}: AdaptiveAvgPool2d {1e3*(t1-t0)/20:.2f} ms, matmul {1e3*(t2-t1)/20:.2f} ms, "
-              f"max rel diff {rel(new(feat), ref(feat)):.1e}")
+        t0 = time.perf_counter()
+        for _ in range(20):
+            ref(feat)
+        t1 = time.perf_counter()
+        for _ in range(20):
+            new(feat)
+        t2 = time.perf_counter()
+        print(
+            f"pool bins={bins}: AdaptiveAvgPool2d {1e3 * (t1 - t0) / 20:.2f} ms, matmul {1e3 * (t2 - t1) / 20:.2f} ms, "
+            f"max rel diff {rel(new(feat), ref(feat)):.1e}"
+        )
 
     rows = []
     e = args.example
@@ -67,6 +74,7 @@ def main() -> None:
         t = time.perf_counter()
         if fmt.startswith("onnx"):
             import onnxruntime as ort
+
             path = export_onnx(model, args.out / f"{fmt}.onnx", height=e, width=e, exporter=fmt.split("-")[1])
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             run = lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])

@@ -70,8 +70,20 @@ def child(args: argparse.Namespace) -> int:
 
 def run_variant(args: argparse.Namespace, name: str) -> dict:
     cmd = [
-        sys.executable, __file__, "--model", args.model, "--size", str(args.size), "--dtype", args.dtype,
-        "--threads", str(args.threads), "--cache-file", str(args.cache_file), "--child", json.dumps(VARIANTS[name]),
+        sys.executable,
+        __file__,
+        "--model",
+        args.model,
+        "--size",
+        str(args.size),
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--cache-file",
+        str(args.cache_file),
+        "--child",
+        json.dumps(VARIANTS[name]),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             args.cache_file = Path(tmp) / f"tuning-{r}.json"  # empty at the start of every round
             for name in VARIANTS:
                 results[name].append(run_variant(args, name))
-                print(f"round {r + 1}/{args.rounds}: {name}: first call {results[name][-1]['calls_s'][0]:.2f} s", file=sys.stderr)
+                print(
+                    f"round {r + 1}/{args.rounds}: {name}: first call {results[name][-1]['calls_s'][0]:.2f} s",
+                    file=sys.stderr,
+                )
     rows = []
     for name, runs in results.items():
         first = statistics.median(run["calls_s"][0] for run in runs)
@@ -115,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         "raw": results,
     }
     base = next(row for row in rows if row["variant"] == "auto, cache off")["first_s"]
-    print(f"\n{args.model}-D8 {args.size}x{args.size} {args.dtype}, {args.threads} threads, fresh process per variant, "
-          f"medians of {args.rounds} rounds\n")
+    print(
+        f"\n{args.model}-D8 {args.size}x{args.size} {args.dtype}, {args.threads} threads, fresh process per variant, "
+        f"medians of {args.rounds} rounds\n"
+    )
     print("| variant | first call s | later calls s | first / later | first call vs cache off |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['variant']} | {row['first_s']:.2f} | {row['later_s']:.3f} | {row['first_over_later']:.1f}x | "
-              f"{base / row['first_s']:.1f}x faster |")
+        print(
+            f"| {row['variant']} | {row['first_s']:.2f} | {row['later_s']:.3f} | {row['first_over_later']:.1f}x | "
+            f"{base / row['first_s']:.1f}x faster |"
+        )
     write_json(report, args.json)
     print(f"\nwrote {args.json}")
     return 0

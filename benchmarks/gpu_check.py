@@ -14,9 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import inference
+import torch
 import train_step
 
 
@@ -25,8 +24,12 @@ def main() -> int:
         print("no CUDA device: this check needs a GPU", file=sys.stderr)
         return 2
     out = Path("benchmarks/results")
-    inference.main(["--models", "resnet50", "--sizes", "512", "--device", "cuda", "--json", str(out / "gpu_inference.json")])
-    train_step.main(["--batches", "8", "--crops", "473", "--device", "cuda", "--json", str(out / "gpu_train_step.json")])
+    inference.main(
+        ["--models", "resnet50", "--sizes", "512", "--device", "cuda", "--json", str(out / "gpu_inference.json")]
+    )
+    train_step.main(
+        ["--batches", "8", "--crops", "473", "--device", "cuda", "--json", str(out / "gpu_train_step.json")]
+    )
     report = json.loads((out / "gpu_train_step.json").read_text())
     for row in report["results"]:
         if row.get("skipped"):

@@ -34,18 +34,17 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
-
 from _common import machine_info, sync, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet, optimize_for_inference  # noqa: E402
 from pspnet_lib.runtime import agreement_stats, randomize_batchnorm_, smooth_image  # noqa: E402
-from pspnet_lib.runtime.tuning import tuning_cache  # noqa: E402
 from pspnet_lib.runtime.conv import FusedConv, mkldnn_fusion_available  # noqa: E402
+from pspnet_lib.runtime.tuning import tuning_cache  # noqa: E402
 
 # Repetitions per model on CPU (after one warm-up call per variant): a default run of
 # R18/R50/R101 at 512x512 fits in a few minutes on 2 cores.
@@ -101,7 +100,7 @@ def measure_peak(dtype: torch.dtype, device: torch.device, reps: int) -> dict:
         unit = FusedConv(conv, None, relu=False, dtype=dtype, backend=backend)
         x = torch.randn(1, cin, size, size, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
         name = f"{cin}->{cout}@{size}"
-        fns[name] = (lambda u=unit, t=x: u(t))
+        fns[name] = lambda u=unit, t=x: u(t)
         flops[name] = 2.0 * cin * cout * 9 * size * size
     with torch.no_grad():
         for fn in fns.values():
@@ -110,7 +109,13 @@ def measure_peak(dtype: torch.dtype, device: torch.device, reps: int) -> dict:
     for name, ts in times.items():
         results.append({"conv": name, "min_s": min(ts), "tflops": flops[name] / min(ts) / 1e12})
     best = max(results, key=lambda r: r["tflops"])
-    return {"dtype": str(dtype), "backend": backend, "peak_tflops": best["tflops"], "best_conv": best["conv"], "convs": results}
+    return {
+        "dtype": str(dtype),
+        "backend": backend,
+        "peak_tflops": best["tflops"],
+        "best_conv": best["conv"],
+        "convs": results,
+    }
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -118,7 +123,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, device: torch.device, low: list[torch.dtype]) -> list[dict]:
+def bench_model(
+    name: str, size: tuple[int, int], args: argparse.Namespace, device: torch.device, low: list[torch.dtype]
+) -> list[dict]:
     torch.manual_seed(0)
     model = randomize_batchnorm_(build_pspnet(name, args.classes)).eval().to(device)
     x = smooth_image(args.batch, *size, seed=1, device=device)
@@ -140,15 +147,23 @@ def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, devi
     for dt in low:
         fast_models[f"fast-{_short(dt)}"] = optimize_for_inference(model, dt, tuning_cache=False)
     if args.ablation:  # what each choice contributes
-        fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(model, low[0], space_to_batch=False, winograd=False, tuning_cache=False)
-        fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(model, low[0], winograd=False, tuning_cache=False)
-        fast_models[f"fast-{_short(low[0])}-winograd2"] = optimize_for_inference(model, low[0], winograd=2, tuning_cache=False)
+        fast_models[f"fast-{_short(low[0])}-direct"] = optimize_for_inference(
+            model, low[0], space_to_batch=False, winograd=False, tuning_cache=False
+        )
+        fast_models[f"fast-{_short(low[0])}-nowinograd"] = optimize_for_inference(
+            model, low[0], winograd=False, tuning_cache=False
+        )
+        fast_models[f"fast-{_short(low[0])}-winograd2"] = optimize_for_inference(
+            model, low[0], winograd=2, tuning_cache=False
+        )
     if args.compile:
-        fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(model, low[0], compile=True, space_to_batch=False, tuning_cache=False)
+        fast_models[f"fast-{_short(low[0])}-compile"] = optimize_for_inference(
+            model, low[0], compile=True, space_to_batch=False, tuning_cache=False
+        )
     if args.skip_fast_fp32:
         fast_models.pop("fast-fp32")
     for key, fm in fast_models.items():
-        variants[key] = (lambda m=fm: m(x))
+        variants[key] = lambda m=fm: m(x)
     reps = args.reps or (CPU_REPS.get(name, 2) if device.type == "cpu" else 20)
     if device.type == "cpu" and size[0] * size[1] > 512 * 512:
         reps = max(1, round(reps * 512 * 512 / (size[0] * size[1])))
@@ -157,7 +172,11 @@ def bench_model(name: str, size: tuple[int, int], args: argparse.Namespace, devi
         for key, fn in variants.items():  # warm-up, and the outputs compared below
             t0 = time.perf_counter()
             outputs[key] = fn().float()
-            print(f"  warm-up {name} {size[0]}x{size[1]} {key}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
+            print(
+                f"  warm-up {name} {size[0]}x{size[1]} {key}: {time.perf_counter() - t0:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         times = round_robin(variants, reps, device)
     rows = []
     ref_median = statistics.median(times["fp32"])
@@ -194,21 +213,29 @@ def _short(dtype: torch.dtype) -> str:
 def print_table(report: dict) -> None:
     m = report["machine"]
     peak = report["peak"]
-    print(f"\nPSPNet inference, batch {report['batch']}, {m['device']} ({m.get('gpu', m['cpu'])}), "
-          f"{m['threads']} threads, torch {m['torch']}")
-    print(f"measured {peak['dtype']} 3x3-conv peak: {peak['peak_tflops']:.3f} TFLOP/s ({peak['best_conv']}, "
-          f"{peak['backend']}); " + ", ".join(f"{c['conv']} {c['tflops']:.3f}" for c in peak["convs"]))
-    head = (f"{'model':<14}{'size':>10} {'variant':<20}{'median ms':>10}{'min ms':>9}{'vs fp32':>8}{'vs autoc':>9}"
-            f"{'TFLOP/s':>8}{'% peak':>7}{'max rel err':>12}{'argmax':>8}")
+    print(
+        f"\nPSPNet inference, batch {report['batch']}, {m['device']} ({m.get('gpu', m['cpu'])}), "
+        f"{m['threads']} threads, torch {m['torch']}"
+    )
+    print(
+        f"measured {peak['dtype']} 3x3-conv peak: {peak['peak_tflops']:.3f} TFLOP/s ({peak['best_conv']}, "
+        f"{peak['backend']}); " + ", ".join(f"{c['conv']} {c['tflops']:.3f}" for c in peak["convs"])
+    )
+    head = (
+        f"{'model':<14}{'size':>10} {'variant':<20}{'median ms':>10}{'min ms':>9}{'vs fp32':>8}{'vs autoc':>9}"
+        f"{'TFLOP/s':>8}{'% peak':>7}{'max rel err':>12}{'argmax':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in report["results"]:
         err = f"{r['max_rel_err']:.2e}" if "max_rel_err" in r else "-"
         agree = f"{100 * r['argmax_agreement']:.2f}%" if "argmax_agreement" in r else "-"
         vs_ac = f"{r['speedup_vs_autocast']:.2f}x" if "speedup_vs_autocast" in r else "-"
-        print(f"{r['model']:<14}{r['size']:>10} {r['variant']:<20}{1e3 * r['median_s']:>10.0f}{1e3 * r['min_s']:>9.0f}"
-              f"{r['speedup_vs_fp32']:>7.2f}x{vs_ac:>9}{r['nominal_tflops']:>8.3f}"
-              f"{100 * r['nominal_tflops'] / peak['peak_tflops']:>6.0f}%{err:>12}{agree:>8}")
+        print(
+            f"{r['model']:<14}{r['size']:>10} {r['variant']:<20}{1e3 * r['median_s']:>10.0f}{1e3 * r['min_s']:>9.0f}"
+            f"{r['speedup_vs_fp32']:>7.2f}x{vs_ac:>9}{r['nominal_tflops']:>8.3f}"
+            f"{100 * r['nominal_tflops'] / peak['peak_tflops']:>6.0f}%{err:>12}{agree:>8}"
+        )
     print(f"load average before / after: {report['load_before']} / {report['load_after']}")
 
 
@@ -222,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
-    parser.add_argument("--ablation", action="store_true",
-                        help="also time the fast path without Winograd, and without Winograd and space-to-batch")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time the fast path without Winograd, and without Winograd and space-to-batch",
+    )
     parser.add_argument("--skip-fast-fp32", action="store_true", help="omit the fast fp32 variant (saves time)")
     parser.add_argument("--quick", action="store_true", help="R50-D8 at 512x512, 2 rounds")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/inference.json"))

@@ -46,12 +46,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _common import machine_info, sync, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet  # noqa: E402
 from pspnet_lib.engine.optim import build_optimizer  # noqa: E402
 from pspnet_lib.runtime import smooth_image  # noqa: E402
+
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -111,9 +111,23 @@ class MemoryMeter:
 
 def rss_growth_in_fresh_process(args: argparse.Namespace, batch: int, crop: int, modes: list[str]) -> dict[str, int]:
     """Run ``--rss-child`` for one batch/crop and return its per-mode RSS growth."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--backbone", args.backbone,
-           "--classes", str(args.classes), "--batches", str(batch), "--crops", str(crop),
-           "--threads", str(args.threads), "--modes", ",".join(modes)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--rss-child",
+        "--backbone",
+        args.backbone,
+        "--classes",
+        str(args.classes),
+        "--batches",
+        str(batch),
+        "--crops",
+        str(crop),
+        "--threads",
+        str(args.threads),
+        "--modes",
+        ",".join(modes),
+    ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -204,15 +218,18 @@ def run(args: argparse.Namespace) -> dict:
             for mode in modes:
                 predicted = per_pixel.get(mode, 0.0) * batch * crop * crop
                 budget = (
-                    0.8 * _mem_available_bytes()
-                    if device.type == "cpu"
-                    else 0.8 * (torch.cuda.mem_get_info(device)[0])
+                    0.8 * _mem_available_bytes() if device.type == "cpu" else 0.8 * (torch.cuda.mem_get_info(device)[0])
                 )
                 if predicted > budget:
                     skipped.append(mode)
                     results.append(
-                        {"mode": mode, "batch": batch, "crop": crop, "skipped": True,
-                         "reason": f"predicted growth {predicted / 2**30:.1f} GiB > 80% of available memory"}
+                        {
+                            "mode": mode,
+                            "batch": batch,
+                            "crop": crop,
+                            "skipped": True,
+                            "reason": f"predicted growth {predicted / 2**30:.1f} GiB > 80% of available memory",
+                        }
                     )
                     continue
                 trainers.append(Trainer(base, mode, device))
@@ -282,12 +299,16 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     rows = report["results"]
-    print(f"\nPSPNet {report['backbone']} training step ({report['machine']['device']}, "
-          f"{report['machine']['threads']} threads, torch {report['machine']['torch']})")
+    print(
+        f"\nPSPNet {report['backbone']} training step ({report['machine']['device']}, "
+        f"{report['machine']['threads']} threads, torch {report['machine']['torch']})"
+    )
     cpu = any("rss_growth_bytes" in r for r in rows)
     print(f"memory: {report['memory_method']}")
-    print(f"{'batch':>5} {'crop':>5} {'mode':<10} {'median s':>9} {'min s':>8} {'speed-up':>8} "
-          f"{'peak MiB':>9} {'vs fp32':>8} {'MiB/Mpx':>8}" + (f" {'RSS MiB':>8} {'vs fp32':>8}" if cpu else ""))
+    print(
+        f"{'batch':>5} {'crop':>5} {'mode':<10} {'median s':>9} {'min s':>8} {'speed-up':>8} "
+        f"{'peak MiB':>9} {'vs fp32':>8} {'MiB/Mpx':>8}" + (f" {'RSS MiB':>8} {'vs fp32':>8}" if cpu else "")
+    )
     for crop in sorted({r["crop"] for r in rows}):
         for batch in sorted({r["batch"] for r in rows}):
             group = [r for r in rows if r["crop"] == crop and r["batch"] == batch]
@@ -299,8 +320,10 @@ def print_table(report: dict) -> None:
                 speed = f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-"
                 mem = f"{r['growth_bytes'] / ref['growth_bytes']:.0%}" if ref else "-"
                 mpx = batch * crop * crop / 1e6
-                line = (f"{batch:>5} {crop:>5} {r['mode']:<10} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {speed:>8} "
-                        f"{r['growth_bytes'] / 2**20:>9.0f} {mem:>8} {r['growth_bytes'] / 2**20 / mpx:>8.0f}")
+                line = (
+                    f"{batch:>5} {crop:>5} {r['mode']:<10} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {speed:>8} "
+                    f"{r['growth_bytes'] / 2**20:>9.0f} {mem:>8} {r['growth_bytes'] / 2**20 / mpx:>8.0f}"
+                )
                 if cpu and r.get("rss_growth_bytes") is not None:
                     rss_ratio = f"{r['rss_growth_bytes'] / ref['rss_growth_bytes']:.0%}" if ref else "-"
                     line += f" {r['rss_growth_bytes'] / 2**20:>8.0f} {rss_ratio:>8}"
@@ -322,8 +345,11 @@ def fit_memory(report: dict) -> dict:
     params = report["params"]
     persistent = 2 * 4 * params  # fp32 weights + SGD momentum (gradients are part of the growth)
     for mode in dict.fromkeys(r["mode"] for r in report["results"]):
-        pts = [(r["batch"] * r["crop"] ** 2, r["growth_bytes"]) for r in report["results"]
-               if r["mode"] == mode and not r.get("skipped")]
+        pts = [
+            (r["batch"] * r["crop"] ** 2, r["growth_bytes"])
+            for r in report["results"]
+            if r["mode"] == mode and not r.get("skipped")
+        ]
         if len({x for x, _ in pts}) < 2:
             continue
         n = len(pts)
@@ -342,13 +368,19 @@ def print_fits(report: dict) -> None:
     fits = report.get("gpu_extrapolation") or {}
     if not fits:
         return
-    print(f"\nExtrapolated GPU training (fp32 weights + momentum {2 * 4 * report['params'] / 2**30:.2f} GiB, "
-          f"context {CONTEXT_GIB} GiB; growth = fixed + bytes/pixel x batch x crop^2 fitted to the rows above)")
-    print(f"{'mode':<10} {'fixed MiB':>9} {'KiB/px':>7}  " + "  ".join(
-        f"{g}GB max batch @" + "/".join(str(c) for c in FIT_CROPS) for g in GPU_SIZES_GIB))
+    print(
+        f"\nExtrapolated GPU training (fp32 weights + momentum {2 * 4 * report['params'] / 2**30:.2f} GiB, "
+        f"context {CONTEXT_GIB} GiB; growth = fixed + bytes/pixel x batch x crop^2 fitted to the rows above)"
+    )
+    print(
+        f"{'mode':<10} {'fixed MiB':>9} {'KiB/px':>7}  "
+        + "  ".join(f"{g}GB max batch @" + "/".join(str(c) for c in FIT_CROPS) for g in GPU_SIZES_GIB)
+    )
     for mode, fit in fits.items():
-        cols = "  ".join(f"{'/'.join(str(fit['max_batch'][f'{g}GB'][str(c)]) for c in FIT_CROPS):>{len(f'{g}GB max batch @') + 15}}"
-                         for g in GPU_SIZES_GIB)
+        cols = "  ".join(
+            f"{'/'.join(str(fit['max_batch'][f'{g}GB'][str(c)]) for c in FIT_CROPS):>{len(f'{g}GB max batch @') + 15}}"
+            for g in GPU_SIZES_GIB
+        )
         print(f"{mode:<10} {fit['fixed_bytes'] / 2**20:>9.0f} {fit['bytes_per_pixel'] / 1024:>7.2f}  {cols}")
 
 
@@ -362,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="batch 2, crop 473 only")
-    parser.add_argument("--rss", action="store_true", help="also measure RSS growth in a fresh process per batch/crop (CPU)")
+    parser.add_argument(
+        "--rss", action="store_true", help="also measure RSS growth in a fresh process per batch/crop (CPU)"
+    )
     parser.add_argument("--modes", type=lambda s: s.split(","), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_step.json"))

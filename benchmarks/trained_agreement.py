@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import machine_info, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import load_pretrained, optimize_for_inference  # noqa: E402
@@ -87,14 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         if bf16:
             rows.append({"size": size, "images": count, "variant": "autocast-bf16", **autocast_stats(model, batches)})
 
-    print(f"\nfast path vs fp32 on a trained model ({source if args.model else 'the demo model'}), "
-          f"held-out synthetic scenes, {args.threads} threads\n")
+    print(
+        f"\nfast path vs fp32 on a trained model ({source if args.model else 'the demo model'}), "
+        f"held-out synthetic scenes, {args.threads} threads\n"
+    )
     print("| size | images | variant | argmax agreement | max rel err | mean abs err |")
     print("| ---: | ---: | --- | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['size']} | {row['images']} | {row['variant']} | {100 * row['argmax_agreement']:.2f}% | "
-              f"{row['max_rel_err']:.2e} | {row['mean_abs_err']:.2e} |")
-    write_json({"machine": machine_info(torch.device("cpu"), args.threads), "model": args.model or "demo", "rows": rows}, args.json)
+        print(
+            f"| {row['size']} | {row['images']} | {row['variant']} | {100 * row['argmax_agreement']:.2f}% | "
+            f"{row['max_rel_err']:.2e} | {row['mean_abs_err']:.2e} |"
+        )
+    write_json(
+        {"machine": machine_info(torch.device("cpu"), args.threads), "model": args.model or "demo", "rows": rows},
+        args.json,
+    )
     print(f"\nwrote {args.json}")
     return 0
 

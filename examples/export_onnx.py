@@ -34,7 +34,9 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     model = pspnet_lib.load_pretrained(args.weights).eval()
-    export_onnx(model, args.out, preprocess=True, output="labels", exporter=args.exporter, height=args.height, width=args.width)
+    export_onnx(
+        model, args.out, preprocess=True, output="labels", exporter=args.exporter, height=args.height, width=args.width
+    )
     logging.info("exported %s (%.1f MiB)", args.out, args.out.stat().st_size / 2**20)
 
     # --- what a deployment needs: onnxruntime, numpy and PIL; no torch, no pspnet_lib -------------
@@ -42,16 +44,22 @@ def main() -> None:
 
     session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
     for path in pspnet_lib.sample_images():
-        image = np.asarray(Image.open(path).convert("RGB"))               # (H, W, 3) uint8
+        image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
         (labels,) = session.run(None, {"images": image.transpose(2, 0, 1)[None]})
-        mask = labels[0]                                                  # (H, W) int64 class indices
+        mask = labels[0]  # (H, W) int64 class indices
         # ------------------------------------------------------------------------------------------
-        reference = pspnet_lib.predict(model, image, size=False)           # PyTorch, same input size
+        reference = pspnet_lib.predict(model, image, size=False)  # PyTorch, same input size
         agreement = float((mask == reference.mask.numpy()).mean())
         out = args.out.with_name(f"{args.out.stem}_{path.stem}.png")
         pspnet_lib.colorize(mask, reference.palette).save(out)
-        logging.info("%s %dx%d: ONNX Runtime agrees with PyTorch on %.4f%% of pixels -> %s",
-                     path.name, image.shape[1], image.shape[0], 100 * agreement, out)
+        logging.info(
+            "%s %dx%d: ONNX Runtime agrees with PyTorch on %.4f%% of pixels -> %s",
+            path.name,
+            image.shape[1],
+            image.shape[0],
+            100 * agreement,
+            out,
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 import pspnet_lib
 from pspnet_lib.data import FolderDataset, eval_transforms, train_transforms, write_synthetic_dataset
-from pspnet_lib.engine.trainer import Trainer, TrainConfig
+from pspnet_lib.engine.trainer import TrainConfig, Trainer
 
 
 def main() -> None:
@@ -29,7 +29,9 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="folder with images/, masks/ and classes.txt")
     source.add_argument("--synthetic", action="store_true", help="generate a small dataset of synthetic scenes")
-    parser.add_argument("--weights", help="start from these weights (zoo name, hf-hub:, folder); default: random initialisation")
+    parser.add_argument(
+        "--weights", help="start from these weights (zoo name, hf-hub:, folder); default: random initialisation"
+    )
     parser.add_argument("--backbone", default="resnet50", help="backbone when --weights is not given")
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--crop", type=int, default=512, help="training crop size")
@@ -42,7 +44,9 @@ def main() -> None:
 
     root = args.data
     if args.synthetic:
-        root = write_synthetic_dataset(args.out / "data", num_images=48, size=(96, 96), splits={"train": 0.75, "val": 0.25}, overwrite=True)
+        root = write_synthetic_dataset(
+            args.out / "data", num_images=48, size=(96, 96), splits={"train": 0.75, "val": 0.25}, overwrite=True
+        )
     train_set = FolderDataset(root, split="train", transforms=train_transforms(args.crop))
     val_set = FolderDataset(root, split="val", transforms=eval_transforms(normalize=False))
     num_classes = len(train_set.classes)

@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("images", nargs="*", type=Path, help="image files (default: the bundled sample photos)")
     parser.add_argument("--weights", default="pspnet_r50-d8_ade20k", help="zoo name, hf-hub:org/repo or a local folder")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
-    parser.add_argument("--size", type=int, help="short side to resize to before inference (default: the weights' protocol)")
+    parser.add_argument(
+        "--size", type=int, help="short side to resize to before inference (default: the weights' protocol)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -44,7 +46,9 @@ def main() -> None:
         side_by_side([result.overlay(alpha=0.0), overlay, result.legend()]).save(args.out / f"{stem}_panel.png")
         counts = torch.bincount(result.mask.flatten(), minlength=len(result.palette))
         top = counts.argsort(descending=True)[:3]
-        share = ", ".join(f"{result.class_name(int(c))} {100 * counts[c] / result.mask.numel():.0f}%" for c in top if counts[c])
+        share = ", ".join(
+            f"{result.class_name(int(c))} {100 * counts[c] / result.mask.numel():.0f}%" for c in top if counts[c]
+        )
         logging.info("%s (%dx%d): %s", Path(path).name, result.mask.shape[1], result.mask.shape[0], share)
     logging.info("wrote masks, overlays and panels to %s", args.out)
 

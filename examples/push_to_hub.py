@@ -24,10 +24,16 @@ import pspnet_lib
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="a save_pretrained folder (e.g. a training run's model/), zoo name or checkpoint")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a save_pretrained folder (e.g. a training run's model/), zoo name or checkpoint",
+    )
     parser.add_argument("--out", type=Path, default=Path("pspnet-export"), help="local folder to write")
     parser.add_argument("--repo-id", help="Hub repository, e.g. you/pspnet-roads (needed with --push)")
-    parser.add_argument("--push", action="store_true", help="upload to the Hub (otherwise only the local folder is written)")
+    parser.add_argument(
+        "--push", action="store_true", help="upload to the Hub (otherwise only the local folder is written)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN or the saved login)")
     args = parser.parse_args()

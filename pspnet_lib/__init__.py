@@ -11,6 +11,7 @@ from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet,
 from .runtime import optimize_for_inference
 
 __all__ = [
+    "__version__",
     "PRESETS",
     "PSPNet",
     "PSPNetConfig",

@@ -11,8 +11,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -222,7 +223,9 @@ def check_outputs_spare_inputs(
         resolved, inode = _identity(output)
         source = by_path.get(resolved) or (by_inode.get(inode) if inode is not None else None)
         if source is not None:
-            how = "is" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else "is a link to (or through)"
+            how = (
+                "is" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else "is a link to (or through)"
+            )
             raise OverwritesInputError(f"refusing to write {output}: it {how} the input {source}; {advice}")
 
 

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -58,7 +59,8 @@ def _console_loggers() -> list[logging.Logger]:
     console handler would add one, and its records would then print twice)."""
     loggers = [logging.getLogger(), logging.getLogger("pspnet_lib")]
     return [
-        lg for lg in loggers
+        lg
+        for lg in loggers
         if any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr) for h in lg.handlers)
     ]
 
@@ -75,7 +77,9 @@ def progress_bar(
     enabled = progress_enabled(progress, stream=tqdm_kwargs.get("file"))
     tqdm_kwargs.setdefault("dynamic_ncols", True)
     bar = tqdm(iterable, disable=not enabled, **tqdm_kwargs)
-    redirect = logging_redirect_tqdm(loggers=_console_loggers(), tqdm_class=tqdm) if enabled else contextlib.nullcontext()
+    redirect = (
+        logging_redirect_tqdm(loggers=_console_loggers(), tqdm_class=tqdm) if enabled else contextlib.nullcontext()
+    )
     try:
         with redirect:
             yield bar

@@ -15,8 +15,9 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,16 @@ __all__ = ["run_demo", "run_weights_demo", "draw_training_curve", "constant_pred
 logger = logging.getLogger(__name__)
 
 #: What one demo run writes (and what ``overwrite=True`` replaces).
-DEMO_OUTPUTS = ("checkpoints", "model", "overlays", "history.json", "metrics.json", "train_config.json",
-                "training_curve.png", "predictions.png")
+DEMO_OUTPUTS = (
+    "checkpoints",
+    "model",
+    "overlays",
+    "history.json",
+    "metrics.json",
+    "train_config.json",
+    "training_curve.png",
+    "predictions.png",
+)
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -98,7 +107,9 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     font, title_font = _font(13), _font(15)
-    train = [(h["iter"], h["loss"]) for h in history if h.get("type") == "train" and math.isfinite(h.get("loss", math.nan))]
+    train = [
+        (h["iter"], h["loss"]) for h in history if h.get("type") == "train" and math.isfinite(h.get("loss", math.nan))
+    ]
     val = [(h["iter"], h["mIoU"]) for h in history if h.get("type") == "val" and h.get("mIoU") is not None]
     iter_ticks = nice_ticks(max([i for i, _ in train + val] + [1]))
     loss_ticks = nice_ticks(max([v for _, v in train] + [1e-6]))
@@ -179,11 +190,11 @@ def run_demo(
     baseline), ``model/`` (the trained model, loadable with ``load_pretrained``/``pspnet eval``),
     ``checkpoints/`` and ``history.json``. Returns a summary dict with the same numbers and paths.
     """
-    from .models import build_pspnet
     from .data import SyntheticScenes, eval_transforms, train_transforms
     from .engine import TrainConfig, Trainer, set_seed
     from .engine.evaluate import normalize_images
     from .inference.visualize import legend, overlay, side_by_side
+    from .models import build_pspnet
 
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 (the network downsamples by 8), got {image_size}")
@@ -192,19 +203,36 @@ def run_demo(
     start = time.perf_counter()
     set_seed(seed)
     size = (image_size, image_size)
-    train_set = SyntheticScenes(train_images, size, seed=seed,
-                                transforms=train_transforms(image_size, scale_range=(0.75, 1.5), blur_p=0.3))
+    train_set = SyntheticScenes(
+        train_images, size, seed=seed, transforms=train_transforms(image_size, scale_range=(0.75, 1.5), blur_p=0.3)
+    )
     val_seed = seed + 1  # held out: scenes are a function of (seed, index)
     val_set = SyntheticScenes(val_images, size, seed=val_seed, transforms=eval_transforms(normalize=False))
     classes, palette = train_set.classes, train_set.palette
     model = build_pspnet("resnet18", len(classes), stem="standard", head_channels=64, aux_channels=32, ppm_channels=16)
     config = TrainConfig(
-        iters=iters, batch_size=batch_size, lr=lr, num_workers=num_workers, seed=seed, out_dir=str(out),
-        val_interval=max(1, iters // 4), ckpt_interval=0, keep_last=1, log_interval=max(1, iters // 30),
-        device=device, progress=progress,
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        num_workers=num_workers,
+        seed=seed,
+        out_dir=str(out),
+        val_interval=max(1, iters // 4),
+        ckpt_interval=0,
+        keep_last=1,
+        log_interval=max(1, iters // 30),
+        device=device,
+        progress=progress,
     )
-    logger.info("demo: training a ResNet-18 PSPNet on %d synthetic %dx%d scenes for %d iterations, "
-                "scoring on %d held-out scenes", train_images, image_size, image_size, iters, val_images)
+    logger.info(
+        "demo: training a ResNet-18 PSPNet on %d synthetic %dx%d scenes for %d iterations, "
+        "scoring on %d held-out scenes",
+        train_images,
+        image_size,
+        image_size,
+        iters,
+        val_images,
+    )
     summary = Trainer(model, train_set, val_set, config).fit()
     train_seconds = time.perf_counter() - start
     metrics = summary["metrics"]
@@ -227,16 +255,26 @@ def run_demo(
     with torch.no_grad():
         for i in range(min(samples, val_images)):
             picture, truth = raw_val.generate(i)
-            x = normalize_images(torch.from_numpy(picture).permute(2, 0, 1)[None], model).to(next(model.parameters()).device)
+            x = normalize_images(torch.from_numpy(picture).permute(2, 0, 1)[None], model).to(
+                next(model.parameters()).device
+            )
             prediction = model(x).argmax(1)[0].cpu().numpy()
-            panel = side_by_side([_upscale(Image.fromarray(picture), factor),
-                                  _upscale(overlay(picture, truth, palette, alpha=0.6), factor),
-                                  _upscale(overlay(picture, prediction, palette, alpha=0.6), factor)])
+            panel = side_by_side(
+                [
+                    _upscale(Image.fromarray(picture), factor),
+                    _upscale(overlay(picture, truth, palette, alpha=0.6), factor),
+                    _upscale(overlay(picture, prediction, palette, alpha=0.6), factor),
+                ]
+            )
             _save_png(panel, overlays_dir / f"sample_{i:02d}.png")
             rows.append(panel)
     key = legend(classes, palette)
-    grid = Image.new("RGB", (max([r.width for r in rows] + [0]) + key.width + 8, sum(r.height + 4 for r in rows) + 20), "white")
-    ImageDraw.Draw(grid).text((4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=_font(13))
+    grid = Image.new(
+        "RGB", (max([r.width for r in rows] + [0]) + key.width + 8, sum(r.height + 4 for r in rows) + 20), "white"
+    )
+    ImageDraw.Draw(grid).text(
+        (4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=_font(13)
+    )
     y = 20
     for row in rows:
         grid.paste(row, (0, y))
@@ -246,23 +284,39 @@ def run_demo(
     _save_png(draw_training_curve(summary["history"]), out / "training_curve.png")
 
     result = {
-        "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"],
-        "per_class": {c: {"IoU": _clean(iou), "Acc": _clean(acc)} for c, iou, acc in zip(classes, metrics["IoU"], metrics["Acc"])},
+        "mIoU": metrics["mIoU"],
+        "mAcc": metrics["mAcc"],
+        "aAcc": metrics["aAcc"],
+        "per_class": {
+            c: {"IoU": _clean(iou), "Acc": _clean(acc)} for c, iou, acc in zip(classes, metrics["IoU"], metrics["Acc"])
+        },
         "baseline_constant": {"class": classes[majority], "mIoU": baseline},
-        "iterations": summary["iteration"], "train_images": train_images, "val_images": val_images,
-        "image_size": image_size, "seed": seed, "train_seconds": round(train_seconds, 1),
+        "iterations": summary["iteration"],
+        "train_images": train_images,
+        "val_images": val_images,
+        "image_size": image_size,
+        "seed": seed,
+        "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "files": {
-            "predictions": str(out / "predictions.png"), "overlays": str(overlays_dir),
-            "training_curve": str(out / "training_curve.png"), "metrics": str(out / "metrics.json"),
-            "model": summary["model_dir"], "checkpoints": str(out / "checkpoints"),
+            "predictions": str(out / "predictions.png"),
+            "overlays": str(overlays_dir),
+            "training_curve": str(out / "training_curve.png"),
+            "metrics": str(out / "metrics.json"),
+            "model": summary["model_dir"],
+            "checkpoints": str(out / "checkpoints"),
         },
     }
     from .engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
-    logger.info("demo done in %.0f s: held-out mIoU %.1f%% (predicting '%s' everywhere scores %.1f%%)",
-                result["seconds"], 100 * result["mIoU"], classes[majority], 100 * baseline)
+    logger.info(
+        "demo done in %.0f s: held-out mIoU %.1f%% (predicting '%s' everywhere scores %.1f%%)",
+        result["seconds"],
+        100 * result["mIoU"],
+        classes[majority],
+        100 * baseline,
+    )
     for name, path in result["files"].items():
         logger.info("  %-15s %s", name, path)
     return result
@@ -295,8 +349,11 @@ def run_weights_demo(
     photos = sample_images()
     out = Path(out_dir)
     names = [f"{p.stem}_{kind}.png" for p in photos for kind in ("overlay", "mask")]
-    check_outputs_spare_inputs([out / n for n in names], [*photos, *local_files(weights)],
-                               advice=f"choose another --out, e.g. --out {sibling_folder(out, 'photos')}")
+    check_outputs_spare_inputs(
+        [out / n for n in names],
+        [*photos, *local_files(weights)],
+        advice=f"choose another --out, e.g. --out {sibling_folder(out, 'photos')}",
+    )
     _prepare_out_dir(out, overwrite, names)
     model = load_pretrained(weights)
     if device:

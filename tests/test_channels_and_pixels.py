@@ -9,10 +9,10 @@ from PIL import Image
 
 from pspnet_lib import predict
 from pspnet_lib.cli import main
-from pspnet_lib.data import FolderDataset
 from pspnet_lib.core.constants import input_stats
-from pspnet_lib.inference.export import ExportWrapper
 from pspnet_lib.core.images import load_image, read_image, to_image_tensor, to_rgb_tensor
+from pspnet_lib.data import FolderDataset
+from pspnet_lib.inference.export import ExportWrapper
 
 from .infer_utils import save_model_dir, tiny_model
 
@@ -68,9 +68,24 @@ def test_pspnet_predict_on_one_and_four_channel_models(tmp_path):
     Image.fromarray(grey).save(tmp_path / "grey.png")
     one = _model(1, [0.5], [0.25])
     out = tmp_path / "out1"
-    assert main(["predict", str(tmp_path / "grey.png"), "--weights", str(save_model_dir(one, tmp_path / "m1")),
-                 "--out", str(out), "--device", "cpu"]) == 0
-    assert np.array_equal(np.array(Image.open(out / "grey.png")), _expected(one, grey[..., None], [0.5], [0.25]).numpy())
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "grey.png"),
+                "--weights",
+                str(save_model_dir(one, tmp_path / "m1")),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert np.array_equal(
+        np.array(Image.open(out / "grey.png")), _expected(one, grey[..., None], [0.5], [0.25]).numpy()
+    )
 
     mean, std = [0.4, 0.5, 0.6, 0.3], [0.2, 0.25, 0.3, 0.1]
     four = _model(4, mean, std)
@@ -81,8 +96,22 @@ def test_pspnet_predict_on_one_and_four_channel_models(tmp_path):
     pages = [Image.fromarray(np.ascontiguousarray(bands[..., i])) for i in range(4)]
     pages[0].save(inputs / "b.tif", save_all=True, append_images=pages[1:])  # 4-page TIFF, one band per page
     out = tmp_path / "out4"
-    assert main(["predict", str(inputs), "--weights", str(save_model_dir(four, tmp_path / "m4")),
-                 "--out", str(out), "--device", "cpu", "--overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(inputs),
+                "--weights",
+                str(save_model_dir(four, tmp_path / "m4")),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--overlay",
+            ]
+        )
+        == 0
+    )
     expected = _expected(four, bands, mean, std).numpy()
     assert np.array_equal(np.array(Image.open(out / "a.png")), expected)
     assert np.array_equal(np.array(Image.open(out / "b.png")), expected)
@@ -109,7 +138,9 @@ def test_datasets_and_export_feed_in_channels(tmp_path):
     wrapper = ExportWrapper(model, preprocess=True).eval()
     x = torch.from_numpy(bands).permute(2, 0, 1)[None]
     with torch.no_grad():
-        assert torch.equal(wrapper(x).argmax(1)[0], _expected(model, bands, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
+        assert torch.equal(
+            wrapper(x).argmax(1)[0], _expected(model, bands, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+        )
     with pytest.raises(ValueError, match="pretrained_cfg"):
         ExportWrapper(_model(4, [0.5] * 3, [0.2] * 3), preprocess=True)
 

@@ -43,7 +43,9 @@ def _image(path: Path, seed: int = 0, size: tuple[int, int] = (H, W)) -> np.ndar
 
 def _mask(path: Path, values: np.ndarray, paletted: bool = False, palette=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture = colorize(values.astype(np.uint8), palette) if paletted else Image.fromarray(values.astype(np.uint8), mode="L")
+    picture = (
+        colorize(values.astype(np.uint8), palette) if paletted else Image.fromarray(values.astype(np.uint8), mode="L")
+    )
     picture.save(path)
 
 
@@ -111,7 +113,9 @@ def test_voc_mmseg_aug_list_and_pair_lines(tmp_path):
     (lists / "aug.txt").write_text("2007_000039\n")
     assert [p.stem for p, _ in VOCAugDataset(voc, "train_aug").files] == ["2007_000039"]
     (lists / "pairs.txt").write_text("/JPEGImages/2008_000002.jpg /SegmentationClassAug/2008_000002.png\n")
-    assert VOCAugDataset(voc, "pairs").files == [(voc / "JPEGImages/2008_000002.jpg", voc / "SegmentationClassAug/2008_000002.png")]
+    assert VOCAugDataset(voc, "pairs").files == [
+        (voc / "JPEGImages/2008_000002.jpg", voc / "SegmentationClassAug/2008_000002.png")
+    ]
 
 
 def test_voc_errors(tmp_path):
@@ -207,7 +211,10 @@ def test_cityscapes_mapping_matches_official_table():
 
 def test_cityscapes_only_labelids_explains_how_to_make_trainids(tmp_path):
     _cityscapes_tree(tmp_path, trainids=False)
-    with pytest.raises(FileNotFoundError, match="only the \\*_gtFine_labelIds.png files exist.*csCreateTrainIdLabelImgs.*create_cityscapes_trainids"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="only the \\*_gtFine_labelIds.png files exist.*csCreateTrainIdLabelImgs.*create_cityscapes_trainids",
+    ):
         CityscapesDataset(tmp_path, "train")
     assert create_cityscapes_trainids(tmp_path, ("train", "val")) == 3
     assert create_cityscapes_trainids(tmp_path, ("train",)) == 0  # existing files kept
@@ -221,7 +228,10 @@ def test_cityscapes_labelids_stored_as_trainids_is_reported(tmp_path):
     wrong = tmp_path / "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelTrainIds.png"
     _mask(wrong, LABEL_IDS)  # someone copied labelIds under the trainIds name
     dataset = CityscapesDataset(tmp_path, "val")
-    with pytest.raises(ValueError, match=r"frankfurt_000000_000019_gtFine_labelTrainIds.png holds value\(s\) 19, 20, 23, 24, 26, 33.*holds labelIds.*csCreateTrainIdLabelImgs"):
+    with pytest.raises(
+        ValueError,
+        match=r"frankfurt_000000_000019_gtFine_labelTrainIds.png holds value\(s\) 19, 20, 23, 24, 26, 33.*holds labelIds.*csCreateTrainIdLabelImgs",
+    ):
         dataset[0]
 
 
@@ -233,7 +243,9 @@ def test_cityscapes_wrong_root(tmp_path):
 # --- Folder dataset ----------------------------------------------------------------------------
 
 
-def _folder(root: Path, stems=("a", "b", "c"), classes=("bg", "cat", "dog"), sub: str = "", write_classes: bool = True) -> Path:
+def _folder(
+    root: Path, stems=("a", "b", "c"), classes=("bg", "cat", "dog"), sub: str = "", write_classes: bool = True
+) -> Path:
     for i, stem in enumerate(stems):
         _image(root / "images" / sub / f"{stem}.png", i)
         _mask(root / "masks" / sub / f"{stem}.png", _labels(i, len(classes)), paletted=i % 2 == 1)
@@ -253,7 +265,10 @@ def test_folder_flat_with_classes_file(tmp_path):
     assert (mask.numpy() == _labels(0, 3)).all()
     _, mask = dataset[1]  # paletted mask read as indices
     assert (mask.numpy() == _labels(1, 3)).all()
-    assert dataset.verify()["class_pixels"] == np.bincount(np.concatenate([_labels(i, 3).ravel() for i in range(3)]), minlength=3).tolist()
+    assert (
+        dataset.verify()["class_pixels"]
+        == np.bincount(np.concatenate([_labels(i, 3).ravel() for i in range(3)]), minlength=3).tolist()
+    )
     assert len(build_dataset("folder", tmp_path, None)) == 3
 
 
@@ -319,7 +334,9 @@ def test_folder_error_messages_name_the_files(tmp_path):
     _folder(tmp_path, stems=("a", "b"))
     _image(tmp_path / "images" / "orphan.png")
     _mask(tmp_path / "masks" / "lonely.png", _labels(0, 3))
-    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) without a mask .*orphan.png.*1 mask\(s\) without an image .*lonely.png"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 image\(s\) without a mask .*orphan.png.*1 mask\(s\) without an image .*lonely.png"
+    ):
         FolderDataset(tmp_path)
     (tmp_path / "images" / "orphan.png").unlink()
     (tmp_path / "masks" / "lonely.png").unlink()
@@ -348,7 +365,10 @@ def test_folder_error_messages_name_the_files(tmp_path):
 
 
 def test_build_dataset_names_and_transforms(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'coco'; expected one of voc, ade20k, cityscapes, pascal-context, .*, isaid, folder"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dataset 'coco'; expected one of voc, ade20k, cityscapes, pascal-context, .*, isaid, folder",
+    ):
         build_dataset("coco", tmp_path, "train")
     _cityscapes_tree(tmp_path)
     dataset = build_dataset("Cityscapes", tmp_path, "val", transforms=lambda image, mask: (image.float(), mask + 1))
@@ -362,5 +382,7 @@ def test_visualize_imports_before_data():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", "import pspnet_lib.inference.visualize"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import pspnet_lib.inference.visualize"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -168,7 +168,12 @@ def test_train_batches_through_a_dataloader():
 def test_synthetic_scenes_are_deterministic_and_have_every_class():
     first, second = SyntheticScenes(6, size=(64, 80), seed=5), SyntheticScenes(6, size=(64, 80), seed=5)
     image, mask = first[2]
-    assert image.dtype == torch.uint8 and image.shape == (3, 64, 80) and mask.dtype == torch.int64 and mask.shape == (64, 80)
+    assert (
+        image.dtype == torch.uint8
+        and image.shape == (3, 64, 80)
+        and mask.dtype == torch.int64
+        and mask.shape == (64, 80)
+    )
     assert first.num_classes == 6 and first.classes == SYNTHETIC_CLASSES and first.ignore_index == 255
     for i in range(6):
         assert torch.equal(first[i][0], second[i][0]) and torch.equal(first[i][1], second[i][1])
@@ -192,7 +197,9 @@ def test_colour_alone_does_not_solve_synthetic_scenes():
     table = np.zeros((512, 6))
     np.add.at(table, (code[:half], labels[:half]), 1)
     prediction, truth = table.argmax(1)[code[half:]], labels[half:]
-    ious = [((prediction == c) & (truth == c)).sum() / max(((prediction == c) | (truth == c)).sum(), 1) for c in range(6)]
+    ious = [
+        ((prediction == c) & (truth == c)).sum() / max(((prediction == c) | (truth == c)).sum(), 1) for c in range(6)
+    ]
     assert np.mean(ious) < 0.6, ious
 
 
@@ -204,7 +211,9 @@ def test_write_synthetic_dataset_round_trips_through_folder_dataset(tmp_path):
     scenes = SyntheticScenes(10, size=(32, 40), seed=1)
     for dataset, offset in ((train, 0), (val, 8)):
         for i in range(len(dataset)):
-            assert torch.equal(dataset[i][0], scenes[offset + i][0]) and torch.equal(dataset[i][1], scenes[offset + i][1])
+            assert torch.equal(dataset[i][0], scenes[offset + i][0]) and torch.equal(
+                dataset[i][1], scenes[offset + i][1]
+            )
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         write_synthetic_dataset(root, 4, size=(32, 32))
     write_synthetic_dataset(root, 3, size=(32, 32), overwrite=True)  # no splits: flat layout
@@ -220,7 +229,10 @@ def test_plain_inputs_are_wrapped_so_the_mask_follows_the_image():
     image, mask = _blocks()
     transform = train_transforms(48, rotation_p=1.0, blur_p=0.0, flip_p=0.5)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    for inputs in ((image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)), (pil, Image.fromarray(mask.numpy().astype(np.uint8)))):
+    for inputs in (
+        (image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)),
+        (pil, Image.fromarray(mask.numpy().astype(np.uint8))),
+    ):
         for seed in range(4):
             torch.manual_seed(seed)
             out_image, out_mask = transform(*inputs)

@@ -20,8 +20,24 @@ def demo_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the function-level one_thread fixture
     try:
-        code = main(["demo", "--out", str(out), "--iters", "30", "--batch-size", "4", "--image-size", "48",
-                     "--train-images", "32", "--val-images", "8", "--no-progress"])
+        code = main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--iters",
+                "30",
+                "--batch-size",
+                "4",
+                "--image-size",
+                "48",
+                "--train-images",
+                "32",
+                "--val-images",
+                "8",
+                "--no-progress",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     return code, out
@@ -53,11 +69,46 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
 def test_demo_refuses_to_overwrite_silently(demo_run, caplog):
     _, out = demo_run
     caplog.set_level(logging.ERROR)
-    assert main(["demo", "--out", str(out), "--iters", "2", "--image-size", "32", "--train-images", "4",
-                 "--val-images", "2", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--iters",
+                "2",
+                "--image-size",
+                "32",
+                "--train-images",
+                "4",
+                "--val-images",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "--overwrite" in caplog.text
-    assert main(["demo", "--out", str(out), "--iters", "2", "--image-size", "32", "--train-images", "4",
-                 "--val-images", "2", "--no-progress", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--iters",
+                "2",
+                "--image-size",
+                "32",
+                "--train-images",
+                "4",
+                "--val-images",
+                "2",
+                "--no-progress",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 2
 
 

@@ -44,6 +44,7 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- pooling rewrite
 
+
 @pytest.mark.parametrize("bins", [1, 2, 3, 6, (2, 3)])
 def test_matmul_pooling_equals_adaptive_avg_pool(bins):
     heights = list(range(1, 21)) + [31, 33, 64, 97]
@@ -102,6 +103,7 @@ def test_make_exportable_keeps_outputs_and_weights():
 
 # ---------------------------------------------------------------- ONNX
 
+
 def test_onnx_dynamic_export_serves_every_size(model, tmp_path):
     path = export_onnx(model, tmp_path / "pspnet.onnx", height=64, width=80)
     proto = onnx.load(str(path))
@@ -110,7 +112,9 @@ def test_onnx_dynamic_export_serves_every_size(model, tmp_path):
     assert isinstance(dims[0], str) and dims[1] == 3 and isinstance(dims[2], str) and isinstance(dims[3], str)
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["pspnet_lib.output"] == "logits" and '"num_classes": 5' in props["pspnet_lib.config"]
-    assert not any(node.op_type.startswith("AdaptiveAvg") or node.op_type == "GlobalAveragePool" for node in proto.graph.node)
+    assert not any(
+        node.op_type.startswith("AdaptiveAvg") or node.op_type == "GlobalAveragePool" for node in proto.graph.node
+    )
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n, h, w in SIZES:
@@ -124,7 +128,9 @@ def test_onnx_dynamic_export_serves_every_size(model, tmp_path):
 
 
 def test_onnx_torchscript_exporter_with_preprocessing_matches_predict(model, tmp_path):
-    path = export_onnx(model, tmp_path / "labels.onnx", height=48, width=64, preprocess=True, output="labels", exporter="torchscript")
+    path = export_onnx(
+        model, tmp_path / "labels.onnx", height=48, width=64, preprocess=True, output="labels", exporter="torchscript"
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for h, w in [(48, 64), (37, 53)]:
@@ -136,7 +142,9 @@ def test_onnx_torchscript_exporter_with_preprocessing_matches_predict(model, tmp
 
 
 def test_onnx_static_export_is_fixed_to_its_size(model, tmp_path):
-    path = export_onnx(model, tmp_path / "static.onnx", dynamic=False, height=40, width=56, batch_size=1, exporter="torchscript")
+    path = export_onnx(
+        model, tmp_path / "static.onnx", dynamic=False, height=40, width=56, batch_size=1, exporter="torchscript"
+    )
     dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 40, 56]
     assert check_onnx(path, model, [(40, 56)]) <= 1e-4
@@ -163,6 +171,7 @@ def test_export_refuses_training_mode_and_bad_options(tmp_path):
 
 
 # ---------------------------------------------------------------- torch.export, TorchScript, torch.compile
+
 
 def test_torch_export_dynamic_shapes(model, tmp_path):
     program = export_program(model, height=64, width=80)
@@ -205,6 +214,7 @@ def test_torch_compile_fullgraph_dynamic(model):
 
 # ---------------------------------------------------------------- pspnet export
 
+
 def test_export_cli(model, tmp_path, capsys, caplog):
     model.pretrained_cfg = {"classes": CLASSES}
     try:
@@ -212,11 +222,38 @@ def test_export_cli(model, tmp_path, capsys, caplog):
     finally:
         model.pretrained_cfg = {}
     out = tmp_path / "model.onnx"
-    args = ["export", "--weights", str(weights), "--format", "onnx", "--out", str(out), "--height", "48", "--width", "64"]
+    args = [
+        "export",
+        "--weights",
+        str(weights),
+        "--format",
+        "onnx",
+        "--out",
+        str(out),
+        "--height",
+        "48",
+        "--width",
+        "64",
+    ]
     assert main(args + ["--onnx-exporter", "torchscript", "--check"]) == 0
     printed = capsys.readouterr().out
     assert "dynamic shape" in printed and "max relative error" in printed
     assert '"road"' in {p.key: p.value for p in onnx.load(str(out)).metadata_props}["pspnet_lib.pretrained_cfg"]
     assert main(args) == 1 and "--overwrite" in caplog.text
-    assert main(["export", "--weights", str(weights), "--format", "torchscript", "--out", str(tmp_path / "m.pt"), "--opset", "17"]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(weights),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--opset",
+                "17",
+            ]
+        )
+        == 1
+    )
     assert "--check, --opset and --onnx-exporter apply to --format onnx only" in caplog.text

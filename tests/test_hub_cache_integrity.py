@@ -63,7 +63,10 @@ def test_truncated_download_is_not_cached_and_the_fixed_server_then_works(publis
     size = published["path"].stat().st_size
     with serve_directory(served, mode="truncate") as server:
         url = f"{server.url}/model.pth"
-        with pytest.raises(OSError, match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached at {re.escape(str(cache / 'model.pth'))}"):
+        with pytest.raises(
+            OSError,
+            match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached at {re.escape(str(cache / 'model.pth'))}",
+        ):
             load_pretrained(url, cache_dir=cache, progress=False)
         assert _cache_files(cache) == []  # neither the file nor a .partial
         server.mode = "normal"
@@ -95,7 +98,10 @@ def test_unreadable_hashless_download_is_removed_and_named(published, served, tm
     cached.write_bytes(published["path"].read_bytes()[: published["path"].stat().st_size // 3])
     with serve_directory(served) as server:
         url = f"{server.url}/model.pth"
-        with pytest.raises(CheckpointError, match=rf"{re.escape(str(cached))} was downloaded from {re.escape(url)}.*removed from the cache, so the next load downloads it again"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"{re.escape(str(cached))} was downloaded from {re.escape(url)}.*removed from the cache, so the next load downloads it again",
+        ):
             load_pretrained(url, cache_dir=cache, progress=False)
         assert server.requests == []  # the first load used the cached copy...
         assert not cached.exists()
@@ -122,7 +128,9 @@ def test_a_cached_hashless_download_that_changed_is_fetched_again(published, ser
         assert len(server.requests) == 2
     _assert_reference(model, published["data"])
     _flip(cache / "model.pth")
-    with pytest.raises(OfflineError, match=rf"{re.escape(str(cache / 'model.pth'))} of .* was removed \(its sha256 .* differs"):
+    with pytest.raises(
+        OfflineError, match=rf"{re.escape(str(cache / 'model.pth'))} of .* was removed \(its sha256 .* differs"
+    ):
         load_pretrained(url, cache_dir=cache, local_files_only=True)
 
 
@@ -157,7 +165,10 @@ def test_flipped_bytes_in_the_cached_safetensors_are_detected(published, cached_
     # Without the original the damage is an error naming the file; nothing altered is loaded.
     _flip(st)
     (cache / published["path"].name).unlink()
-    with pytest.raises(OfflineError, match=rf"did not verify and were removed \({re.escape(str(st))}: .*was modified.*Fetch {re.escape(weights.url)}"):
+    with pytest.raises(
+        OfflineError,
+        match=rf"did not verify and were removed \({re.escape(str(st))}: .*was modified.*Fetch {re.escape(weights.url)}",
+    ):
         load_pretrained(NAME, cache_dir=cache, local_files_only=True)
     assert not st.exists() and not js.exists()
 

@@ -36,7 +36,10 @@ def test_convert_then_load(r18_file, tmp_path, capsys):
 def test_convert_with_overrides_and_num_classes(r18_file, tmp_path, capsys):
     path, _ = r18_file
     out = tmp_path / "c"
-    assert main(["convert", str(path), str(out), "--format", "mmseg", "--align-corners", "--num-classes", "3", "--no-aux"]) == 0
+    assert (
+        main(["convert", str(path), str(out), "--format", "mmseg", "--align-corners", "--num-classes", "3", "--no-aux"])
+        == 0
+    )
     model = load_pretrained(out)
     assert model.config.align_corners and model.num_classes == 3 and model.aux_head is None
 

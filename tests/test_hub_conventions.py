@@ -31,10 +31,17 @@ def test_from_pretrained_num_classes_replaces_classifiers_with_the_load_report(t
     assert tuned.num_classes == 3 and not tuned.training
     assert tuned.load_report.to_dict() == expected.load_report.to_dict()
     assert sorted(tuned.load_report.reinitialised) == sorted(
-        ["decode_head.classifier.weight", "decode_head.classifier.bias", "aux_head.classifier.weight", "aux_head.classifier.bias"]
+        [
+            "decode_head.classifier.weight",
+            "decode_head.classifier.bias",
+            "aux_head.classifier.weight",
+            "aux_head.classifier.bias",
+        ]
     )
     assert "classes" not in tuned.pretrained_cfg  # the old class names no longer apply
-    assert torch.equal(tuned.state_dict()["backbone.layer4.1.conv2.weight"], model.state_dict()["backbone.layer4.1.conv2.weight"])
+    assert torch.equal(
+        tuned.state_dict()["backbone.layer4.1.conv2.weight"], model.state_dict()["backbone.layer4.1.conv2.weight"]
+    )
     same = PSPNet.from_pretrained(tmp_path, strict=True)
     assert same.num_classes == 5 and _same(same, model)
 
@@ -44,7 +51,9 @@ def test_wrapped_and_compiled_state_dicts_load(tmp_path):
     compiled = torch.compile(model)  # no call: compiling is lazy, the state dict is what matters
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
     torch.save(compiled.state_dict(), tmp_path / "compiled.pth")
-    torch.save({"state_dict": {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
+    torch.save(
+        {"state_dict": {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth"
+    )
     for name in ("compiled.pth", "ddp.pth"):
         loaded = load_pretrained(tmp_path / name, num_classes=None)
         assert loaded.load_report.ok and _same(loaded, model), name
@@ -59,11 +68,16 @@ def test_ema_weights_are_preferred_with_a_log_line(tmp_path, caplog):
     files = {
         "timm.pth": {"state_dict": sd, "state_dict_ema": ema_sd},
         "copies.pth": {"model": {**sd, **{f"ema.{k}": v for k, v in ema_sd.items()}}},
-        "mmcv.pth": {"state_dict": {
-            **{f"module.{k}": v for k, v in sd.items()},
-            **{f"module.ema_{k.replace('.', '_')}": v for k, v in ema.named_parameters()},
-        }},
-        "averaged.pth": {"state_dict": sd, "ema_state_dict": {"steps": torch.tensor(3), **{f"module.{k}": v for k, v in ema_sd.items()}}},
+        "mmcv.pth": {
+            "state_dict": {
+                **{f"module.{k}": v for k, v in sd.items()},
+                **{f"module.ema_{k.replace('.', '_')}": v for k, v in ema.named_parameters()},
+            }
+        },
+        "averaged.pth": {
+            "state_dict": sd,
+            "ema_state_dict": {"steps": torch.tensor(3), **{f"module.{k}": v for k, v in ema_sd.items()}},
+        },
     }
     for name, content in files.items():
         torch.save(content, tmp_path / name)
@@ -83,7 +97,9 @@ def test_reset_classifier_zero_returns_head_features():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model.forward_head(model.forward_features(x))
         assert torch.allclose(
-            torch.nn.functional.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=False), model(x), atol=1e-6
+            torch.nn.functional.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=False),
+            model(x),
+            atol=1e-6,
         )
     assert model.get_classifier() is model.decode_head.classifier and model.get_classifier().out_channels == 5
     model.reset_classifier(0)

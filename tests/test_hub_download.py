@@ -13,7 +13,15 @@ import torch
 
 import pspnet_lib.hub.loading as loading_module
 from pspnet_lib import build_pspnet, load_pretrained
-from pspnet_lib.hub import ChecksumError, OfflineError, Weights, get_weights, is_cached, register_weights, unregister_weights
+from pspnet_lib.hub import (
+    ChecksumError,
+    OfflineError,
+    Weights,
+    get_weights,
+    is_cached,
+    register_weights,
+    unregister_weights,
+)
 from pspnet_lib.hub.download import cached_paths
 
 from .hub_utils import serve_directory, wait_for, write_mmseg_checkpoint
@@ -116,7 +124,9 @@ def test_tampered_file_is_rejected_and_not_cached(published, entry, tmp_path):
     cache = tmp_path / "cache"
     with serve_directory(served) as server:
         entry(server.url)
-        with pytest.raises(ChecksumError, match=rf"expected a sha256 starting with {published['sha'][:8]}.*Nothing was cached"):
+        with pytest.raises(
+            ChecksumError, match=rf"expected a sha256 starting with {published['sha'][:8]}.*Nothing was cached"
+        ):
             load_pretrained(NAME, cache_dir=cache, progress=False)
     assert _cache_files(cache) == []
 
@@ -126,7 +136,9 @@ def test_truncated_transfer_leaves_nothing(published, entry, tmp_path):
     size = published["path"].stat().st_size
     with serve_directory(published["dir"], mode="truncate") as server:
         entry(server.url)
-        with pytest.raises(OSError, match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached"):
+        with pytest.raises(
+            OSError, match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached"
+        ):
             load_pretrained(NAME, cache_dir=cache, progress=False)
     assert _cache_files(cache) == []
 
@@ -146,7 +158,9 @@ def test_killed_download_leaves_nothing_trusted(published, entry, tmp_path):
             load_pretrained({NAME!r}, cache_dir={str(cache)!r}, progress=False)
             """
         )
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             assert wait_for(server.stalled.is_set, timeout=120), "the download never started"
             assert wait_for(lambda: any(n.endswith(".partial") for n in _cache_files(cache)), timeout=30)
@@ -238,8 +252,14 @@ def test_backbone_zoo_entry_through_the_server(tmp_path, monkeypatch):
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     with serve_directory(served) as server:
         register_weights(
-            Weights("test_resnet18_tv", f"{server.url}/{path.name}", sha[:8], "torchvision",
-                    {"backbone": "resnet18", "stem": "standard", "stem_channels": 64}, {"task": "backbone"}),
+            Weights(
+                "test_resnet18_tv",
+                f"{server.url}/{path.name}",
+                sha[:8],
+                "torchvision",
+                {"backbone": "resnet18", "stem": "standard", "stem_channels": 64},
+                {"task": "backbone"},
+            ),
             overwrite=True,
         )
         try:
@@ -252,4 +272,6 @@ def test_backbone_zoo_entry_through_the_server(tmp_path, monkeypatch):
     for m in (model, built):
         assert m.config.stem == "standard" and m.load_report.ok
         torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
-    assert sorted(model.load_report.reinitialised) == sorted(k for k in model.state_dict() if not k.startswith("backbone."))
+    assert sorted(model.load_report.reinitialised) == sorted(
+        k for k in model.state_dict() if not k.startswith("backbone.")
+    )

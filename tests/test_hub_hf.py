@@ -118,7 +118,8 @@ def test_hf_hub_revision_selects_snapshot(trained, tmp_path):
     assert load_pretrained("hf-hub:someone/pspnet-toy", cache_dir=cache, local_files_only=True).num_classes == 3
     assert load_pretrained("hf-hub:someone/pspnet-toy@v2", cache_dir=cache, local_files_only=True).num_classes == 4
     assert (
-        load_pretrained("hf-hub:someone/pspnet-toy", revision="v2", cache_dir=cache, local_files_only=True).num_classes == 4
+        load_pretrained("hf-hub:someone/pspnet-toy", revision="v2", cache_dir=cache, local_files_only=True).num_classes
+        == 4
     )
 
 
@@ -128,12 +129,19 @@ def test_hf_hub_num_classes_override(trained, tmp_path):
     model = load_pretrained("hf-hub:someone/pspnet-toy", num_classes=7, cache_dir=cache, local_files_only=True)
     assert model.num_classes == 7 and "classes" not in model.pretrained_cfg
     assert sorted(model.load_report.reinitialised) == sorted(
-        ["decode_head.classifier.weight", "decode_head.classifier.bias", "aux_head.classifier.weight", "aux_head.classifier.bias"]
+        [
+            "decode_head.classifier.weight",
+            "decode_head.classifier.bias",
+            "aux_head.classifier.weight",
+            "aux_head.classifier.bias",
+        ]
     )
 
 
 def test_hf_hub_not_cached_offline_message(tmp_path):
-    with pytest.raises(OfflineError, match=r"hf-hub:nobody/nothing is not in the Hugging Face cache.*hf download nobody/nothing"):
+    with pytest.raises(
+        OfflineError, match=r"hf-hub:nobody/nothing is not in the Hugging Face cache.*hf download nobody/nothing"
+    ):
         load_pretrained("hf-hub:nobody/nothing", cache_dir=tmp_path, local_files_only=True)
 
 

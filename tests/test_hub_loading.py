@@ -82,7 +82,10 @@ def test_mmseg_v1c_backbone_file(tmp_path):
     # mmcv's resnet*_v1c files: ResNetV1c keys (stem.0, stem.1, ...) without any prefix.
     backbone = ResNet(18, stem="deep")
     path = tmp_path / "resnet18_v1c.pth"
-    torch.save({"state_dict": {**backbone.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}}, path)
+    torch.save(
+        {"state_dict": {**backbone.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}},
+        path,
+    )
     model = build_pspnet("resnet18", 6, weights_backbone=path, **SMALL)
     assert model.load_report.ok and model.config.stem == "deep"
     torch.testing.assert_close(model.backbone.stem[0].weight, backbone.stem[0].weight)
@@ -120,9 +123,9 @@ def test_aux_false_discards_aux_head(r18_file):
     path, data = r18_file
     model = load_pretrained(path, aux=False)
     assert model.aux_head is None
-    assert sorted(model.load_report.discarded) == sorted(k for k, *_ in data["keys"] if k.startswith("auxiliary_head.")) or all(
-        k.startswith("aux_head.") for k in model.load_report.discarded
-    )
+    assert sorted(model.load_report.discarded) == sorted(
+        k for k, *_ in data["keys"] if k.startswith("auxiliary_head.")
+    ) or all(k.startswith("aux_head.") for k in model.load_report.discarded)
     assert len(model.load_report.discarded) == sum(1 for k, *_ in data["keys"] if k.startswith("auxiliary_head."))
     with torch.no_grad():
         assert relative_error(model(data["input"]).numpy(), data["out"]) <= 1e-4
@@ -146,7 +149,10 @@ def test_missing_keys_are_listed(r18_file, tmp_path):
     del checkpoint["state_dict"]["decode_head.bottleneck.conv.weight"]
     broken = tmp_path / "broken.pth"
     torch.save(checkpoint, broken)
-    with pytest.raises(ValueError, match=r"1 key\(s\) missing from the checkpoint, e.g. decode_head.bottleneck.conv.weight \[128, 1024, 3, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 key\(s\) missing from the checkpoint, e.g. decode_head.bottleneck.conv.weight \[128, 1024, 3, 3\]",
+    ):
         load_pretrained(broken)
 
 
@@ -273,5 +279,7 @@ def test_files_without_weights_or_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match=r"unknown format 'detectron'"):
         load_pretrained(tmp_path / "other.pth", format="detectron")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"not a save_pretrained folder: expected config.json and model.safetensors"):
+    with pytest.raises(
+        FileNotFoundError, match=r"not a save_pretrained folder: expected config.json and model.safetensors"
+    ):
         load_pretrained(tmp_path / "folder")

@@ -97,7 +97,12 @@ def r50_cityscapes(tmp_path_factory):
     path = folder / ZOO_FILE
     torch.save({"meta": {"mmseg_version": "0.11.0", "iter": 40000}, "state_dict": state_dict}, path)
     neutral = folder / "my_cityscapes_model.pth"
-    meta = {"mmseg_version": "0.11.0", "config": CONFIG_0X, "CLASSES": tuple(CITYSCAPES), "PALETTE": [[128, 64, 128]] * 19}
+    meta = {
+        "mmseg_version": "0.11.0",
+        "config": CONFIG_0X,
+        "CLASSES": tuple(CITYSCAPES),
+        "PALETTE": [[128, 64, 128]] * 19,
+    }
     torch.save({"meta": meta, "state_dict": state_dict}, neutral)
     return path, neutral, state_dict
 
@@ -112,10 +117,20 @@ def test_zoo_file_name_gives_the_entry_protocol(r50_cityscapes, caplog):
     caplog.set_level(logging.INFO, logger="pspnet_lib.hub")
     model = load_pretrained(path)
     assert model.config.align_corners is True
-    assert model.pretrained_cfg["inference"] == {"mode": "slide", "resize": [2049, 1025], "crop": [769, 769], "stride": [513, 513]}
-    assert model.pretrained_cfg["classes"] == CITYSCAPES and model.pretrained_cfg["name"] == "pspnet_r50-d8_cityscapes-769x769-40k"
+    assert model.pretrained_cfg["inference"] == {
+        "mode": "slide",
+        "resize": [2049, 1025],
+        "crop": [769, 769],
+        "stride": [513, 513],
+    }
+    assert (
+        model.pretrained_cfg["classes"] == CITYSCAPES
+        and model.pretrained_cfg["name"] == "pspnet_r50-d8_cityscapes-769x769-40k"
+    )
     assert "by its file name as the zoo entry pspnet_r50-d8_cityscapes-769x769-40k" in caplog.text
-    assert model.load_report.settings["align_corners"] == "zoo entry pspnet_r50-d8_cityscapes-769x769-40k (by file name)"
+    assert (
+        model.load_report.settings["align_corners"] == "zoo entry pspnet_r50-d8_cityscapes-769x769-40k (by file name)"
+    )
     # explicit arguments win
     plain = load_pretrained(path, align_corners=False)
     assert plain.config.align_corners is False and plain.load_report.settings["align_corners"] == "argument"
@@ -131,7 +146,9 @@ def test_meta_config_text_gives_the_same_settings(r50_cityscapes, caplog):
     inference = model.pretrained_cfg["inference"]
     assert inference == {"mode": "slide", "crop": [769, 769], "stride": [513, 513], "resize": [2049, 1025]}
     assert model.pretrained_cfg["classes"] == CITYSCAPES
-    assert model.pretrained_cfg["mean"] == pytest.approx([0.485, 0.456, 0.406]) and model.pretrained_cfg["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert model.pretrained_cfg["mean"] == pytest.approx([0.485, 0.456, 0.406]) and model.pretrained_cfg[
+        "std"
+    ] == pytest.approx([0.229, 0.224, 0.225])
     assert model.load_report.settings["align_corners"] == "checkpoint meta config"
     assert model.load_report.settings["classes"] == "checkpoint meta CLASSES/PALETTE"
     assert "align_corners=True (checkpoint meta config)" in caplog.text
@@ -143,8 +160,14 @@ def test_renamed_zoo_file_recognised_by_sha256(r50_cityscapes, tmp_path):
     path, _, _ = r50_cityscapes
     digest = sha256_file(path)
     entry = get_weights("pspnet_r50-d8_cityscapes-769x769-40k")
-    fake = Weights("test-sha-entry", f"https://example.invalid/x/released-{digest[:8]}.pth", digest[:8], "mmseg",
-                   entry.config, entry.meta)
+    fake = Weights(
+        "test-sha-entry",
+        f"https://example.invalid/x/released-{digest[:8]}.pth",
+        digest[:8],
+        "mmseg",
+        entry.config,
+        entry.meta,
+    )
     register_weights(fake)
     try:
         renamed = tmp_path / "renamed.pth"
@@ -158,7 +181,9 @@ def test_renamed_zoo_file_recognised_by_sha256(r50_cityscapes, tmp_path):
 
 def test_config_text_is_read_never_run(tmp_path):
     marker = tmp_path / "ran"
-    text = CONFIG_0X + f"\nx = __import__('pathlib').Path({str(marker)!r}).touch()\nmodel2 = open({str(marker)!r}, 'w')\n"
+    text = (
+        CONFIG_0X + f"\nx = __import__('pathlib').Path({str(marker)!r}).touch()\nmodel2 = open({str(marker)!r}, 'w')\n"
+    )
     parsed = parse_config_text(text)
     assert not marker.exists() and "x" not in parsed and "gpu_ids" not in parsed
     assert parsed["model"]["decode_head"]["norm_cfg"] == {"type": "SyncBN", "requires_grad": True}  # names resolve
@@ -179,7 +204,15 @@ def test_mmseg_1x_config_and_d32_backbone():
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(2048, 512), keep_ratio=True)]
 """
     config, extra = settings_from_config(parse_config_text(text))
-    assert config == {"align_corners": False, "num_classes": 150, "bins": [1, 2, 3, 6], "backbone": "resnet18",
-                      "stem": "standard", "contract_dilation": True, "output_stride": 32, "dilations": [1, 1, 2, 4]}
+    assert config == {
+        "align_corners": False,
+        "num_classes": 150,
+        "bins": [1, 2, 3, 6],
+        "backbone": "resnet18",
+        "stem": "standard",
+        "contract_dilation": True,
+        "output_stride": 32,
+        "dilations": [1, 1, 2, 4],
+    }
     assert extra["inference"] == {"mode": "whole", "resize": [2048, 512]}
     assert extra["mean"] == pytest.approx([0.485, 0.456, 0.406])

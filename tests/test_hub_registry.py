@@ -27,7 +27,11 @@ def test_required_entries_exist():
             assert f"pspnet_r{depth}-d8_voc12aug-512x512-{schedule}" in SEGMENTATION
     datasets = {get_weights(n).meta["dataset"] for n in SEGMENTATION}
     assert datasets == set(DATASETS)
-    assert {"pspnet_r50-d32_cityscapes-512x1024-80k", "pspnet_r50b-d32_cityscapes-512x1024-80k", "pspnet_r18b-d8_cityscapes-769x769-80k"} <= set(SEGMENTATION)
+    assert {
+        "pspnet_r50-d32_cityscapes-512x1024-80k",
+        "pspnet_r50b-d32_cityscapes-512x1024-80k",
+        "pspnet_r18b-d8_cityscapes-769x769-80k",
+    } <= set(SEGMENTATION)
     assert BACKBONES == sorted(f"resnet{d}_{k}" for d in (18, 50, 101) for k in ("v1c", "torchvision"))
     assert len(SEGMENTATION) == 54
 
@@ -40,7 +44,13 @@ def test_segmentation_entry_is_complete_and_consistent(name):
     assert w.format == "mmseg"
     meta = w.meta
     dataset = DATASETS[meta["dataset"]]
-    assert meta["num_classes"] == len(meta["categories"]) == len(meta["palette"]) == w.config["num_classes"] == dataset.num_classes
+    assert (
+        meta["num_classes"]
+        == len(meta["categories"])
+        == len(meta["palette"])
+        == w.config["num_classes"]
+        == dataset.num_classes
+    )
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in meta["palette"])
     assert meta["ignore_index"] == 255 and isinstance(meta["reduce_zero_label"], bool)
     assert meta["license"] == "Apache-2.0" and meta["source"].startswith("https://github.com/open-mmlab/mmsegmentation")
@@ -108,7 +118,9 @@ def test_list_filter_and_unknown_names():
 
 
 def test_register_validates():
-    w = Weights("my-model", "https://example.org/my-model-abcdef12.pth", "abcdef12", "pspnet_lib", {"backbone": "resnet18"})
+    w = Weights(
+        "my-model", "https://example.org/my-model-abcdef12.pth", "abcdef12", "pspnet_lib", {"backbone": "resnet18"}
+    )
     register_weights(w)
     try:
         assert get_weights("my-model") is w and "my-model" in list_pretrained()
@@ -133,7 +145,10 @@ def test_transforms_resize_and_normalise():
     torch.testing.assert_close(unresized[:, :1, :1], expected)
 
     potsdam = get_weights("pspnet_r18-d8_potsdam-512x512-80k").transforms()
-    img, mask = potsdam(tv_tensors.Image(torch.zeros(3, 1000, 600, dtype=torch.uint8)), tv_tensors.Mask(torch.arange(6).repeat(1000, 100)))
+    img, mask = potsdam(
+        tv_tensors.Image(torch.zeros(3, 1000, 600, dtype=torch.uint8)),
+        tv_tensors.Mask(torch.arange(6).repeat(1000, 100)),
+    )
     assert img.shape == (3, 512, 307) and mask.shape == (512, 307)
     assert mask.dtype == torch.int64 and set(mask.unique().tolist()) <= set(range(6))  # nearest: no new labels
 

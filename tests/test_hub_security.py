@@ -46,7 +46,11 @@ class _ArrayReduce:
         self.shape, self.dtype, self.raw = shape, dtype, raw
 
     def __reduce__(self):
-        return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.raw))
+        return (
+            np._core.multiarray._reconstruct,
+            (np.ndarray, (0,), b"b"),
+            (1, self.shape, self.dtype, False, self.raw),
+        )
 
 
 def forged_pointer_array():
@@ -136,12 +140,31 @@ def test_forged_pointer_checkpoint_never_crashes(mmseg_file, tmp_path, zip_forma
     data = tmp_path / "data"
     write_synthetic_dataset(data, 4, size=(32, 32), seed=0, splits={"train": 0.5, "val": 0.5})
     recipe = tmp_path / "tiny.json"
-    recipe.write_text(json.dumps({
-        "augment": {"crop_size": [32, 32], "scale_range": [1.0, 1.0]},
-        "train": {"batch_size": 2, "num_workers": 0, "log_interval": 1, "ckpt_interval": 1},
-    }))
-    train = run(*cli, "train", "--recipe", str(recipe), "--weights", str(forged), "--dataset", "folder", "--data-root",
-                str(data), "--out", str(tmp_path / "run"), "--iters", "1", "--no-progress")
+    recipe.write_text(
+        json.dumps(
+            {
+                "augment": {"crop_size": [32, 32], "scale_range": [1.0, 1.0]},
+                "train": {"batch_size": 2, "num_workers": 0, "log_interval": 1, "ckpt_interval": 1},
+            }
+        )
+    )
+    train = run(
+        *cli,
+        "train",
+        "--recipe",
+        str(recipe),
+        "--weights",
+        str(forged),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--iters",
+        "1",
+        "--no-progress",
+    )
     assert train.returncode == 0, train.stderr[-2000:]
     latest = read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     flat = json.dumps(latest.get("pretrained_cfg"), default=repr)
@@ -161,10 +184,17 @@ def test_forged_pointer_is_inert_in_process(mmseg_file, tmp_path):
 def test_legit_numpy_metadata_keeps_its_values(mmseg_file, tmp_path):
     _, state_dict, _ = mmseg_file
     meta = {
-        "seed": np.int64(3), "best": np.float64(0.4375), "half": np.float16(1.5), "flag": np.bool_(True),
-        "ids": np.arange(6, dtype=np.int64).reshape(2, 3), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-        "big_endian": np.array([1, 256], dtype=">i4"), "empty": np.zeros((0, 3), np.float32), "dt": np.dtype("float32"),
-        "strings": np.array(["a", "b"]), "objects": np.array([{"x": 1}], dtype=object),
+        "seed": np.int64(3),
+        "best": np.float64(0.4375),
+        "half": np.float16(1.5),
+        "flag": np.bool_(True),
+        "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "big_endian": np.array([1, 256], dtype=">i4"),
+        "empty": np.zeros((0, 3), np.float32),
+        "dt": np.dtype("float32"),
+        "strings": np.array(["a", "b"]),
+        "objects": np.array([{"x": 1}], dtype=object),
     }
     for zip_format in (True, False):
         path = tmp_path / f"meta-{zip_format}.pth"
@@ -188,7 +218,10 @@ def test_numpy_array_whose_bytes_lie_is_inert(mmseg_file, tmp_path):
     meta = {"short": _ArrayReduce((1000,), dtype, b"\x00" * 8), "huge": _ArrayReduce((10**12, 10**12), dtype, b"")}
     torch.save({"meta": meta, "state_dict": state_dict}, tmp_path / "lie.pth")
     got = read_checkpoint(tmp_path / "lie.pth")["meta"]
-    assert isinstance(got["short"], InertObject) and "8 bytes for a [1000] float64 array (8000 expected)" in got["short"].reason
+    assert (
+        isinstance(got["short"], InertObject)
+        and "8 bytes for a [1000] float64 array (8000 expected)" in got["short"].reason
+    )
     assert isinstance(got["huge"], InertObject)
 
 
@@ -206,7 +239,11 @@ def test_older_configdict_loads_as_an_inert_mapping(mmseg_file, tmp_path):
     _fake_module("mmengine.config.config", ConfigDict=ConfigDict)
     try:
         torch.save({"meta": {"cfg": cfg, "CLASSES": ["a"]}, "state_dict": state_dict}, tmp_path / "cfgdict.pth")
-        torch.save({"meta": cfg, "state_dict": state_dict}, tmp_path / "meta_is_cfgdict.pth", _use_new_zipfile_serialization=False)
+        torch.save(
+            {"meta": cfg, "state_dict": state_dict},
+            tmp_path / "meta_is_cfgdict.pth",
+            _use_new_zipfile_serialization=False,
+        )
     finally:
         _drop_fake("mmengine")
     got = read_checkpoint(tmp_path / "cfgdict.pth")["meta"]["cfg"]
@@ -223,11 +260,15 @@ def test_older_configdict_loads_as_an_inert_mapping(mmseg_file, tmp_path):
 
 def test_more_than_32_openmmlab_types_in_a_legacy_file(mmseg_file, tmp_path):
     _, state_dict, data = mmseg_file
-    classes = {f"Hook{i}": type(f"Hook{i}", (), {"__init__": lambda self, i=i: setattr(self, "i", i)}) for i in range(40)}
+    classes = {
+        f"Hook{i}": type(f"Hook{i}", (), {"__init__": lambda self, i=i: setattr(self, "i", i)}) for i in range(40)
+    }
     _fake_module("mmengine.hooks.fake", **classes)
     try:
         meta = {"hooks": [cls() for cls in classes.values()]}
-        torch.save({"meta": meta, "state_dict": state_dict}, tmp_path / "hooks.pth", _use_new_zipfile_serialization=False)
+        torch.save(
+            {"meta": meta, "state_dict": state_dict}, tmp_path / "hooks.pth", _use_new_zipfile_serialization=False
+        )
     finally:
         _drop_fake("mmengine")
     hooks = read_checkpoint(tmp_path / "hooks.pth")["meta"]["hooks"]
@@ -286,7 +327,9 @@ def test_resume_from_a_refused_checkpoint(mmseg_file, tmp_path):
 
     _fake_module("evil.payload", Payload=Payload)
     try:
-        torch.save({"format": "pspnet_lib.train_checkpoint", "x": Payload(), "model": state_dict}, tmp_path / "latest.pt")
+        torch.save(
+            {"format": "pspnet_lib.train_checkpoint", "x": Payload(), "model": state_dict}, tmp_path / "latest.pt"
+        )
     finally:
         _drop_fake("evil")
     with pytest.raises(CheckpointError) as info:
@@ -331,8 +374,13 @@ def test_huge_num_classes_is_refused_fast_and_small(tmp_path):
         print("SECONDS", time.perf_counter() - start)
         """
     )
-    run = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith("CheckpointError ") and str(folder / "config.json") in lines[0]
@@ -345,8 +393,10 @@ def test_huge_num_classes_is_refused_fast_and_small(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"pretrained_cfg__inference__resize": [100000, 100000]},
-         r"pretrained_cfg inference.resize must be a pair of integers in \[1, 8192\], got \[100000, 100000\]"),
+        (
+            {"pretrained_cfg__inference__resize": [100000, 100000]},
+            r"pretrained_cfg inference.resize must be a pair of integers in \[1, 8192\], got \[100000, 100000\]",
+        ),
         ({"pretrained_cfg__inference__crop": "big"}, r"pretrained_cfg inference.crop must be"),
         ({"pretrained_cfg__inference__mode": "tile"}, r"pretrained_cfg inference.mode must be one of whole, slide"),
         ({"pretrained_cfg__tta__scales": [0.5, 100]}, r"pretrained_cfg tta.scales must be a list of 1 to 16 numbers"),
@@ -354,8 +404,14 @@ def test_huge_num_classes_is_refused_fast_and_small(tmp_path):
         ({"config__align_corners": "yes"}, r"align_corners must be true or false, got 'yes'"),
         ({"config__bins": [1, "2"]}, r"bins\[1\] must be a positive integer"),
         ({"config__head_channels": 10**6}, r"head_channels must be a positive integer \(at most 8192\)"),
-        ({"pretrained_cfg__classes": [1, 2, 3]}, r"pretrained_cfg classes must be a list of class names \(strings\), got \[1, 2, 3\]"),
-        ({"pretrained_cfg__palette": ["red", "green", "blue"]}, r"pretrained_cfg palette must be a list of \[r, g, b\] colours"),
+        (
+            {"pretrained_cfg__classes": [1, 2, 3]},
+            r"pretrained_cfg classes must be a list of class names \(strings\), got \[1, 2, 3\]",
+        ),
+        (
+            {"pretrained_cfg__palette": ["red", "green", "blue"]},
+            r"pretrained_cfg palette must be a list of \[r, g, b\] colours",
+        ),
         ({"pretrained_cfg__std": [0, 0, 0]}, r"pretrained_cfg std must be positive numbers"),
         ({"pretrained_cfg__mean": [0.5, 0.5]}, r"pretrained_cfg mean must be 3 numbers"),
     ],
@@ -379,12 +435,17 @@ def test_safetensors_metadata_problems(tmp_path):
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     listed = tmp_path / "listed.safetensors"
     save_file(tensors, listed, metadata={"pspnet_lib.config": json.dumps([1, 2]), "pspnet_lib.pretrained_cfg": "{}"})
-    with pytest.raises(CheckpointError, match=r"listed.safetensors \(safetensors metadata\): the architecture config must be a JSON object") as info:
+    with pytest.raises(
+        CheckpointError,
+        match=r"listed.safetensors \(safetensors metadata\): the architecture config must be a JSON object",
+    ) as info:
         load_pretrained(listed)
     _one_line(str(info.value))
     broken = tmp_path / "broken.safetensors"
     save_file(tensors, broken, metadata={"pspnet_lib.config": "{not json"})
-    with pytest.raises(CheckpointError, match=r"broken.safetensors: safetensors metadata 'pspnet_lib.config' is not valid JSON"):
+    with pytest.raises(
+        CheckpointError, match=r"broken.safetensors: safetensors metadata 'pspnet_lib.config' is not valid JSON"
+    ):
         load_pretrained(broken)
 
 
@@ -427,8 +488,11 @@ def test_non_finite_and_non_float_weights_are_refused(tmp_path):
         t["decode_head.classifier.weight"] = t["decode_head.classifier.weight"].to(torch.int32)
 
     folder = _weights_file(tmp_path, "nan", nan)
-    with pytest.raises(CheckpointError, match=r"2 weight tensor\(s\) hold NaN or Inf: .*running_var \(1 of 64 values\), "
-                                              r"decode_head.classifier.weight \(96 of 96 values\)") as info:
+    with pytest.raises(
+        CheckpointError,
+        match=r"2 weight tensor\(s\) hold NaN or Inf: .*running_var \(1 of 64 values\), "
+        r"decode_head.classifier.weight \(96 of 96 values\)",
+    ) as info:
         load_pretrained(folder)
     _one_line(str(info.value))
     folder = _weights_file(tmp_path, "int", integer)
@@ -441,11 +505,11 @@ def test_safetensors_header_dtype_that_lies(tmp_path):
     path = folder / "model.safetensors"
     raw = bytearray(path.read_bytes())
     size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + size])
+    header = json.loads(raw[8 : 8 + size])
     header["decode_head.classifier.weight"]["dtype"] = "I32"  # same byte count: the header lies about the type
     new = json.dumps(header, separators=(",", ":")).encode().ljust(size)
     assert len(new) == size
-    raw[8:8 + size] = new
+    raw[8 : 8 + size] = new
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"decode_head.classifier.weight \(torch.int32\)"):
         load_pretrained(folder)

@@ -34,8 +34,21 @@ def _last_error(caplog):
 
 def test_export_over_the_weights_is_refused(model_dir, caplog):
     before = _snapshot(model_dir)
-    assert main(["export", "--weights", str(model_dir), "--format", "exported-program",
-                 "--out", str(model_dir / "model.safetensors"), "--overwrite"]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(model_dir),
+                "--format",
+                "exported-program",
+                "--out",
+                str(model_dir / "model.safetensors"),
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     message = _last_error(caplog)
     assert "model.safetensors" in message and "the input" in message and "--out" in message
     assert _snapshot(model_dir) == before
@@ -61,8 +74,24 @@ def test_train_refuses_a_run_directory_over_its_inputs(model_dir, tmp_path, capl
     # fine-tuning a run's final model into the same run directory would replace it at the end
     run = model_dir.parent
     weights_before = _snapshot(model_dir)
-    assert main(["train", "--dataset", "folder", "--data-root", str(data), "--out", str(run),
-                 "--weights", str(model_dir), "--iters", "1"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(data),
+                "--out",
+                str(run),
+                "--weights",
+                str(model_dir),
+                "--iters",
+                "1",
+            ]
+        )
+        == 1
+    )
     assert "the input" in _last_error(caplog)
     assert _snapshot(data) == before and _snapshot(model_dir) == weights_before
     assert not (run / "checkpoints").exists() and not (data / "checkpoints").exists()
@@ -80,7 +109,21 @@ def test_weights_demo_never_writes_over_its_weights(tmp_path, caplog):
 
 def test_eval_report_over_the_weights_is_refused(model_dir, tmp_path, caplog):
     before = _snapshot(model_dir)
-    assert main(["eval", "--weights", str(model_dir), "--dataset", "folder", "--data-root", str(tmp_path),
-                 "--json", str(model_dir / "config.json")]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(model_dir),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(tmp_path),
+                "--json",
+                str(model_dir / "config.json"),
+            ]
+        )
+        == 1
+    )
     assert "config.json" in _last_error(caplog) and "--json" in _last_error(caplog)
     assert _snapshot(model_dir) == before

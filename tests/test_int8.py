@@ -31,7 +31,10 @@ from pspnet_lib.inference.quantize import (  # noqa: E402
 )
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed"))]
+RUNTIMES = [
+    "onnxruntime",
+    pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")),
+]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -65,7 +68,9 @@ def fast_int8(model):
 
     def get(backend):
         if backend not in built:
-            built[backend] = optimize_for_inference(model, "int8", calibration=torch.cat(_calibration(4)), backend=backend)
+            built[backend] = optimize_for_inference(
+                model, "int8", calibration=torch.cat(_calibration(4)), backend=backend
+            )
         return built[backend]
 
     return get
@@ -85,6 +90,7 @@ def _write_pictures(folder, n, seed=0, size=(48, 40)):
 
 
 # ---------------------------------------------------------------- the ONNX file
+
 
 def test_int8_file_is_quantized_and_keeps_metadata(int8_file, fp32_file, model):
     proto = onnx.load(str(int8_file))
@@ -116,13 +122,15 @@ def test_int8_export_agrees_with_fp32_at_two_sizes(int8_file, model, runtime):
 
 def test_static_int8_export(model, tmp_path):
     path = tmp_path / "static.onnx"
-    export_onnx_int8(model, path, _calibration(3, 50, 70), dynamic=False, height=48, width=56, batch_size=1,
-                     exporter="torchscript")
+    export_onnx_int8(
+        model, path, _calibration(3, 50, 70), dynamic=False, height=48, width=56, batch_size=1, exporter="torchscript"
+    )
     stats = check_int8_onnx(path, model, _calibration(2, 64, 64))  # resized to the file's 48x56
     assert stats["argmax_agreement"] >= 0.98 and stats["pixels"] == 2 * 48 * 56
 
 
 # ---------------------------------------------------------------- calibration preprocessing
+
 
 def test_calibration_images_use_the_weights_preprocessing(model, tmp_path):
     folder = _write_pictures(tmp_path / "pics", 3)
@@ -150,7 +158,10 @@ def test_wrong_mean_std_changes_the_calibrated_scales(model, fp32_file, tmp_path
     folder = _write_pictures(tmp_path / "pics", 2)
     fp32 = fp32_file
     scales = {}
-    for name, cfg in {"right": {"mean": list(MEAN), "std": list(STD)}, "wrong": {"mean": [0, 0, 0], "std": [1, 1, 1]}}.items():
+    for name, cfg in {
+        "right": {"mean": list(MEAN), "std": list(STD)},
+        "wrong": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+    }.items():
         model.pretrained_cfg = cfg
         try:
             images = calibration_images(folder, model)
@@ -165,6 +176,7 @@ def test_wrong_mean_std_changes_the_calibrated_scales(model, fp32_file, tmp_path
 
 # ---------------------------------------------------------------- the command line
 
+
 def test_export_int8_cli(model, tmp_path, capsys, caplog):
     model.pretrained_cfg = {"classes": CLASSES}
     try:
@@ -173,19 +185,56 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
         model.pretrained_cfg = {}
     pics = _write_pictures(tmp_path / "pics", 5, size=(72, 56))
     out = tmp_path / "int8.onnx"
-    argv = ["export", "--weights", str(weights), "--format", "onnx", "--out", str(out), "--int8", "--calibration",
-            str(pics), "--calibration-count", "3", "--check", "--onnx-exporter", "torchscript", "--height", "64", "--width", "64"]
+    argv = [
+        "export",
+        "--weights",
+        str(weights),
+        "--format",
+        "onnx",
+        "--out",
+        str(out),
+        "--int8",
+        "--calibration",
+        str(pics),
+        "--calibration-count",
+        "3",
+        "--check",
+        "--onnx-exporter",
+        "torchscript",
+        "--height",
+        "64",
+        "--width",
+        "64",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "int8 QDQ calibrated on 3 picture(s)" in text
     assert "on 2 held-out picture(s): argmax agreement" in text
     assert out.exists()
-    assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--int8"]) == 1
+    assert (
+        main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--int8"])
+        == 1
+    )
     assert "--int8 needs --calibration DIR" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--int8",
-                 "--calibration", str(empty)]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(weights),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "x.onnx"),
+                "--int8",
+                "--calibration",
+                str(empty),
+            ]
+        )
+        == 1
+    )
     assert "no pictures in" in caplog.text
     assert not (tmp_path / "x.onnx").exists()
 
@@ -195,30 +244,51 @@ def test_predict_fast_int8_cli(model, tmp_path, capsys, caplog):
     pics = _write_pictures(tmp_path / "pics", 3, size=(40, 33))
     (pics / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    argv = ["predict", str(pics), "--weights", str(weights), "--out", str(out), "--fast", "--dtype", "int8",
-            "--calibration-count", "4", "--no-resize"]
+    argv = [
+        "predict",
+        str(pics),
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--fast",
+        "--dtype",
+        "int8",
+        "--calibration-count",
+        "4",
+        "--no-resize",
+    ]
     assert main(argv) == 1  # the broken file is reported and skipped (exit 1), the others are segmented
     assert "segmented 3 of 4" in capsys.readouterr().out
     mask = np.asarray(Image.open(out / "pic_00.png"))
     assert mask.shape == (33, 40) and mask.max() < 5
-    assert main(["predict", str(pics), "--weights", str(weights), "--out", str(tmp_path / "o2"), "--dtype", "int8"]) == 1
+    assert (
+        main(["predict", str(pics), "--weights", str(weights), "--out", str(tmp_path / "o2"), "--dtype", "int8"]) == 1
+    )
     assert "--dtype int8 applies to --fast only" in caplog.text
 
 
 # ---------------------------------------------------------------- optimize_for_inference(dtype="int8")
 
+
 def _depth_model(depth):
     torch.manual_seed(0)
-    return randomize_batchnorm_(build_pspnet(depth, num_classes=5, head_channels=32, aux_channels=16, ppm_channels=8)).eval()
+    return randomize_batchnorm_(
+        build_pspnet(depth, num_classes=5, head_channels=32, aux_channels=16, ppm_channels=8)
+    ).eval()
 
 
 @pytest.mark.parametrize(
     "depth,backend",
-    [("resnet18", "onnxruntime"),
-     pytest.param("resnet18", "openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")),
-     # ResNet-101 repeats ResNet-50's Bottleneck blocks; it is left out to keep the suite short
-     # (benchmarks/deploy.py measures the real models' agreement).
-     pytest.param("resnet50", "auto", marks=pytest.mark.slow)],
+    [
+        ("resnet18", "onnxruntime"),
+        pytest.param(
+            "resnet18", "openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+        ),
+        # ResNet-101 repeats ResNet-50's Bottleneck blocks; it is left out to keep the suite short
+        # (benchmarks/deploy.py measures the real models' agreement).
+        pytest.param("resnet50", "auto", marks=pytest.mark.slow),
+    ],
 )
 def test_fast_int8_matches_fp32_at_an_odd_size(depth, backend, model, fast_int8):
     with warnings.catch_warnings(record=True) as caught:
@@ -257,7 +327,9 @@ def test_fast_int8_falls_back_with_a_warning_when_the_backend_is_missing(model, 
     import pspnet_lib.runtime.int8 as int8
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(int8.importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setattr(
+        int8.importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
     with pytest.warns(RuntimeWarning, match="openvino not installed.*falling back to the bfloat16 fast path"):
         fast = optimize_for_inference(model, "int8", calibration=_calibration(1), backend="openvino")
     assert isinstance(fast, FastPSPNet)

@@ -62,7 +62,9 @@ class CountingModel(nn.Module):
         return torch.cat([torch.ones_like(x[:, :1]), x[:, :1]], dim=1)
 
 
-@pytest.mark.parametrize("size, crop, stride", [((50, 70), 32, 21), ((31, 31), 16, 16), ((10, 12), 32, 20), ((65, 97), (33, 40), (20, 30))])
+@pytest.mark.parametrize(
+    "size, crop, stride", [((50, 70), 32, 21), ((31, 31), 16, 16), ((10, 12), 32, 20), ((65, 97), (33, 40), (20, 30))]
+)
 def test_slide_covers_every_pixel_and_averages(size, crop, stride):
     model = CountingModel()
     x = torch.randn(2, 3, *size)
@@ -96,7 +98,14 @@ def test_rescale_size_keeps_ratio_within_limits():
     assert rescale_size(300, 400, None) == (300, 400)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(mode="tiles"), "unknown inference mode"), (dict(mode="slide"), "needs crop and stride"), (dict(scales=(0,)), "positive")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="tiles"), "unknown inference mode"),
+        (dict(mode="slide"), "needs crop and stride"),
+        (dict(scales=(0,)), "positive"),
+    ],
+)
 def test_bad_protocols(kwargs, message):
     with pytest.raises(ValueError, match=message):
         infer(CountingModel(), torch.randn(1, 3, 8, 8), **kwargs)

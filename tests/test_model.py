@@ -96,7 +96,10 @@ def test_parameter_counts_equal_reference(case, kwargs):
     assert n_params(model) == meta["n_params"]
 
 
-@pytest.mark.parametrize("case, preset, fmt", [("mmseg_r50_d8", "mmseg", "mmseg"), ("mmseg_r18_d8", "mmseg", "mmseg"), ("semseg_psp50", "semseg", "semseg")])
+@pytest.mark.parametrize(
+    "case, preset, fmt",
+    [("mmseg_r50_d8", "mmseg", "mmseg"), ("mmseg_r18_d8", "mmseg", "mmseg"), ("semseg_psp50", "semseg", "semseg")],
+)
 def test_reference_key_layout_maps_one_to_one(case, preset, fmt):
     data = load_case(case)
     meta = data["meta"]
@@ -272,7 +275,10 @@ def test_unknown_option_lists_valid_ones():
         (dict(stem="wide"), "unknown stem 'wide'"),
         (dict(norm="layer"), "unknown norm 'layer'"),
         (dict(preset="detectron"), "unknown preset 'detectron'"),
-        (dict(num_classes=-1), r"num_classes must be a positive integer \(at most 65536\), got -1 \(or 0 for no classifier"),
+        (
+            dict(num_classes=-1),
+            r"num_classes must be a positive integer \(at most 65536\), got -1 \(or 0 for no classifier",
+        ),
     ],
 )
 def test_bad_options(kwargs, message):

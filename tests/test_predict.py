@@ -83,7 +83,13 @@ def test_grayscale_and_rgba_are_converted_to_rgb(model, picture):
     gray = picture[..., 0]
     rgb_from_gray = np.repeat(gray[..., None], 3, axis=2)
     rgba = np.concatenate([picture, np.full(picture.shape[:2] + (1,), 77, np.uint8)], axis=2)
-    grays = [gray, Image.fromarray(gray, mode="L"), torch.from_numpy(gray), torch.from_numpy(gray)[None], gray[..., None]]
+    grays = [
+        gray,
+        Image.fromarray(gray, mode="L"),
+        torch.from_numpy(gray),
+        torch.from_numpy(gray)[None],
+        gray[..., None],
+    ]
     rgbas = [rgba, Image.fromarray(rgba, mode="RGBA"), torch.from_numpy(rgba).permute(2, 0, 1)]
     results = predict(model, [rgb_from_gray, *grays, picture, *rgbas], batch_size=16, return_probs=True)
     for result in results[1:6]:
@@ -97,7 +103,9 @@ def test_normalisation_comes_from_the_weights(configured, picture):
     model = configured
     model.pretrained_cfg = {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
     result = predict(model, picture, return_probs=True)
-    assert torch.allclose(result.probs, _reference_probs(model, picture, mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3]), atol=1e-5)
+    assert torch.allclose(
+        result.probs, _reference_probs(model, picture, mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3]), atol=1e-5
+    )
     assert not torch.allclose(result.probs, _reference_probs(model, picture), atol=1e-3)
 
 

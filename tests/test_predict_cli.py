@@ -44,7 +44,14 @@ def test_folder_with_a_corrupt_file(weights, folder, tmp_path, capsys, caplog):
     assert any("broken.jpg" in r.getMessage() and "cannot read" in r.getMessage() for r in caplog.records)
 
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["a.png", "a_overlay.png", "b_gray.png", "b_gray_overlay.png", "sub/c_rgba.png", "sub/c_rgba_overlay.png"]
+    assert written == [
+        "a.png",
+        "a_overlay.png",
+        "b_gray.png",
+        "b_gray_overlay.png",
+        "sub/c_rgba.png",
+        "sub/c_rgba_overlay.png",
+    ]
     # The mask PNG is paletted, at the image's size, and holds exactly what predict() computes.
     mask = Image.open(out / "a.png")
     assert mask.mode == "P" and mask.size == (41, 30)
@@ -59,7 +66,9 @@ def test_folder_with_a_corrupt_file(weights, folder, tmp_path, capsys, caplog):
 def test_success_exits_zero_and_explicit_files_work(weights, folder, tmp_path, capsys):
     weights_dir, _ = weights
     out = tmp_path / "out"
-    code = main(["predict", str(folder / "a.jpg"), str(folder / "b_gray.png"), "--weights", str(weights_dir), "--out", str(out)])
+    code = main(
+        ["predict", str(folder / "a.jpg"), str(folder / "b_gray.png"), "--weights", str(weights_dir), "--out", str(out)]
+    )
     assert code == 0
     assert "segmented 2 of 2" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b_gray.png"]
@@ -73,7 +82,15 @@ def test_existing_outputs_are_not_overwritten_silently(weights, folder, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "b_gray.png").write_bytes(b"precious")
-    args = ["predict", str(folder / "a.jpg"), str(folder / "b_gray.png"), "--weights", str(weights_dir), "--out", str(out)]
+    args = [
+        "predict",
+        str(folder / "a.jpg"),
+        str(folder / "b_gray.png"),
+        "--weights",
+        str(weights_dir),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 1
     assert "already exist" in caplog.text and "--overwrite" in caplog.text
     # Checked before any work: nothing else was written and the existing file is untouched.
@@ -101,7 +118,10 @@ def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, c
     other.mkdir()
     (other / "a.jpg").write_bytes((folder / "a.jpg").read_bytes())
     out = tmp_path / "out"
-    assert main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)]) == 1
+    assert (
+        main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)])
+        == 1
+    )
     assert "would both be written to" in caplog.text
     assert not out.exists()
 

@@ -48,7 +48,9 @@ def _keep_logging_config():
 
 def test_predict_image_example(weights, tmp_path):
     out = tmp_path / "predictions"
-    assert _run("predict_image.py", "--weights", str(weights), "--out", str(out), "--size", "64", "--device", "cpu") == 0
+    assert (
+        _run("predict_image.py", "--weights", str(weights), "--out", str(out), "--size", "64", "--device", "cpu") == 0
+    )
     for stem, size in (("astronaut", (400, 400)), ("chelsea", (451, 300)), ("rocket", (480, 320))):
         mask = Image.open(out / f"{stem}_mask.png")
         assert mask.mode == "P" and mask.size == size
@@ -60,9 +62,25 @@ def test_export_onnx_example(weights, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "tiny.onnx"
     caplog.set_level(logging.INFO)
-    code = _run("export_onnx.py", "--weights", str(weights), "--out", str(out), "--exporter", "torchscript", "--height", "64", "--width", "64")
+    code = _run(
+        "export_onnx.py",
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--exporter",
+        "torchscript",
+        "--height",
+        "64",
+        "--width",
+        "64",
+    )
     assert code == 0 and out.is_file()
-    agreements = [float(r.getMessage().split("agrees with PyTorch on ")[1].split("%")[0]) for r in caplog.records if "agrees with PyTorch" in r.getMessage()]
+    agreements = [
+        float(r.getMessage().split("agrees with PyTorch on ")[1].split("%")[0])
+        for r in caplog.records
+        if "agrees with PyTorch" in r.getMessage()
+    ]
     assert len(agreements) == 3 and min(agreements) > 99.9
     for stem in ("astronaut", "chelsea", "rocket"):
         assert Image.open(tmp_path / f"tiny_{stem}.png").mode == "P"
@@ -91,8 +109,20 @@ def test_finetune_folder_example(tmp_path, caplog):
         pytest.skip("the trainer (pspnet_lib.engine.trainer) is not in this branch")
     caplog.set_level(logging.INFO)
     code = _run(
-        "finetune_folder.py", "--synthetic", "--backbone", "resnet18", "--iters", "6", "--crop", "48",
-        "--batch-size", "2", "--out", str(tmp_path / "ft"), "--device", "cpu",
+        "finetune_folder.py",
+        "--synthetic",
+        "--backbone",
+        "resnet18",
+        "--iters",
+        "6",
+        "--crop",
+        "48",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "ft"),
+        "--device",
+        "cpu",
     )
     assert code == 0
     assert (tmp_path / "ft" / "example_overlay.png").is_file()

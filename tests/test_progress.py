@@ -58,7 +58,11 @@ def test_progress_enabled_rules(clean_env):
         progress_enabled("yes")
     # what huggingface_hub downloads get (hf_hub_download(tqdm_class=...)): silent off a terminal
     silent = tqdm_class(None)
-    assert silent is not tqdm_class(True) and silent(total=3).disable and not tqdm_class(True)(total=3, file=io.StringIO()).disable
+    assert (
+        silent is not tqdm_class(True)
+        and silent(total=3).disable
+        and not tqdm_class(True)(total=3, file=io.StringIO()).disable
+    )
 
 
 def _run(env_extra, *, terminal):

@@ -54,9 +54,7 @@ def test_checkpointing_gives_identical_gradients_and_running_stats(backbone, ove
     for (name, b), (_, c) in zip(plain.named_buffers(), ckpt.named_buffers()):
         # running statistics updated exactly once (not again during the recomputation)
         torch.testing.assert_close(c, b, rtol=1e-6, atol=1e-7, msg=name)
-    assert all(
-        int(m.num_batches_tracked) == 1 for m in ckpt.modules() if isinstance(m, nn.BatchNorm2d)
-    )
+    assert all(int(m.num_batches_tracked) == 1 for m in ckpt.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def _saved_bytes(model, x, y) -> int:
@@ -105,7 +103,9 @@ def test_bf16_channels_last_training_step_matches_fp32_direction():
     torch.manual_seed(123)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         main, aux = bf16(x.contiguous(memory_format=torch.channels_last), return_aux=True)
-        loss = F.cross_entropy(main.float(), y, ignore_index=255) + 0.4 * F.cross_entropy(aux.float(), y, ignore_index=255)
+        loss = F.cross_entropy(main.float(), y, ignore_index=255) + 0.4 * F.cross_entropy(
+            aux.float(), y, ignore_index=255
+        )
     loss.backward()
     g32 = torch.cat([p.grad.flatten() for p in fp32.parameters()])
     g16 = torch.cat([p.grad.flatten().float() for p in bf16.parameters()])

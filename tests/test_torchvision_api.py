@@ -86,7 +86,9 @@ def test_weights_meta_has_torchvision_fields():
 
     for name in list_pretrained(task="semantic-segmentation"):
         meta = get_weight(name).meta
-        assert meta["num_params"] and meta["_ops"] and meta["_file_size"], f"{name}: run python -m pspnet_lib.hub.zoo_stats --write"
+        assert meta["num_params"] and meta["_ops"] and meta["_file_size"], (
+            f"{name}: run python -m pspnet_lib.hub.zoo_stats --write"
+        )
         assert meta["recipe"] is None or meta["recipe"] in list_recipes()
 
 
@@ -118,8 +120,12 @@ def zoo_entry(published, monkeypatch, tmp_path):
     """A zoo entry of pspnet_r18_d8 served on 127.0.0.1 and made the model's DEFAULT."""
     with serve_directory(published["dir"]) as server:
         config = {**get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").config, "num_classes": 5}
-        meta = {**get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").meta, "num_classes": 5,
-                "categories": list("abcde"), "palette": [[i, i, i] for i in range(5)]}
+        meta = {
+            **get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").meta,
+            "num_classes": 5,
+            "categories": list("abcde"),
+            "palette": [[i, i, i] for i in range(5)],
+        }
         weights = register_weights(
             Weights(NAME, f"{server.url}/{published['path'].name}", published["sha"][:8], "mmseg", config, meta),
             overwrite=True,

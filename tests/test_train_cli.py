@@ -27,19 +27,37 @@ def folder(tmp_path_factory):
 
 def _recipe(tmp_path):
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({
-        "_note": "a test recipe",
-        "model": TINY_MODEL,
-        "augment": {"crop_size": [32, 32], "scale_range": [0.75, 1.25]},
-        "train": {"batch_size": 2, "log_interval": 2, "ckpt_interval": 2, "num_workers": 0},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "_note": "a test recipe",
+                "model": TINY_MODEL,
+                "augment": {"crop_size": [32, 32], "scale_range": [0.75, 1.25]},
+                "train": {"batch_size": 2, "log_interval": 2, "ckpt_interval": 2, "num_workers": 0},
+            }
+        )
+    )
     return path
 
 
 def test_cli_train_resume_and_eval_on_a_folder(folder, tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["train", "--recipe", str(_recipe(tmp_path)), "--dataset", "folder", "--data-root", str(folder),
-            "--out", str(out), "--lr", "0.01", "--seed", "1", "--no-progress"]
+    base = [
+        "train",
+        "--recipe",
+        str(_recipe(tmp_path)),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(folder),
+        "--out",
+        str(out),
+        "--lr",
+        "0.01",
+        "--seed",
+        "1",
+        "--no-progress",
+    ]
     assert main(base + ["--iters", "4"]) == 0
     printed = capsys.readouterr().out
     assert "final: mIoU" in printed and str(out / "model") in printed
@@ -58,8 +76,24 @@ def test_cli_train_resume_and_eval_on_a_folder(folder, tmp_path, capsys):
     # Evaluation of the exported model and of the checkpoint, same protocol -> the trainer's numbers.
     for weights in (out / "model", out / "checkpoints" / "latest.pt"):
         report = tmp_path / f"eval-{weights.name}.json"
-        assert main(["eval", "--weights", str(weights), "--dataset", "folder", "--data-root", str(folder),
-                     "--split", "val", "--json", str(report)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--weights",
+                    str(weights),
+                    "--dataset",
+                    "folder",
+                    "--data-root",
+                    str(folder),
+                    "--split",
+                    "val",
+                    "--json",
+                    str(report),
+                ]
+            )
+            == 0
+        )
         metrics = json.loads(report.read_text())
         assert set(metrics["per_class"]) == {"sky", "ground", "disc", "box", "triangle", "stripes"}
         assert metrics["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-9)
@@ -67,24 +101,80 @@ def test_cli_train_resume_and_eval_on_a_folder(folder, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "mIoU" in table and "stripes" in table
     # Another protocol gives a valid (and separately computed) result.
-    assert main(["eval", "--weights", str(out / "model"), "--dataset", "folder", "--data-root", str(folder),
-                 "--split", "val", "--mode", "slide", "--crop", "24", "--stride", "16", "--flip"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "model"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(folder),
+                "--split",
+                "val",
+                "--mode",
+                "slide",
+                "--crop",
+                "24",
+                "--stride",
+                "16",
+                "--flip",
+            ]
+        )
+        == 0
+    )
 
 
 def test_cli_errors_are_one_line_messages(folder, tmp_path, caplog):
     caplog.set_level(logging.ERROR)
-    assert main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "is not a segmentation folder" in caplog.text
     caplog.clear()
-    assert main(["train", "--dataset", "folder", "--data-root", str(folder), "--num-classes", "3",
-                 "--out", str(tmp_path / "o2")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(folder),
+                "--num-classes",
+                "3",
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 1
+    )
     assert "--num-classes 3" in caplog.text and "6 classes" in caplog.text
     caplog.clear()
     assert main(["train", "--recipe", "voc-mmseg-1k"]) == 1
     assert "voc-mmseg-20k" in caplog.text  # the message lists what exists
     caplog.clear()
-    assert main(["train", "--dataset", "folder", "--data-root", str(folder), "--amp", "fp16", "--device", "cpu",
-                 "--out", str(tmp_path / "o3"), "--iters", "1"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(folder),
+                "--amp",
+                "fp16",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "o3"),
+                "--iters",
+                "1",
+            ]
+        )
+        == 1
+    )
     assert "bf16" in caplog.text
 
 
@@ -114,7 +204,7 @@ def test_backbone_weights_from_torchvision_layout(tmp_path):
     torch.manual_seed(3)
     source = build_pspnet("resnet18", 4, stem="standard")
     # A torchvision ImageNet checkpoint: backbone keys without the prefix, plus the fc classifier.
-    state = {k[len("backbone."):]: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    state = {k[len("backbone.") :]: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": state}, path)
@@ -135,9 +225,31 @@ def test_same_seed_reproduces_a_run_from_scratch(folder, tmp_path):
     def train(out, *extra):
         # Whatever the global RNG holds beforehand (here: something else entirely) must not matter.
         torch.manual_seed(len(str(out)) * 7919)
-        assert main(["train", "--recipe", str(recipe), "--dataset", "folder", "--data-root", str(folder),
-                     "--out", str(out), "--seed", "3", "--iters", "2", "--crop-size", "24", "--no-val",
-                     "--no-progress", *extra]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--recipe",
+                    str(recipe),
+                    "--dataset",
+                    "folder",
+                    "--data-root",
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--seed",
+                    "3",
+                    "--iters",
+                    "2",
+                    "--crop-size",
+                    "24",
+                    "--no-val",
+                    "--no-progress",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return (out / "model" / "model.safetensors").read_bytes()
 
     first = train(tmp_path / "a")

@@ -32,8 +32,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.manual_seed(rank)  # different initialisations: DDP must broadcast rank 0's
     model = tiny_pspnet()
     config = TrainConfig(
-        iters=4, batch_size=2, lr=0.01, num_workers=0, ckpt_interval=2, log_interval=2, device="cpu",
-        out_dir=os.path.join(out, "run"), progress=False, export=False,
+        iters=4,
+        batch_size=2,
+        lr=0.01,
+        num_workers=0,
+        ckpt_interval=2,
+        log_interval=2,
+        device="cpu",
+        out_dir=os.path.join(out, "run"),
+        progress=False,
+        export=False,
     )
     trainer = Trainer(model, ColourBlocks(8, 32), ColourBlocks(3, 32, seed=9, augment=False), config)
     summary = trainer.fit()
@@ -61,12 +69,16 @@ def test_two_gloo_processes_stay_in_sync_and_reduce_metrics(tmp_path):
     model = tiny_pspnet()
     model.load_state_dict(weights[0])
     single = evaluate(model, ColourBlocks(3, 32, seed=9, augment=False), progress=False)
-    assert results[0]["metrics"]["pixels"] == single["pixels"] == 3 * 32 * 32 - sum(
-        int((ColourBlocks(3, 32, seed=9, augment=False)[i][1] == 255).sum()) for i in range(3)
+    assert (
+        results[0]["metrics"]["pixels"]
+        == single["pixels"]
+        == 3 * 32 * 32 - sum(int((ColourBlocks(3, 32, seed=9, augment=False)[i][1] == 255).sum()) for i in range(3))
     )
     assert results[0]["metrics"]["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
     # Training losses were averaged over ranks, identically on both; rank 0 alone wrote checkpoints.
-    losses = [[(h["iter"], h["loss"], h["main"], h["aux"]) for h in r["history"] if h["type"] == "train"] for r in results]
+    losses = [
+        [(h["iter"], h["loss"], h["main"], h["aux"]) for h in r["history"] if h["type"] == "train"] for r in results
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 2
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert state["iteration"] == 4 and len(state["rng"]) == 2 and state["world_size"] == 2

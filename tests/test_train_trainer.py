@@ -23,8 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, **changes):
     options = dict(
-        iters=6, batch_size=2, lr=0.01, num_workers=0, ckpt_interval=3, log_interval=2,
-        out_dir=str(tmp_path / "run"), progress=False, export=False,
+        iters=6,
+        batch_size=2,
+        lr=0.01,
+        num_workers=0,
+        ckpt_interval=3,
+        log_interval=2,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+        export=False,
     )
     options.update(changes)
     return TrainConfig(**options)
@@ -73,7 +80,9 @@ def test_checkpoint_files_rotation_best_and_export(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == ["best.pt", "iter_00000004.pt", "iter_00000005.pt", "latest.pt"]
     latest = load_checkpoint(ckpt / "latest.pt")
     assert latest["iteration"] == 5
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config", "model_config", "pretrained_cfg"} <= set(latest)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config", "model_config", "pretrained_cfg"} <= set(
+        latest
+    )
     assert latest["config"]["iters"] == 5 and TrainConfig.from_dict(latest["config"]) == config
     best = load_checkpoint(ckpt / "best.pt")
     assert best["best_miou"] == summary["best_miou"] and best["iteration"] in (2, 4, 5)
@@ -194,8 +203,15 @@ def test_grad_accumulation_equals_the_larger_batch(tmp_path):
 def test_frozen_backbone_bf16_channels_last_checkpointing(tmp_path):
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = _config(tmp_path, iters=2, amp="bf16", channels_last=True, grad_checkpointing=True,
-                     freeze_backbone=True, ckpt_interval=0)
+    config = _config(
+        tmp_path,
+        iters=2,
+        amp="bf16",
+        channels_last=True,
+        grad_checkpointing=True,
+        freeze_backbone=True,
+        ckpt_interval=0,
+    )
     trainer = Trainer(model, ColourBlocks(4, 32), None, config)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["head"]
     summary = trainer.fit()
@@ -204,11 +220,14 @@ def test_frozen_backbone_bf16_channels_last_checkpointing(tmp_path):
     backbone = [k for k in after if k.startswith("backbone.")]
     assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics
     assert not torch.equal(before["decode_head.classifier.weight"], after["decode_head.classifier.weight"])
-    assert not torch.equal(before["decode_head.bottleneck.norm.running_mean"], after["decode_head.bottleneck.norm.running_mean"])
+    assert not torch.equal(
+        before["decode_head.bottleneck.norm.running_mean"], after["decode_head.bottleneck.norm.running_mean"]
+    )
     assert model.decode_head.classifier.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------- the machine's limits (issue 10, items 8 and 13)
+
 
 def _fail_writes(monkeypatch, at_name, error):
     """Make torch.save write part of the file named ``at_name`` and then fail like a full disk does."""
@@ -233,8 +252,11 @@ def test_disk_full_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, 
     data = ColourBlocks(6, 32)
     config = _config(tmp_path, iters=4, ckpt_interval=2)
     # What torch's zip writer raises when the disk fills (no errno), while little space is free.
-    _fail_writes(monkeypatch, "iter_00000004", RuntimeError(
-        "[enforce fail at inline_container.cc:672] . unexpected pos 3529856 vs 3529750"))
+    _fail_writes(
+        monkeypatch,
+        "iter_00000004",
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3529856 vs 3529750"),
+    )
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: usage._replace(free=12_345))
     with pytest.raises(CheckpointWriteError) as info:

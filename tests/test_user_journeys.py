@@ -62,14 +62,26 @@ def _folder(root, n=4, classes=("a", "b", "c"), size=(24, 32), seed=0):
     return root
 
 
-TINY = ["--backbone", "resnet18", "--crop-size", "16", "--batch-size", "2", "--iters", "1", "--no-progress",
-        "--no-val", "--lr", "0.001"]
+TINY = [
+    "--backbone",
+    "resnet18",
+    "--crop-size",
+    "16",
+    "--batch-size",
+    "2",
+    "--iters",
+    "1",
+    "--no-progress",
+    "--no-val",
+    "--lr",
+    "0.001",
+]
 
 
 def test_bad_mask_found_in_a_dataloader_worker_is_one_line(tmp_path, caplog):
+    from pspnet_lib import build_pspnet
     from pspnet_lib.data import FolderDataset
     from pspnet_lib.engine import TrainConfig, Trainer
-    from pspnet_lib import build_pspnet
 
     root = _folder(tmp_path / "data")
     Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "0.png")
@@ -91,8 +103,20 @@ def test_bad_mask_found_in_a_dataloader_worker_is_one_line(tmp_path, caplog):
 def test_batch_size_one_is_refused_before_training_with_cli_advice(tmp_path, caplog):
     root = _folder(tmp_path / "data")
     out = tmp_path / "run"
-    args = ["train", "--dataset", "folder", "--data-root", str(root), "--val-fraction", "0.25", "--out", str(out),
-            "--num-workers", "0", *TINY]
+    args = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--val-fraction",
+        "0.25",
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        *TINY,
+    ]
     args[args.index("--batch-size") + 1] = "1"
     caplog.set_level(logging.ERROR)
     assert main(args) == 1
@@ -104,11 +128,11 @@ def test_batch_size_one_is_refused_before_training_with_cli_advice(tmp_path, cap
 
 
 def test_training_reads_16_bit_pictures_like_predict(tmp_path):
-    from pspnet_lib.data import FolderDataset
     from pspnet_lib.core.images import to_rgb_tensor
+    from pspnet_lib.data import FolderDataset
 
     root = _folder(tmp_path / "data", n=2)
-    ramp = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)  # 0..61,360: 16-bit grayscale
+    ramp = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80  # 0..61,360: 16-bit grayscale
     (root / "images" / "0.jpg").unlink()
     Image.fromarray(ramp).save(root / "images" / "0.png")
     assert Image.open(root / "images" / "0.png").mode.startswith("I")
@@ -245,7 +269,9 @@ def test_doc_snippets_rebuild_a_model_from_its_config(tmp_path):
 
     from pspnet_lib import PSPNet, PSPNetConfig, build_pspnet
 
-    model = build_pspnet("resnet18", num_classes=6, aux=False, output_stride=16, in_channels=4, head_channels=16, ppm_channels=4)
+    model = build_pspnet(
+        "resnet18", num_classes=6, aux=False, output_stride=16, in_channels=4, head_channels=16, ppm_channels=4
+    )
     assert PSPNet(PSPNetConfig.from_dict(json.loads(model.config.to_json()))).config == model.config
     model.pretrained_cfg = {"classes": list("abcdef")}
     model.save_pretrained(tmp_path / "my_model")
@@ -314,8 +340,24 @@ def test_export_warns_when_the_suffix_does_not_match_the_format(tmp_path, caplog
 
     build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(tmp_path / "m")
     caplog.set_level(logging.WARNING)
-    assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.onnx"),
-                 "--height", "32", "--width", "32"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(tmp_path / "m"),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--height",
+                "32",
+                "--width",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "does not end in .pt" in caplog.text
 
 
@@ -336,10 +378,37 @@ def test_predict_and_export_on_a_missing_gpu_say_use_cpu(tmp_path, caplog):
     build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=4).save_pretrained(tmp_path / "m")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
     caplog.set_level(logging.ERROR)
-    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
-                 "--device", "cuda"]) == 1
-    assert main(["export", "--weights", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
-                 "--device", "cuda"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "a.png"),
+                "--weights",
+                str(tmp_path / "m"),
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(tmp_path / "m"),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 1
+    )
     assert caplog.text.count("CUDA is not available; use --device cpu") == 2
 
 

@@ -20,8 +20,24 @@ from ._engine_helpers import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--backbone", "resnet18", "--crop-size", "32", "--batch-size", "2", "--iters", "2", "--no-val",
-        "--num-workers", "0", "--device", "cpu", "--no-progress", "--seed", "0"]
+TINY = [
+    "--backbone",
+    "resnet18",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--iters",
+    "2",
+    "--no-val",
+    "--num-workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--seed",
+    "0",
+]
 VOID = (224, 224, 192)
 
 
@@ -62,8 +78,26 @@ def test_voc_colour_masks_with_void_read_train_and_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), *TINY]) == 0
     report = tmp_path / "metrics.json"
-    assert main(["eval", "--weights", str(out / "model"), "--dataset", "folder", "--data-root", str(root),
-                 "--split", "all", "--json", str(report), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "model"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--split",
+                "all",
+                "--json",
+                str(report),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(report.read_text())
     assert metrics["pixels"] == sum(int((m != 255).sum()) for m in expected)
     assert set(metrics["per_class"]) == {"background", "aeroplane", "bicycle"}
@@ -93,8 +127,25 @@ def test_declared_ignore_colours(tmp_path, caplog):
     out = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), *TINY]) == 1
     assert "--ignore-colour" in caplog.text
-    assert main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), *TINY,
-                 "--crop-size", "16", "--ignore-colour", "255,255,255"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--out",
+                str(out),
+                *TINY,
+                "--crop-size",
+                "16",
+                "--ignore-colour",
+                "255,255,255",
+            ]
+        )
+        == 0
+    )
 
 
 def test_verify_suggests_mapping_255_only_for_binary_masks(tmp_path, caplog):
@@ -143,19 +194,84 @@ def test_num_classes_without_class_file_then_eval_split_all(tmp_path, caplog):
     assert main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), *TINY]) == 1
     assert "--num-classes K" in caplog.text and "--classes" in caplog.text
     caplog.clear()
-    assert main(["train", "--dataset", "folder", "--data-root", str(root), "--num-classes", "3", "--out", str(out),
-                 *TINY, "--crop-size", "24"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--num-classes",
+                "3",
+                "--out",
+                str(out),
+                *TINY,
+                "--crop-size",
+                "24",
+            ]
+        )
+        == 0
+    )
     assert "class_0 .. class_2" in caplog.text
     caplog.clear()
     # A flat folder has no 'val' split: the error says how to score everything from the CLI.
-    assert main(["eval", "--weights", str(out / "model"), "--dataset", "folder", "--data-root", str(root),
-                 "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "model"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "--split all" in caplog.text
     report = tmp_path / "metrics.json"
-    assert main(["eval", "--weights", str(out / "model"), "--dataset", "folder", "--data-root", str(root),
-                 "--split", "all", "--json", str(report), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "model"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--split",
+                "all",
+                "--json",
+                str(report),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(report.read_text())
     assert metrics["pixels"] == sum(int((m != 255).sum()) for m in masks) == 4 * 23 * 24
     assert list(metrics["per_class"]) == ["class_0", "class_1", "class_2"]
-    assert main(["eval", "--weights", str(out / "model"), "--dataset", "folder", "--data-root", str(root),
-                 "--split", "all", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "model"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(root),
+                "--split",
+                "all",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )

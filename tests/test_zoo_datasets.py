@@ -92,8 +92,16 @@ def _dataset_masks(name: str, root: Path, split: str) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------- ISPRS (tiles)
 # Hand-written: official colour -> class the dataset yields (255 = ignored). Black is the eroded
 # boundary; (10, 20, 30) is a colour of no class (upstream files it under the boundary value 0).
-ISPRS_CLASSES = {(255, 255, 255): 0, (0, 0, 255): 1, (0, 255, 255): 2, (0, 255, 0): 3, (255, 255, 0): 4,
-                 (255, 0, 0): 5, (0, 0, 0): 255, (10, 20, 30): 255}
+ISPRS_CLASSES = {
+    (255, 255, 255): 0,
+    (0, 0, 255): 1,
+    (0, 255, 255): 2,
+    (0, 255, 0): 3,
+    (255, 255, 0): 4,
+    (255, 0, 0): 5,
+    (0, 0, 0): 255,
+    (10, 20, 30): 255,
+}
 ISPRS_STORED = {c: (0 if k == 255 else k + 1) for c, k in ISPRS_CLASSES.items()}
 
 
@@ -243,8 +251,8 @@ def test_isaid_prepare_and_read(tmp_path):
     assert sorted(masks) == ["P0001_0_64_0_64_instance_color_RGB.png", "P0001_0_64_36_100_instance_color_RGB.png"]
     for x0 in (0, 36):
         name = f"P0001_0_64_{x0}_{x0 + 64}"
-        assert np.array_equal(_read(dst / "img_dir" / "train" / f"{name}.png"), padded_image[:, x0:x0 + 64])
-        assert np.array_equal(masks[f"{name}_instance_color_RGB.png"], expected[:, x0:x0 + 64])
+        assert np.array_equal(_read(dst / "img_dir" / "train" / f"{name}.png"), padded_image[:, x0 : x0 + 64])
+        assert np.array_equal(masks[f"{name}_instance_color_RGB.png"], expected[:, x0 : x0 + 64])
     val = _dataset_masks("isaid", dst, "val")
     assert np.array_equal(val["P0002_0_64_0_64_instance_color_RGB.png"], _mapped(pictures["P0002"][1], ISAID_CLASSES))
     assert prepare_isaid(src, dst, patch_size=64, overlap=24) == {"written": 0, "skipped": 6}
@@ -271,8 +279,9 @@ def _coco10k_official(src: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]
     from scipy.io import savemat
 
     pictures = {}
-    for n, (stem, split) in enumerate((("COCO_train2014_000000000077", "train2014"),
-                                       ("COCO_train2014_000000000078", "test2014"))):
+    for n, (stem, split) in enumerate(
+        (("COCO_train2014_000000000077", "train2014"), ("COCO_train2014_000000000078", "test2014"))
+    ):
         image, ids = _photo(48, 64, n), _blocks(48, 64, list(COCO10K_CLASSES), n)
         _write(src / "images" / f"{stem}.jpg", _png_bytes(image, "JPEG"))
         buffer = io.BytesIO()
@@ -289,13 +298,17 @@ def test_coco_stuff_prepare_and_read(tmp_path, dataset):
     if dataset == "coco-stuff10k":
         pytest.importorskip("scipy")
     src, dst = tmp_path / "src", tmp_path / "out"
-    build, prepare, table = ((_coco164k_official, prepare_coco_stuff164k, COCO164K_CLASSES) if dataset == "coco-stuff164k"
-                             else (_coco10k_official, prepare_coco_stuff10k, COCO10K_CLASSES))
+    build, prepare, table = (
+        (_coco164k_official, prepare_coco_stuff164k, COCO164K_CLASSES)
+        if dataset == "coco-stuff164k"
+        else (_coco10k_official, prepare_coco_stuff10k, COCO10K_CLASSES)
+    )
     pictures = build(src)
     assert prepare(src, dst) == {"written": 4, "skipped": 0}
     for stem, (image, ids, split) in pictures.items():
         assert (dst / "images" / split / f"{stem}.jpg").read_bytes() == (
-            src / "images" / (split if dataset == "coco-stuff164k" else "") / f"{stem}.jpg").read_bytes()
+            src / "images" / (split if dataset == "coco-stuff164k" else "") / f"{stem}.jpg"
+        ).read_bytes()
         masks = _dataset_masks(dataset, dst, split)
         assert np.array_equal(masks[f"{stem}_labelTrainIds.png"], _mapped(ids, table))
     assert prepare(src, dst) == {"written": 0, "skipped": 4}
@@ -305,7 +318,9 @@ def test_coco_stuff_prepare_and_read(tmp_path, dataset):
 # COCO RLE strings written by pycocotools' mask.encode (reference values, not computed here):
 # a 40x50 mask with rows 3..32 x columns 10..44 set plus the full rows 20..21, and a 64x64 mask
 # with the square 8..39 x 8..39 set.
-RLE_40x50 = "d02V100000000000000000_Ol0E0000000000000000000000000000000000000000000000000000000000000000000a0TO;0000000\\O"
+RLE_40x50 = (
+    "d02V100000000000000000_Ol0E0000000000000000000000000000000000000000000000000000000000000000000a0TO;0000000\\O"
+)
 RLE_64x64 = "X`0P1P10000000000000000000000000000000000000000000000000000000000000h_1"
 
 
@@ -322,7 +337,9 @@ def test_coco_rle_decoding_matches_pycocotools():
     square[8:40, 8:40] = True
     assert np.array_equal(decode_coco_rle({"size": [64, 64], "counts": RLE_64x64}), square)
     # Uncompressed counts (column-major runs, starting with 0s).
-    assert np.array_equal(decode_coco_rle({"size": [2, 3], "counts": [1, 2, 3]}), np.array([[0, 1, 0], [1, 0, 0]], bool))
+    assert np.array_equal(
+        decode_coco_rle({"size": [2, 3], "counts": [1, 2, 3]}), np.array([[0, 1, 0], [1, 0, 0]], bool)
+    )
     with pytest.raises(ValueError, match="sum"):
         decode_coco_rle({"size": [2, 3], "counts": [1, 2]})
 
@@ -354,9 +371,13 @@ def _pascal_context_official(src: Path, wood_id: int = 458) -> tuple[np.ndarray,
             {"id": 11, "image_id": 1, "category_id": wood_id, "segmentation": {"size": [40, 50], "counts": runs}},
             {"id": 12, "image_id": 2, "category_id": 259, "segmentation": {"size": [64, 64], "counts": RLE_64x64}},
         ],
-        "categories": [{"category_id": 2, "name": "aeroplane"}, {"category_id": 259, "name": "mountain"},
-                       {"category_id": 458, "name": "wood"}],
-        "annos_occlusion": [], "parts": [],
+        "categories": [
+            {"category_id": 2, "name": "aeroplane"},
+            {"category_id": 259, "name": "mountain"},
+            {"category_id": 458, "name": "wood"},
+        ],
+        "annos_occlusion": [],
+        "parts": [],
     }
     _write(src / "trainval_merged.json", json.dumps(data).encode())
     train = np.zeros((40, 50), np.int64)  # 0 = background
@@ -423,12 +444,22 @@ def _prepared(tmp_path: Path, dataset: str) -> tuple[Path, int]:
     else:
         _pascal_context_official(src)
         prepare_pascal_context(src, dst)
-    masks = _dataset_masks(dataset, dst, "val" if "coco" not in dataset else {"coco-stuff10k": "test2014"}.get(dataset, "val2017"))
+    masks = _dataset_masks(
+        dataset, dst, "val" if "coco" not in dataset else {"coco-stuff10k": "test2014"}.get(dataset, "val2017")
+    )
     return dst, int(sum((m != 255).sum() for m in masks.values()))
 
 
-ZOO_KEYS = ["pascal-context", "pascal-context-59", "coco-stuff10k", "coco-stuff164k", "loveda", "potsdam",
-            "vaihingen", "isaid"]
+ZOO_KEYS = [
+    "pascal-context",
+    "pascal-context-59",
+    "coco-stuff10k",
+    "coco-stuff164k",
+    "loveda",
+    "potsdam",
+    "vaihingen",
+    "isaid",
+]
 
 
 @pytest.mark.parametrize("dataset", ZOO_KEYS)
@@ -438,8 +469,24 @@ def test_cli_eval_scores_the_expected_pixels(tmp_path, dataset):
     model = build_pspnet("resnet18", classes, **TINY_MODEL)
     model.save_pretrained(tmp_path / "model")
     report = tmp_path / "metrics.json"
-    assert main(["eval", "--weights", str(tmp_path / "model"), "--dataset", dataset, "--data-root", str(root),
-                 "--json", str(report), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(tmp_path / "model"),
+                "--dataset",
+                dataset,
+                "--data-root",
+                str(root),
+                "--json",
+                str(report),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(report.read_text())
     assert metrics["pixels"] == pixels and len(metrics["per_class"]) == classes
 
@@ -451,8 +498,22 @@ def test_cli_eval_takes_the_dataset_from_the_weights(tmp_path, capsys):
     model.pretrained_cfg = {**(model.pretrained_cfg or {}), "dataset": "potsdam", "inference": {"mode": "whole"}}
     model.save_pretrained(tmp_path / "model")
     report = tmp_path / "metrics.json"
-    assert main(["eval", "--weights", str(tmp_path / "model"), "--data-root", str(root), "--json", str(report),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(tmp_path / "model"),
+                "--data-root",
+                str(root),
+                "--json",
+                str(report),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["pixels"] == pixels
     assert "on potsdam val" in capsys.readouterr().out
 
@@ -466,9 +527,38 @@ def test_recipe_trains_two_iterations(tmp_path, dataset):
     root, _ = _prepared(tmp_path, dataset)
     recipe = next(name for name in sorted(RECIPES) if RECIPES[name]["dataset"] == dataset)
     out = tmp_path / "run"
-    assert main(["train", "--recipe", recipe, "--data-root", str(root), "--iters", "2", "--backbone", "resnet18",
-                 "--crop-size", "64", "--base-size", "64", "--batch-size", "2", "--no-val", "--out", str(out),
-                 "--num-workers", "0", "--device", "cpu", "--no-progress", "--log-interval", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                recipe,
+                "--data-root",
+                str(root),
+                "--iters",
+                "2",
+                "--backbone",
+                "resnet18",
+                "--crop-size",
+                "64",
+                "--base-size",
+                "64",
+                "--batch-size",
+                "2",
+                "--no-val",
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--log-interval",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 2
 
 

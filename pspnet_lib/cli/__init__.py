@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Order here is the order in ``pspnet --help``.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "prepare", "export", "convert", "zoo")
@@ -64,7 +64,7 @@ def user_message(exc: BaseException) -> str:
     if "DataLoader worker process" in text and "Original Traceback" in text:
         last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
         prefix = f"{type(exc).__name__}: "
-        return last[len(prefix):] if last.startswith(prefix) else last
+        return last[len(prefix) :] if last.startswith(prefix) else last
     return text
 
 

@@ -15,7 +15,9 @@ SAVED_FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
-    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
+    parser.add_argument(
+        f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,20 +33,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("source", metavar="SRC", help="zoo name, hf-hub:org/repo, checkpoint file/folder or URL")
-    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", type=Path,
-                        help="folder to write (created; must be empty or absent)")
+    parser.add_argument(
+        "out_dir", nargs="?", metavar="OUT_DIR", type=Path, help="folder to write (created; must be empty or absent)"
+    )
     # --out as in the other commands; without it argparse would read --out as an abbreviation of --output-stride.
     parser.add_argument("--out", dest="out_option", metavar="OUT_DIR", type=Path, help="the same as OUT_DIR")
     parser.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: detected from the keys)")
     parser.add_argument("--num-classes", type=int, help="replace the classifiers for this many classes")
-    parser.add_argument("--classes", type=Path, help="text file with one class name per line (stored in pretrained_cfg)")
+    parser.add_argument(
+        "--classes", type=Path, help="text file with one class name per line (stored in pretrained_cfg)"
+    )
     _bool_flag(parser, "aux", "keep / drop the auxiliary head (default: as in the checkpoint)")
     _bool_flag(parser, "align-corners", "align_corners of the upsampling (mmseg 769x769 and semseg models: true)")
     _bool_flag(parser, "contract-dilation", "halve the dilation of the first block of dilated stages (mmseg: true)")
     parser.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="total backbone stride")
-    parser.add_argument("--dilations", type=int, nargs=4, metavar="D", help="per-stage dilations, e.g. 1 1 2 4 (mmseg D32)")
+    parser.add_argument(
+        "--dilations", type=int, nargs=4, metavar="D", help="per-stage dilations, e.g. 1 1 2 4 (mmseg D32)"
+    )
     parser.add_argument("--no-strict", dest="strict", action="store_false", help="load what fits instead of failing")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
     parser.add_argument("--cache-dir", type=Path, help="download/cache folder (default: torch hub checkpoints)")
     parser.add_argument("--local-files-only", action="store_true", help="never download")
     parser.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")

@@ -43,9 +43,18 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     result = run_demo(
-        args.out, iters=args.iters, image_size=args.image_size, train_images=args.train_images,
-        val_images=args.val_images, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        num_workers=args.num_workers, device=args.device, overwrite=args.overwrite, progress=False if args.no_progress else None,
+        args.out,
+        iters=args.iters,
+        image_size=args.image_size,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
     )
     sys.stdout.write(
         f"held-out mIoU {100 * result['mIoU']:.1f}% (constant '{result['baseline_constant']['class']}': "

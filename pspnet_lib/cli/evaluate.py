@@ -20,16 +20,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inference protocol defaults to the one stored with the weights; flags override it. Runs under "
         "torchrun too (each process scores a share, the counts are summed).",
     )
-    p.add_argument("--weights", required=True, metavar="NAME|PATH",
-                   help="a training run's model directory or checkpoint (.pt), or a zoo name / Hub id")
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="NAME|PATH",
+        help="a training run's model directory or checkpoint (.pt), or a zoo name / Hub id",
+    )
     add_dataset_args(p)
-    p.add_argument("--split", help="split to score (default: the dataset's validation split); for --dataset folder, "
-                   "'all' scores every image/mask pair")
+    p.add_argument(
+        "--split",
+        help="split to score (default: the dataset's validation split); for --dataset folder, "
+        "'all' scores every image/mask pair",
+    )
     p.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
     p.add_argument("--crop", type=_ints, metavar="N|H,W", help="sliding-window size")
     p.add_argument("--stride", type=_ints, metavar="N|H,W", help="sliding-window step")
     p.add_argument("--resize", type=_ints, metavar="LONG,SHORT", help="keep-ratio resize limits before inference")
-    p.add_argument("--scales", type=_floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75")
+    p.add_argument(
+        "--scales", type=_floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75"
+    )
     p.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped runs")
     p.add_argument("--json", metavar="FILE", help="also write the metrics (per class) as JSON here")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
@@ -63,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
             # Zoo weights (or a file recognised as one) know the dataset that scores them.
             args.dataset = ZOO_DATASETS.get(str(cfg.get("dataset")))
             if not args.dataset:
-                raise ValueError(f"{args.weights} does not say which dataset it was trained on: pass --dataset "
-                                 f"{{{','.join(DATASET_CHOICES)}}}")
+                raise ValueError(
+                    f"{args.weights} does not say which dataset it was trained on: pass --dataset "
+                    f"{{{','.join(DATASET_CHOICES)}}}"
+                )
             logger.info("scoring on --dataset %s, the dataset of %s", args.dataset, args.weights)
         protocol = dict((getattr(model, "pretrained_cfg", None) or {}).get("inference") or {})
         for flag in ("mode", "crop", "stride", "resize", "scales", "flip"):
@@ -77,27 +88,43 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--split all applies to --dataset folder only; pass a split name of the dataset")
             split = None  # every image/mask pair of the folder
         kwargs = dataset_kwargs(args)
-        if args.dataset == "folder" and "classes" not in kwargs and cfg.get("classes") and not os.path.isfile(
-                os.path.join(args.data_root, "classes.txt")):
+        if (
+            args.dataset == "folder"
+            and "classes" not in kwargs
+            and cfg.get("classes")
+            and not os.path.isfile(os.path.join(args.data_root, "classes.txt"))
+        ):
             kwargs["classes"] = list(cfg["classes"])  # the model's own class names
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
         dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
         if dataset.num_classes != model.config.num_classes:
-            raise ValueError(f"the model predicts {model.config.num_classes} classes but the {args.dataset} dataset has "
-                             f"{dataset.num_classes}; evaluate on the dataset the model was trained for")
+            raise ValueError(
+                f"the model predicts {model.config.num_classes} classes but the {args.dataset} dataset has "
+                f"{dataset.num_classes}; evaluate on the dataset the model was trained for"
+            )
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         metrics = evaluate(
-            model, dataset, mode=protocol["mode"], resize=protocol.get("resize"), crop=protocol.get("crop"),
-            stride=protocol.get("stride"), scales=protocol.get("scales") or (1.0,), flip=bool(protocol.get("flip")),
-            device=info.device, amp_dtype=amp, num_workers=args.num_workers or 0,
+            model,
+            dataset,
+            mode=protocol["mode"],
+            resize=protocol.get("resize"),
+            crop=protocol.get("crop"),
+            stride=protocol.get("stride"),
+            scales=protocol.get("scales") or (1.0,),
+            flip=bool(protocol.get("flip")),
+            device=info.device,
+            amp_dtype=amp,
+            num_workers=args.num_workers or 0,
         )
     finally:
         D.cleanup(info)
     if info.is_main:
-        sys.stdout.write(f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol['mode']}"
-                         f"{', scales ' + ','.join(map(str, protocol['scales'])) if protocol.get('scales') else ''}"
-                         f"{', flip' if protocol.get('flip') else ''}):\n")
+        sys.stdout.write(
+            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol['mode']}"
+            f"{', scales ' + ','.join(map(str, protocol['scales'])) if protocol.get('scales') else ''}"
+            f"{', flip' if protocol.get('flip') else ''}):\n"
+        )
         sys.stdout.write(format_metrics_table(metrics, dataset.classes) + "\n")
         if args.json:
             atomic_write_bytes(args.json, (metrics_to_json(metrics, dataset.classes) + "\n").encode())

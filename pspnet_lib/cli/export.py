@@ -33,19 +33,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
     parser.add_argument("--out", required=True, type=Path, help="file to write (.onnx, .pt2 or .pt)")
     shape = parser.add_mutually_exclusive_group()
-    shape.add_argument("--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch/height/width (default)")
-    shape.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape (for runtimes that need it)")
+    shape.add_argument(
+        "--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch/height/width (default)"
+    )
+    shape.add_argument(
+        "--static", dest="dynamic", action="store_false", help="fixed input shape (for runtimes that need it)"
+    )
     parser.add_argument("--height", type=int, default=512, help="example (or, with --static, fixed) input height")
     parser.add_argument("--width", type=int, default=512, help="example (or, with --static, fixed) input width")
-    parser.add_argument("--batch-size", type=int, default=None, help="example/fixed batch size (default 2; 1 for TorchScript)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="example/fixed batch size (default 2; 1 for TorchScript)"
+    )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument(
-        "--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="which torch.onnx exporter to use"
+        "--onnx-exporter",
+        choices=("auto", "dynamo", "torchscript"),
+        default="auto",
+        help="which torch.onnx exporter to use",
     )
     parser.add_argument(
-        "--preprocess", action="store_true", help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)"
+        "--preprocess",
+        action="store_true",
+        help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)",
     )
-    parser.add_argument("--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns")
+    parser.add_argument(
+        "--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns"
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -53,16 +66,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "logit error against fp32 on held-out pictures of --calibration)",
     )
     int8 = parser.add_argument_group("INT8 (ONNX only)")
-    int8.add_argument("--int8", action="store_true", help="static-quantized INT8 (QDQ, per-channel weights), calibrated on --calibration")
-    int8.add_argument("--calibration", type=Path, metavar="DIR", help="folder of pictures like those you will segment (needed by --int8)")
-    int8.add_argument("--calibration-count", type=int, default=16, metavar="N",
-                      help="calibrate on N pictures of DIR (a reproducible sample; default 16)")
-    int8.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                      help="how activation ranges are set (default minmax)")
-    int8.add_argument("--check-count", type=int, default=4, metavar="N",
-                      help="with --int8 --check: held-out pictures of DIR to compare on (default 4)")
-    int8.add_argument("--min-agreement", type=float, default=0.98,
-                      help="with --int8 --check: exit 1 below this argmax agreement (default 0.98)")
+    int8.add_argument(
+        "--int8",
+        action="store_true",
+        help="static-quantized INT8 (QDQ, per-channel weights), calibrated on --calibration",
+    )
+    int8.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="folder of pictures like those you will segment (needed by --int8)",
+    )
+    int8.add_argument(
+        "--calibration-count",
+        type=int,
+        default=16,
+        metavar="N",
+        help="calibrate on N pictures of DIR (a reproducible sample; default 16)",
+    )
+    int8.add_argument(
+        "--calibration-method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="how activation ranges are set (default minmax)",
+    )
+    int8.add_argument(
+        "--check-count",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --int8 --check: held-out pictures of DIR to compare on (default 4)",
+    )
+    int8.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.98,
+        help="with --int8 --check: exit 1 below this argmax agreement (default 0.98)",
+    )
     parser.add_argument("--device", default="cpu", help="device to trace on (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
@@ -73,20 +113,22 @@ _SUFFIXES = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".pt"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import export as ex
-    from ..hub.loading import load_pretrained
-
     from .._files import check_outputs_spare_inputs, local_files
+    from ..hub.loading import load_pretrained
+    from ..inference import export as ex
 
     # e.g. --format torchscript --out run/checkpoints/latest.pt --overwrite: the weights themselves
-    check_outputs_spare_inputs([args.out], local_files(args.weights),
-                               advice="choose another --out file")
+    check_outputs_spare_inputs([args.out], local_files(args.weights), advice="choose another --out file")
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     expected = _SUFFIXES[args.format]
     if args.out.suffix.lower() != expected:
-        logger.warning("--out %s does not end in %s, the usual suffix of --format %s (the file is written in that "
-                       "format anyway)", args.out, expected, args.format)
+        logger.warning(
+            "--out %s does not end in %s, the usual suffix of --format %s (the file is written in that format anyway)",
+            args.out,
+            expected,
+            args.format,
+        )
     if args.format != "onnx" and (args.check or args.opset is not None or args.onnx_exporter != "auto"):
         raise ValueError("--check, --opset and --onnx-exporter apply to --format onnx only")
     if args.format != "onnx" and args.int8:
@@ -120,12 +162,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         ex.export_torchscript(model, args.out, batch_size=args.batch_size or 1, **common)
     size_mb = args.out.stat().st_size / 2**20
-    sys.stdout.write(f"wrote {args.out} ({args.format}, {'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n")
+    sys.stdout.write(
+        f"wrote {args.out} ({args.format}, {'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n"
+    )
     if args.check:
         h, w = args.height, args.width
         low = ex.min_input_size(model)
         # The example size, one larger and one smaller, neither divisible by 8.
-        sizes = [(h, w), (h + 37, max(low, w - 21)), (max(low, h // 2 + 3), max(low, w // 2 + 5))] if args.dynamic else [(h, w)]
+        sizes = (
+            [(h, w), (h + 37, max(low, w - 21)), (max(low, h // 2 + 3), max(low, w // 2 + 5))]
+            if args.dynamic
+            else [(h, w)]
+        )
         error = ex.check_onnx(args.out, model, sizes)
         what = "mismatched pixel fraction" if args.output == "labels" else "max relative error"
         sys.stdout.write(f"ONNX Runtime vs PyTorch at {sizes}: {what} {error:.2e}\n")
@@ -180,8 +228,12 @@ def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
     if not args.check:
         return 0
     if not held_out:
-        logger.warning("all %d pictures of %s were used for calibration; checking on them (not held out). "
-                       "Add pictures or lower --calibration-count for a held-out check", len(files), args.calibration)
+        logger.warning(
+            "all %d pictures of %s were used for calibration; checking on them (not held out). "
+            "Add pictures or lower --calibration-count for a held-out check",
+            len(files),
+            args.calibration,
+        )
         held_out = calibrate[: args.check_count]
     stats = check_int8_onnx(args.out, model, held_out)
     sys.stdout.write(
@@ -189,7 +241,9 @@ def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
         f"{100 * stats['argmax_agreement']:.2f}%, max relative logit error {stats['max_rel_err']:.2e}\n"
     )
     if stats["argmax_agreement"] < args.min_agreement:
-        logger.error("argmax agreement %.4f is below --min-agreement %.4f", stats["argmax_agreement"], args.min_agreement)
+        logger.error(
+            "argmax agreement %.4f is below --min-agreement %.4f", stats["argmax_agreement"], args.min_agreement
+        )
         return 1
     return 0
 

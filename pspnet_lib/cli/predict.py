@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 logger = logging.getLogger("pspnet_lib.cli.predict")
 
@@ -31,13 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and skipped; the exit code is 1 if any failed."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files (pictures, multi-page TIFFs, .npy arrays (H, W, C)) and/or folders of them")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (pictures, multi-page TIFFs, .npy arrays (H, W, C)) and/or folders of them",
+    )
     parser.add_argument(
         "--weights", required=True, help="zoo name, hf-hub:org/repo, a save_pretrained folder or a checkpoint file"
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png (mask blended over the photo)")
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write <name>_overlay.png (mask blended over the photo)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in overlays (default 0.5)")
     parser.add_argument("-r", "--recursive", action="store_true", help="also search sub-folders of folder inputs")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the weights' protocol)")
@@ -50,15 +57,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the weights' protocol)",
     )
     parser.add_argument("--no-resize", action="store_true", help="run at each image's own size")
-    parser.add_argument("--crop", type=_numbers(int), nargs="+", metavar="N",
-                        help="sliding-window size (h [w], or h,w) for --mode slide")
-    parser.add_argument("--stride", type=_numbers(int), nargs="+", metavar="N",
-                        help="sliding-window step (h [w], or h,w) for --mode slide")
-    parser.add_argument("--scales", type=_numbers(float), nargs="+", default=[[1.0]], metavar="S",
-                        help="multi-scale factors, e.g. 0.75 1.0 1.25 (or 0.75,1.0,1.25)")
+    parser.add_argument(
+        "--crop",
+        type=_numbers(int),
+        nargs="+",
+        metavar="N",
+        help="sliding-window size (h [w], or h,w) for --mode slide",
+    )
+    parser.add_argument(
+        "--stride",
+        type=_numbers(int),
+        nargs="+",
+        metavar="N",
+        help="sliding-window step (h [w], or h,w) for --mode slide",
+    )
+    parser.add_argument(
+        "--scales",
+        type=_numbers(float),
+        nargs="+",
+        default=[[1.0]],
+        metavar="S",
+        help="multi-scale factors, e.g. 0.75 1.0 1.25 (or 0.75,1.0,1.25)",
+    )
     parser.add_argument("--flip", action="store_true", help="also predict on mirrored images and average")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
-    parser.add_argument("--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)")
+    parser.add_argument(
+        "--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)"
+    )
     parser.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16", "int8"),
@@ -67,10 +92,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Ampere+ GPUs), else float32 (exact); int8 = a calibrated INT8 model run by OpenVINO (pspnet-lib[openvino]; "
         "bfloat16 with a warning where it is missing), calibrated on a sample of the inputs or --calibration",
     )
-    parser.add_argument("--calibration", type=Path, metavar="DIR",
-                        help="--dtype int8: calibrate on pictures of DIR instead of a sample of the inputs")
-    parser.add_argument("--calibration-count", type=int, default=16, metavar="N",
-                        help="--dtype int8: calibrate on N pictures (default 16)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="--dtype int8: calibrate on pictures of DIR instead of a sample of the inputs",
+    )
+    parser.add_argument(
+        "--calibration-count",
+        type=int,
+        default=16,
+        metavar="N",
+        help="--dtype int8: calibrate on N pictures (default 16)",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run)
@@ -122,7 +156,9 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, P
             pattern = "**/*" if recursive else "*"
             files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                logger.warning("no image files in %s%s", path, "" if recursive else " (use --recursive for sub-folders)")
+                logger.warning(
+                    "no image files in %s%s", path, "" if recursive else " (use --recursive for sub-folders)"
+                )
             found += [(p, p.relative_to(path).with_suffix("")) for p in files]
         elif path.is_file():
             found.append((path, Path(path.stem)))
@@ -204,7 +240,9 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None and args.no_resize:
         raise ValueError("--size and --no-resize contradict each other; pass one of them")
     size = False if args.no_resize else _pair(_flat(args.size), "size")
-    options = dict(mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride"))
+    options = dict(
+        mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
+    )
     scales = _flat(args.scales)
 
     files = collect_inputs(args.inputs, args.recursive)

@@ -22,9 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=PREPARE_CHOICES, help="which dataset")
     p.add_argument("src", metavar="SRC", help="folder holding the downloaded archives (or their extracted folders)")
     p.add_argument("dst", metavar="DST", help="folder to write the prepared dataset to (may be SRC)")
-    p.add_argument("--annotations", metavar="FILE",
-                   help="pascal-context: the trainval_merged.json file (default SRC/trainval_merged.json)")
-    p.add_argument("--tile-size", type=int, metavar="PX", help="potsdam/vaihingen: tile size (default 512, as upstream)")
+    p.add_argument(
+        "--annotations",
+        metavar="FILE",
+        help="pascal-context: the trainval_merged.json file (default SRC/trainval_merged.json)",
+    )
+    p.add_argument(
+        "--tile-size", type=int, metavar="PX", help="potsdam/vaihingen: tile size (default 512, as upstream)"
+    )
     p.add_argument("--stride", type=int, metavar="PX", help="potsdam/vaihingen: tile stride (default 256, as upstream)")
     p.add_argument("--patch-size", type=int, metavar="PX", help="isaid: patch size (default 896, as upstream)")
     p.add_argument("--overlap", type=int, metavar="PX", help="isaid: patch overlap (default 384, as upstream)")
@@ -53,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs[option] = value
     result = PREPARERS[args.dataset](args.src, args.dst, **kwargs)
     names = {"pascal-context": "pascal-context or pascal-context-59"}
-    sys.stdout.write(f"{args.dataset}: wrote {result['written']} file(s), {result['skipped']} already there; "
-                     f"use --dataset {names.get(args.dataset, args.dataset)} --data-root {args.dst}\n")
+    sys.stdout.write(
+        f"{args.dataset}: wrote {result['written']} file(s), {result['skipped']} already there; "
+        f"use --dataset {names.get(args.dataset, args.dataset)} --data-root {args.dst}\n"
+    )
     return 0

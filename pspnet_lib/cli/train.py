@@ -14,8 +14,20 @@ logger = logging.getLogger("pspnet_lib.cli.train")
 
 #: Kept in step with pspnet_lib.data.DATASETS (a test checks); written out so that building the
 #: parser does not import the data package.
-DATASET_CHOICES = ("voc", "ade20k", "cityscapes", "pascal-context", "pascal-context-59", "coco-stuff10k",
-                   "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid", "folder")
+DATASET_CHOICES = (
+    "voc",
+    "ade20k",
+    "cityscapes",
+    "pascal-context",
+    "pascal-context-59",
+    "coco-stuff10k",
+    "coco-stuff164k",
+    "loveda",
+    "potsdam",
+    "vaihingen",
+    "isaid",
+    "folder",
+)
 #: How many training samples ``pspnet train`` reads before starting (spread over the dataset).
 _PREFLIGHT_SAMPLES = 32
 
@@ -44,22 +56,44 @@ def _floats(text: str) -> list[float]:
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """Dataset flags shared by ``train`` and ``eval``."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASET_CHOICES,
-                       help="dataset layout (see docs/datasets.md); a recipe sets it")
+    group.add_argument(
+        "--dataset", choices=DATASET_CHOICES, help="dataset layout (see docs/datasets.md); a recipe sets it"
+    )
     group.add_argument("--data-root", metavar="DIR", help="the dataset's directory")
-    group.add_argument("--classes", metavar="FILE|A,B,..",
-                       help="folder datasets: class names (a file with one per line, or comma-separated); "
-                            "default DATA_ROOT/classes.txt")
-    group.add_argument("--val-fraction", type=float, metavar="F",
-                       help="folder datasets without split information: hold out this fraction as 'val'")
-    group.add_argument("--mask-suffix", metavar="SUFFIX",
-                       help="folder datasets: mask stem = image stem + SUFFIX (e.g. _mask pairs a.jpg with a_mask.png)")
-    group.add_argument("--label-map", type=_label_map, metavar="SRC:DST,..",
-                       help="folder datasets: remap stored mask values, e.g. 255:1 for binary masks saved as 0/255 "
-                            "(255 otherwise means 'ignore')")
-    group.add_argument("--ignore-colour", "--ignore-color", dest="ignore_colour", type=_colour, action="append",
-                       metavar="R,G,B", help="folder datasets with colour masks: a colour read as ignore (255), e.g. "
-                       "255,255,255; repeatable (VOC's void colour 224,224,192 is ignored with the VOC palette anyway)")
+    group.add_argument(
+        "--classes",
+        metavar="FILE|A,B,..",
+        help="folder datasets: class names (a file with one per line, or comma-separated); "
+        "default DATA_ROOT/classes.txt",
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="folder datasets without split information: hold out this fraction as 'val'",
+    )
+    group.add_argument(
+        "--mask-suffix",
+        metavar="SUFFIX",
+        help="folder datasets: mask stem = image stem + SUFFIX (e.g. _mask pairs a.jpg with a_mask.png)",
+    )
+    group.add_argument(
+        "--label-map",
+        type=_label_map,
+        metavar="SRC:DST,..",
+        help="folder datasets: remap stored mask values, e.g. 255:1 for binary masks saved as 0/255 "
+        "(255 otherwise means 'ignore')",
+    )
+    group.add_argument(
+        "--ignore-colour",
+        "--ignore-color",
+        dest="ignore_colour",
+        type=_colour,
+        action="append",
+        metavar="R,G,B",
+        help="folder datasets with colour masks: a colour read as ignore (255), e.g. "
+        "255,255,255; repeatable (VOC's void colour 224,224,192 is ignored with the VOC palette anyway)",
+    )
     group.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers per process")
 
 
@@ -81,7 +115,9 @@ def _label_map(text: str) -> dict[int, int]:
         try:
             source, target = (int(v) for v in item.split(":"))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected SRC:DST pairs of integers such as 255:1, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected SRC:DST pairs of integers such as 255:1, got {text!r}"
+            ) from None
         mapping[source] = target
     if not mapping:
         raise argparse.ArgumentTypeError(f"expected SRC:DST pairs of integers such as 255:1, got {text!r}")
@@ -100,7 +136,9 @@ def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     kwargs: dict[str, Any] = {}
     if args.classes:
-        kwargs["classes"] = args.classes if os.path.isfile(args.classes) else [c.strip() for c in args.classes.split(",")]
+        kwargs["classes"] = (
+            args.classes if os.path.isfile(args.classes) else [c.strip() for c in args.classes.split(",")]
+        )
     if args.val_fraction is not None:
         kwargs["val_fraction"] = args.val_fraction
     if args.mask_suffix:
@@ -118,8 +156,12 @@ def generic_classes(data_root: str, num_classes: int | None, kwargs: dict[str, A
     if "classes" in kwargs or not num_classes or os.path.isfile(os.path.join(data_root, "classes.txt")):
         return
     kwargs["classes"] = [f"class_{i}" for i in range(num_classes)]
-    logger.warning("no class names for %s (no --classes, no classes.txt): using class_0 .. class_%d; write "
-                   "classes.txt (one name per line) to name them", data_root, num_classes - 1)
+    logger.warning(
+        "no class names for %s (no --classes, no classes.txt): using class_0 .. class_%d; write "
+        "classes.txt (one name per line) to name them",
+        data_root,
+        num_classes - 1,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,22 +182,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--no-val", action="store_true", help="do not validate")
     g.add_argument("--crop-size", type=_ints, metavar="N|H,W", help="training crop (default 512)")
     g.add_argument("--scale-range", type=_floats, metavar="LO,HI", help="random scale range (default 0.5,2.0)")
-    g.add_argument("--base-size", type=_ints, metavar="LONG,SHORT",
-                   help="scale relative to a keep-ratio fit into these edges (mmseg); default: each image's size")
+    g.add_argument(
+        "--base-size",
+        type=_ints,
+        metavar="LONG,SHORT",
+        help="scale relative to a keep-ratio fit into these edges (mmseg); default: each image's size",
+    )
     g.add_argument("--rotation", type=float, metavar="DEG", help="max random rotation (default 10; 0 disables)")
     g.add_argument("--blur-p", type=float, metavar="P", help="Gaussian blur probability (default 0.5)")
     g = p.add_argument_group("model")
     g.add_argument("--num-classes", type=int, metavar="K", help="classes (default: the dataset's)")
     g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
     g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
-    g.add_argument("--weights", metavar="NAME|PATH",
-                   help="start from these weights: a zoo name, an ImageNet backbone (e.g. resnet50_v1c), a Hub id "
-                        "(via pspnet_lib.load_pretrained), a saved model directory or a training checkpoint; the "
-                        "classifiers are replaced when the number of classes differs")
-    g.add_argument("--backbone-weights", metavar="NAME|PATH",
-                   help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
-                        "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
-                        "the stem follows the weights")
+    g.add_argument(
+        "--weights",
+        metavar="NAME|PATH",
+        help="start from these weights: a zoo name, an ImageNet backbone (e.g. resnet50_v1c), a Hub id "
+        "(via pspnet_lib.load_pretrained), a saved model directory or a training checkpoint; the "
+        "classifiers are replaced when the number of classes differs",
+    )
+    g.add_argument(
+        "--backbone-weights",
+        metavar="NAME|PATH",
+        help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
+        "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
+        "the stem follows the weights",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, help="iterations (optimiser steps)")
     g.add_argument("--batch-size", type=int, help="images per process per step (before --grad-accum)")
@@ -169,8 +221,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--grad-accum", type=int, metavar="N", help="accumulate N batches per step")
     g.add_argument("--clip-grad-norm", type=float, metavar="X")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--amp", nargs="?", const="auto", choices=("auto", "none", "bf16", "fp16"),
-                   help="mixed precision; bare --amp = fp16 on CUDA, bf16 on the CPU")
+    g.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=("auto", "none", "bf16", "fp16"),
+        help="mixed precision; bare --amp = fp16 on CUDA, bf16 on the CPU",
+    )
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--grad-checkpointing", action="store_true", default=None)
     g.add_argument("--freeze-backbone", action="store_true", default=None)
@@ -178,14 +235,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>)")
-    g.add_argument("--resume", nargs="?", const=True, metavar="CKPT",
-                   help="continue the run in --out (or from this checkpoint)")
+    g.add_argument(
+        "--resume", nargs="?", const=True, metavar="CKPT", help="continue the run in --out (or from this checkpoint)"
+    )
     g.add_argument("--val-interval", type=int)
     g.add_argument("--ckpt-interval", type=int)
     g.add_argument("--keep-last", type=int)
     g.add_argument("--log-interval", type=int)
-    g.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (default 0): "
-                   "the same seed on the same machine reproduces a run")
+    g.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial weights, data order and augmentation (default 0): "
+        "the same seed on the same machine reproduces a run",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
     g = p.add_argument_group("validation protocol")
     g.add_argument("--eval-mode", choices=("whole", "slide"))
@@ -199,17 +261,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # Flag name -> TrainConfig field, for flags that map one to one.
 _TRAIN_FLAGS = {
-    "iters": "iters", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight_decay",
-    "head_lr_mult": "head_lr_mult", "warmup_iters": "warmup_iters", "min_lr": "min_lr", "aux_weight": "aux_weight",
-    "grad_accum": "grad_accum", "clip_grad_norm": "clip_grad_norm", "channels_last": "channels_last",
-    "grad_checkpointing": "grad_checkpointing", "freeze_backbone": "freeze_backbone", "freeze_bn": "freeze_bn",
-    "device": "device", "val_interval": "val_interval", "ckpt_interval": "ckpt_interval", "keep_last": "keep_last",
-    "log_interval": "log_interval", "seed": "seed", "num_workers": "num_workers", "eval_mode": "eval_mode",
-    "eval_crop": "eval_crop", "eval_stride": "eval_stride", "eval_resize": "eval_resize", "eval_scales": "eval_scales",
+    "iters": "iters",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "head_lr_mult": "head_lr_mult",
+    "warmup_iters": "warmup_iters",
+    "min_lr": "min_lr",
+    "aux_weight": "aux_weight",
+    "grad_accum": "grad_accum",
+    "clip_grad_norm": "clip_grad_norm",
+    "channels_last": "channels_last",
+    "grad_checkpointing": "grad_checkpointing",
+    "freeze_backbone": "freeze_backbone",
+    "freeze_bn": "freeze_bn",
+    "device": "device",
+    "val_interval": "val_interval",
+    "ckpt_interval": "ckpt_interval",
+    "keep_last": "keep_last",
+    "log_interval": "log_interval",
+    "seed": "seed",
+    "num_workers": "num_workers",
+    "eval_mode": "eval_mode",
+    "eval_crop": "eval_crop",
+    "eval_stride": "eval_stride",
+    "eval_resize": "eval_resize",
+    "eval_scales": "eval_scales",
     "eval_flip": "eval_flip",
 }
-_AUGMENT_FLAGS = {"crop_size": "crop_size", "scale_range": "scale_range", "base_size": "base_size",
-                  "rotation": "rotation", "blur_p": "blur_p"}
+_AUGMENT_FLAGS = {
+    "crop_size": "crop_size",
+    "scale_range": "scale_range",
+    "base_size": "base_size",
+    "rotation": "rotation",
+    "blur_p": "blur_p",
+}
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,14 +337,16 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["train"]["progress"] = False
     if not settings["dataset"]:
         raise ValueError(f"no dataset: pass --dataset {{{','.join(DATASET_CHOICES)}}} (or a --recipe that names one)")
-    settings["train"]["out_dir"] = args.out or settings["train"].get("out_dir") or os.path.join("runs", settings["dataset"])
+    settings["train"]["out_dir"] = (
+        args.out or settings["train"].get("out_dir") or os.path.join("runs", settings["dataset"])
+    )
     return settings
 
 
 def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes: int):
     """The network to train: from --weights, or built from the model settings (+ --backbone-weights)."""
-    from ..models import build_pspnet
     from ..hub.loading import load_pretrained
+    from ..models import build_pspnet
 
     if args.weights:
         return load_pretrained(args.weights, num_classes=num_classes)
@@ -265,14 +354,22 @@ def build_model(settings: dict[str, Any], args: argparse.Namespace, num_classes:
     backbone = options.pop("backbone", "resnet50")
     model = build_pspnet(backbone, num_classes, weights_backbone=args.backbone_weights, **options)
     if not args.backbone_weights and not args.resume:
-        logger.warning("training from scratch: no --weights or --backbone-weights given (the published recipes "
-                       "start from an ImageNet-pretrained backbone)")
+        logger.warning(
+            "training from scratch: no --weights or --backbone-weights given (the published recipes "
+            "start from an ImageNet-pretrained backbone)"
+        )
     return model
 
 
 #: What a run writes directly into its directory (besides ``checkpoints/``).
-RUN_FILES = ("train_config.json", "history.json", "metrics.json", "model/config.json", "model/model.safetensors",
-             "model/README.md")
+RUN_FILES = (
+    "train_config.json",
+    "history.json",
+    "metrics.json",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/README.md",
+)
 
 
 def check_run_dir(out_dir: str, args: argparse.Namespace) -> None:
@@ -282,8 +379,10 @@ def check_run_dir(out_dir: str, args: argparse.Namespace) -> None:
     out = Path(out_dir)
     advice = f"choose another --out, e.g. --out {sibling_folder(out, 'run')}"
     if args.data_root and os.path.realpath(out) == os.path.realpath(args.data_root):
-        raise OverwritesInputError(f"--out {out} is the dataset's directory --data-root {args.data_root}: the run's "
-                                   f"checkpoints and model would be mixed with the data; {advice}")
+        raise OverwritesInputError(
+            f"--out {out} is the dataset's directory --data-root {args.data_root}: the run's "
+            f"checkpoints and model would be mixed with the data; {advice}"
+        )
     inputs = [p for spec in (args.weights, args.backbone_weights) if spec for p in local_files(spec)]
     inputs += [Path(spec) for spec in (args.recipe, args.classes) if spec and os.path.isfile(spec)]
     check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=advice)
@@ -297,8 +396,10 @@ def run(args: argparse.Namespace) -> int:
             r = RECIPES[name]
             t = r["train"]
             note = r.get("_published", "")
-            sys.stdout.write(f"{name:28s} {r['dataset']:17s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
-                             f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n")
+            sys.stdout.write(
+                f"{name:28s} {r['dataset']:17s} {t['iters']:>7d} it  {r['gpus']}x{t['batch_size']} img  "
+                f"crop {r['augment']['crop_size'][0]}x{r['augment']['crop_size'][1]}  {note}\n"
+            )
         return 0
     if os.environ.get("RANK", "0") != "0":  # one process speaks for all
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
@@ -310,9 +411,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--data-root DIR is required (the dataset's directory)")
     check_run_dir(settings["train"]["out_dir"], args)
 
+    from ..core.constants import input_channels, input_stats
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
-    from ..core.constants import input_channels, input_stats
     from ..engine import TrainConfig, Trainer, set_seed
     from ..engine import distributed as D
 
@@ -327,8 +428,13 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dataset_kwargs(args)
     if name == "folder":
         generic_classes(args.data_root, settings["num_classes"], kwargs)
-    if (name == "folder" and args.no_val and not args.train_split and "val_fraction" not in kwargs
-            and not has_split(args.data_root, train_split)):
+    if (
+        name == "folder"
+        and args.no_val
+        and not args.train_split
+        and "val_fraction" not in kwargs
+        and not has_split(args.data_root, train_split)
+    ):
         train_split = None  # a flat folder without validation: train on every pair
     # Classes first (the model's classifier width), from the dataset without transforms.
     probe = build_dataset(name, args.data_root, train_split, None, **kwargs)
@@ -338,14 +444,17 @@ def run(args: argparse.Namespace) -> int:
     probe.verify(max_images=_PREFLIGHT_SAMPLES, warn_absent=name == "folder")
     num_classes = settings["num_classes"] or probe.num_classes
     if settings["num_classes"] and settings["num_classes"] != probe.num_classes:
-        raise ValueError(f"--num-classes {settings['num_classes']} but the {name} dataset at {args.data_root} has "
-                         f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)")
+        raise ValueError(
+            f"--num-classes {settings['num_classes']} but the {name} dataset at {args.data_root} has "
+            f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)"
+        )
     model = build_model(settings, args, num_classes)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean, std = input_stats(cfg, input_channels(model))
     aug = dict(settings["augment"])
-    train_set = build_dataset(name, args.data_root, train_split,
-                              train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs)
+    train_set = build_dataset(
+        name, args.data_root, train_split, train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs
+    )
     val_set = None
     if not args.no_val:
         val_set = build_dataset(name, args.data_root, val_split, eval_transforms(normalize=False), **kwargs)
@@ -354,10 +463,17 @@ def run(args: argparse.Namespace) -> int:
         published = settings["gpus"] * settings["train"].get("batch_size", 0)
         ours = world * config.batch_size * config.grad_accum
         if published and ours != published:
-            logger.warning("the recipe was published with %d images per step (%d GPUs x %d); this run uses %d "
-                           "(%d processes x %d x grad-accum %d): adjust --grad-accum or the process count to match",
-                           published, settings["gpus"], settings["train"]["batch_size"], ours, world,
-                           config.batch_size, config.grad_accum)
+            logger.warning(
+                "the recipe was published with %d images per step (%d GPUs x %d); this run uses %d "
+                "(%d processes x %d x grad-accum %d): adjust --grad-accum or the process count to match",
+                published,
+                settings["gpus"],
+                settings["train"]["batch_size"],
+                ours,
+                world,
+                config.batch_size,
+                config.grad_accum,
+            )
     trainer = Trainer(model, train_set, val_set, config, resume=args.resume or False)
     try:
         summary = trainer.fit()
@@ -366,8 +482,12 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_main:
         if summary["metrics"]:
             m = summary["metrics"]
-            sys.stdout.write(f"final: mIoU {100 * m['mIoU']:.2f}  mAcc {100 * m['mAcc']:.2f}  aAcc {100 * m['aAcc']:.2f}"
-                             f"  (best mIoU {100 * summary['best_miou']:.2f})\n")
-        sys.stdout.write(f"run directory: {config.out_dir} (checkpoints/, history.json"
-                         f"{', metrics.json' if summary['metrics'] else ''}); model: {summary['model_dir']}\n")
+            sys.stdout.write(
+                f"final: mIoU {100 * m['mIoU']:.2f}  mAcc {100 * m['mAcc']:.2f}  aAcc {100 * m['aAcc']:.2f}"
+                f"  (best mIoU {100 * summary['best_miou']:.2f})\n"
+            )
+        sys.stdout.write(
+            f"run directory: {config.out_dir} (checkpoints/, history.json"
+            f"{', metrics.json' if summary['metrics'] else ''}); model: {summary['model_dir']}\n"
+        )
     return 0

@@ -101,7 +101,9 @@ def run_list(args: argparse.Namespace) -> int:
     ]
     sys.stdout.write(_table(table, ["name", "dataset", "classes", "mIoU", "ms+flip", "cached"]))
     if any(r["cache_problem"] for r in rows):
-        sys.stdout.write("damaged: the cached files fail verification; the next load or `pspnet download` rebuilds them\n")
+        sys.stdout.write(
+            "damaged: the cached files fail verification; the next load or `pspnet download` rebuilds them\n"
+        )
     return 0
 
 
@@ -179,7 +181,9 @@ def run_download(args: argparse.Namespace) -> int:
         resolve_source(w.name, cache_dir=cache)  # verifies a cached entry; rebuilds a damaged one
         problem = verify_cached(w, cache)
         if problem is not None:  # e.g. a read-only cache: converted, but nothing could be kept
-            sys.stderr.write(f"error: {w.name} could not be cached in {cache} ({problem}); pass a writable --cache-dir\n")
+            sys.stderr.write(
+                f"error: {w.name} could not be cached in {cache} ({problem}); pass a writable --cache-dir\n"
+            )
             status = 1
             continue
         sys.stdout.write(f"{w.name}: {cached_paths(w, cache)[0]} (verified)\n")

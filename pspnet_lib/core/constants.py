@@ -25,7 +25,9 @@ def input_channels(model: object) -> int:
     return int(getattr(getattr(model, "config", None), "in_channels", 3) or 3)
 
 
-def input_stats(pretrained_cfg: object, in_channels: int = 3, *, what: str = "the model") -> tuple[list[float], list[float]]:
+def input_stats(
+    pretrained_cfg: object, in_channels: int = 3, *, what: str = "the model"
+) -> tuple[list[float], list[float]]:
     """``(mean, std)`` on the 0..1 scale, one value per input channel.
 
     Taken from ``pretrained_cfg["mean"]``/``["std"]`` (a single stored value serves every

@@ -7,7 +7,7 @@ preprocessing need of it (the resize rule and the mode names) lives here, below 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["MODES", "rescale_size"]
 

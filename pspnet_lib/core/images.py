@@ -242,7 +242,9 @@ def _channels_first(x: torch.Tensor, what: str, channels_last: bool, channels: i
                 "channels-first (C, H, W): use x.permute(2, 0, 1)"
             )
     else:
-        raise ValueError(f"cannot use a {x.ndim}-D {what} of shape {tuple(x.shape)} as an image; expected {ACCEPTED_INPUTS}")
+        raise ValueError(
+            f"cannot use a {x.ndim}-D {what} of shape {tuple(x.shape)} as an image; expected {ACCEPTED_INPUTS}"
+        )
     found = x.shape[0]
     if found != channels:
         if channels == 3 and found == 1:
@@ -287,7 +289,9 @@ def to_image_tensor(image: Any, channels: int = 3, *, what: str | None = None) -
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
         kind = what or "NumPy image"
-        if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        if image.dtype == np.bool_ or not (
+            np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+        ):
             raise TypeError(f"unsupported {kind} dtype {image.dtype}; expected uint8 (0..255) or float in [0, 1]")
         if np.issubdtype(image.dtype, np.integer) and image.dtype != np.uint8:
             raise TypeError(

@@ -7,7 +7,7 @@ scenes and the pictures of predictions all colour masks the same way.
 from __future__ import annotations
 
 import colorsys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ def colorize(mask: np.ndarray | torch.Tensor, palette: Palette | None = None) ->
     """
     mask = as_mask_array(mask)
     if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"mask values must lie in [0, 255] to be stored as a paletted image, got [{mask.min()}, {mask.max()}]")
+        raise ValueError(
+            f"mask values must lie in [0, 255] to be stored as a paletted image, got [{mask.min()}, {mask.max()}]"
+        )
     n = int(mask.max()) + 1 if mask.size else 1
     palette = list(palette) if palette is not None else default_palette(n)
     flat = [0] * (256 * 3)

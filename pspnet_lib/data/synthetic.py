@@ -14,8 +14,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,9 @@ def _rotated(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float)
     return c * dx + s * dy, -s * dx + c * dy
 
 
-def make_scene(rng: np.random.Generator, size: Sequence[int] = (96, 96), border_ignore: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(
+    rng: np.random.Generator, size: Sequence[int] = (96, 96), border_ignore: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One random scene: ``(image (H, W, 3) uint8, mask (H, W) uint8)`` with :data:`SYNTHETIC_CLASSES` labels.
 
     Args:
@@ -81,10 +84,15 @@ def make_scene(rng: np.random.Generator, size: Sequence[int] = (96, 96), border_
     image = top * (1 - t) + bottom * t
     ground_colour = _hsv(rng.uniform(0.02, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8))
     blotches = sum(
-        np.sin(2 * math.pi * (rng.uniform(1, 4) * xx / width * math.cos(a) + rng.uniform(1, 4) * yy / height * math.sin(a)) + rng.uniform(0, 6.3))
+        np.sin(
+            2 * math.pi * (rng.uniform(1, 4) * xx / width * math.cos(a) + rng.uniform(1, 4) * yy / height * math.sin(a))
+            + rng.uniform(0, 6.3)
+        )
         for a in rng.uniform(0, math.pi, size=3)
     )
-    ground = ground_colour * (1.0 + 0.08 * blotches)[..., None] + rng.normal(0, 10, (height, width, 1)).astype(np.float32)
+    ground = ground_colour * (1.0 + 0.08 * blotches)[..., None] + rng.normal(0, 10, (height, width, 1)).astype(
+        np.float32
+    )
     image = np.where(sky[..., None], image, ground)
 
     # Every object class once plus maybe one extra, painted in random order (later ones occlude).
@@ -112,7 +120,9 @@ def make_scene(rng: np.random.Generator, size: Sequence[int] = (96, 96), border_
             signs = [
                 (xx - px[i]) * (py[(i + 1) % 3] - py[i]) - (yy - py[i]) * (px[(i + 1) % 3] - px[i]) for i in range(3)
             ]
-            inside = ((signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)) | ((signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0))
+            inside = ((signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)) | (
+                (signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0)
+            )
             paint = colour * (1.0 + 0.2 * (v / radius).clip(-1, 1))[..., None]
         else:  # STRIPES: an elliptic blob of two-colour stripes (texture defines the class)
             aspect = rng.uniform(0.6, 1.0)
@@ -128,7 +138,9 @@ def make_scene(rng: np.random.Generator, size: Sequence[int] = (96, 96), border_
         edge[:-1] |= mask[:-1] != mask[1:]
         edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
         objects = mask >= DISC
-        mask = np.where(edge & (objects | np.roll(objects, -1, 0) | np.roll(objects, -1, 1)), IGNORE_INDEX, mask).astype(np.uint8)
+        mask = np.where(
+            edge & (objects | np.roll(objects, -1, 0) | np.roll(objects, -1, 1)), IGNORE_INDEX, mask
+        ).astype(np.uint8)
 
     image = image * rng.uniform(0.8, 1.2) + rng.normal(0, 6, image.shape).astype(np.float32)
     return image.clip(0, 255).astype(np.uint8), mask
@@ -238,7 +250,9 @@ def write_synthetic_dataset(
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would make the dataset private
     try:
         (staging / "classes.txt").write_text("\n".join(scenes.classes) + "\n", encoding="utf-8")
-        (staging / "palette.txt").write_text("\n".join(" ".join(map(str, c)) for c in scenes.palette) + "\n", encoding="utf-8")
+        (staging / "palette.txt").write_text(
+            "\n".join(" ".join(map(str, c)) for c in scenes.palette) + "\n", encoding="utf-8"
+        )
         index = 0
         for split, count in counts.items():
             image_dir, mask_dir = staging / "images" / split, staging / "masks" / split

@@ -10,7 +10,8 @@ with the types the datasets return (uint8 ``Image`` (3, H, W), int64 ``Mask`` (H
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -19,8 +20,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..core.geometry import rescale_size
 from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..core.geometry import rescale_size
 
 __all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms"]
 

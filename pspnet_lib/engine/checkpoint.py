@@ -16,8 +16,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,9 +80,7 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
     Stale temporary files of killed runs are removed too.
     """
     directory = Path(directory)
-    numbered = sorted(
-        (int(m.group(1)), p) for p in directory.glob("iter_*.pt") if (m := _NUMBERED.match(p.name))
-    )
+    numbered = sorted((int(m.group(1)), p) for p in directory.glob("iter_*.pt") if (m := _NUMBERED.match(p.name)))
     removed = []
     if keep_last > 0:
         for _, path in numbered[:-keep_last]:
@@ -178,7 +177,9 @@ def load_resume_checkpoint(
         if failures:
             logger.warning(
                 "cannot resume from %s (%s); resuming from %s instead (iteration %s), the newest readable checkpoint",
-                ", ".join(str(p) for p, _ in failures), "; ".join(reason for _, reason in failures), path,
+                ", ".join(str(p) for p, _ in failures),
+                "; ".join(reason for _, reason in failures),
+                path,
                 state.get("iteration"),
             )
         return path, state
@@ -275,13 +276,17 @@ def explain_write_failure(
         cause = "no space left on the device" if no_space else f"the write failed ({first_line})"
         space = f"{_size(free)} free" if free is not None else "free space unknown"
         if last_checkpoint is not None:
-            kept = (f"the last complete checkpoint is {last_checkpoint[0]} (iteration {last_checkpoint[1]}), "
-                    f"and nothing half-written was kept: {'free some space' if no_space else 'fix the cause'} "
-                    "(or keep fewer files with --keep-last) and continue with --resume")
+            kept = (
+                f"the last complete checkpoint is {last_checkpoint[0]} (iteration {last_checkpoint[1]}), "
+                f"and nothing half-written was kept: {'free some space' if no_space else 'fix the cause'} "
+                "(or keep fewer files with --keep-last) and continue with --resume"
+            )
         else:
-            kept = (f"no checkpoint had been written yet and nothing half-written was kept: "
-                    f"{'free some space' if no_space else 'fix the cause'} and run the same command again "
-                    "(the same --seed starts from the same initialisation)")
+            kept = (
+                f"no checkpoint had been written yet and nothing half-written was kept: "
+                f"{'free some space' if no_space else 'fix the cause'} and run the same command again "
+                "(the same --seed starts from the same initialisation)"
+            )
         error = CheckpointWriteError(
             f"cannot write the {what} {path}: {cause} ({space} in {path.parent}, about {_size(needed)} needed: "
             f"{needed_source}); {kept}"
@@ -315,7 +320,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+        (
+            "MT19937",
+            np_state["keys"].cpu().numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
     )
     python = state["python"]
     random.setstate((python[-1], tuple(python[:-1]), state["python_gauss"]))

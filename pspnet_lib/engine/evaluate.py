@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -118,7 +119,9 @@ def evaluate(
                 if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
                     mask = mask[:, 0]
                 with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    scores = infer(model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+                    scores = infer(
+                        model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip
+                    )
                 if scores.shape[1] != num_classes:
                     raise ValueError(
                         f"the model returned {scores.shape[1]} class scores but {num_classes} classes are being scored; "
@@ -132,5 +135,11 @@ def evaluate(
     classes = getattr(dataset, "classes", None)
     if classes is not None:
         metrics["classes"] = list(classes)
-    logger.info("evaluated %d images: mIoU %.2f, mAcc %.2f, aAcc %.2f", len(dataset), 100 * metrics["mIoU"], 100 * metrics["mAcc"], 100 * metrics["aAcc"])
+    logger.info(
+        "evaluated %d images: mIoU %.2f, mAcc %.2f, aAcc %.2f",
+        len(dataset),
+        100 * metrics["mIoU"],
+        100 * metrics["mAcc"],
+        100 * metrics["aAcc"],
+    )
     return metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -122,7 +122,9 @@ class PSPNetLoss(nn.Module):
         count = (target != self.ignore_index).sum().clamp(min=1)
         return total / count
 
-    def components(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def components(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The total loss and its terms: ``{"loss", "main"}`` plus ``"aux"`` when it is used."""
         if isinstance(outputs, torch.Tensor):
             main, aux = outputs, None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -140,6 +141,8 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None =
         "mAcc": clean(metrics["mAcc"]),
         "aAcc": clean(metrics["aAcc"]),
         "pixels": metrics["pixels"],
-        "per_class": {name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])},
+        "per_class": {
+            name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])
+        },
     }
     return json.dumps(payload, indent=2)

@@ -121,9 +121,7 @@ def build_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     if not lr > 0:
         raise ValueError(f"the learning rate must be positive, got {lr}")
-    groups = param_groups(
-        model, lr, weight_decay, head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias
-    )
+    groups = param_groups(model, lr, weight_decay, head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias)
     if name == "sgd":
         cls, kwargs = torch.optim.SGD, {"momentum": momentum, "weight_decay": weight_decay}
     else:

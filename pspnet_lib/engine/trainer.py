@@ -21,9 +21,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,7 +198,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping, rejecting unknown keys (keys starting with ``_`` are comments)."""
         values = {k: v for k, v in values.items() if not k.startswith("_")}
         valid = {f.name for f in dataclasses.fields(cls)}
@@ -206,7 +207,7 @@ class TrainConfig:
             raise ValueError(f"unknown training option(s) {unknown}; valid options are: {', '.join(sorted(valid))}")
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -225,8 +226,22 @@ def set_seed(seed: int) -> None:
 
 # Settings whose change between a checkpoint and its resumption alters the training trajectory.
 _TRAJECTORY_FIELDS = (
-    "iters", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "head_lr_mult", "poly_power",
-    "min_lr", "warmup_iters", "aux_weight", "grad_accum", "amp", "seed", "freeze_backbone", "freeze_bn",
+    "iters",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "head_lr_mult",
+    "poly_power",
+    "min_lr",
+    "warmup_iters",
+    "aux_weight",
+    "grad_accum",
+    "amp",
+    "seed",
+    "freeze_backbone",
+    "freeze_bn",
 )
 
 
@@ -363,8 +378,10 @@ class Trainer:
             if self.device.type == "cuda":
                 model = D.convert_sync_batchnorm(model)
             else:
-                self._log("SyncBatchNorm needs GPUs; on the CPU each process keeps its own BatchNorm statistics "
-                          "(averaged over processes before validation and checkpoints)")
+                self._log(
+                    "SyncBatchNorm needs GPUs; on the CPU each process keeps its own BatchNorm statistics "
+                    "(averaged over processes before validation and checkpoints)"
+                )
         self._check_batch_statistics(model)
         self._fill_pretrained_cfg(model)
         model = model.to(self.device)
@@ -403,8 +420,12 @@ class Trainer:
         cfg["ignore_index"] = self.config.ignore_index
         c = self.config
         cfg["inference"] = {
-            "mode": c.eval_mode, "resize": c.eval_resize, "crop": c.eval_crop, "stride": c.eval_stride,
-            "scales": c.eval_scales, "flip": c.eval_flip,
+            "mode": c.eval_mode,
+            "resize": c.eval_resize,
+            "crop": c.eval_crop,
+            "stride": c.eval_stride,
+            "scales": c.eval_scales,
+            "flip": c.eval_flip,
         }
         if hasattr(model, "pretrained_cfg"):
             model.pretrained_cfg = cfg
@@ -412,7 +433,12 @@ class Trainer:
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         c = self.config
         return build_poly_scheduler(
-            self.optimizer, c.iters, c.poly_power, warmup_iters=c.warmup_iters, warmup_ratio=c.warmup_ratio, min_lr=c.min_lr
+            self.optimizer,
+            c.iters,
+            c.poly_power,
+            warmup_iters=c.warmup_iters,
+            warmup_ratio=c.warmup_ratio,
+            min_lr=c.min_lr,
         )
 
     def _apply_train_mode(self) -> None:
@@ -471,7 +497,9 @@ class Trainer:
             "rng": rng_states if rng_states is not None else [get_rng_state()],
             "world_size": self.dist.world_size,
             "config": self.config.to_dict(),
-            "model_config": self.model.config.to_dict() if hasattr(getattr(self.model, "config", None), "to_dict") else None,
+            "model_config": self.model.config.to_dict()
+            if hasattr(getattr(self.model, "config", None), "to_dict")
+            else None,
             "pretrained_cfg": getattr(self.model, "pretrained_cfg", {}),
             "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
             "history": self.history,
@@ -486,7 +514,12 @@ class Trainer:
         c = self.config
         for lam in self.scheduler.lr_lambdas:
             if isinstance(lam, PolyLambda):
-                lam.total_iters, lam.power, lam.warmup_iters, lam.warmup_ratio = c.iters, c.poly_power, c.warmup_iters, c.warmup_ratio
+                lam.total_iters, lam.power, lam.warmup_iters, lam.warmup_ratio = (
+                    c.iters,
+                    c.poly_power,
+                    c.warmup_iters,
+                    c.warmup_ratio,
+                )
         for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * lam(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
@@ -499,9 +532,13 @@ class Trainer:
         if len(rng) == self.dist.world_size:
             set_rng_state(rng[self.dist.rank])
         else:
-            self._log("the checkpoint was written by %d processes and %d resume it: dropout and other RNG streams "
-                      "are re-seeded (the data order still continues exactly)", len(rng), self.dist.world_size,
-                      level=logging.WARNING)
+            self._log(
+                "the checkpoint was written by %d processes and %d resume it: dropout and other RNG streams "
+                "are re-seeded (the data order still continues exactly)",
+                len(rng),
+                self.dist.world_size,
+                level=logging.WARNING,
+            )
             set_seed(mix_seed(self.config.seed, self.dist.rank, self.iteration))
 
     def _restore_or_seed(self) -> None:
@@ -522,8 +559,12 @@ class Trainer:
                 # An explicit latest.pt falls back like the default; another file is taken as given.
                 candidates = [chosen] + (resume_candidates(chosen.parent)[1:] if chosen.name == "latest.pt" else [])
             elif candidates:
-                decision = (None, "exists", f"{self.out_dir} already holds checkpoints of a run; resume it "
-                                            "(resume=True / --resume) or choose another out_dir")
+                decision = (
+                    None,
+                    "exists",
+                    f"{self.out_dir} already holds checkpoints of a run; resume it "
+                    "(resume=True / --resume) or choose another out_dir",
+                )
                 candidates = []
             else:
                 candidates = []
@@ -546,11 +587,17 @@ class Trainer:
         if state is None:  # the other processes read the file rank 0 chose
             state = load_checkpoint(path, map_location=self.device)
         saved = state.get("config") or {}
-        changed = [f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}" for k in _TRAJECTORY_FIELDS
-                   if k in saved and saved[k] != getattr(self.config, k)]
+        changed = [
+            f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}"
+            for k in _TRAJECTORY_FIELDS
+            if k in saved and saved[k] != getattr(self.config, k)
+        ]
         if changed:
-            self._log("resuming with changed settings (the run will differ from an uninterrupted one): %s",
-                      "; ".join(changed), level=logging.WARNING)
+            self._log(
+                "resuming with changed settings (the run will differ from an uninterrupted one): %s",
+                "; ".join(changed),
+                level=logging.WARNING,
+            )
         self.load_state_dict(state)
         self._last_checkpoint = (path, self.iteration)
         self._log("resumed from %s at iteration %d", path, self.iteration)
@@ -602,9 +649,14 @@ class Trainer:
     def _non_finite_message(self, terms: Mapping[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         latest = self.ckpt_dir / "latest.pt"
-        kept = (f"the last good checkpoint {latest} (iteration {self._saved_at}) is intact; resume from it with "
-                "resume=True / --resume after changing the settings") if self._saved_at >= 0 or latest.is_file() \
+        kept = (
+            (
+                f"the last good checkpoint {latest} (iteration {self._saved_at}) is intact; resume from it with "
+                "resume=True / --resume after changing the settings"
+            )
+            if self._saved_at >= 0 or latest.is_file()
             else "no checkpoint had been written yet"
+        )
         return (
             f"training stopped: the loss became non-finite at iteration {self.iteration + 1} ({values}); {kept}. "
             "Usual causes: a learning rate too high for the batch size (lower --lr or add warm-up), fp16 overflow "
@@ -634,10 +686,20 @@ class Trainer:
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp)
         try:
             metrics = evaluate(
-                self.model, self.val_dataset, num_classes=self.model.config.num_classes if hasattr(self.model, "config") else None,
-                mode=c.eval_mode, resize=c.eval_resize, crop=c.eval_crop, stride=c.eval_stride, scales=c.eval_scales,
-                flip=c.eval_flip, ignore_index=c.ignore_index, device=self.device, amp_dtype=amp_dtype,
-                num_workers=min(c.num_workers, 2), progress=c.progress,
+                self.model,
+                self.val_dataset,
+                num_classes=self.model.config.num_classes if hasattr(self.model, "config") else None,
+                mode=c.eval_mode,
+                resize=c.eval_resize,
+                crop=c.eval_crop,
+                stride=c.eval_stride,
+                scales=c.eval_scales,
+                flip=c.eval_flip,
+                ignore_index=c.ignore_index,
+                device=self.device,
+                amp_dtype=amp_dtype,
+                num_workers=min(c.num_workers, 2),
+                progress=c.progress,
             )
         finally:
             set_rng_state(rng)
@@ -645,8 +707,13 @@ class Trainer:
         self._validated_at = self.iteration
         entry = {"iter": self.iteration, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"]}
         self.history.append({"type": "val", **entry})
-        self._log("iter %d validation: mIoU %.2f  mAcc %.2f  aAcc %.2f", self.iteration,
-                  100 * metrics["mIoU"], 100 * metrics["mAcc"], 100 * metrics["aAcc"])
+        self._log(
+            "iter %d validation: mIoU %.2f  mAcc %.2f  aAcc %.2f",
+            self.iteration,
+            100 * metrics["mIoU"],
+            100 * metrics["mAcc"],
+            100 * metrics["aAcc"],
+        )
         return metrics
 
     def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
@@ -703,19 +770,30 @@ class Trainer:
         if self.is_main:
             ensure_dir(self.out_dir)
             settings = (c.to_json() + "\n").encode()
-            with self._explain_write_failure(self.out_dir / "train_config.json", nbytes=len(settings), what="run settings"):
+            with self._explain_write_failure(
+                self.out_dir / "train_config.json", nbytes=len(settings), what="run settings"
+            ):
                 atomic_write_bytes(self.out_dir / "train_config.json", settings)
         end = c.iters if stop_at is None else max(self.iteration, min(int(stop_at), c.iters))
         images_per_iteration = c.batch_size * c.grad_accum * self.dist.world_size
         self._log(
             "training %s for %d iterations (from %d) on %s x%d: %d images/iteration, lr %g, %s, amp %s -> %s",
-            type(self.model).__name__, c.iters, self.iteration, self.device, self.dist.world_size,
-            images_per_iteration, c.lr, c.optimizer, c.amp, self.out_dir,
+            type(self.model).__name__,
+            c.iters,
+            self.iteration,
+            self.device,
+            self.dist.world_size,
+            images_per_iteration,
+            c.lr,
+            c.optimizer,
+            c.amp,
+            self.out_dir,
         )
         batches = self._batches(self.iteration)
         meter = _Meter()
-        with progress_bar(total=c.iters, initial=self.iteration, desc="train",
-                          progress=c.progress if self.is_main else False) as bar:
+        with progress_bar(
+            total=c.iters, initial=self.iteration, desc="train", progress=c.progress if self.is_main else False
+        ) as bar:
             try:
                 while self.iteration < end:
                     self._apply_train_mode()
@@ -724,8 +802,12 @@ class Trainer:
                     self.iteration += 1
                     meter.add(terms, images_per_iteration)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{meter.images_per_second():.1f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        loss=f"{terms['loss']:.4f}",
+                        lr=f"{lr:.2e}",
+                        img_s=f"{meter.images_per_second():.1f}",
+                        refresh=False,
+                    )
                     if self.iteration % c.log_interval == 0 or self.iteration == end:
                         self._log_window(meter, lr)
                         meter.reset()
@@ -767,8 +849,16 @@ class Trainer:
         self.history.append(entry)
         parts = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
         remaining = (self.config.iters - self.iteration) * meter.images / max(meter.steps, 1) / max(speed, 1e-9)
-        self._log("iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s  eta %s", self.iteration, self.config.iters,
-                  means.get("loss", math.nan), parts, lr, speed, time.strftime("%H:%M:%S", time.gmtime(remaining)))
+        self._log(
+            "iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s  eta %s",
+            self.iteration,
+            self.config.iters,
+            means.get("loss", math.nan),
+            parts,
+            lr,
+            speed,
+            time.strftime("%H:%M:%S", time.gmtime(remaining)),
+        )
 
     def _finish(self) -> str | None:
         """Final metrics file and model export (rank 0)."""
@@ -781,12 +871,15 @@ class Trainer:
             report = (json.dumps(payload, indent=2) + "\n").encode()
             with self._explain_write_failure(self.out_dir / "metrics.json", nbytes=len(report), what="metrics"):
                 atomic_write_bytes(self.out_dir / "metrics.json", report)
-            logger.info("validation at iteration %d:\n%s", self._validated_at, format_metrics_table(self.last_metrics, classes))
+            logger.info(
+                "validation at iteration %d:\n%s", self._validated_at, format_metrics_table(self.last_metrics, classes)
+            )
         if not self.config.export:
             return None
         directory = self.out_dir / "model"
-        with self._explain_write_failure(directory / "model.safetensors", nbytes=state_nbytes(self.model.state_dict()),
-                                         what="final model"):
+        with self._explain_write_failure(
+            directory / "model.safetensors", nbytes=state_nbytes(self.model.state_dict()), what="final model"
+        ):
             self.model.save_pretrained(directory)  # config.json + model.safetensors + model card, written atomically
         logger.info("final model written to %s", directory)
         return str(directory)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -143,7 +144,9 @@ def _tensors(mapping: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
-def select_ema(checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def select_ema(
+    checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """The EMA weights of a checkpoint when it holds them, else ``state`` (both without wrapper prefixes).
 
     Recognised, in this order: a separate EMA state dict under one of :data:`EMA_KEYS`; copies
@@ -160,7 +163,9 @@ def select_ema(checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor],
     state = strip_wrappers(state)
     copies = {k: v for k, v in state.items() if k.startswith("ema.")}
     if copies and len(copies) * 2 >= len(state):
-        ema = strip_wrappers({k[len("ema.") :]: v for k, v in copies.items() if k[len("ema.") :] not in _AVERAGING_COUNTERS})
+        ema = strip_wrappers(
+            {k[len("ema.") :]: v for k, v in copies.items() if k[len("ema.") :] not in _AVERAGING_COUNTERS}
+        )
         logger.info("%s holds 'ema.' copies of the weights: loading those (the averaged model)", source)
         return ema
     flat = {k: v for k, v in state.items() if k.startswith("ema_")}
@@ -275,9 +280,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
         cfg["num_classes"] = int(sd["decode_head.classifier.weight"].shape[0])
         # a key missing here is reported by the strict load, not as a KeyError
         cfg["head_channels"] = int(sd["decode_head.classifier.weight"].shape[1])
-        branches = sorted(
-            {int(m.group(1)) for k in sd if (m := re.match(r"^decode_head\.ppm\.branches\.(\d+)\.", k))}
-        )
+        branches = sorted({int(m.group(1)) for k in sd if (m := re.match(r"^decode_head\.ppm\.branches\.(\d+)\.", k))})
         if branches:  # the grid sizes themselves leave no trace in the weights: bins stay (1, 2, 3, 6)
             cfg["ppm_channels"] = int(sd[f"decode_head.ppm.branches.{branches[0]}.conv.weight"].shape[0])
         cfg["aux"] = "aux_head.classifier.weight" in sd

@@ -31,8 +31,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -257,8 +258,15 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
                 expected = int(announced) if announced and announced.strip().isdigit() else None
                 content_type = response.headers.get("Content-Type", "")
                 # on terminals only, unless asked (pspnet_lib._progress: logs and CI get no bar)
-                with progress_bar(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                                  leave=False, progress=progress) as bar:
+                with progress_bar(
+                    total=expected,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    leave=False,
+                    progress=progress,
+                ) as bar:
                     first = b""
                     while chunk := response.read(_CHUNK):
                         if len(first) < 512:
@@ -454,12 +462,19 @@ def _check_record(record: Any, js: Path) -> None:
             f"{js} was written by an older pspnet_lib (cache format {record.get('cache_format')!r}, this version "
             f"writes {_CACHE_FORMAT_VERSION} with checksums)"
         )
-    for key, kind in (("safetensors_sha256", str), ("config_sha256", str), ("safetensors_size", int),
-                      ("config", dict), ("pretrained_cfg", dict)):
+    for key, kind in (
+        ("safetensors_sha256", str),
+        ("config_sha256", str),
+        ("safetensors_size", int),
+        ("config", dict),
+        ("pretrained_cfg", dict),
+    ):
         if not isinstance(record.get(key), kind):
             raise CheckpointError(f"{js} lacks a valid {key!r}")
     if _config_digest(record["config"], record["pretrained_cfg"]) != record["config_sha256"]:
-        raise CheckpointError(f"{js} was modified: its config/pretrained_cfg do not match the sha256 recorded with them")
+        raise CheckpointError(
+            f"{js} was modified: its config/pretrained_cfg do not match the sha256 recorded with them"
+        )
 
 
 def verify_cached(weights: Weights, cache_dir: str | os.PathLike | None = None) -> str | None:
@@ -510,7 +525,10 @@ def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.T
         tensors, metadata = {}, _safetensors_metadata(st)
     after = os.stat(st)
     if (after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns) != (
-        before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns
+        before.st_ino,
+        before.st_dev,
+        before.st_size,
+        before.st_mtime_ns,
     ):
         raise CheckpointError(f"{st} changed while it was being verified")
     for key in ("config", "pretrained_cfg"):
@@ -585,7 +603,11 @@ def save_cached(
     st, js = cached_paths(weights, cache_dir)
     config = json.loads(_dumps(config))  # exactly what the json will hold, so that the digests agree
     pretrained_cfg = json.loads(_dumps(pretrained_cfg))
-    metadata = {"format": "pt", "pspnet_lib.config": _dumps(config), "pspnet_lib.pretrained_cfg": _dumps(pretrained_cfg)}
+    metadata = {
+        "format": "pt",
+        "pspnet_lib.config": _dumps(config),
+        "pspnet_lib.pretrained_cfg": _dumps(pretrained_cfg),
+    }
     write_safetensors(state_dict, st, metadata)
     record = {
         "cache_format": _CACHE_FORMAT_VERSION,
@@ -624,6 +646,8 @@ def lock_for(weights: Weights, cache_dir: Path) -> Iterator[None]:
             if removed:
                 logger.info("removed leftovers of interrupted conversions: %s", ", ".join(str(p) for p in removed))
         yield
+
+
 def tidy_entry(weights: Weights, cache_dir: Path) -> list[Path]:
     """Remove what interrupted downloads and conversions of ``weights`` left, unless a process is at work.
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..models.pspnet import PSPNet, PSPNetConfig, build_pspnet
 from ..models.variants import VARIANTS, Variant, get_variant
@@ -65,8 +66,10 @@ def resolve_weights_arg(weights: Any, pretrained: Any, variant: Variant | None) 
         else:
             return pretrained
     if weights is True or weights is False:
-        raise TypeError("weights= takes None, 'DEFAULT', a zoo name or a Weights entry, not a bool; "
-                        "use pretrained=True/False for the boolean form")
+        raise TypeError(
+            "weights= takes None, 'DEFAULT', a zoo name or a Weights entry, not a bool; "
+            "use pretrained=True/False for the boolean form"
+        )
     if isinstance(weights, str) and weights == "DEFAULT":
         if variant is None:
             raise ValueError("weights='DEFAULT' needs a named model: use pspnet_lib.get_model(name, weights='DEFAULT')")
@@ -100,7 +103,9 @@ def build_variant(
             name = None
         if name is not None:
             entry = get_weights(name)
-            if entry.task != "semantic-segmentation" or not _matches(variant, PSPNetConfig.from_dict(entry.config).to_dict()):
+            if entry.task != "semantic-segmentation" or not _matches(
+                variant, PSPNetConfig.from_dict(entry.config).to_dict()
+            ):
                 raise ValueError(
                     f"{name!r} is not a {variant.name} checkpoint ({variant.description}); "
                     f"pick one of list_pretrained('pspnet_{code}_*'), or use pspnet_lib.load_pretrained({name!r})"
@@ -109,7 +114,9 @@ def build_variant(
     kwargs.pop("progress", None)  # nothing to download
     if kwargs.get("weights_backbone") is True:
         if variant.default_backbone_weights is None:
-            raise ValueError(f"{variant.name} has no downloadable ImageNet backbone; pass weights_backbone='path/to/file'")
+            raise ValueError(
+                f"{variant.name} has no downloadable ImageNet backbone; pass weights_backbone='path/to/file'"
+            )
         kwargs["weights_backbone"] = variant.default_backbone_weights
     options = {**variant.architecture, **kwargs}
     backbone = options.pop("backbone")
@@ -146,7 +153,9 @@ def build_with_weights(
                 f"{', '.join(f'{k}={full[k]!r}' for k in wrong)} was asked for; drop those arguments or pick "
                 f"weights from list_pretrained() that fit"
             )
-    return load_pretrained(source, num_classes=num_classes, **options, **{k: v for k, v in overrides.items() if k not in _ARCH_KEYS})
+    return load_pretrained(
+        source, num_classes=num_classes, **options, **{k: v for k, v in overrides.items() if k not in _ARCH_KEYS}
+    )
 
 
 # Kept for code written against 0.1.
@@ -154,8 +163,13 @@ build_family = build_variant
 
 
 def _make_builder(variant: Variant) -> Callable[..., PSPNet]:
-    def builder(pretrained: bool | str | os.PathLike = False, num_classes: int | None = None, *, weights: Any = None,
-                **kwargs: Any) -> PSPNet:
+    def builder(
+        pretrained: bool | str | os.PathLike = False,
+        num_classes: int | None = None,
+        *,
+        weights: Any = None,
+        **kwargs: Any,
+    ) -> PSPNet:
         return build_variant(variant.code, pretrained, num_classes, weights=weights, **kwargs)
 
     builder.__name__ = builder.__qualname__ = variant.name

@@ -58,7 +58,12 @@ def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
     # Reproducible bytes: the same weights give the same file (and checksum) every time.
     atomic_save_safetensors(module.state_dict(), save_directory / WEIGHTS_NAME, metadata)
     write_json(
-        {"config": config, "pretrained_cfg": pretrained_cfg, "library": "pspnet_lib", "pspnet_lib_version": __version__},
+        {
+            "config": config,
+            "pretrained_cfg": pretrained_cfg,
+            "library": "pspnet_lib",
+            "pspnet_lib_version": __version__,
+        },
         save_directory / CONFIG_NAME,
     )
 
@@ -66,7 +71,8 @@ def save_model_files(model: Any, save_directory: str | os.PathLike) -> None:
 def _offline_hint(repo_id: str, cache_dir: Any, disabled: bool = True) -> str:
     where = cache_dir or hf_constants.HF_HUB_CACHE
     state = (
-        "downloads are disabled (local_files_only=True or HF_HUB_OFFLINE=1)" if disabled
+        "downloads are disabled (local_files_only=True or HF_HUB_OFFLINE=1)"
+        if disabled
         else "the Hub could not be reached"
     )
     return (
@@ -124,7 +130,9 @@ def hf_file(
         raise OSError(f"downloading {filename} of hf-hub:{repo_id} failed: {exc}") from None
 
 
-def resolve_hf(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, progress: bool | None = None):
+def resolve_hf(
+    repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, progress: bool | None = None
+):
     """``hf-hub:`` source -> :class:`~pspnet_lib.hub.loading.Resolved`."""
     from .loading import read_pretrained_folder
 
@@ -187,13 +195,21 @@ def from_pretrained_files(
         if os.path.isdir(model_id):
             config_path, description = Path(model_id) / CONFIG_NAME, model_id
         else:
-            config_path = hf_file(model_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
-                                  local_files_only=local_files_only, token=token)
+            config_path = hf_file(
+                model_id,
+                CONFIG_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            )
             description = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
         resolved = read_pretrained_folder(config_path, weights_path, description)
         model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides={}, extra_cfg=None)
         if cls is not type(model):
-            raise TypeError(f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained")
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained"
+            )
         return model.to(map_location).eval()
     from ..models.pspnet import PSPNetConfig
     from .serialization import CheckpointError

@@ -9,9 +9,10 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,7 +48,16 @@ CLASSIFIER_KEYS = (
     "aux_head.classifier.bias",
 )
 #: pretrained_cfg entries that describe the original classes; dropped when num_classes changes.
-_CLASS_SPECIFIC = ("classes", "palette", "metrics", "dataset", "dataset_title", "reduce_zero_label", "label_convention", "num_classes")
+_CLASS_SPECIFIC = (
+    "classes",
+    "palette",
+    "metrics",
+    "dataset",
+    "dataset_title",
+    "reduce_zero_label",
+    "label_convention",
+    "num_classes",
+)
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(PSPNetConfig)}
 
@@ -210,14 +220,20 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     own = model.state_dict()
     if not _has_head(state_dict):
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
-    problems = [f"{k}: file {list(v.shape)} vs expected {list(own[k].shape)}" for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems = [
+        f"{k}: file {list(v.shape)} vs expected {list(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
     problems += [f"unexpected {k}" for k in state_dict if k not in own]
     problems += [f"missing {k}" for k in own if k not in state_dict and not _is_counter(k)]
     if problems:
         raise CheckpointError(f"{what} does not match its registered architecture: {'; '.join(problems[:5])}")
 
 
-def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool | None, trust_pickle: bool) -> Resolved:
+def _resolve_zoo(
+    weights: Weights, cache_dir: Path, *, local_files_only: bool, progress: bool | None, trust_pickle: bool
+) -> Resolved:
     backbone_only = weights.task == "backbone"
 
     problems: list[str] = []
@@ -258,7 +274,9 @@ def _resolve_zoo(weights: Weights, cache_dir: Path, *, local_files_only: bool, p
         pretrained_cfg = weights.pretrained_cfg()
         try:
             save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path))
-            logger.info("converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir)
+            logger.info(
+                "converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir
+            )
         except OSError as exc:  # e.g. a read-only shared cache: use the conversion without keeping it
             logger.warning("converted %s but could not cache it in %s: %s", weights.name, cache_dir, exc)
         return Resolved(state_dict, config, pretrained_cfg, weights.name, backbone_only)
@@ -293,13 +311,25 @@ def _recognise_zoo_file(path: Path, state_dict: Mapping[str, torch.Tensor], desc
     try:
         _check_fits(state_dict, config, f"{path} ({weights.name})")
     except CheckpointError as exc:
-        logger.warning("%s has the %s of the zoo entry %s but not its architecture (%s); reading it as a plain checkpoint",
-                       path, how, weights.name, exc)
+        logger.warning(
+            "%s has the %s of the zoo entry %s but not its architecture (%s); reading it as a plain checkpoint",
+            path,
+            how,
+            weights.name,
+            exc,
+        )
         return None
     pretrained_cfg = weights.pretrained_cfg()
     origin = f"zoo entry {weights.name} (by {how})"
-    logger.info("recognised %s by its %s as the zoo entry %s: align_corners=%s, inference %s, %d classes",
-                description, how, weights.name, config["align_corners"], pretrained_cfg.get("inference"), config["num_classes"])
+    logger.info(
+        "recognised %s by its %s as the zoo entry %s: align_corners=%s, inference %s, %d classes",
+        description,
+        how,
+        weights.name,
+        config["align_corners"],
+        pretrained_cfg.get("inference"),
+        config["num_classes"],
+    )
     sources = {key: origin for key in (*config, *pretrained_cfg)}
     return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=False, sources=sources)
 
@@ -336,22 +366,32 @@ def _from_state_dict(
             for key, value in fields.items():
                 if key in config and key not in defaults and config[key] != value:
                     # shapes are facts; a config that disagrees describes another model
-                    logger.warning("%s: its meta config says %s=%r but the weights hold %r; using the weights",
-                                   description, key, value, config[key])
+                    logger.warning(
+                        "%s: its meta config says %s=%r but the weights hold %r; using the weights",
+                        description,
+                        key,
+                        value,
+                        config[key],
+                    )
                     continue
                 config[key] = value
                 sources[key] = "checkpoint meta config"
             for key, value in extra.items():
                 pretrained_cfg[key] = value
                 sources[key] = "checkpoint meta config"
-            logger.info("read the settings of %s from its meta config: %s", description,
-                        ", ".join(f"{k}={v!r}" for k, v in {**fields, **extra}.items()) or "none")
+            logger.info(
+                "read the settings of %s from its meta config: %s",
+                description,
+                ", ".join(f"{k}={v!r}" for k, v in {**fields, **extra}.items()) or "none",
+            )
         found = _classes_from_mmseg_meta(meta)
         if found.get("classes") and len(found["classes"]) == config.get("num_classes"):
             pretrained_cfg.update(found)
             sources.update({key: "checkpoint meta CLASSES/PALETTE" for key in found})
     logger.info("read %s as a %r checkpoint", description, fmt)
-    return Resolved(state_dict, config, pretrained_cfg, description, backbone_only=not _has_head(state_dict), sources=sources)
+    return Resolved(
+        state_dict, config, pretrained_cfg, description, backbone_only=not _has_head(state_dict), sources=sources
+    )
 
 
 _CONFIG_JSON_KEYS = {"config", "pretrained_cfg", "library", "pspnet_lib_version"}
@@ -408,8 +448,10 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         config_path, weights_path = path / "config.json", path / "model.safetensors"
         for part in (config_path, weights_path):
             if part.exists() and not part.is_file():
-                raise CheckpointError(f"{part} is a folder or special file, not a file; a save_pretrained folder holds "
-                                      "config.json and model.safetensors as files")
+                raise CheckpointError(
+                    f"{part} is a folder or special file, not a file; a save_pretrained folder holds "
+                    "config.json and model.safetensors as files"
+                )
         if not (config_path.is_file() and weights_path.is_file()):
             present = sorted(p.name for p in path.iterdir())[:10]
             hint = ""
@@ -434,10 +476,14 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         if "pspnet_lib.config" in metadata and fmt in (None, "pspnet_lib"):
-            warn_unknown([k for k in metadata if k.startswith("pspnet_lib.")], _METADATA_KEYS, str(path), "safetensors metadata")
+            warn_unknown(
+                [k for k in metadata if k.startswith("pspnet_lib.")], _METADATA_KEYS, str(path), "safetensors metadata"
+            )
             config, pretrained_cfg = _checked_record(
                 _json_entry(metadata, "pspnet_lib.config", path),
-                _json_entry(metadata, "pspnet_lib.pretrained_cfg", path) if "pspnet_lib.pretrained_cfg" in metadata else None,
+                _json_entry(metadata, "pspnet_lib.pretrained_cfg", path)
+                if "pspnet_lib.pretrained_cfg" in metadata
+                else None,
                 f"{path} (safetensors metadata)",
             )
             return Resolved(tensors, config, pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
@@ -479,10 +525,13 @@ def verify_resolved(resolved: Resolved) -> None:
         check_tensors(resolved.state_dict, resolved.description)
         in_channels = resolved.config.get("in_channels") if isinstance(resolved.config, Mapping) else None
         resolved.pretrained_cfg = validate_pretrained_cfg(
-            resolved.pretrained_cfg, resolved.description, in_channels=in_channels if isinstance(in_channels, int) else None
+            resolved.pretrained_cfg,
+            resolved.description,
+            in_channels=in_channels if isinstance(in_channels, int) else None,
         )
         PSPNetConfig.from_dict(
-            {"num_classes": 1, **{k: v for k, v in resolved.config.items() if k in _CONFIG_FIELDS}}, source=resolved.description
+            {"num_classes": 1, **{k: v for k, v in resolved.config.items() if k in _CONFIG_FIELDS}},
+            source=resolved.description,
         )
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
@@ -538,15 +587,22 @@ def resolve_source(
     if source.startswith("hf-hub:"):
         match = _HF_RE.match(source)
         if not match:
-            raise ValueError(f"malformed Hub source {source!r}; expected 'hf-hub:org/repo' or 'hf-hub:org/repo@revision'")
+            raise ValueError(
+                f"malformed Hub source {source!r}; expected 'hf-hub:org/repo' or 'hf-hub:org/repo@revision'"
+            )
         if match["rev"] and revision and match["rev"] != revision:
             raise ValueError(f"{source!r} names revision {match['rev']!r} but revision={revision!r} was passed too")
         if format not in (None, "pspnet_lib"):
             raise ValueError("format= applies to checkpoint files, not to Hub repositories (always pspnet_lib)")
         from .hf import resolve_hf
 
-        return resolve_hf(match["repo"], revision=match["rev"] or revision, cache_dir=cache_dir,
-                          local_files_only=local_files_only, progress=progress)
+        return resolve_hf(
+            match["repo"],
+            revision=match["rev"] or revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            progress=progress,
+        )
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", source):
         url_cache = None if cache_dir is None else Path(cache_dir)
         path = fetch_url(source, url_cache, local_files_only=local_files_only, progress=progress)
@@ -565,12 +621,18 @@ def resolve_source(
             if _looks_like_path(source):
                 parent = next((p for p in path.absolute().parents if p.exists()), None)
                 missing = f"there is no file or folder {path.absolute()}" + (
-                    f" ({parent} exists, {path.absolute().relative_to(parent)} does not)" if parent and parent != Path("/") else ""
+                    f" ({parent} exists, {path.absolute().relative_to(parent)} does not)"
+                    if parent and parent != Path("/")
+                    else ""
                 )
-                repo_like = re.fullmatch(r"[\w\-][\w.\-]*/[\w.\-]+", source) and path.suffix.lower() not in _WEIGHT_SUFFIXES
+                repo_like = (
+                    re.fullmatch(r"[\w\-][\w.\-]*/[\w.\-]+", source) and path.suffix.lower() not in _WEIGHT_SUFFIXES
+                )
                 hub = f"; for a Hugging Face repository write 'hf-hub:{source}'" if repo_like else ""
-                raise ValueError(f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an "
-                                 f"'hf-hub:' id; {missing}{hub}")
+                raise ValueError(
+                    f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an "
+                    f"'hf-hub:' id; {missing}{hub}"
+                )
             raise ValueError(
                 f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
                 f"{unknown_name}"
@@ -663,7 +725,9 @@ def load_pretrained(
     for key in ("num_classes", "aux"):
         if key in overrides:  # pragma: no cover - they are named parameters
             raise ValueError(f"pass {key} as the named argument")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if device is not None:
         _check_device(device)  # before loading (and perhaps downloading) the weights
@@ -679,7 +743,9 @@ def load_pretrained(
     verify_resolved(resolved)
     if pretrained_cfg is not None:
         pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, "the pretrained_cfg argument")
-    model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg)
+    model = _build_and_load(
+        resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg
+    )
     return model.to(device) if device is not None else model
 
 
@@ -742,10 +808,19 @@ def _build_and_load(
         reinit, discard = plan(probe)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "copying from a non-meta parameter": nothing is copied
-            load_weights(probe, resolved.state_dict, strict=True, reinitialise=reinit, discard=discard, source=resolved.description)
+            load_weights(
+                probe,
+                resolved.state_dict,
+                strict=True,
+                reinitialise=reinit,
+                discard=discard,
+                source=resolved.description,
+            )
     model = PSPNet(arch, norm_layer=norm_layer)
     reinit, discard = plan(model)
-    report = load_weights(model, resolved.state_dict, strict=strict, reinitialise=reinit, discard=discard, source=resolved.description)
+    report = load_weights(
+        model, resolved.state_dict, strict=strict, reinitialise=reinit, discard=discard, source=resolved.description
+    )
 
     if resolved.backbone_only or (checkpoint_classes is not None and model.config.num_classes != checkpoint_classes):
         origin = {k: pretrained_cfg.pop(k) for k in ("name", "url", "sha256") if k in pretrained_cfg}
@@ -755,15 +830,31 @@ def _build_and_load(
     if extra_cfg:
         pretrained_cfg.update(extra_cfg)
     model.pretrained_cfg = pretrained_cfg
-    report.settings = _settings_sources(resolved, model.config.to_dict(), pretrained_cfg, overrides, num_classes, aux, extra_cfg)
+    report.settings = _settings_sources(
+        resolved, model.config.to_dict(), pretrained_cfg, overrides, num_classes, aux, extra_cfg
+    )
     model.load_report = report
     logger.info("loaded %s: %s", resolved.description, report)
-    logger.info("settings of %s: %s", resolved.description, _describe_settings(model.config.to_dict(), pretrained_cfg, report.settings))
+    logger.info(
+        "settings of %s: %s",
+        resolved.description,
+        _describe_settings(model.config.to_dict(), pretrained_cfg, report.settings),
+    )
     return model.eval()
 
 
 #: the settings the load log line names (the rest are in model.load_report.settings)
-_LOGGED_SETTINGS = ("backbone", "num_classes", "output_stride", "dilations", "align_corners", "inference", "classes", "mean", "std")
+_LOGGED_SETTINGS = (
+    "backbone",
+    "num_classes",
+    "output_stride",
+    "dilations",
+    "align_corners",
+    "inference",
+    "classes",
+    "mean",
+    "std",
+)
 
 
 def _settings_sources(

@@ -29,7 +29,8 @@ from __future__ import annotations
 import ast
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["parse_config_text", "settings_from_config", "read_checkpoint_config", "MAX_CONFIG_CHARS", "MAX_NODES"]
 
@@ -148,7 +149,11 @@ def _pair(value: Any) -> list[int] | None:
         return None
     if isinstance(value, int):
         return [value, value]
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         return [int(v) for v in value]
     return None
 
@@ -164,7 +169,11 @@ def _find_resize(pipeline: Any) -> tuple[list[int] | None, bool | None]:
         kind = step.get("type")
         if kind == "MultiScaleFlipAug":
             found = step.get("img_scale", step.get("scale"))
-            scale = _pair(found) if _pair(found) else (_pair(found[0]) if isinstance(found, list) and len(found) == 1 else None)
+            scale = (
+                _pair(found)
+                if _pair(found)
+                else (_pair(found[0]) if isinstance(found, list) and len(found) == 1 else None)
+            )
             inner_scale, inner_keep = _find_resize(step.get("transforms"))
             scale = scale or inner_scale
             keep_ratio = inner_keep if inner_keep is not None else keep_ratio
@@ -208,15 +217,25 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         if isinstance(backbone.get("contract_dilation"), bool):
             config["contract_dilation"] = backbone["contract_dilation"]
         strides, dilations = backbone.get("strides"), backbone.get("dilations")
-        if isinstance(strides, (list, tuple)) and len(strides) == 4 and all(isinstance(s, int) and s > 0 for s in strides):
+        if (
+            isinstance(strides, (list, tuple))
+            and len(strides) == 4
+            and all(isinstance(s, int) and s > 0 for s in strides)
+        ):
             # the stem and the max-pool reduce by 4, each stage by its stride; the strides of an
             # output stride are fixed (resnet_stage_plan), so others cannot be built here
             output_stride = 4 * math.prod(strides[1:])
             if _STAGE_STRIDES.get(output_stride) == tuple(strides):
                 config["output_stride"] = output_stride
             else:
-                logger.warning("the config's backbone strides %s are not those of output stride 8, 16 or 32; ignored", strides)
-        if isinstance(dilations, (list, tuple)) and len(dilations) == 4 and all(isinstance(d, int) and d > 0 for d in dilations):
+                logger.warning(
+                    "the config's backbone strides %s are not those of output stride 8, 16 or 32; ignored", strides
+                )
+        if (
+            isinstance(dilations, (list, tuple))
+            and len(dilations) == 4
+            and all(isinstance(d, int) and d > 0 for d in dilations)
+        ):
             dilations = tuple(int(d) for d in dilations)
             # only a departure from the output stride's usual dilations is a setting (D32: strided and dilated)
             if dilations != _STAGE_DILATIONS.get(config.get("output_stride", 8)):
@@ -240,7 +259,9 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         # mmseg's keep-ratio resize fits the image into (long, short) = sorted img_scale
         inference["resize"] = sorted(scale, reverse=True)
     elif scale is not None:
-        logger.info("the config's test resize to exactly %s (keep_ratio=False) is not reproduced; using no resize", scale)
+        logger.info(
+            "the config's test resize to exactly %s (keep_ratio=False) is not reproduced; using no resize", scale
+        )
     if inference:
         extra["inference"] = inference
     norm = cfg.get("img_norm_cfg")
@@ -255,8 +276,10 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
 
 
 def _numbers(values: Any) -> bool:
-    return isinstance(values, (list, tuple)) and bool(values) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    return (
+        isinstance(values, (list, tuple))
+        and bool(values)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     )
 
 

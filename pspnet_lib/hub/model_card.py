@@ -92,7 +92,9 @@ def _protocol_text(cfg: dict[str, Any]) -> str:
     text = first + body + "; logits are resized back to the original image size."
     tta = cfg.get("tta")
     if tta:
-        text += f" Multi-scale + flip test: scales {tta.get('scales')} of that size, each also mirrored, softmax averaged."
+        text += (
+            f" Multi-scale + flip test: scales {tta.get('scales')} of that size, each also mirrored, softmax averaged."
+        )
     return text
 
 
@@ -105,7 +107,9 @@ def _metrics_text(cfg: dict[str, Any]) -> str:
     if ms is not None:
         rows.append(f"| mIoU (multi-scale + flip) | {ms:.2f} |")
     source = metrics.get("source")
-    tail = f"\n\nNumbers reported upstream on the {metrics.get('split', 'val')} split" + (f" ({source})." if source else ".")
+    tail = f"\n\nNumbers reported upstream on the {metrics.get('split', 'val')} split" + (
+        f" ({source})." if source else "."
+    )
     return "\n".join(rows) + tail
 
 
@@ -153,10 +157,19 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
             source_name="mmsegmentation model zoo" if "mmsegmentation" in str(metrics.get("source", "")) else None,
             source_url=metrics.get("source"),
         )
-        eval_results.append(EvalResult(metric_type="mean_iou", metric_name="mIoU (single scale)", metric_value=metrics["mIoU"], **common))
+        eval_results.append(
+            EvalResult(
+                metric_type="mean_iou", metric_name="mIoU (single scale)", metric_value=metrics["mIoU"], **common
+            )
+        )
         if metrics.get("mIoU_ms_flip") is not None:
             eval_results.append(
-                EvalResult(metric_type="mean_iou", metric_name="mIoU (multi-scale + flip)", metric_value=metrics["mIoU_ms_flip"], **common)
+                EvalResult(
+                    metric_type="mean_iou",
+                    metric_name="mIoU (multi-scale + flip)",
+                    metric_value=metrics["mIoU_ms_flip"],
+                    **common,
+                )
             )
     info = model._hub_mixin_info
     card_data = ModelCardData(**info.model_card_data.to_dict())
@@ -173,9 +186,10 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
         source_lines.append(f"Original checkpoint: {cfg['url']} (sha256 {cfg.get('sha256', '?')}...).")
     if cfg.get("upstream_config"):
         source_lines.append(f"Upstream config: {cfg['upstream_config']}.")
-    source_lines.append(f"License: {cfg.get('license', 'not specified')}." + (
-        " The training data has its own terms of use." if dataset else ""
-    ))
+    source_lines.append(
+        f"License: {cfg.get('license', 'not specified')}."
+        + (" The training data has its own terms of use." if dataset else "")
+    )
     return ModelCard.from_template(
         card_data=card_data,
         template_str=_TEMPLATE,
@@ -187,7 +201,9 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
         mean=[round(v, 4) for v in cfg.get("mean", [])] or "(ImageNet)",
         std=[round(v, 4) for v in cfg.get("std", [])] or "(ImageNet)",
         resize_text=(
-            f"The published numbers resize each image to fit {max(resize)} x {min(resize)} first (see below)." if resize else ""
+            f"The published numbers resize each image to fit {max(resize)} x {min(resize)} first (see below)."
+            if resize
+            else ""
         ),
         protocol_text=_protocol_text(cfg),
         metrics_text=_metrics_text(cfg),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchvision.transforms.v2 as v2
@@ -59,5 +60,8 @@ def build_transforms(
     steps: list[v2.Transform] = [v2.ToImage()]
     if resize is not None:
         steps.append(KeepRatioResize(resize, antialias=antialias))
-    steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(list(mean), list(std))]
+    steps += [
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ]
     return v2.Compose(steps)

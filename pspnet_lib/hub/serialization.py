@@ -32,8 +32,9 @@ import pickletools
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +66,7 @@ _NDARRAY_NAME = "numpy.ndarray"
 _DTYPE_NAME = "numpy.dtype"
 
 #: The dtypes a numpy value in metadata may have: booleans and fixed-size numbers.
-_PLAIN_DTYPES = frozenset(
-    ["b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"]
-)
+_PLAIN_DTYPES = frozenset(["b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"])
 #: A pickle record this large is not metadata; refusing it bounds the memory of the globals scan.
 _MAX_PICKLE_BYTES = 1 << 30
 #: torch's legacy (non-zip) layout: magic number, protocol, sys info, the object, storage keys.
@@ -130,7 +129,7 @@ class _DTypeRecord:
 
     __slots__ = ("args", "state")
 
-    def __new__(cls, *args: Any) -> "_DTypeRecord":
+    def __new__(cls, *args: Any) -> _DTypeRecord:
         self = object.__new__(cls)
         self.args = args
         self.state = None
@@ -205,7 +204,7 @@ class _ArrayRecord:
 
     __slots__ = ("args", "state")
 
-    def __new__(cls, *args: Any) -> "_ArrayRecord":
+    def __new__(cls, *args: Any) -> _ArrayRecord:
         self = object.__new__(cls)
         self.args = args
         self.state = None
@@ -383,7 +382,9 @@ def pickle_globals(path: str | os.PathLike) -> set[str]:
                 raise ValueError("a zip archive without data.pkl")
             for info in records:
                 if info.file_size > _MAX_PICKLE_BYTES:
-                    raise ValueError(f"its pickle record {info.filename} is {info.file_size} bytes, far beyond any checkpoint's")
+                    raise ValueError(
+                        f"its pickle record {info.filename} is {info.file_size} bytes, far beyond any checkpoint's"
+                    )
                 with archive.open(info) as stream:
                     _scan(stream, found)
         return found
@@ -424,8 +425,10 @@ def _unreadable_message(path: Path, exc: BaseException | str) -> str:
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         what = "It is an HTML/XML page (an error or login page saved under this name), not a checkpoint: fetch the file itself."
     else:
-        what = ("It is not a PyTorch checkpoint, or it is truncated or corrupt (a partial download or copy: fetch it "
-                "again).")
+        what = (
+            "It is not a PyTorch checkpoint, or it is truncated or corrupt (a partial download or copy: fetch it "
+            "again)."
+        )
     return f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {reason}. {what}"
 
 
@@ -538,7 +541,9 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
     return tensors, dict(meta)
 
 
-def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``tensors`` to ``path`` via a temporary file and an atomic rename.
 
     The header is written with sorted keys, so equal tensors and metadata give equal bytes (and

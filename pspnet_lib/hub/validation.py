@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -70,7 +71,11 @@ def _size(value: Any, key: str, source: str, *, pair_only: bool = False) -> Any:
 def _scales(value: Any, key: str, source: str) -> Any:
     if value is None:
         return None
-    if not (isinstance(value, (list, tuple)) and 1 <= len(value) <= 16 and all(_is_number(s) and 0 < s <= MAX_SCALE for s in value)):
+    if not (
+        isinstance(value, (list, tuple))
+        and 1 <= len(value) <= 16
+        and all(_is_number(s) and 0 < s <= MAX_SCALE for s in value)
+    ):
         raise _fail(source, key, f"a list of 1 to 16 numbers in (0, {MAX_SCALE:g}]", value)
     return value
 
@@ -114,7 +119,11 @@ def validate_pretrained_cfg(cfg: Any, source: str, *, in_channels: int | None = 
         value = cfg.get(key)
         if value is None:
             continue
-        if not (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_IN_CHANNELS and all(_is_number(v) for v in value)):
+        if not (
+            isinstance(value, (list, tuple))
+            and 1 <= len(value) <= MAX_IN_CHANNELS
+            and all(_is_number(v) for v in value)
+        ):
             raise _fail(source, key, "a list of finite numbers (one per input channel, on the 0..1 scale)", value)
         if in_channels is not None and len(value) not in (1, in_channels):
             raise _fail(source, key, f"{in_channels} numbers (one per input channel)", value)
@@ -122,17 +131,24 @@ def validate_pretrained_cfg(cfg: Any, source: str, *, in_channels: int | None = 
     if "std" in stats and not all(v > 0 for v in stats["std"]):
         raise _fail(source, "std", "positive numbers (the input is divided by them)", stats["std"])
     if len(stats) == 2 and len(stats["mean"]) != len(stats["std"]):
-        raise ValueError(f"{source}: pretrained_cfg mean and std must have the same length, got {len(stats['mean'])} and {len(stats['std'])}")
+        raise ValueError(
+            f"{source}: pretrained_cfg mean and std must have the same length, got {len(stats['mean'])} and {len(stats['std'])}"
+        )
     classes = cfg.get("classes")
     if classes is not None and not (
-        isinstance(classes, (list, tuple)) and len(classes) <= MAX_NUM_CLASSES and all(isinstance(c, str) for c in classes)
+        isinstance(classes, (list, tuple))
+        and len(classes) <= MAX_NUM_CLASSES
+        and all(isinstance(c, str) for c in classes)
     ):
         raise _fail(source, "classes", "a list of class names (strings)", classes)
     palette = cfg.get("palette")
     if palette is not None and not (
         isinstance(palette, (list, tuple))
         and len(palette) <= MAX_NUM_CLASSES
-        and all(isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette)
+        and all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)
+            for c in palette
+        )
     ):
         raise _fail(source, "palette", "a list of [r, g, b] colours with integers in 0..255", palette)
     if cfg.get("ignore_index") is not None and not _is_int(cfg["ignore_index"]):

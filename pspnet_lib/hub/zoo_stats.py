@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import pprint
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode

@@ -23,15 +23,16 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .._files import atomic_output
 from ..core.constants import input_channels, input_stats
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
-from .._files import atomic_output
 
 __all__ = [
     "make_exportable",
@@ -242,8 +243,7 @@ def _require_onnx() -> Any:
         import onnx
     except ImportError as exc:
         raise ImportError(
-            "ONNX export needs the 'onnx' package (and 'onnxruntime' to run the result): "
-            "pip install 'pspnet-lib[onnx]'"
+            "ONNX export needs the 'onnx' package (and 'onnxruntime' to run the result): pip install 'pspnet-lib[onnx]'"
         ) from exc
     return onnx
 
@@ -287,8 +287,14 @@ def export_onnx(
     dims = _dims(model, dynamic, height, width)
     has_onnxscript = importlib.util.find_spec("onnxscript") is not None
     if exporter == "dynamo" and not has_onnxscript:
-        raise ImportError("the dynamo ONNX exporter needs 'onnxscript': pip install onnxscript (or use exporter='torchscript')")
-    order = ["dynamo", "torchscript"] if exporter == "auto" and has_onnxscript else [exporter if exporter != "auto" else "torchscript"]
+        raise ImportError(
+            "the dynamo ONNX exporter needs 'onnxscript': pip install onnxscript (or use exporter='torchscript')"
+        )
+    order = (
+        ["dynamo", "torchscript"]
+        if exporter == "auto" and has_onnxscript
+        else [exporter if exporter != "auto" else "torchscript"]
+    )
     out_axes = {0: "batch", 1: "height", 2: "width"} if output == "labels" else {0: "batch", 2: "height", 3: "width"}
 
     with atomic_output(path) as tmp, exportable_pooling(model):
@@ -318,14 +324,18 @@ def export_onnx(
                             dynamo=False,
                             input_names=["images"],
                             output_names=[output],
-                            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, output: out_axes} if dynamic else None,
+                            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, output: out_axes}
+                            if dynamic
+                            else None,
                             opset_version=opset or 17,
                         )
                 break
             except Exception as exc:  # noqa: BLE001 - an exporter bug must not hide the other exporter
                 if attempt + 1 == len(order):
                     raise RuntimeError(f"ONNX export with the {name} exporter failed: {exc}") from exc
-                logger.warning("the %s ONNX exporter failed (%s); trying the %s exporter", name, exc, order[attempt + 1])
+                logger.warning(
+                    "the %s ONNX exporter failed (%s); trying the %s exporter", name, exc, order[attempt + 1]
+                )
         logger.info("exported ONNX with the %s exporter", name)
         proto = onnx.load(str(tmp))
         meta = {
@@ -379,7 +389,9 @@ def check_onnx(
             expected = wrapper(x.to(device)).cpu()
         got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch's {tuple(expected.shape)} at {height}x{width}")
+            raise RuntimeError(
+                f"ONNX output shape {tuple(got.shape)} differs from PyTorch's {tuple(expected.shape)} at {height}x{width}"
+            )
         if output == "labels":
             error = float((got != expected).float().mean())
         else:

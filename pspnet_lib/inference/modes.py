@@ -18,7 +18,7 @@ Every function takes a normalised float batch ``(N, C, H, W)`` and returns ``(N,
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

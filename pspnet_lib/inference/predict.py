@@ -16,8 +16,9 @@ import contextlib
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,9 @@ def resolve_protocol(
     elif size is False:
         resize = None
     elif isinstance(size, bool):
-        raise ValueError("size=True is meaningless; pass None (the weights' default), False (no resize), an int or (long, short)")
+        raise ValueError(
+            "size=True is meaningless; pass None (the weights' default), False (no resize), an int or (long, short)"
+        )
     elif isinstance(size, int):
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
@@ -255,7 +258,9 @@ def predict(
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     probs: list[torch.Tensor | None] = [None] * len(tensors)
     autocast = (
-        torch.autocast(device_type=run_device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        torch.autocast(device_type=run_device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
     )
     was_training = model.training
     model.eval()

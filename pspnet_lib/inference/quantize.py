@@ -24,8 +24,9 @@ import logging
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -127,7 +128,9 @@ def calibration_images(
         try:
             image = to_rgb_tensor(load_image(item) if isinstance(item, (str, os.PathLike)) else item)
         except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
-            logger.warning("calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc)
+            logger.warning(
+                "calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc
+            )
             continue
         if image.dtype != torch.uint8:  # float [0, 1] -> the uint8 the transforms expect
             image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -181,8 +184,10 @@ def _fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> lis
     n, _, h, w = (list(shape) + [None] * 4)[:4]
     images = [img.unsqueeze(0) for b in batches for img in b]
     if h is not None and w is not None:
-        images = [img if img.shape[-2:] == (h, w) else F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
-                  for img in images]
+        images = [
+            img if img.shape[-2:] == (h, w) else F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+            for img in images
+        ]
     elif n is None:
         return batches
     n = n or 1
@@ -230,7 +235,9 @@ def quantize_onnx(
     q = _require_quantization()
     onnx = _require_onnx()
     if calibrate_method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {calibrate_method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
+        raise ValueError(
+            f"unknown calibration method {calibrate_method!r}; expected one of {', '.join(CALIBRATION_METHODS)}"
+        )
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     batches = _fit_static(_as_batches(calibration), _static_input_shape(fp32_path))
     if input_uint8 is not None:
@@ -248,8 +255,11 @@ def quantize_onnx(
         def rewind(self) -> None:
             self._it = iter(batches)
 
-    method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-              "percentile": q.CalibrationMethod.Percentile}[calibrate_method]
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[calibrate_method]
     with tempfile.TemporaryDirectory(prefix="pspnet_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX shape inference + graph optimisation first (quantize_static needs value shapes, and
@@ -333,10 +343,21 @@ def export_onnx_int8(
     input_uint8 = (cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)) if preprocess else None
     with tempfile.TemporaryDirectory(prefix="pspnet_int8_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(model, fp32, dynamic=dynamic, opset=opset, height=height, width=width, batch_size=batch_size,
-                    preprocess=preprocess, output=output, exporter=exporter)
-        return quantize_onnx(fp32, path, batches, per_channel=per_channel, calibrate_method=calibrate_method,
-                             input_uint8=input_uint8)
+        export_onnx(
+            model,
+            fp32,
+            dynamic=dynamic,
+            opset=opset,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            output=output,
+            exporter=exporter,
+        )
+        return quantize_onnx(
+            fp32, path, batches, per_channel=per_channel, calibrate_method=calibrate_method, input_uint8=input_uint8
+        )
 
 
 def _is_picture_source(calibration: Any) -> bool:
@@ -348,7 +369,9 @@ def _is_picture_source(calibration: Any) -> bool:
     return False
 
 
-def load_onnx_runner(path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None, precision: str | None = None):
+def load_onnx_runner(
+    path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None, precision: str | None = None
+):
     """A callable ``runner(x: np.ndarray) -> np.ndarray`` (first output) for an ONNX file.
 
     Args:
@@ -406,7 +429,9 @@ def check_int8_onnx(
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
     output = props.get("pspnet_lib.output", "logits")
-    batches = _as_batches(calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images)
+    batches = _as_batches(
+        calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images
+    )
     batches = _fit_static(batches, _static_input_shape(path))
     run = load_onnx_runner(path, runtime)
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -420,7 +445,12 @@ def check_int8_onnx(
         got = torch.from_numpy(run(feed.numpy()))
         if output == "labels":
             agree = (got == ref.argmax(1)).float()
-            stats = {"max_rel_err": 0.0, "mean_abs_err": 0.0, "argmax_agreement": float(agree.mean()), "pixels": agree.numel()}
+            stats = {
+                "max_rel_err": 0.0,
+                "mean_abs_err": 0.0,
+                "argmax_agreement": float(agree.mean()),
+                "pixels": agree.numel(),
+            }
         else:
             stats = agreement_stats(ref.softmax(1) if output == "probs" else ref, got)
         n = stats["pixels"]
@@ -430,4 +460,3 @@ def check_int8_onnx(
         total["pixels"] += n
     logger.info("INT8 (%s) vs fp32: %s", runtime, total)
     return total
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,17 +27,25 @@ def overlay(
     picture = picture.convert("RGB")
     mask = as_mask_array(mask)
     if (picture.height, picture.width) != mask.shape:
-        raise ValueError(f"image size {picture.height}x{picture.width} differs from mask size {mask.shape[0]}x{mask.shape[1]}")
+        raise ValueError(
+            f"image size {picture.height}x{picture.width} differs from mask size {mask.shape[0]}x{mask.shape[1]}"
+        )
     colours = np.asarray(colorize(mask, palette).convert("RGB"), dtype=np.float32)
     base = np.asarray(picture, dtype=np.float32)
     blended = np.where((mask == IGNORE_INDEX)[..., None], base, (1 - alpha) * base + alpha * colours)
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def legend(class_names: Sequence[str], palette: Palette | None = None, present: Sequence[int] | None = None) -> Image.Image:
+def legend(
+    class_names: Sequence[str], palette: Palette | None = None, present: Sequence[int] | None = None
+) -> Image.Image:
     """A legend image: a colour swatch and name per class (only ``present`` classes if given)."""
     palette = list(palette) if palette is not None else default_palette(len(class_names))
-    indices = sorted(set(int(i) for i in present if int(i) < len(class_names))) if present is not None else range(len(class_names))
+    indices = (
+        sorted(set(int(i) for i in present if int(i) < len(class_names)))
+        if present is not None
+        else range(len(class_names))
+    )
     indices = list(indices)
     font = ImageFont.load_default()
     row, swatch = 18, 14
@@ -46,7 +54,9 @@ def legend(class_names: Sequence[str], palette: Palette | None = None, present: 
     draw = ImageDraw.Draw(canvas)
     for r, i in enumerate(indices):
         y = 3 + r * row
-        draw.rectangle([4, y + 1, 4 + swatch, y + 1 + swatch], fill=tuple(int(c) for c in palette[i][:3]), outline="black")
+        draw.rectangle(
+            [4, y + 1, 4 + swatch, y + 1 + swatch], fill=tuple(int(c) for c in palette[i][:3]), outline="black"
+        )
         draw.text((24, y + 2), class_names[i], fill="black", font=font)
     return canvas
 

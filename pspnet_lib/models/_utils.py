@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     trained; set ``requires_grad_(False)`` to freeze them too.
     """
 
-    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
+    def train(self, mode: bool = True) -> FrozenBatchNorm2d:
         return super().train(False)
 
 

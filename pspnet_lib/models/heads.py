@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -78,7 +78,10 @@ class FCNHead(nn.Module):
     ) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            *(ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm_layer, padding=1) for i in range(num_convs))
+            *(
+                ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm_layer, padding=1)
+                for i in range(num_convs)
+            )
         )
         self.dropout = nn.Dropout2d(dropout)
         self.channels = channels
@@ -86,4 +89,3 @@ class FCNHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.convs(x)))
-

@@ -14,7 +14,7 @@ products whose shapes follow the input, so one exported graph serves every input
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -7,9 +7,10 @@ import json
 import logging
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -122,7 +123,11 @@ class PSPNetConfig:
         self.stem = _choice("stem", self.stem, ("standard", "deep"))
         self.norm = _choice("norm", self.norm, tuple(NORM_TYPES))
         # num_classes=0: no classifiers, the model returns head features (timm's convention)
-        if not (isinstance(self.num_classes, numbers.Integral) and not isinstance(self.num_classes, bool) and self.num_classes == 0):
+        if not (
+            isinstance(self.num_classes, numbers.Integral)
+            and not isinstance(self.num_classes, bool)
+            and self.num_classes == 0
+        ):
             try:
                 self.num_classes = _integer("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
             except ValueError as exc:
@@ -140,7 +145,11 @@ class PSPNetConfig:
         for name in ("contract_dilation", "aux", "align_corners"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, numbers.Real)
+            or not 0.0 <= self.dropout < 1.0
+        ):
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
         self.bins = _int_list("bins", self.bins, 1, MAX_BIN, max_len=16)
@@ -170,7 +179,7 @@ class PSPNetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None, unknown: str = "error") -> "PSPNetConfig":
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None, unknown: str = "error") -> PSPNetConfig:
         """Build a config from a mapping, validating every value before anything is allocated.
 
         Args:
@@ -183,7 +192,9 @@ class PSPNetConfig:
         """
         prefix = f"{source}: " if source else ""
         if not isinstance(values, Mapping):
-            raise ValueError(f"{prefix}the architecture config must be a JSON object / mapping, got {type(values).__name__}")
+            raise ValueError(
+                f"{prefix}the architecture config must be a JSON object / mapping, got {type(values).__name__}"
+            )
         valid = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(str(k) for k in values if k not in valid)
         if bad and isinstance(values.get("config"), Mapping):
@@ -400,7 +411,7 @@ class PSPNet(
         save_model_files(self, save_directory)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> "PSPNet":
+    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> PSPNet:
         from ..hub.hf import from_pretrained_files
 
         return from_pretrained_files(cls, model_id, **kwargs)
@@ -469,7 +480,9 @@ def build_pspnet(
     base.update(overrides)
     if weights is not None:
         if weights_backbone is not None or norm_layer is not None:
-            raise ValueError("weights= loads a whole model: it cannot be combined with weights_backbone= or norm_layer=")
+            raise ValueError(
+                "weights= loads a whole model: it cannot be combined with weights_backbone= or norm_layer="
+            )
         from ..hub.entrypoints import build_with_weights
 
         explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())

@@ -14,7 +14,7 @@ torchvision's own ResNet cannot do this for BasicBlock depths, hence this module
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

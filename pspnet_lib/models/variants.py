@@ -94,10 +94,20 @@ VARIANTS: dict[str, Variant] = {
         _mmseg(101, True, 8, "pspnet_r101b-d8_cityscapes-512x1024-80k"),
         _mmseg(50, False, 32, "pspnet_r50-d32_cityscapes-512x1024-80k"),
         _mmseg(50, True, 32, "pspnet_r50b-d32_cityscapes-512x1024-80k"),
-        Variant("semseg50", _arch(50, "deep", 8, **_SEMSEG_LAYOUT), None, None,
-                "the author's PSPNet-50 (hszhao/semseg: deep base 64-64-128, every layer3/4 block dilated)"),
-        Variant("semseg101", _arch(101, "deep", 8, **_SEMSEG_LAYOUT), None, None,
-                "the author's PSPNet-101 (hszhao/semseg: deep base 64-64-128, every layer3/4 block dilated)"),
+        Variant(
+            "semseg50",
+            _arch(50, "deep", 8, **_SEMSEG_LAYOUT),
+            None,
+            None,
+            "the author's PSPNet-50 (hszhao/semseg: deep base 64-64-128, every layer3/4 block dilated)",
+        ),
+        Variant(
+            "semseg101",
+            _arch(101, "deep", 8, **_SEMSEG_LAYOUT),
+            None,
+            None,
+            "the author's PSPNet-101 (hszhao/semseg: deep base 64-64-128, every layer3/4 block dilated)",
+        ),
     )
 }
 

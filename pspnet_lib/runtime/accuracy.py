@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,9 @@ __all__ = ["agreement_stats", "compare_models", "randomize_batchnorm_", "smooth_
 
 
 @torch.no_grad()
-def compare_models(reference: nn.Module, candidate: nn.Module, inputs: Iterable[torch.Tensor] | torch.Tensor) -> dict[str, float]:
+def compare_models(
+    reference: nn.Module, candidate: nn.Module, inputs: Iterable[torch.Tensor] | torch.Tensor
+) -> dict[str, float]:
     """Run both models on each input batch and aggregate :func:`agreement_stats` over all of them.
 
     Use it to check an optimised model against its source on real images, e.g.

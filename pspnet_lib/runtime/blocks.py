@@ -61,7 +61,9 @@ class FastBottleneck(nn.Module):
         self.splittable = (
             self.conv2.stride == 1
             and self.conv2.padding == self.dilation * (self.conv2.kernel_size // 2)
-            and all(c.leftover_norm is None for c in (self.conv1, self.conv2, self.conv3, self.downsample) if c is not None)
+            and all(
+                c.leftover_norm is None for c in (self.conv1, self.conv2, self.conv3, self.downsample) if c is not None
+            )
         )
 
     def forward(self, x: torch.Tensor, factor: int = 1, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -146,7 +148,9 @@ class FastStage(nn.Module):
             elif isinstance(block, BasicBlock):
                 blocks.append(FastBasicBlock(block, **kw))
             else:
-                raise ValueError(f"optimize_for_inference supports BasicBlock/Bottleneck stages, got {type(block).__name__}")
+                raise ValueError(
+                    f"optimize_for_inference supports BasicBlock/Bottleneck stages, got {type(block).__name__}"
+                )
         self.blocks = nn.ModuleList(blocks)
         self.space_to_batch = space_to_batch
         # Runs of consecutive Bottlenecks sharing a dilation share one split layout.
@@ -173,7 +177,10 @@ class FastStage(nn.Module):
         return (
             isinstance(plan, (list, tuple))
             and len(plan) == len(self.blocks)
-            and all(type(f) is int and (f == 1 or (self._candidate(i) and f == self.blocks[i].dilation)) for i, f in enumerate(plan))
+            and all(
+                type(f) is int and (f == 1 or (self._candidate(i) and f == self.blocks[i].dilation))
+                for i, f in enumerate(plan)
+            )
         )
 
     def _candidate(self, i: int) -> bool:
@@ -250,7 +257,11 @@ class FastStage(nn.Module):
             chosen = d if gain > _MIN_GAIN * total else 1
             logger.debug(
                 "space-to-batch calibration: blocks %s, dilation %d, input %s: direct %.2f ms, split %.2f ms -> %s",
-                seg, d, tuple(inputs[seg[0]]), 1e3 * t_direct, 1e3 * (t_direct - gain / len(seg)),
+                seg,
+                d,
+                tuple(inputs[seg[0]]),
+                1e3 * t_direct,
+                1e3 * (t_direct - gain / len(seg)),
                 "split" if chosen > 1 else "direct",
             )
             for i in seg:

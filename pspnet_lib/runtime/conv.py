@@ -51,7 +51,7 @@ def _mkldnn_ops_present() -> bool:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mkldnn_fusion_available(dtype: torch.dtype) -> bool:
     """True when oneDNN's fused convolution kernels exist and agree with ``F.conv2d`` in ``dtype``.
 
@@ -128,7 +128,12 @@ class FusedConv(nn.Module):
         self.stride = conv.stride[0]
         self.padding = conv.padding[0]
         self.dilation = conv.dilation[0]
-        if conv.kernel_size[0] != conv.kernel_size[1] or len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1 or len(set(conv.dilation)) != 1:
+        if (
+            conv.kernel_size[0] != conv.kernel_size[1]
+            or len(set(conv.stride)) != 1
+            or len(set(conv.padding)) != 1
+            or len(set(conv.dilation)) != 1
+        ):
             raise ValueError(f"optimize_for_inference needs square kernels/strides/padding/dilation, got {conv}")
         self.relu = relu
         self.dtype = dtype
@@ -229,7 +234,9 @@ class FusedConv(nn.Module):
             self._winograd_weights = {t: u for t, u in self._winograd_weights.items() if t in self._tiles_in_use}
             logger.debug(
                 "Winograd calibration %s -> %d: direct %.2f ms, F(2x2) %.2f ms, F(4x4) %.2f ms -> %s",
-                tuple(x.shape), self.out_channels, *(1e3 * t for t in times),
+                tuple(x.shape),
+                self.out_channels,
+                *(1e3 * t for t in times),
                 f"F({choice}x{choice}, 3x3)" if choice else "direct",
             )
         self._tiles_by_shape[key] = choice

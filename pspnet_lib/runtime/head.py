@@ -67,7 +67,12 @@ class FastPSPHead(nn.Module):
         in_ch = ppm.in_channels
         bottleneck = head.bottleneck
         weight, bias, leftover = fold_conv_norm(bottleneck.conv, bottleneck.norm)
-        if bottleneck.conv.kernel_size != (3, 3) or bottleneck.conv.padding != (1, 1) or bottleneck.conv.stride != (1, 1) or bottleneck.conv.dilation != (1, 1):
+        if (
+            bottleneck.conv.kernel_size != (3, 3)
+            or bottleneck.conv.padding != (1, 1)
+            or bottleneck.conv.stride != (1, 1)
+            or bottleneck.conv.dilation != (1, 1)
+        ):
             raise ValueError(f"expected a 3x3, padding 1 bottleneck convolution, got {bottleneck.conv}")
         out_ch = weight.shape[0]
         # The main part acting on x, as a plain convolution in the compute dtype (no bias/ReLU:
@@ -76,7 +81,13 @@ class FastPSPHead(nn.Module):
         with torch.no_grad():
             main.weight.copy_(weight[:, :in_ch])
         self.main = FusedConv(
-            main, None, relu=False, dtype=dtype, backend=backend, channels_last=channels_last, winograd=winograd,
+            main,
+            None,
+            relu=False,
+            dtype=dtype,
+            backend=backend,
+            channels_last=channels_last,
+            winograd=winograd,
             tuning=tuning,
         )
         # Per-branch: folded 1x1 conv (float32) and the bottleneck slice as (C_b, 3, 3, O).
@@ -85,7 +96,9 @@ class FastPSPHead(nn.Module):
         for branch in ppm.branches:
             w, b, left = fold_conv_norm(branch.conv, branch.norm)
             branch_w.append(w.reshape(w.shape[0], -1).float())
-            branch_b.append(b.float() if b is not None else torch.zeros(w.shape[0], dtype=torch.float32, device=w.device))
+            branch_b.append(
+                b.float() if b is not None else torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
+            )
             self.branch_norms.append(left.float() if left is not None else nn.Identity())
             cb = w.shape[0]
             # (C_b, 3 * 3 * O), columns ordered (di, dj, o): one matmul per branch gives Z_k.
@@ -104,10 +117,14 @@ class FastPSPHead(nn.Module):
         )
         self.bottleneck_norm = leftover.float() if leftover is not None else None
         cls = head.classifier
-        self.register_buffer("classifier_weight", cls.weight.detach().reshape(cls.out_channels, -1).float().clone(), persistent=False)
+        self.register_buffer(
+            "classifier_weight", cls.weight.detach().reshape(cls.out_channels, -1).float().clone(), persistent=False
+        )
         self.register_buffer(
             "classifier_bias",
-            cls.bias.detach().float().clone() if cls.bias is not None else torch.zeros(cls.out_channels, device=weight.device),
+            cls.bias.detach().float().clone()
+            if cls.bias is not None
+            else torch.zeros(cls.out_channels, device=weight.device),
             persistent=False,
         )
         self._matrices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}

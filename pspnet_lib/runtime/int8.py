@@ -78,7 +78,7 @@ class Int8PSPNet(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def train(self, mode: bool = True) -> "Int8PSPNet":
+    def train(self, mode: bool = True) -> Int8PSPNet:
         if mode:
             raise RuntimeError(
                 "the int8 module returned by optimize_for_inference is inference-only; train the original model "
@@ -115,8 +115,8 @@ def build_int8(model: PSPNet, calibration: Any, backend: str = "auto") -> Int8PS
     installed; ONNX Runtime's int8 was slower than the bfloat16 fast path in the measurements, so
     it is not chosen automatically), ``"openvino"`` or ``"onnxruntime"``.
     """
-    from ..inference.quantize import _as_batches, quantize_onnx
     from ..inference.export import export_onnx
+    from ..inference.quantize import _as_batches, quantize_onnx
 
     if backend not in INT8_BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(INT8_BACKENDS)}, got {backend!r}")

@@ -40,7 +40,11 @@ class FastPSPNet(nn.Module):
         super().__init__()
         self.tuning = tuning if tuning is not None else tuning_cache(False)
         kw = {
-            "dtype": dtype, "backend": backend, "channels_last": channels_last, "winograd": winograd, "tuning": self.tuning,
+            "dtype": dtype,
+            "backend": backend,
+            "channels_last": channels_last,
+            "winograd": winograd,
+            "tuning": self.tuning,
         }
         self.config = copy.deepcopy(model.config)
         self.pretrained_cfg: dict[str, Any] = copy.deepcopy(getattr(model, "pretrained_cfg", {}))
@@ -60,7 +64,7 @@ class FastPSPNet(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def train(self, mode: bool = True) -> "FastPSPNet":
+    def train(self, mode: bool = True) -> FastPSPNet:
         if mode:
             raise RuntimeError(
                 "the module returned by optimize_for_inference is inference-only (BatchNorm is folded "

@@ -113,7 +113,9 @@ def optimize_for_inference(
     # Identity checks for the booleans: `1 in (True, ...)` would pass.
     if not (space_to_batch is True or space_to_batch is False or space_to_batch == "auto"):
         raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
-    if not (winograd is True or winograd is False or winograd == "auto" or (type(winograd) is int and winograd in (2, 4))):
+    if not (
+        winograd is True or winograd is False or winograd == "auto" or (type(winograd) is int and winograd in (2, 4))
+    ):
         raise ValueError(f"winograd must be True, False, 2, 4 or 'auto', got {winograd!r}")
     if not isinstance(tuning_cache, (bool, str, os.PathLike)):
         raise TypeError(
@@ -138,7 +140,11 @@ def optimize_for_inference(
     )
     logger.info(
         "optimize_for_inference: %s on %s, backend %s, space_to_batch=%s, winograd=%s",
-        dtype, device, conv_backend, space_to_batch, winograd,
+        dtype,
+        device,
+        conv_backend,
+        space_to_batch,
+        winograd,
     )
     if compile:
         return torch.compile(fast)

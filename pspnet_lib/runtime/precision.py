@@ -74,15 +74,15 @@ def native_int8_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
 def resolve_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     """``dtype`` if ``device`` supports it natively, else float32 with a warning saying why."""
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"dtype must be one of torch.float32, torch.bfloat16, torch.float16, got {dtype!r}"
-        )
+        raise ValueError(f"dtype must be one of torch.float32, torch.bfloat16, torch.float16, got {dtype!r}")
     ok, reason = native_dtype_support(dtype, device)
     if ok:
         return dtype
-    hint = " Use dtype=torch.bfloat16 on this CPU." if dtype == torch.float16 and native_dtype_support(
-        torch.bfloat16, device
-    )[0] else ""
+    hint = (
+        " Use dtype=torch.bfloat16 on this CPU."
+        if dtype == torch.float16 and native_dtype_support(torch.bfloat16, device)[0]
+        else ""
+    )
     warnings.warn(
         f"optimize_for_inference: {dtype} requested on {torch.device(device)}, but {reason}; "
         f"falling back to torch.float32.{hint}",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 __all__ = ["time_candidates"]
 
 
-def time_candidates(fns: Sequence[Callable[[], object]], repeats: int = 3, device: torch.device | None = None) -> list[float]:
+def time_candidates(
+    fns: Sequence[Callable[[], object]], repeats: int = 3, device: torch.device | None = None
+) -> list[float]:
     """Best-of-``repeats`` seconds of each zero-argument function, interleaved so load affects all alike."""
     cuda = device is not None and device.type == "cuda"
 

@@ -25,8 +25,9 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ def default_tuning_path() -> Path | None:
     return Path(torch.hub.get_dir()) / "pspnet_lib" / "tuning.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -74,7 +75,7 @@ def device_fingerprint(device: torch.device) -> str:
     return _fingerprint(device.type, index, torch.get_num_threads())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fingerprint(device_type: str, index: int | None, threads: int) -> str:
     if device_type == "cuda":
         major, minor = torch.cuda.get_device_capability(index)
@@ -103,13 +104,18 @@ class TuningCache:
             return
         try:
             data = json.loads(self.path.read_text())
-            if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION or not isinstance(data.get("sections"), dict):
+            if (
+                not isinstance(data, dict)
+                or data.get("version") != _FORMAT_VERSION
+                or not isinstance(data.get("sections"), dict)
+            ):
                 raise ValueError(f"expected {{'version': {_FORMAT_VERSION}, 'sections': {{...}}}}")
             sections = {k: dict(v) for k, v in data["sections"].items() if isinstance(v, dict)}
         except (OSError, ValueError) as exc:
             logger.warning(
                 "ignoring the fast path's tuning cache %s (%s); it will be recalibrated and rewritten",
-                self.path, exc,
+                self.path,
+                exc,
             )
             return
         for name, entries in sections.items():
@@ -170,7 +176,11 @@ class TuningCache:
                 if self.path.exists():
                     try:
                         data = json.loads(self.path.read_text())
-                        stored = data.get("sections") if isinstance(data, dict) and data.get("version") == _FORMAT_VERSION else None
+                        stored = (
+                            data.get("sections")
+                            if isinstance(data, dict) and data.get("version") == _FORMAT_VERSION
+                            else None
+                        )
                         if isinstance(stored, dict):
                             sections = {k: v for k, v in stored.items() if isinstance(v, dict)}
                     except (OSError, ValueError):
@@ -185,12 +195,16 @@ class TuningCache:
                 atomic_write_bytes(self.path, text.encode())
             logger.info(
                 "stored %d fast-path timing decisions in %s: later processes on this machine skip that calibration",
-                sum(len(entries) for entries in pending.values()), self.path,
+                sum(len(entries) for entries in pending.values()),
+                self.path,
             )
         except Exception as exc:  # persistence is an optimisation: never fail inference over it
             logger.warning(
                 "could not save the fast path's tuning decisions to %s (%s); they stay in memory for this "
-                "process. Set %s to a writable file, or to 'off'.", self.path, exc, _ENV,
+                "process. Set %s to a writable file, or to 'off'.",
+                self.path,
+                exc,
+                _ENV,
             )
             self.path = None
 

@@ -82,7 +82,7 @@ def winograd_weight(weight: torch.Tensor, dtype: torch.dtype | None = None, tile
     return (torch.kron(g, g) @ taps).view(a * a, c, o).to(dtype or weight.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _f4_transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     bt = torch.tensor(_BT4, dtype=torch.float64)
     at = torch.tensor(_AT4, dtype=torch.float64)

@@ -39,7 +39,9 @@ class ADE20KDataset(SegmentationDataset):
             raise ValueError(f"unknown ADE20K split {split!r}; expected one of {', '.join(self.SPLITS)}")
         self.root, self.split = found, self.SPLITS[split]
         image_dir, mask_dir = found / "images" / self.split, found / "annotations" / self.split
-        images = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if image_dir.is_dir() else []
+        images = (
+            sorted(p for p in image_dir.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if image_dir.is_dir() else []
+        )
         if not images:
             raise FileNotFoundError(f"no images in {image_dir}; expected ADE_*.jpg files there")
         files = [(p, mask_dir / f"{p.stem}.png") for p in images]

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -267,7 +268,9 @@ class SegmentationDataset(Dataset):
 def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
     missing = [p for pair in pairs for p in pair if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} file(s) listed by {what} do not exist: {_show(missing)}" + (f"; {hint}" if hint else ""))
+        raise FileNotFoundError(
+            f"{len(missing)} file(s) listed by {what} do not exist: {_show(missing)}" + (f"; {hint}" if hint else "")
+        )
 
 
 def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
@@ -292,8 +295,10 @@ def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: 
     if bad.any():
         values = np.unique(stored[bad])
         shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-        raise ValueError(f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
-                         f"{type(dataset).__name__}; " + dataset.value_hint(path, values))
+        raise ValueError(
+            f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
+            f"{type(dataset).__name__}; " + dataset.value_hint(path, values)
+        )
 
 
 def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -346,13 +351,17 @@ class ImageAnnotationDirs(SegmentationDataset):
                 f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
                 f"{self.ANNOTATION_DIR}/{self.split}/*{self.SEG_SUFFIX} there{prepare}"
             )
-        images = sorted(p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith("."))
+        images = sorted(
+            p for p in image_dir.iterdir() if p.name.endswith(self.IMG_SUFFIX) and not p.name.startswith(".")
+        )
         if not images:
             raise FileNotFoundError(f"no *{self.IMG_SUFFIX} images in {image_dir}{prepare}")
         files = [(p, ann_dir / (p.name[: -len(self.IMG_SUFFIX)] + self.SEG_SUFFIX)) for p in images]
         missing = [m for _, m in files if not m.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}")
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}"
+            )
         super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,9 @@ def cityscapes_labelids_to_trainids(label_ids: np.ndarray | torch.Tensor) -> np.
     return lut[array.astype(np.int64)]
 
 
-def create_cityscapes_trainids(root: PathLike, splits: Sequence[str] = ("train", "val"), overwrite: bool = False) -> int:
+def create_cityscapes_trainids(
+    root: PathLike, splits: Sequence[str] = ("train", "val"), overwrite: bool = False
+) -> int:
     """Write ``*_gtFine_labelTrainIds.png`` next to every ``*_gtFine_labelIds.png`` under ``root/gtFine``.
 
     The same files as cityscapesscripts' ``csCreateTrainIdLabelImgs`` for the semantic labels.

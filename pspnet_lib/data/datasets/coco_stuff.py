@@ -21,7 +21,13 @@ class COCOStuff10kDataset(ImageAnnotationDirs):
     PREPARE = "coco-stuff10k"
     IMAGE_DIR, ANNOTATION_DIR = "images", "annotations"
     IMG_SUFFIX, SEG_SUFFIX = ".jpg", "_labelTrainIds.png"
-    SPLITS = {"train2014": "train2014", "test2014": "test2014", "train": "train2014", "val": "test2014", "test": "test2014"}
+    SPLITS = {
+        "train2014": "train2014",
+        "test2014": "test2014",
+        "train": "train2014",
+        "val": "test2014",
+        "test": "test2014",
+    }
 
 
 class COCOStuff164kDataset(COCOStuff10kDataset):

@@ -53,12 +53,27 @@ DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
 #: (``Weights.meta["dataset"]``, the keys of :data:`pspnet_lib.data.metadata.DATASETS`).
 ZOO_DATASETS: dict[str, str] = {
     "voc12aug": "voc",
-    **{key: key for key in ("cityscapes", "ade20k", "pascal-context", "pascal-context-59", "coco-stuff10k",
-                            "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid")},
+    **{
+        key: key
+        for key in (
+            "cityscapes",
+            "ade20k",
+            "pascal-context",
+            "pascal-context-59",
+            "coco-stuff10k",
+            "coco-stuff164k",
+            "loveda",
+            "potsdam",
+            "vaihingen",
+            "isaid",
+        )
+    },
 }
 
 
-def build_dataset(name: str, root: PathLike, split: str | None, transforms: Transforms | None = None, **kwargs: Any) -> SegmentationDataset:
+def build_dataset(
+    name: str, root: PathLike, split: str | None, transforms: Transforms | None = None, **kwargs: Any
+) -> SegmentationDataset:
     """Build a dataset by name: a key of :data:`DATASETS` (``voc``, ``ade20k``, ``cityscapes``,
     ``pascal-context``, ``pascal-context-59``, ``coco-stuff10k``, ``coco-stuff164k``, ``loveda``,
     ``potsdam``, ``vaihingen``, ``isaid``, ``folder``).

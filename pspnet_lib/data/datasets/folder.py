@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,14 @@ from .base import (
     _show,
 )
 
-__all__ = ["FolderDataset", "VOC_VOID_COLOUR", "has_split", "read_classes_file", "read_ignore_colours", "read_palette_file"]
+__all__ = [
+    "FolderDataset",
+    "VOC_VOID_COLOUR",
+    "has_split",
+    "read_classes_file",
+    "read_ignore_colours",
+    "read_palette_file",
+]
 
 
 def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -> str | None:
@@ -35,7 +43,7 @@ def _common_mask_suffix(image_stems: Sequence[str], mask_stems: Sequence[str]) -
         owners = [image for image in image_stems if mask.startswith(image) and len(mask) > len(image)]
         if not owners:
             return None
-        suffixes.add(mask[len(max(owners, key=len)):])
+        suffixes.add(mask[len(max(owners, key=len)) :])
     return suffixes.pop() if len(suffixes) == 1 else None
 
 
@@ -184,7 +192,9 @@ class FolderDataset(SegmentationDataset):
 
         image_folder, mask_folder, stems = images_root, masks_root, None
         if split is not None:
-            split_file = next((p for p in (root / "splits" / f"{split}.txt", root / f"{split}.txt") if p.is_file()), None)
+            split_file = next(
+                (p for p in (root / "splits" / f"{split}.txt", root / f"{split}.txt") if p.is_file()), None
+            )
             if split_file is not None:
                 stems = [Path(line.strip()).stem for line in split_file.read_text().splitlines() if line.strip()]
                 if not stems:
@@ -192,22 +202,29 @@ class FolderDataset(SegmentationDataset):
             elif (images_root / split).is_dir():
                 image_folder, mask_folder = images_root / split, masks_root / split
                 if not mask_folder.is_dir():
-                    raise FileNotFoundError(f"{image_folder} exists but {mask_folder} does not; masks of split {split!r} go there")
+                    raise FileNotFoundError(
+                        f"{image_folder} exists but {mask_folder} does not; masks of split {split!r} go there"
+                    )
             elif val_fraction is not None and split in ("train", "val"):
                 stems = self._holdout(self._pairs(images_root, masks_root), split, val_fraction, seed)
             else:
                 raise FileNotFoundError(
                     f"no split {split!r} in {root}: expected {root / 'splits' / f'{split}.txt'} or {root / f'{split}.txt'} "
                     f"(image stems, one per line), or sub-folders {image_dir}/{split}/ and {mask_dir}/{split}/"
-                    + ("; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
-                       if split in ("train", "val") else "")
+                    + (
+                        "; or pass val_fraction=0.1 (CLI: --val-fraction 0.1) to hold out part of the pairs as 'val'"
+                        if split in ("train", "val")
+                        else ""
+                    )
                     + "; or split=None for all pairs (CLI: pspnet eval --split all; pspnet train --no-val)"
                 )
         pairs = self._pairs(image_folder, mask_folder)
         if stems is not None:
             unknown = [s for s in stems if s not in pairs]
             if unknown:
-                raise FileNotFoundError(f"split {split!r} names image(s) with no image/mask pair in {image_folder}: {_show(unknown)}")
+                raise FileNotFoundError(
+                    f"split {split!r} names image(s) with no image/mask pair in {image_folder}: {_show(unknown)}"
+                )
             files = [pairs[s] for s in stems]
         else:
             files = [pairs[s] for s in sorted(pairs)]
@@ -241,7 +258,9 @@ class FolderDataset(SegmentationDataset):
         else:
             colours = [tuple(int(v) for v in c[:3]) for c in palette]
         if len(colours) < num_classes:
-            raise ValueError(f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class")
+            raise ValueError(
+                f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class"
+            )
         return colours[:num_classes], True, declared
 
     def _pairs(self, image_folder: Path, mask_folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -253,10 +272,16 @@ class FolderDataset(SegmentationDataset):
                     duplicates.append(path)
                 images[path.stem] = path
         if duplicates:
-            raise ValueError(f"several images share a stem in {image_folder}: {_show(duplicates)}; stems must be unique")
+            raise ValueError(
+                f"several images share a stem in {image_folder}: {_show(duplicates)}; stems must be unique"
+            )
         if not images:
             subfolders = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
-            hint = f" (it has sub-folders {', '.join(subfolders)}: pass split=... (CLI: --split / --train-split))" if subfolders else ""
+            hint = (
+                f" (it has sub-folders {', '.join(subfolders)}: pass split=... (CLI: --split / --train-split))"
+                if subfolders
+                else ""
+            )
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_folder}{hint}")
         masks: dict[str, Path] = {}
         lossy = []
@@ -282,7 +307,9 @@ class FolderDataset(SegmentationDataset):
         if no_mask or no_image:
             problems = []
             if no_mask:
-                problems.append(f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}")
+                problems.append(
+                    f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}"
+                )
             if no_image:
                 problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
             suffix = _common_mask_suffix([p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images])

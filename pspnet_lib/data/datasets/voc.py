@@ -26,7 +26,11 @@ class VOCAugDataset(SegmentationDataset):
     """
 
     def __init__(
-        self, root: PathLike, split: str = "train_aug", transforms: Transforms | None = None, mask_dir: str | None = None
+        self,
+        root: PathLike,
+        split: str = "train_aug",
+        transforms: Transforms | None = None,
+        mask_dir: str | None = None,
     ) -> None:
         given = Path(root)
         found = _first_existing([given, given / "VOC2012", given / "VOCdevkit" / "VOC2012"], "JPEGImages")

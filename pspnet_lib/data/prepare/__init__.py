@@ -10,7 +10,7 @@ archive or folder in a one-line error. docs/datasets.md lists the inputs of each
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .coco_stuff import prepare_coco_stuff10k, prepare_coco_stuff164k
 from .isaid import prepare_isaid

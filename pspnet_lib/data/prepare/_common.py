@@ -10,9 +10,10 @@ import os
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -66,7 +67,9 @@ def find_input(src: PathLike, folder: str, archive: str | None, what: str) -> Pa
     for candidate in ([src / folder] if folder else []) + ([src / archive] if archive else []):
         if candidate.is_dir() or (candidate.is_file() and zipfile.is_zipfile(candidate)):
             return candidate
-    expected = " or ".join(x for x in ((f"{src / folder}/" if folder else ""), (str(src / archive) if archive else "")) if x)
+    expected = " or ".join(
+        x for x in ((f"{src / folder}/" if folder else ""), (str(src / archive) if archive else "")) if x
+    )
     raise FileNotFoundError(f"missing input {expected}: {what}")
 
 
@@ -79,13 +82,23 @@ def members(source: Path, suffixes: Sequence[str], under: str = "") -> list[Memb
     if source.is_dir():
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source).as_posix()
-            if path.is_file() and rel.lower().endswith(suffixes) and rel.startswith(prefix) and not path.name.startswith("."):
+            if (
+                path.is_file()
+                and rel.lower().endswith(suffixes)
+                and rel.startswith(prefix)
+                and not path.name.startswith(".")
+            ):
                 found.append(Member(rel, path.read_bytes, path))
         return found
     archive = zipfile.ZipFile(source)
     for info in sorted(archive.infolist(), key=lambda i: i.filename):
         name = info.filename
-        if not info.is_dir() and name.lower().endswith(suffixes) and name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
+        if (
+            not info.is_dir()
+            and name.lower().endswith(suffixes)
+            and name.startswith(prefix)
+            and not name.rsplit("/", 1)[-1].startswith(".")
+        ):
             found.append(Member(name, (lambda n=name: archive.read(n))))
     return found
 

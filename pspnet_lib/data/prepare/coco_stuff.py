@@ -8,7 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import Member, PathLike, copy_member, find_input, iter_progress, members, require_outputs_dir, save_png, summary
+from ._common import (
+    Member,
+    PathLike,
+    copy_member,
+    find_input,
+    iter_progress,
+    members,
+    require_outputs_dir,
+    save_png,
+    summary,
+)
 
 __all__ = ["prepare_coco_stuff10k", "prepare_coco_stuff164k", "COCO_UNUSED_IDS"]
 
@@ -51,7 +61,9 @@ def _read_mat_labels(member: Member) -> np.ndarray:
     try:
         from scipy.io import loadmat
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("reading COCO-Stuff 10k's .mat annotations needs scipy: pip install 'pspnet_lib[prepare]'") from None
+        raise ImportError(
+            "reading COCO-Stuff 10k's .mat annotations needs scipy: pip install 'pspnet_lib[prepare]'"
+        ) from None
     data = loadmat(io.BytesIO(member.read()))
     if "S" not in data:
         raise ValueError(f"{member.name} has no 'S' label array; is it a COCO-Stuff 10k annotation?")
@@ -86,9 +98,17 @@ def prepare_coco_stuff10k(src: PathLike, dst: PathLike) -> dict[str, int]:
         for name in names:
             image, label = by_suffix.get(f"{name}.jpg"), by_suffix.get(f"{name}.mat")
             if image is None or label is None:
-                raise FileNotFoundError(f"coco-stuff10k: {name}.jpg or {name}.mat listed in {list_name} is missing from {root}")
-            jobs.append((image, label, dst / "images" / split / f"{name}.jpg",
-                         dst / "annotations" / split / f"{name}_labelTrainIds.png"))
+                raise FileNotFoundError(
+                    f"coco-stuff10k: {name}.jpg or {name}.mat listed in {list_name} is missing from {root}"
+                )
+            jobs.append(
+                (
+                    image,
+                    label,
+                    dst / "images" / split / f"{name}.jpg",
+                    dst / "annotations" / split / f"{name}_labelTrainIds.png",
+                )
+            )
         for image, label, image_out, label_out in iter_progress(jobs, f"coco-stuff10k {split}"):
             if image_out.is_file() and label_out.is_file():
                 skipped += 2
@@ -117,15 +137,22 @@ def prepare_coco_stuff164k(src: PathLike, dst: PathLike) -> dict[str, int]:
     labels_root = find_input(src, "annotations", "stuffthingmaps_trainval2017.zip", what)
     written = skipped = 0
     for split in ("train2017", "val2017"):
-        images_root = find_input(src, f"images/{split}", f"{split}.zip", f"the COCO 2017 images ({split}.zip from https://cocodataset.org)")
-        labels = {m.basename[:-4]: m for m in members(labels_root, (".png",))
-                  if f"{split}/" in m.name and "_labelTrainIds" not in m.basename}
+        images_root = find_input(
+            src, f"images/{split}", f"{split}.zip", f"the COCO 2017 images ({split}.zip from https://cocodataset.org)"
+        )
+        labels = {
+            m.basename[:-4]: m
+            for m in members(labels_root, (".png",))
+            if f"{split}/" in m.name and "_labelTrainIds" not in m.basename
+        }
         images = {m.basename[:-4]: m for m in members(images_root, (".jpg",))}
         if not labels:
             raise FileNotFoundError(f"missing input {split}/*.png label maps in {labels_root}: {what}")
         missing = sorted(set(labels) - set(images))
         if missing:
-            raise FileNotFoundError(f"coco-stuff164k: no image for label map(s) {', '.join(missing[:5])} in {images_root}")
+            raise FileNotFoundError(
+                f"coco-stuff164k: no image for label map(s) {', '.join(missing[:5])} in {images_root}"
+            )
         for stem in iter_progress(sorted(labels), f"coco-stuff164k {split}"):
             image_out = dst / "images" / split / f"{stem}.jpg"
             label_out = dst / "annotations" / split / f"{stem}_labelTrainIds.png"

@@ -40,7 +40,11 @@ def _pad(array: np.ndarray, size: int, value: int) -> np.ndarray:
 
 
 def _boxes(height: int, width: int, size: int, step: int) -> list[tuple[int, int, int, int]]:
-    return [(y, y + size, x, x + size) for x in sliding_starts(width, size, step) for y in sliding_starts(height, size, step)]
+    return [
+        (y, y + size, x, x + size)
+        for x in sliding_starts(width, size, step)
+        for y in sliding_starts(height, size, step)
+    ]
 
 
 def _cut(member: Member, folder: Path, name_of, size: int, step: int, colours: dict | None) -> tuple[int, int]:
@@ -82,10 +86,18 @@ def prepare_isaid(src: PathLike, dst: PathLike, *, patch_size: int = 896, overla
         raise ValueError(f"overlap must be in [0, patch_size), got {overlap} for patch_size {patch_size}")
     written = skipped = 0
     for split in ("train", "val"):
-        images_from = find_input(src / split if (src / split).is_dir() else src, "images", None,
-                                 f"iSAID's {split}/images/ folder (the DOTA {split} image archives part*.zip)")
-        labels_from = find_input(src / split if (src / split).is_dir() else src, "Semantic_masks", None,
-                                 f"iSAID's {split}/Semantic_masks/ folder (the semantic mask archives)")
+        images_from = find_input(
+            src / split if (src / split).is_dir() else src,
+            "images",
+            None,
+            f"iSAID's {split}/images/ folder (the DOTA {split} image archives part*.zip)",
+        )
+        labels_from = find_input(
+            src / split if (src / split).is_dir() else src,
+            "Semantic_masks",
+            None,
+            f"iSAID's {split}/Semantic_masks/ folder (the semantic mask archives)",
+        )
         images = _members_of(images_from, (".png",), "_instance")
         labels = _members_of(labels_from, ("_instance_color_RGB.png",), None)
         if not images:
@@ -94,18 +106,28 @@ def prepare_isaid(src: PathLike, dst: PathLike, *, patch_size: int = 896, overla
         label_stems = {m.basename.split("_")[0] for m in labels}
         missing = sorted(stems - label_stems)
         if missing:
-            raise FileNotFoundError(f"isaid {split}: no *_instance_color_RGB.png mask for {', '.join(missing[:8])} in {labels_from}")
+            raise FileNotFoundError(
+                f"isaid {split}: no *_instance_color_RGB.png mask for {', '.join(missing[:8])} in {labels_from}"
+            )
         jobs = [(m, False) for m in images] + [(m, True) for m in labels if m.basename.split("_")[0] in stems]
         for member, is_label in iter_progress(jobs, f"isaid {split}"):
             if is_label:
                 stem = member.basename.split("_")[0]
                 folder = dst / "ann_dir" / split
-                w, s = _cut(member, folder, lambda b, s=stem: f"{s}_{b[0]}_{b[1]}_{b[2]}_{b[3]}_instance_color_RGB.png",
-                            patch_size, step, colours)
+                w, s = _cut(
+                    member,
+                    folder,
+                    lambda b, s=stem: f"{s}_{b[0]}_{b[1]}_{b[2]}_{b[3]}_instance_color_RGB.png",
+                    patch_size,
+                    step,
+                    colours,
+                )
             else:
                 stem = member.basename[:-4]
                 folder = dst / "img_dir" / split
-                w, s = _cut(member, folder, lambda b, s=stem: f"{s}_{b[0]}_{b[1]}_{b[2]}_{b[3]}.png", patch_size, step, None)
+                w, s = _cut(
+                    member, folder, lambda b, s=stem: f"{s}_{b[0]}_{b[1]}_{b[2]}_{b[3]}.png", patch_size, step, None
+                )
             written, skipped = written + w, skipped + s
     return summary("isaid", dst, written, skipped)
 

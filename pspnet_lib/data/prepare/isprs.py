@@ -30,17 +30,88 @@ logger = logging.getLogger("pspnet_lib.data.prepare")
 
 #: mmsegmentation's tools/dataset_converters/potsdam.py: 24 training and 14 validation images.
 POTSDAM_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("2_10", "2_11", "2_12", "3_10", "3_11", "3_12", "4_10", "4_11", "4_12", "5_10", "5_11", "5_12",
-              "6_10", "6_11", "6_12", "6_7", "6_8", "6_9", "7_10", "7_11", "7_12", "7_7", "7_8", "7_9"),
-    "val": ("5_15", "6_15", "6_13", "3_13", "4_14", "6_14", "5_14", "2_13", "4_15", "2_14", "5_13", "4_13",
-            "3_14", "7_13"),
+    "train": (
+        "2_10",
+        "2_11",
+        "2_12",
+        "3_10",
+        "3_11",
+        "3_12",
+        "4_10",
+        "4_11",
+        "4_12",
+        "5_10",
+        "5_11",
+        "5_12",
+        "6_10",
+        "6_11",
+        "6_12",
+        "6_7",
+        "6_8",
+        "6_9",
+        "7_10",
+        "7_11",
+        "7_12",
+        "7_7",
+        "7_8",
+        "7_9",
+    ),
+    "val": (
+        "5_15",
+        "6_15",
+        "6_13",
+        "3_13",
+        "4_14",
+        "6_14",
+        "5_14",
+        "2_13",
+        "4_15",
+        "2_14",
+        "5_13",
+        "4_13",
+        "3_14",
+        "7_13",
+    ),
 }
 #: mmsegmentation's tools/dataset_converters/vaihingen.py: 16 training and 17 validation areas.
 VAIHINGEN_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("area1", "area11", "area13", "area15", "area17", "area21", "area23", "area26", "area28", "area3",
-              "area30", "area32", "area34", "area37", "area5", "area7"),
-    "val": ("area6", "area24", "area35", "area16", "area14", "area22", "area10", "area4", "area2", "area20",
-            "area8", "area31", "area33", "area27", "area38", "area12", "area29"),
+    "train": (
+        "area1",
+        "area11",
+        "area13",
+        "area15",
+        "area17",
+        "area21",
+        "area23",
+        "area26",
+        "area28",
+        "area3",
+        "area30",
+        "area32",
+        "area34",
+        "area37",
+        "area5",
+        "area7",
+    ),
+    "val": (
+        "area6",
+        "area24",
+        "area35",
+        "area16",
+        "area14",
+        "area22",
+        "area10",
+        "area4",
+        "area2",
+        "area20",
+        "area8",
+        "area31",
+        "area33",
+        "area27",
+        "area38",
+        "area12",
+        "area29",
+    ),
 }
 
 _POTSDAM_ID = re.compile(r"top_potsdam_(\d+_\d+)_", re.IGNORECASE)
@@ -56,8 +127,11 @@ def _label_colours(dataset: str) -> dict[tuple[int, int, int], int]:
 def _tile(member: Member, dst_dir: Path, stem: str, size: int, stride: int, colours: dict | None) -> tuple[int, int]:
     with member.open_image() as picture:
         width, height = picture.size
-        boxes = [(x, y, min(x + size, width), min(y + size, height))
-                 for y in isprs_starts(height, size, stride) for x in isprs_starts(width, size, stride)]
+        boxes = [
+            (x, y, min(x + size, width), min(y + size, height))
+            for y in isprs_starts(height, size, stride)
+            for x in isprs_starts(width, size, stride)
+        ]
         targets = [dst_dir / f"{stem}_{x0}_{y0}_{x1}_{y1}.png" for x0, y0, x1, y1 in boxes]
         if done(targets):
             return 0, len(targets)
@@ -73,8 +147,14 @@ def _tile(member: Member, dst_dir: Path, stem: str, size: int, stride: int, colo
     return written, len(targets) - written
 
 
-def _prepare_isprs(dataset: str, pairs: list[tuple[str, bool, Member]], splits: dict[str, tuple[str, ...]],
-                   dst: Path, size: int, stride: int) -> dict[str, int]:
+def _prepare_isprs(
+    dataset: str,
+    pairs: list[tuple[str, bool, Member]],
+    splits: dict[str, tuple[str, ...]],
+    dst: Path,
+    size: int,
+    stride: int,
+) -> dict[str, int]:
     colours = _label_colours(dataset)
     written = skipped = 0
     split_of = {key: split for split, keys in splits.items() for key in keys}
@@ -98,8 +178,10 @@ def _check_pairs(dataset: str, pairs: list[tuple[str, bool, Member]], images_fro
         raise FileNotFoundError(f"no {dataset} label files (*.tif) found in {labels_from}")
     unmatched = sorted(images ^ labels)
     if unmatched:
-        raise FileNotFoundError(f"{dataset}: image(s) and labels do not pair up for {', '.join(unmatched[:8])} "
-                                f"(images from {images_from}, labels from {labels_from})")
+        raise FileNotFoundError(
+            f"{dataset}: image(s) and labels do not pair up for {', '.join(unmatched[:8])} "
+            f"(images from {images_from}, labels from {labels_from})"
+        )
 
 
 def prepare_potsdam(src: PathLike, dst: PathLike, *, tile_size: int = 512, stride: int = 256) -> dict[str, int]:
@@ -117,8 +199,12 @@ def prepare_potsdam(src: PathLike, dst: PathLike, *, tile_size: int = 512, strid
     """
     src, dst = Path(src), require_outputs_dir(dst)
     images_from = find_input(src, "2_Ortho_RGB", "2_Ortho_RGB.zip", "the ISPRS Potsdam ortho images (2_Ortho_RGB.zip)")
-    labels_from = find_input(src, "5_Labels_all_noBoundary", "5_Labels_all_noBoundary.zip",
-                             "the ISPRS Potsdam eroded labels (5_Labels_all_noBoundary.zip)")
+    labels_from = find_input(
+        src,
+        "5_Labels_all_noBoundary",
+        "5_Labels_all_noBoundary.zip",
+        "the ISPRS Potsdam eroded labels (5_Labels_all_noBoundary.zip)",
+    )
     pairs = []
     for source, is_label in ((images_from, False), (labels_from, True)):
         for member in members(source, (".tif", ".tiff")):
@@ -139,11 +225,18 @@ def prepare_vaihingen(src: PathLike, dst: PathLike, *, tile_size: int = 512, str
     neither list, such as area9's label, are skipped as upstream does).
     """
     src, dst = Path(src), require_outputs_dir(dst)
-    images_from = find_input(src, "ISPRS_semantic_labeling_Vaihingen", "ISPRS_semantic_labeling_Vaihingen.zip",
-                             "the ISPRS Vaihingen images (ISPRS_semantic_labeling_Vaihingen.zip)")
-    labels_from = find_input(src, "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE",
-                             "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip",
-                             "the ISPRS Vaihingen eroded labels (ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip)")
+    images_from = find_input(
+        src,
+        "ISPRS_semantic_labeling_Vaihingen",
+        "ISPRS_semantic_labeling_Vaihingen.zip",
+        "the ISPRS Vaihingen images (ISPRS_semantic_labeling_Vaihingen.zip)",
+    )
+    labels_from = find_input(
+        src,
+        "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE",
+        "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip",
+        "the ISPRS Vaihingen eroded labels (ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip)",
+    )
     pairs = []
     for member in members(images_from, (".tif", ".tiff")):
         match = _VAIHINGEN_ID.search(member.basename)

@@ -26,7 +26,9 @@ def prepare_loveda(src: PathLike, dst: PathLike) -> dict[str, int]:
     written = skipped = 0
     for split, required in (("Train", True), ("Val", True), ("Test", False)):
         try:
-            source = find_input(src, split, f"{split}.zip", f"LoveDA's {split}.zip from https://zenodo.org/records/5706578")
+            source = find_input(
+                src, split, f"{split}.zip", f"LoveDA's {split}.zip from https://zenodo.org/records/5706578"
+            )
         except FileNotFoundError:
             if required:
                 raise
@@ -41,11 +43,15 @@ def prepare_loveda(src: PathLike, dst: PathLike) -> dict[str, int]:
             kind = "img_dir" if parts[-2] == "images_png" else "ann_dir"
             key = f"{kind}/{member.basename}"
             if key in seen:
-                raise ValueError(f"loveda: {member.name} and {seen[key]} would both become {kind}/{split.lower()}/{member.basename}")
+                raise ValueError(
+                    f"loveda: {member.name} and {seen[key]} would both become {kind}/{split.lower()}/{member.basename}"
+                )
             seen[key] = member.name
             jobs.append((member, dst / kind / split.lower() / member.basename))
         if not any(t.parent.parent.name == "img_dir" for _, t in jobs):
-            raise FileNotFoundError(f"no {split}/{{Urban,Rural}}/images_png/*.png in {source}; is it LoveDA's {split}.zip?")
+            raise FileNotFoundError(
+                f"no {split}/{{Urban,Rural}}/images_png/*.png in {source}; is it LoveDA's {split}.zip?"
+            )
         for member, target in iter_progress(jobs, f"loveda {split.lower()}"):
             if target.is_file():
                 skipped += 1

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +26,66 @@ logger = logging.getLogger("pspnet_lib.data.prepare")
 #: background (0) and the 59 classes; id ``PASCAL_CONTEXT_IDS[k]`` becomes stored value ``k``
 #: (mmsegmentation's converter; the order is that of the 60 class names).
 PASCAL_CONTEXT_IDS: tuple[int, ...] = (
-    0, 2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115, 144,
-    158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349, 354, 355,
-    360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+    0,
+    2,
+    9,
+    18,
+    19,
+    22,
+    23,
+    25,
+    31,
+    33,
+    34,
+    44,
+    45,
+    46,
+    59,
+    65,
+    68,
+    72,
+    80,
+    85,
+    98,
+    104,
+    105,
+    113,
+    115,
+    144,
+    158,
+    159,
+    162,
+    187,
+    189,
+    207,
+    220,
+    232,
+    258,
+    259,
+    260,
+    284,
+    295,
+    296,
+    308,
+    324,
+    326,
+    347,
+    349,
+    354,
+    355,
+    360,
+    366,
+    368,
+    397,
+    415,
+    416,
+    420,
+    424,
+    427,
+    440,
+    445,
+    454,
+    458,
 )
 
 
@@ -66,7 +124,9 @@ def decode_coco_rle(rle: dict[str, Any]) -> np.ndarray:
     return flat.reshape(width, height).T
 
 
-def _paint(image: dict[str, Any], annotations: Sequence[dict[str, Any]], lut: dict[int, int], source: str) -> np.ndarray:
+def _paint(
+    image: dict[str, Any], annotations: Sequence[dict[str, Any]], lut: dict[int, int], source: str
+) -> np.ndarray:
     # As the detail API's getMask: zeros, then each annotation's category id in file order (later
     # ones paint over earlier ones), then the 459-category ids -> 0..59.
     ids = np.zeros((int(image["height"]), int(image["width"])), dtype=np.int64)
@@ -114,7 +174,9 @@ def prepare_pascal_context(src: PathLike, dst: PathLike, *, annotations: PathLik
         )
     data = json.loads(json_path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or "images" not in data or "annos_segmentation" not in data:
-        raise ValueError(f"{json_path} has no 'images' and 'annos_segmentation'; expected PASCAL in Detail's trainval_merged.json")
+        raise ValueError(
+            f"{json_path} has no 'images' and 'annos_segmentation'; expected PASCAL in Detail's trainval_merged.json"
+        )
     lut = {cid: k for k, cid in enumerate(PASCAL_CONTEXT_IDS)}
     per_image: dict[int, list[dict[str, Any]]] = {}
     for annotation in data["annos_segmentation"]:
@@ -128,7 +190,9 @@ def prepare_pascal_context(src: PathLike, dst: PathLike, *, annotations: PathLik
         lists[image["phase"]].append(stem)
         jpeg = voc / "JPEGImages" / image["file_name"]
         if not jpeg.is_file():
-            raise FileNotFoundError(f"missing input {jpeg}: the VOC2010 image of {image['file_name']} named in {json_path}")
+            raise FileNotFoundError(
+                f"missing input {jpeg}: the VOC2010 image of {image['file_name']} named in {json_path}"
+            )
         mask_out = out / "SegmentationClassContext" / f"{stem}.png"
         image_out = out / "JPEGImages" / image["file_name"]
         if mask_out.is_file() and image_out.is_file():
@@ -141,6 +205,8 @@ def prepare_pascal_context(src: PathLike, dst: PathLike, *, annotations: PathLik
             save_png(_paint(image, per_image.get(image["image_id"], []), lut, str(json_path)), mask_out)
             written += 1
     for split, stems in lists.items():
-        atomic_write_bytes(out / "ImageSets" / "SegmentationContext" / f"{split}.txt",
-                           "".join(f"{s}\n" for s in sorted(stems)).encode())
+        atomic_write_bytes(
+            out / "ImageSets" / "SegmentationContext" / f"{split}.txt",
+            "".join(f"{s}\n" for s in sorted(stems)).encode(),
+        )
     return summary("pascal-context", dst, written, skipped)
