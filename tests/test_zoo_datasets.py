@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -564,7 +565,7 @@ def test_recipe_trains_two_iterations(tmp_path, dataset):
 
 def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
     from pspnet_lib.cli.prepare import PREPARE_CHOICES
-    from pspnet_lib.cli.train import DATASET_CHOICES
+    from pspnet_lib.cli.train import DATASET_CHOICES, add_dataset_args
     from pspnet_lib.data import ZOO_DATASETS
     from pspnet_lib.data.metadata import DATASETS as ZOO_INFO
     from pspnet_lib.hub import get_weights, list_pretrained
@@ -572,6 +573,11 @@ def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
 
     assert tuple(DATASETS) == DATASET_CHOICES and tuple(PREPARERS) == PREPARE_CHOICES
     assert set(ZOO_DATASETS) == set(ZOO_INFO)
+    # the dataset key `pspnet list` shows (voc12aug for the VOC models) is accepted by --dataset
+    parser = argparse.ArgumentParser()
+    add_dataset_args(parser)
+    for key, name in ZOO_DATASETS.items():
+        assert parser.parse_args(["--dataset", key]).dataset == name
     for key, name in ZOO_DATASETS.items():
         dataset_class = DATASETS[name]
         if hasattr(dataset_class, "DATASET_KEY"):

@@ -53,11 +53,23 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+#: Zoo dataset keys that name a dataset differently (pspnet list shows voc12aug for the VOC models).
+_DATASET_ALIASES = {"voc12aug": "voc"}
+
+
+def _dataset_name(text: str) -> str:
+    key = text.strip().lower()
+    return _DATASET_ALIASES.get(key, key)
+
+
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """Dataset flags shared by ``train`` and ``eval``."""
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", choices=DATASET_CHOICES, help="dataset layout (see docs/datasets.md); a recipe sets it"
+        "--dataset",
+        type=_dataset_name,
+        choices=DATASET_CHOICES,
+        help="dataset layout (see docs/datasets.md; the zoo's voc12aug is voc); a recipe sets it",
     )
     group.add_argument("--data-root", metavar="DIR", help="the dataset's directory")
     group.add_argument(
