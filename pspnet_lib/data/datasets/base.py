@@ -312,7 +312,24 @@ def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> n
     return mask
 
 
-class ImageAnnotationDirs(SegmentationDataset):
+class ZooLabelConvention(SegmentationDataset):
+    """A dataset whose label mapping comes from its zoo :class:`~pspnet_lib.data.metadata.DatasetInfo`.
+
+    Subclasses set ``self.info``; with ``info.reduce_zero_label`` stored values are checked (the
+    message quotes them as stored) and then mapped by :func:`reduce_zero_label`.
+    """
+
+    info: Any
+
+    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mask = super().convert_mask(raw, path)
+        if not self.info.reduce_zero_label:
+            return mask
+        check_stored_values(self, mask, path, self.num_classes)
+        return reduce_zero_label(mask, self.ignore_index)
+
+
+class ImageAnnotationDirs(ZooLabelConvention):
     """Base of the datasets in mmsegmentation's prepared layout: ``<images>/<split>`` + ``<annotations>/<split>``.
 
     An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
@@ -363,13 +380,6 @@ class ImageAnnotationDirs(SegmentationDataset):
                 f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}"
             )
         super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
-
-    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        mask = super().convert_mask(raw, path)
-        if not self.info.reduce_zero_label:
-            return mask
-        check_stored_values(self, mask, path, self.num_classes)
-        return reduce_zero_label(mask, self.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         k = self.num_classes

@@ -9,18 +9,16 @@ import numpy as np
 from ..metadata import get_dataset_info
 from .base import (
     PathLike,
-    SegmentationDataset,
     Transforms,
+    ZooLabelConvention,
     _first_existing,
     _require_files,
-    check_stored_values,
-    reduce_zero_label,
 )
 
 __all__ = ["PascalContextDataset", "PascalContext59Dataset"]
 
 
-class PascalContextDataset(SegmentationDataset):
+class PascalContextDataset(ZooLabelConvention):
     """PASCAL Context with 60 classes: class 0 is ``background``, a scored class (mmseg's ``PascalContextDataset``).
 
     Layout (``pspnet prepare pascal-context`` or mmsegmentation's ``pascal_context.py``)::
@@ -60,13 +58,6 @@ class PascalContextDataset(SegmentationDataset):
         files = [(found / "JPEGImages" / f"{n}.jpg", found / "SegmentationClassContext" / f"{n}.png") for n in names]
         _require_files(files, str(list_file), prepare)
         super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
-
-    def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        mask = super().convert_mask(raw, path)
-        if not self.info.reduce_zero_label:
-            return mask
-        check_stored_values(self, mask, path, self.num_classes)
-        return reduce_zero_label(mask, self.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         return (
