@@ -124,12 +124,12 @@ _LOAD_LOCK = threading.RLock()
 _records: list[tuple[OrderedDict, str, tuple]] | None = None  # OpenMMLab objects made by the current load
 
 
-class _DTypeRecord:
-    """Bound to ``numpy.dtype``: records ``dtype(spec, align, copy)`` and its state."""
+class _Record:
+    """Records the arguments (NEWOBJ/REDUCE) and state (BUILD) the unpickler hands over; runs nothing."""
 
     __slots__ = ("args", "state")
 
-    def __new__(cls, *args: Any) -> _DTypeRecord:
+    def __new__(cls, *args: Any) -> _Record:
         self = object.__new__(cls)
         self.args = args
         self.state = None
@@ -137,6 +137,12 @@ class _DTypeRecord:
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
+
+
+class _DTypeRecord(_Record):
+    """Bound to ``numpy.dtype``: records ``dtype(spec, align, copy)`` and its state."""
+
+    __slots__ = ()
 
     def plain(self) -> tuple[np.dtype | None, str]:
         """``(dtype, "")`` for a plain numeric/bool dtype, else ``(None, reason)``."""
@@ -199,19 +205,10 @@ def _inert_bytes(*args: Any) -> bytes | InertObject:
     return InertObject("bytes", "not built from bytes")
 
 
-class _ArrayRecord:
+class _ArrayRecord(_Record):
     """Bound to ``numpy.ndarray`` and returned by ``_reconstruct``: records an array's state."""
 
-    __slots__ = ("args", "state")
-
-    def __new__(cls, *args: Any) -> _ArrayRecord:
-        self = object.__new__(cls)
-        self.args = args
-        self.state = None
-        return self
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
+    __slots__ = ()
 
     def rebuild(self) -> np.ndarray | InertObject:
         state = self.state
