@@ -28,8 +28,9 @@ content), by these fixed rules (docs/inference.md has the table):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ACCEPTED_INPUTS",
 ]
+
+_T = TypeVar("_T")
 
 #: Suffixes that ``pspnet predict`` picks up when given a folder (``.npy``: arrays (H, W, C)).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
@@ -78,12 +81,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     cannot be decoded as an image.
     """
     path = Path(path)
+    # Photos from phones store their rotation in EXIF; masks should match what viewers show.
+    return _decode(path, lambda image: pil_to_rgb(ImageOps.exif_transpose(image), what=str(path)))
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], _T]) -> _T:
+    """``convert`` applied to the decoded picture at ``path``; a file that cannot be decoded is one
+    ``ValueError`` naming it (a missing file stays ``FileNotFoundError``)."""
     try:
         with _open(path) as image:
             image.load()
-            # Photos from phones store their rotation in EXIF; masks should match what viewers show.
-            image = ImageOps.exif_transpose(image)
-            return pil_to_rgb(image, what=str(path))
+            return convert(image)
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -187,18 +195,13 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
         return to_image_tensor(array, channels, what=str(path)).permute(1, 2, 0).numpy()
     if channels == 3:
         return np.array(load_image(path))
-    try:
-        with _open(path) as image:
-            image.load()
-            if getattr(image, "n_frames", 1) == 1:
-                image = ImageOps.exif_transpose(image)
-            return pil_to_array(image, channels, what=str(path))
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, ValueError) and str(path) in str(exc):
-            raise
-        raise _decode_error(path, exc) from exc
+
+    def convert(image: Image.Image) -> np.ndarray:
+        if getattr(image, "n_frames", 1) == 1:  # the pages of a multi-band TIFF are bands, not a photo
+            image = ImageOps.exif_transpose(image)
+        return pil_to_array(image, channels, what=str(path))
+
+    return _decode(path, convert)
 
 
 def is_image_batch(images: Any) -> bool:
