@@ -159,6 +159,24 @@ def test_outputs_never_replace_the_input_pictures(weights, tmp_path, caplog, ove
     assert "--out" in message and "photos-masks" in message and "--overwrite" not in message
 
 
+def test_the_input_folder_is_never_the_output_folder(weights, tmp_path, caplog):
+    """JPEG inputs: no mask would replace a picture, but masks among the photos would be read as
+    photos next time (and a.png would then clash with a.jpg's mask)."""
+    weights_dir, _ = weights
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rng.integers(0, 256, (20, 23, 3), dtype=np.uint8)).save(photos / name)
+    before = _snapshot(photos)
+    for out in (photos, tmp_path / "." / "photos"):
+        assert main(["predict", str(photos), "--weights", str(weights_dir), "--out", str(out), "--overwrite"]) == 1
+        message = caplog.records[-1].getMessage()
+        assert "\n" not in message and "input folder" in message and "--out" in message and "photos-masks" in message
+    assert _snapshot(photos) == before  # nothing written among the photos
+    assert main(["predict", str(photos), "--weights", str(weights_dir), "--out", str(tmp_path / "masks")]) == 0
+
+
 def test_outputs_that_are_links_to_inputs_are_refused(weights, tmp_path, caplog):
     """The same through a symlinked --out folder and through a hard link."""
     weights_dir, _ = weights

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -256,6 +257,15 @@ def run(args: argparse.Namespace) -> int:
         [source for source, _ in files] + local_files(args.weights),
         advice=f"choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}",
     )
+    # Even where no file would be replaced (a.jpg -> a.png), masks written among the pictures would
+    # be read as pictures by the next run on that folder: an input folder is never the output folder.
+    out_dir = Path(os.path.realpath(args.out))
+    for given in args.inputs:
+        if Path(given).is_dir() and Path(os.path.realpath(given)) == out_dir:
+            raise ValueError(
+                f"refusing --out {args.out}: it is the input folder {given}, and the masks would mix with the "
+                f"pictures; choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}"
+            )
     if not args.overwrite:
         existing = [str(p) for _, mask, over in plan for p in (mask, over) if p is not None and p.exists()]
         if existing:
