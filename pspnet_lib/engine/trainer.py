@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -70,6 +71,19 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the bad step touched the weights."""
 
 
+def usable_workers(requested: int) -> int:
+    """``requested`` DataLoader workers, at most one per CPU this process may run on.
+
+    More workers than CPUs only add processes (torch warns about it on every loader); the data
+    order and augmentation do not depend on the worker count (each sample is seeded by its index).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus))
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (JSON-serialisable; stored in each checkpoint).
@@ -98,7 +112,7 @@ class TrainConfig:
         freeze_backbone: train the heads only.
         freeze_bn: keep every BatchNorm's running statistics fixed (for small batches).
         sync_bn: convert BatchNorm to SyncBatchNorm when several GPU processes train.
-        num_workers: DataLoader worker processes per training process.
+        num_workers: DataLoader worker processes per training process (at most one per usable CPU).
         device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
 
     Bookkeeping
@@ -468,7 +482,7 @@ class Trainer:
             SeededDataset(self.train_dataset),
             batch_size=c.batch_size,
             sampler=sampler,
-            num_workers=c.num_workers,
+            num_workers=usable_workers(c.num_workers),
             collate_fn=self.collate_fn,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
@@ -698,7 +712,7 @@ class Trainer:
                 ignore_index=c.ignore_index,
                 device=self.device,
                 amp_dtype=amp_dtype,
-                num_workers=min(c.num_workers, 2),
+                num_workers=usable_workers(min(c.num_workers, 2)),
                 progress=c.progress,
             )
         finally:
