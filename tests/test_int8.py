@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import warnings
@@ -100,8 +101,14 @@ def test_int8_file_is_quantized_and_keeps_metadata(int8_file, fp32_file, model):
     assert len(int8_weights) >= 20  # every convolution's weight is stored in int8
     # Per-channel: a convolution weight's scale has one value per output channel.
     assert any(len(t.dims) == 1 and t.dims[0] > 1 for t in proto.graph.initializer if "scale" in t.name)
+    # The classifier (the last convolution) keeps float weights by default; the first one is int8.
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    assert convs[-1].input[1] in {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert producers[convs[0].input[1]].op_type == "DequantizeLinear"
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["pspnet_lib.quantization"])["calibration_images"] == 6
+    assert json.loads(props["pspnet_lib.quantization"])["float_layers"] == ["classifier"]
     assert json.loads(props["pspnet_lib.config"])["num_classes"] == model.config.num_classes
     assert int8_file.stat().st_size < 0.4 * fp32_file.stat().st_size
 
@@ -205,10 +212,14 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
         "64",
         "--width",
         "64",
+        "--float-layers",
+        "classifier,first",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "int8 QDQ calibrated on 3 picture(s)" in text
+    assert "int8 QDQ calibrated on 3 picture(s)" in text and "in float: classifier, first" in text
+    props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert json.loads(props["pspnet_lib.quantization"])["float_layers"] == ["classifier", "first"]
     assert "on 2 held-out picture(s): argmax agreement" in text
     assert out.exists()
     assert (
@@ -216,6 +227,9 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
         == 1
     )
     assert "--int8 needs --calibration DIR" in caplog.text
+    bad = ["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--int8"]
+    assert main([*bad, "--calibration", str(pics), "--float-layers", "stem"]) == 1
+    assert "--float-layers 'stem': expected a comma-separated list of classifier, first, or none" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (
@@ -239,7 +253,11 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_predict_fast_int8_cli(model, tmp_path, capsys, caplog):
+def test_predict_fast_int8_cli(model, tmp_path, capsys, caplog, monkeypatch):
+    import pspnet_lib.runtime.int8 as int8
+
+    # The choice between the candidates is tested below; here the first one is kept untimed.
+    monkeypatch.setattr(int8, "choose_fastest", lambda candidates, x, **kwargs: (next(iter(candidates)), {}))
     weights = save_model_dir(model, tmp_path / "weights")
     pics = _write_pictures(tmp_path / "pics", 3, size=(40, 33))
     (pics / "broken.png").write_bytes(b"not a png")
@@ -307,7 +325,10 @@ def test_fast_int8_matches_fp32_at_an_odd_size(depth, backend, model, fast_int8)
     assert stats["argmax_agreement"] >= 0.98, stats
     assert stats["max_rel_err"] <= 5e-2, stats
     if not fell_back:
-        assert fast.backend == ("openvino" if backend == "auto" else backend)
+        if backend == "auto":  # the fastest candidate, whichever it is, with what was measured
+            assert fast.choice in fast.timings and fast.timings[fast.choice] == min(fast.timings.values())
+        else:
+            assert fast.backend == backend and fast.choice == f"{backend}-int8" and fast.timings is None
         assert fast.num_classes == 5 and fast.config.backbone == depth
 
 
@@ -355,3 +376,70 @@ def test_fast_int8_bad_arguments(model):
         optimize_for_inference(model, "int8", calibration=[torch.zeros(3, 8, 8, dtype=torch.uint8)])
     with pytest.raises(ValueError, match="backend must be one of"):
         optimize_for_inference(model, "int8", calibration=_calibration(1), backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown float layer.*'stem'"):
+        quantize_onnx("unused.onnx", "unused_int8.onnx", _calibration(1), float_layers=["stem"])
+
+
+def test_choose_fastest_times_interleaved_rounds_within_the_budget():
+    from pspnet_lib.runtime.int8 import choose_fastest
+
+    now = [0.0]
+    calls = []
+
+    def candidate(name, seconds):
+        def run(x):
+            calls.append(name)
+            now[0] += seconds
+
+        return run
+
+    def broken(x):
+        raise RuntimeError("cannot run this size")
+
+    x = torch.zeros(1, 3, 8, 8)
+    candidates = {"slow": candidate("slow", 0.5), "fast": candidate("fast", 0.2), "broken": broken}
+    choice, medians = choose_fastest(candidates, x, budget_s=1.5, max_rounds=10, clock=lambda: now[0])
+    assert choice == "fast" and medians == pytest.approx({"slow": 0.5, "fast": 0.2})  # "broken" left out
+    # One untimed call each, then rounds of 0.7 s until 1.5 s are spent: 3 rounds, interleaved.
+    assert calls == ["slow", "fast"] + ["slow", "fast"] * 3
+    calls.clear()
+    assert choose_fastest(candidates, x, budget_s=100.0, max_rounds=2, clock=lambda: now[0])[0] == "fast"
+    assert len(calls) == 2 + 2 * 2  # max_rounds bounds it too
+    calls.clear()
+    choose_fastest({"slow": candidates["slow"]}, x, budget_s=0.0, clock=lambda: now[0])
+    assert calls == ["slow", "slow"]  # at least one timed round
+    with pytest.raises(RuntimeError, match="every candidate failed"):
+        choose_fastest({"broken": broken}, x)
+
+
+@pytest.mark.parametrize("winner", ["onnxruntime-int8", "fast-bf16"])
+def test_auto_backend_returns_the_fastest_candidate(winner, model, fast_int8, monkeypatch):
+    import pspnet_lib.runtime.int8 as int8
+    import pspnet_lib.runtime.optimize as optimize
+
+    # Deterministic: the int8 module is the one the other tests built, bf16 counts as native, and
+    # the timings are given (choose_fastest's own logic is tested above).
+    int8_module = copy.copy(fast_int8("onnxruntime"))  # a shallow copy: the shared module keeps its attributes
+    monkeypatch.setattr(int8, "build_int8", lambda model, batches, backend: {"onnxruntime": int8_module})
+    monkeypatch.setattr(optimize, "native_dtype_support", lambda dtype, device: (True, "test"))
+    seen = {}
+
+    def fake_choose(candidates, x, **kwargs):
+        seen.update(candidates=set(candidates), shape=tuple(x.shape))
+        timings = {name: (0.1 if name == winner else 0.3) for name in candidates}
+        return winner, timings
+
+    monkeypatch.setattr(int8, "choose_fastest", fake_choose)
+    fast = optimize_for_inference(model, "int8", calibration=_calibration(2, 40, 52))
+    assert seen == {"candidates": {"onnxruntime-int8", "fast-bf16"}, "shape": (1, 3, 40, 52)}  # a calibration image
+    assert fast.choice == winner and fast.timings[winner] == 0.1 and set(fast.timings) == seen["candidates"]
+    if winner == "fast-bf16":
+        assert isinstance(fast, FastPSPNet) and fast.dtype == torch.bfloat16
+    else:
+        assert fast is int8_module and fast.backend == "onnxruntime"
+    # An explicit back end is never timed against anything.
+    monkeypatch.setattr(int8, "choose_fastest", lambda *a, **k: pytest.fail("timed an explicit backend"))
+    assert (
+        optimize_for_inference(model, "int8", calibration=_calibration(1), backend="onnxruntime").backend
+        == "onnxruntime"
+    )

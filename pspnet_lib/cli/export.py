@@ -91,6 +91,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how activation ranges are set (default minmax)",
     )
     int8.add_argument(
+        "--float-layers",
+        default="classifier",
+        metavar="LIST",
+        help="convolutions kept in float, comma-separated: classifier (the default: the logits' layer; it lifted "
+        "the argmax agreement on a trained model), first (the stem's first convolution), or none",
+    )
+    int8.add_argument(
         "--check-count",
         type=int,
         default=4,
@@ -194,8 +201,23 @@ def _check_int8_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--check-count must be at least 1, got {args.check_count}")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ValueError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+    args.float_layers = _float_layers(args.float_layers)
     calibration_files(args.calibration)  # a missing or empty folder fails before the weights load
     _require_quantization()
+
+
+def _float_layers(text: str) -> tuple[str, ...]:
+    from ..inference.quantize import FLOAT_LAYERS
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in FLOAT_LAYERS]
+    if unknown or not names:
+        raise ValueError(
+            f"--float-layers {text!r}: expected a comma-separated list of {', '.join(FLOAT_LAYERS)}, or none"
+        )
+    return names
 
 
 def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
@@ -214,6 +236,7 @@ def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
         args.out,
         calibrate,
         calibrate_method=args.calibration_method,
+        float_layers=args.float_layers,
         dynamic=args.dynamic,
         opset=args.opset,
         batch_size=args.batch_size or 2,
@@ -223,6 +246,7 @@ def _export_int8(args: argparse.Namespace, model, common: dict) -> int:
     size_mb = args.out.stat().st_size / 2**20
     sys.stdout.write(
         f"wrote {args.out} (onnx, int8 QDQ calibrated on {len(calibrate)} picture(s) of {args.calibration}, "
+        f"in float: {', '.join(args.float_layers) or 'nothing'}, "
         f"{'dynamic' if args.dynamic else 'static'} shape, {size_mb:.1f} MiB)\n"
     )
     if not args.check:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..models.pspnet import PSPNet
 from .conv import mkldnn_fusion_available
 from .model import FastPSPNet
-from .precision import resolve_dtype
+from .precision import native_dtype_support, resolve_dtype
 from .tuning import tuning_cache as get_tuning_cache
 
 __all__ = ["optimize_for_inference"]
@@ -63,8 +63,12 @@ def optimize_for_inference(
             tensor ``(N, 3, H, W)``, a list of ``(3, H, W)`` / ``(N, 3, H, W)`` tensors or a DataLoader
             yielding them (or ``(images, labels)``). 8-32 pictures suffice;
             :func:`pspnet_lib.inference.quantize.calibration_images` makes them from picture files.
-        backend: ``dtype="int8"`` only: ``"auto"`` (OpenVINO when installed, else the bf16 fallback),
-            ``"openvino"`` or ``"onnxruntime"``.
+        backend: ``dtype="int8"`` only: ``"openvino"`` or ``"onnxruntime"`` (that runtime), or
+            ``"auto"``: every installed int8 runtime and the bfloat16 fast path (where the CPU runs
+            bf16 natively) are built and timed on the first calibration image, interleaved for
+            about 3 s, and the fastest is returned (its ``choice`` names it, ``timings`` holds the
+            median seconds of each; the choice is logged). So ``"auto"`` may return the bf16
+            :class:`~pspnet_lib.runtime.FastPSPNet`, e.g. on CPUs without AMX (docs/performance.md).
         channels_last: run activations in channels-last memory format (faster on CPU and on
             tensor-core GPUs).
         space_to_batch: ``"auto"`` (time both forms of each dilated segment on the first input of
@@ -101,15 +105,6 @@ def optimize_for_inference(
             "optimize_for_inference needs a model in eval mode: BatchNorm is folded using its running "
             "statistics and dropout is removed, which only matches eval-mode behaviour. Call model.eval() first."
         )
-    if _is_int8(dtype):
-        from .int8 import build_int8
-
-        int8 = build_int8(model, calibration, backend)
-        if int8 is not None:
-            return int8
-        dtype = torch.bfloat16  # build_int8 warned; resolve_dtype may fall further to float32 (and warns)
-    elif calibration is not None or backend != "auto":
-        raise ValueError("calibration and backend apply to dtype='int8' only")
     # Identity checks for the booleans: `1 in (True, ...)` would pass.
     if not (space_to_batch is True or space_to_batch is False or space_to_batch == "auto"):
         raise ValueError(f"space_to_batch must be True, False or 'auto', got {space_to_batch!r}")
@@ -125,7 +120,42 @@ def optimize_for_inference(
     if not params:
         raise ValueError("the model has no parameters")
     device = params[0].device
-    dtype = resolve_dtype(dtype, device)
+    options = dict(
+        channels_last=channels_last,
+        space_to_batch=space_to_batch,
+        winograd=winograd,
+        compile=compile,
+        tuning_cache=tuning_cache,
+    )
+    if _is_int8(dtype):
+        from .int8 import select_int8
+
+        bf16_native = native_dtype_support(torch.bfloat16, device)[0]
+        chosen = select_int8(
+            model,
+            calibration,
+            backend,
+            (lambda: _fast_path(model, torch.bfloat16, device, **options)) if bf16_native else None,
+        )
+        if chosen is not None:
+            return chosen
+        dtype = torch.bfloat16  # select_int8 warned; resolve_dtype may fall further to float32 (and warns)
+    elif calibration is not None or backend != "auto":
+        raise ValueError("calibration and backend apply to dtype='int8' only")
+    return _fast_path(model, resolve_dtype(dtype, device), device, **options)
+
+
+def _fast_path(
+    model: PSPNet,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    space_to_batch: bool | str,
+    winograd: bool | int | str,
+    compile: bool,
+    tuning_cache: bool | str | os.PathLike,
+) -> nn.Module:
     conv_backend = "aten"
     if device.type == "cpu" and channels_last and not compile and mkldnn_fusion_available(dtype):
         conv_backend = "mkldnn"

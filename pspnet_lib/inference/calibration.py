@@ -1,0 +1,180 @@
+"""Calibration data for INT8 quantization: pictures -> normalised tensors with the weights' own preprocessing.
+
+:func:`calibration_images` reads a folder (or a list) of pictures and applies the weights' test
+resize and mean/std, so that the activation ranges measured during calibration are those the
+model meets at inference. The private helpers turn the accepted calibration forms (a batch
+tensor, a list of tensors, a DataLoader) into batches and fit them to statically-shaped graphs.
+Used by :mod:`pspnet_lib.inference.quantize` and :mod:`pspnet_lib.inference.int8_check`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from .export import _require_onnx
+
+__all__ = ["calibration_files", "calibration_images"]
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """The image files (by extension, :data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`) in ``folder``, sorted.
+
+    Raises ``FileNotFoundError`` (not a folder) or ``ValueError`` (no images in it).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"calibration folder not found: {folder} (expected a folder of pictures)")
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(
+            f"no pictures in {folder} (expected files ending in {', '.join(IMAGE_EXTENSIONS)}); "
+            "point the calibration at a folder of images like the ones you will segment"
+        )
+    return files
+
+
+def _sample(items: list, count: int | None, seed: int) -> list:
+    if count is None or count >= len(items):
+        return list(items)
+    if count < 1:
+        raise ValueError(f"the calibration count must be at least 1, got {count}")
+    picked = sorted(random.Random(seed).sample(range(len(items)), count))
+    return [items[i] for i in picked]
+
+
+def calibration_images(
+    source: str | os.PathLike | Sequence[Any] | torch.Tensor,
+    model: nn.Module,
+    *,
+    count: int | None = None,
+    size: int | Sequence[int] | bool | None = None,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Pictures -> normalised ``(1, 3, h, w)`` float32 tensors, with the weights' own preprocessing.
+
+    Args:
+        source: a folder of pictures, or a list of paths / PIL images / arrays / uint8 tensors
+            (anything :func:`~pspnet_lib.core.images.to_rgb_tensor` accepts).
+        model: the model whose ``pretrained_cfg`` gives mean/std (ImageNet by default) and the
+            test resize.
+        count: use at most this many pictures, sampled reproducibly (``seed``); None = all.
+        size: the resize, as in :func:`~pspnet_lib.inference.predict.predict`: None = the weights'
+            protocol (``pretrained_cfg["inference"]["resize"]``; none stored = the picture's own
+            size), False = no resize, an int = short side, ``(long, short)`` = limits.
+
+    The resize and normalisation are :func:`pspnet_lib.hub.preprocessing.build_transforms`, the
+    pipeline the zoo's ``weights.transforms()`` use, so calibration sees what inference sees.
+    """
+    from ..hub.preprocessing import build_transforms
+    from .predict import resolve_protocol
+
+    items = calibration_files(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    if not items:
+        raise ValueError("no calibration pictures given")
+    items = _sample(items, count, seed)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    resize = resolve_protocol(model, size=size)["resize"]
+    transform = build_transforms(resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
+    out = []
+    for item in items:
+        try:
+            image = to_rgb_tensor(load_image(item) if isinstance(item, (str, os.PathLike)) else item)
+        except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
+            logger.warning(
+                "calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc
+            )
+            continue
+        if image.dtype != torch.uint8:  # float [0, 1] -> the uint8 the transforms expect
+            image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
+        out.append(transform(image).unsqueeze(0).contiguous())
+    if not out:
+        raise ValueError(f"none of the {len(items)} calibration picture(s) could be read")
+    return out
+
+
+def _as_batches(calibration: Any) -> list[torch.Tensor]:
+    """Normalised float batches ``(N, 3, H, W)`` from a tensor, a list of tensors or a DataLoader."""
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration]
+    batches = []
+    for index, item in enumerate(calibration):
+        if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+            item = item[0]  # (images, labels) from a DataLoader
+        if isinstance(item, dict) and isinstance(item.get("image", item.get("images")), torch.Tensor):
+            item = item.get("image", item.get("images"))
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"calibration item {index} is a {type(item).__name__}, expected a normalised image tensor")
+        if item.ndim == 3:
+            item = item.unsqueeze(0)
+        if item.ndim != 4 or item.shape[1] != 3 or not item.is_floating_point():
+            raise ValueError(
+                f"calibration item {index} has shape {tuple(item.shape)} and dtype {item.dtype}; expected normalised "
+                "float images (3, H, W) or (N, 3, H, W), i.e. (x / 255 - mean) / std with the weights' mean/std "
+                "(pspnet_lib.inference.quantize.calibration_images makes them from pictures)"
+            )
+        batches.append(item.detach().float().cpu())
+    if not batches:
+        raise ValueError("the calibration data is empty; give at least one image")
+    return batches
+
+
+def _static_input_shape(onnx_path: str | os.PathLike) -> list[int | None]:
+    """The graph input's ``(N, C, H, W)``, None for symbolic dimensions."""
+    onnx = _require_onnx()
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+
+
+def _fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> list[torch.Tensor]:
+    """Make images fit a graph exported with ``dynamic=False``: resized to its H x W, grouped in its batch size.
+
+    Resizing after normalisation equals resizing before it (bilinear interpolation commutes with
+    the per-channel affine normalisation). A last incomplete batch repeats its final image.
+    """
+    import torch.nn.functional as F
+
+    n, _, h, w = (list(shape) + [None] * 4)[:4]
+    images = [img.unsqueeze(0) for b in batches for img in b]
+    if h is not None and w is not None:
+        images = [
+            img if img.shape[-2:] == (h, w) else F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+            for img in images
+        ]
+    elif n is None:
+        return batches
+    n = n or 1
+    grouped = []
+    for start in range(0, len(images), n):
+        chunk = images[start : start + n]
+        chunk += [chunk[-1]] * (n - len(chunk))
+        grouped.append(torch.cat(chunk))
+    return grouped
+
+
+def _to_uint8(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    # The inverse of the normalisation, for graphs that normalise inside (preprocess=True).
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return ((batch * s + m) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _is_picture_source(calibration: Any) -> bool:
+    if isinstance(calibration, (str, os.PathLike)):
+        return True
+    if isinstance(calibration, (list, tuple)) and calibration:
+        first = calibration[0]
+        return not (isinstance(first, torch.Tensor) and first.is_floating_point())
+    return False
