@@ -90,8 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "float32", "bfloat16", "float16", "int8"),
         default="auto",
         help="precision of --fast: auto = bfloat16 where the device computes it natively (AVX-512-BF16/AMX CPUs, "
-        "Ampere+ GPUs), else float32 (exact); int8 = a calibrated INT8 model run by OpenVINO (pspnet-lib[openvino]; "
-        "bfloat16 with a warning where it is missing), calibrated on a sample of the inputs or --calibration",
+        "Ampere+ GPUs), else float32 (exact); int8 = a calibrated INT8 model in OpenVINO or ONNX Runtime "
+        "(pspnet-lib[onnx,openvino]) or the bfloat16 fast path, whichever runs fastest here (timed on a calibration "
+        "picture, ~3 s; bfloat16 with a warning where no int8 runtime is installed), calibrated on a sample of the "
+        "inputs or --calibration",
     )
     parser.add_argument(
         "--calibration",

@@ -57,8 +57,9 @@ def optimize_for_inference(
             with AMX-FP16). A dtype the device cannot run natively falls back to float32 with a warning.
             ``"int8"`` (or ``torch.int8``): a calibrated, static-quantized INT8 model run by
             OpenVINO or ONNX Runtime (:class:`~pspnet_lib.runtime.int8.Int8PSPNet`; needs
-            ``calibration``); where the back end is not installed or the CPU lacks int8 dot-product
-            instructions (VNNI/AMX) it falls back to the bfloat16 fast path with a ``RuntimeWarning``.
+            ``calibration``), or the bfloat16 fast path when ``backend="auto"`` measures it faster;
+            where no int8 back end is installed or the CPU lacks int8 dot-product instructions
+            (VNNI/AMX) it falls back to the bfloat16 fast path with a ``RuntimeWarning``.
         calibration: ``dtype="int8"`` only: normalised images like those you will segment: a batch
             tensor ``(N, 3, H, W)``, a list of ``(3, H, W)`` / ``(N, 3, H, W)`` tensors or a DataLoader
             yielding them (or ``(images, labels)``). 8-32 pictures suffice;
@@ -86,8 +87,11 @@ def optimize_for_inference(
             call per shape compiles). Only worth it where benchmarks/inference.py shows a gain.
 
     Returns:
-        A module (:class:`~pspnet_lib.runtime.FastPSPNet`, or ``Int8PSPNet`` for int8) whose ``forward(x)`` returns float32 logits ``(N, num_classes, H, W)``; it also has
-        ``config``, ``pretrained_cfg``, ``num_classes`` and ``predict`` like the source model.
+        A module (:class:`~pspnet_lib.runtime.FastPSPNet`, or ``Int8PSPNet`` for int8) whose
+        ``forward(x)`` returns float32 logits ``(N, num_classes, H, W)``; it also has ``config``,
+        ``pretrained_cfg``, ``num_classes`` and ``predict`` like the source model. For
+        ``dtype="int8"`` it also has ``choice`` (what was returned) and ``timings`` (``"auto"``:
+        the median seconds per call of every candidate; an explicit backend: None).
 
     Example::
 
@@ -139,8 +143,12 @@ def optimize_for_inference(
         )
         if chosen is not None:
             return chosen
-        dtype = torch.bfloat16  # select_int8 warned; resolve_dtype may fall further to float32 (and warns)
-    elif calibration is not None or backend != "auto":
+        # select_int8 warned; resolve_dtype may fall further to float32 (and warns)
+        dtype = resolve_dtype(torch.bfloat16, device)
+        fast = _fast_path(model, dtype, device, **options)
+        fast.choice, fast.timings = f"fallback-{str(dtype).removeprefix('torch.')}", None
+        return fast
+    if calibration is not None or backend != "auto":
         raise ValueError("calibration and backend apply to dtype='int8' only")
     return _fast_path(model, resolve_dtype(dtype, device), device, **options)
 
