@@ -72,12 +72,12 @@ def floats(text: str) -> list[float]:
 def colour(text: str) -> tuple[int, int, int]:
     """``224,224,192`` -> (224, 224, 192)."""
     try:
-        values = tuple(int(v) for v in text.replace(" ", ",").split(",") if v.strip())
+        values = [int(v) for v in text.replace(" ", ",").split(",") if v.strip()]
     except ValueError:
-        values = ()
+        values = []
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
         raise argparse.ArgumentTypeError(f"expected R,G,B with values 0..255 such as 224,224,192, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def label_map(text: str) -> dict[int, int]:

@@ -318,7 +318,9 @@ def setting_specs() -> list[SettingSpec]:
         cli = dict(f.metadata["cli"])
         no_flag = cli.pop("no_flag", None)
         kind = _kind(hints[f.name])
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         flag = cli.pop("flag", None)
         if flag is None and not no_flag:
             # A switch that is on by default is turned off: --no-sync-bn.

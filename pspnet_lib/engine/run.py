@@ -162,7 +162,7 @@ class TrainingRun:
     train_dataset: Dataset
     val_dataset: Dataset | None
     config: TrainConfig
-    resume: bool | str | os.PathLike = False
+    resume: bool | str | Path = False
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -253,12 +253,13 @@ class TrainingRun:
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
         set_seed(config.seed)
-        split = train_split or DEFAULT_SPLITS[name][0]
+        first: str = train_split or DEFAULT_SPLITS[name][0]
+        split: str | None = first
         val_split = val_split or DEFAULT_SPLITS[name][1]
         if name == "folder":
             generic_classes(data_root, settings["num_classes"], options)
             flat = (
-                not validate and not train_split and "val_fraction" not in options and not has_split(data_root, split)
+                not validate and not train_split and "val_fraction" not in options and not has_split(data_root, first)
             )
             if flat:
                 split = None  # a flat folder without validation: train on every pair
@@ -284,6 +285,7 @@ class TrainingRun:
             build_dataset(name, data_root, val_split, eval_transforms(normalize=False), **options) if validate else None
         )
         _compare_batch(settings, config, world_size or int(os.environ.get("WORLD_SIZE", "1")))
+        resume = resume if isinstance(resume, (bool, str)) else Path(resume)
         return cls(model, train_set, val_set, config, resume=resume, settings=settings)
 
     def trainer(self, **kwargs: Any) -> Trainer:

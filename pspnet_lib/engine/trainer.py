@@ -129,14 +129,6 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         self._last_checkpoint: tuple[Path, int] | None = None
 
     # ------------------------------------------------------------------ set-up
-    @property
-    def is_main(self) -> bool:
-        return self.dist.is_main
-
-    def _log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
-        if self.is_main:
-            logger.log(level, msg, *args)
-
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         config = self.config
         uses_aux = getattr(model, "aux_head", None) is not None and config.aux_weight > 0

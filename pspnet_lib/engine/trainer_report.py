@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from torch.utils.data import Dataset
 
-from . import distributed as D
 from .checkpoint import atomic_write_bytes, get_rng_state, set_rng_state, state_nbytes
-from .config import TrainConfig
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
 from .sampler import usable_workers
+from .trainer_base import TrainerBase
 
 __all__ = ["Meter", "ReportMixin"]
 
@@ -54,25 +49,8 @@ class Meter:
         return self.images / elapsed if elapsed > 0 else 0.0
 
 
-class ReportMixin:
+class ReportMixin(TrainerBase):
     """Validation, logging and the end of a run of :class:`~pspnet_lib.engine.trainer.Trainer`."""
-
-    # Set by Trainer.__init__ (the attributes this part of the Trainer reads).
-    config: TrainConfig
-    dist: D.DistInfo
-    device: torch.device
-    model: nn.Module
-    val_dataset: Dataset | None
-    iteration: int
-    history: list[dict[str, Any]]
-    last_metrics: dict[str, Any] | None
-    out_dir: Path
-    is_main: bool
-    _validated_at: int
-
-    _log: Callable[..., None]
-    _sync_buffers: Callable[[], None]
-    _explain_write_failure: Callable[..., contextlib.AbstractContextManager]
 
     def validate(self) -> dict[str, Any]:
         """Evaluate the current model on the validation set with the configured protocol."""

@@ -6,12 +6,9 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import torch
-import torch.nn as nn
 
 from . import distributed as D
 from .checkpoint import (
@@ -29,9 +26,9 @@ from .checkpoint import (
     set_rng_state,
     state_nbytes,
 )
-from .config import TrainConfig
 from .optim import PolyLambda
 from .sampler import mix_seed, set_seed
+from .trainer_base import TrainerBase
 
 __all__ = ["CheckpointMixin"]
 
@@ -58,30 +55,8 @@ _TRAJECTORY_FIELDS = (
 )
 
 
-class CheckpointMixin:
+class CheckpointMixin(TrainerBase):
     """Checkpoints and resumption of :class:`~pspnet_lib.engine.trainer.Trainer`."""
-
-    # Set by Trainer.__init__ (the attributes this part of the Trainer reads).
-    config: TrainConfig
-    dist: D.DistInfo
-    device: torch.device
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    iteration: int
-    best_miou: float
-    history: list[dict[str, Any]]
-    out_dir: Path
-    ckpt_dir: Path
-    is_main: bool
-    _resume: bool | str | Path
-    _restored: bool
-    _saved_at: int
-    _last_checkpoint: tuple[Path, int] | None
-    _sync_buffers: Callable[[], None]
-
-    _log: Callable[..., None]
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything needed to continue this run exactly (what a checkpoint holds)."""

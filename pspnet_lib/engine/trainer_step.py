@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
 from . import distributed as D
-from .config import TrainConfig
 from .evaluate import normalize_images
 from .loss import PSPNetLoss
+from .trainer_base import TrainerBase
 
 __all__ = ["NonFiniteLossError", "StepMixin"]
 
@@ -23,23 +21,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the bad step touched the weights."""
 
 
-class StepMixin:
+class StepMixin(TrainerBase):
     """One optimiser step of :class:`~pspnet_lib.engine.trainer.Trainer` (its ``_step`` and helpers)."""
-
-    # Set by Trainer.__init__ (the attributes this part of the Trainer reads).
-    config: TrainConfig
-    dist: D.DistInfo
-    device: torch.device
-    model: nn.Module
-    train_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    loss_fn: Any
-    uses_aux: bool
-    iteration: int
-    ckpt_dir: Path
-    _saved_at: int
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         amp = self.config.amp
