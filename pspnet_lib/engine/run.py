@@ -42,8 +42,10 @@ __all__ = [
     "FOLDER_OPTIONS",
     "PREFLIGHT_SAMPLES",
     "RUN_FILES",
+    "RunDirectoryError",
     "TrainingRun",
     "check_dataset_options",
+    "generic_classes",
     "resolve_settings",
 ]
 
