@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..data import DATASETS
 from ..engine.config import SettingError, setting_specs
 from ..engine.run import check_dataset_options
 
@@ -27,22 +28,8 @@ __all__ = [
     "setting_overrides",
 ]
 
-#: Kept in step with pspnet_lib.data.DATASETS (a test checks); written out so that the choices
-#: read in the source as they appear in ``--help``.
-DATASET_CHOICES = (
-    "voc",
-    "ade20k",
-    "cityscapes",
-    "pascal-context",
-    "pascal-context-59",
-    "coco-stuff10k",
-    "coco-stuff164k",
-    "loveda",
-    "potsdam",
-    "vaihingen",
-    "isaid",
-    "folder",
-)
+#: ``--dataset`` choices: the datasets ``build_dataset`` knows.
+DATASET_CHOICES = tuple(DATASETS)
 #: Zoo dataset keys that name a dataset differently (pspnet list shows voc12aug for the VOC models).
 _DATASET_ALIASES = {"voc12aug": "voc"}
 

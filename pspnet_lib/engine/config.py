@@ -44,9 +44,14 @@ class SettingError(ValueError):
         super().__init__(self.render())
 
     @staticmethod
+    def escape(text: Any) -> str:
+        """``str(text)`` to place in a template as it is (its braces doubled)."""
+        return str(text).replace("{", "{{").replace("}", "}}")
+
+    @staticmethod
     def quote(value: Any) -> str:
         """``repr(value)`` to place in a template (its braces doubled)."""
-        return repr(value).replace("{", "{{").replace("}", "}}")
+        return SettingError.escape(repr(value))
 
     @property
     def settings(self) -> list[str]:

@@ -274,8 +274,8 @@ class TrainingRun:
         num_classes = settings["num_classes"] or probe.num_classes
         if num_classes != probe.num_classes:
             raise SettingError(
-                f"{{num_classes=}} but the {name} dataset at {_escape(data_root)} has {probe.num_classes} classes "
-                f"({_escape(', '.join(probe.classes[:6]))}...)",
+                f"{{num_classes=}} but the {name} dataset at {SettingError.escape(data_root)} has {probe.num_classes} classes "
+                f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
@@ -302,10 +302,6 @@ class TrainingRun:
             return trainer.fit(stop_at)
         finally:
             D.cleanup(trainer.dist)
-
-
-def _escape(value: Any) -> str:
-    return str(value).replace("{", "{{").replace("}", "}}")
 
 
 def _build_model(
@@ -341,7 +337,7 @@ def _check_run_dir(
     suggestion = str(sibling_folder(out, "run"))
     if os.path.realpath(out) == os.path.realpath(data_root):
         raise RunDirectoryError(
-            f"{{out_dir}} {_escape(out)} is the dataset's directory {{data_root}} {_escape(data_root)}: the run's "
+            f"{{out_dir}} {SettingError.escape(out)} is the dataset's directory {{data_root}} {SettingError.escape(data_root)}: the run's "
             f"checkpoints and model would be mixed with the data; {advice}",
             out_dir=suggestion,
         )
@@ -352,7 +348,9 @@ def _check_run_dir(
         check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=mark)
     except OverwritesInputError as exc:
         head, _, tail = str(exc).partition(mark)
-        raise RunDirectoryError(_escape(head) + advice + _escape(tail), out_dir=suggestion) from None
+        raise RunDirectoryError(
+            SettingError.escape(head) + advice + SettingError.escape(tail), out_dir=suggestion
+        ) from None
 
 
 class RunDirectoryError(SettingError, OverwritesInputError):
