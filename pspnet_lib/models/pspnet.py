@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
+from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
 from ._utils import NORM_TYPES, is_symbolic_tracing, make_norm_layer
 from .heads import FCNHead, PSPHead, make_classifier
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS, ResNet
@@ -64,8 +65,7 @@ def _attach(main: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
 #: Bounds of the architecture values (checked before anything is allocated). Label maps are
 #: stored in at most 16 bits (PNG), hence 65536 classes; widths and channel counts are far above
 #: any published model's (2048) yet keep a model built from a stranger's file within memory.
-MAX_NUM_CLASSES = 65536
-MAX_IN_CHANNELS = 1024
+#: (MAX_NUM_CLASSES and MAX_IN_CHANNELS live in core.constants: stored pretrained_cfg uses them too.)
 MAX_CHANNELS = 8192
 MAX_BIN = 64
 MAX_DILATION = 64
