@@ -423,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--data-root DIR is required (the dataset's directory)")
     check_run_dir(settings["train"]["out_dir"], args)
 
-    from ..core.constants import input_channels, input_stats
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..data import DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
     from ..data.datasets import has_split
     from ..engine import TrainConfig, Trainer, set_seed
@@ -461,8 +461,8 @@ def run(args: argparse.Namespace) -> int:
             f"{probe.num_classes} classes ({', '.join(probe.classes[:6])}...)"
         )
     model = build_model(settings, args, num_classes)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean, std = input_stats(cfg, input_channels(model))
+    cfg = PretrainedCfg.of(model)
+    mean, std = list(cfg.mean), list(cfg.std)
     aug = dict(settings["augment"])
     train_set = build_dataset(
         name, args.data_root, train_split, train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug), **kwargs

@@ -456,6 +456,10 @@ class PretrainedCfg:
     def _stored_keys(changes: Mapping[str, Any]) -> set[str]:
         return {_STORED_NAME.get(k, k) for k in changes}
 
+    def is_set(self, name: str) -> bool:
+        """Whether field ``name`` holds a stored (or given) value rather than a filled-in default or None."""
+        return name not in self._defaulted and getattr(self, name) is not None
+
     @property
     def num_classes(self) -> int | None:
         """``len(classes)``, or None without class names."""

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import ensure_dir
 from .._progress import progress_bar
-from ..core.constants import IGNORE_INDEX, input_channels, input_stats
+from ..core.constants import IGNORE_INDEX
+from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from ..core.geometry import MODES
 from . import distributed as D
 from .checkpoint import (
@@ -285,6 +286,18 @@ class _Meter:
         return self.images / elapsed if elapsed > 0 else 0.0
 
 
+def _eval_protocol(config: TrainConfig) -> InferenceProtocol:
+    """The validation protocol of ``config`` (its ``eval_*`` fields) as one object."""
+    return InferenceProtocol(
+        mode=config.eval_mode,
+        resize=config.eval_resize,
+        crop=config.eval_crop,
+        stride=config.eval_stride,
+        scales=tuple(config.eval_scales),
+        flip=config.eval_flip,
+    )
+
+
 class Trainer:
     """Train a PSPNet by iterations with the paper's recipe.
 
@@ -425,22 +438,15 @@ class Trainer:
 
     def _fill_pretrained_cfg(self, model: nn.Module) -> None:
         """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg["mean"], cfg["std"] = input_stats(cfg, input_channels(model))  # one value per input channel
+        typed = PretrainedCfg.of(model)
+        changes: dict[str, Any] = {"mean": typed.mean, "std": typed.std}  # written out, one value per input channel
         for key in ("classes", "palette"):
             value = getattr(self.train_dataset, key, None)
             if value is not None:
-                cfg[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value]
-        cfg["ignore_index"] = self.config.ignore_index
-        c = self.config
-        cfg["inference"] = {
-            "mode": c.eval_mode,
-            "resize": c.eval_resize,
-            "crop": c.eval_crop,
-            "stride": c.eval_stride,
-            "scales": c.eval_scales,
-            "flip": c.eval_flip,
-        }
+                changes[key] = value
+        changes["ignore_index"] = self.config.ignore_index
+        cfg = typed.replace(**changes).to_dict()
+        cfg["inference"] = _eval_protocol(self.config).to_dict(full=True)  # all six keys, as the CLI flags
         if hasattr(model, "pretrained_cfg"):
             model.pretrained_cfg = cfg
 
@@ -703,12 +709,7 @@ class Trainer:
                 self.model,
                 self.val_dataset,
                 num_classes=self.model.config.num_classes if hasattr(self.model, "config") else None,
-                mode=c.eval_mode,
-                resize=c.eval_resize,
-                crop=c.eval_crop,
-                stride=c.eval_stride,
-                scales=c.eval_scales,
-                flip=c.eval_flip,
+                protocol=_eval_protocol(c),
                 ignore_index=c.ignore_index,
                 device=self.device,
                 amp_dtype=amp_dtype,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.pretrained_cfg import PretrainedCfg
 from ..data.metadata import DATASETS
 from ..models.variants import VARIANTS, get_variant, model_name, variant_of_code
 from ._zoo_stats import STATS
@@ -137,12 +138,9 @@ class Weights:
         """
         from .preprocessing import build_transforms
 
-        inference = self.meta.get("inference") or {}
+        cfg = PretrainedCfg.from_dict(self.pretrained_cfg(), self.config.get("in_channels", 3), what=self.name)
         return build_transforms(
-            resize=inference.get("resize") if resize else None,
-            mean=self.meta.get("mean", IMAGENET_MEAN),
-            std=self.meta.get("std", IMAGENET_STD),
-            antialias=antialias,
+            resize=cfg.protocol.resize if resize else None, mean=cfg.mean, std=cfg.std, antialias=antialias
         )
 
     def __repr__(self) -> str:
