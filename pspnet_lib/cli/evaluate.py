@@ -49,12 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..data import DEFAULT_SPLITS, ZOO_DATASETS, build_dataset, eval_transforms
     from ..engine import distributed as D
     from ..engine.checkpoint import atomic_write_bytes
     from ..engine.evaluate import evaluate
     from ..engine.metrics import format_metrics_table, metrics_to_json
-    from ..core.pretrained_cfg import PretrainedCfg
     from ..hub.loading import load_pretrained
 
     if not args.data_root:

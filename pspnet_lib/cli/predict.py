@@ -230,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from .._progress import progress_bar
-    from ..core.pretrained_cfg import PretrainedCfg
     from ..core.images import to_image_tensor
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..inference.predict import predict, resolve_protocol
 
     if args.batch_size < 1:

@@ -126,7 +126,9 @@ def _check_protocol(values: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     if mode == "slide":
         for name in ("crop", "stride"):
             if out[name] is None:
-                raise fail(name, "a window size for mode 'slide' (set crop and stride, e.g. crop=769, stride=513)", None)
+                raise fail(
+                    name, "a window size for mode 'slide' (set crop and stride, e.g. crop=769, stride=513)", None
+                )
         if not all(0 < s <= c for s, c in zip(out["stride"], out["crop"])):
             raise fail("stride", f"at most the crop {list(out['crop'])} so that no pixel is skipped", values["stride"])
     return out
@@ -181,7 +183,9 @@ class InferenceProtocol:
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any], *, what: str = "inference protocol", key: str = "") -> InferenceProtocol:
+    def from_dict(
+        cls, mapping: Mapping[str, Any], *, what: str = "inference protocol", key: str = ""
+    ) -> InferenceProtocol:
         """The protocol a stored dict describes (absent keys take the defaults).
 
         Args:

@@ -107,9 +107,13 @@ def evaluate(
     """
     num_classes = _check_class_counts(model, dataset, num_classes)
     if protocol is None:
-        protocol = InferenceProtocol(mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales), flip=flip)
+        protocol = InferenceProtocol(
+            mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales), flip=flip
+        )
     elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
-        raise ValueError("pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both")
+        raise ValueError(
+            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
+        )
     if device is None:
         device = next(model.parameters()).device
     rank, world = _rank_and_world()

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from .._files import ensure_dir
 from .._progress import progress_bar
 from ..core.constants import IGNORE_INDEX
-from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from ..core.geometry import MODES
+from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from . import distributed as D
 from .checkpoint import (
     CHECKPOINT_FORMAT,

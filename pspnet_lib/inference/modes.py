@@ -122,7 +122,9 @@ def infer(
     elif not isinstance(protocol, InferenceProtocol):
         raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
     elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
-        raise ValueError("pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both")
+        raise ValueError(
+            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
+        )
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
     mode, resize, crop, stride, scales, flip = (

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from ..core.images import is_image_batch, to_image_tensor
+from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
 from .visualize import colorize, default_palette, legend, overlay
 
@@ -150,7 +150,9 @@ def resolve_protocol(
             )
     else:
         crop = stride = None
-    return InferenceProtocol(mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales) or (1.0,), flip=flip)
+    return InferenceProtocol(
+        mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales) or (1.0,), flip=flip
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:

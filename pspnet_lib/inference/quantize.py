@@ -33,8 +33,8 @@ import torch.nn as nn
 
 from .._files import atomic_output
 from ..core.agreement import agreement_stats
-from ..core.pretrained_cfg import PretrainedCfg
 from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from ..core.pretrained_cfg import PretrainedCfg
 from .export import _require_onnx, export_onnx
 
 __all__ = [
