@@ -197,3 +197,12 @@ def test_saved_and_reloaded_model_has_the_same_cfg(tmp_path):
     assert again.pretrained_cfg == model.pretrained_cfg  # the plain dict users read stays as it was
     written = json.loads((tmp_path / "saved" / "config.json").read_text())["pretrained_cfg"]
     assert written == original.to_dict()
+
+
+def test_defaults_written_on_load_follow_the_channel_count(tmp_path):
+    model = tiny_model(in_channels=4)
+    model.pretrained_cfg = {}  # a model saved without statistics
+    model.save_pretrained(tmp_path / "four")
+    again = load_pretrained(tmp_path / "four")
+    assert again.pretrained_cfg["mean"] == pytest.approx([GENERIC_MEAN] * 4)  # not ImageNet's three values
+    assert PretrainedCfg.of(again).std == pytest.approx((GENERIC_STD,) * 4)

@@ -17,13 +17,21 @@ from typing import Any
 
 import torch
 
-from ..core.constants import CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD
+from ..core.constants import CHECKPOINT_FORMAT
 from ..models.pspnet import PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
 from .download import sha256_file
 from .mmseg_config import read_checkpoint_config
 from .registry import find_weights_for_file
-from .resolved import _CONFIG_FIELDS, Resolved, _check_fits, _checked_record, _default_pretrained_cfg, _has_head
+from .resolved import (
+    _CONFIG_FIELDS,
+    Resolved,
+    _check_fits,
+    _checked_record,
+    _default_pretrained_cfg,
+    _fill_stats,
+    _has_head,
+)
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
 from .validation import warn_unknown
 
@@ -107,8 +115,10 @@ def _from_state_dict(
     config = infer_config(state_dict, fmt)
     defaults = LAYOUT_DEFAULTS.get(fmt, {})
     sources = {key: f"default for {fmt} checkpoints" if key in defaults else "weights" for key in config}
-    pretrained_cfg = _default_pretrained_cfg(source=description, source_format=fmt)
-    sources["mean"] = sources["std"] = "default (ImageNet)"
+    pretrained_cfg = _default_pretrained_cfg(int(config.get("in_channels") or 3), source=description, source_format=fmt)
+    sources["mean"] = sources["std"] = (
+        "default (ImageNet)" if int(config.get("in_channels") or 3) == 3 else "default (ImageNet's, averaged)"
+    )
     if meta and fmt == "mmseg":
         stated = read_checkpoint_config(meta)
         if stated is not None:
@@ -178,8 +188,7 @@ def read_pretrained_folder(config_path: Path, weights_path: Path, description: s
     config, pretrained_cfg = _read_config_json(config_path)
     _check_weights_file(weights_path)
     tensors, _ = read_safetensors(weights_path)
-    pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
-    pretrained_cfg.setdefault("std", list(IMAGENET_STD))
+    _fill_stats(pretrained_cfg, config)
     return Resolved(tensors, config, pretrained_cfg, description, backbone_only=not _has_head(tensors))
 
 
@@ -237,8 +246,7 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
         # protocol); the weights alone cannot tell align_corners, dilations or output stride.
         tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
         config, pretrained_cfg = _checked_record(obj["model_config"], obj.get("pretrained_cfg"), str(path))
-        pretrained_cfg.setdefault("mean", list(IMAGENET_MEAN))
-        pretrained_cfg.setdefault("std", list(IMAGENET_STD))
+        _fill_stats(pretrained_cfg, config)
         logger.info("read %s as a pspnet train checkpoint (iteration %s)", path, obj.get("iteration"))
         return Resolved(tensors, config, pretrained_cfg, str(path), backbone_only=not _has_head(tensors))
     raw, meta = extract_state_dict(obj, str(path))

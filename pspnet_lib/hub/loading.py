@@ -330,7 +330,7 @@ def build_with_backbone_weights(
     own = model.state_dict()
     reinit = {k for k in own if not k.startswith("backbone.")}
     report = load_weights(model, state_dict, strict=True, reinitialise=reinit, source=resolved.description)
-    model.pretrained_cfg = _default_pretrained_cfg(backbone_weights=resolved.description)
+    model.pretrained_cfg = _default_pretrained_cfg(model.config.in_channels, backbone_weights=resolved.description)
     model.load_report = report
     logger.info("initialised the backbone from %s: %s", resolved.description, report)
     return model

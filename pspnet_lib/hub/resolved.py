@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.pretrained_cfg import PretrainedCfg
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .load_report import _is_counter
 from .serialization import CheckpointError
@@ -43,8 +43,17 @@ def _has_head(state_dict: Mapping[str, Any]) -> bool:
     return any(k.startswith("decode_head.") for k in state_dict)
 
 
-def _default_pretrained_cfg(**extra: Any) -> dict[str, Any]:
-    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **extra}
+def _default_pretrained_cfg(in_channels: int = 3, **extra: Any) -> dict[str, Any]:
+    """The stored form of :class:`PretrainedCfg`'s default mean/std for ``in_channels``, plus ``extra``."""
+    defaults = PretrainedCfg(in_channels=in_channels)
+    return {"mean": list(defaults.mean), "std": list(defaults.std), **extra}
+
+
+def _fill_stats(pretrained_cfg: dict[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the default mean/std (for ``config``'s input channels) into a stored cfg lacking them."""
+    for key, value in _default_pretrained_cfg(int(config.get("in_channels") or 3)).items():
+        pretrained_cfg.setdefault(key, value)
+    return pretrained_cfg
 
 
 def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], what: str) -> None:
