@@ -60,11 +60,28 @@ _PROTOCOL_KEYS = ("mode", "resize", "crop", "stride", "scales", "flip")
 
 
 def _is_int(v: Any) -> bool:
+    if type(v) is int:  # the common case, without the (slow) abstract-class check
+        return True
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
+    if type(v) is float or type(v) is int:
+        return math.isfinite(v)
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared): ~10x faster than deepcopy."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    return copy.deepcopy(value)
 
 
 class _Fail:
@@ -208,7 +225,7 @@ class InferenceProtocol:
             )
         values = _check_protocol(mapping, _Fail(what, prefix))
         protocol = cls(**values)
-        object.__setattr__(protocol, "_raw", copy.deepcopy(dict(mapping)))
+        object.__setattr__(protocol, "_raw", _copy(dict(mapping)))
         object.__setattr__(protocol, "_order", tuple(mapping))
         return protocol
 
@@ -221,7 +238,7 @@ class InferenceProtocol:
                 continue
             value = getattr(self, name)
             if name in self._raw:
-                out[name] = copy.deepcopy(self._raw[name])
+                out[name] = _copy(self._raw[name])
             elif full or name == "mode" or value != _PROTOCOL_DEFAULTS[name]:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -419,11 +436,11 @@ class PretrainedCfg:
         if d.get("metrics") is not None:
             if not isinstance(d["metrics"], Mapping):
                 raise fail("metrics", "a mapping of metric names to values", d["metrics"])
-            values["metrics"] = copy.deepcopy(dict(d["metrics"]))
+            values["metrics"] = _copy(dict(d["metrics"]))
         typed = {_STORED_NAME.get(k, k) for k in _typed_fields()}
-        extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in typed}
+        extra = {k: _copy(v) for k, v in d.items() if k not in typed}
         cfg = cls(in_channels=in_channels, extra=extra, **values)
-        stored = {k: copy.deepcopy(v) for k, v in d.items() if k in typed}
+        stored = {k: _CANONICAL if _is_canonical(k, v) else _copy(v) for k, v in d.items() if k in typed}
         object.__setattr__(cfg, "_raw", stored)
         object.__setattr__(cfg, "_order", tuple(d))
         return cfg
@@ -443,11 +460,13 @@ class PretrainedCfg:
                 continue
             if key not in names:
                 if key in self.extra:
-                    out[key] = copy.deepcopy(self.extra[key])
+                    out[key] = _copy(self.extra[key])
                 continue
             attr = names[key]
-            if key in self._raw:
-                out[key] = copy.deepcopy(self._raw[key])
+            if key in self._raw and self._raw[key] is not _CANONICAL:
+                out[key] = _copy(self._raw[key])
+            elif key in self._raw:
+                out[key] = _json_value(getattr(self, attr))
             elif attr not in self._defaulted and getattr(self, attr) is not None:
                 out[key] = _json_value(getattr(self, attr))
         return out
@@ -470,6 +489,19 @@ class PretrainedCfg:
         return None if self.classes is None else len(self.classes)
 
 
+#: Stands for a stored value that the typed one writes back exactly (lists of strings / of colour
+#: lists): not copied when parsing, which keeps ``PretrainedCfg.of(model)`` cheap for 150+ classes.
+_CANONICAL = object()
+
+
+def _is_canonical(key: str, value: Any) -> bool:
+    if key == "classes":
+        return type(value) is list
+    if key == "palette":
+        return type(value) is list and all(type(c) is list and all(type(v) is int for v in c) for c in value)
+    return False
+
+
 def _typed_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(PretrainedCfg) if f.init and f.name not in ("in_channels", "extra"))
 
@@ -479,4 +511,4 @@ def _json_value(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
-    return copy.deepcopy(value)
+    return _copy(value)

@@ -22,15 +22,16 @@ __all__ = ["evaluate", "normalize_images"]
 logger = logging.getLogger(__name__)
 
 
-def normalize_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def normalize_images(images: torch.Tensor, model: nn.Module, cfg: PretrainedCfg | None = None) -> torch.Tensor:
     """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
 
     A floating-point batch is taken to be normalised already and returned unchanged. Raises
-    ``ValueError`` when the stored mean/std do not have one value per input channel.
+    ``ValueError`` when the stored mean/std do not have one value per input channel. ``cfg``:
+    ``PretrainedCfg.of(model)`` when the caller has it already (parsed once per evaluation).
     """
     if images.is_floating_point():
         return images
-    cfg = PretrainedCfg.of(model)
+    cfg = cfg if cfg is not None else PretrainedCfg.of(model)
     mean = torch.tensor(cfg.mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
@@ -120,12 +121,13 @@ def evaluate(
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=num_workers)
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+    typed_cfg = PretrainedCfg.of(model)
     was_training = model.training
     model.eval()
     try:
         with progress_bar(loader, desc="eval", leave=False, progress=progress if rank == 0 else False) as bar:
             for image, mask in bar:
-                image = normalize_images(image.to(device), model)
+                image = normalize_images(image.to(device), model, typed_cfg)
                 mask = mask.to(device)
                 if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
                     mask = mask[:, 0]
