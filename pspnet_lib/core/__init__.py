@@ -6,6 +6,7 @@ palettes, keep-ratio geometry, and the typed ``pretrained_cfg`` (:class:`Pretrai
 except ``_version`` and ``_files``.
 """
 
-from .pretrained_cfg import InferenceProtocol, PretrainedCfg
+from .inference_protocol import InferenceProtocol
+from .pretrained_cfg import PretrainedCfg
 
 __all__ = ["InferenceProtocol", "PretrainedCfg"]

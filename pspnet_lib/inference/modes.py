@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
-from ..core.pretrained_cfg import InferenceProtocol
+from ..core.inference_protocol import InferenceProtocol
 
 __all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES", "InferenceProtocol"]
 
