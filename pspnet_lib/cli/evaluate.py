@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
                 )
             logger.info("scoring on --dataset %s, the dataset of %s", args.dataset, args.weights)
         flags = ("mode", "crop", "stride", "resize", "scales", "flip")
-        protocol = cfg.protocol.replace(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
+        try:
+            protocol = cfg.protocol.replace(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
+        except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
+            raise ValueError(f"{exc} (set by --mode/--resize/--crop/--stride/--scales/--flip)") from None
         split = args.split or DEFAULT_SPLITS[args.dataset][1]
         if split == "all":
             if args.dataset != "folder":
