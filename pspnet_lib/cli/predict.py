@@ -171,7 +171,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, P
 
 
 def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:
-    plan, claimed = [], {}
+    plan: list[tuple[Path, Path, Path | None]] = []
+    claimed: dict[Path, Path] = {}
     for source, stem in files:
         mask = out / stem.with_name(stem.name + ".png")
         over = out / stem.with_name(stem.name + "_overlay.png") if overlay else None
@@ -210,6 +211,8 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", cal
     from ..runtime import optimize_for_inference
 
     if dtype == "int8":  # calibration(model) -> normalised images, with the weights' own preprocessing
+        if calibration is None:
+            raise ValueError("--dtype int8 needs calibration pictures (--calibration DIR, or the inputs)")
         return optimize_for_inference(model, dtype="int8", calibration=calibration(model))
     return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
 
@@ -232,8 +235,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from .._progress import progress_bar
-    from ..core.constants import input_channels, input_stats
     from ..core.images import to_image_tensor
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..inference.predict import predict, resolve_protocol
 
     if args.batch_size < 1:
@@ -246,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
     )
-    scales = _flat(args.scales)
+    scales = _flat(args.scales) or [1.0]  # the flag has a default; never None
 
     files = collect_inputs(args.inputs, args.recursive)
     if not files:
@@ -285,8 +288,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
-    channels = input_channels(model)
-    input_stats(getattr(model, "pretrained_cfg", None), channels, what=f"--weights {args.weights}")  # mean/std fit
+    channels = PretrainedCfg.of(model, what=f"--weights {args.weights}").in_channels  # mean/std fit the channels
 
     failed: list[tuple[Path, str]] = []
     done = 0
@@ -303,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
             if not loaded:
                 continue
             results = predict(model, [item[0] for item in loaded], scales=scales, flip=args.flip, **options)
+            assert isinstance(results, list)  # a list of pictures gives a list
             for result, (_, source, mask_path, overlay_path) in zip(results, loaded):
                 try:
                     with atomic_output(mask_path) as tmp:

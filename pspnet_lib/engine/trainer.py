@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import ensure_dir
 from .._progress import progress_bar
-from ..core.constants import input_channels, input_stats
+from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
 from .checkpoint import atomic_write_bytes
 from .config import AMP_MODES, SettingError, TrainConfig
@@ -143,7 +143,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         if config.grad_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):
                 raise ValueError("grad_checkpointing needs a model with set_grad_checkpointing()")
-            model.set_grad_checkpointing(True)
+            getattr(model, "set_grad_checkpointing")(True)
         if self.dist.distributed and config.sync_bn:
             if self.device.type == "cuda":
                 model = D.convert_sync_batchnorm(model)
@@ -181,24 +181,17 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
 
     def _fill_pretrained_cfg(self, model: nn.Module) -> None:
         """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg["mean"], cfg["std"] = input_stats(cfg, input_channels(model))  # one value per input channel
+        typed = PretrainedCfg.of(model)
+        changes: dict[str, Any] = {"mean": typed.mean, "std": typed.std}  # written out, one value per input channel
         for key in ("classes", "palette"):
             value = getattr(self.train_dataset, key, None)
             if value is not None:
-                cfg[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value]
-        cfg["ignore_index"] = self.config.ignore_index
-        c = self.config
-        cfg["inference"] = {
-            "mode": c.eval_mode,
-            "resize": c.eval_resize,
-            "crop": c.eval_crop,
-            "stride": c.eval_stride,
-            "scales": c.eval_scales,
-            "flip": c.eval_flip,
-        }
+                changes[key] = value
+        changes["ignore_index"] = self.config.ignore_index
+        cfg = typed.replace(**changes).to_dict()
+        cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
         if hasattr(model, "pretrained_cfg"):
-            model.pretrained_cfg = cfg
+            setattr(model, "pretrained_cfg", cfg)  # nn.Module's typing hides the attribute
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         c = self.config
@@ -217,7 +210,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         if self.config.freeze_bn:
             frozen = [self.model]
         elif self.config.freeze_backbone:
-            frozen = [self.model.backbone]
+            frozen = [self.model.get_submodule("backbone")]
         for part in frozen:
             for m in part.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

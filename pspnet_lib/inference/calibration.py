@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from ..core.pretrained_cfg import PretrainedCfg
 from .export import _require_onnx
 
 __all__ = ["calibration_files", "calibration_images"]
@@ -85,9 +85,9 @@ def calibration_images(
     if not items:
         raise ValueError("no calibration pictures given")
     items = _sample(items, count, seed)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    resize = resolve_protocol(model, size=size)["resize"]
-    transform = build_transforms(resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
+    cfg = PretrainedCfg.of(model)
+    resize = resolve_protocol(model, size=size).resize
+    transform = build_transforms(resize=resize, mean=cfg.mean, std=cfg.std)
     out = []
     for item in items:
         try:

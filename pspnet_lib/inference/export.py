@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..core.constants import input_channels, input_stats
+from ..core.constants import input_channels
+from ..core.pretrained_cfg import PretrainedCfg
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
 
 __all__ = [
@@ -97,6 +98,9 @@ class ExportWrapper(nn.Module):
             ``(N, H, W)`` int64 class indices.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, *, preprocess: bool = False, output: str = "logits") -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -104,9 +108,9 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.preprocess = bool(preprocess)
         self.output = output
-        mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
-        mean = torch.tensor(mean_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(std_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        cfg = PretrainedCfg.of(model)
+        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
@@ -315,6 +319,8 @@ def export_onnx(
                             external_data=False,
                             verbose=False,
                         )
+                        if program is None:  # only the TorchScript exporter returns nothing
+                            raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
                         program.save(str(tmp))
                     else:
                         torch.onnx.export(
@@ -338,8 +344,9 @@ def export_onnx(
                 )
         logger.info("exported ONNX with the %s exporter", name)
         proto = onnx.load(str(tmp))
+        config = getattr(model, "config", None)
         meta = {
-            "pspnet_lib.config": json.dumps(model.config.to_dict()) if hasattr(model, "config") else "{}",
+            "pspnet_lib.config": json.dumps(config.to_dict()) if config is not None else "{}",
             "pspnet_lib.pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None) or {}, default=str),
             "pspnet_lib.input": (
                 f"uint8 {_layout(model)}, 0..255; normalised inside the graph"

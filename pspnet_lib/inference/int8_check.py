@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..core.agreement import agreement_stats
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
     _as_batches,
     _fit_static,
@@ -97,14 +97,14 @@ def check_int8_onnx(
     )
     batches = _fit_static(batches, _static_input_shape(path))
     run = load_onnx_runner(path, runtime)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+    cfg = PretrainedCfg.of(model)
     reference = ExportWrapper(model, output="logits").eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     total = {"max_rel_err": 0.0, "mean_abs_err": 0.0, "argmax_agreement": 0.0, "pixels": 0}
     for x in batches:
         with torch.no_grad():
             ref = reference(x.to(device)).float().cpu()
-        feed = _to_uint8(x, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)) if preprocess else x
+        feed = _to_uint8(x, cfg.mean, cfg.std) if preprocess else x
         got = torch.from_numpy(run(feed.numpy()))
         if output == "labels":
             agree = (got == ref.argmax(1)).float()

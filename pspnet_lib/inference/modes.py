@@ -25,8 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
+from ..core.inference_protocol import InferenceProtocol
 
-__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES"]
+__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES", "InferenceProtocol"]
 
 
 def _align_corners(model: nn.Module) -> bool:
@@ -61,7 +62,7 @@ def infer_slide(
     n, _, height, width = images.shape
     rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
     cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-    logits = None
+    logits: torch.Tensor | None = None
     count = images.new_zeros((1, 1, height, width))
     for row in range(rows):
         for col in range(cols):
@@ -73,6 +74,7 @@ def infer_slide(
                 logits = window.new_zeros((n, window.shape[1], height, width))
             logits[:, :, y1:y2, x1:x2] += window
             count[:, :, y1:y2, x1:x2] += 1
+    assert logits is not None  # rows, cols >= 1: at least one window ran
     return logits / count
 
 
@@ -87,6 +89,7 @@ def infer(
     stride: int | Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    protocol: InferenceProtocol | None = None,
 ) -> torch.Tensor:
     """Segment a normalised batch with a test protocol; scores at the input's size.
 
@@ -94,6 +97,8 @@ def infer(
         model: a module mapping ``(N, C, h, w)`` to logits ``(N, K, h, w)`` (a PSPNet, or one
             from :func:`~pspnet_lib.optimize_for_inference`).
         images: normalised float batch ``(N, C, H, W)``.
+        protocol: the whole protocol as one object (e.g. ``PretrainedCfg.of(model).protocol``);
+            then leave the keyword arguments below at their defaults.
         mode: ``"whole"`` or ``"slide"``.
         resize: keep-ratio resize limits ``(long, short)`` applied first (see :func:`rescale_size`).
         crop, stride: sliding-window size and step (``mode="slide"``).
@@ -102,27 +107,50 @@ def infer(
 
     Returns logits for a single run, and the mean of softmax probabilities when several runs
     (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
+
+    Raises ``ValueError`` for an invalid protocol (see :class:`InferenceProtocol`), both
+    ``protocol`` and keyword arguments, or ``images`` that are not 4-D.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
-    if mode == "slide" and (crop is None or stride is None):
-        raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
+    if protocol is None:
+        if mode not in MODES:
+            raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode == "slide" and (crop is None or stride is None):
+            raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
+        scales = tuple(float(s) for s in scales) or (1.0,)
+        if any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive numbers, got {scales!r}")
+        protocol = InferenceProtocol(mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+    elif not isinstance(protocol, InferenceProtocol):
+        raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
+    elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
+        raise ValueError(
+            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
+        )
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    scales = tuple(float(s) for s in scales) or (1.0,)
-    if any(not math.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+    mode, resize, crop, stride, scales, flip = (
+        protocol.mode,
+        protocol.resize,
+        protocol.crop,
+        protocol.stride,
+        protocol.scales,
+        protocol.flip,
+    )
     align_corners = _align_corners(model)
     height, width = images.shape[-2:]
     base_h, base_w = rescale_size(height, width, resize)
     runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
-    total = None
+    total: torch.Tensor | None = None
     for scale, mirrored in runs:
         size = (max(1, int(base_h * scale + 0.5)), max(1, int(base_w * scale + 0.5)))
         x = _resize(images, size, align_corners=False)  # as cv2/PIL bilinear resizing of the picture
         if mirrored:
             x = x.flip(-1)
-        out = infer_whole(model, x) if mode == "whole" else infer_slide(model, x, crop, stride)
+        if mode == "whole":
+            out = infer_whole(model, x)
+        else:
+            assert crop is not None and stride is not None  # checked by InferenceProtocol
+            out = infer_slide(model, x, crop, stride)
         if mirrored:
             out = out.flip(-1)
         out = _resize(out.float(), (height, width), align_corners)
@@ -130,4 +158,5 @@ def infer(
             return out
         probs = out.softmax(dim=1)
         total = probs if total is None else total + probs
+    assert total is not None  # len(runs) > 1 here
     return total / len(runs)

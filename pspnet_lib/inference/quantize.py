@@ -30,7 +30,7 @@ from typing import Any
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
     _as_batches,
     _fit_static,
@@ -256,8 +256,8 @@ def export_onnx_int8(
         batches: Any = calibration_images(calibration, model, count=calibration_count, size=size, seed=seed)
     else:
         batches = calibration
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    input_uint8 = (cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)) if preprocess else None
+    cfg = PretrainedCfg.of(model)
+    input_uint8 = (list(cfg.mean), list(cfg.std)) if preprocess else None
     with tempfile.TemporaryDirectory(prefix="pspnet_int8_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(
