@@ -40,12 +40,13 @@ import torch  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet, load_pretrained, optimize_for_inference  # noqa: E402
+from pspnet_lib._testing import randomize_batchnorm_, smooth_image  # noqa: E402
 from pspnet_lib.data.synthetic import SyntheticScenes  # noqa: E402
 from pspnet_lib.engine.evaluate import normalize_images  # noqa: E402
 from pspnet_lib.engine.metrics import ConfusionMatrix  # noqa: E402
 from pspnet_lib.inference.export import export_onnx  # noqa: E402
 from pspnet_lib.inference.quantize import load_onnx_runner, quantize_onnx  # noqa: E402
-from pspnet_lib.runtime import agreement_stats, native_dtype_support, randomize_batchnorm_, smooth_image  # noqa: E402
+from pspnet_lib.runtime import agreement_stats, native_dtype_support  # noqa: E402
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 HELD_OUT_SEED = 12345  # as benchmarks/trained_agreement.py: the demo trains on seed 0, scores on seed 1

@@ -47,7 +47,7 @@ def child(args: argparse.Namespace) -> int:
     import torch
 
     from pspnet_lib import build_pspnet, optimize_for_inference
-    from pspnet_lib.runtime import randomize_batchnorm_, smooth_image
+    from pspnet_lib._testing import randomize_batchnorm_, smooth_image
 
     torch.set_num_threads(args.threads)
     spec = json.loads(args.child)

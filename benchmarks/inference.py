@@ -42,7 +42,8 @@ import torch.nn as nn
 from _common import machine_info, sync, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet, optimize_for_inference  # noqa: E402
-from pspnet_lib.runtime import agreement_stats, randomize_batchnorm_, smooth_image  # noqa: E402
+from pspnet_lib._testing import randomize_batchnorm_, smooth_image  # noqa: E402
+from pspnet_lib.runtime import agreement_stats  # noqa: E402
 from pspnet_lib.runtime.conv import FusedConv, mkldnn_fusion_available  # noqa: E402
 from pspnet_lib.runtime.tuning import tuning_cache  # noqa: E402
 

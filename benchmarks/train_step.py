@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from _common import machine_info, sync, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 from pspnet_lib import build_pspnet  # noqa: E402
+from pspnet_lib._testing import smooth_image  # noqa: E402
 from pspnet_lib.engine.optim import build_optimizer  # noqa: E402
-from pspnet_lib.runtime import smooth_image  # noqa: E402
 
 
 def _status_kib(field: str) -> int:

@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "_version": 0,
     "_files": 0,
     "_progress": 0,
+    "_testing": 0,
     "core": 0,
     "assets": 0,
     "models": 1,

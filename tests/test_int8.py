@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from pspnet_lib import build_pspnet, optimize_for_inference
+from pspnet_lib._testing import randomize_batchnorm_, smooth_image
 from pspnet_lib.cli import main
-from pspnet_lib.runtime import FastPSPNet, compare_models, randomize_batchnorm_, smooth_image
+from pspnet_lib.runtime import FastPSPNet, compare_models
 
 from .infer_utils import CLASSES, save_model_dir, tiny_model
 

@@ -11,20 +11,16 @@ import torch.nn.functional as F
 
 import pspnet_lib
 from pspnet_lib import build_pspnet
+from pspnet_lib._testing import randomize_batchnorm_, smooth_image
 from pspnet_lib.runtime import (
     FastPSPNet,
     agreement_stats,
     compare_models,
-    from_subgrids,
     native_dtype_support,
     optimize_for_inference,
-    randomize_batchnorm_,
-    smooth_image,
-    space_to_batch_conv2d,
-    to_subgrids,
 )
 from pspnet_lib.runtime.head import interpolation_matrix
-from pspnet_lib.runtime.space_to_batch import zero_subgrid_padding
+from pspnet_lib.runtime.space_to_batch import from_subgrids, space_to_batch_conv2d, to_subgrids, zero_subgrid_padding
 from pspnet_lib.runtime.winograd import winograd_conv3x3, winograd_weight
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "ppm_channels": 8}
@@ -329,3 +325,16 @@ def test_smooth_image_is_reproducible_and_normalised():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         smooth_image(1, 1, 1)
+
+
+def test_test_tooling_is_not_public_runtime_api():
+    """0.1 exported test tooling from pspnet_lib.runtime; old imports still work, with a warning."""
+    import pspnet_lib._testing as testing
+    import pspnet_lib.runtime as runtime
+
+    for name in ("smooth_image", "randomize_batchnorm_", "to_subgrids", "from_subgrids", "space_to_batch_conv2d"):
+        assert name not in runtime.__all__
+    with pytest.warns(DeprecationWarning, match=r"pspnet_lib\._testing"):
+        assert runtime.smooth_image is testing.smooth_image
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        runtime.nope  # noqa: B018

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pspnet_lib import build_pspnet
-from pspnet_lib.runtime import smooth_image
+from pspnet_lib._testing import smooth_image
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "ppm_channels": 8}
 

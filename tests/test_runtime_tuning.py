@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from pspnet_lib import build_pspnet
+from pspnet_lib._testing import randomize_batchnorm_, smooth_image
 from pspnet_lib.runtime import (
     agreement_stats,
     blocks,
     conv,
     optimize_for_inference,
-    randomize_batchnorm_,
-    smooth_image,
     tuning,
 )
 from pspnet_lib.runtime.tuning import TuningCache, clear_tuning_cache, default_tuning_path, tuning_cache
