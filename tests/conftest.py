@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-# Small, deterministic CPU runs: the suite must stay fast on 2 cores.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Small, deterministic CPU runs: the suite must stay fast on 2 cores. Under pytest-xdist each
+# worker takes its share of the cores, so that workers do not fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -386,3 +386,15 @@ def test_visualize_imports_before_data():
         [sys.executable, "-c", "import pspnet_lib.inference.visualize"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_create_cityscapes_trainids_refuses_colour_and_broken_files(tmp_path):
+    _cityscapes_tree(tmp_path, trainids=False)
+    colour = sorted((tmp_path / "gtFine/train").glob("*/*_gtFine_labelIds.png"))[0]
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(colour)  # a colour rendering under the labelIds name
+    with pytest.raises(ValueError, match=rf"{colour.name}: expected a single-channel labelIds PNG.*got mode 'RGB'"):
+        create_cityscapes_trainids(tmp_path, ("train",))
+    colour.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=rf"{colour.name}: not a readable PNG"):
+        create_cityscapes_trainids(tmp_path, ("train",))
+    assert not list(tmp_path.rglob(".*.png")) and not list(tmp_path.rglob(f"{colour.name[:-14]}*TrainIds.png"))

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 # Order here is the order in ``pspnet --help``.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "prepare", "export", "convert", "zoo")
@@ -49,17 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors raised by the library carry a message meant for the user; show it, not a traceback.
         if args.verbose:
             raise
-        logging.getLogger("pspnet_lib").error("%s", user_message(exc))
+        logging.getLogger("pspnet_lib").error("%s", user_message(exc, getattr(args, "flags", None)))
         return 1
 
 
-def user_message(exc: BaseException) -> str:
+def user_message(exc: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """The message of ``exc`` as the user should see it.
+
+    A :class:`~pspnet_lib.engine.config.SettingError` names its settings with the sub-command's
+    flags (``flags``: setting -> flag, e.g. ``{"num_classes": "--num-classes"}``).
 
     An error raised in a DataLoader worker process (e.g. a bad mask found during training with
     ``--num-workers`` > 0) reaches the main process as the same exception type with the worker's
     whole traceback as its message; only its last line, the original message, is meant for users.
     """
+    from ..engine.config import SettingError
+    from .common import render_setting_error
+
+    if isinstance(exc, SettingError) and flags:
+        return render_setting_error(exc, flags)
     text = str(exc)
     if "DataLoader worker process" in text and "Original Traceback" in text:
         last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from .train import DATASET_CHOICES, _floats, _ints, add_dataset_args, dataset_kwargs, generic_classes
+from ..engine.run import generic_classes
+from .common import DATASET_CHOICES, add_dataset_args, dataset_kwargs, flag_names, floats, ints
 
 logger = logging.getLogger("pspnet_lib.cli.evaluate")
 
@@ -33,17 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'all' scores every image/mask pair",
     )
     p.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
-    p.add_argument("--crop", type=_ints, metavar="N|H,W", help="sliding-window size")
-    p.add_argument("--stride", type=_ints, metavar="N|H,W", help="sliding-window step")
-    p.add_argument("--resize", type=_ints, metavar="LONG,SHORT", help="keep-ratio resize limits before inference")
+    p.add_argument("--crop", type=ints, metavar="N|H,W", help="sliding-window size")
+    p.add_argument("--stride", type=ints, metavar="N|H,W", help="sliding-window step")
+    p.add_argument("--resize", type=ints, metavar="LONG,SHORT", help="keep-ratio resize limits before inference")
     p.add_argument(
-        "--scales", type=_floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75"
+        "--scales", type=floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75"
     )
     p.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped runs")
     p.add_argument("--json", metavar="FILE", help="also write the metrics (per class) as JSON here")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=flag_names(p))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,18 +1,24 @@
-"""Training and evaluation: loss, optimisation, the Trainer, checkpoints, distributed helpers and metrics."""
+"""Training and evaluation: settings, loss, optimisation, the Trainer, a training run from a recipe,
+checkpoints, distributed helpers and metrics."""
 
+from .config import SettingError, TrainConfig
 from .evaluate import evaluate, normalize_images
 from .loss import PSPNetLoss, check_target
 from .metrics import ConfusionMatrix, format_metrics_table, metrics_to_json
 from .optim import PolyLambda, build_optimizer, build_poly_scheduler, param_groups
-from .trainer import NonFiniteLossError, TrainConfig, Trainer, set_seed
+from .run import TrainingRun
+from .sampler import set_seed
+from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "ConfusionMatrix",
     "NonFiniteLossError",
     "PSPNetLoss",
     "PolyLambda",
+    "SettingError",
     "TrainConfig",
     "Trainer",
+    "TrainingRun",
     "build_optimizer",
     "build_poly_scheduler",
     "check_target",

@@ -10,6 +10,7 @@ was interrupted.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["InfiniteSampler", "SeededDataset", "mix_seed"]
+__all__ = ["InfiniteSampler", "SeededDataset", "mix_seed", "set_seed", "usable_workers"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -128,3 +129,29 @@ class SeededDataset(Dataset):
             torch.set_rng_state(torch_state)
             np.random.set_state(numpy_state)
             random.setstate(python_state)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices).
+
+    Call it before building the model (and before anything else that draws random numbers): the
+    :class:`Trainer` re-seeds its own streams from ``TrainConfig.seed`` when ``fit()`` starts, but
+    the initial weights of a model built from scratch come from the global RNG at build time.
+    ``pspnet train --seed N`` does this first.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def usable_workers(requested: int) -> int:
+    """``requested`` DataLoader workers, at most one per CPU this process may run on.
+
+    More workers than CPUs only add processes (torch warns about it on every loader); the data
+    order and augmentation do not depend on the worker count (each sample is seeded by its index).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..core.geometry import MODES
-from ..models.pspnet import MAX_IN_CHANNELS, MAX_NUM_CLASSES
+from ..models.config import MAX_IN_CHANNELS, MAX_NUM_CLASSES
 
 __all__ = ["MAX_SIDE", "validate_pretrained_cfg", "check_tensors", "warn_unknown"]
 

@@ -47,6 +47,11 @@ def create_cityscapes_trainids(
     The same files as cityscapesscripts' ``csCreateTrainIdLabelImgs`` for the semantic labels.
     Each file is written to a temporary name and renamed, so an interrupted run leaves no broken
     file. Returns the number of files written (existing ones are skipped unless ``overwrite``).
+
+    Raises:
+        FileNotFoundError: no ``*_gtFine_labelIds.png`` under ``root/gtFine/<split>``.
+        ValueError: a file that is not a readable single-channel PNG, or holds ids above 255
+            (naming the file); the masks written before it are complete.
     """
     root = Path(root)
     written = 0
@@ -58,8 +63,21 @@ def create_cityscapes_trainids(
             target = source.with_name(source.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"))
             if target.exists() and not overwrite:
                 continue
-            with Image.open(source) as picture:
-                _save_png_atomically(cityscapes_labelids_to_trainids(np.asarray(picture)), target)
+            try:
+                with Image.open(source) as picture:
+                    mode, label_ids = picture.mode, np.asarray(picture)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{source}: not a readable PNG ({exc}); re-extract gtFine_trainvaltest.zip") from None
+            if label_ids.ndim != 2:
+                raise ValueError(
+                    f"{source}: expected a single-channel labelIds PNG (mode 'L'), got mode {mode!r}; "
+                    "this looks like a colour rendering: use the *_gtFine_labelIds.png of gtFine_trainvaltest.zip"
+                )
+            try:
+                trainids = cityscapes_labelids_to_trainids(label_ids)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+            _save_png_atomically(trainids, target)
             written += 1
     logger.info("wrote %d Cityscapes trainId masks under %s", written, root / "gtFine")
     return written

@@ -1,0 +1,334 @@
+"""``TrainConfig``: every setting of a training run, and ``SettingError``, the error that names one.
+
+Each field carries its own description in ``dataclasses.field(metadata=...)``: the help text,
+the group it belongs to and, where the command line spells it differently, its flag. The
+``pspnet train`` command derives its flags from these fields (:func:`setting_specs`), so a new
+field is a new flag without a second list to keep in step (``tests/test_train_run.py`` checks
+that every field has one, or a stated reason not to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import string
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..core.constants import IGNORE_INDEX
+from ..core.geometry import MODES
+from .optim import OPTIMIZERS
+
+__all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+class SettingError(ValueError):
+    """A setting has a wrong value: one line that names the setting the way the caller spells it.
+
+    ``template`` names settings in braces: ``{num_classes}`` is replaced by the setting's name and
+    ``{num_classes=}`` by its name and value (taken from ``values``). ``str(error)`` spells them as
+    Python arguments (``num_classes``, ``num_classes=3``); :meth:`render` with another spelling, e.g.
+    the command line's (``--num-classes``, ``--num-classes 3``), lets a caller name its own flags.
+    Write literal braces doubled (``{{`` and ``}}``), as in ``str.format``.
+    """
+
+    def __init__(self, template: str, **values: Any) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.render())
+
+    @staticmethod
+    def escape(text: Any) -> str:
+        """``str(text)`` to place in a template as it is (its braces doubled)."""
+        return str(text).replace("{", "{{").replace("}", "}}")
+
+    @staticmethod
+    def quote(value: Any) -> str:
+        """``repr(value)`` to place in a template (its braces doubled)."""
+        return SettingError.escape(repr(value))
+
+    @property
+    def settings(self) -> list[str]:
+        """The names of the settings the message refers to, in order."""
+        names = (field.rstrip("=") for _, field, _, _ in string.Formatter().parse(self.template) if field)
+        return list(dict.fromkeys(names))
+
+    def render(
+        self,
+        name: Callable[[str], str] = str,
+        name_value: Callable[[str, Any], str] | None = None,
+    ) -> str:
+        """The message with each setting spelled by ``name(setting)`` and ``name_value(setting, value)``
+        (default: ``setting=value!r``)."""
+        return _Spelling(name, name_value or (lambda key, value: f"{key}={value!r}"), self.values).format(self.template)
+
+
+class _Spelling(string.Formatter):
+    def __init__(self, name: Callable[[str], str], name_value: Callable[[str, Any], str], values: Mapping) -> None:
+        self.name, self.name_value, self.values = name, name_value, values
+
+    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
+        key = str(key)
+        if key.endswith("="):
+            return self.name_value(self.name(key[:-1]), self.values.get(key[:-1]))
+        return self.name(key)
+
+
+def _setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    group: str,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    **cli: Any,
+) -> Any:
+    """A field with its description: ``help``, ``group`` (a section of ``pspnet train --help``) and
+    ``cli`` (``flag`` when the flag is not ``--field-name``, ``metavar``, ``choices``, ``nargs`` /
+    ``const``, or ``no_flag="why"`` for a setting the command line does not offer)."""
+    metadata = {"help": help, "group": group, "cli": cli}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_OPT, _SPEED, _RUN, _DATA, _EVAL = "optimisation", "speed and memory", "run", "data", "validation protocol"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (JSON-serialisable; stored in each checkpoint).
+
+    Optimisation
+        iters: optimiser steps of the whole run (the poly schedule reaches its end here).
+        batch_size: images per process per forward pass; the effective batch is
+            ``batch_size * grad_accum * number of processes``.
+        lr: base learning rate (the backbone's); heads use ``lr * head_lr_mult``.
+        optimizer: ``"sgd"`` (paper) or ``"adamw"``.
+        momentum, weight_decay: SGD momentum / weight decay (AdamW: decoupled decay).
+        head_lr_mult: LR factor of the decode and auxiliary heads (10 in the paper).
+        no_decay_norm_bias: no weight decay on normalisation weights and biases.
+        poly_power: exponent of the poly schedule (0.9).
+        min_lr: floor of the backbone LR (mmsegmentation uses 1e-4; the paper 0).
+        warmup_iters, warmup_ratio: linear warm-up from ``warmup_ratio * lr`` (0 iters: none).
+        aux_weight: weight of the auxiliary loss (0.4; 0 disables the auxiliary head).
+        ignore_index: mask value of unscored pixels.
+        clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        grad_accum: forward/backward passes per optimiser step.
+
+    Speed and memory
+        amp: ``"none"``, ``"bf16"`` (CPU or GPU autocast) or ``"fp16"`` (CUDA, with a GradScaler).
+        channels_last: NHWC memory format (faster convolutions on tensor-core GPUs).
+        grad_checkpointing: recompute backbone stages in the backward pass (less memory).
+        freeze_backbone: train the heads only.
+        freeze_bn: keep every BatchNorm's running statistics fixed (for small batches).
+        sync_bn: convert BatchNorm to SyncBatchNorm when several GPU processes train.
+        num_workers: DataLoader worker processes per training process (at most one per usable CPU).
+        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
+
+    Bookkeeping
+        val_interval: validate every this many iterations (0: only at the end).
+        ckpt_interval: write a checkpoint every this many iterations (0: only at the end).
+        keep_last: numbered checkpoints to keep (``latest.pt`` and ``best.pt`` are kept anyway).
+        log_interval: iterations between log lines and training-curve points.
+        seed: seed of the data order, augmentation and the RNG state training starts from (the
+            model's initial weights are drawn when it is built: call :func:`set_seed` first).
+        deterministic: ask PyTorch for deterministic algorithms (slower on GPUs).
+        out_dir: run directory (``checkpoints/``, ``history.json``, ``metrics.json``, ``model/``).
+        progress: the tqdm progress bar (rank 0): None = on a terminal only, True = always, False = never.
+        export: write the final model to ``out_dir/model`` with ``save_pretrained``.
+
+    Validation protocol (see :func:`pspnet_lib.inference.modes.infer`)
+        eval_mode: ``"whole"`` or ``"slide"``; eval_resize: keep-ratio resize ``(long, short)``;
+        eval_crop / eval_stride: sliding-window size and step ``(h, w)``; eval_scales: scale
+        factors; eval_flip: add horizontally flipped runs.
+
+    Raises:
+        SettingError: (a ``ValueError``) a value out of range, naming the field.
+    """
+
+    iters: int = _setting(20000, "iterations (optimiser steps)", group=_OPT)
+    batch_size: int = _setting(8, "images per process per step (before --grad-accum)", group=_OPT)
+    lr: float = _setting(0.01, "base (backbone) learning rate", group=_OPT)
+    optimizer: str = _setting("sgd", "optimiser", group=_OPT, choices=OPTIMIZERS)
+    momentum: float = _setting(0.9, "SGD momentum", group=_OPT)
+    weight_decay: float = _setting(1e-4, "weight decay (AdamW: decoupled)", group=_OPT)
+    head_lr_mult: float = _setting(10.0, "heads' LR factor (paper: 10)", group=_OPT)
+    no_decay_norm_bias: bool = _setting(False, "no weight decay on normalisation weights and biases", group=_OPT)
+    poly_power: float = _setting(0.9, "exponent of the poly schedule", group=_OPT)
+    min_lr: float = _setting(0.0, "floor of the backbone LR (mmseg: 1e-4)", group=_OPT)
+    warmup_iters: int = _setting(0, "linear warm-up iterations", group=_OPT)
+    warmup_ratio: float = _setting(0.1, "warm-up starts at this fraction of --lr", group=_OPT)
+    aux_weight: float = _setting(0.4, "weight of the auxiliary loss (0 disables the auxiliary head)", group=_OPT)
+    ignore_index: int = _setting(
+        IGNORE_INDEX,
+        "mask value of unscored pixels",
+        group=_OPT,
+        no_flag="the datasets write 255 for unscored pixels; another value needs a dataset that writes it (Python)",
+    )
+    clip_grad_norm: float | None = _setting(None, "clip the global gradient norm to X", group=_OPT, metavar="X")
+    grad_accum: int = _setting(1, "accumulate N batches per step", group=_OPT, metavar="N")
+    amp: str = _setting(
+        "none",
+        "mixed precision; bare --amp = fp16 on CUDA, bf16 on the CPU",
+        group=_SPEED,
+        nargs="?",
+        const="auto",
+        choices=("auto", *AMP_MODES),
+    )
+    channels_last: bool = _setting(False, "NHWC memory format (faster on tensor-core GPUs)", group=_SPEED)
+    grad_checkpointing: bool = _setting(False, "recompute backbone stages in the backward pass", group=_SPEED)
+    freeze_backbone: bool = _setting(False, "train the heads only", group=_SPEED)
+    freeze_bn: bool = _setting(False, "keep BatchNorm statistics fixed (small batches)", group=_SPEED)
+    sync_bn: bool = _setting(True, "SyncBatchNorm when several GPU processes train", group=_SPEED)
+    num_workers: int = _setting(4, "DataLoader workers per process", group=_DATA, metavar="N")
+    device: str | None = _setting(None, "cuda or cpu (default: cuda if available)", group=_SPEED)
+    val_interval: int = _setting(0, "validate every N iterations (0: at the end)", group=_RUN, metavar="N")
+    ckpt_interval: int = _setting(1000, "checkpoint every N iterations", group=_RUN, metavar="N")
+    keep_last: int = _setting(3, "numbered checkpoints to keep", group=_RUN, metavar="N")
+    log_interval: int = _setting(50, "iterations between log lines", group=_RUN, metavar="N")
+    seed: int = _setting(
+        0,
+        "seed of the initial weights, data order and augmentation: the same seed on the same machine reproduces a run",
+        group=_RUN,
+    )
+    deterministic: bool = _setting(False, "deterministic PyTorch algorithms (slower on GPUs)", group=_RUN)
+    out_dir: str = _setting(
+        "runs/pspnet", "run directory (default runs/<dataset>)", group=_RUN, flag="--out", metavar="DIR"
+    )
+    progress: bool | None = _setting(
+        None, "no progress bar (e.g. in log files)", group=_RUN, flag="--no-progress", const=False
+    )
+    export: bool = _setting(True, "write the final model to OUT/model", group=_RUN)
+    eval_mode: str = _setting("whole", "inference mode", group=_EVAL, choices=MODES)
+    eval_resize: list[int] | None = _setting(None, "keep-ratio resize limits", group=_EVAL, metavar="LONG,SHORT")
+    eval_crop: list[int] | None = _setting(None, "sliding-window size", group=_EVAL, metavar="N|H,W")
+    eval_stride: list[int] | None = _setting(None, "sliding-window step", group=_EVAL, metavar="N|H,W")
+    eval_scales: list[float] = _setting(
+        help="scale factors", group=_EVAL, metavar="S1,S2,..", default_factory=lambda: [1.0]
+    )
+    eval_flip: bool = _setting(False, "add horizontally flipped runs", group=_EVAL)
+
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch_size", "grad_accum", "log_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingError(f"{{{name}}} must be a positive integer, got {SettingError.quote(value)}")
+        for name in ("val_interval", "ckpt_interval", "keep_last", "warmup_iters", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SettingError(f"{{{name}}} must be a non-negative integer, got {SettingError.quote(value)}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise SettingError(f"{{lr}} must be a positive number, got {SettingError.quote(self.lr)}")
+        self.optimizer = self.optimizer.lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingError(
+                f"unknown {{optimizer}} {SettingError.quote(self.optimizer)}; expected one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.amp not in AMP_MODES:
+            raise SettingError(
+                f"unknown {{amp}} mode {SettingError.quote(self.amp)}; expected one of {', '.join(AMP_MODES)}"
+            )
+        if self.eval_mode not in MODES:
+            raise SettingError(
+                f"unknown {{eval_mode}} {SettingError.quote(self.eval_mode)}; expected one of {', '.join(MODES)}"
+            )
+        if self.eval_mode == "slide" and (self.eval_crop is None or self.eval_stride is None):
+            raise SettingError(
+                "{eval_mode=} needs {eval_crop} and {eval_stride}, e.g. 512,512 and 341,341", eval_mode="slide"
+            )
+        if self.aux_weight < 0:
+            raise SettingError(f"{{aux_weight}} must be >= 0, got {SettingError.quote(self.aux_weight)}")
+        for name in ("eval_resize", "eval_crop", "eval_stride"):
+            value = getattr(self, name)
+            if value is not None:
+                value = [int(v) for v in ([value, value] if isinstance(value, (int, float)) else value)]
+                if len(value) != 2 or min(value) < 1:
+                    raise SettingError(
+                        f"{{{name}}} must be two positive integers (h, w), got {SettingError.quote(getattr(self, name))}"
+                    )
+                setattr(self, name, value)
+        self.eval_scales = [float(s) for s in self.eval_scales]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys (keys starting with ``_`` are comments)."""
+        values = {k: v for k, v in values.items() if not k.startswith("_")}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; valid options are: {', '.join(sorted(valid))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def auto_amp(device: str | None) -> str:
+    """The mixed precision ``--amp`` alone means: ``"fp16"`` on CUDA (with a GradScaler), else ``"bf16"``."""
+    import torch
+
+    cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
+    return "fp16" if cuda else "bf16"
+
+
+class SettingSpec(NamedTuple):
+    """How a :class:`TrainConfig` field is offered as an option (derived from the field)."""
+
+    name: str
+    #: ``"int"``, ``"float"``, ``"str"``, ``"bool"`` (a switch), ``"ints"`` (a pair) or ``"floats"``.
+    kind: str
+    default: Any
+    help: str
+    group: str
+    #: ``--field-name`` unless the field says otherwise; None when there is no flag.
+    flag: str | None
+    #: Why a field has no flag (None when it has one).
+    no_flag: str | None
+    #: The remaining option details (``metavar``, ``choices``, ``nargs``, ``const``).
+    options: dict[str, Any]
+
+
+_KINDS = {int: "int", float: "float", str: "str", bool: "bool"}
+
+
+def _kind(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _kind(args[0])
+    if origin is list and args and args[0] in (int, float):
+        return "ints" if args[0] is int else "floats"
+    if annotation in _KINDS:
+        return _KINDS[annotation]
+    raise TypeError(f"no option kind for a field of type {annotation!r}")  # a new field type: add it here
+
+
+def setting_specs() -> list[SettingSpec]:
+    """One :class:`SettingSpec` per :class:`TrainConfig` field, in field order."""
+    hints = typing.get_type_hints(TrainConfig)
+    specs = []
+    for f in dataclasses.fields(TrainConfig):
+        cli = dict(f.metadata["cli"])
+        no_flag = cli.pop("no_flag", None)
+        kind = _kind(hints[f.name])
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        flag = cli.pop("flag", None)
+        if flag is None and not no_flag:
+            # A switch that is on by default is turned off: --no-sync-bn.
+            flag = "--" + ("no-" if kind == "bool" and default is True else "") + f.name.replace("_", "-")
+        specs.append(SettingSpec(f.name, kind, default, f.metadata["help"], f.metadata["group"], flag, no_flag, cli))
+    return specs
