@@ -2,6 +2,7 @@
 
 from ._version import __version__
 from .assets import sample_images
+from .core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from .hub import get_weights, list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
 from .hub.registry import get_model_weights, get_weight
@@ -12,10 +13,12 @@ from .runtime import optimize_for_inference
 
 __all__ = [
     "__version__",
+    "InferenceProtocol",
     "PRESETS",
     "PSPNet",
     "PSPNetConfig",
     "Prediction",
+    "PretrainedCfg",
     "PyramidPoolingModule",
     "ResNet",
     "build_pspnet",

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import pspnet_lib.hub.loading as loading_module
+import pspnet_lib.hub.checkpoint_files as checkpoint_files_module
+import pspnet_lib.hub.sources as sources_module
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.hub import (
     ChecksumError,
@@ -108,7 +109,8 @@ def test_download_verify_convert_cache_then_offline(published, entry, tmp_path, 
     def no_pickle(*args, **kwargs):
         raise AssertionError("the .pth was read again")
 
-    monkeypatch.setattr(loading_module, "read_checkpoint", no_pickle)
+    monkeypatch.setattr(sources_module, "read_checkpoint", no_pickle)  # the zoo path
+    monkeypatch.setattr(checkpoint_files_module, "read_checkpoint", no_pickle)  # the file paths
     (cache / published["path"].name).unlink()  # not even the original file is needed any more
     again = load_pretrained(NAME, cache_dir=cache, local_files_only=True)
     _assert_reference(again, published["data"])

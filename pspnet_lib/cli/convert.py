@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..hub.loading import load_pretrained
 
     if args.out_dir is not None and args.out_option is not None and args.out_dir != args.out_option:
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         pretrained_cfg=extra_cfg,
         **overrides,
     )
-    classes = model.pretrained_cfg.get("classes")
+    classes = PretrainedCfg.of(model).classes
     if classes is not None and len(classes) != model.config.num_classes:
         raise ValueError(f"{len(classes)} class names given for a model with {model.config.num_classes} classes")
     model.save_pretrained(out)

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..data import DEFAULT_SPLITS, ZOO_DATASETS, build_dataset, eval_transforms
     from ..engine import distributed as D
     from ..engine.checkpoint import atomic_write_bytes
@@ -68,21 +69,21 @@ def run(args: argparse.Namespace) -> int:
     info = D.init_distributed(args.device)
     try:
         model = load_pretrained(args.weights).to(info.device)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
+        cfg = PretrainedCfg.of(model, what=f"--weights {args.weights}")
         if not args.dataset:
             # Zoo weights (or a file recognised as one) know the dataset that scores them.
-            args.dataset = ZOO_DATASETS.get(str(cfg.get("dataset")))
+            args.dataset = ZOO_DATASETS.get(str(cfg.dataset))
             if not args.dataset:
                 raise ValueError(
                     f"{args.weights} does not say which dataset it was trained on: pass --dataset "
                     f"{{{','.join(DATASET_CHOICES)}}}"
                 )
             logger.info("scoring on --dataset %s, the dataset of %s", args.dataset, args.weights)
-        protocol = dict((getattr(model, "pretrained_cfg", None) or {}).get("inference") or {})
-        for flag in ("mode", "crop", "stride", "resize", "scales", "flip"):
-            if getattr(args, flag) is not None:
-                protocol[flag] = getattr(args, flag)
-        protocol.setdefault("mode", "whole")
+        flags = ("mode", "crop", "stride", "resize", "scales", "flip")
+        try:
+            protocol = cfg.protocol.replace(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
+        except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
+            raise ValueError(f"{exc} (set by --mode/--resize/--crop/--stride/--scales/--flip)") from None
         split = args.split or DEFAULT_SPLITS[args.dataset][1]
         if split == "all":
             if args.dataset != "folder":
@@ -92,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
         if (
             args.dataset == "folder"
             and "classes" not in kwargs
-            and cfg.get("classes")
+            and cfg.classes
             and not os.path.isfile(os.path.join(args.data_root, "classes.txt"))
         ):
-            kwargs["classes"] = list(cfg["classes"])  # the model's own class names
+            kwargs["classes"] = list(cfg.classes)  # the model's own class names
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
         dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
@@ -108,12 +109,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate(
             model,
             dataset,
-            mode=protocol["mode"],
-            resize=protocol.get("resize"),
-            crop=protocol.get("crop"),
-            stride=protocol.get("stride"),
-            scales=protocol.get("scales") or (1.0,),
-            flip=bool(protocol.get("flip")),
+            protocol=protocol,
             device=info.device,
             amp_dtype=amp,
             num_workers=args.num_workers or 0,
@@ -122,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
         D.cleanup(info)
     if info.is_main:
         sys.stdout.write(
-            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol['mode']}"
-            f"{', scales ' + ','.join(map(str, protocol['scales'])) if protocol.get('scales') else ''}"
-            f"{', flip' if protocol.get('flip') else ''}):\n"
+            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol.mode}"
+            f"{', scales ' + ','.join(map(str, protocol.scales)) if protocol.scales != (1.0,) else ''}"
+            f"{', flip' if protocol.flip else ''}):\n"
         )
         sys.stdout.write(format_metrics_table(metrics, dataset.classes) + "\n")
         if args.json:

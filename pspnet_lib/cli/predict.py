@@ -230,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from .._progress import progress_bar
-    from ..core.constants import input_channels, input_stats
     from ..core.images import to_image_tensor
+    from ..core.pretrained_cfg import PretrainedCfg
     from ..inference.predict import predict, resolve_protocol
 
     if args.batch_size < 1:
@@ -283,8 +283,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
     resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
-    channels = input_channels(model)
-    input_stats(getattr(model, "pretrained_cfg", None), channels, what=f"--weights {args.weights}")  # mean/std fit
+    channels = PretrainedCfg.of(model, what=f"--weights {args.weights}").in_channels  # mean/std fit the channels
 
     failed: list[tuple[Path, str]] = []
     done = 0

@@ -13,6 +13,12 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: here so that the loaders can recognise one without importing the trainer.
 CHECKPOINT_FORMAT: str = "pspnet_lib.train_checkpoint"
 
+#: Bounds of stored class and channel counts (checked before anything is allocated). Label maps
+#: are stored in at most 16 bits (PNG), hence 65536 classes; 1024 input channels is far above any
+#: published model's yet keeps a model built from a stranger's file within memory.
+MAX_NUM_CLASSES: int = 65536
+MAX_IN_CHANNELS: int = 1024
+
 #: Mask value for pixels that are not scored (void, borders, padding).
 IGNORE_INDEX: int = 255
 
@@ -33,34 +39,17 @@ def input_stats(
 ) -> tuple[list[float], list[float]]:
     """``(mean, std)`` on the 0..1 scale, one value per input channel.
 
-    Taken from ``pretrained_cfg["mean"]``/``["std"]`` (a single stored value serves every
-    channel); when absent, ImageNet's for 3 channels, else :data:`GENERIC_MEAN` /
-    :data:`GENERIC_STD` repeated.
+    A thin wrapper of :meth:`pspnet_lib.core.pretrained_cfg.PretrainedCfg.from_dict`, which holds
+    the defaults (ImageNet's for 3 channels, else :data:`GENERIC_MEAN` / :data:`GENERIC_STD`
+    repeated) and the checks; prefer ``PretrainedCfg.of(model).mean``.
 
     Raises:
         ValueError: a stored mean/std whose length is neither 1 nor ``in_channels`` (naming both
             and how to fix ``pretrained_cfg``), or a std that is not positive.
     """
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
-    defaults = {
-        "mean": list(IMAGENET_MEAN) if in_channels == 3 else [GENERIC_MEAN] * in_channels,
-        "std": list(IMAGENET_STD) if in_channels == 3 else [GENERIC_STD] * in_channels,
-    }
-    out = []
-    for key in ("mean", "std"):
-        values = cfg.get(key)
-        if values is None:
-            out.append(defaults[key])
-            continue
-        values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
-        if len(values) == 1:
-            values = values * in_channels
-        if len(values) != in_channels:
-            raise ValueError(
-                f"{what} takes {in_channels} input channel(s) (config.in_channels) but its pretrained_cfg[{key!r}] "
-                f"has {len(values)} values; set pretrained_cfg[{key!r}] to {in_channels} values on the 0..1 scale"
-            )
-        if key == "std" and min(values) <= 0:
-            raise ValueError(f"{what}: pretrained_cfg['std'] must be positive, got {values}")
-        out.append(values)
-    return out[0], out[1]
+    from .pretrained_cfg import PretrainedCfg  # same floor; pretrained_cfg imports this module
+
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})  # type: ignore[call-overload]
+    stats = {k: cfg[k] for k in ("mean", "std") if k in cfg}
+    typed = PretrainedCfg.from_dict(stats, in_channels, what=what)
+    return list(typed.mean), list(typed.std)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from ..core.constants import IGNORE_INDEX
 from ..core.geometry import MODES
+from ..core.inference_protocol import InferenceProtocol
 from .optim import OPTIMIZERS
 
 __all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
@@ -273,6 +274,17 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def eval_protocol(self) -> InferenceProtocol:
+        """The validation protocol (the ``eval_*`` fields) as one object, as stored with the trained weights."""
+        return InferenceProtocol(
+            mode=self.eval_mode,
+            resize=self.eval_resize,
+            crop=self.eval_crop,
+            stride=self.eval_stride,
+            scales=tuple(self.eval_scales),
+            flip=self.eval_flip,
+        )
 
 
 def auto_amp(device: str | None) -> str:

@@ -12,7 +12,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._progress import progress_bar
-from ..core.constants import IGNORE_INDEX, input_channels, input_stats
+from ..core.constants import IGNORE_INDEX
+from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
 
@@ -21,17 +22,18 @@ __all__ = ["evaluate", "normalize_images"]
 logger = logging.getLogger(__name__)
 
 
-def normalize_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def normalize_images(images: torch.Tensor, model: nn.Module, cfg: PretrainedCfg | None = None) -> torch.Tensor:
     """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
 
     A floating-point batch is taken to be normalised already and returned unchanged. Raises
-    ``ValueError`` when the stored mean/std do not have one value per input channel.
+    ``ValueError`` when the stored mean/std do not have one value per input channel. ``cfg``:
+    ``PretrainedCfg.of(model)`` when the caller has it already (parsed once per evaluation).
     """
     if images.is_floating_point():
         return images
-    mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
-    mean = torch.tensor(mean_values, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std_values, device=images.device).view(1, -1, 1, 1)
+    cfg = cfg if cfg is not None else PretrainedCfg.of(model)
+    mean = torch.tensor(cfg.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
@@ -74,6 +76,7 @@ def evaluate(
     stride: int | Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    protocol: InferenceProtocol | None = None,
     ignore_index: int = IGNORE_INDEX,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
@@ -93,6 +96,7 @@ def evaluate(
             another class list gives meaningless numbers.
         mode, resize, crop, stride, scales, flip: the inference protocol, see
             :func:`pspnet_lib.inference.modes.infer`.
+        protocol: the protocol as one object instead (e.g. ``PretrainedCfg.of(model).protocol``).
         device: where to run (default: the model's device).
         amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. bfloat16).
         num_workers: DataLoader workers.
@@ -103,25 +107,32 @@ def evaluate(
     Returns the :meth:`ConfusionMatrix.compute` dict plus ``"classes"`` when the dataset has them.
     """
     num_classes = _check_class_counts(model, dataset, num_classes)
+    if protocol is None:
+        protocol = InferenceProtocol(
+            mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales), flip=flip
+        )
+    elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
+        raise ValueError(
+            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
+        )
     if device is None:
         device = next(model.parameters()).device
     rank, world = _rank_and_world()
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=num_workers)
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+    typed_cfg = PretrainedCfg.of(model)
     was_training = model.training
     model.eval()
     try:
         with progress_bar(loader, desc="eval", leave=False, progress=progress if rank == 0 else False) as bar:
             for image, mask in bar:
-                image = normalize_images(image.to(device), model)
+                image = normalize_images(image.to(device), model, typed_cfg)
                 mask = mask.to(device)
                 if mask.ndim == 4:  # (N, 1, H, W) masks from some transforms
                     mask = mask[:, 0]
                 with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    scores = infer(
-                        model, image, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip
-                    )
+                    scores = infer(model, image, protocol=protocol)
                 if scores.shape[1] != num_classes:
                     raise ValueError(
                         f"the model returned {scores.shape[1]} class scores but {num_classes} classes are being scored; "

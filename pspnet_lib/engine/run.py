@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
-from ..core.constants import input_channels, input_stats
+from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
 from ..hub.loading import load_pretrained
@@ -279,7 +279,8 @@ class TrainingRun:
                 num_classes=num_classes,
             )
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
-        mean, std = input_stats(getattr(model, "pretrained_cfg", {}) or {}, input_channels(model))
+        cfg = PretrainedCfg.of(model)
+        mean, std = list(cfg.mean), list(cfg.std)
         aug = dict(settings["augment"])
         transforms = train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug)
         train_set = build_dataset(name, data_root, split, transforms, **options)

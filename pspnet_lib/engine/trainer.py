@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import ensure_dir
 from .._progress import progress_bar
-from ..core.constants import input_channels, input_stats
+from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
 from .checkpoint import atomic_write_bytes
 from .config import AMP_MODES, SettingError, TrainConfig
@@ -181,22 +181,15 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
 
     def _fill_pretrained_cfg(self, model: nn.Module) -> None:
         """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg["mean"], cfg["std"] = input_stats(cfg, input_channels(model))  # one value per input channel
+        typed = PretrainedCfg.of(model)
+        changes: dict[str, Any] = {"mean": typed.mean, "std": typed.std}  # written out, one value per input channel
         for key in ("classes", "palette"):
             value = getattr(self.train_dataset, key, None)
             if value is not None:
-                cfg[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value]
-        cfg["ignore_index"] = self.config.ignore_index
-        c = self.config
-        cfg["inference"] = {
-            "mode": c.eval_mode,
-            "resize": c.eval_resize,
-            "crop": c.eval_crop,
-            "stride": c.eval_stride,
-            "scales": c.eval_scales,
-            "flip": c.eval_flip,
-        }
+                changes[key] = value
+        changes["ignore_index"] = self.config.ignore_index
+        cfg = typed.replace(**changes).to_dict()
+        cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
         if hasattr(model, "pretrained_cfg"):
             model.pretrained_cfg = cfg
 

@@ -27,7 +27,9 @@ from huggingface_hub.errors import (
 
 from .._files import atomic_save_safetensors
 from .._progress import tqdm_class
+from .checkpoint_files import read_pretrained_folder
 from .download import OfflineError, is_offline
+from .load_report import load_weights
 from .serialization import read_safetensors, write_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
@@ -133,9 +135,7 @@ def hf_file(
 def resolve_hf(
     repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, progress: bool | None = None
 ):
-    """``hf-hub:`` source -> :class:`~pspnet_lib.hub.loading.Resolved`."""
-    from .loading import read_pretrained_folder
-
+    """``hf-hub:`` source -> :class:`~pspnet_lib.hub.resolved.Resolved`."""
     kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "progress": progress}
     config_path = hf_file(repo_id, CONFIG_NAME, **kwargs)
     weights_path = hf_file(repo_id, WEIGHTS_NAME, **kwargs)
@@ -167,7 +167,7 @@ def from_pretrained_files(
     ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
     (fresh classifiers for another class count, with the same ``model.load_report``).
     """
-    from .loading import _build_and_load, load_weights, read_pretrained_folder
+    from .loading import _build_and_load  # loading reaches hf through sources.resolve_source
 
     if config is None:
         raise FileNotFoundError(

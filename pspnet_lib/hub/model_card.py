@@ -11,6 +11,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..core.pretrained_cfg import PretrainedCfg
+
 __all__ = ["generate_model_card", "hub_license"]
 
 _LICENSES = {"apache-2.0": "apache-2.0", "bsd-3-clause": "bsd-3-clause", "mit": "mit"}
@@ -74,32 +76,32 @@ def hub_license(license: str | None) -> str | None:
     return _LICENSES.get(license.lower(), "other")
 
 
-def _protocol_text(cfg: dict[str, Any]) -> str:
-    inference = cfg.get("inference") or {}
-    if not inference:
+def _protocol_text(cfg: PretrainedCfg) -> str:
+    if not cfg.is_set("protocol"):
         return "Not recorded for these weights; whole-image inference at the input size is the default."
-    resize = inference.get("resize")
+    inference = cfg.protocol
+    resize = inference.resize
     first = (
         f"Resize keeping the aspect ratio so that the image fits {max(resize)} x {min(resize)} (long x short side), then "
         if resize
         else ""
     )
-    if inference.get("mode") == "slide":
-        crop, stride = inference.get("crop"), inference.get("stride")
+    if inference.mode == "slide":
+        crop, stride = inference.crop, inference.stride
         body = f"sliding-window inference with {crop[0]}x{crop[1]} windows every {stride[0]}x{stride[1]} pixels (logits averaged)"
     else:
         body = "whole-image inference"
     text = first + body + "; logits are resized back to the original image size."
-    tta = cfg.get("tta")
+    tta = cfg.tta
     if tta:
         text += (
-            f" Multi-scale + flip test: scales {tta.get('scales')} of that size, each also mirrored, softmax averaged."
+            f" Multi-scale + flip test: scales {list(tta.scales)} of that size, each also mirrored, softmax averaged."
         )
     return text
 
 
-def _metrics_text(cfg: dict[str, Any]) -> str:
-    metrics = cfg.get("metrics") or {}
+def _metrics_text(cfg: PretrainedCfg) -> str:
+    metrics = cfg.metrics or {}
     if metrics.get("mIoU") is None:
         return ""
     ms = metrics.get("mIoU_ms_flip")
@@ -113,20 +115,20 @@ def _metrics_text(cfg: dict[str, Any]) -> str:
     return "\n".join(rows) + tail
 
 
-def _classes_text(cfg: dict[str, Any], num_classes: int) -> str:
-    classes = cfg.get("classes")
+def _classes_text(cfg: PretrainedCfg, num_classes: int) -> str:
+    classes = cfg.classes
     if not classes:
         return f"{num_classes} classes; no names recorded."
-    palette = cfg.get("palette") or []
+    palette = cfg.palette or ()
     rows = ["| index | class | colour (RGB) |", "|---:|---|---|"]
     for i, name in enumerate(classes):
         colour = tuple(palette[i]) if i < len(palette) else ""
         rows.append(f"| {i} | {name} | {colour} |")
     lines = ["\n".join(rows)]
-    if cfg.get("label_convention"):
-        lines.append(f"Annotation files: {cfg['label_convention']}")
-    if cfg.get("ignore_index") is not None:
-        lines.append(f"Ignore index: {cfg['ignore_index']}.")
+    if cfg.extra.get("label_convention"):
+        lines.append(f"Annotation files: {cfg.extra['label_convention']}")
+    if cfg.is_set("ignore_index"):
+        lines.append(f"Ignore index: {cfg.ignore_index}.")
     return "\n\n".join(lines)
 
 
@@ -140,12 +142,12 @@ def _task_description(dataset_title: str | None, num_classes: int) -> str:
 
 def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
     """A :class:`huggingface_hub.ModelCard` describing ``model`` (a PSPNet) and its ``pretrained_cfg``."""
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg = PretrainedCfg.of(model)
     config = model.config
-    name = cfg.get("name") or kwargs.pop("model_name", None) or f"pspnet-{config.backbone}"
-    dataset = cfg.get("dataset")
-    dataset_title = cfg.get("dataset_title") or dataset
-    metrics = cfg.get("metrics") or {}
+    name = cfg.name or kwargs.pop("model_name", None) or f"pspnet-{config.backbone}"
+    dataset = cfg.dataset
+    dataset_title = cfg.extra.get("dataset_title") or dataset
+    metrics = cfg.metrics or {}
     eval_results = []
     if dataset and metrics.get("mIoU") is not None:
         common = dict(
@@ -173,21 +175,21 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
             )
     info = model._hub_mixin_info
     card_data = ModelCardData(**info.model_card_data.to_dict())
-    card_data.license = hub_license(cfg.get("license"))
+    card_data.license = hub_license(cfg.license)
     card_data.model_name = name
     card_data.eval_results = eval_results or None
     card_data.pipeline_tag = "image-segmentation"
     stem = "deep (3x3 convs)" if config.stem == "deep" else "standard (7x7 conv)"
     backbone = f"dilated {config.backbone} backbone ({stem} stem, output stride {config.output_stride})"
-    resize = (cfg.get("inference") or {}).get("resize")
-    source = cfg.get("source") or cfg.get("url") or "trained or converted by the owner of this repository"
+    resize = cfg.protocol.resize
+    source = cfg.source or cfg.url or "trained or converted by the owner of this repository"
     source_lines = [f"Weights: {source}."]
-    if cfg.get("url"):
-        source_lines.append(f"Original checkpoint: {cfg['url']} (sha256 {cfg.get('sha256', '?')}...).")
-    if cfg.get("upstream_config"):
-        source_lines.append(f"Upstream config: {cfg['upstream_config']}.")
+    if cfg.url:
+        source_lines.append(f"Original checkpoint: {cfg.url} (sha256 {cfg.sha256 or '?'}...).")
+    if cfg.extra.get("upstream_config"):
+        source_lines.append(f"Upstream config: {cfg.extra['upstream_config']}.")
     source_lines.append(
-        f"License: {cfg.get('license', 'not specified')}."
+        f"License: {cfg.license or 'not specified'}."
         + (" The training data has its own terms of use." if dataset else "")
     )
     return ModelCard.from_template(
@@ -196,10 +198,10 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
         title=name,
         backbone=backbone,
         task_description=_task_description(dataset_title, config.num_classes),
-        repo_id=repo_id or cfg.get("hf_hub_id") or "<org>/<repo>",
+        repo_id=repo_id or cfg.extra.get("hf_hub_id") or "<org>/<repo>",
         num_classes=config.num_classes,
-        mean=[round(v, 4) for v in cfg.get("mean", [])] or "(ImageNet)",
-        std=[round(v, 4) for v in cfg.get("std", [])] or "(ImageNet)",
+        mean=[round(v, 4) for v in cfg.mean],
+        std=[round(v, 4) for v in cfg.std],
         resize_text=(
             f"The published numbers resize each image to fit {max(resize)} x {min(resize)} first (see below)."
             if resize

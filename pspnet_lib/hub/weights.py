@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..core.pretrained_cfg import PretrainedCfg
 
 __all__ = ["Weights", "WeightsEnum", "sha256_prefix_from_filename"]
 
@@ -99,12 +100,9 @@ class Weights:
         """
         from .preprocessing import build_transforms
 
-        inference = self.meta.get("inference") or {}
+        cfg = PretrainedCfg.from_dict(self.pretrained_cfg(), self.config.get("in_channels", 3), what=self.name)
         return build_transforms(
-            resize=inference.get("resize") if resize else None,
-            mean=self.meta.get("mean", IMAGENET_MEAN),
-            std=self.meta.get("std", IMAGENET_STD),
-            antialias=antialias,
+            resize=cfg.protocol.resize if resize else None, mean=cfg.mean, std=cfg.std, antialias=antialias
         )
 
     def __repr__(self) -> str:

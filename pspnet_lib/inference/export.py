@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..core.constants import input_channels, input_stats
+from ..core.constants import input_channels
+from ..core.pretrained_cfg import PretrainedCfg
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
 
 __all__ = [
@@ -104,9 +105,9 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.preprocess = bool(preprocess)
         self.output = output
-        mean_values, std_values = input_stats(getattr(model, "pretrained_cfg", None), input_channels(model))
-        mean = torch.tensor(mean_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(std_values, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        cfg = PretrainedCfg.of(model)
+        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 

@@ -25,8 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
+from ..core.inference_protocol import InferenceProtocol
 
-__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES"]
+__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES", "InferenceProtocol"]
 
 
 def _align_corners(model: nn.Module) -> bool:
@@ -87,6 +88,7 @@ def infer(
     stride: int | Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    protocol: InferenceProtocol | None = None,
 ) -> torch.Tensor:
     """Segment a normalised batch with a test protocol; scores at the input's size.
 
@@ -94,6 +96,8 @@ def infer(
         model: a module mapping ``(N, C, h, w)`` to logits ``(N, K, h, w)`` (a PSPNet, or one
             from :func:`~pspnet_lib.optimize_for_inference`).
         images: normalised float batch ``(N, C, H, W)``.
+        protocol: the whole protocol as one object (e.g. ``PretrainedCfg.of(model).protocol``);
+            then leave the keyword arguments below at their defaults.
         mode: ``"whole"`` or ``"slide"``.
         resize: keep-ratio resize limits ``(long, short)`` applied first (see :func:`rescale_size`).
         crop, stride: sliding-window size and step (``mode="slide"``).
@@ -102,16 +106,35 @@ def infer(
 
     Returns logits for a single run, and the mean of softmax probabilities when several runs
     (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
+
+    Raises ``ValueError`` for an invalid protocol (see :class:`InferenceProtocol`), both
+    ``protocol`` and keyword arguments, or ``images`` that are not 4-D.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
-    if mode == "slide" and (crop is None or stride is None):
-        raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
+    if protocol is None:
+        if mode not in MODES:
+            raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode == "slide" and (crop is None or stride is None):
+            raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
+        scales = tuple(float(s) for s in scales) or (1.0,)
+        if any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive numbers, got {scales!r}")
+        protocol = InferenceProtocol(mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
+    elif not isinstance(protocol, InferenceProtocol):
+        raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
+    elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
+        raise ValueError(
+            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
+        )
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    scales = tuple(float(s) for s in scales) or (1.0,)
-    if any(not math.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+    mode, resize, crop, stride, scales, flip = (
+        protocol.mode,
+        protocol.resize,
+        protocol.crop,
+        protocol.stride,
+        protocol.scales,
+        protocol.flip,
+    )
     align_corners = _align_corners(model)
     height, width = images.shape[-2:]
     base_h, base_w = rescale_size(height, width, resize)

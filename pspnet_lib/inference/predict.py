@@ -25,17 +25,14 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..core.constants import input_channels, input_stats
 from ..core.images import is_image_batch, to_image_tensor
+from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
 from .visualize import colorize, default_palette, legend, overlay
 
 __all__ = ["predict", "Prediction", "resolve_protocol", "load_model"]
 
 logger = logging.getLogger(__name__)
-
-# ``size=<int>`` limits only the short side; this stands in for "no limit" on the long side.
-_UNLIMITED = 1 << 30
 
 
 @dataclass
@@ -90,9 +87,8 @@ class Prediction:
         return legend(names, self.palette, present=self.present)
 
 
-def _palette_for(model: nn.Module, num_classes: int) -> list[tuple[int, int, int]]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    palette = [tuple(int(c) for c in colour[:3]) for colour in (cfg.get("palette") or [])]
+def _palette_for(cfg: PretrainedCfg, num_classes: int) -> list[tuple[int, int, int]]:
+    palette = list(cfg.palette or ())
     if len(palette) < num_classes:
         palette += default_palette(num_classes)[len(palette) :]
     return palette
@@ -110,18 +106,26 @@ def resolve_protocol(
     size: int | Sequence[int] | bool | None = None,
     crop: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """The inference protocol to use: the caller's choices over the weights' ``pretrained_cfg["inference"]``.
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> InferenceProtocol:
+    """The inference protocol to use: the caller's choices over the weights' stored one.
 
-    Returns a dict with ``mode``, ``resize`` (``(long, short)`` or None), ``crop`` and ``stride``,
-    ready for :func:`pspnet_lib.inference.modes.infer`. See :func:`predict` for the arguments.
+    The stored protocol is ``PretrainedCfg.of(model).protocol`` (``pretrained_cfg["inference"]``;
+    whole image at its own size when none is stored). See :func:`predict` for the arguments;
+    ``scales`` and ``flip`` are the caller's (the stored ``tta`` is not applied implicitly).
+
+    Returns an :class:`~pspnet_lib.core.pretrained_cfg.InferenceProtocol` (pass it to
+    :func:`pspnet_lib.inference.modes.infer` as ``protocol=``; ``.infer_kwargs()`` gives the
+    keyword form). Raises ``ValueError`` for an unknown mode, a bad size, or ``mode="slide"``
+    without a window.
     """
-    stored = (getattr(model, "pretrained_cfg", None) or {}).get("inference") or {}
-    mode = mode if mode is not None else stored.get("mode") or "whole"
+    stored = PretrainedCfg.of(model).protocol
+    mode = mode if mode is not None else stored.mode
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
     if size is None:
-        resize = stored.get("resize")
+        resize = stored.resize
     elif size is False:
         resize = None
     elif isinstance(size, bool):
@@ -131,16 +135,14 @@ def resolve_protocol(
     elif isinstance(size, int):
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
-        resize = (_UNLIMITED, size)
+        resize = (UNLIMITED_SIDE, size)  # an int limits only the short side
     else:
         resize = tuple(int(s) for s in size)
         if len(resize) != 2 or min(resize) < 1:
             raise ValueError(f"size must be an int (short side) or a pair (long side, short side), got {size!r}")
-    if resize is not None:
-        resize = tuple(int(s) for s in resize)
     if mode == "slide":
-        crop = crop if crop is not None else stored.get("crop")
-        stride = stride if stride is not None else stored.get("stride")
+        crop = crop if crop is not None else stored.crop
+        stride = stride if stride is not None else stored.stride
         if crop is None or stride is None:
             raise ValueError(
                 "mode='slide' needs a window size and step: pass crop=... and stride=... (e.g. crop=512, "
@@ -148,7 +150,9 @@ def resolve_protocol(
             )
     else:
         crop = stride = None
-    return {"mode": mode, "resize": resize, "crop": crop, "stride": stride}
+    return InferenceProtocol(
+        mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales) or (1.0,), flip=flip
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -226,10 +230,9 @@ def predict(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride)
-    channels = input_channels(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean_values, std_values = input_stats(cfg, channels)
+    protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
+    cfg = PretrainedCfg.of(model)
+    channels = cfg.in_channels
     batched = is_image_batch(images)
     items = list(images) if batched else [images]
 
@@ -247,9 +250,9 @@ def predict(
     if device is not None:
         model.to(device)
     run_device = _model_device(model)
-    mean = torch.tensor(mean_values, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
-    std = torch.tensor(std_values, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
-    single_run = len(tuple(scales) or (1.0,)) * (2 if flip else 1) == 1
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
+    single_run = protocol.runs == 1
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, tensor in enumerate(tensors):
@@ -275,7 +278,7 @@ def predict(
                         parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
                     batch = _normalise(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
                     with autocast:
-                        scores = infer(model, batch, scales=scales, flip=flip, **protocol).float()
+                        scores = infer(model, batch, protocol=protocol).float()
                     labels = scores.argmax(dim=1).cpu()
                     if return_probs:
                         scores = scores.softmax(dim=1) if single_run else scores
@@ -288,8 +291,8 @@ def predict(
         model.train(was_training)
 
     num_classes = _num_classes(model) or (max(int(m.max()) for m in masks) + 1 if masks else 1)
-    palette = _palette_for(model, num_classes)
-    classes = list(cfg["classes"]) if cfg.get("classes") else None
+    palette = _palette_for(cfg, num_classes)
+    classes = list(cfg.classes) if cfg.classes else None
     results = [
         Prediction(
             mask=masks[i],

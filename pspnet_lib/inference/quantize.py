@@ -33,8 +33,8 @@ import torch.nn as nn
 
 from .._files import atomic_output
 from ..core.agreement import agreement_stats
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from ..core.pretrained_cfg import PretrainedCfg
 from .export import _require_onnx, export_onnx
 
 __all__ = [
@@ -120,9 +120,9 @@ def calibration_images(
     if not items:
         raise ValueError("no calibration pictures given")
     items = _sample(items, count, seed)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    resize = resolve_protocol(model, size=size)["resize"]
-    transform = build_transforms(resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
+    cfg = PretrainedCfg.of(model)
+    resize = resolve_protocol(model, size=size).resize
+    transform = build_transforms(resize=resize, mean=cfg.mean, std=cfg.std)
     out = []
     for item in items:
         try:
@@ -339,8 +339,8 @@ def export_onnx_int8(
         batches: Any = calibration_images(calibration, model, count=calibration_count, size=size, seed=seed)
     else:
         batches = calibration
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    input_uint8 = (cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)) if preprocess else None
+    cfg = PretrainedCfg.of(model)
+    input_uint8 = (list(cfg.mean), list(cfg.std)) if preprocess else None
     with tempfile.TemporaryDirectory(prefix="pspnet_int8_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(
@@ -434,14 +434,14 @@ def check_int8_onnx(
     )
     batches = _fit_static(batches, _static_input_shape(path))
     run = load_onnx_runner(path, runtime)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+    cfg = PretrainedCfg.of(model)
     reference = ExportWrapper(model, output="logits").eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     total = {"max_rel_err": 0.0, "mean_abs_err": 0.0, "argmax_agreement": 0.0, "pixels": 0}
     for x in batches:
         with torch.no_grad():
             ref = reference(x.to(device)).float().cpu()
-        feed = _to_uint8(x, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)) if preprocess else x
+        feed = _to_uint8(x, cfg.mean, cfg.std) if preprocess else x
         got = torch.from_numpy(run(feed.numpy()))
         if output == "labels":
             agree = (got == ref.argmax(1)).float()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
 from ._utils import NORM_TYPES
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
@@ -23,8 +24,7 @@ BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
 #: Bounds of the architecture values (checked before anything is allocated). Label maps are
 #: stored in at most 16 bits (PNG), hence 65536 classes; widths and channel counts are far above
 #: any published model's (2048) yet keep a model built from a stranger's file within memory.
-MAX_NUM_CLASSES = 65536
-MAX_IN_CHANNELS = 1024
+#: (MAX_NUM_CLASSES and MAX_IN_CHANNELS are core.constants': stored pretrained_cfg uses them too.)
 MAX_CHANNELS = 8192
 MAX_BIN = 64
 MAX_DILATION = 64
