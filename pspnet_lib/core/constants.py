@@ -49,7 +49,9 @@ def input_stats(
     """
     from .pretrained_cfg import PretrainedCfg  # same floor; pretrained_cfg imports this module
 
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})  # type: ignore[call-overload]
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
     stats = {k: cfg[k] for k in ("mean", "std") if k in cfg}
     typed = PretrainedCfg.from_dict(stats, in_channels, what=what)
-    return list(typed.mean), list(typed.std)
+    mean, std = typed.mean, typed.std
+    assert mean is not None and std is not None  # PretrainedCfg.__post_init__ fills both
+    return list(mean), list(std)
