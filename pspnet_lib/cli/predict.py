@@ -169,7 +169,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, P
 
 
 def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:
-    plan, claimed = [], {}
+    plan: list[tuple[Path, Path, Path | None]] = []
+    claimed: dict[Path, Path] = {}
     for source, stem in files:
         mask = out / stem.with_name(stem.name + ".png")
         over = out / stem.with_name(stem.name + "_overlay.png") if overlay else None
@@ -208,6 +209,8 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", cal
     from ..runtime import optimize_for_inference
 
     if dtype == "int8":  # calibration(model) -> normalised images, with the weights' own preprocessing
+        if calibration is None:
+            raise ValueError("--dtype int8 needs calibration pictures (--calibration DIR, or the inputs)")
         return optimize_for_inference(model, dtype="int8", calibration=calibration(model))
     return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
 
@@ -244,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
     )
-    scales = _flat(args.scales)
+    scales = _flat(args.scales) or [1.0]  # the flag has a default; never None
 
     files = collect_inputs(args.inputs, args.recursive)
     if not files:
@@ -300,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
             if not loaded:
                 continue
             results = predict(model, [item[0] for item in loaded], scales=scales, flip=args.flip, **options)
+            assert isinstance(results, list)  # a list of pictures gives a list
             for result, (_, source, mask_path, overlay_path) in zip(results, loaded):
                 try:
                     with atomic_output(mask_path) as tmp:

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
     return new
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class InferenceProtocol:
     """How a model is run at test time: the keyword arguments of :func:`pspnet_lib.inference.modes.infer`.
 
@@ -169,10 +169,22 @@ class InferenceProtocol:
     _raw: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _order: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        fields = {name: getattr(self, name) for name in _PROTOCOL_KEYS}
-        for name, value in _check_protocol(fields, _Fail("InferenceProtocol", "")).items():
+    # Written out (not generated) so that the arguments may be what users pass (lists, one int for
+    # a square crop) while the attributes are always the normalised tuples.
+    def __init__(
+        self,
+        mode: str = "whole",
+        resize: Sequence[int] | None = None,
+        crop: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
+        given = {"mode": mode, "resize": resize, "crop": crop, "stride": stride, "scales": scales, "flip": flip}
+        for name, value in _check_protocol(given, _Fail("InferenceProtocol", "")).items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_raw", {})
+        object.__setattr__(self, "_order", ())
 
     @classmethod
     def from_dict(

@@ -54,6 +54,11 @@ from .inference_protocol import (
 
 __all__ = ["InferenceProtocol", "PretrainedCfg", "MAX_SIDE", "MAX_SCALE", "UNLIMITED_SIDE"]
 
+#: "Not given: use the default". ``__post_init__`` replaces it, so a PretrainedCfg's ``mean``,
+#: ``std``, ``ignore_index``, ``reduce_zero_label`` and ``protocol`` always hold values; typed Any
+#: so that those fields can be typed by what they hold rather than as optional.
+_DEFAULT: Any = None
+
 # PretrainedCfg field -> stored key (the rest are stored under their own names).
 _STORED_NAME = {"protocol": "inference"}
 _PROVENANCE = ("name", "url", "sha256", "task", "dataset", "license", "source")
@@ -102,14 +107,14 @@ class PretrainedCfg:
             kept as stored.
     """
 
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    mean: tuple[float, ...] = _DEFAULT
+    std: tuple[float, ...] = _DEFAULT
     in_channels: int = 3
     classes: tuple[str, ...] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
-    ignore_index: int | None = None
-    reduce_zero_label: bool | None = None
-    protocol: InferenceProtocol | None = None
+    ignore_index: int = _DEFAULT
+    reduce_zero_label: bool = _DEFAULT
+    protocol: InferenceProtocol = _DEFAULT
     tta: InferenceProtocol | None = None
     name: str | None = None
     url: str | None = None

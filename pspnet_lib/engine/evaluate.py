@@ -118,7 +118,9 @@ def evaluate(
     if device is None:
         device = next(model.parameters()).device
     rank, world = _rank_and_world()
-    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    # Map-style datasets define __len__; torch's Dataset type does not declare it.
+    size = len(dataset)  # type: ignore[arg-type]
+    shard = Subset(dataset, range(rank, size, world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=num_workers)
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
     typed_cfg = PretrainedCfg.of(model)
@@ -148,7 +150,7 @@ def evaluate(
         metrics["classes"] = list(classes)
     logger.info(
         "evaluated %d images: mIoU %.2f, mAcc %.2f, aAcc %.2f",
-        len(dataset),
+        size,
         100 * metrics["mIoU"],
         100 * metrics["mAcc"],
         100 * metrics["aAcc"],

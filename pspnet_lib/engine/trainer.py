@@ -143,7 +143,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         if config.grad_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):
                 raise ValueError("grad_checkpointing needs a model with set_grad_checkpointing()")
-            model.set_grad_checkpointing(True)
+            getattr(model, "set_grad_checkpointing")(True)
         if self.dist.distributed and config.sync_bn:
             if self.device.type == "cuda":
                 model = D.convert_sync_batchnorm(model)
@@ -191,7 +191,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         cfg = typed.replace(**changes).to_dict()
         cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
         if hasattr(model, "pretrained_cfg"):
-            model.pretrained_cfg = cfg
+            setattr(model, "pretrained_cfg", cfg)  # nn.Module's typing hides the attribute
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         c = self.config
@@ -210,7 +210,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         if self.config.freeze_bn:
             frozen = [self.model]
         elif self.config.freeze_backbone:
-            frozen = [self.model.backbone]
+            frozen = [self.model.get_submodule("backbone")]
         for part in frozen:
             for m in part.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

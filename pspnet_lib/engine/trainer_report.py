@@ -64,7 +64,7 @@ class ReportMixin(TrainerBase):
             metrics = evaluate(
                 self.model,
                 self.val_dataset,
-                num_classes=self.model.config.num_classes if hasattr(self.model, "config") else None,
+                num_classes=getattr(getattr(self.model, "config", None), "num_classes", None),
                 protocol=c.eval_protocol(),
                 ignore_index=c.ignore_index,
                 device=self.device,
@@ -130,6 +130,8 @@ class ReportMixin(TrainerBase):
         with self._explain_write_failure(
             directory / "model.safetensors", nbytes=state_nbytes(self.model.state_dict()), what="final model"
         ):
-            self.model.save_pretrained(directory)  # config.json + model.safetensors + model card, written atomically
+            getattr(self.model, "save_pretrained")(
+                directory
+            )  # config.json + model.safetensors + model card, written atomically
         logger.info("final model written to %s", directory)
         return str(directory)

@@ -60,6 +60,7 @@ class CheckpointMixin(TrainerBase):
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything needed to continue this run exactly (what a checkpoint holds)."""
+        model_config = getattr(self.model, "config", None)  # a PSPNetConfig (a user's model may have none)
         return {
             "format": CHECKPOINT_FORMAT,
             "version": 1,
@@ -71,9 +72,7 @@ class CheckpointMixin(TrainerBase):
             "rng": rng_states if rng_states is not None else [get_rng_state()],
             "world_size": self.dist.world_size,
             "config": self.config.to_dict(),
-            "model_config": self.model.config.to_dict()
-            if hasattr(getattr(self.model, "config", None), "to_dict")
-            else None,
+            "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
             "pretrained_cfg": getattr(self.model, "pretrained_cfg", {}),
             "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
             "history": self.history,

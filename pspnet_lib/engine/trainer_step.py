@@ -47,7 +47,12 @@ class StepMixin(TrainerBase):
                 images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.to(self.device, non_blocking=True)
             last = micro == c.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.dist.distributed else self.train_model.no_sync()
+            # Under torchrun train_model is the DistributedDataParallel wrapper (it has no_sync).
+            sync = (
+                contextlib.nullcontext()
+                if last or not self.dist.distributed
+                else getattr(self.train_model, "no_sync")()
+            )
             with sync:
                 with self._autocast():
                     outputs = self.train_model(images, return_aux=True) if self.uses_aux else self.train_model(images)

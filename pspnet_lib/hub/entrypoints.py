@@ -138,7 +138,10 @@ def build_with_weights(
             f"no model of the zoo has this architecture ({', '.join(f'{k}={full[k]!r}' for k in _ARCH_KEYS)}), so "
             "weights='DEFAULT' means nothing here; see pspnet_lib.list_models() for the named models"
         )
-    source = os.fspath(resolve_weights_arg(weights, None, variant))
+    resolved = resolve_weights_arg(weights, None, variant)
+    if resolved is None:  # build_pspnet calls this only when weights were given
+        raise ValueError("build_with_weights needs weights; got None")
+    source = os.fspath(resolved)
     try:
         name = resolve_name(source)
     except ValueError:

@@ -106,7 +106,7 @@ def hf_file(
                 repo_id=repo_id,
                 filename=filename,
                 revision=revision,
-                cache_dir=cache_dir,
+                cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                 local_files_only=offline,
                 force_download=force_download,
                 token=token,

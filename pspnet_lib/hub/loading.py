@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import torch
@@ -295,7 +296,7 @@ def build_with_backbone_weights(
     config: Mapping[str, Any],
     weights_backbone: str | os.PathLike,
     *,
-    explicit: set[str] = frozenset(),
+    explicit: AbstractSet[str] = frozenset(),
     norm_layer: Callable[[int], nn.Module] | None = None,
     **source_options: Any,
 ) -> PSPNet:

@@ -86,7 +86,7 @@ def _protocol_text(cfg: PretrainedCfg) -> str:
         if resize
         else ""
     )
-    if inference.mode == "slide":
+    if inference.mode == "slide" and inference.crop and inference.stride:
         crop, stride = inference.crop, inference.stride
         body = f"sliding-window inference with {crop[0]}x{crop[1]} windows every {stride[0]}x{stride[1]} pixels (logits averaged)"
     else:

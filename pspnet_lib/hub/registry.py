@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from typing import cast
 
 from ..models.variants import VARIANTS, get_variant
 from .weights import Weights, WeightsEnum, sha256_prefix_from_filename
@@ -125,7 +126,7 @@ def find_weights_for_file(filename: str | None = None, sha256: str | None = None
     return None
 
 
-def get_weights(name: str) -> Weights:
+def get_weights(name: str | Weights) -> Weights:
     """The :class:`Weights` entry of a zoo name or alias.
 
     Example::
@@ -218,7 +219,8 @@ def get_model_weights(name: str) -> type[WeightsEnum]:
     cached = _WEIGHT_ENUMS.get(variant.name)
     if cached is not None and {k: m.value for k, m in cached.__members__.items()} == members:
         return cached
-    weights_enum = WeightsEnum(enum_name, list(members.items()))  # type: ignore[misc]
+    # The functional Enum API makes a subclass at run time; mypy reads the call as a member lookup.
+    weights_enum = cast("type[WeightsEnum]", WeightsEnum(enum_name, list(members.items())))  # type: ignore[call-arg]
     weights_enum.__doc__ = f"Weights of {variant.name}: {variant.description}."
     _WEIGHT_ENUMS[variant.name] = weights_enum
     return weights_enum

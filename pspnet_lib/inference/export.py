@@ -98,6 +98,9 @@ class ExportWrapper(nn.Module):
             ``(N, H, W)`` int64 class indices.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, *, preprocess: bool = False, output: str = "logits") -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -316,6 +319,8 @@ def export_onnx(
                             external_data=False,
                             verbose=False,
                         )
+                        if program is None:  # only the TorchScript exporter returns nothing
+                            raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
                         program.save(str(tmp))
                     else:
                         torch.onnx.export(
@@ -339,8 +344,9 @@ def export_onnx(
                 )
         logger.info("exported ONNX with the %s exporter", name)
         proto = onnx.load(str(tmp))
+        config = getattr(model, "config", None)
         meta = {
-            "pspnet_lib.config": json.dumps(model.config.to_dict()) if hasattr(model, "config") else "{}",
+            "pspnet_lib.config": json.dumps(config.to_dict()) if config is not None else "{}",
             "pspnet_lib.pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None) or {}, default=str),
             "pspnet_lib.input": (
                 f"uint8 {_layout(model)}, 0..255; normalised inside the graph"

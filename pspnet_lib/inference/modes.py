@@ -62,7 +62,7 @@ def infer_slide(
     n, _, height, width = images.shape
     rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
     cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-    logits = None
+    logits: torch.Tensor | None = None
     count = images.new_zeros((1, 1, height, width))
     for row in range(rows):
         for col in range(cols):
@@ -74,6 +74,7 @@ def infer_slide(
                 logits = window.new_zeros((n, window.shape[1], height, width))
             logits[:, :, y1:y2, x1:x2] += window
             count[:, :, y1:y2, x1:x2] += 1
+    assert logits is not None  # rows, cols >= 1: at least one window ran
     return logits / count
 
 
@@ -139,13 +140,17 @@ def infer(
     height, width = images.shape[-2:]
     base_h, base_w = rescale_size(height, width, resize)
     runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
-    total = None
+    total: torch.Tensor | None = None
     for scale, mirrored in runs:
         size = (max(1, int(base_h * scale + 0.5)), max(1, int(base_w * scale + 0.5)))
         x = _resize(images, size, align_corners=False)  # as cv2/PIL bilinear resizing of the picture
         if mirrored:
             x = x.flip(-1)
-        out = infer_whole(model, x) if mode == "whole" else infer_slide(model, x, crop, stride)
+        if mode == "whole":
+            out = infer_whole(model, x)
+        else:
+            assert crop is not None and stride is not None  # checked by InferenceProtocol
+            out = infer_slide(model, x, crop, stride)
         if mirrored:
             out = out.flip(-1)
         out = _resize(out.float(), (height, width), align_corners)
@@ -153,4 +158,5 @@ def infer(
             return out
         probs = out.softmax(dim=1)
         total = probs if total is None else total + probs
+    assert total is not None  # len(runs) > 1 here
     return total / len(runs)

@@ -124,6 +124,7 @@ def resolve_protocol(
     mode = mode if mode is not None else stored.mode
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+    resize: tuple[int, ...] | None
     if size is None:
         resize = stored.resize
     elif size is False:
@@ -156,10 +157,10 @@ def resolve_protocol(
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -256,7 +257,7 @@ def predict(
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, tensor in enumerate(tensors):
-        groups[tuple(tensor.shape[-2:])].append(index)
+        groups[(int(tensor.shape[-2]), int(tensor.shape[-1]))].append(index)
 
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     probs: list[torch.Tensor | None] = [None] * len(tensors)
@@ -290,12 +291,14 @@ def predict(
     finally:
         model.train(was_training)
 
-    num_classes = _num_classes(model) or (max(int(m.max()) for m in masks) + 1 if masks else 1)
+    done = [m for m in masks if m is not None]
+    assert len(done) == len(masks)  # every picture was in one group
+    num_classes = _num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
     palette = _palette_for(cfg, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [
         Prediction(
-            mask=masks[i],
+            mask=done[i],
             probs=probs[i],
             image=_to_uint8_hwc(tensors[i]),
             classes=classes,

@@ -93,6 +93,10 @@ class PSPNet(
     ``model.safetensors`` and a model card; see docs/hub.md.
     """
 
+    #: How the weights were loaded (a :class:`pspnet_lib.hub.LoadReport`), set by the loaders; a
+    #: model built without weights has none. (Typed Any: the models floor does not import hub.)
+    load_report: Any
+
     def __init__(
         self,
         config: PSPNetConfig | Mapping[str, Any] | None = None,
