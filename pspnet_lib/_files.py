@@ -127,7 +127,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     pattern = _temporary_pattern(path)
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
     except OSError:  # no folder yet, or not listable: nothing to clean

@@ -24,7 +24,7 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
     """
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None:
             c = m.num_features
             m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
             m.running_var.copy_(0.5 + torch.rand(c, generator=g))

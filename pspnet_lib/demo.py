@@ -90,7 +90,7 @@ def _tick_label(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e5 else f"{value:.0e}"
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:  # Pillow >= 10.1 with FreeType: a scalable font whose spaces have a visible width
         return ImageFont.load_default(size=size)
     except TypeError:  # older Pillow: the bitmap font
@@ -150,7 +150,9 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
 
 
 def _upscale(image: Image.Image, factor: int) -> Image.Image:
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    return (
+        image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    )
 
 
 def run_demo(
@@ -358,7 +360,9 @@ def run_weights_demo(
     model = load_pretrained(weights)
     if device:
         model = model.to(device)
-    predictions = predict(model, list(photos), device=device)
+    predictions = predict(model, list(photos), device=device)  # a list in, a list out
+    if not isinstance(predictions, list):
+        predictions = [predictions]
     written = []
     for photo, pred in zip(photos, predictions):
         classes = pred.classes or [f"class {i}" for i in range(len(pred.palette))]

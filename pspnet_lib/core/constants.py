@@ -1,5 +1,8 @@
 """Constants shared by datasets, transforms, training and inference."""
 
+from collections.abc import Mapping
+from typing import Any
+
 #: ImageNet statistics on the 0..1 scale: the input normalisation of every released PSPNet
 #: checkpoint (mmsegmentation's mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]
 #: on the 0..255 scale are the same numbers).
@@ -32,7 +35,7 @@ def input_channels(model: object) -> int:
 
 
 def input_stats(
-    pretrained_cfg: object, in_channels: int = 3, *, what: str = "the model"
+    pretrained_cfg: Mapping[str, Any] | None, in_channels: int = 3, *, what: str = "the model"
 ) -> tuple[list[float], list[float]]:
     """``(mean, std)`` on the 0..1 scale, one value per input channel.
 
@@ -46,7 +49,9 @@ def input_stats(
     """
     from .pretrained_cfg import PretrainedCfg  # same floor; pretrained_cfg imports this module
 
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})  # type: ignore[call-overload]
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
     stats = {k: cfg[k] for k in ("mean", "std") if k in cfg}
     typed = PretrainedCfg.from_dict(stats, in_channels, what=what)
-    return list(typed.mean), list(typed.std)
+    mean, std = typed.mean, typed.std
+    assert mean is not None and std is not None  # PretrainedCfg.__post_init__ fills both
+    return list(mean), list(std)

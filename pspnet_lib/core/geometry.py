@@ -15,7 +15,7 @@ __all__ = ["MODES", "rescale_size"]
 MODES = ("whole", "slide")
 
 
-def rescale_size(height: int, width: int, scale: Sequence[int] | None) -> tuple[int, int]:
+def rescale_size(height: int, width: int, scale: Sequence[float] | None) -> tuple[int, int]:
     """Size after a keep-ratio resize into ``scale = (long_edge_max, short_edge_max)``.
 
     ``(2048, 512)`` (ADE20K, VOC) scales an image so its long side is at most 2048 and its

@@ -148,9 +148,9 @@ def pil_to_array(image: Image.Image, channels: int = 3, *, what: str = "the imag
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and channels > 1:
         pages = [_single_band(frame.copy(), what) for frame in ImageSequence.Iterator(image)]
-        shapes = {p.shape for p in pages}
-        if len(pages) == channels and len(shapes) == 1 and all(p is not None for p in pages):
-            return np.stack(pages, axis=-1)
+        bands = [p for p in pages if p is not None]
+        if len(pages) == channels and len(bands) == len(pages) and len({b.shape for b in bands}) == 1:
+            return np.stack(bands, axis=-1)
     if channels == 1:
         image = _to_eight_bit(image, what)  # 16-bit / float grey -> L by the fixed rules
         return np.array(image if image.mode == "L" else image.convert("L"))[..., None]
@@ -161,9 +161,9 @@ def pil_to_array(image: Image.Image, channels: int = 3, *, what: str = "the imag
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[-1] != channels:
-        pages = f" ({frames} pages)" if frames > 1 else ""
+        page_count = f" ({frames} pages)" if frames > 1 else ""
         raise ValueError(
-            f"{what} has {array.shape[-1]} channel(s) (mode {image.mode}{pages}) but the model takes {channels} "
+            f"{what} has {array.shape[-1]} channel(s) (mode {image.mode}{page_count}) but the model takes {channels} "
             f"(config.in_channels); pass an image with {channels} bands: an (H, W, {channels}) array, a .npy file "
             f"holding one, or a multi-page TIFF of {channels} pages"
         )

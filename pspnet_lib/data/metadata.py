@@ -1061,11 +1061,11 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 # The three benchmarks the dataset classes read, as plain lists (index = training label).
 VOC_CLASSES: list[str] = list(_VOC12AUG.classes)
-VOC_PALETTE: Palette = [tuple(c) for c in _VOC12AUG.palette]
+VOC_PALETTE: Palette = list(_VOC12AUG.palette)
 ADE20K_CLASSES: list[str] = list(_ADE20K.classes)
-ADE20K_PALETTE: Palette = [tuple(c) for c in _ADE20K.palette]
+ADE20K_PALETTE: Palette = list(_ADE20K.palette)
 CITYSCAPES_CLASSES: list[str] = list(_CITYSCAPES.classes)
-CITYSCAPES_PALETTE: Palette = [tuple(c) for c in _CITYSCAPES.palette]
+CITYSCAPES_PALETTE: Palette = list(_CITYSCAPES.palette)
 
 #: Cityscapes labelIds -> trainIds (the official mapping; every other id is ignored).
 CITYSCAPES_LABELID_TO_TRAINID: dict[int, int] = {

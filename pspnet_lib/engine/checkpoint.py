@@ -299,6 +299,7 @@ def explain_write_failure(
 def get_rng_state() -> dict[str, Any]:
     """This process's torch, CUDA, NumPy and Python RNG states in a ``weights_only``-loadable form."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy form, which get_state() returns by default
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],

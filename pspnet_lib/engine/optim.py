@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -122,6 +123,8 @@ def build_optimizer(
     if not lr > 0:
         raise ValueError(f"the learning rate must be positive, got {lr}")
     groups = param_groups(model, lr, weight_decay, head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias)
+    cls: type[torch.optim.SGD] | type[torch.optim.AdamW]
+    kwargs: dict[str, Any]
     if name == "sgd":
         cls, kwargs = torch.optim.SGD, {"momentum": momentum, "weight_decay": weight_decay}
     else:
@@ -196,7 +199,7 @@ def build_poly_scheduler(
 
     After ``i`` calls of ``scheduler.step()`` each group's LR is ``base_lr * factor(i)``.
     """
-    lambdas: list[PolyLambda] = []
+    lambdas: list[Callable[[int], float]] = []
     for group in optimizer.param_groups:
         base = group.get("initial_lr", group["lr"])
         floor = min_lr * group.get("lr_mult", 1.0)

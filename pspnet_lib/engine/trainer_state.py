@@ -72,7 +72,9 @@ class CheckpointMixin(TrainerBase):
             "rng": rng_states if rng_states is not None else [get_rng_state()],
             "world_size": self.dist.world_size,
             "config": self.config.to_dict(),
-            "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
+            "model_config": model_config.to_dict()
+            if model_config is not None and hasattr(model_config, "to_dict")
+            else None,
             "pretrained_cfg": getattr(self.model, "pretrained_cfg", {}),
             "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
             "history": self.history,

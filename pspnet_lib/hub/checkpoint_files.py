@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 def _classes_from_mmseg_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Class names / palette that mmsegmentation stores in a checkpoint's ``meta``."""
     out: dict[str, Any] = {}
-    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    found = meta.get("dataset_meta")
+    dataset_meta: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     classes = meta.get("CLASSES") or dataset_meta.get("classes")
     palette = meta.get("PALETTE") or dataset_meta.get("palette")
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):

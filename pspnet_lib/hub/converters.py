@@ -255,7 +255,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
 
     counts = tuple(blocks(i) for i in range(1, 5))
     bottleneck = "backbone.layer1.0.conv3.weight" in sd
-    depth_table = {
+    depth_table: dict[tuple[bool, tuple[int, ...]], int] = {
         (False, (2, 2, 2, 2)): 18,
         (False, (3, 4, 6, 3)): 34,
         (True, (3, 4, 6, 3)): 50,

@@ -30,7 +30,7 @@ import ast
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["parse_config_text", "settings_from_config", "read_checkpoint_config", "MAX_CONFIG_CHARS", "MAX_NODES"]
 
@@ -71,9 +71,10 @@ class _Evaluator:
             items = [self.value(e) for e in node.elts]
             return tuple(items) if isinstance(node, ast.Tuple) else items
         if isinstance(node, ast.Dict):
-            if any(k is None for k in node.keys):  # {**other}
+            keys = [k for k in node.keys if k is not None]
+            if len(keys) != len(node.keys):  # {**other}
                 raise _Unsupported("dict unpacking")
-            return {self._key(k): self.value(v) for k, v in zip(node.keys, node.values)}
+            return {self._key(k): self.value(v) for k, v in zip(keys, node.values)}
         if isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id == "dict") or node.args:
                 raise _Unsupported("call")
@@ -193,8 +194,8 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     """
     config: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
-    head = model.get("decode_head") if isinstance(model.get("decode_head"), Mapping) else {}
+    model = _mapping(cfg.get("model"))
+    head = _mapping(model.get("decode_head"))
     if head.get("type") in (None, "PSPHead"):
         if isinstance(head.get("align_corners"), bool):
             config["align_corners"] = head["align_corners"]
@@ -203,11 +204,11 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         scales = head.get("pool_scales")
         if isinstance(scales, (list, tuple)) and scales and all(isinstance(s, int) and s > 0 for s in scales):
             config["bins"] = [int(s) for s in scales]
-        backbone = model.get("backbone") if isinstance(model.get("backbone"), Mapping) else {}
+        backbone = _mapping(model.get("backbone"))
         if isinstance(backbone.get("depth"), int):
             config["backbone"] = f"resnet{backbone['depth']}"
         kind = backbone.get("type")
-        deep = backbone.get("deep_stem", _DEEP_STEM_TYPES.get(kind))
+        deep = backbone.get("deep_stem", _DEEP_STEM_TYPES.get(kind) if isinstance(kind, str) else None)
         if isinstance(deep, bool):
             config["stem"] = "deep" if deep else "standard"
         if isinstance(backbone.get("stem_channels"), int):
@@ -251,7 +252,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
             else:
                 inference.pop("mode")
     pipeline = cfg.get("test_pipeline")
-    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    data = _mapping(cfg.get("data"))
     if pipeline is None and isinstance(data.get("test"), Mapping):
         pipeline = data["test"].get("pipeline")
     scale, keep_ratio = _find_resize(pipeline)
@@ -275,7 +276,12 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     return config, extra
 
 
-def _numbers(values: Any) -> bool:
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping (a config section), else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _numbers(values: Any) -> TypeGuard[list[Any] | tuple[Any, ...]]:
     return (
         isinstance(values, (list, tuple))
         and bool(values)

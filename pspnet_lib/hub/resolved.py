@@ -30,7 +30,7 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(PSPNetConfig)}
 class Resolved:
     """A source turned into weights in this library's layout plus what is known about them."""
 
-    state_dict: dict[str, torch.Tensor]
+    state_dict: Mapping[str, torch.Tensor]
     config: dict[str, Any]
     pretrained_cfg: dict[str, Any]
     description: str

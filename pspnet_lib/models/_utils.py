@@ -92,17 +92,19 @@ class _FreezeRunningStats:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.saved: list[tuple[nn.Module, float | None, torch.Tensor]] = []
+        self.saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None, torch.Tensor | None]] = []
 
     def __enter__(self) -> None:
         for m in _norms_with_running_stats(self.module):
-            self.saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            tracked = m.num_batches_tracked
+            self.saved.append((m, m.momentum, tracked.clone() if tracked is not None else None))
             m.momentum = 0.0
 
     def __exit__(self, *exc) -> None:
         for m, momentum, tracked in self.saved:
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
         self.saved.clear()
 
 

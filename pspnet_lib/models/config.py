@@ -37,7 +37,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         what = f"a positive integer (at most {high})" if low == 1 else f"an integer in [{low}, {high}]"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)

@@ -15,6 +15,7 @@ products whose shapes follow the input, so one exported graph serves every input
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -88,7 +89,7 @@ class PoolingBranch(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, bin_size: int, norm_layer: NormLayer) -> None:
         super().__init__()
         self.bin_size = bin_size
-        self.pool = nn.AdaptiveAvgPool2d(bin_size)
+        self.pool: nn.Module = nn.AdaptiveAvgPool2d(bin_size)
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.norm = norm_layer(out_channels)
         self.act = nn.ReLU(inplace=True)
@@ -166,7 +167,7 @@ class PyramidPoolingModule(nn.Module):
     def set_exportable(self, enable: bool = True) -> None:
         """Switch every branch to export-friendly pooling (see :meth:`PoolingBranch.set_exportable`)."""
         for branch in self.branches:
-            branch.set_exportable(enable)
+            cast(PoolingBranch, branch).set_exportable(enable)  # nn.ModuleList is not generic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

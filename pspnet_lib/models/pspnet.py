@@ -123,6 +123,8 @@ class PSPNet(
             norm_layer=norm_layer,
         )
         channels = self.backbone.out_channels
+        # PSPNetConfig.__post_init__ fills the widths left as None.
+        assert config.head_channels is not None and config.aux_channels is not None
         self.decode_head = PSPHead(
             channels[3],
             config.num_classes,
@@ -241,6 +243,8 @@ class PSPNet(
             if self.training and self.aux_head is not None and torch.is_grad_enabled():
                 return _attach(main, self.aux_head(features[2]))
             return main
+        if self.aux_head is None:
+            raise ValueError(_NO_AUX)
         return main, self._upsample(self.aux_head(features[2]), size)
 
     def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:

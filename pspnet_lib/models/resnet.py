@@ -85,7 +85,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-RESNET_DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+RESNET_DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
@@ -195,7 +195,7 @@ class ResNet(nn.Module):
 
     @staticmethod
     def _make_layer(
-        block: type[nn.Module],
+        block: type[BasicBlock | Bottleneck],
         inplanes: int,
         planes: int,
         blocks: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -34,9 +35,10 @@ class FastStem(nn.Module):
             units = [FusedConv(backbone.conv1, backbone.bn1, relu=True, **kw)]
         else:
             mods = list(backbone.stem)
-            if len(mods) % 3 or not all(isinstance(m, nn.Conv2d) for m in mods[::3]):
+            convs = [m for m in mods[::3] if isinstance(m, nn.Conv2d)]
+            if len(mods) % 3 or len(convs) != len(mods) // 3:
                 raise ValueError("unexpected deep-stem layout: expected repeated (Conv2d, norm, ReLU)")
-            units = [FusedConv(mods[i], mods[i + 1], relu=True, **kw) for i in range(0, len(mods), 3)]
+            units = [FusedConv(conv, mods[3 * j + 1], relu=True, **kw) for j, conv in enumerate(convs)]
         self.units = nn.ModuleList(units)
         pool = backbone.maxpool
         self.pool = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
@@ -71,6 +73,7 @@ class FastBottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.conv1(x)
         if factor != 1:
+            assert size is not None, "a split layout comes with the size of the map it was split from"
             zero_subgrid_padding(out, factor, *size)
         out = self.conv2(out, subgrid_factor=factor)
         return self.conv3(out, residual=identity)
@@ -141,7 +144,7 @@ class FastStage(nn.Module):
     def __init__(self, stage: nn.Sequential, space_to_batch: bool | str, **kw) -> None:
         super().__init__()
         self.tuning = kw.get("tuning") or tuning_cache(False)
-        blocks = []
+        blocks: list[FastBottleneck | FastBasicBlock] = []
         for block in stage:
             if isinstance(block, Bottleneck):
                 blocks.append(FastBottleneck(block, **kw))
@@ -178,13 +181,16 @@ class FastStage(nn.Module):
             isinstance(plan, (list, tuple))
             and len(plan) == len(self.blocks)
             and all(
-                type(f) is int and (f == 1 or (self._candidate(i) and f == self.blocks[i].dilation))
+                type(f) is int and (f == 1 or (self._candidate(i) and f == self._block(i).dilation))
                 for i, f in enumerate(plan)
             )
         )
 
+    def _block(self, i: int) -> FastBottleneck | FastBasicBlock:
+        return cast("FastBottleneck | FastBasicBlock", self.blocks[i])  # nn.ModuleList is not generic
+
     def _candidate(self, i: int) -> bool:
-        block = self.blocks[i]
+        block = self._block(i)
         return block.splittable and block.dilation > 1
 
     @torch.compiler.disable  # calibration times eager kernels and fills a cache
@@ -193,7 +199,7 @@ class FastStage(nn.Module):
         if self.space_to_batch is False or not any(self._candidate(i) for i in range(len(self.blocks))):
             return (1,) * len(self.blocks)
         if self.space_to_batch is True:
-            return tuple(self.blocks[i].dilation if self._candidate(i) else 1 for i in range(len(self.blocks)))
+            return tuple(self._block(i).dilation if self._candidate(i) else 1 for i in range(len(self.blocks)))
         key = (tuple(x.shape), x.dtype, x.device)
         plan = self.plans.get(key)
         if plan is not None:
@@ -214,9 +220,9 @@ class FastStage(nn.Module):
         plan = [1] * len(self.blocks)
         inputs = []
         shape = tuple(x.shape)
-        for block in self.blocks:
+        for i in range(len(self.blocks)):
             inputs.append(shape)
-            shape = block.output_shape(shape)
+            shape = self._block(i).output_shape(shape)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
         def rand(shape):
@@ -225,7 +231,7 @@ class FastStage(nn.Module):
         for seg in self.segments:
             if not self._candidate(seg[0]):
                 continue
-            first = self.blocks[seg[0]]
+            first = self._block(seg[0])
             d = first.dilation
             n, _, h, w = inputs[seg[0]]
             if isinstance(first, FastBottleneck):
@@ -274,17 +280,23 @@ class FastStage(nn.Module):
         for block, f in zip(self.blocks, plan):
             if isinstance(block, FastBasicBlock):
                 if factor != 1:
-                    x, factor = from_subgrids(x, factor, *size), 1
+                    x, factor = _merge(x, factor, size), 1
                 x = block(x, f)
                 continue
             if f != factor:
                 if factor != 1:
-                    x = from_subgrids(x, factor, *size)
+                    x = _merge(x, factor, size)
                 if f != 1:
                     size = (x.shape[2], x.shape[3])
                     x = to_subgrids(x, f)
                 factor = f
             x = block(x, factor, size)
         if factor != 1:
-            x = from_subgrids(x, factor, *size)
+            x = _merge(x, factor, size)
         return x
+
+
+def _merge(x: torch.Tensor, factor: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """Undo a ``factor``-way split layout of a map of ``size`` (recorded when it was split)."""
+    assert size is not None, "a split layout is always recorded with the size of its map"
+    return from_subgrids(x, factor, *size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -202,7 +203,7 @@ class FusedConv(nn.Module):
     def _winograd_tile(self, x: torch.Tensor) -> int:
         """0 (direct), 2 or 4: how to run this convolution on inputs shaped like ``x``."""
         if self.winograd != "auto":
-            return self.winograd
+            return int(self.winograd)  # False, 2 or 4 (__init__ checked)
         if x.shape[1] < WINOGRAD_MIN_CHANNELS:
             return 0
         key = (tuple(x.shape), x.dtype, x.device)
@@ -217,14 +218,13 @@ class FusedConv(nn.Module):
         choice = self.tuning.lookup(section, x.shape, _is_tile, _MAX_CALIBRATED_SHAPES)
         if choice is None:
             with torch.no_grad():
-                times = time_candidates(
-                    [lambda: self._direct(x, None, 1, 1)]
-                    + [
-                        lambda tile=tile: winograd_conv3x3(x, self._winograd_weight(tile), self.bias, None, self.relu)
-                        for tile in (2, 4)
-                    ],
-                    device=x.device,
-                )
+
+                def winograd_run(tile: int) -> Callable[[], torch.Tensor]:
+                    return lambda: winograd_conv3x3(x, self._winograd_weight(tile), self.bias, None, self.relu)
+
+                candidates: list[Callable[[], object]] = [lambda: self._direct(x, None, 1, 1)]
+                candidates += [winograd_run(tile) for tile in (2, 4)]
+                times = time_candidates(candidates, device=x.device)
             best = min(range(3), key=times.__getitem__)
             # Winograd only when it saves at least 5%: noise must not flip equal options.
             choice = (0, 2, 4)[best] if times[best] < 0.95 * times[0] else 0

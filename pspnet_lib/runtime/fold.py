@@ -37,10 +37,12 @@ def fold_conv_norm(
     bias = conv.bias.detach().to(torch.float64).clone() if conv.bias is not None else None
     if norm is None or isinstance(norm, nn.Identity):
         return weight, bias, None
-    if not can_fold_norm(norm):
+    if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and can_fold_norm(norm)):
         return weight, bias, copy.deepcopy(norm)
-    mean = norm.running_mean.detach().to(torch.float64)
-    var = norm.running_var.detach().to(torch.float64)
+    running_mean, running_var = norm.running_mean, norm.running_var
+    assert running_mean is not None and running_var is not None  # can_fold_norm checked both
+    mean = running_mean.detach().to(torch.float64)
+    var = running_var.detach().to(torch.float64)
     scale = torch.rsqrt(var + norm.eps)
     shift = -mean * scale
     if norm.affine:

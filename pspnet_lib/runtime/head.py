@@ -17,11 +17,14 @@ so any ``align_corners`` and any size (including maps smaller than a bin) match 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.heads import PSPHead
+from ..models.ppm import PoolingBranch
 from .conv import FusedConv
 from .fold import fold_conv_norm
 from .tuning import TuningCache
@@ -48,6 +51,11 @@ class FastPSPHead(nn.Module):
         align_corners: ``align_corners`` of the final logit upsampling (the model's).
     """
 
+    # Buffers (register_buffer), declared for type checkers.
+    bottleneck_bias: torch.Tensor
+    classifier_weight: torch.Tensor
+    classifier_bias: torch.Tensor
+
     def __init__(
         self,
         head: PSPHead,
@@ -56,7 +64,7 @@ class FastPSPHead(nn.Module):
         dtype: torch.dtype,
         backend: str,
         channels_last: bool = True,
-        winograd: bool | str = False,
+        winograd: bool | int | str = False,
         tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
@@ -91,9 +99,13 @@ class FastPSPHead(nn.Module):
             tuning=tuning,
         )
         # Per-branch: folded 1x1 conv (float32) and the bottleneck slice as (C_b, 3, 3, O).
-        branch_w, branch_b, slices, self.branch_norms = [], [], [], nn.ModuleList()
+        branch_w: list[torch.Tensor] = []
+        branch_b: list[torch.Tensor] = []
+        slices: list[torch.Tensor] = []
+        self.branch_norms = nn.ModuleList()
         offset = in_ch
-        for branch in ppm.branches:
+        for module in ppm.branches:
+            branch = cast(PoolingBranch, module)  # nn.ModuleList is not generic
             w, b, left = fold_conv_norm(branch.conv, branch.norm)
             branch_w.append(w.reshape(w.shape[0], -1).float())
             branch_b.append(
@@ -117,6 +129,10 @@ class FastPSPHead(nn.Module):
         )
         self.bottleneck_norm = leftover.float() if leftover is not None else None
         cls = head.classifier
+        if not isinstance(cls, nn.Conv2d):
+            raise ValueError(
+                f"optimize_for_inference needs a model with a classifier (num_classes >= 1), got {type(cls).__name__}"
+            )
         self.register_buffer(
             "classifier_weight", cls.weight.detach().reshape(cls.out_channels, -1).float().clone(), persistent=False
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -34,12 +34,12 @@ class FastPSPNet(nn.Module):
         backend: str,
         channels_last: bool,
         space_to_batch: bool | str,
-        winograd: bool | str = False,
+        winograd: bool | int | str = False,
         tuning: TuningCache | None = None,
     ) -> None:
         super().__init__()
         self.tuning = tuning if tuning is not None else tuning_cache(False)
-        kw = {
+        kw: dict[str, Any] = {
             "dtype": dtype,
             "backend": backend,
             "channels_last": channels_last,
@@ -107,7 +107,8 @@ class FastPSPNet(nn.Module):
 
     def space_to_batch_plans(self) -> list[dict]:
         """The split factors chosen so far, per stage and input shape (for benchmarks and debugging)."""
-        return [{str(k[0]): list(v) for k, v in stage.plans.items()} for stage in self.stages]
+        stages = [cast(FastStage, stage) for stage in self.stages]  # nn.ModuleList is not generic
+        return [{str(k[0]): list(v) for k, v in stage.plans.items()} for stage in stages]
 
     def predict(self, images: Any, **kwargs: Any) -> Any:
         """Segment images given as paths, PIL images, arrays or tensors; see :func:`pspnet_lib.predict`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -185,5 +185,6 @@ def _fast_path(
         winograd,
     )
     if compile:
-        return torch.compile(fast)
+        # torch.compile of an nn.Module returns an OptimizedModule (an nn.Module); its stubs say Callable.
+        return cast(nn.Module, torch.compile(fast))
     return fast

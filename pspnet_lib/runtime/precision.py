@@ -71,7 +71,7 @@ def native_int8_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
     return False, "this CPU has neither VNNI nor AMX int8 instructions, so int8 convolutions would be slow"
 
 
-def resolve_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str, device: torch.device | str) -> torch.dtype:
     """``dtype`` if ``device`` supports it natively, else float32 with a warning saying why."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be one of torch.float32, torch.bfloat16, torch.float16, got {dtype!r}")

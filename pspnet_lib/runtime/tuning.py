@@ -240,7 +240,7 @@ def clear_tuning_cache(path: str | os.PathLike | bool | None = True) -> None:
     _CACHES.pop(resolved, None)
 
 
-def shape_key(shape: torch.Size | tuple[int, ...]) -> str:
+def shape_key(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 

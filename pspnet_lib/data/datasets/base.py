@@ -50,6 +50,13 @@ def _default_palette(num_classes: int) -> Palette:
     return default_palette(num_classes)
 
 
+def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
+    """The first three values of ``colour`` as ints (a fourth, alpha, is dropped)."""
+    if len(colour) < 3:
+        raise ValueError(f"a palette colour needs three values (R, G, B), got {list(colour)!r}")
+    return int(colour[0]), int(colour[1]), int(colour[2])
+
+
 def _show(paths: Sequence[Any], limit: int = 5) -> str:
     shown = ", ".join(str(p) for p in list(paths)[:limit])
     return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
@@ -84,7 +91,7 @@ class SegmentationDataset(Dataset):
         self.classes = [str(c) for c in classes]
         if not self.classes:
             raise ValueError("a dataset needs at least one class name")
-        self.palette: Palette = [tuple(int(v) for v in c[:3]) for c in (palette or _default_palette(len(self.classes)))]
+        self.palette: Palette = [_rgb(c) for c in (palette or _default_palette(len(self.classes)))]
         if len(self.palette) < len(self.classes):
             raise ValueError(f"the palette has {len(self.palette)} colours for {len(self.classes)} classes")
         self.palette = self.palette[: len(self.classes)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -16,6 +17,10 @@ from .base import PathLike, SegmentationDataset, Transforms, _save_png_atomicall
 __all__ = ["CityscapesDataset", "cityscapes_labelids_to_trainids", "create_cityscapes_trainids"]
 
 
+@overload
+def cityscapes_labelids_to_trainids(label_ids: torch.Tensor) -> torch.Tensor: ...
+@overload
+def cityscapes_labelids_to_trainids(label_ids: np.ndarray) -> np.ndarray: ...
 def cityscapes_labelids_to_trainids(label_ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Map Cityscapes ``labelIds`` (0..33) to the 19 ``trainIds``; every other id becomes 255.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .ade20k import ADE20KDataset
@@ -92,4 +93,6 @@ def build_dataset(
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if split is None and key != "folder":
         split = DEFAULT_SPLITS[key][0]
-    return DATASETS[key](root, split, transforms=transforms, **kwargs)
+    # Each dataset class has its own constructor (root, split, ...), unlike the base class's.
+    dataset_class: Callable[..., SegmentationDataset] = DATASETS[key]
+    return dataset_class(root, split, transforms=transforms, **kwargs)

@@ -21,6 +21,7 @@ from .base import (
     SegmentationDataset,
     Transforms,
     _default_palette,
+    _rgb,
     _show,
 )
 
@@ -184,7 +185,7 @@ class FolderDataset(SegmentationDataset):
             )
         names = self._resolve_classes(root, classes)
         colours, self._explicit_palette, declared = self._resolve_palette(root, palette, len(names))
-        self.ignore_colours: Palette = [tuple(int(v) for v in c[:3]) for c in (ignore_colours or [])] + declared
+        self.ignore_colours: Palette = [_rgb(c) for c in (ignore_colours or [])] + declared
         if self._explicit_palette and len(colours) >= 2 and colours == VOC_PALETTE[: len(colours)]:
             self.ignore_colours.append(VOC_VOID_COLOUR)
         self.mask_suffix = mask_suffix
@@ -256,7 +257,7 @@ class FolderDataset(SegmentationDataset):
         if isinstance(palette, (str, os.PathLike)):
             colours, declared = _parse_palette_file(palette)
         else:
-            colours = [tuple(int(v) for v in c[:3]) for c in palette]
+            colours = [_rgb(c) for c in palette]
         if len(colours) < num_classes:
             raise ValueError(
                 f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class"
@@ -312,11 +313,14 @@ class FolderDataset(SegmentationDataset):
                 )
             if no_image:
                 problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
-            suffix = _common_mask_suffix([p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images])
-            if suffix:
+            stem_suffix = _common_mask_suffix(
+                [p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images]
+            )
+            if stem_suffix:
                 problems.append(
-                    f"the masks seem to be named <image stem>{suffix}: pass mask_suffix={self.mask_suffix + suffix!r} "
-                    f"(CLI: --mask-suffix {self.mask_suffix + suffix})"
+                    f"the masks seem to be named <image stem>{stem_suffix}: "
+                    f"pass mask_suffix={self.mask_suffix + stem_suffix!r} "
+                    f"(CLI: --mask-suffix {self.mask_suffix + stem_suffix})"
                 )
             raise FileNotFoundError("unmatched images and masks: " + "; ".join(problems))
         return {stem: (images[stem], masks[stem]) for stem in images}

@@ -3,6 +3,7 @@ writes, resumable outputs, progress bars on terminals, colour-label decoding and
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -99,7 +100,7 @@ def members(source: Path, suffixes: Sequence[str], under: str = "") -> list[Memb
             and name.startswith(prefix)
             and not name.rsplit("/", 1)[-1].startswith(".")
         ):
-            found.append(Member(name, (lambda n=name: archive.read(n))))
+            found.append(Member(name, functools.partial(archive.read, name)))
     return found
 
 

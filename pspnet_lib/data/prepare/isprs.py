@@ -121,7 +121,7 @@ _VAIHINGEN_ID = re.compile(r"top_mosaic_09cm_(area\d+)", re.IGNORECASE)
 def _label_colours(dataset: str) -> dict[tuple[int, int, int], int]:
     # Stored value k + 1 for class k (0 = boundary/unknown, ignored by reduce_zero_label). The ISPRS
     # colours: impervious white, building blue, low vegetation cyan, tree green, car yellow, clutter red.
-    return {tuple(c): i + 1 for i, c in enumerate(get_dataset_info(dataset).palette)}
+    return {c: i + 1 for i, c in enumerate(get_dataset_info(dataset).palette)}
 
 
 def _tile(member: Member, dst_dir: Path, stem: str, size: int, stride: int, colours: dict | None) -> tuple[int, int]:
