@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, cast
@@ -124,7 +125,10 @@ def optimize_for_inference(
     if not params:
         raise ValueError("the model has no parameters")
     device = params[0].device
-    options = dict(
+    fast_path = functools.partial(
+        _fast_path,
+        model,
+        device=device,
         channels_last=channels_last,
         space_to_batch=space_to_batch,
         winograd=winograd,
@@ -139,18 +143,20 @@ def optimize_for_inference(
             model,
             calibration,
             backend,
-            (lambda: _fast_path(model, torch.bfloat16, device, **options)) if bf16_native else None,
+            (lambda: fast_path(torch.bfloat16)) if bf16_native else None,
         )
         if chosen is not None:
             return chosen
         # select_int8 warned; resolve_dtype may fall further to float32 (and warns)
         dtype = resolve_dtype(torch.bfloat16, device)
-        fast = _fast_path(model, dtype, device, **options)
-        fast.choice, fast.timings = f"fallback-{str(dtype).removeprefix('torch.')}", None
+        fast = fast_path(dtype)
+        # setattr: mypy types nn.Module attributes as Tensor | Module.
+        setattr(fast, "choice", f"fallback-{str(dtype).removeprefix('torch.')}")  # noqa: B010
+        setattr(fast, "timings", None)  # noqa: B010
         return fast
     if calibration is not None or backend != "auto":
         raise ValueError("calibration and backend apply to dtype='int8' only")
-    return _fast_path(model, resolve_dtype(dtype, device), device, **options)
+    return fast_path(resolve_dtype(dtype, device))
 
 
 def _fast_path(
