@@ -190,3 +190,21 @@ def test_ports_are_function_level(module, target):
     for node in tree.body:  # module level only
         if isinstance(node, ast.ImportFrom) and target.endswith(node.module or ""):
             pytest.fail(f"{module} imports the port {target} at module level; import it inside the function")
+
+
+#: Modules that are pure data tables (one row per checkpoint / dataset), exempt from the size rule.
+DATA_TABLES = {"hub/zoo_table.py", "hub/_zoo_stats.py", "data/metadata.py"}
+#: One concern per file: a module past this many lines holds more than one (docs/architecture.md).
+MAX_MODULE_LINES = 420
+
+
+def test_modules_stay_small():
+    sizes = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
+    big = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in DATA_TABLES}
+    assert not big, (
+        f"split these modules by concern (at most {MAX_MODULE_LINES} lines, see docs/architecture.md): {big}"
+    )
+    assert DATA_TABLES <= set(sizes), f"stale DATA_TABLES entries: {DATA_TABLES - set(sizes)}"

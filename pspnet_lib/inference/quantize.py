@@ -157,7 +157,9 @@ def quantize_onnx(
         batches = [_to_uint8(b, *input_uint8) for b in batches]
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
 
-    class _Reader(q.CalibrationDataReader):
+    reader_base: Any = q.CalibrationDataReader  # onnxruntime is imported lazily (an optional extra)
+
+    class _Reader(reader_base):
         def __init__(self) -> None:
             self._it = iter(batches)
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..models.pspnet import PSPNet
-from .model import FastPSPNet
+from .model import check_input
 from .precision import native_int8_support
 
 __all__ = ["INT8_BACKENDS", "Int8PSPNet", "build_int8", "choose_fastest", "int8_backend_available", "select_int8"]
@@ -62,8 +62,6 @@ class Int8PSPNet(nn.Module):
     It has ``config``, ``pretrained_cfg``, ``num_classes``, ``predict``; ``backend`` names the
     runtime and ``quantization`` the settings. Inference only: ``train()`` and moving/casting raise.
     """
-
-    _check_input = FastPSPNet._check_input
 
     def __init__(self, model: PSPNet, onnx_path: str | Path, backend: str, threads: int, quantization: dict) -> None:
         super().__init__()
@@ -102,7 +100,7 @@ class Int8PSPNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_input(x, self.config.in_channels)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self._run(array))
 
@@ -263,7 +261,9 @@ def select_int8(
     example = batches[0][:1]
     choice, timings = choose_fastest(candidates, example, budget_s=budget_s)
     winner = candidates[choice]
-    winner.choice, winner.timings = choice, timings
+    # Every candidate (Int8PSPNet, FastPSPNet) reports what was chosen; nn.Module's typing hides them.
+    setattr(winner, "choice", choice)
+    setattr(winner, "timings", timings)
     logger.info(
         "optimize_for_inference(int8, backend='auto'): chose %s; median ms per call at %dx%d: %s",
         choice,

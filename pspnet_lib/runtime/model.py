@@ -16,6 +16,20 @@ from .tuning import TuningCache, tuning_cache
 __all__ = ["FastPSPNet"]
 
 
+def check_input(x: Any, in_channels: int) -> None:
+    """Raise a one-line ``TypeError``/``ValueError`` unless ``x`` is a floating-point
+    ``(N, in_channels, H, W)`` tensor with N, H, W >= 1 (the optimised modules' input contract)."""
+    in_ch = in_channels
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N, {in_ch}, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != in_ch:
+        raise ValueError(f"expected an input of shape (N, {in_ch}, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point input (normalised image), got {x.dtype}")
+    if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"expected N, H, W >= 1, got shape {tuple(x.shape)}")
+
+
 class FastPSPNet(nn.Module):
     """A PSPNet rebuilt for inference: folded norms, prepared weights, no concatenation.
 
@@ -82,15 +96,7 @@ class FastPSPNet(nn.Module):
         )
 
     def _check_input(self, x: Any) -> None:
-        in_ch = self.config.in_channels
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (N, {in_ch}, H, W), got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1] != in_ch:
-            raise ValueError(f"expected an input of shape (N, {in_ch}, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point input (normalised image), got {x.dtype}")
-        if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f"expected N, H, W >= 1, got shape {tuple(x.shape)}")
+        check_input(x, self.config.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
