@@ -277,7 +277,7 @@ def test_unknown_option_lists_valid_ones():
         (dict(preset="detectron"), "unknown preset 'detectron'"),
         (
             dict(num_classes=-1),
-            r"num_classes must be a positive integer \(at most 65536\), got -1 \(or 0 for no classifier",
+            r"num_classes must be an integer in \[1, 65536\] \(the number of classes\), or 0 for no classifier .*; got -1$",
         ),
     ],
 )

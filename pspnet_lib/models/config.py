@@ -87,10 +87,13 @@ class PSPNetConfig:
             and not isinstance(self.num_classes, bool)
             and self.num_classes == 0
         ):
-            try:
-                self.num_classes = _integer("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (or 0 for no classifier: the model then returns head features)") from None
+            value = self.num_classes
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_NUM_CLASSES:
+                raise ValueError(
+                    f"num_classes must be an integer in [1, {MAX_NUM_CLASSES}] (the number of classes), or 0 for no "
+                    f"classifier (the model then returns head features); got {value!r}"
+                )
+            self.num_classes = int(value)
         self.in_channels = _integer("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
         self.stem_channels = _integer("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
         self.norm_groups = _integer("norm_groups", self.norm_groups, 1, MAX_CHANNELS)
