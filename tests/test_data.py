@@ -342,7 +342,9 @@ def test_folder_error_messages_name_the_files(tmp_path):
     (tmp_path / "masks" / "lonely.png").unlink()
 
     _mask(tmp_path / "masks" / "b.png", np.full((H, W), 7, np.uint8))
-    with pytest.raises(ValueError, match=r"b.png holds value\(s\) 7 outside the 3 classes.*must be 0..2 or 255"):
+    with pytest.raises(
+        ValueError, match=r"b.png holds value\(s\) 7 outside the 3 classes.*must be 0..2 or 255.*--label-map 7:<class>"
+    ):
         FolderDataset(tmp_path)[1]
     with pytest.raises(ValueError, match=r"^mask .*b.png holds value\(s\) 7[^\n]*$"):  # one problem: one line
         FolderDataset(tmp_path).verify()

@@ -370,4 +370,9 @@ class FolderDataset(SegmentationDataset):
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         hint = f"there are {self.num_classes} classes ({', '.join(self.classes[:8])}{' ...' if self.num_classes > 8 else ''}), so mask values must be 0..{self.num_classes - 1} or {self.ignore_index} (ignore)"
-        return hint + "; add the missing class names or fix the masks"
+        first = int(bad_values[0])
+        return (
+            hint + "; add the missing class names (classes.txt), map the stored values to classes with "
+            f"label_map={{{first}: <class>}} (CLI: --label-map {first}:<class>, or {first}:{self.ignore_index} to "
+            "ignore them), or fix the masks"
+        )
