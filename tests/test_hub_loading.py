@@ -255,7 +255,14 @@ def test_corrupt_and_truncated_files(r18_file, tmp_path):
 @pytest.mark.parametrize(
     "source, kwargs, error, message",
     [
-        ("pspnet_r50-d8_ade20k-512x512-8k", {}, ValueError, r"Did you mean 'pspnet_r50-d8_ade20k-512x512-80k'"),
+        # the name once, then the advice (close zoo names, where to list them)
+        (
+            "pspnet_r50-d8_ade20k-512x512-8k",
+            {},
+            ValueError,
+            r"^cannot load 'pspnet_r50-d8_ade20k-512x512-8k': it is not a zoo name, [^']*'hf-hub:' id\. "
+            r"Did you mean 'pspnet_r50-d8_ade20k-512x512-80k'[^']*(?:'[^']*'[^']*)*See pspnet_lib.list_pretrained\(\)",
+        ),
         ("no/such/file.pth", {}, ValueError, r"not a zoo name, an existing file or folder, a URL"),
         ("pspnet_r50-d8_ade20k", {"format": "mmseg"}, ValueError, r"format= applies to checkpoint files"),
         ("pspnet_r50-d8_ade20k", {"revision": "main"}, ValueError, r"revision= applies to 'hf-hub:' sources only"),

@@ -171,9 +171,11 @@ def resolve_source(
                     f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an "
                     f"'hf-hub:' id; {missing}{hub}"
                 )
+            # resolve_name's advice (close zoo names, where to list them) without repeating the name
+            advice = unknown_name.removeprefix(f"unknown pretrained weights {source!r}.").strip()
             raise ValueError(
                 f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
-                f"{unknown_name}"
+                f"{advice}"
             )
         return _resolve_path(path, format, trust_pickle)
     if format is not None:
