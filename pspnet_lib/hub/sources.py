@@ -172,7 +172,7 @@ def resolve_source(
                     f"'hf-hub:' id; {missing}{hub}"
                 )
             # resolve_name's advice (close zoo names, where to list them) without repeating the name
-            advice = unknown_name.removeprefix(f"unknown pretrained weights {source!r}.").strip()
+            advice = (unknown_name or "").removeprefix(f"unknown pretrained weights {source!r}.").strip()
             raise ValueError(
                 f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
                 f"{advice}"
