@@ -134,6 +134,10 @@ def test_cli_errors_are_one_line_messages(folder, tmp_path, caplog):
     )
     assert "is not a segmentation folder" in caplog.text
     caplog.clear()
+    # eval checks the data root before loading (or downloading) any weights
+    assert main(["eval", "--weights", "nowhere", "--data-root", str(tmp_path / "missing")]) == 1
+    assert f"--data-root {tmp_path / 'missing'}: no such folder" in caplog.text and "nowhere" not in caplog.text
+    caplog.clear()
     assert (
         main(
             [

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.data_root:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
+    if not os.path.isdir(args.data_root):  # before loading (or downloading) the weights
+        raise ValueError(f"--data-root {args.data_root}: no such folder (pass the dataset's directory)")
     if args.json:
         from .._files import check_outputs_spare_inputs, local_files
 
