@@ -155,6 +155,23 @@ def test_calibration_images_use_the_weights_preprocessing(model, tmp_path):
     assert len(calibration_images(folder, model, count=2)) == 2
 
 
+def test_calibration_reads_arrays_of_the_models_channel_count(tmp_path):
+    """N-channel models calibrate from .npy files, read as predict reads them (not only pictures)."""
+    five = build_pspnet("resnet18", 2, in_channels=5).eval()
+    five.pretrained_cfg = {"mean": [0.5] * 5, "std": [0.25] * 5}
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    arrays = [np.random.default_rng(i).integers(0, 256, (24, 20, 5), dtype=np.uint8) for i in range(2)]
+    for i, array in enumerate(arrays):
+        np.save(folder / f"{i}.npy", array)
+    images = calibration_images(folder, five)
+    assert len(images) == 2 and images[0].shape == (1, 5, 24, 20)
+    expected = (torch.from_numpy(arrays[0]).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(images[0][0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"calibration item 0 has shape \(1, 5, 24, 20\).*\(N, 3, H, W\)"):
+        optimize_for_inference(build_pspnet("resnet18", 2).eval(), "int8", calibration=images)
+
+
 def _input_scale(path) -> float:
     proto = onnx.load(str(path))
     node = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
@@ -377,6 +394,8 @@ def test_fast_int8_bad_arguments(model):
         optimize_for_inference(model, "int8", calibration=[torch.zeros(3, 8, 8, dtype=torch.uint8)])
     with pytest.raises(ValueError, match="backend must be one of"):
         optimize_for_inference(model, "int8", calibration=_calibration(1), backend="tensorrt")
+    with pytest.raises(TypeError, match=r"calibration='pics' is a path.*calibration_images\('pics', model\)"):
+        optimize_for_inference(model, "int8", calibration="pics")
     with pytest.raises(ValueError, match="unknown float layer.*'stem'"):
         quantize_onnx("unused.onnx", "unused_int8.onnx", _calibration(1), float_layers=["stem"])
 

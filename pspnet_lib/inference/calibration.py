@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..core.images import IMAGE_EXTENSIONS, load_image, to_rgb_tensor
+from ..core.images import IMAGE_EXTENSIONS, to_image_tensor
 from ..core.pretrained_cfg import PretrainedCfg
 from .export import _require_onnx
 
@@ -63,11 +63,13 @@ def calibration_images(
     size: int | Sequence[int] | bool | None = None,
     seed: int = 0,
 ) -> list[torch.Tensor]:
-    """Pictures -> normalised ``(1, 3, h, w)`` float32 tensors, with the weights' own preprocessing.
+    """Pictures -> normalised ``(1, C, h, w)`` float32 tensors (C = the model's input channels), with
+    the weights' own preprocessing.
 
     Args:
         source: a folder of pictures, or a list of paths / PIL images / arrays / uint8 tensors
-            (anything :func:`~pspnet_lib.core.images.to_rgb_tensor` accepts).
+            (anything :func:`~pspnet_lib.core.images.to_image_tensor` accepts: pictures, ``.npy``
+            arrays and multi-page TIFFs of the model's channel count).
         model: the model whose ``pretrained_cfg`` gives mean/std (ImageNet by default) and the
             test resize.
         count: use at most this many pictures, sampled reproducibly (``seed``); None = all.
@@ -91,7 +93,8 @@ def calibration_images(
     out = []
     for item in items:
         try:
-            image = to_rgb_tensor(load_image(item) if isinstance(item, (str, os.PathLike)) else item)
+            # the model's channel count: pictures, .npy arrays and multi-page TIFFs, as predict reads them
+            image = to_image_tensor(item, cfg.in_channels)
         except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
             logger.warning(
                 "calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc
@@ -105,8 +108,17 @@ def calibration_images(
     return out
 
 
-def _as_batches(calibration: Any) -> list[torch.Tensor]:
-    """Normalised float batches ``(N, 3, H, W)`` from a tensor, a list of tensors or a DataLoader."""
+def _as_batches(calibration: Any, channels: int | None = 3) -> list[torch.Tensor]:
+    """Normalised float batches ``(N, C, H, W)`` from a tensor, a list of tensors or a DataLoader.
+
+    ``channels``: the model's input channels (None: not checked here, e.g. left to the ONNX graph).
+    """
+    if isinstance(calibration, (str, os.PathLike)):
+        raise TypeError(
+            f"calibration={str(calibration)!r} is a path; pass normalised image tensors, e.g. "
+            f"calibration=calibration_images({str(calibration)!r}, model) "
+            "(from pspnet_lib.inference.quantize import calibration_images)"
+        )
     if isinstance(calibration, torch.Tensor):
         calibration = [calibration]
     batches = []
@@ -119,10 +131,11 @@ def _as_batches(calibration: Any) -> list[torch.Tensor]:
             raise TypeError(f"calibration item {index} is a {type(item).__name__}, expected a normalised image tensor")
         if item.ndim == 3:
             item = item.unsqueeze(0)
-        if item.ndim != 4 or item.shape[1] != 3 or not item.is_floating_point():
+        c = "C" if channels is None else channels
+        if item.ndim != 4 or (channels is not None and item.shape[1] != channels) or not item.is_floating_point():
             raise ValueError(
                 f"calibration item {index} has shape {tuple(item.shape)} and dtype {item.dtype}; expected normalised "
-                "float images (3, H, W) or (N, 3, H, W), i.e. (x / 255 - mean) / std with the weights' mean/std "
+                f"float images ({c}, H, W) or (N, {c}, H, W), i.e. (x / 255 - mean) / std with the weights' mean/std "
                 "(pspnet_lib.inference.quantize.calibration_images makes them from pictures)"
             )
         batches.append(item.detach().float().cpu())

@@ -93,7 +93,8 @@ def check_int8_onnx(
     preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
     output = props.get("pspnet_lib.output", "logits")
     batches = _as_batches(
-        calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images
+        calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images,
+        PretrainedCfg.of(model).in_channels,
     )
     batches = _fit_static(batches, _static_input_shape(path))
     run = load_onnx_runner(path, runtime)

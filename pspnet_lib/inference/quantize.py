@@ -152,7 +152,8 @@ def quantize_onnx(
         )
     float_layers = _check_float_layers(float_layers)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    batches = _fit_static(_as_batches(calibration), _static_input_shape(fp32_path))
+    shape = _static_input_shape(fp32_path)
+    batches = _fit_static(_as_batches(calibration, shape[1]), shape)
     if input_uint8 is not None:
         batches = [_to_uint8(b, *input_uint8) for b in batches]
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name

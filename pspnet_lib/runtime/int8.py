@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.constants import input_channels
 from ..models.pspnet import PSPNet
 from .model import check_input
 from .precision import native_int8_support
@@ -144,7 +145,7 @@ def build_int8(model: PSPNet, calibration: Any, backend: str = "auto") -> dict[s
             "with normalised images like those you will segment (pspnet_lib.inference.quantize.calibration_images "
             "makes them from pictures)"
         )
-    batches = _as_batches(calibration)  # bad calibration data fails here, before any fallback
+    batches = _as_batches(calibration, input_channels(model))  # bad calibration data fails here, before any fallback
     device = next(model.parameters()).device
     ok, reason = native_int8_support(device)
     backends: list[str] = []
@@ -249,7 +250,8 @@ def select_int8(
         raise ValueError(f"backend must be one of {', '.join(INT8_BACKENDS)}, got {backend!r}")
     if calibration is None:
         build_int8(model, calibration, backend)  # raises the "needs calibration images" error
-    batches = _as_batches(calibration)  # read once: a one-shot iterable serves both the build and the timing
+    # read once: a one-shot iterable serves both the build and the timing
+    batches = _as_batches(calibration, input_channels(model))
     built = build_int8(model, batches, backend)
     if built is None:
         return None
