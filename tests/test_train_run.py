@@ -144,6 +144,22 @@ def test_setting_errors_name_python_arguments_or_flags(folder, tmp_path, caplog)
         TrainingRun.from_recipe(None, folder, dataset="voc", dataset_options={"classes": ["a", "b"]})
     with pytest.raises(SettingError, match=r"out_dir .*scenes is the dataset's directory data_root"):
         TrainingRun.from_recipe(RECIPE, folder, dataset="folder", out_dir=folder)
+    # Typos and impossible values are refused up front, in one line, not in a DataLoader worker.
+    with pytest.raises(SettingError, match=r"^unknown dataset='foldr'; expected one of voc, .*folder"):
+        TrainingRun.from_recipe(RECIPE, folder, dataset="foldr", out_dir=tmp_path / "o")
+    for crop in (0, -5, [64, 0], "64"):
+        with pytest.raises(SettingError, match=r"^crop_size=.* must be a positive integer"):
+            TrainingRun.from_recipe(
+                RECIPE, folder, dataset="folder", augment={"crop_size": crop}, out_dir=tmp_path / "o"
+            )
+    with pytest.raises(SettingError, match=r"unknown augmentation setting\(s\) \['crop'\]; expected some of crop_size"):
+        TrainingRun.from_recipe(RECIPE, folder, dataset="folder", augment={"crop": 64}, out_dir=tmp_path / "o")
+    with pytest.raises(
+        ValueError, match=r"unknown option\(s\) \['val_fractoin'\] for the folder dataset; it takes .*val_fraction"
+    ):
+        TrainingRun.from_recipe(
+            RECIPE, folder, dataset="folder", dataset_options={"val_fractoin": 0.1}, out_dir=tmp_path / "o"
+        )
     # The same errors from the command line name its flags.
     base = ["train", "--dataset", "folder", "--data-root", str(folder), "--out", str(tmp_path / "o")]
     assert main([*base, "--iters", "0"]) == 1

@@ -16,6 +16,7 @@ with its flags (``--num-classes 3``).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -115,6 +116,28 @@ def resolve_settings(
 
 def _given(values: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if v is not None}
+
+
+def _check_augment(augment: Mapping[str, Any]) -> None:
+    """Refuse unknown augmentation settings and a crop size that is not positive, before any work
+    (they would fail in a DataLoader worker, hours later or with a multi-line traceback)."""
+    params = inspect.signature(train_transforms).parameters
+    unknown = sorted(set(augment) - set(params) - {"mean", "std", "ignore_index"})
+    if unknown:
+        valid = [n for n in params if n not in ("mean", "std", "ignore_index")]
+        raise SettingError(
+            SettingError.escape(f"unknown augmentation setting(s) {unknown}; expected some of {', '.join(valid)}")
+        )
+    crop = augment.get("crop_size")
+    sides = [crop] if isinstance(crop, int) else list(crop) if isinstance(crop, (list, tuple)) else None
+    if crop is not None and (
+        sides is None
+        or len(sides) not in (1, 2)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides)
+    ):
+        raise SettingError(
+            "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
+        )
 
 
 def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
@@ -244,6 +267,10 @@ class TrainingRun:
         """
         settings = resolve_settings(settings)
         name = settings["dataset"]
+        if name not in DEFAULT_SPLITS:
+            raise SettingError(
+                "unknown {dataset=}; expected one of " + SettingError.escape(", ".join(DEFAULT_SPLITS)), dataset=name
+            )
         if not data_root:
             raise SettingError("{data_root} is required (the dataset's directory)")
         options = dict(dataset_options or {})
@@ -251,6 +278,7 @@ class TrainingRun:
         out_dir = settings["train"]["out_dir"]
         _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
+        _check_augment(settings["augment"])
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
@@ -282,7 +310,7 @@ class TrainingRun:
         cfg = PretrainedCfg.of(model)
         mean, std = list(cfg.mean), list(cfg.std)
         aug = dict(settings["augment"])
-        transforms = train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug)
+        transforms = train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug)  # checked in _check_augment
         train_set = build_dataset(name, data_root, split, transforms, **options)
         val_set = (
             build_dataset(name, data_root, val_split, eval_transforms(normalize=False), **options) if validate else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -95,4 +96,12 @@ def build_dataset(
         split = DEFAULT_SPLITS[key][0]
     # Each dataset class has its own constructor (root, split, ...), unlike the base class's.
     dataset_class: Callable[..., SegmentationDataset] = DATASETS[key]
+    params = inspect.signature(dataset_class).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:  # a typo would otherwise surface as a TypeError from deep inside the class
+            valid = [n for n in params if n not in ("root", "split", "transforms")]
+            raise ValueError(
+                f"unknown option(s) {unknown} for the {key} dataset; it takes {', '.join(valid) or 'no options'}"
+            )
     return dataset_class(root, split, transforms=transforms, **kwargs)
