@@ -248,6 +248,8 @@ def test_export_int8_cli(model, tmp_path, capsys, caplog):
     bad = ["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--int8"]
     assert main([*bad, "--calibration", str(pics), "--float-layers", "stem"]) == 1
     assert "--float-layers 'stem': expected a comma-separated list of classifier, first, or none" in caplog.text
+    assert main([*bad[:-1], "--float-layers", "none"]) == 1  # without --int8
+    assert "--float-layers applies to --int8 only" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (

@@ -109,6 +109,9 @@ def test_bad_arguments_fail_before_work(weights, folder, tmp_path, caplog):
     assert "no_model" in caplog.text
     assert main(["predict", str(folder), "--weights", str(weights_dir), "--out", str(out), "--mode", "slide"]) == 1
     assert "crop" in caplog.text
+    slide = ["--mode", "slide", "--crop", "64", "--stride", "100"]
+    assert main(["predict", str(folder), "--weights", str(weights_dir), "--out", str(out), *slide]) == 1
+    assert "stride must be at most the crop" in caplog.text and "(set by --mode/--size/--crop/--stride" in caplog.text
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     int8.add_argument(
         "--float-layers",
-        default="classifier",
+        default=None,  # classifier; None tells "not given" apart (it applies to --int8 only)
         metavar="LIST",
         help="convolutions kept in float, comma-separated: classifier (the default: the logits' layer; it lifted "
         "the argmax agreement on a trained model), first (the stem's first convolution), or none",
@@ -142,8 +142,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--int8 applies to --format onnx only (the INT8 model is a quantized ONNX file)")
     if args.int8:
         _check_int8_args(args)
-    elif args.calibration is not None:
-        raise ValueError("--calibration applies to --int8 only")
+    else:
+        given = [
+            flag
+            for flag, value in (("--calibration", args.calibration), ("--float-layers", args.float_layers))
+            if value is not None
+        ]
+        if given:
+            raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --int8 only")
     if args.format == "onnx":
         ex._require_onnx()  # fail before loading weights
         # The dynamo exporter's helpers log every optimisation pass at INFO level.
@@ -201,7 +207,7 @@ def _check_int8_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--check-count must be at least 1, got {args.check_count}")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ValueError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
-    args.float_layers = _float_layers(args.float_layers)
+    args.float_layers = _float_layers("classifier" if args.float_layers is None else args.float_layers)
     calibration_files(args.calibration)  # a missing or empty folder fails before the weights load
     _require_quantization()
 

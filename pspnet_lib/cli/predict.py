@@ -287,7 +287,10 @@ def run(args: argparse.Namespace) -> int:
         calibration = _int8_calibration(args, [source for source, _ in files], size)
     ensure_dir(args.out)  # a file in the way fails here, not once per image
     model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
-    resolve_protocol(model, **options)  # a bad protocol fails here, before any file is read
+    try:  # a bad protocol fails here, before any file is read
+        resolve_protocol(model, scales=scales, flip=args.flip, **options)
+    except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
+        raise ValueError(f"{exc} (set by --mode/--size/--crop/--stride/--scales/--flip)") from None
     channels = PretrainedCfg.of(model, what=f"--weights {args.weights}").in_channels  # mean/std fit the channels
 
     failed: list[tuple[Path, str]] = []
