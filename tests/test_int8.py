@@ -153,6 +153,8 @@ def test_calibration_images_use_the_weights_preprocessing(model, tmp_path):
     expected = (resized.round() / 255 - 0.5) / 0.25
     assert torch.allclose(images[0], expected, atol=0.02)
     assert len(calibration_images(folder, model, count=2)) == 2
+    with pytest.raises(TypeError, match=r"takes the pictures first and the model second, got \(PSPNet, PosixPath\)"):
+        calibration_images(model, folder)
 
 
 def test_calibration_reads_arrays_of_the_models_channel_count(tmp_path):

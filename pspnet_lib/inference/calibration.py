@@ -83,6 +83,11 @@ def calibration_images(
     from ..hub.preprocessing import build_transforms
     from .predict import resolve_protocol
 
+    if isinstance(source, nn.Module) or not isinstance(model, nn.Module):
+        raise TypeError(
+            "calibration_images(source, model) takes the pictures first and the model second, got "
+            f"({type(source).__name__}, {type(model).__name__})"
+        )
     items = calibration_files(source) if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
         raise ValueError("no calibration pictures given")
