@@ -108,6 +108,7 @@ class SeededDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
+        # map-style datasets define __len__; torch's Dataset type does not declare it
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:

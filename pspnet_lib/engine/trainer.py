@@ -86,6 +86,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         collate_fn: Callable | None = None,
     ) -> None:
         self.config = config = config if config is not None else TrainConfig()
+        # map-style datasets define __len__; torch's Dataset type does not declare it
         if len(train_dataset) == 0:  # type: ignore[arg-type]
             raise ValueError("the training dataset is empty")
         self.dist = D.init_distributed(config.device)
