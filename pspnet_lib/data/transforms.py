@@ -10,6 +10,7 @@ with the types the datasets return (uint8 ``Image`` (3, H, W), int64 ``Mask`` (H
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,12 +114,21 @@ class RandomScale(v2.Transform):
         return F.resize(inpt, params["size"], interpolation=self.interpolation, antialias=self.antialias)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if len(size) != 2:
-        raise ValueError(f"a size must be an int or (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
+def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """``(height, width)`` in pixels from one int (square) or a pair.
+
+    Raises ``ValueError`` naming ``name`` unless it is one positive integer or two.
+    """
+    sides: list[Any]
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        sides = [size, size]
+    else:
+        sides = list(size) if isinstance(size, (list, tuple)) else []
+    if len(sides) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in sides
+    ):
+        raise ValueError(f"{name} must be a positive integer or (height, width) of positive integers, got {size!r}")
+    return int(sides[0]), int(sides[1])
 
 
 def train_transforms(
@@ -178,7 +188,7 @@ def train_transforms(
         rotate = v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
         steps.append(v2.RandomApply([rotate], p=rotation_p))
     if crop_size is not None:
-        steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True, fill=fill))
+        steps.append(v2.RandomCrop(size_pair(crop_size, "crop_size"), pad_if_needed=True, fill=fill))
     if blur_p > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=blur_sigma)], p=blur_p))
     if flip_p > 0:

@@ -31,6 +31,7 @@ from .._files import OverwritesInputError, check_outputs_spare_inputs, local_fil
 from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
+from ..data.transforms import size_pair
 from ..hub.loading import load_pretrained
 from ..models import build_pspnet
 from ..recipes import load_recipe
@@ -129,15 +130,13 @@ def _check_augment(augment: Mapping[str, Any]) -> None:
             SettingError.escape(f"unknown augmentation setting(s) {unknown}; expected some of {', '.join(valid)}")
         )
     crop = augment.get("crop_size")
-    sides = [crop] if isinstance(crop, int) else list(crop) if isinstance(crop, (list, tuple)) else None
-    if crop is not None and (
-        sides is None
-        or len(sides) not in (1, 2)
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides)
-    ):
-        raise SettingError(
-            "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
-        )
+    if crop is not None:
+        try:
+            size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
+        except ValueError:
+            raise SettingError(
+                "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
+            ) from None
 
 
 def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
