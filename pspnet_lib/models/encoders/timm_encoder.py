@@ -1,0 +1,353 @@
+"""A timm feature extractor as the PSPNet backbone, at the output stride asked for: measured, never trusted.
+
+``TimmEncoder("convnext_tiny", output_stride=8)`` builds ``timm.create_model(name, features_only=True,
+output_stride=8, in_chans=...)`` and then *measures* the stride of every returned stage with a
+forward pass on the meta device (shapes only: no memory, no arithmetic). Families answer
+``output_stride`` in three ways (timm's source, confirmed by ``benchmarks/timm_families.py``):
+most CNNs dilate their last stages (ResNet, ConvNeXt, RegNet, EfficientNet, MobileNetV3, ...),
+some reject it (an assertion: DLA, HRNet, VGG, ...) and many have no such option (a TypeError:
+ViT, Swin, MaxViT, ...); a family that accepted the option and still returned coarser features
+would be caught by the measurement. Each of those is one ``ValueError`` naming the family and the
+output strides it does reach, never a model that trains at the wrong resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .._utils import guard_running_stats_in_recompute
+from .timm_names import require_timm, timm_family
+
+__all__ = ["TimmEncoder", "OUTPUT_STRIDES", "PROBE_SIZE"]
+
+logger = logging.getLogger(__name__)
+
+#: The output strides a PSPNet may ask of an encoder (as for ResNets).
+OUTPUT_STRIDES = (8, 16, 32)
+
+#: Side of the (meta-device) probe input whose feature sizes give each stage's stride: a multiple
+#: of 32, and not the 224 most models were trained at, so that an encoder that only runs at its
+#: training size is caught here (PSPNet takes any input size).
+PROBE_SIZE = 256
+
+
+class TimmEncoder(nn.Module):
+    """timm's ``features_only`` model of ``name`` whose last stage is at ``output_stride``.
+
+    Args:
+        name: a timm model name, optionally with a pretrained tag (``"convnext_tiny.fb_in1k"``);
+            checked by :func:`~pspnet_lib.models.encoders.check_timm_name` first.
+        output_stride: 8, 16 or 32. 32 builds the model as timm defines it; 8 and 16 pass
+            ``output_stride`` to timm, which dilates the last stages of families that support it.
+        in_channels: input channels (``in_chans``; timm adapts the first convolution of RGB weights).
+        model_kwargs: further constructor settings (``drop_path_rate``; see ``TIMM_KWARGS``).
+        pretrained: ImageNet weights for timm's own loader (its filters and input-channel adaptation
+            apply): a ``.safetensors`` path or a state dict in timm's layout; None = random weights.
+
+    ``forward(x)`` returns the stage features, shallow to deep, as ``(N, C, h, w)`` tensors (NCHW
+    even where timm returns NHWC); ``feature_info`` lists ``num_chs``, the *measured*
+    ``reduction`` and timm's ``module`` name per stage.
+
+    Raises:
+        ImportError: timm is not installed (with the ``pip install`` line).
+        ValueError: in one line naming the model and its family: the family cannot reach
+            ``output_stride`` (with the strides it does reach), cannot take ``in_channels``, cannot
+            run on inputs of another size than its training size, or the weights do not fit.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        output_stride: int = 8,
+        in_channels: int = 3,
+        model_kwargs: Mapping[str, Any] | None = None,
+        pretrained: str | Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        self.name = name
+        self.family = timm_family(name.partition(".")[0])
+        self.output_stride = output_stride
+        self.in_channels = in_channels
+        self.model_kwargs = dict(model_kwargs or {})
+        self.model, shapes = _build_checked(name, output_stride, in_channels, dict(model_kwargs or {}), pretrained)
+        self.nhwc = _returns_nhwc(self.model)
+        modules = [info.get("module", "") for info in self.model.feature_info.get_dicts()]
+        self.feature_info: list[dict] = [
+            {"num_chs": channels, "reduction": reduction, "module": module}
+            for (channels, reduction), module in zip(shapes, modules)
+        ]
+        self.grad_checkpointing = False
+        self._guards: list[Any] = []
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of the returned stages."""
+        return [info["num_chs"] for info in self.feature_info]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's own gradient checkpointing of the feature model; BatchNorm statistics updated once.
+
+        Raises ``ValueError`` for a family whose feature model has no ``set_grad_checkpointing``.
+        """
+        if not hasattr(self.model, "set_grad_checkpointing"):
+            raise ValueError(f"timm:{self.name} (family {self.family}) offers no gradient checkpointing")
+        self.model.set_grad_checkpointing(enable)
+        if enable and not self._guards:
+            self._guards = guard_running_stats_in_recompute(self.model)
+        elif not enable:
+            for handle in self._guards:
+                handle.remove()
+            self._guards = []
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict[str, Any]:
+        """timm's parameter groups, from the feature model's own modules in the order they run.
+
+        ``"stem"``: the modules before the first stage timm returns; ``"blocks"``: each later
+        top-level module (``coarse=True``) or each block inside it (the elements of its
+        ``Sequential`` / ``ModuleList`` containers). ``prefix`` goes before every name.
+        """
+        base = f"{prefix}model."
+        stages = [str(info.get("module", "")) for info in self.model.feature_info.get_dicts()]
+        children = [(n, m) for n, m in self.model.named_children() if _has_parameters(m)]
+
+        def is_stage(child: str) -> bool:
+            return any(s == child or s.startswith(child + ".") or s.replace(".", "_") == child for s in stages)
+
+        first = next((i for i, (n, _) in enumerate(children) if is_stage(n)), 0)
+        stem = [n for n, _ in children[:first]]
+        units: list[str] = []
+        for child, module in children[first:]:
+            units += [child] if coarse else _blocks(child, module)
+        return {
+            "stem": rf"^{re.escape(base)}({'|'.join(map(re.escape, stem))})\." if stem else None,
+            "blocks": [(rf"^{re.escape(base + unit)}\.", (i,)) for i, unit in enumerate(units)],
+        }
+
+    def no_weight_decay(self) -> set[str]:
+        """The parameters timm's classification model of this name exempts from weight decay, by their names here.
+
+        timm's feature models drop the model's ``no_weight_decay()``; it is read from the model
+        built on the meta device (nothing allocated) and mapped onto this feature model's names.
+        """
+        timm = require_timm()
+        kwargs = dict(self.model_kwargs, in_chans=self.in_channels)
+        if self.output_stride != 32:
+            kwargs["output_stride"] = self.output_stride
+        with torch.device("meta"):
+            full = timm.create_model(self.name.partition(".")[0], **kwargs)
+        own = getattr(full, "no_weight_decay", None)
+        exempt = {str(e) for e in own()} if callable(own) else set()
+        if not exempt:
+            return set()
+        mine = {n for n, _ in self.model.named_parameters()}
+        found = set()
+        for name, _ in full.named_parameters():
+            if name == "" or not any(name == e or name.startswith(e + ".") or e in name.split(".") for e in exempt):
+                continue
+            for candidate in (name, name.replace(".", "_", 1)):
+                if candidate in mine:
+                    found.add(f"model.{candidate}")
+        return found
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Recompute whole blocks in backward (no early stop), so that the running-statistics
+            # guard restores every BatchNorm it touched.
+            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                features = self.model(x)
+        else:
+            features = self.model(x)
+        if self.nhwc:
+            return [f.permute(0, 3, 1, 2) for f in features]
+        return list(features)
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _blocks(name: str, module: nn.Module) -> list[str]:
+    """The blocks of a top-level module: its children with parameters, containers opened one level."""
+    units = []
+    for child, sub in module.named_children():
+        if not _has_parameters(sub):
+            continue
+        if isinstance(sub, (nn.Sequential, nn.ModuleList)):
+            units += [f"{name}.{child}.{k}" for k, c in sub.named_children() if _has_parameters(c)]
+        else:
+            units.append(f"{name}.{child}")
+    return units or [name]
+
+
+def _returns_nhwc(model: nn.Module) -> bool:
+    fmt = getattr(model, "output_fmt", "NCHW")
+    return str(getattr(fmt, "value", fmt)) == "NHWC"
+
+
+def _create(
+    name: str,
+    output_stride: int,
+    in_channels: int,
+    model_kwargs: dict[str, Any],
+    pretrained: str | Mapping[str, torch.Tensor] | None,
+) -> nn.Module:
+    """``timm.create_model(name, features_only=True, ...)``, its errors turned into one-line ``ValueError``."""
+    timm = require_timm()
+    kwargs: dict[str, Any] = {"features_only": True, "in_chans": in_channels, **model_kwargs}
+    if output_stride != 32:  # 32 is every family's own stride: families without the option build too
+        kwargs["output_stride"] = output_stride
+    if pretrained is not None:
+        source = {"file": pretrained} if isinstance(pretrained, str) else {"state_dict": dict(pretrained)}
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=source)
+    what = f"timm:{name} (timm family {timm_family(name.partition('.')[0])})"
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        message = str(exc)
+        if "output_stride" in message:
+            raise _StrideError(f"{what} has no output_stride option (it cannot dilate)") from None
+        if "in_chans" in message:
+            raise ValueError(
+                f"{what} cannot take in_channels={in_channels}: its constructor has no in_chans option; "
+                "use in_channels=3 or another family"
+            ) from None
+        for key in model_kwargs:
+            if key in message:
+                raise ValueError(f"{what} has no {key} setting; remove it from backbone_kwargs") from None
+        raise ValueError(f"{what} cannot build a feature extractor (features_only=True): {message}") from None
+    except (AssertionError, ValueError, NotImplementedError) as exc:
+        if output_stride != 32:
+            detail = f" ({type(exc).__name__}: {exc})" if str(exc) else ""
+            raise _StrideError(f"{what} rejects output_stride={output_stride}{detail}") from None
+        raise ValueError(f"{what} cannot build a feature extractor (features_only=True): {exc}") from None
+    except RuntimeError as exc:
+        if pretrained is not None and ("size mismatch" in str(exc) or "state_dict" in str(exc)):
+            first = str(exc).strip().splitlines()
+            raise ValueError(
+                f"the backbone weights do not fit {what}: {' '.join(line.strip() for line in first[:3])[:300]}"
+            ) from None
+        raise
+    # timm keeps the pretrained_cfg (with our weight source in it) on the model: drop the source,
+    # so that no copy of the weights stays referenced.
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        for key in ("state_dict", "file"):
+            cfg.pop(key, None)
+    return model
+
+
+class _StrideError(ValueError):
+    """The family cannot give the output stride asked for (the message says how)."""
+
+
+def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
+    """``(channels, reduction)`` of every returned stage, from a forward pass on the meta device.
+
+    The parameters are swapped for meta tensors for the call (nothing is computed or allocated); a
+    model that cannot run on the meta device is measured with a real forward pass on a
+    ``PROBE_SIZE`` input in eval mode (no state changes either way).
+    """
+    nhwc = _returns_nhwc(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                meta = {
+                    key: torch.empty_like(value, device="meta")
+                    for key, value in chain(model.named_parameters(), model.named_buffers())
+                }
+                probe = torch.empty(1, in_channels, PROBE_SIZE, PROBE_SIZE, device="meta")
+                features = functional_call(model, meta, (probe,), strict=False, tie_weights=True)
+            except Exception:
+                device = next(chain(model.parameters(), model.buffers())).device
+                if device.type == "meta":
+                    raise
+                features = model(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE, device=device))
+    finally:
+        model.train(was_training)
+    shapes = []
+    for f in features:
+        channels, height = (f.shape[3], f.shape[1]) if nhwc else (f.shape[1], f.shape[2])
+        shapes.append((int(channels), max(1, round(PROBE_SIZE / max(int(height), 1)))))
+    return shapes
+
+
+def _build_and_measure(
+    name: str,
+    output_stride: int,
+    in_channels: int,
+    model_kwargs: dict[str, Any],
+    pretrained: str | Mapping[str, torch.Tensor] | None,
+) -> tuple[nn.Module, list[tuple[int, int]]]:
+    """Build and measure; a model whose last stage is not at ``output_stride`` raises :class:`_StrideError`."""
+    model = _create(name, output_stride, in_channels, model_kwargs, pretrained)
+    what = f"timm:{name} (timm family {timm_family(name.partition('.')[0])})"
+    try:
+        shapes = _measure(model, in_channels)
+    except Exception as exc:
+        raise ValueError(
+            f"{what} cannot run on a {PROBE_SIZE}x{PROBE_SIZE} input ({type(exc).__name__}: {str(exc)[:200]}); "
+            "PSPNet needs encoders that take any input size"
+        ) from None
+    if not shapes:
+        raise ValueError(f"{what} returned no feature maps")
+    measured = shapes[-1][1]
+    if measured != output_stride:
+        raise _StrideError(
+            f"{what} was asked for output_stride={output_stride} but its last stage is at stride {measured} "
+            "(measured: the family ignores or mis-reports the option)"
+        )
+    return model, shapes
+
+
+def reachable_strides(
+    name: str, in_channels: int = 3, model_kwargs: Mapping[str, Any] | None = None
+) -> dict[int, str | None]:
+    """For each output stride of 8, 16, 32: None if ``name``'s family reaches it, else why not.
+
+    Built and measured on the meta device (nothing allocated or computed).
+    """
+    found: dict[int, str | None] = {}
+    for stride in OUTPUT_STRIDES:
+        try:
+            with torch.device("meta"):
+                _build_and_measure(name, stride, in_channels, dict(model_kwargs or {}), None)
+        except ValueError as exc:
+            found[stride] = str(exc).split(") ", 1)[-1]  # without the "timm:name (timm family f)" prefix
+            continue
+        found[stride] = None
+    return found
+
+
+def _build_checked(
+    name: str,
+    output_stride: int,
+    in_channels: int,
+    model_kwargs: dict[str, Any],
+    pretrained: str | Mapping[str, torch.Tensor] | None,
+) -> tuple[nn.Module, list[tuple[int, int]]]:
+    try:
+        return _build_and_measure(name, output_stride, in_channels, model_kwargs, pretrained)
+    except _StrideError as exc:
+        reasons = reachable_strides(name, in_channels, model_kwargs)
+        strides = [s for s, reason in reasons.items() if reason is None and s != output_stride]
+        if strides:
+            supported = f"it supports output_stride {' and '.join(map(str, strides))}"
+        else:
+            supported = f"it reaches none of {', '.join(map(str, OUTPUT_STRIDES))} (at 32, its own stride: it {reasons[32]})"
+        raise ValueError(
+            f"{exc}; {supported}. The families that reach output stride 8 by dilation are listed in docs/model.md"
+        ) from None
