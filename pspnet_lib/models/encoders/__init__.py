@@ -59,12 +59,12 @@ class Encoder(Protocol):
 
 
 def build_encoder(
-    config: Any, norm_layer: NormLayer, *, pretrained: str | Mapping[str, torch.Tensor] | None = None
+    config: Any, norm_layer: NormLayer, *, pretrained: Mapping[str, torch.Tensor] | None = None
 ) -> nn.Module:
     """The encoder a :class:`~pspnet_lib.models.PSPNetConfig` describes (random weights).
 
-    ``pretrained`` (timm backbones only): ImageNet weights for timm's loader, a ``.safetensors``
-    path or a state dict in timm's layout (:func:`pspnet_lib.hub.timm_weights` resolves them).
+    ``pretrained`` (timm backbones only): ImageNet weights for timm's loader, a state dict in
+    timm's layout (:mod:`pspnet_lib.hub.timm_weights` resolves them).
     ``norm_layer`` is the ResNet's; a timm encoder keeps its own normalisation layers.
     """
     if is_timm_backbone(config.backbone):

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .._utils import guard_running_stats_in_recompute
+from .static_padding import make_same_padding_static
 from .timm_names import require_timm, timm_family
 
 __all__ = ["TimmEncoder", "OUTPUT_STRIDES", "PROBE_SIZE"]
@@ -50,7 +51,8 @@ class TimmEncoder(nn.Module):
         in_channels: input channels (``in_chans``; timm adapts the first convolution of RGB weights).
         model_kwargs: further constructor settings (``drop_path_rate``; see ``TIMM_KWARGS``).
         pretrained: ImageNet weights for timm's own loader (its filters and input-channel adaptation
-            apply): a ``.safetensors`` path or a state dict in timm's layout; None = random weights.
+            apply): a state dict in timm's layout (as timm's Hub repositories hold it); None =
+            random weights. Every tensor of the feature model must be found in it.
 
     ``forward(x)`` returns the stage features, shallow to deep, as ``(N, C, h, w)`` tensors (NCHW
     even where timm returns NHWC); ``feature_info`` lists ``num_chs``, the *measured*
@@ -70,7 +72,7 @@ class TimmEncoder(nn.Module):
         output_stride: int = 8,
         in_channels: int = 3,
         model_kwargs: Mapping[str, Any] | None = None,
-        pretrained: str | Mapping[str, torch.Tensor] | None = None,
+        pretrained: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
@@ -81,6 +83,7 @@ class TimmEncoder(nn.Module):
         self.in_channels = in_channels
         self.model_kwargs = dict(model_kwargs or {})
         self.model, shapes = _build_checked(name, output_stride, in_channels, dict(model_kwargs or {}), pretrained)
+        make_same_padding_static(self.model)  # dynamic-size export of dilated stages (torch.export)
         self.nhwc = _returns_nhwc(self.model)
         modules = [info.get("module", "") for info in self.model.feature_info.get_dicts()]
         self.feature_info: list[dict] = [
@@ -110,6 +113,36 @@ class TimmEncoder(nn.Module):
                 handle.remove()
             self._guards = []
         self.grad_checkpointing = enable
+
+    def min_input_size(self, feature_size: int = 1) -> int:
+        """The smallest input side for which the deepest stage is at least ``feature_size`` pixels.
+
+        1: the smallest input the encoder runs on (a patchifying stem needs several pixels: 8 for
+        ConvNeXt at output stride 8); 2: the smallest a dynamic-size ``torch.export`` accepts (it
+        specialises maps of size 1). Measured on the meta device (binary search), then remembered.
+        """
+        cache = self.__dict__.setdefault("_min_sizes", {})
+        if feature_size not in cache:
+
+            def deepest(side: int) -> int:
+                try:
+                    return _measure_side(self.model, self.in_channels, side)
+                except Exception:
+                    return 0
+
+            low, high = 1, 64 * self.output_stride * feature_size
+            while low < high:
+                mid = (low + high) // 2
+                low, high = (low, mid) if deepest(mid) >= feature_size else (mid + 1, high)
+            cache[feature_size] = low
+        return int(cache[feature_size])
+
+    def check_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """``ValueError`` unless ``state_dict`` (timm's layout) holds every tensor of this encoder.
+
+        Works on a model built on the meta device, so weights can be checked before a real build.
+        """
+        _check_loaded(self.model, state_dict, f"timm:{self.name} (timm family {self.family})")
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict[str, Any]:
         """timm's parameter groups, from the feature model's own modules in the order they run.
@@ -201,7 +234,7 @@ def _create(
     output_stride: int,
     in_channels: int,
     model_kwargs: dict[str, Any],
-    pretrained: str | Mapping[str, torch.Tensor] | None,
+    pretrained: Mapping[str, torch.Tensor] | None,
 ) -> nn.Module:
     """``timm.create_model(name, features_only=True, ...)``, its errors turned into one-line ``ValueError``."""
     timm = require_timm()
@@ -209,8 +242,7 @@ def _create(
     if output_stride != 32:  # 32 is every family's own stride: families without the option build too
         kwargs["output_stride"] = output_stride
     if pretrained is not None:
-        source = {"file": pretrained} if isinstance(pretrained, str) else {"state_dict": dict(pretrained)}
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=source)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"state_dict": dict(pretrained)})
     what = f"timm:{name} (timm family {timm_family(name.partition('.')[0])})"
     try:
         model = timm.create_model(name, **kwargs)
@@ -234,22 +266,62 @@ def _create(
         raise ValueError(f"{what} cannot build a feature extractor (features_only=True): {exc}") from None
     except RuntimeError as exc:
         if pretrained is not None and ("size mismatch" in str(exc) or "state_dict" in str(exc)):
-            first = str(exc).strip().splitlines()
-            raise ValueError(
-                f"the backbone weights do not fit {what}: {' '.join(line.strip() for line in first[:3])[:300]}"
-            ) from None
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            raise ValueError(f"the backbone weights do not fit {what}: {' '.join(lines[:3])[:300]}") from None
         raise
-    # timm keeps the pretrained_cfg (with our weight source in it) on the model: drop the source,
-    # so that no copy of the weights stays referenced.
+    # timm keeps the pretrained_cfg (with our weights in it) on the model: drop them, so that no
+    # copy of the weights stays referenced.
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):
-        for key in ("state_dict", "file"):
-            cfg.pop(key, None)
+        cfg.pop("state_dict", None)
+    if pretrained is not None:
+        _check_loaded(model, pretrained, what)
     return model
+
+
+def _check_loaded(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Every tensor of the feature model must have come from ``state_dict``.
+
+    timm loads backbone weights non-strictly (a feature model has no classifier), so weights of
+    another model would load nothing and say so only in a log line. A feature model's names are
+    the classification model's, with the first dot of flattened ``Sequential`` stages written
+    ``_`` (``stages.0`` -> ``stages_0``); a name found there with the same shape was loaded
+    (``load_state_dict`` refuses shape mismatches).
+    """
+    names = set(state_dict) | {k.replace(".", "_", 1) for k in state_dict}
+    missing = [k for k in model.state_dict() if k not in names and not k.endswith("num_batches_tracked")]
+    if missing:
+        total = len(model.state_dict())
+        raise ValueError(
+            f"the backbone weights do not fit {what}: {len(missing)} of its {total} tensors are not in them "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); pass weights of this model in timm's layout"
+        )
 
 
 class _StrideError(ValueError):
     """The family cannot give the output stride asked for (the message says how)."""
+
+
+def _meta_forward(model: nn.Module, in_channels: int, side: int) -> list[torch.Tensor]:
+    """``model`` on a ``(1, in_channels, side, side)`` meta tensor, parameters swapped for meta ones (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            meta = {
+                key: torch.empty_like(value, device="meta")
+                for key, value in chain(model.named_parameters(), model.named_buffers())
+            }
+            probe = torch.empty(1, in_channels, side, side, device="meta")
+            return list(functional_call(model, meta, (probe,), strict=False, tie_weights=True))
+    finally:
+        model.train(was_training)
+
+
+def _measure_side(model: nn.Module, in_channels: int, side: int) -> int:
+    """Height of the deepest feature map for a ``side`` x ``side`` input (meta device)."""
+    last = _meta_forward(model, in_channels, side)[-1]
+    return int(last.shape[1] if _returns_nhwc(model) else last.shape[2])
 
 
 def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
@@ -260,24 +332,19 @@ def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
     ``PROBE_SIZE`` input in eval mode (no state changes either way).
     """
     nhwc = _returns_nhwc(model)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            try:
-                meta = {
-                    key: torch.empty_like(value, device="meta")
-                    for key, value in chain(model.named_parameters(), model.named_buffers())
-                }
-                probe = torch.empty(1, in_channels, PROBE_SIZE, PROBE_SIZE, device="meta")
-                features = functional_call(model, meta, (probe,), strict=False, tie_weights=True)
-            except Exception:
-                device = next(chain(model.parameters(), model.buffers())).device
-                if device.type == "meta":
-                    raise
+        features = _meta_forward(model, in_channels, PROBE_SIZE)
+    except Exception:
+        device = next(chain(model.parameters(), model.buffers())).device
+        if device.type == "meta":
+            raise
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
                 features = model(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE, device=device))
-    finally:
-        model.train(was_training)
+        finally:
+            model.train(was_training)
     shapes = []
     for f in features:
         channels, height = (f.shape[3], f.shape[1]) if nhwc else (f.shape[1], f.shape[2])
@@ -290,7 +357,7 @@ def _build_and_measure(
     output_stride: int,
     in_channels: int,
     model_kwargs: dict[str, Any],
-    pretrained: str | Mapping[str, torch.Tensor] | None,
+    pretrained: Mapping[str, torch.Tensor] | None,
 ) -> tuple[nn.Module, list[tuple[int, int]]]:
     """Build and measure; a model whose last stage is not at ``output_stride`` raises :class:`_StrideError`."""
     model = _create(name, output_stride, in_channels, model_kwargs, pretrained)
@@ -337,7 +404,7 @@ def _build_checked(
     output_stride: int,
     in_channels: int,
     model_kwargs: dict[str, Any],
-    pretrained: str | Mapping[str, torch.Tensor] | None,
+    pretrained: Mapping[str, torch.Tensor] | None,
 ) -> tuple[nn.Module, list[tuple[int, int]]]:
     try:
         return _build_and_measure(name, output_stride, in_channels, model_kwargs, pretrained)
