@@ -24,6 +24,7 @@ read or fetched.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -106,8 +107,8 @@ def resolve_timm_weights(
     timm = require_timm()
     name = timm_name(backbone)
     arch, _, own_tag = name.partition(".")
-    hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "progress": progress}
     source = os.fspath(weights_backbone)
+    fetch = functools.partial(hf_file, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress)
     default_cfg = timm.models.get_pretrained_cfg(arch)
     if revision is not None and not source.startswith("hf-hub:"):
         raise ValueError(f"revision= applies to 'hf-hub:' weights, not to weights_backbone={source!r}")
@@ -117,10 +118,10 @@ def resolve_timm_weights(
         return TimmWeights(_read_tensors(path, str(path), trust_pickle), str(path), mean, std)
     if source.startswith("hf-hub:"):
         repo, rev = parse_hf_source(source, revision)
-        weights_path = hf_file(repo, _WEIGHTS_FILE, revision=rev, **hub)
+        weights_path = fetch(repo, _WEIGHTS_FILE, revision=rev)
         mean, std = _cfg_stats(default_cfg)
         try:
-            stored = json.loads(hf_file(repo, "config.json", revision=rev, **hub).read_text(encoding="utf-8"))
+            stored = json.loads(fetch(repo, "config.json", revision=rev).read_text(encoding="utf-8"))
             cfg = stored.get("pretrained_cfg", {}) if isinstance(stored, dict) else {}
             mean, std = _stats(cfg.get("mean"), cfg.get("std"))
         except (FileNotFoundError, ValueError, TypeError, AttributeError):
@@ -132,7 +133,9 @@ def resolve_timm_weights(
     elif source in tags or (source.startswith(arch + ".") and source.partition(".")[2] in tags):
         tag = source.removeprefix(arch + ".")
         if own_tag and tag != own_tag:
-            raise ValueError(f"weights_backbone={source!r} names tag {tag!r} but the backbone {backbone!r} names {own_tag!r}")
+            raise ValueError(
+                f"weights_backbone={source!r} names tag {tag!r} but the backbone {backbone!r} names {own_tag!r}"
+            )
     else:
         raise ValueError(
             f"weights_backbone={source!r} for {backbone}: expected 'DEFAULT', a pretrained tag of {arch} "
@@ -145,7 +148,7 @@ def resolve_timm_weights(
             "pass weights_backbone='path/to/weights.safetensors' (a state dict in timm's layout)"
         )
     filename = cfg.hf_hub_filename or _WEIGHTS_FILE
-    weights_path = hf_file(cfg.hf_hub_id, filename, **hub)
+    weights_path = fetch(cfg.hf_hub_id, filename)
     description = f"timm:{arch}.{tag} (hf-hub:{cfg.hf_hub_id})"
     mean, std = _cfg_stats(cfg)
     return TimmWeights(_read_tensors(weights_path, description, trust_pickle), description, mean, std)

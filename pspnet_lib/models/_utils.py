@@ -123,18 +123,18 @@ def checkpoint_module(
     )
 
 
-def _freeze_stats_if_recomputing(norm: nn.Module, args: object) -> None:
+def _freeze_stats_if_recomputing(norm: nn.modules.batchnorm._BatchNorm, args: object) -> None:
     if norm.training and norm.track_running_stats and torch._C._current_graph_task_id() != -1:
         tracked = norm.num_batches_tracked
         norm.__dict__["_recompute_saved"] = (norm.momentum, tracked.clone() if tracked is not None else None)
         norm.momentum = 0.0
 
 
-def _restore_stats_after_recompute(norm: nn.Module, args: object, output: object) -> None:
+def _restore_stats_after_recompute(norm: nn.modules.batchnorm._BatchNorm, args: object, output: object) -> None:
     saved = norm.__dict__.pop("_recompute_saved", None)
     if saved is not None:
         norm.momentum = saved[0]
-        if saved[1] is not None:
+        if saved[1] is not None and norm.num_batches_tracked is not None:
             norm.num_batches_tracked.copy_(saved[1])
 
 

@@ -30,9 +30,12 @@ JIT_SCRIPT_REFUSAL = (
 class BackboneConventions(nn.Module):
     """Mixin of :class:`~pspnet_lib.models.PSPNet`: needs ``self.backbone``, ``self.config`` and ``forward_features``."""
 
-    backbone: nn.Module
+    backbone: Any  # an encoder (pspnet_lib.models.encoders): ResNet or TimmEncoder
     config: Any
     _backbone_frozen: bool = False
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError  # PSPNet's
 
     # ------------------------------------------------------------------ freezing (smp's freeze_encoder)
     def freeze_backbone(self) -> None:
@@ -104,11 +107,13 @@ class BackboneConventions(nn.Module):
             raise ValueError("forward_intermediates: norm=True and stop_early=True are not supported by PSPNet")
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        features = self.forward_features(x)  # type: ignore[attr-defined]  # PSPNet's
+        features = self.forward_features(x)
         count = len(features)
+        if isinstance(indices, bool):
+            raise ValueError(f"indices must be None, an int or a sequence of ints, got {indices!r}")
         if indices is None:
             chosen = list(range(count))
-        elif isinstance(indices, int) and not isinstance(indices, bool):
+        elif isinstance(indices, int):
             if not 1 <= indices <= count:
                 raise ValueError(f"indices={indices} asks for the last {indices} stages; the backbone has {count}")
             chosen = list(range(count - indices, count))
@@ -143,7 +148,7 @@ class BackboneConventions(nn.Module):
         (the decode and auxiliary heads) form the last group, which layer decay leaves at the full
         learning rate. ``timm.optim.create_optimizer_v2(model, "adamw", layer_decay=0.75)`` reads it.
         """
-        return self.backbone.group_matcher(coarse, prefix="backbone.")  # type: ignore[operator]
+        return self.backbone.group_matcher(coarse, prefix="backbone.")
 
     # ------------------------------------------------------------------ TorchScript
     def __prepare_scriptable__(self) -> Any:

@@ -105,6 +105,9 @@ class PSPNet(
     #: How the weights were loaded (a :class:`pspnet_lib.hub.LoadReport`), set by the loaders; a
     #: model built without weights has none. (Typed Any: the models floor does not import hub.)
     load_report: Any
+    #: the backbone: a :class:`~pspnet_lib.models.resnet.ResNet` or a timm encoder
+    #: (:class:`~pspnet_lib.models.encoders.timm_encoder.TimmEncoder`), see :mod:`pspnet_lib.models.encoders`
+    backbone: Any
 
     def __init__(
         self,
@@ -127,7 +130,9 @@ class PSPNet(
         if config.ppm_channels is None:  # a timm backbone's: known once it is built
             config.ppm_channels = channels[-1] // len(config.bins)
         if config.aux and len(channels) < 2:
-            raise ValueError(f"{config.backbone} returns one feature stage; the auxiliary head needs two: build with aux=False")
+            raise ValueError(
+                f"{config.backbone} returns one feature stage; the auxiliary head needs two: build with aux=False"
+            )
         # PSPNetConfig.__post_init__ fills the widths left as None.
         assert config.head_channels is not None and config.aux_channels is not None
         self.decode_head = PSPHead(
@@ -141,7 +146,9 @@ class PSPNet(
             align_corners=config.align_corners,
         )
         self.aux_head = (
-            FCNHead(channels[-2], config.num_classes, config.aux_channels, dropout=config.dropout, norm_layer=norm_layer)
+            FCNHead(
+                channels[-2], config.num_classes, config.aux_channels, dropout=config.dropout, norm_layer=norm_layer
+            )
             if config.aux
             else None
         )
@@ -224,6 +231,15 @@ class PSPNet(
             )
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"PSPNet needs H, W >= 1, got shape {tuple(x.shape)}")
+        smallest = getattr(self.backbone, "min_input_size", None)
+        if callable(smallest) and not torch.compiler.is_compiling() and min(x.shape[2], x.shape[3]) < 64:
+            # a timm backbone may need a few pixels (a patchifying stem); measured once, when first needed
+            side = smallest(1)
+            if x.shape[2] < side or x.shape[3] < side:
+                raise ValueError(
+                    f"{self.config.backbone} needs inputs of at least {side}x{side} pixels, got shape {tuple(x.shape)}; "
+                    "pad or resize the image"
+                )
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stage features, shallow to deep (ResNet: layer1..layer4; see :attr:`feature_info`)."""

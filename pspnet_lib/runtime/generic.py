@@ -80,29 +80,32 @@ def fold_batchnorms(module: nn.Module) -> int:
     try:
         graph = _LeafTracer(leaves, functions).trace(module)
     except Exception as exc:  # FX cannot trace every network; folding is an optimisation
-        logger.info("optimize_for_inference: %s does not trace with FX (%s); its norms are kept", type(module).__name__, exc)
+        logger.info(
+            "optimize_for_inference: %s does not trace with FX (%s); its norms are kept", type(module).__name__, exc
+        )
         return 0
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
             continue
-        norm = module.get_submodule(node.target)
-        source = node.args[0]
+        norm_name, source = str(node.target), node.args[0]
+        norm = module.get_submodule(norm_name)
         if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or source.op != "call_module":
             continue
-        conv = module.get_submodule(source.target)
+        conv_name = str(source.target)
+        conv = module.get_submodule(conv_name)
         replacement = _norm_replacement(norm)
         if (
             not isinstance(conv, nn.Conv2d)
             or replacement is None
             or not can_fold_norm(norm)
             or len(source.users) != 1
-            or calls[source.target] != 1
-            or calls[node.target] != 1
+            or calls[conv_name] != 1
+            or calls[norm_name] != 1
         ):
             continue
         weight, bias, leftover = fold_conv_norm(conv, norm)
@@ -111,7 +114,7 @@ def fold_batchnorms(module: nn.Module) -> int:
         conv.weight.copy_(weight.to(conv.weight.dtype))
         assert bias is not None  # a folded BatchNorm always gives a bias
         conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
-        _set_module(module, node.target, replacement)
+        _set_module(module, norm_name, replacement)
         folded += 1
     return folded
 
@@ -137,7 +140,7 @@ class GenericEncoder(nn.Module):
         target = getattr(prepared, "model", prepared)
         self.folded = fold_batchnorms(target)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.encoder = prepared.to(dtype=dtype, memory_format=fmt).requires_grad_(False)
+        self.encoder = prepared.to(dtype).to(memory_format=fmt).requires_grad_(False)
         logger.info("optimize_for_inference: generic backbone path, %d BatchNorm(s) folded", self.folded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

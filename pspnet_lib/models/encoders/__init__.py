@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
-from .._utils import NormLayer
+from .._utils import NormLayer, make_norm_layer
 from ..resnet import ResNet
 from .timm_names import TIMM_KWARGS, TIMM_PREFIX, check_timm_name, is_timm_backbone, require_timm, timm_name
 
@@ -59,16 +59,16 @@ class Encoder(Protocol):
 
 
 def build_encoder(
-    config: Any, norm_layer: NormLayer, *, pretrained: Mapping[str, torch.Tensor] | None = None
+    config: Any, norm_layer: NormLayer | None = None, *, pretrained: Mapping[str, torch.Tensor] | None = None
 ) -> nn.Module:
     """The encoder a :class:`~pspnet_lib.models.PSPNetConfig` describes (random weights).
 
     ``pretrained`` (timm backbones only): ImageNet weights for timm's loader, a state dict in
     timm's layout (:mod:`pspnet_lib.hub.timm_weights` resolves them).
-    ``norm_layer`` is the ResNet's; a timm encoder keeps its own normalisation layers.
+    ``norm_layer`` is the ResNet's (default: ``config.norm``); a timm encoder keeps its own norms.
     """
     if is_timm_backbone(config.backbone):
-        from .timm_encoder import TimmEncoder  # imports timm: only for timm backbones
+        from .timm_encoder import TimmEncoder  # (timm itself is imported when the model is built)
 
         return TimmEncoder(
             timm_name(config.backbone),
@@ -87,5 +87,5 @@ def build_encoder(
         output_stride=config.output_stride,
         contract_dilation=config.contract_dilation,
         dilations=config.dilations,
-        norm_layer=norm_layer,
+        norm_layer=norm_layer or make_norm_layer(config.norm, config.norm_groups),
     )

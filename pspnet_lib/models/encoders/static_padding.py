@@ -11,6 +11,8 @@ Strided ones keep timm's computation: there the amount does depend on the size.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ def _same_pad(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, 
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
@@ -43,7 +45,9 @@ class StaticSameAvgPool2d(nn.AvgPool2d):
     same_pad: tuple[int, int, int, int]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, self.same_pad), self.kernel_size, self.stride, 0, self.ceil_mode, self.count_include_pad)
+        return F.avg_pool2d(
+            F.pad(x, self.same_pad), self.kernel_size, self.stride, 0, self.ceil_mode, self.count_include_pad
+        )
 
 
 class StaticSameMaxPool2d(nn.MaxPool2d):
@@ -65,19 +69,12 @@ def make_same_padding_static(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, (StaticSameConv2d, StaticSameAvgPool2d, StaticSameMaxPool2d)):
             continue
-        if not hasattr(module, "stride") or _pair(module.stride) != (1, 1):
+        if not isinstance(module, (Conv2dSame, AvgPool2dSame, MaxPool2dSame)) or _pair(module.stride) != (1, 1):
             continue
-        if isinstance(module, Conv2dSame):
-            pad = _same_pad(_pair(module.kernel_size), _pair(module.dilation))
-            module.__class__ = StaticSameConv2d
-        elif isinstance(module, AvgPool2dSame):
-            pad = _same_pad(_pair(module.kernel_size), (1, 1))
-            module.__class__ = StaticSameAvgPool2d
-        elif isinstance(module, MaxPool2dSame):
-            pad = _same_pad(_pair(module.kernel_size), _pair(module.dilation))
-            module.__class__ = StaticSameMaxPool2d
-        else:
-            continue
-        module.same_pad = pad
+        dilation = (1, 1) if isinstance(module, AvgPool2dSame) else _pair(module.dilation)
+        static = {Conv2dSame: StaticSameConv2d, AvgPool2dSame: StaticSameAvgPool2d, MaxPool2dSame: StaticSameMaxPool2d}
+        # The same parameters and state-dict keys: only forward changes (a class swap, no copy).
+        setattr(module, "__class__", next(v for k, v in static.items() if isinstance(module, k)))  # noqa: B010
+        setattr(module, "same_pad", _same_pad(_pair(module.kernel_size), dilation))  # noqa: B010
         count += 1
     return count

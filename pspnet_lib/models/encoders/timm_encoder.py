@@ -65,6 +65,9 @@ class TimmEncoder(nn.Module):
             run on inputs of another size than its training size, or the weights do not fit.
     """
 
+    #: timm's feature model (``FeatureListNet``, ``EfficientNetFeatures``, ...); typed Any: timm is optional
+    model: Any
+
     def __init__(
         self,
         name: str,
@@ -414,7 +417,9 @@ def _build_checked(
         if strides:
             supported = f"it supports output_stride {' and '.join(map(str, strides))}"
         else:
-            supported = f"it reaches none of {', '.join(map(str, OUTPUT_STRIDES))} (at 32, its own stride: it {reasons[32]})"
+            supported = (
+                f"it reaches none of {', '.join(map(str, OUTPUT_STRIDES))} (at 32, its own stride: it {reasons[32]})"
+            )
         raise ValueError(
             f"{exc}; {supported}. The families that reach output stride 8 by dilation are listed in docs/model.md"
         ) from None

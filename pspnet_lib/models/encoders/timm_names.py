@@ -89,7 +89,9 @@ def check_timm_name(backbone: str) -> str:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(arch + ".*")]
         if tag not in tags:
             known = ", ".join(tags) if tags else "none"
-            raise ValueError(f"timm model {arch!r} has no pretrained tag {tag!r} (backbone {backbone!r}); its tags: {known}")
+            raise ValueError(
+                f"timm model {arch!r} has no pretrained tag {tag!r} (backbone {backbone!r}); its tags: {known}"
+            )
     return name
 
 
@@ -107,7 +109,7 @@ def check_timm_kwargs(value: Any) -> dict[str, float] | None:
                 "(settings that size the model are not stored in configs)"
             )
         low, high = TIMM_KWARGS[key]
-        if isinstance(number, bool) or not isinstance(number, numbers.Real) or not low <= number < high:
+        if isinstance(number, bool) or not isinstance(number, numbers.Real) or not low <= float(number) < high:
             raise ValueError(f"backbone_kwargs[{key!r}] must be a number in [{low}, {high}), got {number!r}")
         checked[str(key)] = float(number)
     return checked
