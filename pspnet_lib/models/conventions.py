@@ -107,8 +107,7 @@ class BackboneConventions(nn.Module):
             raise ValueError("forward_intermediates: norm=True and stop_early=True are not supported by PSPNet")
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        features = self.forward_features(x)
-        count = len(features)
+        count = len(self.backbone.feature_info)
         if isinstance(indices, bool):
             raise ValueError(f"indices must be None, an int or a sequence of ints, got {indices!r}")
         if indices is None:
@@ -123,6 +122,7 @@ class BackboneConventions(nn.Module):
                 if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
                     raise ValueError(f"stage index {i!r} is outside the backbone's {count} stages (0..{count - 1})")
                 chosen.append(i % count)
+        features = self.forward_features(x)
         selected = [features[i] for i in chosen]
         if output_fmt == "NHWC":
             selected = [f.permute(0, 2, 3, 1) for f in selected]

@@ -231,21 +231,28 @@ class PSPNet(
             )
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"PSPNet needs H, W >= 1, got shape {tuple(x.shape)}")
-        smallest = getattr(self.backbone, "min_input_size", None)
-        if callable(smallest) and not torch.compiler.is_compiling() and min(x.shape[2], x.shape[3]) < 64:
-            # a timm backbone may need a few pixels (a patchifying stem); measured once, when first needed
-            side = smallest(1)
-            if x.shape[2] < side or x.shape[3] < side:
-                raise ValueError(
-                    f"{self.config.backbone} needs inputs of at least {side}x{side} pixels, got shape {tuple(x.shape)}; "
-                    "pad or resize the image"
-                )
+
+    def _run_backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return self.backbone(x)
+        except RuntimeError:
+            # A timm backbone may need a few pixels (a patchifying stem): say so instead of a
+            # convolution's size error. Measured only here, when an input failed.
+            smallest = getattr(self.backbone, "min_input_size", None)
+            if callable(smallest) and not is_symbolic_tracing() and not torch.compiler.is_compiling():
+                side = smallest(1)
+                if x.shape[2] < side or x.shape[3] < side:
+                    raise ValueError(
+                        f"{self.config.backbone} needs inputs of at least {side}x{side} pixels, got shape "
+                        f"{tuple(x.shape)}; pad or resize the image"
+                    ) from None
+            raise
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stage features, shallow to deep (ResNet: layer1..layer4; see :attr:`feature_info`)."""
         if not is_symbolic_tracing():
             self._check_input(x)
-        return self.backbone(x)
+        return self._run_backbone(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not is_symbolic_tracing():
@@ -254,7 +261,7 @@ class PSPNet(
             self._check_input(x)
         # With num_classes=0 the heads return features, which stay at the feature map's size.
         size = x.shape[-2:] if self.config.num_classes > 0 else None
-        features = self.backbone(x)
+        features = self._run_backbone(x)
         main = self._upsample(self.decode_head(features[-1]), size)
         if isinstance(return_aux, torch.fx.Proxy):
             # FX tracing: build both outputs and let the graph pick at run time (_select_outputs).

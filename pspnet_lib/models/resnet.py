@@ -230,7 +230,7 @@ class ResNet(nn.Module):
         """
         p = re.escape(prefix)
         stages = rf"^{p}layer(\d+)\." if coarse else rf"^{p}layer(\d+)\.(\d+)\."
-        return {"stem": rf"^{p}(stem|conv1|bn1)\.", "blocks": [(stages, None)]}
+        return {"stem": rf"^{p}(?:stem|conv1|bn1)\.", "blocks": [(stages, None)]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the stem's and each stage's activations in the backward pass instead of storing them."""

@@ -133,7 +133,12 @@ class TimmEncoder(nn.Module):
                 except Exception:
                     return 0
 
-            low, high = 1, 64 * self.output_stride * feature_size
+            high = 1  # doubling, then bisection: a handful of shape-only passes
+            while deepest(high) < feature_size:
+                if high > 64 * self.output_stride * feature_size:
+                    raise ValueError(f"timm:{self.name} gives no {feature_size}-pixel stage at any input size")
+                high *= 2
+            low = high // 2 + 1 if high > 1 else 1
             while low < high:
                 mid = (low + high) // 2
                 low, high = (low, mid) if deepest(mid) >= feature_size else (mid + 1, high)
@@ -167,7 +172,7 @@ class TimmEncoder(nn.Module):
         for child, module in children[first:]:
             units += [child] if coarse else _blocks(child, module)
         return {
-            "stem": rf"^{re.escape(base)}({'|'.join(map(re.escape, stem))})\." if stem else None,
+            "stem": rf"^{re.escape(base)}(?:{'|'.join(map(re.escape, stem))})\." if stem else None,
             "blocks": [(rf"^{re.escape(base + unit)}\.", (i,)) for i, unit in enumerate(units)],
         }
 
@@ -327,16 +332,10 @@ def _measure_side(model: nn.Module, in_channels: int, side: int) -> int:
     return int(last.shape[1] if _returns_nhwc(model) else last.shape[2])
 
 
-def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
-    """``(channels, reduction)`` of every returned stage, from a forward pass on the meta device.
-
-    The parameters are swapped for meta tensors for the call (nothing is computed or allocated); a
-    model that cannot run on the meta device is measured with a real forward pass on a
-    ``PROBE_SIZE`` input in eval mode (no state changes either way).
-    """
-    nhwc = _returns_nhwc(model)
+def _forward_any(model: nn.Module, in_channels: int, side: int) -> list[torch.Tensor]:
+    """:func:`_meta_forward`, or (for a model that cannot run on the meta device) a real eval-mode pass."""
     try:
-        features = _meta_forward(model, in_channels, PROBE_SIZE)
+        return _meta_forward(model, in_channels, side)
     except Exception:
         device = next(chain(model.parameters(), model.buffers())).device
         if device.type == "meta":
@@ -345,14 +344,36 @@ def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
         model.eval()
         try:
             with torch.no_grad():
-                features = model(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE, device=device))
+                return list(model(torch.zeros(1, in_channels, side, side, device=device)))
         finally:
             model.train(was_training)
+
+
+def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
+    """``(channels, reduction)`` of every returned stage, from shape-only forward passes.
+
+    The stride is how much a stage's map grows when the input grows: inputs of ``PROBE_SIZE`` and
+    ``2 * PROBE_SIZE`` give maps of ``h1`` and ``h2`` rows, and the stride is
+    ``PROBE_SIZE / (h2 - h1)``, also for families whose unpadded convolutions lose a border
+    (Inception: 6 and 14 rows, stride 32), where ``PROBE_SIZE / h1`` would not be. The parameters
+    are swapped for meta tensors (nothing computed or allocated); a model that cannot run on the
+    meta device is measured with real eval-mode passes (no state changes either way).
+    """
+    nhwc = _returns_nhwc(model)
+    small, large = (_forward_any(model, in_channels, side) for side in (PROBE_SIZE, 2 * PROBE_SIZE))
     shapes = []
-    for f in features:
-        channels, height = (f.shape[3], f.shape[1]) if nhwc else (f.shape[1], f.shape[2])
-        shapes.append((int(channels), max(1, round(PROBE_SIZE / max(int(height), 1)))))
+    for a, b in zip(small, large):
+        channels, h1, h2 = (a.shape[3], a.shape[1], b.shape[1]) if nhwc else (a.shape[1], a.shape[2], b.shape[2])
+        if int(h2) <= int(h1):
+            raise ValueError(
+                f"its feature maps do not grow with the input ({int(h1)} rows at {PROBE_SIZE}, {int(h2)} at twice that)"
+            )
+        shapes.append((int(channels), max(1, round(PROBE_SIZE / (int(h2) - int(h1))))))
     return shapes
+
+
+#: ``(arch, output_stride, in_channels, settings) -> [(channels, stride), ...]`` measured so far.
+_MEASURED: dict[tuple[str, int, int, str], list[tuple[int, int]]] = {}
 
 
 def _build_and_measure(
@@ -365,21 +386,24 @@ def _build_and_measure(
     """Build and measure; a model whose last stage is not at ``output_stride`` raises :class:`_StrideError`."""
     model = _create(name, output_stride, in_channels, model_kwargs, pretrained)
     what = f"timm:{name} (timm family {timm_family(name.partition('.')[0])})"
+    # The strides depend on the architecture only (not on weights or device): measured once per
+    # process for each, so that the meta-device probe and the real build of a load measure once.
+    key = (name.partition(".")[0], output_stride, in_channels, repr(sorted(model_kwargs.items())))
     try:
-        shapes = _measure(model, in_channels)
+        shapes = _MEASURED[key] if key in _MEASURED else _measure(model, in_channels)
     except Exception as exc:
         raise ValueError(
-            f"{what} cannot run on a {PROBE_SIZE}x{PROBE_SIZE} input ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"{what} cannot run on {PROBE_SIZE}x{PROBE_SIZE} and {2 * PROBE_SIZE}x{2 * PROBE_SIZE} inputs "
+            f"({type(exc).__name__}: {str(exc)[:200]}); "
             "PSPNet needs encoders that take any input size"
         ) from None
     if not shapes:
         raise ValueError(f"{what} returned no feature maps")
+    _MEASURED[key] = shapes
     measured = shapes[-1][1]
     if measured != output_stride:
-        raise _StrideError(
-            f"{what} was asked for output_stride={output_stride} but its last stage is at stride {measured} "
-            "(measured: the family ignores or mis-reports the option)"
-        )
+        asked = "" if output_stride == 32 else f" (it ignores output_stride={output_stride})"
+        raise _StrideError(f"{what} has its last stage at stride {measured}, measured, not {output_stride}{asked}")
     return model, shapes
 
 
