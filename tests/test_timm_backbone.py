@@ -179,24 +179,23 @@ def timm_weights(tmp_path_factory):
     return root / "hf", folder / "model.safetensors", state
 
 
-def test_weights_backbone_from_the_offline_hf_cache(timm_weights, monkeypatch):
+def test_weights_backbone_spellings_from_the_offline_hf_cache(timm_weights, monkeypatch):
+    """ "DEFAULT", a tag, "<model>.<tag>" and "hf-hub:" reach the cached file; nothing is fetched.
+
+    (The model built from them, its pretrained_cfg and training: test_trainer_journey_... below.)"""
     from pspnet_lib.hub.timm_weights import resolve_timm_weights
 
     cache, _, state = timm_weights
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     timm_cfg = timm.models.get_pretrained_cfg("convnext_atto.d2_in1k")
-    model = build_pspnet("timm:convnext_atto", num_classes=3, weights_backbone="DEFAULT", cache_dir=cache, **SMALL)
-    own = model.backbone.model.state_dict()
-    assert torch.equal(own["stages_3.blocks.1.mlp.fc2.weight"], state["stages.3.blocks.1.mlp.fc2.weight"])
-    assert torch.equal(own["stem_0.weight"], state["stem.0.weight"])
-    assert model.pretrained_cfg["mean"] == list(timm_cfg.mean) and model.pretrained_cfg["std"] == list(timm_cfg.std)
-    assert model.pretrained_cfg["backbone_weights"] == "timm:convnext_atto.d2_in1k (hf-hub:timm/convnext_atto.d2_in1k)"
-    assert model.training and model.load_report.reinitialised and not model.load_report.missing
-    # the other spellings reach the same file; an hf-hub: repository's own config.json gives the statistics
-    for spelling in ("d2_in1k", "convnext_atto.d2_in1k", "hf-hub:timm/convnext_atto.d2_in1k"):
+    for spelling in ("DEFAULT", "d2_in1k", "convnext_atto.d2_in1k", "hf-hub:timm/convnext_atto.d2_in1k"):
         found = resolve_timm_weights("timm:convnext_atto", spelling, cache_dir=cache)
         assert torch.equal(found.state_dict["stem.0.weight"], state["stem.0.weight"]), spelling
-    assert found.mean == (0.5, 0.5, 0.5) and found.std == (0.25, 0.25, 0.25)
+        if spelling.startswith("hf-hub:"):  # the repository's own config.json gives the statistics
+            assert found.mean == (0.5, 0.5, 0.5) and found.std == (0.25, 0.25, 0.25)
+        else:  # timm's pretrained config of the tag
+            assert (found.mean, found.std) == (tuple(timm_cfg.mean), tuple(timm_cfg.std))
+            assert found.description == "timm:convnext_atto.d2_in1k (hf-hub:timm/convnext_atto.d2_in1k)"
 
 
 def test_weights_backbone_file_adaptation_and_mismatch(timm_weights):
@@ -234,7 +233,6 @@ def test_saved_model_rebuilds_from_its_folder_alone(tmp_path):
     make_hf_cache(tmp_path / "hf", "me/pspnet-mnv3", folder, "d" * 40)
     for loaded in (
         load_pretrained(folder),
-        PSPNet.from_pretrained(folder),
         load_pretrained("hf-hub:me/pspnet-mnv3", cache_dir=tmp_path / "hf", local_files_only=True),
     ):
         assert loaded.config.backbone == "timm:mobilenetv3_small_050"
@@ -352,6 +350,52 @@ def test_grad_checkpointing_same_gradients_and_batchnorm_statistics_once():
     for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):
         assert torch.equal(a, b), name  # running statistics updated once, not again in the recomputation
     assert all(m.momentum == 0.1 for m in ckpt.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.slow
+def test_trainer_journey_imagenet_weights_amp_checkpointing_then_load(timm_weights, tmp_path, monkeypatch):
+    """The library's trainer on a timm backbone: ImageNet weights from the offline cache, bf16 AMP,
+    gradient checkpointing, two steps, and the saved model rebuilds from its folder."""
+    from pspnet_lib.data.synthetic import write_synthetic_dataset
+    from pspnet_lib.engine.run import TrainingRun
+
+    cache, _, state = timm_weights
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 4, size=(32, 32), seed=0, splits={"train": 1.0})
+    settings = {
+        "dataset": "folder",
+        "model": {"backbone": "timm:convnext_atto", **SMALL},
+        "augment": {"crop_size": [24, 24], "scale_range": [1.0, 1.0]},
+        "train": {
+            "batch_size": 2,
+            "iters": 2,
+            "amp": "bf16",
+            "grad_checkpointing": True,
+            "num_workers": 0,
+            "log_interval": 1,
+            "out_dir": str(tmp_path / "run"),
+        },
+    }
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at call time: never the network
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # the default cache, as HF_HUB_CACHE would set it
+    run = TrainingRun.from_settings(settings, data, weights_backbone="DEFAULT", validate=False)
+    built = run.model
+    assert torch.equal(built.backbone.model.stem_0.weight, state["stem.0.weight"])
+    assert torch.equal(
+        built.backbone.model.stages_3.blocks[1].mlp.fc2.weight, state["stages.3.blocks.1.mlp.fc2.weight"]
+    )
+    timm_cfg = timm.models.get_pretrained_cfg("convnext_atto.d2_in1k")
+    assert built.pretrained_cfg["mean"] == list(timm_cfg.mean) and built.pretrained_cfg["std"] == list(timm_cfg.std)
+    assert built.pretrained_cfg["backbone_weights"] == "timm:convnext_atto.d2_in1k (hf-hub:timm/convnext_atto.d2_in1k)"
+    assert built.load_report.reinitialised and not built.load_report.missing
+    summary = run.fit()
+    assert summary["iteration"] == 2
+    trained = load_pretrained(tmp_path / "run" / "model")
+    assert trained.config.backbone == "timm:convnext_atto"
+    assert trained.pretrained_cfg["mean"] == list(timm.models.get_pretrained_cfg("convnext_atto").mean)
+    assert not torch.equal(trained.backbone.model.stem_0.weight, state["stem.0.weight"])  # it trained
 
 
 def test_amp_step_and_every_parameter_used():
