@@ -238,6 +238,8 @@ def test_saved_model_rebuilds_from_its_folder_alone(tmp_path):
         assert loaded.config.backbone == "timm:mobilenetv3_small_050"
         with torch.no_grad():
             assert torch.equal(loaded(x), expected)
+    result = loaded.predict((torch.rand(3, 40, 48) * 255).to(torch.uint8))  # pictures in, labels out
+    assert result.mask.shape == (40, 48)
 
 
 def test_onnx_at_two_sizes_matches_eager(tiny_convnext, tmp_path):

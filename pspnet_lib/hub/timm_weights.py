@@ -44,7 +44,7 @@ from .hf import hf_file
 from .load_report import LoadReport
 from .serialization import extract_state_dict
 from .sources import parse_hf_source
-from .validation import check_tensors
+from .validation import check_tensors, validate_pretrained_cfg
 
 __all__ = ["build_with_timm_weights", "resolve_timm_weights", "TimmWeights"]
 
@@ -112,7 +112,7 @@ def resolve_timm_weights(
     default_cfg = timm.models.get_pretrained_cfg(arch)
     if revision is not None and not source.startswith("hf-hub:"):
         raise ValueError(f"revision= applies to 'hf-hub:' weights, not to weights_backbone={source!r}")
-    if os.path.exists(source):
+    if source != "DEFAULT" and os.path.exists(source):
         path = Path(source)
         mean, std = _cfg_stats(timm.models.get_pretrained_cfg(name) if own_tag else default_cfg)
         return TimmWeights(_read_tensors(path, str(path), trust_pickle), str(path), mean, std)
@@ -124,7 +124,7 @@ def resolve_timm_weights(
             stored = json.loads(fetch(repo, "config.json", revision=rev).read_text(encoding="utf-8"))
             cfg = stored.get("pretrained_cfg", {}) if isinstance(stored, dict) else {}
             mean, std = _stats(cfg.get("mean"), cfg.get("std"))
-        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError):  # none, not cached offline, not JSON
             logger.info("%s has no readable timm config.json: using %s's default mean/std", source, arch)
         return TimmWeights(_read_tensors(weights_path, source, trust_pickle), source, mean, std)
     tags = [t.partition(".")[2] for t in timm.list_pretrained(arch + ".*")]
@@ -173,10 +173,12 @@ def build_with_timm_weights(
         probe = PSPNet(copy.deepcopy(arch), norm_layer=norm_layer)
     weights = resolve_timm_weights(arch.backbone, weights_backbone, **source_options)
     probe.backbone.check_weights(weights.state_dict)  # before timm loads (and logs) weights that do not fit
-    model = PSPNet(arch, norm_layer=norm_layer, encoder=build_encoder(arch, norm_layer, pretrained=weights.state_dict))
     # timm adapts RGB weights to other channel counts; their statistics are then the generic ones
     stats = weights if arch.in_channels == 3 else PretrainedCfg(in_channels=arch.in_channels)
-    model.pretrained_cfg = {"mean": list(stats.mean), "std": list(stats.std), "backbone_weights": weights.description}
+    cfg = {"mean": list(stats.mean), "std": list(stats.std), "backbone_weights": weights.description}
+    cfg = validate_pretrained_cfg(cfg, weights.description, in_channels=arch.in_channels)  # a repository's values
+    model = PSPNet(arch, norm_layer=norm_layer, encoder=build_encoder(arch, norm_layer, pretrained=weights.state_dict))
+    model.pretrained_cfg = cfg
     names = list(model.state_dict())
     model.load_report = LoadReport(
         loaded=[k for k in names if k.startswith("backbone.")],

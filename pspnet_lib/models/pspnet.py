@@ -83,7 +83,8 @@ class PSPNet(
             ``config`` with random weights (:mod:`pspnet_lib.models.encoders`).
 
     ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input's own size, for any
-    ``H, W >= 1``; ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
+    ``H, W >= 1`` (a timm backbone may need a few pixels more: 8 for ConvNeXt, whose stem
+    patchifies; a smaller input is a ``ValueError`` saying so); ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
     tensor ``(N, in_channels, H, W)``, normalised as the weights expect (ImageNet mean/std for
     every released checkpoint). In training mode ``model(x)`` also runs the auxiliary head and
     joins it to the graph with weight zero, so that ``DistributedDataParallel`` works without

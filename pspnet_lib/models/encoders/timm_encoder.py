@@ -177,30 +177,16 @@ class TimmEncoder(nn.Module):
         }
 
     def no_weight_decay(self) -> set[str]:
-        """The parameters timm's classification model of this name exempts from weight decay, by their names here.
+        """Names (here) of the parameters timm's model exempts from weight decay (position embeddings, ...).
 
-        timm's feature models drop the model's ``no_weight_decay()``; it is read from the model
-        built on the meta device (nothing allocated) and mapped onto this feature model's names.
+        timm's list-style feature models keep only the classification model's modules, not its
+        ``no_weight_decay()``; a feature model that wraps the whole model (``FeatureGetterNet``, as
+        ``model.model``) answers through it. None of the families that reach output stride 8 or 16
+        has such parameters (norms and biases are exempted by timm's optimiser factory anyway).
         """
-        timm = require_timm()
-        kwargs = dict(self.model_kwargs, in_chans=self.in_channels)
-        if self.output_stride != 32:
-            kwargs["output_stride"] = self.output_stride
-        with torch.device("meta"):
-            full = timm.create_model(self.name.partition(".")[0], **kwargs)
-        own = getattr(full, "no_weight_decay", None)
-        exempt = {str(e) for e in own()} if callable(own) else set()
-        if not exempt:
-            return set()
-        mine = {n for n, _ in self.model.named_parameters()}
-        found = set()
-        for name, _ in full.named_parameters():
-            if name == "" or not any(name == e or name.startswith(e + ".") or e in name.split(".") for e in exempt):
-                continue
-            for candidate in (name, name.replace(".", "_", 1)):
-                if candidate in mine:
-                    found.add(f"model.{candidate}")
-        return found
+        whole = getattr(self.model, "model", None)
+        own = getattr(whole, "no_weight_decay", None)
+        return {f"model.model.{name}" for name in own()} if callable(own) else set()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
