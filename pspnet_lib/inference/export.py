@@ -172,7 +172,7 @@ def _dims(model: nn.Module, dynamic: bool, height: int, width: int) -> dict[str,
     if height < smallest or width < smallest:
         raise ValueError(
             f"a dynamic export needs an example of at least {smallest}x{smallest} pixels "
-            f"(output_stride + 1), got {height}x{width}"
+            f"(min_input_size(model): output_stride + 1 for ResNets), got {height}x{width}"
         )
     dim = torch.export.Dim
     if callable(getattr(getattr(model, "backbone", None), "min_input_size", None)):

@@ -358,7 +358,7 @@ def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
     return shapes
 
 
-#: ``(arch, output_stride, in_channels, settings) -> [(channels, stride), ...]`` measured so far.
+#: ``(name, output_stride, in_channels, settings) -> [(channels, stride), ...]`` measured so far.
 _MEASURED: dict[tuple[str, int, int, str], list[tuple[int, int]]] = {}
 
 
@@ -374,7 +374,8 @@ def _build_and_measure(
     what = f"timm:{name} (timm family {timm_family(name.partition('.')[0])})"
     # The strides depend on the architecture only (not on weights or device): measured once per
     # process for each, so that the meta-device probe and the real build of a load measure once.
-    key = (name.partition(".")[0], output_stride, in_channels, repr(sorted(model_kwargs.items())))
+    # (The full name: a pretrained tag may set a fixed input size.)
+    key = (name, output_stride, in_channels, repr(sorted(model_kwargs.items())))
     try:
         shapes = _MEASURED[key] if key in _MEASURED else _measure(model, in_channels)
     except Exception as exc:
