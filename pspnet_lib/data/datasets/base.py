@@ -233,13 +233,15 @@ class SegmentationDataset(Dataset):
                 check before training, as ``pspnet train`` does); ``None`` reads all.
             warn_absent: log a warning naming the classes that never occur in what was read.
 
-        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
+        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count,
+        "sizes": [(height, width) of each picture read]}`` (sizes after EXIF orientation).
         Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
         that never occur (often masks written with other values, e.g. 0/255 binary masks).
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
         seen: set[int] = set()
+        sizes: list[tuple[int, int]] = []
         errors: list[str] = []
         indices: Sequence[int] = range(len(self))
         if max_images is not None and len(self) > max_images:
@@ -252,6 +254,7 @@ class SegmentationDataset(Dataset):
                 if len(errors) >= max_errors:
                     break
                 continue
+            sizes.append((int(mask.shape[-2]), int(mask.shape[-1])))
             values = mask.numpy().ravel()
             if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
                 seen.update(int(v) for v in np.unique(values))
@@ -277,7 +280,7 @@ class SegmentationDataset(Dataset):
             elif ignored:
                 hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
             logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
-        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored, "sizes": sizes}
 
 
 def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
