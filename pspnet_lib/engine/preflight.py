@@ -221,4 +221,4 @@ def one_size_collate(batch: Sequence[Any]) -> Any:
                 f"a training batch holds pictures of {len(sizes)} sizes ({shown}, HxW) but a batch stacks pictures of "
                 "one size: crop them (train_transforms(crop_size=...); CLI: --crop-size N) or use batch_size=1"
             )
-    return default_collate(batch)
+    return default_collate(list(batch))
