@@ -245,7 +245,7 @@ def mask_fill_values(transform: Any) -> set[int]:
         fill = step.fill
         if isinstance(fill, dict):
             fill = fill.get(tv_tensors.Mask, fill.get("others", 0))
-        if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        if isinstance(fill, (int, float)) and not isinstance(fill, bool):
             found.add(int(fill))
         elif fill is None:
             found.add(0)
