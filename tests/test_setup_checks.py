@@ -109,7 +109,7 @@ def test_mixed_sizes_without_a_crop_are_one_line_naming_crop_size(tmp_path, capl
     assert main(argv) == 1
     message = caplog.records[-1].getMessage()
     assert "no --crop-size and --batch-size 2" in message and "3 sizes (32x40, 40x40, 48x32, HxW)" in message
-    assert "--crop-size 32,40" in message and "\n" not in message
+    assert "--crop-size 32,32 (fits every picture read)" in message and "\n" not in message
     # A Trainer built by hand: the first batch says it in one sentence, not PyTorch's stack error.
     plain = FolderDataset(root, transforms=train_transforms(None, scale_range=None, rotation=0, blur_p=0))
     trainer = Trainer(

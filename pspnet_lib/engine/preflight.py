@@ -152,13 +152,13 @@ def check_batching(augment: Mapping[str, Any], sizes: Sequence[tuple[int, int]],
         why = "the random scale gives every picture its own size"
     else:
         return
-    smallest = min(distinct) if distinct else (512, 512)
+    fits = [min(h for h, _ in distinct), min(w for _, w in distinct)] if distinct else [512, 512]
     raise SettingError(
         f"no {{crop_size}} and {{batch_size=}}, but {why}: a batch stacks pictures of one size. Crop them, e.g. "
-        "{crop_size=} (the smallest picture read), or train one picture per step with a batch size of 1 "
+        "{crop_size=} (fits every picture read), or train one picture per step with a batch size of 1 "
         "(grad_accum keeps the images per step)",
         batch_size=batch_size,
-        crop_size=list(smallest),
+        crop_size=fits,
     )
 
 
