@@ -212,9 +212,9 @@ def check_mask_fill(transforms: Any, ignore_index: int, num_classes: int) -> Non
 def one_size_collate(batch: Sequence[Any]) -> Any:
     """``torch.utils.data.default_collate`` that refuses pictures of several sizes with one line
     naming the sizes and the fix, instead of PyTorch's "stack expects each tensor to be equal size"."""
-    first = batch[0] if batch else None
-    if isinstance(first, (tuple, list)) and first and isinstance(first[0], torch.Tensor):
-        sizes = sorted({tuple(sample[0].shape[-2:]) for sample in batch})
+    images = [sample["image"] if isinstance(sample, Mapping) else sample[0] for sample in batch]
+    if images and all(isinstance(image, torch.Tensor) for image in images):
+        sizes = sorted({tuple(image.shape[-2:]) for image in images})
         if len(sizes) > 1:
             shown = ", ".join(f"{h}x{w}" for h, w in sizes[:4])
             raise ValueError(
