@@ -79,10 +79,9 @@ def _warn_orientation(image_path: Path, mask_path: Path, tag: int) -> None:
         return
     more = " (further pictures like it are not named)" if count == _ORIENTATION_WARNINGS else ""
     logger.warning(
-        "%s: its EXIF orientation %d turns it a quarter turn (width and height swap), but its mask %s has the stored "
-        "size; "
-        "using the stored pixels, as the mask was drawn on them. Viewers, labelling tools and predict show the "
-        "picture turned: if that is how it was labelled, the mask is wrong%s",
+        "%s: its EXIF orientation %d turns it a quarter turn (width and height swap), but its mask %s has the "
+        "stored size; using the stored pixels, as the mask was drawn on them. Viewers, labelling tools and predict "
+        "show the picture turned: if that is how it was labelled, the mask is wrong%s",
         image_path,
         tag,
         mask_path,
