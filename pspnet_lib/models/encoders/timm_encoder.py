@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from itertools import chain
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from .._utils import guard_running_stats_in_recompute
 from .static_padding import make_same_padding_static
+from .stride_probe import PROBE_SIZE, deepest_side, measure_strides, returns_nhwc
 from .timm_names import require_timm, timm_family
 
 __all__ = ["TimmEncoder", "OUTPUT_STRIDES", "PROBE_SIZE"]
@@ -33,11 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: The output strides a PSPNet may ask of an encoder (as for ResNets).
 OUTPUT_STRIDES = (8, 16, 32)
-
-#: Side of the (meta-device) probe input whose feature sizes give each stage's stride: a multiple
-#: of 32, and not the 224 most models were trained at, so that an encoder that only runs at its
-#: training size is caught here (PSPNet takes any input size).
-PROBE_SIZE = 256
 
 
 class TimmEncoder(nn.Module):
@@ -87,7 +81,7 @@ class TimmEncoder(nn.Module):
         self.model_kwargs = dict(model_kwargs or {})
         self.model, shapes = _build_checked(name, output_stride, in_channels, dict(model_kwargs or {}), pretrained)
         make_same_padding_static(self.model)  # dynamic-size export of dilated stages (torch.export)
-        self.nhwc = _returns_nhwc(self.model)
+        self.nhwc = returns_nhwc(self.model)
         modules = [info.get("module", "") for info in self.model.feature_info.get_dicts()]
         self.feature_info: list[dict] = [
             {"num_chs": channels, "reduction": reduction, "module": module}
@@ -129,7 +123,7 @@ class TimmEncoder(nn.Module):
 
             def deepest(side: int) -> int:
                 try:
-                    return _measure_side(self.model, self.in_channels, side)
+                    return deepest_side(self.model, self.in_channels, side)
                 except Exception:
                     return 0
 
@@ -218,11 +212,6 @@ def _blocks(name: str, module: nn.Module) -> list[str]:
     return units or [name]
 
 
-def _returns_nhwc(model: nn.Module) -> bool:
-    fmt = getattr(model, "output_fmt", "NCHW")
-    return str(getattr(fmt, "value", fmt)) == "NHWC"
-
-
 def _create(
     name: str,
     output_stride: int,
@@ -296,68 +285,6 @@ class _StrideError(ValueError):
     """The family cannot give the output stride asked for (the message says how)."""
 
 
-def _meta_forward(model: nn.Module, in_channels: int, side: int) -> list[torch.Tensor]:
-    """``model`` on a ``(1, in_channels, side, side)`` meta tensor, parameters swapped for meta ones (eval mode)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            meta = {
-                key: torch.empty_like(value, device="meta")
-                for key, value in chain(model.named_parameters(), model.named_buffers())
-            }
-            probe = torch.empty(1, in_channels, side, side, device="meta")
-            return list(functional_call(model, meta, (probe,), strict=False, tie_weights=True))
-    finally:
-        model.train(was_training)
-
-
-def _measure_side(model: nn.Module, in_channels: int, side: int) -> int:
-    """Height of the deepest feature map for a ``side`` x ``side`` input (meta device)."""
-    last = _meta_forward(model, in_channels, side)[-1]
-    return int(last.shape[1] if _returns_nhwc(model) else last.shape[2])
-
-
-def _forward_any(model: nn.Module, in_channels: int, side: int) -> list[torch.Tensor]:
-    """:func:`_meta_forward`, or (for a model that cannot run on the meta device) a real eval-mode pass."""
-    try:
-        return _meta_forward(model, in_channels, side)
-    except Exception:
-        device = next(chain(model.parameters(), model.buffers())).device
-        if device.type == "meta":
-            raise
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return list(model(torch.zeros(1, in_channels, side, side, device=device)))
-        finally:
-            model.train(was_training)
-
-
-def _measure(model: nn.Module, in_channels: int) -> list[tuple[int, int]]:
-    """``(channels, reduction)`` of every returned stage, from shape-only forward passes.
-
-    The stride is how much a stage's map grows when the input grows: inputs of ``PROBE_SIZE`` and
-    ``2 * PROBE_SIZE`` give maps of ``h1`` and ``h2`` rows, and the stride is
-    ``PROBE_SIZE / (h2 - h1)``, also for families whose unpadded convolutions lose a border
-    (Inception: 6 and 14 rows, stride 32), where ``PROBE_SIZE / h1`` would not be. The parameters
-    are swapped for meta tensors (nothing computed or allocated); a model that cannot run on the
-    meta device is measured with real eval-mode passes (no state changes either way).
-    """
-    nhwc = _returns_nhwc(model)
-    small, large = (_forward_any(model, in_channels, side) for side in (PROBE_SIZE, 2 * PROBE_SIZE))
-    shapes = []
-    for a, b in zip(small, large):
-        channels, h1, h2 = (a.shape[3], a.shape[1], b.shape[1]) if nhwc else (a.shape[1], a.shape[2], b.shape[2])
-        if int(h2) <= int(h1):
-            raise ValueError(
-                f"its feature maps do not grow with the input ({int(h1)} rows at {PROBE_SIZE}, {int(h2)} at twice that)"
-            )
-        shapes.append((int(channels), max(1, round(PROBE_SIZE / (int(h2) - int(h1))))))
-    return shapes
-
-
 #: ``(name, output_stride, in_channels, settings) -> [(channels, stride), ...]`` measured so far.
 _MEASURED: dict[tuple[str, int, int, str], list[tuple[int, int]]] = {}
 
@@ -377,7 +304,7 @@ def _build_and_measure(
     # (The full name: a pretrained tag may set a fixed input size.)
     key = (name, output_stride, in_channels, repr(sorted(model_kwargs.items())))
     try:
-        shapes = _MEASURED[key] if key in _MEASURED else _measure(model, in_channels)
+        shapes = _MEASURED[key] if key in _MEASURED else measure_strides(model, in_channels)
     except Exception as exc:
         raise ValueError(
             f"{what} cannot run on {PROBE_SIZE}x{PROBE_SIZE} and {2 * PROBE_SIZE}x{2 * PROBE_SIZE} inputs "
