@@ -257,6 +257,7 @@ def test_onnx_at_two_sizes_matches_eager(tiny_convnext, tmp_path):
         assert abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_torch_export_dynamic_sizes_of_a_dilated_convnext(tiny_convnext):
     """ConvNeXt at output stride 8 has a "SAME"-padded dilated convolution and a stem that rounds down:
     the export keeps height and width dynamic from the smallest size the encoder takes (16)."""
