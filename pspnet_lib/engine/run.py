@@ -305,6 +305,7 @@ class TrainingRun:
                 f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
+        config.check_num_classes(num_classes)  # a class-weight list of another length, before the model is built
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
         cfg = PretrainedCfg.of(model)
         mean, std = list(cfg.mean), list(cfg.std)
