@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .inference.visualize import load_font
 
 __all__ = ["run_demo", "run_weights_demo", "draw_training_curve", "constant_prediction_miou", "nice_ticks"]
 
@@ -90,13 +92,6 @@ def _tick_label(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e5 else f"{value:.0e}"
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:  # Pillow >= 10.1 with FreeType: a scalable font whose spaces have a visible width
-        return ImageFont.load_default(size=size)
-    except TypeError:  # older Pillow: the bitmap font
-        return ImageFont.load_default()
-
-
 def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int] = (720, 400)) -> Image.Image:
     """Training loss per logged iteration (blue line, left axis) and validation mIoU (orange, right axis, %).
 
@@ -106,7 +101,7 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
     left, right, top, bottom = 64, 64, 44, 48
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
-    font, title_font = _font(13), _font(15)
+    font, title_font = load_font(13), load_font(15)
     train = [
         (h["iter"], h["loss"]) for h in history if h.get("type") == "train" and math.isfinite(h.get("loss", math.nan))
     ]
@@ -275,7 +270,7 @@ def run_demo(
         "RGB", (max([r.width for r in rows] + [0]) + key.width + 8, sum(r.height + 4 for r in rows) + 20), "white"
     )
     ImageDraw.Draw(grid).text(
-        (4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=_font(13)
+        (4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=load_font(13)
     )
     y = 20
     for row in rows:
