@@ -110,7 +110,7 @@ def test_decode_head_loss_lists_and_ohem_equal_mmsegmentation(case):
         assert close(value, reference)
     assert close(terms["loss"], sum(entry["losses"].values()))
     if sampler is not None:
-        kept = ours.sampler.sample(LOGITS, LABELS["labels"], ours._pixel_losses)
+        kept = ours.sampler.sample(LOGITS, LABELS["labels"], ours.pixel_losses)
         assert torch.equal(kept.long(), torch.tensor(entry["kept"]))
 
 

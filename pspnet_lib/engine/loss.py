@@ -188,7 +188,7 @@ class PSPNetLoss(nn.Module):
             total = total + value
         return {name: total, **values} if len(parts) > 1 else {name: total}
 
-    def _pixel_losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """What OHEM without a threshold ranks pixels by: the main per-pixel terms' losses, summed."""
         terms = [term for term in self._main_terms if term.per_pixel]
         return torch.stack([term.pixel_losses(logits, target) for term in terms]).sum(0)
@@ -212,7 +212,7 @@ class PSPNetLoss(nn.Module):
         pixel_weight = None
         if self.sampler is not None:
             self._check_shapes(main, target, "main")
-            pixel_weight = self.sampler.sample(main, target, self._pixel_losses)
+            pixel_weight = self.sampler.sample(main, target, self.pixel_losses)
         terms = self._head(self._main_terms, main, target, "main", pixel_weight)
         loss = terms["main"]
         if aux is not None and self.aux_weight > 0:

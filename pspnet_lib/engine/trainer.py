@@ -70,12 +70,12 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             ``class_weight``, ``sampler``, ``aux_weight`` and ``ignore_index``; called as
             ``loss_fn(outputs, masks)`` where ``outputs`` is ``(main, aux)`` (or the logits
             without an auxiliary head) and may return a Tensor or a dict with ``"loss"``.
+        collate_fn: DataLoader collate function (default stacking).
 
-    A ``config.class_weight`` rule (``"auto"``, ``"inverse_log"``) is computed here from the
+    A ``config.class_weight`` rule (``"auto"``, ``"median_frequency"``) is computed here from the
     training masks (one pass, rank 0, with a progress bar; see :mod:`.class_weights`) and replaced
     by the weights, which ``train_config.json``, the checkpoints and the saved model's
     ``pretrained_cfg`` (``class_weight``, ``class_weight_rule``) then record.
-        collate_fn: DataLoader collate function (default stacking).
 
     ``fit()`` returns a summary dict: ``iteration``, ``metrics`` (last validation), ``best_miou``,
     ``checkpoint`` and ``model_dir`` paths, and ``history``.

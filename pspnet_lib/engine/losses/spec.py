@@ -135,6 +135,22 @@ def _entries(spec: Any, what: str) -> list[dict[str, Any]]:
     raise ValueError(f"{what} must be a spec line ({_EXAMPLE}) or a list of {{'type': ...}} dicts, got {spec!r}")
 
 
+def _checked_name(
+    entry: dict[str, Any], registry: Mapping[str, type], aliases: Mapping[str, str], what: str, kind: str, known: str
+) -> str:
+    """The canonical name of ``entry["type"]`` (removed from ``entry``); ``ValueError`` for an unknown
+    name or an option the class does not take."""
+    name = str(entry.pop("type", "")).strip().lower()
+    name = aliases.get(name, name)
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; expected {known}" if name else f"a {what} needs a 'type' ({known})")
+    allowed = _options(registry[name])
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise ValueError(f"the {name} {kind} has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
+    return name
+
+
 def parse_loss(spec: str | Mapping[str, Any] | Sequence[Any]) -> list[dict[str, Any]]:
     """The canonical form of a loss spec: ``[{"type": NAME, "loss_weight": W, **options}, ...]``.
 
@@ -147,16 +163,7 @@ def parse_loss(spec: str | Mapping[str, Any] | Sequence[Any]) -> list[dict[str, 
     """
     canonical = []
     for entry in _entries(spec, "loss"):
-        name = str(entry.pop("type", "")).strip().lower()
-        if not name:
-            raise ValueError(f"a loss term needs a 'type' ({_known_terms()}), got {entry!r}")
-        name = ALIASES.get(name, name)
-        if name not in TERMS:
-            raise ValueError(f"unknown loss term {name!r}; expected one of {_known_terms()}")
-        allowed = _options(TERMS[name])
-        unknown = sorted(set(entry) - set(allowed))
-        if unknown:
-            raise ValueError(f"the {name} loss has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
+        name = _checked_name(entry, TERMS, ALIASES, "loss term", "loss", f"one of {_known_terms()}")
         options = {"loss_weight": 1.0, **entry}
         if isinstance(options["loss_weight"], int) and not isinstance(options["loss_weight"], bool):
             options["loss_weight"] = float(options["loss_weight"])
@@ -190,14 +197,7 @@ def parse_sampler(spec: str | Mapping[str, Any] | None) -> dict[str, Any] | None
     if entry.get("loss_weight", 1.0) != 1.0:
         raise ValueError(f"a sampler takes no weight, got {spec!r}")
     entry.pop("loss_weight", None)
-    name = str(entry.pop("type", "")).strip().lower()
-    name = _SAMPLER_ALIASES.get(name, name)
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; expected {', '.join(SAMPLERS)}")
-    allowed = _options(SAMPLERS[name])
-    unknown = sorted(set(entry) - set(allowed))
-    if unknown:
-        raise ValueError(f"the {name} sampler has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
+    name = _checked_name(entry, SAMPLERS, _SAMPLER_ALIASES, "sampler", "sampler", ", ".join(SAMPLERS))
     try:
         return SAMPLERS[name](**entry).to_dict()
     except (TypeError, ValueError) as error:
