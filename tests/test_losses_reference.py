@@ -36,7 +36,9 @@ CW = REF["class_weight"]
 
 def close(ours: torch.Tensor, reference: float) -> bool:
     """Equal to float32 rounding (the references are float32 results of other code)."""
-    return math.isclose(float(ours.detach()) if isinstance(ours, torch.Tensor) else ours, reference, rel_tol=2e-6, abs_tol=1e-7)
+    return math.isclose(
+        float(ours.detach()) if isinstance(ours, torch.Tensor) else ours, reference, rel_tol=2e-6, abs_tol=1e-7
+    )
 
 
 # (term, labels, reference source, reference key)
@@ -68,9 +70,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "term, labels, source, key", CASES, ids=[f"{c[0].name}-{c[2]}-{c[3]}-{c[1]}" for c in CASES]
-)
+@pytest.mark.parametrize("term, labels, source, key", CASES, ids=[f"{c[0].name}-{c[2]}-{c[3]}-{c[1]}" for c in CASES])
 def test_term_equals_its_reference(term, labels, source, key):
     assert close(term(LOGITS, LABELS[labels]), REF[source][key])
     # loss_weight scales the value, as mmsegmentation's loss_weight does
@@ -86,7 +86,11 @@ def _spec_of(loss_decode):
     for entry in entries:
         if entry["type"] == "CrossEntropyLoss":
             spec.append(
-                {"type": "ce", "loss_weight": entry["loss_weight"], "avg_non_ignore": entry.get("avg_non_ignore", False)}
+                {
+                    "type": "ce",
+                    "loss_weight": entry["loss_weight"],
+                    "avg_non_ignore": entry.get("avg_non_ignore", False),
+                }
             )
         else:
             spec.append({"type": "lovasz", "loss_weight": entry["loss_weight"]})
@@ -102,7 +106,9 @@ def test_decode_head_loss_lists_and_ohem_equal_mmsegmentation(case):
     ours = PSPNetLoss(
         aux_weight=0,
         loss=_spec_of(entry["loss_decode"]),
-        sampler=None if sampler is None else {"type": "ohem", "thresh": sampler["thresh"], "min_kept": sampler["min_kept"]},
+        sampler=None
+        if sampler is None
+        else {"type": "ohem", "thresh": sampler["thresh"], "min_kept": sampler["min_kept"]},
     )
     terms = ours.components(LOGITS, LABELS["labels"])
     values = [v for k, v in terms.items() if k.startswith("main.")] or [terms["main"]]
@@ -172,7 +178,11 @@ def test_spec_line_and_list_forms_are_the_same():
     assert parse_loss(line)[1] == {"type": "dice", "loss_weight": 0.5, "smooth": 1}
     assert parse_loss(describe_loss(line)) == parse_loss(line)
     assert parse_sampler("ohem") == {"type": "ohem", "thresh": None, "min_kept": 100000}  # mmseg's defaults
-    assert parse_sampler({"type": "OHEMPixelSampler", "thresh": 0.7}) == {"type": "ohem", "thresh": 0.7, "min_kept": 100000}
+    assert parse_sampler({"type": "OHEMPixelSampler", "thresh": 0.7}) == {
+        "type": "ohem",
+        "thresh": 0.7,
+        "min_kept": 100000,
+    }
     assert parse_sampler("none") is None
 
 

@@ -39,6 +39,7 @@ from .class_weights import DEFAULT_RULE, compute_class_weights
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
+from .preflight import check_mask_fill, one_size_collate
 from .sampler import InfiniteSampler, SeededDataset, set_seed, usable_workers
 from .trainer_report import Meter, ReportMixin
 from .trainer_state import CheckpointMixin
@@ -70,7 +71,8 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             ``class_weight``, ``sampler``, ``aux_weight`` and ``ignore_index``; called as
             ``loss_fn(outputs, masks)`` where ``outputs`` is ``(main, aux)`` (or the logits
             without an auxiliary head) and may return a Tensor or a dict with ``"loss"``.
-        collate_fn: DataLoader collate function (default stacking).
+        collate_fn: DataLoader collate function (default: stacking, with a one-line error for
+            pictures of several sizes in one batch).
 
     A ``config.class_weight`` rule (``"auto"``, ``"median_frequency"``) is computed here from the
     training masks (one pass, rank 0, with a progress bar; see :mod:`.class_weights`) and replaced
@@ -104,7 +106,8 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self.collate_fn = collate_fn
+        self._check_setup(model, loss_fn)
+        self.collate_fn = collate_fn or one_size_collate
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.class_weight_rule: str | None = None
@@ -177,6 +180,29 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             )
         self.class_weight_rule = DEFAULT_RULE if c.class_weight == "auto" else c.class_weight
         return c.replace(class_weight=weights)
+
+    def _check_setup(self, model: nn.Module, loss_fn: Callable[..., Any] | None) -> None:
+        """Refuse, before any work, a set-up that cannot learn or would stop at its first batches
+        (see :mod:`.preflight`): one class with the cross-entropy loss, datasets whose ignore index
+        is not the config's, transforms that pad masks with a value that is no class."""
+        ignore = self.config.ignore_index
+        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+        if loss_fn is None and num_classes is not None and num_classes < 2:
+            raise ValueError(
+                f"the model predicts {num_classes} class: a 1-class softmax always predicts it (cross-entropy 0, mIoU "
+                "100, nothing learnt). Build it for 2 classes (background + object; binary masks saved as 0/255: "
+                "label_map={255: 1}), or pass a loss_fn made for one output"
+            )
+        for role, dataset in (("training", self.train_dataset), ("validation", self.val_dataset)):
+            theirs = getattr(dataset, "ignore_index", None)
+            if isinstance(theirs, int) and theirs != ignore:
+                raise ValueError(
+                    f"the {role} dataset marks unscored pixels {theirs} but TrainConfig.ignore_index is {ignore}; "
+                    f"set one value for both (e.g. TrainConfig(ignore_index={theirs}))"
+                )
+        transforms = getattr(self.train_dataset, "transforms", None)
+        if transforms is not None and num_classes is not None:
+            check_mask_fill(transforms, ignore, num_classes)
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         config = self.config

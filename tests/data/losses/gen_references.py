@@ -52,7 +52,9 @@ labels[0, :2, :] = 255
 labels[1, :, :3] = 255
 # The same labels with no ignore pixel (mmseg's class-weighted cross-entropy crashes on 255).
 labels_no_ignore = labels.clone()
-labels_no_ignore[labels == 255] = torch.randint(0, K, (int((labels == 255).sum()),), generator=torch.Generator().manual_seed(1))
+labels_no_ignore[labels == 255] = torch.randint(
+    0, K, (int((labels == 255).sum()),), generator=torch.Generator().manual_seed(1)
+)
 cw = [0.5, 1.0, 2.0, 0.8, 3.0]
 out = {
     "shape": [N, K, H, W],
@@ -94,15 +96,20 @@ out["labels_without_class_4"] = labels_no4.tolist()
 m["lovasz_absent_class_present"] = LovaszLoss(loss_type="multi_class", per_image=False, reduction="none")(
     logits, labels_no4, ignore_index=255
 ).item()
-m["lovasz_absent_class_all"] = LovaszLoss(
-    loss_type="multi_class", classes="all", per_image=False, reduction="none"
-)(logits, labels_no4, ignore_index=255).item()
+m["lovasz_absent_class_all"] = LovaszLoss(loss_type="multi_class", classes="all", per_image=False, reduction="none")(
+    logits, labels_no4, ignore_index=255
+).item()
 
 
 # --- mmsegmentation's decode head: loss_decode lists and the OHEM pixel sampler -----------------
 def head_losses(loss_decode, sampler=None):
     head = FCNHead(
-        in_channels=4, channels=4, num_convs=1, num_classes=K, loss_decode=loss_decode, sampler=sampler,
+        in_channels=4,
+        channels=4,
+        num_convs=1,
+        num_classes=K,
+        loss_decode=loss_decode,
+        sampler=sampler,
         align_corners=False,
     )
     samples = []
@@ -119,8 +126,10 @@ def head_losses(loss_decode, sampler=None):
 
 cases = {
     "ce+0.5lovasz": (
-        [dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),
-         dict(type="LovaszLoss", loss_weight=0.5, reduction="none")],
+        [
+            dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),
+            dict(type="LovaszLoss", loss_weight=0.5, reduction="none"),
+        ],
         None,
     ),
 }
