@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..core.constants import IGNORE_INDEX
-from .losses import LossTerm, build_loss_terms, build_sampler, describe_loss
+from .losses import LossTerm, build_loss_terms, build_sampler
 
 __all__ = ["PSPNetLoss", "check_target"]
 
@@ -140,8 +140,7 @@ class PSPNetLoss(nn.Module):
         self.sampler = build_sampler(sampler, self.ignore_index)
         if self.sampler is not None and not any(term.per_pixel for term in self._main_terms):
             raise ValueError(
-                f"the OHEM sampler weights per-pixel terms, but the loss {describe_loss(loss)!r} has none: "
-                "add cross_entropy or focal"
+                "the OHEM sampler weights per-pixel terms, but the loss has none: add cross_entropy or focal"
             )
 
     @property

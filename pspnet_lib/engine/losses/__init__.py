@@ -9,7 +9,6 @@ from .spec import (
     TERMS,
     build_loss_terms,
     build_sampler,
-    describe_loss,
     parse_loss,
     parse_sampler,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "build_loss_terms",
     "build_sampler",
     "check_class_weight",
-    "describe_loss",
     "parse_loss",
     "parse_sampler",
 ]

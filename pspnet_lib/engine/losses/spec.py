@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +32,6 @@ __all__ = [
     "TERMS",
     "build_loss_terms",
     "build_sampler",
-    "describe_loss",
     "parse_loss",
     "parse_sampler",
 ]
@@ -228,23 +226,3 @@ def build_sampler(spec: str | Mapping[str, Any] | None, ignore_index: int = IGNO
         return None
     options = dict(canonical)
     return SAMPLERS[options.pop("type")](ignore_index=ignore_index, **options)
-
-
-def describe_loss(spec: str | Mapping[str, Any] | Sequence[Any]) -> str:
-    """A spec as one line (``cross_entropy + 0.5*dice(smooth=1.0)``): the form ``--loss`` takes."""
-    parts = []
-    for entry in parse_loss(spec):
-        options = {k: v for k, v in entry.items() if k not in ("type", "loss_weight")}
-        weight = entry["loss_weight"]
-        scale = "" if weight == 1.0 else f"{weight:g}*"
-        args = ", ".join(f"{k}={_word(v)}" for k, v in options.items())
-        parts.append(f"{scale}{entry['type']}" + (f"({args})" if args else ""))
-    return " + ".join(parts)
-
-
-def _word(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:g}"
-    return repr(value) if isinstance(value, str) else str(value)
