@@ -61,7 +61,7 @@ LIMITS: dict[str, Limit] = {
         Limit("config_values", 200_000, "", "values an mmseg config text expands to (names used inside names counted each time)"),
         Limit("model_bytes", 1 * _GiB, "bytes", "parameters and buffers of a model built from a file"),
         Limit("memory", 0.0, "bytes", "estimated memory of a model and one inference at its protocol (default: 75% of this machine's memory)"),
-        Limit("whole_image_pixels", 4096 * 4096, "pixels", "pixels one whole-image inference runs at (after resizing, at the largest scale)"),
+        Limit("whole_image_pixels", 4096 * 4096, "pixels", "pixels of one picture segmented without tiles, and of its largest whole-image run (after resizing, at the largest scale)"),
         Limit("slide_windows", 4096, "", "sliding windows of one image at one scale"),
         Limit("download_seconds", 3600, "seconds", "overall time of one download"),
     )
@@ -135,8 +135,8 @@ def format_amount(value: float, unit: str) -> str:
 def check_limit(name: str, needed: float, what: str, advice: str = "") -> None:
     """Raise :class:`ResourceLimitError` if ``needed`` exceeds limit ``name``.
 
-    The message is one line: ``"{what} needs {needed}, more than the limit of {limit} ({ENV}=... raises
-    it{advice})"``; ``what`` names the input (a file, a picture), ``advice`` may add a better way out
+    The message is one line: ``"{what} needs {needed}: over the limit of {limit} on {limit.what};
+    {advice}; if you trust this input, raise the limit with the environment variable {ENV} (e.g. ...)"``; ``what`` names the input (a file, a picture), ``advice`` may add a better way out
     (e.g. tiled inference). Returns silently within the limit.
     """
     limit = LIMITS[name]
@@ -144,9 +144,9 @@ def check_limit(name: str, needed: float, what: str, advice: str = "") -> None:
     if needed <= value:
         return
     raise ResourceLimitError(
-        f"{what} needs {format_amount(needed, limit.unit)} ({limit.what}), more than the limit of "
-        f"{format_amount(value, limit.unit)}; {advice}{'; ' if advice else ''}if you trust this input, raise the "
-        f"limit with the environment variable {limit.env} (e.g. {limit.env}={_example(needed, limit.unit)})",
+        f"{what} needs {format_amount(needed, limit.unit)}: over the limit of {format_amount(value, limit.unit)} on "
+        f"{limit.what}; {advice}{'; ' if advice else ''}if you trust this input, raise the limit with the environment "
+        f"variable {limit.env} (e.g. {limit.env}={_example(needed, limit.unit)})",
         limit,
         needed,
     )
