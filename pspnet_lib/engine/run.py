@@ -39,6 +39,7 @@ from . import distributed as D
 from .config import SettingError, TrainConfig, auto_amp
 from .sampler import set_seed
 from .trainer import Trainer
+from .trainer_state import RUN_FILES
 
 __all__ = [
     "FOLDER_OPTIONS",
@@ -56,14 +57,6 @@ logger = logging.getLogger(__name__)
 #: How many training samples are read before a run starts (spread over the dataset).
 PREFLIGHT_SAMPLES = 32
 #: What a run writes directly into its directory (besides ``checkpoints/``).
-RUN_FILES = (
-    "train_config.json",
-    "history.json",
-    "metrics.json",
-    "model/config.json",
-    "model/model.safetensors",
-    "model/README.md",
-)
 #: ``build_dataset`` options that only the ``folder`` dataset takes.
 FOLDER_OPTIONS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colours")
 _SECTIONS = ("dataset", "num_classes", "model", "augment", "train", "gpus")

@@ -32,7 +32,7 @@ from .resolved import (
     _fill_stats,
     _has_head,
 )
-from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
+from .serialization import CheckpointError, check_content_digest, extract_state_dict, read_checkpoint, read_safetensors
 from .validation import warn_unknown
 
 __all__ = ["read_pretrained_folder"]
@@ -245,6 +245,7 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if fmt in (None, "pspnet_lib") and _is_train_checkpoint(obj):
         # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
         # protocol); the weights alone cannot tell align_corners, dilations or output stride.
+        check_content_digest(obj, str(path))
         tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
         config, pretrained_cfg = _checked_record(obj["model_config"], obj.get("pretrained_cfg"), str(path))
         _fill_stats(pretrained_cfg, config)
