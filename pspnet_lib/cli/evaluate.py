@@ -62,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
     if not os.path.isdir(args.data_root):  # before loading (or downloading) the weights
         raise ValueError(f"--data-root {args.data_root}: no such folder (pass the dataset's directory)")
-    if args.json:
+    if args.json:  # never over an input: the weights, the class file, any file of the data root
         from .._files import check_outputs_spare_inputs, local_files
 
-        check_outputs_spare_inputs([args.json], local_files(args.weights), advice="choose another --json file")
+        check_outputs_spare_inputs(
+            [args.json],
+            [*local_files(args.weights), *([args.classes] if args.classes and os.path.isfile(args.classes) else [])],
+            input_roots=[args.data_root],
+            advice="choose another --json file",
+        )
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)

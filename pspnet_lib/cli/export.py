@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import export as ex
 
     # e.g. --format torchscript --out run/checkpoints/latest.pt --overwrite: the weights themselves
-    check_outputs_spare_inputs([args.out], local_files(args.weights), advice="choose another --out file")
+    check_outputs_spare_inputs(
+        [args.out], local_files(args.weights), input_roots=[args.calibration], advice="choose another --out file"
+    )
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     expected = _SUFFIXES[args.format]

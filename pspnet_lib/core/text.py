@@ -8,10 +8,11 @@ such string goes through :func:`printable` before the library or the CLI shows i
 
 from __future__ import annotations
 
+import reprlib
 import unicodedata
 from typing import Any
 
-__all__ = ["MAX_SHOWN", "printable"]
+__all__ = ["MAX_SHOWN", "printable", "short_repr"]
 
 #: Characters of one untrusted string shown before it is cut.
 MAX_SHOWN = 200
@@ -44,3 +45,22 @@ def printable(value: Any, limit: int = MAX_SHOWN) -> str:
             out.append(char)
     shown = "".join(out)
     return f"{shown}... ({extra} more characters)" if extra > 0 else shown
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 6, 6
+_REPR.maxstring, _REPR.maxother = 60, 60
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A ``repr`` of a value read from a file, for a message: nested containers, long strings and huge
+    integers shortened (a ``repr`` of a 10^5000 integer raises; one of a million-item list takes
+    seconds), control characters escaped, at most ``limit`` characters."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+            text = f"<an integer of {value.bit_length()} bits>"
+        else:
+            text = _REPR.repr(value)
+    except Exception:  # a repr that fails: say what it was
+        text = f"<{type(value).__name__}>"
+    return printable(text, limit)

@@ -366,7 +366,7 @@ def _check_run_dir(
     inputs += [Path(spec) for spec in files if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec)]
     mark = "\0advice\0"
     try:
-        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=mark)
+        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, input_roots=[data_root], advice=mark)
     except OverwritesInputError as exc:
         head, _, tail = str(exc).partition(mark)
         raise RunDirectoryError(

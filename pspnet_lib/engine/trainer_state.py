@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import distributed as D
 from .._files import remove_stale_temporaries
+from . import distributed as D
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     DIGEST_KEY,

@@ -110,7 +110,9 @@ class CheckpointArchive:
                 + (" (the file is truncated)" if present < needed else " (unexpected data at the end)")
             )
 
-    def read_storages(self, declared: Mapping[str, StorageDecl], keys: list[str] | None = None) -> dict[str, torch.UntypedStorage]:
+    def read_storages(
+        self, declared: Mapping[str, StorageDecl], keys: list[str] | None = None
+    ) -> dict[str, torch.UntypedStorage]:
         """Each declared storage's bytes, read once into its own memory (CRC-checked for zip records)."""
         out: dict[str, torch.UntypedStorage] = {}
         if self.layout == "zip":
@@ -125,7 +127,9 @@ class CheckpointArchive:
             header = self.file.read(8)
             count = int.from_bytes(header, "little") if len(header) == 8 else -1
             if count != decl.numel:
-                raise ArchiveError(f"storage {key!r} holds {count} values in the file but its pickle declares {decl.numel}")
+                raise ArchiveError(
+                    f"storage {key!r} holds {count} values in the file but its pickle declares {decl.numel}"
+                )
             out[key] = self._read_into(offset + 8, decl.nbytes).untyped_storage()
             offset += 8 + decl.nbytes
         return out
@@ -133,7 +137,7 @@ class CheckpointArchive:
     def _read_into(self, offset: int, nbytes: int) -> torch.Tensor:
         """``nbytes`` bytes at ``offset``, read straight into a new uint8 tensor."""
         buffer = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data
         self.file.seek(offset)
         got = 0
         while got < nbytes:
@@ -146,10 +150,14 @@ class CheckpointArchive:
     def _check_inflation(self, info: zipfile.ZipInfo) -> None:
         if info.compress_type == zipfile.ZIP_STORED:
             if info.compress_size != info.file_size:
-                raise ArchiveError(f"record {info.filename} is stored with {info.compress_size} bytes for {info.file_size}")
+                raise ArchiveError(
+                    f"record {info.filename} is stored with {info.compress_size} bytes for {info.file_size}"
+                )
             return
         if info.compress_type != zipfile.ZIP_DEFLATED:
-            raise ArchiveError(f"record {info.filename} uses compression method {info.compress_type}; torch writes stored records")
+            raise ArchiveError(
+                f"record {info.filename} uses compression method {info.compress_type}; torch writes stored records"
+            )
         if info.file_size > _FLOOR:
             ratio = info.file_size / max(info.compress_size, 1)
             check_limit(
@@ -168,7 +176,7 @@ class CheckpointArchive:
         data_offset = self._local_header(info)
         if info.compress_type == zipfile.ZIP_STORED:
             buffer = self._read_into(data_offset, nbytes)
-            if info.CRC and zlib.crc32(buffer.numpy()) != info.CRC:
+            if info.CRC and zlib.crc32(buffer.numpy().data) != info.CRC:
                 raise ArchiveError(
                     f"record {info.filename} fails its CRC-32 check (the file was damaged or modified after it was "
                     "written)"
@@ -177,7 +185,7 @@ class CheckpointArchive:
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         try:
             with self._zip.open(info) as stream:  # inflates at most file_size bytes and checks the CRC at the end
-                got = stream.readinto(memoryview(buffer.numpy()))  # type: ignore[attr-defined]
+                got = stream.readinto(buffer.numpy().data)  # type: ignore[attr-defined]  # a ZipExtFile, typed IO
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise ArchiveError(f"record {info.filename} cannot be inflated ({exc})") from None
         if got != nbytes:
@@ -193,7 +201,11 @@ class CheckpointArchive:
         fields = _LOCAL_HEADER.unpack(raw)
         name = self.file.read(fields[10])
         encoding = "utf-8" if fields[3] & 0x800 else "cp437"
-        if fields[0] != _LOCAL or name.decode(encoding, "replace") != info.orig_filename or fields[4] != info.compress_type:
+        if (
+            fields[0] != _LOCAL
+            or name.decode(encoding, "replace") != info.orig_filename
+            or fields[4] != info.compress_type
+        ):
             raise ArchiveError(f"record {info.filename}: its local header differs from the central directory")
         data_offset = info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11]
         if data_offset + info.compress_size > self.size:
@@ -247,7 +259,9 @@ def _open_zip(archive: CheckpointArchive) -> None:
     file = archive.file
     file.seek(archive.size - 22)
     if file.read(4) != _END:
-        raise ArchiveError("it is not a complete zip archive: it does not end with the zip directory (truncated, or data after it)")
+        raise ArchiveError(
+            "it is not a complete zip archive: it does not end with the zip directory (truncated, or data after it)"
+        )
     try:
         file.seek(0)
         zf = zipfile.ZipFile(file)
@@ -281,7 +295,9 @@ def _open_zip(archive: CheckpointArchive) -> None:
     archive.pickles = [archive._read_record(pickle_info, pickle_info.file_size).numpy().tobytes()]
     scan_pickle(archive.pickles[0], archive.source, archive.scan)
     if archive.scan.end != len(archive.pickles[0]):
-        raise ArchiveError(f"{pickle_info.filename} holds {len(archive.pickles[0]) - archive.scan.end} bytes after its pickle")
+        raise ArchiveError(
+            f"{pickle_info.filename} holds {len(archive.pickles[0]) - archive.scan.end} bytes after its pickle"
+        )
 
 
 def _open_legacy(archive: CheckpointArchive) -> None:

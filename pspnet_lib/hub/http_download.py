@@ -41,7 +41,14 @@ from .cache_dir import (
 from .registry import Weights
 from .serialization import CheckpointError
 
-__all__ = ["URL_DIR", "download_file", "fetch_weights_file", "fetch_url", "discard_unreadable_download", "url_cache_path"]
+__all__ = [
+    "URL_DIR",
+    "download_file",
+    "fetch_weights_file",
+    "fetch_url",
+    "discard_unreadable_download",
+    "url_cache_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +127,10 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
     try:
         request = urllib.request.Request(url, headers={"User-Agent": f"pspnet_lib (torch {torch.__version__})"})
         try:
-            with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response, open(partial, "xb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response,
+                open(partial, "xb") as out,
+            ):
                 announced = response.headers.get("Content-Length")
                 expected = int(announced) if announced and announced.strip().isdigit() else None
                 content_type = response.headers.get("Content-Type", "")

@@ -37,7 +37,15 @@ import torch
 from ..core.limits import check_limit, get_limit
 from .pickle_standins import stand_in
 
-__all__ = ["MalformedPickleError", "PickleScan", "StorageDecl", "UnsafePickleError", "check_tree", "global_name", "scan_pickle"]
+__all__ = [
+    "MalformedPickleError",
+    "PickleScan",
+    "StorageDecl",
+    "UnsafePickleError",
+    "check_tree",
+    "global_name",
+    "scan_pickle",
+]
 
 #: The opcodes of torch's ``weights_only`` unpickler (torch/_weights_only_unpickler.py); any other is refused.
 _SUPPORTED = frozenset(
@@ -207,9 +215,13 @@ class _Scanner:
             raise self.refuse(f"it calls {name} with {len(items)} argument(s), not a storage and a view")
         storage, offset, size, stride = items[:4]
         dims = [size, stride]
-        if offset.kind != "int" or offset.value < 0 or any(
-            d.kind != "tuple" or len(d.value) > _MAX_DIMS or any(a.kind != "int" or a.value < 0 for a in d.value)
-            for d in dims
+        if (
+            offset.kind != "int"
+            or offset.value < 0
+            or any(
+                d.kind != "tuple" or len(d.value) > _MAX_DIMS or any(a.kind != "int" or a.value < 0 for a in d.value)
+                for d in dims
+            )
         ):
             raise self.refuse(f"it calls {name} with a malformed view (offset, size, stride)")
         sizes, strides = [a.value for a in size.value], [a.value for a in stride.value]
@@ -260,7 +272,9 @@ class _Scanner:
                 check_limit("pickle_ops", self.result.ops, self.source)
             name = opcode.name
             if name not in _SUPPORTED:
-                raise MalformedPickleError(f"pickle opcode {name}, which torch's weights-only unpickler does not support")
+                raise MalformedPickleError(
+                    f"pickle opcode {name}, which torch's weights-only unpickler does not support"
+                )
             if name == "STOP":
                 if len(stack) != 1 or marks:
                     raise MalformedPickleError("a malformed pickle (its stack does not end with one value)")
@@ -381,7 +395,9 @@ def _storage_dtype(name: str | None) -> torch.dtype | None:
     return dtype if dtype in _PLAIN_DTYPES else None
 
 
-def scan_pickle(data: bytes | memoryview, source: str, scan: PickleScan | None = None, *, offset: int = 0) -> PickleScan:
+def scan_pickle(
+    data: bytes | memoryview, source: str, scan: PickleScan | None = None, *, offset: int = 0
+) -> PickleScan:
     """Follow the pickle that starts at ``offset`` of ``data`` (see the module docstring).
 
     Adds to ``scan`` (a new :class:`PickleScan` by default; the limits apply to all the pickles scanned
