@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from ..core.constants import IGNORE_INDEX
 from ..core.geometry import MODES
-from ..core.inference_protocol import InferenceProtocol
+from ..core.inference_protocol import MAX_SCALE, MAX_SCALES, MAX_SIDE, InferenceProtocol
 from .optim import OPTIMIZERS
 
 __all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
@@ -226,6 +226,16 @@ class TrainConfig:
                 raise SettingError(f"{{{name}}} must be a non-negative integer, got {SettingError.quote(value)}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise SettingError(f"{{lr}} must be a positive number, got {SettingError.quote(self.lr)}")
+        # Every number in its range, NaN and infinity refused (aux_weight=nan silenced the aux loss).
+        _number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        _number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
+        _number("head_lr_mult", self.head_lr_mult, "> 0", lambda v: v > 0)
+        _number("poly_power", self.poly_power, "in [0, 100] (0: a constant rate)", lambda v: 0 <= v <= 100)
+        _number("min_lr", self.min_lr, ">= 0", lambda v: v >= 0)
+        _number("warmup_ratio", self.warmup_ratio, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _number("aux_weight", self.aux_weight, ">= 0 (0 disables the auxiliary head)", lambda v: v >= 0)
+        if self.clip_grad_norm is not None:
+            _number("clip_grad_norm", self.clip_grad_norm, "> 0 (leave it unset for no clipping)", lambda v: v > 0)
         self.optimizer = self.optimizer.lower()
         if self.optimizer not in OPTIMIZERS:
             raise SettingError(
@@ -243,18 +253,30 @@ class TrainConfig:
             raise SettingError(
                 "{eval_mode=} needs {eval_crop} and {eval_stride}, e.g. 512,512 and 341,341", eval_mode="slide"
             )
-        if self.aux_weight < 0:
-            raise SettingError(f"{{aux_weight}} must be >= 0, got {SettingError.quote(self.aux_weight)}")
         for name in ("eval_resize", "eval_crop", "eval_stride"):
             value = getattr(self, name)
             if value is not None:
-                value = [int(v) for v in ([value, value] if isinstance(value, (int, float)) else value)]
-                if len(value) != 2 or min(value) < 1:
+                items = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+                if not (
+                    isinstance(items, (list, tuple))
+                    and len(items) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in items)
+                ):
                     raise SettingError(
-                        f"{{{name}}} must be two positive integers (h, w), got {SettingError.quote(getattr(self, name))}"
+                        f"{{{name}}} must be two integers (h, w) in [1, {MAX_SIDE}], got "
+                        f"{SettingError.quote(getattr(self, name))}"
                     )
-                setattr(self, name, value)
-        self.eval_scales = [float(s) for s in self.eval_scales]
+                setattr(self, name, [int(v) for v in items])
+        scales = self.eval_scales
+        if not (
+            isinstance(scales, (list, tuple))
+            and 1 <= len(scales) <= MAX_SCALES
+            and all(_finite(v) and 0 < v <= MAX_SCALE for v in scales)
+        ):
+            raise SettingError(
+                f"{{eval_scales}} must be 1 to {MAX_SCALES} numbers in (0, {MAX_SCALE:g}], got {SettingError.quote(scales)}"
+            )
+        self.eval_scales = [float(v) for v in scales]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -285,6 +307,16 @@ class TrainConfig:
             scales=tuple(self.eval_scales),
             flip=self.eval_flip,
         )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(name: str, value: Any, expected: str, ok: Callable[[float], bool]) -> None:
+    """Raise a :class:`SettingError` naming ``name`` unless ``value`` is a finite number for which ``ok`` holds."""
+    if not (_finite(value) and ok(float(value))):
+        raise SettingError(f"{{{name}}} must be a number {expected}, got {SettingError.quote(value)}")
 
 
 def auto_amp(device: str | None) -> str:

@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
+from ..core.constants import MAX_NUM_CLASSES
 from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
@@ -94,7 +95,7 @@ def resolve_settings(
         base = load_recipe(recipe)
     settings: dict[str, Any] = {
         "dataset": dataset or base.get("dataset"),
-        "num_classes": num_classes or base.get("num_classes"),
+        "num_classes": num_classes if num_classes is not None else base.get("num_classes"),
         "model": {"backbone": "resnet50", **base.get("model", {}), **_given(model)},
         "augment": {"crop_size": [512, 512], **base.get("augment", {}), **_given(augment)},
         "train": {**base.get("train", {}), **_given(train)},
@@ -128,7 +129,7 @@ def _check_augment(augment: Mapping[str, Any]) -> None:
             size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
         except ValueError:
             raise SettingError(
-                "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
+                "{crop_size=} must be an integer or (height, width) of integers in [1, 8192] pixels", crop_size=crop
             ) from None
 
 
@@ -265,6 +266,14 @@ class TrainingRun:
             )
         if not data_root:
             raise SettingError("{data_root} is required (the dataset's directory)")
+        given = settings["num_classes"]
+        if given is not None and (
+            isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_NUM_CLASSES
+        ):
+            raise SettingError(
+                f"{{num_classes}} must be an integer in [1, {MAX_NUM_CLASSES}] to train (the classes of the dataset), "
+                f"got {SettingError.quote(given)}"
+            )
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..core.text import printable
+
 __all__ = [
     "FORMATS",
     "LAYOUT_DEFAULTS",
@@ -234,7 +236,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], format: str) -> d
     if unmapped:
         raise ValueError(
             f"{len(unmapped)} key(s) of the {format!r} checkpoint have no counterpart in PSPNet, "
-            f"e.g. {unmapped[:5]}; is format={format!r} right? (valid: {', '.join(FORMATS)})"
+            f"e.g. {[printable(k, 120) for k in unmapped[:5]]}; is format={format!r} right? (valid: {', '.join(FORMATS)})"
         )
     return out
 

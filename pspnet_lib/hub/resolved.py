@@ -18,6 +18,7 @@ import torch
 from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run_size
 from ..core.limits import check_limit, format_amount
 from ..core.pretrained_cfg import PretrainedCfg
+from ..core.text import printable
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .load_report import _is_counter
 from .serialization import CheckpointError
@@ -69,11 +70,11 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     if not _has_head(state_dict):
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
     problems = [
-        f"{k}: file {list(v.shape)} vs expected {list(own[k].shape)}"
+        f"{printable(k, 120)}: file {list(v.shape)} vs expected {list(own[k].shape)}"
         for k, v in state_dict.items()
         if k in own and v.shape != own[k].shape
     ]
-    problems += [f"unexpected {k}" for k in state_dict if k not in own]
+    problems += [f"unexpected {printable(k, 120)}" for k in state_dict if k not in own]
     problems += [f"missing {k}" for k in own if k not in state_dict and not _is_counter(k)]
     if problems:
         raise CheckpointError(f"{what} does not match its registered architecture: {'; '.join(problems[:5])}")

@@ -18,6 +18,7 @@ import torch
 
 from .._files import atomic_save_safetensors, atomic_write_bytes
 from ..core.digest import DIGEST_KEY, content_digest
+from ..core.text import printable
 from .checkpoint_reader import CheckpointError, pickle_globals, read_checkpoint, read_safetensors
 from .converters import select_ema
 from .pickle_standins import InertObject, OpenMMLabPlaceholder
@@ -57,7 +58,7 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
             break
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        keys = sorted(str(k) for k in obj)[:10]
+        keys = [printable(k, 60) for k in sorted(str(k)[:200] for k in obj)[:10]]
         raise CheckpointError(
             f"{source} holds no tensors where weights are expected (top-level keys: {keys}); "
             "expected a state dict, or a dict with one under 'state_dict' or 'model'"

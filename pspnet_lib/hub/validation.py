@@ -27,7 +27,10 @@ def warn_unknown(keys: Any, known: Any, source: str, what: str) -> list[str]:
     """Log one warning naming ``source`` and the keys of ``keys`` outside ``known``; returns them."""
     unknown = sorted(str(k) for k in keys if k not in known)
     if unknown:
-        logger.warning("%s: ignoring unknown %s key(s) %s (written by another version or tool?)", source, what, unknown)
+        shown = ", ".join(printable(k, 80) for k in unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
+        logger.warning("%s: ignoring unknown %s key(s) %s (written by another version or tool?)", source, what, shown)
     return unknown
 
 

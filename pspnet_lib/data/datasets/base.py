@@ -171,8 +171,16 @@ class SegmentationDataset(Dataset):
         """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks."""
         try:
             with Image.open(path) as picture:
-                if picture.mode == "LA":  # grey + alpha (image editors' transparent layers): alpha is not a label
-                    return np.asarray(picture)[..., 0]
+                if picture.mode in ("LA", "La", "PA"):  # grey + alpha, as image editors save a layer
+                    array = np.asarray(picture.convert("LA") if picture.mode == "La" else picture)
+                    transparent = int((array[..., 1] != 255).sum())
+                    if transparent:  # then the second channel means something: refuse rather than drop it
+                        raise ValueError(
+                            f"mask {path} has 2 channels (grey + alpha) and {transparent} of its pixels are not "
+                            "opaque; masks hold one class index per pixel: save the labels as a single-channel "
+                            "(grey or paletted) PNG, with 255 where pixels are not to be scored"
+                        )
+                    return array[..., 0]
                 if picture.mode in ("RGB", "RGBA"):
                     array = np.asarray(picture.convert("RGB"))
                     if (array == array[..., :1]).all():  # a grey mask saved as RGB
