@@ -18,7 +18,12 @@ __all__ = ["MAX_SHOWN", "printable", "short_repr"]
 MAX_SHOWN = 200
 
 
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape(char: str) -> str:
+    if char in _SHORT:
+        return _SHORT[char]
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"

@@ -163,7 +163,7 @@ class CheckpointArchive:
             check_limit(
                 "zip_inflate_ratio",
                 ratio,
-                f"{self.source}: record {info.filename} ({info.compress_size} bytes inflating to {info.file_size})",
+                f"its record {info.filename} ({info.compress_size} bytes inflating to {info.file_size})",
             )
 
     def _read_record(self, info: zipfile.ZipInfo, nbytes: int) -> torch.Tensor:
@@ -291,9 +291,9 @@ def _open_zip(archive: CheckpointArchive) -> None:
     pickle_info = archive._records.get(prefix + "data.pkl")
     if pickle_info is None:
         raise ArchiveError(f"its zip archive has no {prefix}data.pkl (not a torch.save file)")
-    check_limit("pickle_bytes", pickle_info.file_size, f"{archive.source}: {pickle_info.filename}")
+    check_limit("pickle_bytes", pickle_info.file_size, f"its pickle record {pickle_info.filename}")
     archive.pickles = [archive._read_record(pickle_info, pickle_info.file_size).numpy().tobytes()]
-    scan_pickle(archive.pickles[0], archive.source, archive.scan)
+    scan_pickle(archive.pickles[0], "its pickle", archive.scan)
     if archive.scan.end != len(archive.pickles[0]):
         raise ArchiveError(
             f"{pickle_info.filename} holds {len(archive.pickles[0]) - archive.scan.end} bytes after its pickle"
@@ -310,14 +310,14 @@ def _open_legacy(archive: CheckpointArchive) -> None:
         data = archive.file.read(window)
         declared = len(archive.scan.storages)
         try:
-            scan_pickle(data, archive.source, archive.scan)
+            scan_pickle(data, "its pickle", archive.scan)
         except (ResourceLimitError, UnsafePickleError):
             if index == 0:
                 raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
             raise
         except (EOFError, ValueError) as exc:  # pickletools: bytes that end early or are no pickle
             if window > limit:
-                check_limit("pickle_bytes", window, f"{archive.source}: a pickle of the legacy layout")
+                check_limit("pickle_bytes", window, "a pickle of its legacy layout")
             if index == 0:
                 raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
             raise ArchiveError(f"the file ends inside a pickle, or holds bytes that are no pickle ({exc})") from None

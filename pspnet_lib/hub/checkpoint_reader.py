@@ -172,7 +172,7 @@ def read_checkpoint(
             try:
                 with recording():
                     loaded = _load(archive, path)
-                    check_tree(loaded, str(path))
+                    check_tree(loaded, "its metadata")
                     loaded = finalize(loaded)
             except (ResourceLimitError, UnsafePickleError) as exc:
                 raise CheckpointError(f"refusing to read {path}: {exc}") from None

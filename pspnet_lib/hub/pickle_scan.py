@@ -231,7 +231,7 @@ class _Scanner:
         if 0 not in sizes:
             last = offset.value + sum((s - 1) * st for s, st in zip(sizes, strides))
             if last >= decl.numel:
-                raise UnsafePickleError(
+                raise MalformedPickleError(
                     f"a tensor views element {last} of storage {decl.key!r}, which holds {decl.numel} elements"
                 )
         if len(items) >= 6:
