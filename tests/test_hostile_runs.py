@@ -21,7 +21,7 @@ from PIL import Image
 from pspnet_lib.cli import main
 from pspnet_lib.core.limits import ResourceLimitError
 from pspnet_lib.core.text import printable
-from pspnet_lib.engine import Trainer, TrainConfig
+from pspnet_lib.engine import TrainConfig, Trainer
 from pspnet_lib.engine.checkpoint import load_checkpoint
 from pspnet_lib.hub import CheckpointError
 from pspnet_lib.hub.http_download import fetch_url, url_cache_path

@@ -31,8 +31,9 @@ from safetensors import SafetensorError, safe_open
 
 from ..core.limits import ResourceLimitError
 from .checkpoint_archive import ArchiveError, CheckpointArchive, check_legacy_header, open_checkpoint
-from .pickle_scan import UnsafePickleError, check_tree
+from .pickle_scan import UnsafePickleError
 from .pickle_standins import finalize, recording, stand_in, torch_allows
+from .pickle_tree import check_tree
 
 __all__ = ["CheckpointError", "check_is_file", "pickle_globals", "read_checkpoint", "read_safetensors"]
 
