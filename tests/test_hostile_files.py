@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import tarfile
@@ -372,3 +373,39 @@ def test_values_that_overflow_are_one_line(tmp_path):
 
 def test_resource_limit_error_is_a_value_error():
     assert issubclass(ResourceLimitError, ValueError)
+
+
+def test_every_command_refuses_a_hostile_file_in_one_line(tmp_path, caplog):
+    """``pspnet info/convert/predict/eval`` and ``train --weights/--resume`` all read through the one reader."""
+    from pspnet_lib.cli import main
+    from pspnet_lib.data import write_synthetic_dataset
+
+    bomb = str(H.write_zip(tmp_path / "bomb.pth", H.bytearray_bomb()))
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 4, size=(32, 32), seed=0, splits={"train": 0.5, "val": 0.5})
+    picture = next((data / "images" / "val").iterdir())
+    train = ["train", "--dataset", "folder", "--data-root", str(data), "--backbone", "resnet18", "--iters", "1",
+             "--batch-size", "2", "--crop-size", "32", "--num-workers", "0", "--no-progress"]  # fmt: skip
+    commands = {
+        "info": ["info", bomb],
+        "convert": ["convert", bomb, str(tmp_path / "converted")],
+        "predict": ["predict", str(picture), "--weights", bomb, "--out", str(tmp_path / "masks")],
+        "eval": ["eval", "--weights", bomb, "--dataset", "folder", "--data-root", str(data)],
+        "train --weights": [*train, "--weights", bomb, "--out", str(tmp_path / "run1")],
+        "train --resume": [*train, "--resume", bomb, "--out", str(tmp_path / "run2")],
+    }
+    for name, argv in commands.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(argv) == 1, name
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "\n" not in errors[0], (name, errors)
+        assert "calls builtins.bytearray with 1 argument(s) (int)" in errors[0], (name, errors)
+
+
+def test_docs_list_every_limit():
+    from pspnet_lib.core.limits import LIMITS
+
+    text = (REPO / "docs" / "weights.md").read_text()
+    missing = [name for name in LIMITS if f"| `{name.upper()}` |" not in text]
+    assert not missing, f"docs/weights.md's limits table lacks {missing}"
