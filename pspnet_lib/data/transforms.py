@@ -129,7 +129,8 @@ def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
         isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= int(v) <= MAX_SIDE for v in sides
     ):
         raise ValueError(
-            f"{name} must be an integer or (height, width) of integers in [1, {MAX_SIDE}] pixels, got {size!r}"
+            f"{name} must be a positive integer or (height, width) of positive integers, at most {MAX_SIDE} "
+            f"pixels, got {size!r}"
         )
     return int(sides[0]), int(sides[1])
 

@@ -129,7 +129,8 @@ def _check_augment(augment: Mapping[str, Any]) -> None:
             size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
         except ValueError:
             raise SettingError(
-                "{crop_size=} must be an integer or (height, width) of integers in [1, 8192] pixels", crop_size=crop
+                "{crop_size=} must be a positive integer or (height, width) of positive integers, at most 8192 pixels",
+                crop_size=crop,
             ) from None
 
 

@@ -22,6 +22,7 @@ straight into the tensors' memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import tarfile
@@ -29,7 +30,6 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 import torch
@@ -61,7 +61,6 @@ class CheckpointArchive:
 
     layout: str
     file: IO[bytes]
-    source: str
     size: int
     pickles: list[bytes] = field(default_factory=list)
     main: int = 0
@@ -224,7 +223,7 @@ def _is_tar(file: IO[bytes]) -> bool:
         file.seek(0)
 
 
-def open_checkpoint(file: IO[bytes], path: Path) -> CheckpointArchive:
+def open_checkpoint(file: IO[bytes]) -> CheckpointArchive:
     """Identify and check the layout of the open checkpoint ``file`` (see the module docstring).
 
     Raises:
@@ -241,7 +240,7 @@ def open_checkpoint(file: IO[bytes], path: Path) -> CheckpointArchive:
             "it is a tar archive (torch's format before 0.1.10, or a tar file saved as .pth), which this reader "
             "refuses: load it with an old torch and re-save it with torch.save(state_dict, path)"
         )
-    archive = CheckpointArchive("zip" if head == _LOCAL else "legacy", file, str(path), size)
+    archive = CheckpointArchive("zip" if head == _LOCAL else "legacy", file, size)
     if archive.layout == "zip":
         _open_zip(archive)
     else:
@@ -301,30 +300,46 @@ def _open_zip(archive: CheckpointArchive) -> None:
 
 
 def _open_legacy(archive: CheckpointArchive) -> None:
-    """Read and scan the five pickles of the legacy layout (each read once, bounded by ``pickle_bytes``)."""
+    """Read and scan the five pickles of the legacy layout, each read once into memory.
+
+    A pickle's end is known only once it is scanned: a window of the file is read (1 MiB, grown
+    fourfold while the pickle runs past it, up to ``pickle_bytes``) and scanned; the bytes kept are
+    the pickle's, exactly those scanned.
+    """
     limit = get_limit("pickle_bytes")
     offset = 0
     for index in range(5):
-        window = int(min(archive.size - offset, limit + 1))
-        archive.file.seek(offset)
-        data = archive.file.read(window)
-        declared = len(archive.scan.storages)
-        try:
-            scan_pickle(data, "its pickle", archive.scan)
-        except (ResourceLimitError, UnsafePickleError):
-            if index == 0:
-                raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
-            raise
-        except (EOFError, ValueError) as exc:  # pickletools: bytes that end early or are no pickle
-            if window > limit:
-                check_limit("pickle_bytes", window, "a pickle of its legacy layout")
-            if index == 0:
-                raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
-            raise ArchiveError(f"the file ends inside a pickle, or holds bytes that are no pickle ({exc})") from None
-        if index != 3 and len(archive.scan.storages) != declared:
+        remaining = archive.size - offset
+        window = int(min(remaining, _FLOOR, limit + 1))
+        while True:
+            archive.file.seek(offset)
+            data = archive.file.read(window)
+            trial = dataclasses.replace(
+                archive.scan, globals=set(archive.scan.globals), storages=dict(archive.scan.storages)
+            )
+            try:
+                scan_pickle(data, "its pickle", trial)
+                break
+            except (ResourceLimitError, UnsafePickleError):
+                if index == 0:
+                    raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
+                raise
+            except (EOFError, ValueError) as exc:  # pickletools: bytes that end early or are no pickle
+                if window < min(remaining, limit + 1):
+                    window = int(min(remaining, limit + 1, window * 4))
+                    continue
+                if window > limit:
+                    check_limit("pickle_bytes", window, "a pickle of its legacy layout")
+                if index == 0:
+                    raise ArchiveError("it is neither a zip archive nor torch's legacy layout (not a pickle)") from None
+                raise ArchiveError(
+                    f"the file ends inside a pickle, or holds bytes that are no pickle ({exc})"
+                ) from None
+        if index != 3 and trial.storages != archive.scan.storages:
             raise ArchiveError("a pickle other than the object's declares tensor storages")
-        archive.pickles.append(data[: archive.scan.end])
-        offset += archive.scan.end
+        archive.scan = trial
+        archive.pickles.append(data[: trial.end])
+        offset += trial.end
     archive.main = 3
     archive._legacy_data = offset
 

@@ -110,7 +110,7 @@ def check_is_file(path: Path, what: str = "checkpoint file") -> None:
 def _open(file: Any, path: Path, opt_in: str) -> CheckpointArchive:
     """The archive of ``file`` with its pickles scanned, every failure a one-line :class:`CheckpointError`."""
     try:
-        return open_checkpoint(file, path)
+        return open_checkpoint(file)
     except ResourceLimitError as exc:
         raise CheckpointError(f"refusing to read {path}: {exc}") from None
     except UnsafePickleError as exc:

@@ -397,8 +397,8 @@ def scan_pickle(
     """Follow the pickle that starts at ``offset`` of ``data`` (see the module docstring).
 
     Adds to ``scan`` (a new :class:`PickleScan` by default; the limits apply to all the pickles scanned
-    into one) and sets its ``end`` to the offset just after the pickle. ``source`` names the file in
-    messages.
+    into one) and sets its ``end`` to the offset just after the pickle. ``source`` names the pickle in
+    limit messages (the reader passes ``"its pickle"`` and prefixes the file's name).
 
     Raises:
         UnsafePickleError: a construct outside the allow-list, or a malformed pickle.
