@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.constants import MAX_NUM_CLASSES
 from ..core.inference_protocol import MAX_SIDE
 from ..data import DATASETS
 from ..engine.config import SettingError, setting_specs
@@ -28,7 +27,6 @@ __all__ = [
     "floats",
     "int_in",
     "ints",
-    "MAX_NUM_CLASSES",
     "label_map",
     "render_setting_error",
     "setting_overrides",

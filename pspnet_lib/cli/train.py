@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
+from ..core.constants import MAX_NUM_CLASSES
 from ..engine.run import TrainingRun, resolve_settings
 from .common import (
     DATASET_CHOICES,
-    MAX_NUM_CLASSES,
     add_dataset_args,
     add_setting_args,
     dataset_options,

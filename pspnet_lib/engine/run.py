@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: How many training samples are read before a run starts (spread over the dataset).
 PREFLIGHT_SAMPLES = 32
-#: What a run writes directly into its directory (besides ``checkpoints/``).
 #: ``build_dataset`` options that only the ``folder`` dataset takes.
 FOLDER_OPTIONS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colours")
 _SECTIONS = ("dataset", "num_classes", "model", "augment", "train", "gpus")
