@@ -185,7 +185,9 @@ class _Scanner:
             return _V("value")
         if name in ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor") and not newobj:
             return self.rebuild_tensor(name, items)
-        if name == "torch._utils._rebuild_parameter" and not newobj and len(items) == 3 and kinds[0] == "tensor":
+        if name == "torch._utils._rebuild_parameter" and not newobj and kinds[:1] == ["tensor"] and len(items) == 3:
+            if items[2].kind != "odict" or items[2].length:
+                raise self.refuse(f"it calls {name} with backward hooks")
             return _V("tensor")
         if name == "torch.nn.parameter.Parameter" and newobj and 1 <= len(items) <= 2 and kinds[0] == "tensor":
             return _V("tensor")
