@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from pspnet_lib.cli import main
+from pspnet_lib.core.escape import printable
 from pspnet_lib.core.limits import ResourceLimitError
-from pspnet_lib.core.text import printable
 from pspnet_lib.engine import TrainConfig, Trainer
 from pspnet_lib.engine.checkpoint import load_checkpoint
 from pspnet_lib.hub import CheckpointError

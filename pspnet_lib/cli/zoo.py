@@ -147,7 +147,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _info_local(args: argparse.Namespace) -> int:
     """``pspnet info PATH``: what a saved model is (architecture, classes, preprocessing, protocol)."""
-    from ..core.text import printable
+    from ..core.escape import printable
     from ..hub.loading import load_pretrained
 
     model = load_pretrained(Path(args.name).expanduser())

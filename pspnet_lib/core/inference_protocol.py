@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .escape import short_repr
 from .geometry import MODES
-from .text import short_repr
 
 __all__ = ["InferenceProtocol", "MAX_SIDE", "MAX_SCALE", "MAX_SCALES", "UNLIMITED_SIDE"]
 

@@ -1,71 +1,54 @@
-"""``printable``: an untrusted string made safe to show on a terminal or in a log.
+"""Reading the small text files users write: class names, split lists, palettes.
 
-Class names, tensor names, URLs and other strings read from a stranger's file may hold NUL bytes,
-ANSI escape sequences (which recolour, move the cursor or retitle a terminal), carriage returns
-and newlines (which forge log lines), bidirectional overrides, or a million characters. Every
-such string goes through :func:`printable` before the library or the CLI shows it.
+These files come from every editor and operating system. Windows tools (Notepad, Excel's "CSV
+UTF-8", PowerShell's ``Out-File``) start UTF-8 files with a byte-order mark (``EF BB BF``) or
+write UTF-16 with one (``FF FE``), and end lines with CRLF. Read naively, the mark sticks to the
+first line (the first class becomes ``'\\ufeffroad'``, which prints as ``road`` and matches
+nothing) and a CR can stick to the last value of a line. :func:`read_lines` is the one place
+these files are decoded, for every reader in the package.
 """
 
 from __future__ import annotations
 
-import reprlib
-import unicodedata
-from typing import Any
+import codecs
+import os
+from pathlib import Path
 
-__all__ = ["MAX_SHOWN", "printable", "short_repr"]
+__all__ = ["read_lines", "text_lines"]
 
-#: Characters of one untrusted string shown before it is cut.
-MAX_SHOWN = 200
-
-
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
-def _escape(char: str) -> str:
-    if char in _SHORT:
-        return _SHORT[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+def text_lines(data: bytes, what: str = "the text") -> list[str]:
+    """The lines of ``data`` (UTF-8, or UTF-8/UTF-16 with a byte-order mark), each stripped of
+    surrounding whitespace; blank lines are kept (as ``""``) so that line numbers stay right.
 
-
-def printable(value: Any, limit: int = MAX_SHOWN) -> str:
-    """``str(value)`` with control and format characters escaped (``\\x1b``, ``\\n``, ``\\u202e``) and
-    cut to ``limit`` characters (``... (N more characters)`` says how many were left out).
-
-    Letters, digits, punctuation, symbols and spaces of every script are kept as they are.
+    LF, CRLF and CR line ends are all accepted. Raises ``ValueError`` naming ``what`` when the
+    bytes are not such text.
     """
-    text = value if isinstance(value, str) else str(value)
-    extra = len(text) - limit
-    if extra > 0:
-        text = text[:limit]
-    out = []
-    for char in text:
-        # Cc: C0/C1 controls and DEL; Cf: format (bidi overrides, zero-width); Zl/Zp: line and
-        # paragraph separators; Cs: lone surrogates; Co/Cn: private use and unassigned.
-        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") or char == "\\":
-            out.append("\\\\" if char == "\\" else _escape(char))
-        else:
-            out.append(char)
-    shown = "".join(out)
-    return f"{shown}... ({extra} more characters)" if extra > 0 else shown
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 6, 6
-_REPR.maxstring, _REPR.maxother = 60, 60
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """A ``repr`` of a value read from a file, for a message: nested containers, long strings and huge
-    integers shortened (a ``repr`` of a 10^5000 integer raises; one of a million-item list takes
-    seconds), control characters escaped, at most ``limit`` characters."""
+    encoding = "utf-8"
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom) :], name
+            break
     try:
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-            text = f"<an integer of {value.bit_length()} bits>"
-        else:
-            text = _REPR.repr(value)
-    except Exception:  # a repr that fails: say what it was
-        text = f"<{type(value).__name__}>"
-    return printable(text, limit)
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{what} is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); save it as UTF-8 "
+            "(with or without a byte-order mark)"
+        ) from None
+    # str.splitlines also splits on form feeds and other separators nobody means in these files.
+    return [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The stripped lines of the text file ``path`` (see :func:`text_lines`; blank lines kept as ``""``).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file when it is
+    not UTF-8 (or UTF-16 with a byte-order mark) text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} does not exist")
+    return text_lines(path.read_bytes(), what=str(path))

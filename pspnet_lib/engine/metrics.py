@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.constants import IGNORE_INDEX
-from ..core.text import printable
+from ..core.escape import printable
 
 __all__ = ["ConfusionMatrix", "format_metrics_table", "metrics_to_json"]
 
@@ -116,7 +116,7 @@ def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str] | N
     """A per-class table (IoU and Acc in percent) followed by the summary line.
 
     Class names (which may come from a stranger's file) are shown through
-    :func:`~pspnet_lib.core.text.printable`. When no pixel was scored (every mask pixel is the ignore
+    :func:`~pspnet_lib.core.escape.printable`. When no pixel was scored (every mask pixel is the ignore
     value) the metrics are NaN, and a last line says why.
     """
     n = len(metrics["IoU"])
@@ -144,7 +144,8 @@ def _pct(value: float) -> str:
 
 
 def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """JSON with per-class entries keyed by class name (NaN written as null)."""
+    """JSON with per-class entries keyed by class name (NaN written as null) and, when the metrics
+    say it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``)."""
     n = len(metrics["IoU"])
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
 
@@ -155,6 +156,7 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None =
         "mIoU": clean(metrics["mIoU"]),
         "mAcc": clean(metrics["mAcc"]),
         "aAcc": clean(metrics["aAcc"]),
+        **({"precision": metrics["precision"]} if "precision" in metrics else {}),
         "pixels": metrics["pixels"],
         "per_class": {
             name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])

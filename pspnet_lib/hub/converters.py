@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core.text import printable
+from ..core.escape import printable
 
 __all__ = [
     "FORMATS",

@@ -25,8 +25,8 @@ import torch.hub
 
 from .._files import atomic_write_bytes, fsync_dir
 from .._progress import progress_bar
+from ..core.escape import printable
 from ..core.limits import LIMITS, format_amount, get_limit
-from ..core.text import printable
 from .cache_dir import (
     ChecksumError,
     OfflineError,

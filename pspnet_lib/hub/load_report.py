@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..core.text import printable
+from ..core.escape import printable
 
 __all__ = ["CLASSIFIER_KEYS", "LoadReport", "load_weights"]
 

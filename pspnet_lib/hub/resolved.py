@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from ..core.escape import printable
 from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run_size
 from ..core.limits import check_limit, format_amount
 from ..core.pretrained_cfg import PretrainedCfg
-from ..core.text import printable
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .load_report import _is_counter
 from .serialization import CheckpointError

@@ -18,7 +18,7 @@ import torch
 
 from .._files import atomic_save_safetensors, atomic_write_bytes
 from ..core.digest import DIGEST_KEY, content_digest
-from ..core.text import printable
+from ..core.escape import printable
 from .checkpoint_reader import CheckpointError, pickle_globals, read_checkpoint, read_safetensors
 from .converters import select_ema
 from .pickle_standins import InertObject, OpenMMLabPlaceholder

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from ..core.escape import printable
 from ..core.pretrained_cfg import MAX_SCALE, MAX_SIDE, PretrainedCfg
-from ..core.text import printable
 
 __all__ = ["MAX_SIDE", "MAX_SCALE", "validate_pretrained_cfg", "check_tensors", "warn_unknown"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
-from ..core.text import printable, short_repr
+from ..core.escape import printable, short_repr
 from ._utils import NORM_TYPES
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
