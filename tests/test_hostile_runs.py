@@ -208,6 +208,21 @@ def test_training_refuses_zero_classes():
         TrainingRun.from_recipe("voc-mmseg-20k", "nowhere", num_classes=0)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": "x"}, "seed must be a 64-bit integer, got 'x'"),  # was "invalid literal for int()" hours later
+        ({"sync_bn": "yes"}, "sync_bn must be true or false, got 'yes'"),
+        ({"eval_scales": [float("nan")]}, "eval_scales must be 1 to 16 numbers in (0, 8]"),
+        ({"warmup_ratio": 2}, "warmup_ratio must be a number in [0, 1], got 2"),
+    ],
+)
+def test_settings_read_from_recipe_files_are_checked(change, message):
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_dict(change)
+    assert str(info.value).startswith(message)
+
+
 def test_untrusted_strings_are_escaped_and_cut(tmp_path, capsys):
     assert printable("ok\x1b[31mred\x00\nINFO forged") == "ok\\x1b[31mred\\x00\\nINFO forged"
     assert printable("\u202eevil") == "\\u202eevil" and printable("Straße 東京") == "Straße 東京"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import string
 import types
 import typing
@@ -240,6 +241,22 @@ class TrainConfig:
                 raise SettingError(f"{{{name}}} must be a non-negative integer, got {SettingError.quote(value)}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise SettingError(f"{{lr}} must be a positive number, got {SettingError.quote(self.lr)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
+            raise SettingError(f"{{seed}} must be a 64-bit integer, got {SettingError.quote(self.seed)}")
+        for name in ("no_decay_norm_bias", "channels_last", "grad_checkpointing", "freeze_backbone", "freeze_bn",
+                     "sync_bn", "deterministic", "export", "eval_flip"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(f"{{{name}}} must be true or false, got {SettingError.quote(getattr(self, name))}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise SettingError(f"{{progress}} must be true, false or null, got {SettingError.quote(self.progress)}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise SettingError(
+                f"{{device}} must be a device name such as cpu or cuda, got {SettingError.quote(self.device)}"
+            )
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise SettingError(f"{{out_dir}} must be a folder name, got {SettingError.quote(self.out_dir)}")
         # Every number in its range, NaN and infinity refused (aux_weight=nan silenced the aux loss).
         _number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
         _number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
