@@ -112,6 +112,12 @@ def test_zip_records_are_checked_before_they_are_read_or_inflated(tmp_path, monk
     assert bomb.stat().st_size < 200_000
     _refused(bomb, "its record archive/data/0", "bytes inflating to 67108864", "PSPNET_LIMIT_ZIP_INFLATE_RATIO")
 
+    # many small records (each under the 1 MiB floor) are checked together
+    entries = {f"w{i}": H.tensor(str(i), (64 << 10) // 4, (4,), (1,)) for i in range(300)}
+    records = [(f"archive/data/{i}", bytes(64 << 10)) for i in range(300)]
+    many = H.write_zip(tmp_path / "many.pth", H.state_dict(entries), records, compression=zipfile.ZIP_DEFLATED)
+    _refused(many, "its 300 compressed tensor records (19660800 bytes inflated)", "PSPNET_LIMIT_ZIP_INFLATE_RATIO")
+
     # the pickle record's size is checked from the directory too
     monkeypatch.setenv("PSPNET_LIMIT_PICKLE_BYTES", "100")
     _refused(path, "its pickle record good/data.pkl needs", "over the limit of 100 bytes")

@@ -57,7 +57,7 @@ LIMITS: dict[str, Limit] = {
         Limit("pickle_work", 20_000_000, "", "items a checkpoint's pickle makes the unpickler hash or iterate (keys, sets)"),
         Limit("pickle_nodes", 4_000_000, "", "values in a checkpoint's metadata, a value shared n times counted n times"),
         Limit("pickle_depth", 200, "", "nesting depth of a checkpoint's metadata"),
-        Limit("zip_inflate_ratio", 16, "", "inflated / compressed size of a compressed record of a .pth zip archive (records under 1 MiB are exempt)"),
+        Limit("zip_inflate_ratio", 16, "", "inflated / compressed size of the compressed records of a .pth zip archive (each over 1 MiB, and all tensor records together)"),
         Limit("config_values", 200_000, "", "values an mmseg config text expands to (names used inside names counted each time)"),
         Limit("model_bytes", 1 * _GiB, "bytes", "parameters and buffers of a model built from a file"),
         Limit("memory", 0.0, "bytes", "estimated memory of a model and one inference at its protocol (default: 75% of this machine's memory)"),

@@ -97,6 +97,24 @@ class CheckpointArchive:
                         f"{decl.numel} {decl.dtype} values ({decl.nbytes} bytes)"
                     )
                 self._check_inflation(info)
+            infos = [self._records[f"{self._prefix}data/{k}"] for k in declared]
+            # records nested inside each other's data would make a small file read as many times its size
+            stored = sum(i.compress_size for i in infos)
+            if stored > self.size:
+                raise ArchiveError(
+                    f"its tensor records hold {stored} bytes together but the file has {self.size} (records that "
+                    "overlap)"
+                )
+            # the floor that exempts small records applies to them all together: 10,000 records of
+            # 1 kB inflating to 1 MiB each are 10 GB
+            packed = [i for i in infos if i.compress_type != zipfile.ZIP_STORED]
+            inflated = sum(i.file_size for i in packed)
+            if inflated > _FLOOR:
+                check_limit(
+                    "zip_inflate_ratio",
+                    inflated / max(sum(i.compress_size for i in packed), 1),
+                    f"its {len(packed)} compressed tensor records ({inflated} bytes inflated)",
+                )
             return
         assert keys is not None
         if sorted(keys) != sorted(declared) or len(set(keys)) != len(keys):

@@ -228,6 +228,8 @@ def save_cached(
         "source_format": weights.format,
         "source_sha256": source_sha256,
         "safetensors_size": st.stat().st_size,
+        # a stamp of the file as verified here, so that a load may trust it while size and mtime hold
+        "safetensors_mtime_ns": st.stat().st_mtime_ns,
         "safetensors_sha256": sha256_file(st),
         "pspnet_lib_version": __version__,
     }
