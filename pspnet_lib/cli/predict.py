@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs_spare_inputs(
         (p for _, mask, over in plan for p in (mask, over) if p is not None),
         [source for source, _ in files] + local_files(args.weights),
+        input_roots=[args.calibration],
         advice=f"choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}",
     )
     # Even where no file would be replaced (a.jpg -> a.png), masks written among the pictures would

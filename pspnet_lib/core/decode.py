@@ -86,12 +86,22 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 def mask_values(image: Image.Image, what: str) -> np.ndarray:
     """The stored values of a mask: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks.
 
-    Grey + alpha (image editors' transparent layers) keeps the grey band; an RGB(A) mask whose
-    three bands are equal everywhere is a grey mask saved as colour and gives ``(H, W)``.
-    Raises ``ValueError`` naming ``what`` for other modes (CMYK, float, ...).
+    Grey + alpha (image editors' transparent layers) keeps the grey band when the alpha is opaque
+    everywhere; an RGB(A) mask whose three bands are equal everywhere is a grey mask saved as
+    colour and gives ``(H, W)``. Raises ``ValueError`` naming ``what`` for other modes (CMYK,
+    float, ...) and for a grey + alpha mask with pixels that are not opaque (a second channel that
+    means something, silently dropped otherwise).
     """
-    if image.mode == "LA":  # alpha is not a label
-        return np.asarray(image)[..., 0]
+    if image.mode in ("LA", "La"):
+        array = np.asarray(image.convert("LA") if image.mode == "La" else image)
+        transparent = int((array[..., 1] != 255).sum())
+        if transparent:
+            raise ValueError(
+                f"mask {what} has 2 channels (grey + alpha) and {transparent} of its pixels are not opaque; masks "
+                "hold one class index per pixel: save the labels as a single-channel (grey or paletted) PNG, with "
+                "255 where pixels are not to be scored"
+            )
+        return array[..., 0]
     if image.mode in ("RGB", "RGBA"):
         array = np.asarray(image.convert("RGB"))
         if (array == array[..., :1]).all():  # a grey mask saved as RGB

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
+from ..core.inference_budget import check_inference_budget
 from ..core.inference_protocol import InferenceProtocol
 
 __all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES", "InferenceProtocol"]
@@ -109,7 +110,11 @@ def infer(
     (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
 
     Raises ``ValueError`` for an invalid protocol (see :class:`InferenceProtocol`), both
-    ``protocol`` and keyword arguments, or ``images`` that are not 4-D.
+    ``protocol`` and keyword arguments, or ``images`` that are not 4-D; a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before the model runs when
+    the images, the run or its memory exceed the budget of
+    :func:`~pspnet_lib.core.inference_budget.check_inference_budget` (tiled inference processes
+    large rasters window by window instead).
     """
     if protocol is None:
         if mode not in MODES:
@@ -138,6 +143,15 @@ def infer(
     )
     align_corners = _align_corners(model)
     height, width = images.shape[-2:]
+    check_inference_budget(
+        int(height),
+        int(width),
+        protocol,
+        config=getattr(model, "config", None),
+        channels=int(images.shape[1]),
+        batch=int(images.shape[0]),
+        what="the image" if images.shape[0] == 1 else "each image of the batch",
+    )
     base_h, base_w = rescale_size(height, width, resize)
     runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
     total: torch.Tensor | None = None

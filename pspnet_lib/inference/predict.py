@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..core.images import is_image_batch, to_image_tensor
+from ..core.images import image_size, is_image_batch, to_image_tensor
+from ..core.inference_budget import check_inference_budget
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
@@ -219,7 +220,11 @@ def predict(
         list/tuple or a 4-D batch.
 
     Raises ``ValueError`` before the network runs when an input's channels or the stored
-    mean/std do not match the model's input channels.
+    mean/std do not match the model's input channels, and a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before a file is
+    decoded when its size (from its header) exceeds the inference budget
+    (:func:`~pspnet_lib.core.inference_budget.check_inference_budget`: whole-image pixels, sliding
+    windows, memory); tiled inference handles large rasters.
 
     The model runs in eval mode (its previous mode is restored afterwards) without gradients.
     """
@@ -233,7 +238,12 @@ def predict(
 
     tensors: list[torch.Tensor] = []
     sources: list[str | None] = []
+    config = getattr(model, "config", None)
     for index, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):  # a file: its size from the header, before decoding it
+            found = image_size(item)
+            if found is not None:
+                check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
             tensors.append(to_image_tensor(item, channels))
         except (TypeError, ValueError, FileNotFoundError) as exc:
