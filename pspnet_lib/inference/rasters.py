@@ -40,12 +40,23 @@ from .raster_io import RasterOutputs, RasterSource, finish_geotiff, gdal_env, im
 from .tiled import resolve_tiling, run_tiled
 from .visualize import colorize
 
-__all__ = ["predict_raster", "RasterResult", "raster_outputs", "PICTURE_SUFFIXES", "RASTER_SUFFIXES"]
+__all__ = [
+    "predict_raster",
+    "RasterResult",
+    "raster_outputs",
+    "needs_tiling",
+    "PICTURE_SUFFIXES",
+    "RASTER_SUFFIXES",
+    "TILED_PIXELS",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Inputs decoded whole by Pillow (or NumPy); every other file is opened with rasterio (GDAL).
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".npy")
+#: Pictures with more pixels than this (8,192 x 8,192) take the tiled path in ``pspnet predict``:
+#: in-memory ``predict`` would hold ``4 * K`` bytes of logits per pixel (5.6 GB for 21 classes).
+TILED_PIXELS = 8192 * 8192
 #: Output suffixes written as GeoTIFF.
 RASTER_SUFFIXES = (".tif", ".tiff")
 
@@ -96,6 +107,38 @@ def raster_outputs(
         if wanted:
             paths[kind] = out.with_name(out.stem + name)
     return paths
+
+
+def needs_tiling(path: str | os.PathLike, *, max_pixels: int = TILED_PIXELS) -> bool:
+    """Whether a file should be segmented by :func:`predict_raster` rather than in memory: a raster
+    with a coordinate reference system or geotransform (when rasterio is installed), or a picture
+    of more than ``max_pixels`` pixels (read from its header; nothing is decoded).
+
+    A file that cannot be opened gives False (the in-memory path reports it).
+    """
+    path = Path(path)
+    try:
+        rasterio = import_rasterio()
+    except ImportError:
+        rasterio = None
+    if rasterio is not None and path.suffix.lower() != ".npy":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with gdal_env(), rasterio.open(path) as dataset:
+                    georeferenced = dataset.crs is not None or not dataset.transform.is_identity
+                    return georeferenced or dataset.width * dataset.height > max_pixels
+        except (rasterio.errors.RasterioError, OSError):
+            pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height > max_pixels
+    except Image.DecompressionBombError:
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _check_writable(folder: Path, flag: str) -> None:
