@@ -35,9 +35,9 @@ from PIL import Image
 from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir
 from ..core.images import read_image
 from ..core.pretrained_cfg import PretrainedCfg
-from .predict import class_palette, model_device, model_num_classes
+from .predict import class_palette
 from .raster_io import RasterOutputs, RasterSource, finish_geotiff, gdal_env, import_rasterio, write_polygons
-from .tiled import resolve_tiling, run_tiled
+from .tiled import count_classes, resolve_tiling, run_tiled
 from .visualize import colorize
 
 __all__ = [
@@ -303,7 +303,7 @@ def predict_raster(
                 x[:, torch.from_numpy(~valid)] = 0  # nodata enters the network as the mean colour
             return x, valid
 
-        num_classes = model_num_classes(model) or _probe_classes(model, read, crop_hw, height, width)
+        num_classes = count_classes(model, read, (min(crop_hw[0], height), min(crop_hw[1], width)))
         palette = class_palette(cfg, num_classes)
         temporary = {kind: stack.enter_context(atomic_output(p)) for kind, p in outputs.items()}
         stages = {kind: t.with_name(t.name + ".stage.tif") for kind, t in temporary.items() if kind != "polygons"}
@@ -345,12 +345,14 @@ def predict_raster(
             write,
             crop=crop_hw,
             stride=stride_hw,
+            num_classes=num_classes,
             blend=blend,
             batch_size=batch_size,
             strip_width=strip_width,
             amp_dtype=amp_dtype,
             progress=progress,
             desc=f"{Path(name).name}",
+            scratch_dir=outputs["mask"].parent,
         )
         if writers is not None:
             writers.close()
@@ -386,18 +388,6 @@ def _open_raster(path: Path, stack: contextlib.ExitStack) -> Any:
             return stack.enter_context(rasterio.open(path))
     except rasterio.errors.RasterioError as exc:
         raise ValueError(f"cannot open {path} as a raster (a corrupt or truncated file?): {exc}") from None
-
-
-def _probe_classes(model: nn.Module, read: Any, crop: tuple[int, int], height: int, width: int) -> int:
-    """The class count of a model that does not state it: the channels of one window's logits."""
-    x, _ = read(0, min(crop[0], height), 0, min(crop[1], width))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(model(x[None].to(model_device(model))).shape[1])
-    finally:
-        model.train(was_training)
 
 
 def _write_plain_mask(mask: np.ndarray | None, path: Path, crs: Any, transform: Any) -> None:

@@ -12,22 +12,25 @@ region to a writer, so that only a band of ``crop`` rows of logits is ever held:
 * ``blend="hann"`` weights each window by a Hann (raised-cosine, ``sin^2``) profile along each
   axis, so a pixel's logits come mostly from the windows it lies deep inside; seams between
   windows, where one window saw context its neighbour did not, are smoothed away;
-* the picture is cut into vertical strips of at most ``strip_width`` pixels (default: what keeps
-  the band of logits under :data:`BAND_BUDGET` bytes); a strip runs every window that overlaps its
-  columns, so windows on a strip boundary run once per strip, and every pixel still gets the
-  same windows as ``slide``. A picture narrower than one strip runs each window once.
+* the picture is processed in vertical strips of :func:`default_strip_width` columns (2048),
+  each top to bottom; a window belongs to the strip its left edge lies in, and what it adds to
+  the next strip's columns waits in a temporary file until that strip reaches the same rows. Every
+  window runs once.
 
 Memory is therefore bounded by the crop, the batch size, the number of classes and the strip
-width, never by the picture's height or (beyond one strip) its width.
+width, never by the picture's size: the band of one strip holds ``4 * K * crop * (2048 + crop)``
+bytes of logits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -40,19 +43,18 @@ from .predict import model_device, model_num_classes
 
 __all__ = [
     "BLENDS",
-    "BAND_BUDGET",
+    "default_strip_width",
     "WindowReader",
     "RegionWriter",
     "resolve_tiling",
     "blend_profile",
     "run_tiled",
+    "count_classes",
     "infer_tiled",
 ]
 
 #: The blends of overlapping windows: ``mean`` (equal weights, as ``slide``), ``hann`` (smooth).
 BLENDS = ("mean", "hann")
-#: Bytes of logits the band of one strip may hold by default (float32, classes x crop rows x width).
-BAND_BUDGET = 256 * 1024**2
 #: Strip widths are multiples of this (the output GeoTIFF's block size, so strips write whole blocks).
 STRIP_ALIGN = 256
 
@@ -123,33 +125,34 @@ def resolve_tiling(
     return crop_hw, stride_hw
 
 
-def blend_profile(blend: str, height: int, width: int) -> torch.Tensor | None:
-    """The ``(height, width)`` float32 weight of each pixel of a window; None for ``mean`` (all 1).
+def blend_profile(blend: str, length: int) -> torch.Tensor:
+    """The float64 weight of each pixel along one window axis of ``length`` pixels.
 
-    ``hann``: ``sin^2(pi * (i + 0.5) / n)`` along each axis, multiplied (the Hann window sampled at
-    pixel centres): 1 in the middle, falling smoothly to ``~(pi / 2n)^2`` at the borders, never 0,
-    so a pixel that one window alone covers (at the picture's border) keeps that window's logits.
+    ``mean``: all 1. ``hann``: ``sin^2(pi * (i + 0.5) / length)`` (the Hann window sampled at
+    pixel centres): 1 in the middle, falling smoothly to ``~(pi / 2 length)^2`` at the borders,
+    never 0, so a pixel that one window alone covers (at the picture's border) keeps that
+    window's logits. A window's weight is the product of its two axes' profiles.
     """
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     if blend == "mean":
-        return None
-
-    def axis(n: int) -> torch.Tensor:
-        return torch.sin(math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n) ** 2
-
-    return (axis(height)[:, None] * axis(width)[None, :]).float()
+        return torch.ones(length, dtype=torch.float64)
+    return torch.sin(math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
 
 
-def _strips(width: int, strip_width: int) -> list[tuple[int, int]]:
-    bounds = list(range(0, width, strip_width)) + [width]
-    return list(zip(bounds, bounds[1:]))
+def _coverage(length: int, spans: list[tuple[int, int]], profile: torch.Tensor) -> torch.Tensor:
+    """Sum over the windows of one axis of their profile: with the grid being a product of the two
+    axes' windows, a pixel's total weight is ``coverage_y[y] * coverage_x[x]`` (window counts for
+    ``mean``, as ``slide`` divides by)."""
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, end in spans:
+        total[start:end] += profile
+    return total.float()
 
 
-def default_strip_width(num_classes: int, crop: tuple[int, int]) -> int:
-    """Widest strip (a multiple of 256 px, at least 4 windows) whose band of logits fits :data:`BAND_BUDGET`."""
-    fitting = BAND_BUDGET // (4 * (num_classes + 1) * crop[0])
-    return max(4 * crop[1], fitting) // STRIP_ALIGN * STRIP_ALIGN or STRIP_ALIGN
+def default_strip_width(crop_width: int) -> int:
+    """Columns per strip: 2048, or two windows where the crop is wider than 1024 (a multiple of 256)."""
+    return -(-max(2048, 2 * crop_width) // STRIP_ALIGN) * STRIP_ALIGN
 
 
 def run_tiled(
@@ -161,12 +164,14 @@ def run_tiled(
     *,
     crop: tuple[int, int],
     stride: tuple[int, int],
+    num_classes: int | None = None,
     blend: str = "mean",
     batch_size: int = 4,
     strip_width: int | None = None,
     amp_dtype: torch.dtype | None = None,
     progress: bool | None = None,
     desc: str = "tiled inference",
+    scratch_dir: str | os.PathLike | None = None,
 ) -> int:
     """Segment a ``height x width`` picture window by window; every finished region goes to ``write``.
 
@@ -174,58 +179,81 @@ def run_tiled(
         model: maps a normalised ``(N, C, h, w)`` batch to logits ``(N, K, h, w)`` (a PSPNet, an
             :func:`~pspnet_lib.optimize_for_inference` or int8 model); run in eval mode, no grad.
         read, write: see :data:`WindowReader` / :data:`RegionWriter`. Regions arrive strip by
-            strip, top to bottom, as bands of whole rows of the strip; they tile the picture.
-        crop, stride: window size and step ``(h, w)`` in pixels (:func:`resolve_tiling`).
+            strip (left to right), top to bottom, as bands of whole rows of the strip; they tile
+            the picture.
+        crop, stride: window size and step ``(h, w)`` in pixels (:func:`resolve_tiling`); a side
+            longer than the picture's is cut to it (one window along that axis, as ``slide``).
+        num_classes: K (default: the model's config, else one window is run to find it).
         blend: ``"mean"`` or ``"hann"`` (see the module's docstring).
         batch_size: windows per forward pass.
-        strip_width: columns per strip (a multiple of 256 keeps GeoTIFF writes block-aligned);
-            default :func:`default_strip_width`.
+        strip_width: columns per strip, at least the crop's width (default
+            :func:`default_strip_width`; a multiple of 256 keeps GeoTIFF writes block-aligned).
         amp_dtype: run the model under ``torch.autocast`` with this dtype.
         progress: a bar counting windows (None: on terminals only, see :mod:`pspnet_lib._progress`).
+        scratch_dir: where the sums that cross a strip boundary wait for the next strip (a
+            temporary file of ``4 * K * height * (crop - stride)`` bytes at most; default: the
+            system's temporary folder).
 
     Returns the number of windows the model ran (windows without any valid pixel are skipped).
     Raises ``ValueError`` for a bad blend, batch size or strip width.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    profile = blend_profile(blend, min(crop[0], height), min(crop[1], width))
+    crop = (min(crop[0], height), min(crop[1], width))
+    stride = (min(stride[0], crop[0]), min(stride[1], crop[1]))
     rows = slide_spans(height, crop[0], stride[0])
     columns = slide_spans(width, crop[1], stride[1])
-    device = model_device(model)
+    profile_y, profile_x = blend_profile(blend, crop[0]), blend_profile(blend, crop[1])
+    coverage_y, coverage_x = _coverage(height, rows, profile_y), _coverage(width, columns, profile_x)
     if strip_width is None:
-        classes = model_num_classes(model) or 256  # unknown: assume many, i.e. narrower strips
-        strip_width = default_strip_width(classes, crop)
-    elif isinstance(strip_width, bool) or not isinstance(strip_width, int) or strip_width < 1:
-        raise ValueError(f"strip_width must be a positive integer, got {strip_width!r}")
-    plan = []
-    for start, end in _strips(width, strip_width):
-        plan.append((start, end, [span for span in columns if span[0] < end and span[1] > start]))
-    total = sum(len(rows) * len(spans) for _, _, spans in plan)
+        strip_width = default_strip_width(crop[1])
+    elif isinstance(strip_width, bool) or not isinstance(strip_width, int) or strip_width < crop[1]:
+        raise ValueError(f"strip_width must be an integer of at least the crop width {crop[1]}, got {strip_width!r}")
+    # Each window belongs to the strip its left edge lies in; it may reach into the next strip.
+    plan = [
+        (start, min(start + strip_width, width), [c for c in columns if start <= c[0] < start + strip_width])
+        for start in range(0, width, strip_width)
+    ]
+    device = model_device(model)
+    weights = None if blend == "mean" else (profile_y[:, None] * profile_x[None, :]).float().to(device)
+    if num_classes is None:
+        num_classes = count_classes(model, read, crop)
+    total = len(rows) * len(columns)
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
-    weights = profile.to(device) if profile is not None else None
     ran = 0
     was_training = model.training
     model.eval()
     try:
-        with (
-            ThreadPoolExecutor(max_workers=1) as pool,
-            progress_bar(total=total, progress=progress, unit="window", desc=desc) as bar,
-        ):
-            for start, end, spans in plan:
-                band = _Band(rows, spans, start, end, height, weights, write)
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            bar = stack.enter_context(progress_bar(total=total, progress=progress, unit="window", desc=desc))
+            carries = [
+                stack.enter_context(tempfile.TemporaryFile(dir=None if scratch_dir is None else os.fspath(scratch_dir)))
+                for _ in range(2)
+            ]
+            overhang = 0  # columns of the previous strip's windows that reach into this one
+            for index, (start, end, spans) in enumerate(plan):
+                carry_in, carry_out = carries[index % 2], carries[(index + 1) % 2]
+                carry_in.seek(0)
+                carry_out.seek(0)
+                reach = max([end, *(x2 for _, x2 in spans)])
+                band = _Band(
+                    rows, (start, end, reach), overhang, num_classes, device, weights, write, carry_in, carry_out
+                )
+                band.coverage = (coverage_y, coverage_x[start:end].to(device))
                 windows = [(r, y1, y2, x1, x2) for r, (y1, y2) in enumerate(rows) for x1, x2 in spans]
                 batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
                 def load(batch: list[tuple[int, int, int, int, int]]) -> list[tuple[torch.Tensor, Any]]:
                     return [read(y1, y2, x1, x2) for _, y1, y2, x1, x2 in batch]
 
-                pending: Future | None = pool.submit(load, batches[0])
-                for index, batch in enumerate(batches):
+                pending: Future | None = pool.submit(load, batches[0]) if batches else None
+                for number, batch in enumerate(batches):
                     assert pending is not None
                     loaded = pending.result()
-                    pending = pool.submit(load, batches[index + 1]) if index + 1 < len(batches) else None
+                    pending = pool.submit(load, batches[number + 1]) if number + 1 < len(batches) else None
                     keep = [i for i, (_, valid) in enumerate(loaded) if valid is None or valid.any()]
                     outputs: list[torch.Tensor | None] = [None] * len(batch)
                     if keep:
@@ -239,76 +267,96 @@ def run_tiled(
                         band.add(window, out, valid)
                     bar.update(len(batch))
                 band.finish()
+                overhang = reach - end
     finally:
         model.train(was_training)
     return ran
 
 
+def count_classes(model: nn.Module, read: WindowReader, crop: tuple[int, int]) -> int:
+    """K: the model's ``config.num_classes``, else the channels of the logits of the top-left window."""
+    known = model_num_classes(model)
+    if known:
+        return int(known)
+    x, _ = read(0, crop[0], 0, crop[1])
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(x[None].to(device)).shape[1])
+    finally:
+        model.train(was_training)
+
+
 class _Band:
-    """The logits of one strip's current band of ``crop`` rows, finished row block by row block."""
+    """One strip's sums of logits over its current band of ``crop`` rows, emitted row block by block.
+
+    Columns ``[start, end)`` are the strip's own; ``[end, reach)`` hold what its windows add to
+    the next strip, handed over through ``carry_out`` (float32 sums, then the valid flags, per
+    row block), as this strip received ``overhang`` columns from the previous one via ``carry_in``.
+    """
+
+    coverage: tuple[torch.Tensor, torch.Tensor]
 
     def __init__(
         self,
         rows: list[tuple[int, int]],
-        spans: list[tuple[int, int]],
-        start: int,
-        end: int,
-        height: int,
+        columns: tuple[int, int, int],
+        overhang: int,
+        num_classes: int,
+        device: torch.device,
         weights: torch.Tensor | None,
         write: RegionWriter,
+        carry_in: IO[bytes],
+        carry_out: IO[bytes],
     ) -> None:
-        self.rows, self.start, self.end, self.write, self.weights = rows, start, end, write, weights
-        self.x0 = spans[0][0]
-        self.width = spans[-1][1] - self.x0
+        self.rows, self.write, self.weights = rows, write, weights
+        self.start, self.end, self.reach = columns
+        self.overhang, self.carry_in, self.carry_out = overhang, carry_in, carry_out
         self.height = rows[0][1] - rows[0][0]  # every window row is this tall (slide_spans)
-        self.picture_height = height
+        self.picture_height = rows[-1][1]
         self.row = 0
-        self.logits: torch.Tensor | None = None
-        self.total: torch.Tensor | None = None  # sum of weights (window counts for "mean")
-        self.valid: np.ndarray | None = None
+        self.sums = torch.zeros((num_classes, self.height, self.reach - self.start), device=device)
+        self.valid = np.ones((self.height, self.reach - self.start), dtype=bool)
+        self.masked = False  # the reader gave a valid-pixel mask
 
     def add(self, window: tuple[int, int, int, int, int], logits: torch.Tensor | None, valid: Any) -> None:
         row, y1, y2, x1, x2 = window
         while row > self.row:
             self._emit()
         top = self.rows[self.row][0]
-        ys, xs = slice(y1 - top, y2 - top), slice(x1 - self.x0, x2 - self.x0)
+        ys, xs = slice(y1 - top, y2 - top), slice(x1 - self.start, x2 - self.start)
         if valid is not None:
-            if self.valid is None:
-                self.valid = np.ones((self.height, self.width), dtype=bool)
+            self.masked = True
             self.valid[ys, xs] = valid
-        if logits is None:
-            return
-        if self.logits is None:
-            self.logits = logits.new_zeros((logits.shape[0], self.height, self.width))
-            self.total = logits.new_zeros((self.height, self.width))
-        assert self.total is not None
-        if self.weights is None:  # as infer_slide: sum, count, divide
-            self.logits[:, ys, xs] += logits
-            self.total[ys, xs] += 1
-        else:
-            self.logits[:, ys, xs] += logits * self.weights
-            self.total[ys, xs] += self.weights
+        if logits is not None:  # as infer_slide: sums now, divided when the rows are finished
+            self.sums[:, ys, xs] += logits if self.weights is None else logits * self.weights
 
     def _emit(self) -> None:
         top = self.rows[self.row][0]
         bottom = self.rows[self.row + 1][0] if self.row + 1 < len(self.rows) else self.picture_height
-        count = bottom - top
-        cols = slice(self.start - self.x0, self.end - self.x0)
-        valid = None if self.valid is None else self.valid[:count, cols].copy()
-        if self.logits is None or self.total is None:  # nothing valid so far: every pixel is nodata
-            region = torch.zeros((1, count, self.end - self.start))
-        else:
-            total = self.total[:count, cols]
-            region = (self.logits[:, :count, cols] / torch.where(total > 0, total, 1)).cpu()
-        self.write(top, bottom, self.start, self.end, region, valid)
-        for array in (self.logits, self.total):
-            if array is not None:  # shift the band down: keep its rows below the finished block
-                array[..., : self.height - count, :] = array[..., count:, :].clone()
-                array[..., self.height - count :, :] = 0
-        if self.valid is not None:
-            self.valid[: self.height - count] = self.valid[count:].copy()
-            self.valid[self.height - count :] = True
+        count, own = bottom - top, self.end - self.start
+        classes = self.sums.shape[0]
+        region = self.sums[:, :count, :own]
+        valid = self.valid[:count, :own]
+        if self.overhang:
+            sums = np.frombuffer(self.carry_in.read(4 * classes * count * self.overhang), dtype=np.float32)
+            flags = np.frombuffer(self.carry_in.read(count * self.overhang), dtype=bool)
+            region[:, :, : self.overhang] += torch.from_numpy(sums.reshape(classes, count, -1).copy()).to(region)
+            valid[:, : self.overhang] &= flags.reshape(count, -1)
+            self.masked = self.masked or not flags.all()
+        if self.reach > self.end:
+            self.carry_out.write(self.sums[:, :count, own:].contiguous().cpu().numpy().tobytes())
+            self.carry_out.write(np.ascontiguousarray(self.valid[:count, own:]).tobytes())
+        coverage_y, coverage_x = self.coverage
+        divisor = coverage_y[top:bottom, None].to(region.device) * coverage_x[None, :]
+        self.write(top, bottom, self.start, self.end, (region / divisor).cpu(), valid.copy() if self.masked else None)
+        keep = self.height - count  # shift the band up: its rows below the finished block stay
+        self.sums[:, :keep] = self.sums[:, count:].clone()
+        self.sums[:, keep:] = 0
+        self.valid[:keep] = self.valid[count:].copy()
+        self.valid[keep:] = True
         self.row += 1
 
     def finish(self) -> None:
@@ -339,8 +387,8 @@ def infer_tiled(
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
     height, width = int(images.shape[-2]), int(images.shape[-1])
     crop_hw, stride_hw = _pair(crop, "crop"), _pair(stride, "stride")
-    crop_hw = (min(crop_hw[0], height), min(crop_hw[1], width))  # as slide: a small picture runs whole
-    stride_hw = (min(stride_hw[0], crop_hw[0]), min(stride_hw[1], crop_hw[1]))
+    if not all(0 < s <= c for s, c in zip(stride_hw, crop_hw)):
+        raise ValueError(f"tiled inference needs 0 < stride <= crop, got crop={crop!r}, stride={stride!r}")
     results = []
     for image in images:
         parts: list[tuple[int, int, int, int, torch.Tensor]] = []
