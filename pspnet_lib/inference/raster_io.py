@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.images import check_unit_range, integers_to_uint8
+from .tiled import class_indices
 
 __all__ = [
     "GEO_EXTRA",
@@ -44,7 +45,7 @@ GEO_EXTRA = 'pip install "pspnet_lib[geo]"'
 #: GDAL's block cache during a run, in MB, unless ``GDAL_CACHEMAX`` is set in the environment (GDAL's
 #: default, 5% of the RAM, would hold up to that much of the input and output: memory that grows
 #: with the raster).
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 32
 #: Side of the output GeoTIFFs' internal tiles (GDAL's COG default is 512; 256 is its GTiff one).
 BLOCK = 256
 _WIDE_INTEGERS = ("uint16", "int16", "uint32", "int32")
@@ -282,7 +283,7 @@ class RasterOutputs:
             if "confidence" in self.files:
                 arrays["confidence"] = zeros
         else:
-            mask = logits.argmax(dim=0).numpy().astype(self.mask_dtype)
+            mask = class_indices(logits).numpy().astype(self.mask_dtype)
             if valid is not None:
                 mask[~valid] = self.nodata
             arrays["mask"] = mask

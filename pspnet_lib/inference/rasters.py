@@ -37,7 +37,7 @@ from ..core.images import read_image
 from ..core.pretrained_cfg import PretrainedCfg
 from .predict import class_palette
 from .raster_io import RasterOutputs, RasterSource, finish_geotiff, gdal_env, import_rasterio, write_polygons
-from .tiled import count_classes, resolve_tiling, run_tiled
+from .tiled import class_indices, count_classes, resolve_tiling, run_tiled
 from .visualize import colorize
 
 __all__ = [
@@ -292,18 +292,8 @@ def predict_raster(
             if crs is None:
                 logger.warning("%s has no coordinate reference system; the outputs are written without one", name)
         crop_hw, stride_hw = resolve_tiling(model, crop, stride, size=(height, width))
-        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(cfg.std, dtype=torch.float32).view(-1, 1, 1)
-
-        def read(y1: int, y2: int, x1: int, x2: int) -> tuple[torch.Tensor, np.ndarray | None]:
-            data, valid = pixels(y1, y2, x1, x2)
-            x = torch.from_numpy(data).float()
-            x = (x / 255.0 if data.dtype == np.uint8 else x).sub_(mean).div_(std)
-            if valid is not None:
-                x[:, torch.from_numpy(~valid)] = 0  # nodata enters the network as the mean colour
-            return x, valid
-
-        num_classes = count_classes(model, read, (min(crop_hw[0], height), min(crop_hw[1], width)))
+        first = (min(crop_hw[0], height), min(crop_hw[1], width))
+        num_classes = count_classes(model, pixels, first, mean=cfg.mean, std=cfg.std)
         palette = class_palette(cfg, num_classes)
         temporary = {kind: stack.enter_context(atomic_output(p)) for kind, p in outputs.items()}
         stages = {kind: t.with_name(t.name + ".stage.tif") for kind, t in temporary.items() if kind != "polygons"}
@@ -332,7 +322,7 @@ def predict_raster(
             if writers is not None:
                 writers.write(y1, y2, x1, x2, logits, valid)
             if png is not None and (valid is None or valid.any()):
-                block = logits.argmax(dim=0).numpy().astype(np.uint8)
+                block = class_indices(logits).numpy().astype(np.uint8)
                 if valid is not None:
                     block[~valid] = 255
                 png[y1:y2, x1:x2] = block
@@ -341,11 +331,13 @@ def predict_raster(
             model,
             height,
             width,
-            read,
+            pixels,
             write,
             crop=crop_hw,
             stride=stride_hw,
             num_classes=num_classes,
+            mean=cfg.mean,
+            std=cfg.std,
             blend=blend,
             batch_size=batch_size,
             strip_width=strip_width,

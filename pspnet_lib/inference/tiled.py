@@ -39,7 +39,7 @@ import torch.nn as nn
 from .._progress import progress_bar
 from ..core.pretrained_cfg import PretrainedCfg
 from .modes import slide_spans
-from .predict import model_device, model_num_classes
+from .predict import model_device, model_num_classes, normalise_batch
 
 __all__ = [
     "BLENDS",
@@ -50,6 +50,7 @@ __all__ = [
     "blend_profile",
     "run_tiled",
     "count_classes",
+    "class_indices",
     "infer_tiled",
 ]
 
@@ -58,10 +59,12 @@ BLENDS = ("mean", "hann")
 #: Strip widths are multiples of this (the output GeoTIFF's block size, so strips write whole blocks).
 STRIP_ALIGN = 256
 
-#: ``read(y1, y2, x1, x2) -> (pixels, valid)``: the model's input for rows ``y1:y2``, columns
-#: ``x1:x2`` as a float32 tensor ``(C, h, w)`` (normalised), and a bool array ``(h, w)`` that is
-#: False where there is no data (None: every pixel is valid).
-WindowReader = Callable[[int, int, int, int], tuple[torch.Tensor, "np.ndarray | None"]]
+#: ``read(y1, y2, x1, x2) -> (pixels, valid)``: rows ``y1:y2``, columns ``x1:x2`` of the picture
+#: as ``(C, h, w)`` pixels: a NumPy array of uint8 or float32 in [0, 1] when :func:`run_tiled` is
+#: given ``mean``/``std`` (it normalises them), else the model's input as a float tensor; and a
+#: bool array ``(h, w)`` that is False where there is no data (None: every pixel is valid).
+#: It runs in a background thread.
+WindowReader = Callable[[int, int, int, int], tuple[Any, "np.ndarray | None"]]
 #: ``write(y1, y2, x1, x2, logits, valid)``: a finished region; logits ``(K, h, w)`` float32 on
 #: the CPU (undefined where ``valid`` is False), ``valid`` as given by the reader (None: all).
 RegionWriter = Callable[[int, int, int, int, torch.Tensor, "np.ndarray | None"], None]
@@ -140,6 +143,14 @@ def blend_profile(blend: str, length: int) -> torch.Tensor:
     return torch.sin(math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
 
 
+def class_indices(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=0)`` for ``(K, h, w)`` logits (the first maximum on ties, as argmax).
+
+    ``max(dim=0).indices``: torch's CPU argmax over a leading dimension is ~10x slower for few classes.
+    """
+    return logits.max(dim=0).indices
+
+
 def _coverage(length: int, spans: list[tuple[int, int]], profile: torch.Tensor) -> torch.Tensor:
     """Sum over the windows of one axis of their profile: with the grid being a product of the two
     axes' windows, a pixel's total weight is ``coverage_y[y] * coverage_x[x]`` (window counts for
@@ -165,6 +176,8 @@ def run_tiled(
     crop: tuple[int, int],
     stride: tuple[int, int],
     num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     blend: str = "mean",
     batch_size: int = 4,
     strip_width: int | None = None,
@@ -184,6 +197,11 @@ def run_tiled(
         crop, stride: window size and step ``(h, w)`` in pixels (:func:`resolve_tiling`); a side
             longer than the picture's is cut to it (one window along that axis, as ``slide``).
         num_classes: K (default: the model's config, else one window is run to find it).
+        mean, std: per-channel normalisation on the 0..1 scale (``PretrainedCfg.mean``/``std``),
+            applied to the pixels ``read`` returns; nodata pixels become 0 (the mean colour). The
+            batch is built here, in the calling thread, so that the reading thread allocates
+            only the decoded pixels (memory freed across threads made glibc's heaps grow with
+            the picture's size).
         blend: ``"mean"`` or ``"hann"`` (see the module's docstring).
         batch_size: windows per forward pass.
         strip_width: columns per strip, at least the crop's width (default
@@ -216,8 +234,9 @@ def run_tiled(
     ]
     device = model_device(model)
     weights = None if blend == "mean" else (profile_y[:, None] * profile_x[None, :]).float().to(device)
+    stats = _stats(mean, std)
     if num_classes is None:
-        num_classes = count_classes(model, read, crop)
+        num_classes = count_classes(model, read, crop, mean=mean, std=std)
     total = len(rows) * len(columns)
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
@@ -246,7 +265,7 @@ def run_tiled(
                 windows = [(r, y1, y2, x1, x2) for r, (y1, y2) in enumerate(rows) for x1, x2 in spans]
                 batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
-                def load(batch: list[tuple[int, int, int, int, int]]) -> list[tuple[torch.Tensor, Any]]:
+                def load(batch: list[tuple[int, int, int, int, int]]) -> list[tuple[Any, Any]]:
                     return [read(y1, y2, x1, x2) for _, y1, y2, x1, x2 in batch]
 
                 pending: Future | None = pool.submit(load, batches[0]) if batches else None
@@ -257,7 +276,7 @@ def run_tiled(
                     keep = [i for i, (_, valid) in enumerate(loaded) if valid is None or valid.any()]
                     outputs: list[torch.Tensor | None] = [None] * len(batch)
                     if keep:
-                        x = torch.stack([loaded[i][0] for i in keep]).to(device)
+                        x = _prepare([loaded[i] for i in keep], stats).to(device)
                         with torch.no_grad(), autocast:
                             logits = model(x)
                         for j, i in enumerate(keep):
@@ -273,12 +292,39 @@ def run_tiled(
     return ran
 
 
-def count_classes(model: nn.Module, read: WindowReader, crop: tuple[int, int]) -> int:
+def _prepare(
+    loaded: list[tuple[Any, np.ndarray | None]], stats: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """The model's input batch from the windows' pixels (in the main thread: see run_tiled)."""
+    if stats is None:
+        return torch.stack([pixels for pixels, _ in loaded])
+    x = normalise_batch(torch.from_numpy(np.stack([pixels for pixels, _ in loaded])), *stats)
+    for image, (_, valid) in zip(x, loaded):
+        if valid is not None:
+            image[:, torch.from_numpy(~valid)] = 0  # nodata enters the network as the mean colour
+    return x
+
+
+def _stats(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if mean is None or std is None:
+        return None
+    as_tensor = lambda v: torch.tensor(list(v), dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+    return as_tensor(mean), as_tensor(std)
+
+
+def count_classes(
+    model: nn.Module,
+    read: WindowReader,
+    crop: tuple[int, int],
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> int:
     """K: the model's ``config.num_classes``, else the channels of the logits of the top-left window."""
     known = model_num_classes(model)
     if known:
         return int(known)
-    x, _ = read(0, crop[0], 0, crop[1])
+    x = _prepare([read(0, crop[0], 0, crop[1])], _stats(mean, std))[0]
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -317,8 +363,14 @@ class _Band:
         self.height = rows[0][1] - rows[0][0]  # every window row is this tall (slide_spans)
         self.picture_height = rows[-1][1]
         self.row = 0
-        self.sums = torch.zeros((num_classes, self.height, self.reach - self.start), device=device)
-        self.valid = np.ones((self.height, self.reach - self.start), dtype=bool)
+        width = self.reach - self.start
+        # Two of each, swapped when the band moves down: no allocation per row block (glibc's heaps
+        # grew with the picture when blocks of varying sizes were allocated and freed).
+        self.sums, self.spare = (torch.zeros((num_classes, self.height, width), device=device) for _ in range(2))
+        self.valid, self.spare_valid = (np.ones((self.height, width), dtype=bool) for _ in range(2))
+        carried = num_classes * self.height * max(overhang, width - (self.end - self.start))
+        self.carry = torch.empty(carried, dtype=torch.float32)  # staging for the carry files
+        self.carry_flags = np.empty(self.height * max(overhang, width - (self.end - self.start)), dtype=bool)
         self.masked = False  # the reader gave a valid-pixel mask
 
     def add(self, window: tuple[int, int, int, int, int], logits: torch.Tensor | None, valid: Any) -> None:
@@ -341,22 +393,31 @@ class _Band:
         region = self.sums[:, :count, :own]
         valid = self.valid[:count, :own]
         if self.overhang:
-            sums = np.frombuffer(self.carry_in.read(4 * classes * count * self.overhang), dtype=np.float32)
-            flags = np.frombuffer(self.carry_in.read(count * self.overhang), dtype=bool)
-            region[:, :, : self.overhang] += torch.from_numpy(sums.reshape(classes, count, -1).copy()).to(region)
-            valid[:, : self.overhang] &= flags.reshape(count, -1)
+            size = classes * count * self.overhang
+            self.carry_in.readinto(self.carry[:size].numpy())  # type: ignore[attr-defined]  # a file opened "w+b"
+            self.carry_in.readinto(self.carry_flags[: count * self.overhang])  # type: ignore[attr-defined]
+            region[:, :, : self.overhang] += self.carry[:size].view(classes, count, -1).to(region.device)
+            flags = self.carry_flags[: count * self.overhang].reshape(count, -1)
+            valid[:, : self.overhang] &= flags
             self.masked = self.masked or not flags.all()
         if self.reach > self.end:
-            self.carry_out.write(self.sums[:, :count, own:].contiguous().cpu().numpy().tobytes())
-            self.carry_out.write(np.ascontiguousarray(self.valid[:count, own:]).tobytes())
+            ahead = self.reach - self.end
+            staged = self.carry[: classes * count * ahead].view(classes, count, ahead)
+            staged.copy_(self.sums[:, :count, own:])
+            self.carry_out.write(staged.numpy().data)
+            flags = self.carry_flags[: count * ahead].reshape(count, ahead)
+            flags[...] = self.valid[:count, own:]
+            self.carry_out.write(flags.data)
         coverage_y, coverage_x = self.coverage
         divisor = coverage_y[top:bottom, None].to(region.device) * coverage_x[None, :]
         self.write(top, bottom, self.start, self.end, (region / divisor).cpu(), valid.copy() if self.masked else None)
-        keep = self.height - count  # shift the band up: its rows below the finished block stay
-        self.sums[:, :keep] = self.sums[:, count:].clone()
-        self.sums[:, keep:] = 0
-        self.valid[:keep] = self.valid[count:].copy()
-        self.valid[keep:] = True
+        keep = self.height - count  # move the band down: its rows below the finished block stay
+        self.spare[:, :keep] = self.sums[:, count:]
+        self.spare[:, keep:] = 0
+        self.spare_valid[:keep] = self.valid[count:]
+        self.spare_valid[keep:] = True
+        self.sums, self.spare = self.spare, self.sums
+        self.valid, self.spare_valid = self.spare_valid, self.valid
         self.row += 1
 
     def finish(self) -> None:
