@@ -124,11 +124,11 @@ def test_slide_spans_are_the_slide_windows():
 
 def test_window_errors_name_the_option():
     model = tiny_model()
-    with pytest.raises(ValueError, match=r"^stride must be between 1 and the crop 256x256.*got stride 0x0"):
+    with pytest.raises(ValueError, match=r"^stride \(--stride\) must be between 1 and the crop 256x256.*got 0x0"):
         resolve_tiling(model, 256, 0)
-    with pytest.raises(ValueError, match=r"^stride must be between 1 and the crop"):
+    with pytest.raises(ValueError, match=r"^stride \(--stride\) must be between 1 and the crop"):
         resolve_tiling(model, 256, 300)  # gaps between windows
-    with pytest.raises(ValueError, match=r"^crop 512x512 is larger than the picture \(300x400 pixels\)"):
+    with pytest.raises(ValueError, match=r"^crop \(--crop\) 512x512 is larger than the picture \(300x400 pixels\)"):
         resolve_tiling(model, 512, 256, size=(300, 400))
     with pytest.raises(ValueError, match="strip_width must be an integer of at least the crop width 128"):
         infer_tiled(model, torch.zeros(1, 3, 200, 300), 128, 96, strip_width=64)

@@ -115,8 +115,8 @@ def run_tiled(args: argparse.Namespace, load: Callable[..., Any]) -> int:
         given.append("--mode whole" if args.mode == "whole" else "--scales")
     if given:
         raise ValueError(
-            f"{', '.join(given)} do(es) not apply to tiled inference (rasters, large pictures): remove them; "
-            "windows are set by --crop/--stride"
+            f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to tiled inference (rasters, large "
+            "pictures): remove it; windows are set by --crop/--stride"
         )
     if args.dtype == "int8":
         raise ValueError(

@@ -126,7 +126,7 @@ class RasterSource:
             self.bands = chosen
         else:
             raise ValueError(
-                f"{what} has {found} band(s) {'selected' if bands is not None else ''} but the model takes {channels} "
+                f"{what} has {found} band(s){' selected' if bands is not None else ''} but the model takes {channels} "
                 f"(config.in_channels); pick {channels} bands with bands= / --bands, e.g. --bands "
                 f"{','.join(str(b) for b in range(1, min(channels, count) + 1))}"
             )

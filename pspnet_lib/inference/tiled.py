@@ -116,14 +116,14 @@ def resolve_tiling(
     )
     if not all(1 <= s <= c for s, c in zip(stride_hw, crop_hw)):
         raise ValueError(
-            f"stride must be between 1 and the crop {crop_hw[0]}x{crop_hw[1]} (windows overlap by crop - stride "
-            f"pixels, which must be less than the window), got stride {stride_hw[0]}x{stride_hw[1]}; "
-            f"e.g. stride={round(crop_hw[0] * 2 / 3)}"
+            f"stride (--stride) must be between 1 and the crop {crop_hw[0]}x{crop_hw[1]} (windows overlap by crop - "
+            f"stride pixels, which must be less than the window), got {stride_hw[0]}x{stride_hw[1]}; e.g. --stride "
+            f"{round(crop_hw[0] * 2 / 3)}"
         )
     if size is not None and (crop_hw[0] > size[0] or crop_hw[1] > size[1]):
         raise ValueError(
-            f"crop {crop_hw[0]}x{crop_hw[1]} is larger than the picture ({size[0]}x{size[1]} pixels); pass a crop of at "
-            "most the picture's size, or segment a picture this small with predict()"
+            f"crop (--crop) {crop_hw[0]}x{crop_hw[1]} is larger than the picture ({size[0]}x{size[1]} pixels); pass a "
+            "crop of at most the picture's size, or segment a picture this small with predict()"
         )
     return crop_hw, stride_hw
 
