@@ -30,7 +30,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from .._progress import progress_bar
 from ..core.pretrained_cfg import PretrainedCfg
 from .modes import slide_spans
 from .predict import model_device, model_num_classes, normalise_batch
+from .tiled_band import RegionWriter, StripBand
 
 __all__ = [
     "BLENDS",
@@ -65,9 +66,6 @@ STRIP_ALIGN = 256
 #: bool array ``(h, w)`` that is False where there is no data (None: every pixel is valid).
 #: It runs in a background thread.
 WindowReader = Callable[[int, int, int, int], tuple[Any, "np.ndarray | None"]]
-#: ``write(y1, y2, x1, x2, logits, valid)``: a finished region; logits ``(K, h, w)`` float32 on
-#: the CPU (undefined where ``valid`` is False), ``valid`` as given by the reader (None: all).
-RegionWriter = Callable[[int, int, int, int, torch.Tensor, "np.ndarray | None"], None]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -258,7 +256,7 @@ def run_tiled(
                 carry_in.seek(0)
                 carry_out.seek(0)
                 reach = max([end, *(x2 for _, x2 in spans)])
-                band = _Band(
+                band = StripBand(
                     rows, (start, end, reach), overhang, num_classes, device, weights, write, carry_in, carry_out
                 )
                 band.coverage = (coverage_y, coverage_x[start:end].to(device))
@@ -333,96 +331,6 @@ def count_classes(
             return int(model(x[None].to(device)).shape[1])
     finally:
         model.train(was_training)
-
-
-class _Band:
-    """One strip's sums of logits over its current band of ``crop`` rows, emitted row block by block.
-
-    Columns ``[start, end)`` are the strip's own; ``[end, reach)`` hold what its windows add to
-    the next strip, handed over through ``carry_out`` (float32 sums, then the valid flags, per
-    row block), as this strip received ``overhang`` columns from the previous one via ``carry_in``.
-    """
-
-    coverage: tuple[torch.Tensor, torch.Tensor]
-
-    def __init__(
-        self,
-        rows: list[tuple[int, int]],
-        columns: tuple[int, int, int],
-        overhang: int,
-        num_classes: int,
-        device: torch.device,
-        weights: torch.Tensor | None,
-        write: RegionWriter,
-        carry_in: IO[bytes],
-        carry_out: IO[bytes],
-    ) -> None:
-        self.rows, self.write, self.weights = rows, write, weights
-        self.start, self.end, self.reach = columns
-        self.overhang, self.carry_in, self.carry_out = overhang, carry_in, carry_out
-        self.height = rows[0][1] - rows[0][0]  # every window row is this tall (slide_spans)
-        self.picture_height = rows[-1][1]
-        self.row = 0
-        width = self.reach - self.start
-        # Two of each, swapped when the band moves down: no allocation per row block (glibc's heaps
-        # grew with the picture when blocks of varying sizes were allocated and freed).
-        self.sums, self.spare = (torch.zeros((num_classes, self.height, width), device=device) for _ in range(2))
-        self.valid, self.spare_valid = (np.ones((self.height, width), dtype=bool) for _ in range(2))
-        carried = num_classes * self.height * max(overhang, width - (self.end - self.start))
-        self.carry = torch.empty(carried, dtype=torch.float32)  # staging for the carry files
-        self.carry_flags = np.empty(self.height * max(overhang, width - (self.end - self.start)), dtype=bool)
-        self.masked = False  # the reader gave a valid-pixel mask
-
-    def add(self, window: tuple[int, int, int, int, int], logits: torch.Tensor | None, valid: Any) -> None:
-        row, y1, y2, x1, x2 = window
-        while row > self.row:
-            self._emit()
-        top = self.rows[self.row][0]
-        ys, xs = slice(y1 - top, y2 - top), slice(x1 - self.start, x2 - self.start)
-        if valid is not None:
-            self.masked = True
-            self.valid[ys, xs] = valid
-        if logits is not None:  # as infer_slide: sums now, divided when the rows are finished
-            self.sums[:, ys, xs] += logits if self.weights is None else logits * self.weights
-
-    def _emit(self) -> None:
-        top = self.rows[self.row][0]
-        bottom = self.rows[self.row + 1][0] if self.row + 1 < len(self.rows) else self.picture_height
-        count, own = bottom - top, self.end - self.start
-        classes = self.sums.shape[0]
-        region = self.sums[:, :count, :own]
-        valid = self.valid[:count, :own]
-        if self.overhang:
-            size = classes * count * self.overhang
-            self.carry_in.readinto(self.carry[:size].numpy())  # type: ignore[attr-defined]  # a file opened "w+b"
-            self.carry_in.readinto(self.carry_flags[: count * self.overhang])  # type: ignore[attr-defined]
-            region[:, :, : self.overhang] += self.carry[:size].view(classes, count, -1).to(region.device)
-            flags = self.carry_flags[: count * self.overhang].reshape(count, -1)
-            valid[:, : self.overhang] &= flags
-            self.masked = self.masked or not flags.all()
-        if self.reach > self.end:
-            ahead = self.reach - self.end
-            staged = self.carry[: classes * count * ahead].view(classes, count, ahead)
-            staged.copy_(self.sums[:, :count, own:])
-            self.carry_out.write(staged.numpy().data)
-            flags = self.carry_flags[: count * ahead].reshape(count, ahead)
-            flags[...] = self.valid[:count, own:]
-            self.carry_out.write(flags.data)
-        coverage_y, coverage_x = self.coverage
-        divisor = coverage_y[top:bottom, None].to(region.device) * coverage_x[None, :]
-        self.write(top, bottom, self.start, self.end, (region / divisor).cpu(), valid.copy() if self.masked else None)
-        keep = self.height - count  # move the band down: its rows below the finished block stay
-        self.spare[:, :keep] = self.sums[:, count:]
-        self.spare[:, keep:] = 0
-        self.spare_valid[:keep] = self.valid[count:]
-        self.spare_valid[keep:] = True
-        self.sums, self.spare = self.spare, self.sums
-        self.valid, self.spare_valid = self.spare_valid, self.valid
-        self.row += 1
-
-    def finish(self) -> None:
-        while self.row < len(self.rows):
-            self._emit()
 
 
 @torch.no_grad()
