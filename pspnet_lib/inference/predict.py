@@ -26,9 +26,10 @@ import torch.nn as nn
 from PIL import Image
 
 from ..core.images import is_image_batch, to_image_tensor
+from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
-from .visualize import colorize, default_palette, legend, overlay
+from .visualize import colorize, legend, overlay
 
 __all__ = ["predict", "Prediction", "resolve_protocol", "load_model"]
 
@@ -85,14 +86,6 @@ class Prediction:
         num = max(len(self.palette), max(self.present, default=-1) + 1)
         names = [self.class_name(i) for i in range(num)]
         return legend(names, self.palette, present=self.present)
-
-
-def class_palette(cfg: PretrainedCfg, num_classes: int) -> list[tuple[int, int, int]]:
-    """One RGB colour per class: the weights' palette, completed with generated colours."""
-    palette = list(cfg.palette or ())
-    if len(palette) < num_classes:
-        palette += default_palette(num_classes)[len(palette) :]
-    return palette
 
 
 def model_num_classes(model: nn.Module) -> int | None:
@@ -298,7 +291,7 @@ def predict(
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
     num_classes = model_num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
-    palette = class_palette(cfg, num_classes)
+    palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [
         Prediction(

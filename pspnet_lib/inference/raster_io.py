@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.images import check_unit_range, integers_to_uint8
+from ..core.decode import check_unit_range, integers_to_uint8
 from .tiled import class_indices
 
 __all__ = [

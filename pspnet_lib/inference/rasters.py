@@ -34,8 +34,8 @@ from PIL import Image
 
 from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir
 from ..core.images import read_image
+from ..core.palette import padded_palette
 from ..core.pretrained_cfg import PretrainedCfg
-from .predict import class_palette
 from .raster_io import RasterOutputs, RasterSource, finish_geotiff, gdal_env, import_rasterio, write_polygons
 from .tiled import class_indices, count_classes, resolve_tiling, run_tiled
 from .visualize import colorize
@@ -294,7 +294,7 @@ def predict_raster(
         crop_hw, stride_hw = resolve_tiling(model, crop, stride, size=(height, width))
         first = (min(crop_hw[0], height), min(crop_hw[1], width))
         num_classes = count_classes(model, pixels, first, mean=cfg.mean, std=cfg.std)
-        palette = class_palette(cfg, num_classes)
+        palette = padded_palette(cfg.palette, num_classes)
         temporary = {kind: stack.enter_context(atomic_output(p)) for kind, p in outputs.items()}
         stages = {kind: t.with_name(t.name + ".stage.tif") for kind, t in temporary.items() if kind != "polygons"}
         for stage in stages.values():
