@@ -45,7 +45,7 @@ GEO_EXTRA = 'pip install "pspnet_lib[geo]"'
 #: GDAL's block cache during a run, in MB, unless ``GDAL_CACHEMAX`` is set in the environment (GDAL's
 #: default, 5% of the RAM, would hold up to that much of the input and output: memory that grows
 #: with the raster).
-GDAL_CACHE_MB = 32
+GDAL_CACHE_MB = 16
 #: Side of the output GeoTIFFs' internal tiles (GDAL's COG default is 512; 256 is its GTiff one).
 BLOCK = 256
 _WIDE_INTEGERS = ("uint16", "int16", "uint32", "int32")
