@@ -282,6 +282,7 @@ class TrainingRun:
                 f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
+        config.check_num_classes(num_classes)  # a class-weight list of another length, before the model is built
         if probe.ignore_index != config.ignore_index:
             raise SettingError(
                 f"{{ignore_index=}} but the {name} dataset marks unscored pixels {probe.ignore_index}; leave "
