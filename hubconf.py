@@ -17,6 +17,6 @@ dependencies = ["torch", "torchvision", "huggingface_hub", "safetensors", "filel
 
 from pspnet_lib.hub.entrypoints import ENTRY_POINTS as _ENTRY_POINTS  # noqa: E402
 from pspnet_lib.hub.entrypoints import list_models  # noqa: E402,F401  (entry points too)
-from pspnet_lib.hub.registry import get_weight, list_pretrained  # noqa: E402,F401
+from pspnet_lib.hub.zoo.registry import get_weight, list_pretrained  # noqa: E402,F401
 
 globals().update(_ENTRY_POINTS)

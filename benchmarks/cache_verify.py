@@ -42,8 +42,8 @@ def main() -> int:
 
     from pspnet_lib import build_pspnet, load_pretrained
     from pspnet_lib.hub import Weights, register_weights, unregister_weights
-    from pspnet_lib.hub.download import cached_paths, load_cached, save_cached, sha256_file, verify_cached
-    from pspnet_lib.hub.serialization import read_safetensors
+    from pspnet_lib.hub.cache import cached_paths, load_cached, save_cached, sha256_file, verify_cached
+    from pspnet_lib.hub.formats.serialization import read_safetensors
 
     torch.set_num_threads(args.threads)
     config = {"backbone": args.backbone, "num_classes": args.num_classes, "aux": True}

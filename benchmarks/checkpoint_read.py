@@ -42,7 +42,7 @@ def main() -> int:
 
     from pspnet_lib import build_pspnet
     from pspnet_lib.core.digest import content_digest
-    from pspnet_lib.hub.serialization import read_checkpoint
+    from pspnet_lib.hub.formats.serialization import read_checkpoint
 
     torch.set_num_threads(args.threads)
     state = build_pspnet(args.backbone, num_classes=args.num_classes, aux=True).state_dict()

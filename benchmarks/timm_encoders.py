@@ -7,7 +7,7 @@ Every model is a PSPNet at output stride 8 with 150 classes (ADE20K's), random w
 
 * ``params``: all parameters, auxiliary head included (``M``);
 * ``GFLOPs``: one eval forward of one 512x512 image, torchvision's convention (a multiply-add is
-  one FLOP; ``pspnet_lib.hub.zoo_stats.count_stats``, on the meta device);
+  one FLOP; ``pspnet_lib.hub.zoo.stats.count_stats``, on the meta device);
 * latency: one 512x512 image, eval mode, ``model(x)`` in float32 and the fast path
   (``optimize_for_inference(model, bf16)`` where the CPU runs bfloat16 natively, else float32: the
   ResNet rewrites for R50-D8, the generic path of ``pspnet_lib.runtime.generic`` for timm
@@ -32,7 +32,7 @@ from train_step import MemoryMeter, Trainer, make_batch  # noqa: E402
 
 from pspnet_lib import build_pspnet
 from pspnet_lib._testing import smooth_image
-from pspnet_lib.hub.zoo_stats import count_stats
+from pspnet_lib.hub.zoo.stats import count_stats
 from pspnet_lib.runtime import native_dtype_support, optimize_for_inference
 
 ENCODERS = ["resnet50", "timm:convnext_tiny", "timm:regnety_040", "timm:efficientnet_b3", "timm:mobilenetv3_large_100"]

@@ -5,7 +5,7 @@ from .assets import sample_images
 from .core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from .hub import get_weights, list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
-from .hub.registry import get_model_weights, get_weight
+from .hub.zoo.registry import get_model_weights, get_weight
 from .inference.predict import Prediction, predict
 from .inference.rasters import predict_raster
 from .inference.visualize import colorize, legend, overlay

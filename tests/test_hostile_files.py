@@ -26,8 +26,8 @@ import torch
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.core.limits import ResourceLimitError
 from pspnet_lib.hub import CheckpointError
-from pspnet_lib.hub.mmseg_config import read_checkpoint_config
-from pspnet_lib.hub.serialization import read_checkpoint
+from pspnet_lib.hub.formats.mmseg_config import read_checkpoint_config
+from pspnet_lib.hub.formats.serialization import read_checkpoint
 from pspnet_lib.hub.validation import check_tensors
 
 from . import hostile_files as H
@@ -368,7 +368,7 @@ def test_values_that_overflow_are_one_line(tmp_path):
     assert _classes_from_mmseg_meta(meta) == {"classes": ["a", "b"]}
 
     # a 1-D classifier weight (the shapes that tell the architecture are checked)
-    from pspnet_lib.hub.converters import infer_config
+    from pspnet_lib.hub.formats.converters import infer_config
 
     keys = [f"backbone.layer{s}.{b}.conv1.weight" for s in range(1, 5) for b in range(2)]
     weights = {k: torch.zeros(1, 1, 1, 1) for k in keys} | {"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}

@@ -24,7 +24,7 @@ from pspnet_lib.core.limits import ResourceLimitError
 from pspnet_lib.engine import TrainConfig, Trainer
 from pspnet_lib.engine.checkpoint import load_checkpoint
 from pspnet_lib.hub import CheckpointError
-from pspnet_lib.hub.http_download import fetch_url, url_cache_path
+from pspnet_lib.hub.cache.http_download import fetch_url, url_cache_path
 
 from ._engine_helpers import ColourBlocks, tiny_pspnet
 from .hub_utils import serve_directory

@@ -17,9 +17,9 @@ from filelock import FileLock
 from pspnet_lib import load_pretrained
 from pspnet_lib.cli import main
 from pspnet_lib.hub import OfflineError, is_cached
-from pspnet_lib.hub.download import LOCK_DIR, cached_paths, verify_cached
-from pspnet_lib.hub.http_download import url_cache_path
-from pspnet_lib.hub.serialization import CheckpointError
+from pspnet_lib.hub.cache import LOCK_DIR, cached_paths, verify_cached
+from pspnet_lib.hub.cache.http_download import url_cache_path
+from pspnet_lib.hub.formats.serialization import CheckpointError
 
 from .hub_utils import serve_directory
 from .test_hub_download import NAME, _assert_reference, _cache_files, entry, published  # noqa: F401 (fixtures)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pspnet_lib import PSPNet, build_pspnet, load_pretrained
-from pspnet_lib.hub.converters import select_ema, strip_wrappers
+from pspnet_lib.hub.formats.converters import select_ema, strip_wrappers
 
 from .hub_utils import SMALL
 

@@ -23,8 +23,8 @@ from pspnet_lib.hub import (
     register_weights,
     unregister_weights,
 )
-from pspnet_lib.hub.download import cached_paths
-from pspnet_lib.hub.http_download import url_cache_path
+from pspnet_lib.hub.cache import cached_paths
+from pspnet_lib.hub.cache.http_download import url_cache_path
 
 from .hub_utils import serve_directory, wait_for, write_mmseg_checkpoint
 from .reference import relative_error

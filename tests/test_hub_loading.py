@@ -10,7 +10,7 @@ import torchvision
 
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.hub import CheckpointError
-from pspnet_lib.hub.converters import convert_state_dict
+from pspnet_lib.hub.formats.converters import convert_state_dict
 from pspnet_lib.hub.loading import CLASSIFIER_KEYS, load_weights
 from pspnet_lib.models import ResNet
 

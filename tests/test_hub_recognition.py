@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pspnet_lib import load_pretrained
-from pspnet_lib.hub.download import sha256_file
-from pspnet_lib.hub.mmseg_config import parse_config_text, read_checkpoint_config, settings_from_config
-from pspnet_lib.hub.registry import Weights, get_weights, register_weights, unregister_weights
+from pspnet_lib.hub.cache import sha256_file
+from pspnet_lib.hub.formats.mmseg_config import parse_config_text, read_checkpoint_config, settings_from_config
+from pspnet_lib.hub.zoo.registry import Weights, get_weights, register_weights, unregister_weights
 
 from .reference import load_case, reference_state_dict
 

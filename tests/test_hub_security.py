@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.hub import CheckpointError
-from pspnet_lib.hub.serialization import InertObject, OpenMMLabPlaceholder, pickle_globals, read_checkpoint
+from pspnet_lib.hub.formats.serialization import InertObject, OpenMMLabPlaceholder, pickle_globals, read_checkpoint
 
 from .hub_utils import SMALL, write_mmseg_checkpoint
 
@@ -128,7 +128,7 @@ def test_forged_pointer_checkpoint_never_crashes(mmseg_file, tmp_path):
         import json, sys
         from pspnet_lib import load_pretrained
         from pspnet_lib.cli import main
-        from pspnet_lib.hub.serialization import read_checkpoint
+        from pspnet_lib.hub.formats.serialization import read_checkpoint
         data, recipe, root = sys.argv[1:4]
         for layout, forged in zip(("zip", "legacy"), sys.argv[4:]):
             print("step load_pretrained", layout, flush=True)
@@ -552,4 +552,4 @@ def test_torch_load_is_called_in_one_module():
             elif isinstance(node, ast.ImportFrom) and node.module == "torch":
                 if any(alias.name == "load" for alias in node.names):
                     callers.append(path.relative_to(REPO).as_posix())
-    assert sorted(set(callers)) == ["pspnet_lib/hub/checkpoint_reader.py"]
+    assert sorted(set(callers)) == ["pspnet_lib/hub/formats/checkpoint_reader.py"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from pspnet_lib import PSPNet, PSPNetConfig, PyramidPoolingModule, build_pspnet
-from pspnet_lib.hub.converters import convert_state_dict
+from pspnet_lib.hub.formats.converters import convert_state_dict
 from pspnet_lib.models import ResNet
 
 from .reference import load_case

@@ -17,7 +17,7 @@ timm = pytest.importorskip("timm")
 
 import pspnet_lib  # noqa: E402
 from pspnet_lib import PSPNet, build_pspnet, load_pretrained  # noqa: E402
-from pspnet_lib.hub.download import OfflineError  # noqa: E402
+from pspnet_lib.hub.cache import OfflineError  # noqa: E402
 from pspnet_lib.models.encoders.timm_encoder import TimmEncoder, reachable_strides  # noqa: E402
 
 from .hub_utils import make_hf_cache  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 import pspnet_lib
 from pspnet_lib import build_pspnet, get_model, get_model_weights, get_weight, get_weights, list_models, list_pretrained
 from pspnet_lib.hub import Weights, register_weights, unregister_weights
-from pspnet_lib.hub.zoo_stats import count_stats
+from pspnet_lib.hub.zoo.stats import count_stats
 from pspnet_lib.models import variants
 
 from .hub_utils import SMALL, serve_directory, write_mmseg_checkpoint
@@ -87,7 +87,7 @@ def test_weights_meta_has_torchvision_fields():
     for name in list_pretrained(task="semantic-segmentation"):
         meta = get_weight(name).meta
         assert meta["num_params"] and meta["_ops"] and meta["_file_size"], (
-            f"{name}: run python -m pspnet_lib.hub.zoo_stats --write"
+            f"{name}: run python -m pspnet_lib.hub.zoo.stats --write"
         )
         assert meta["recipe"] is None or meta["recipe"] in list_recipes()
 

@@ -22,7 +22,7 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..core.constants import MAX_NUM_CLASSES
-    from ..hub.converters import FORMATS
+    from ..hub.formats.converters import FORMATS
     from .common import int_in
 
     parser = subparsers.add_parser(

@@ -52,7 +52,7 @@ def _fmt(value: float | None) -> str:
 
 def _cache_state(w, cache_dir: Path | None) -> tuple[bool, str | None]:
     """``(cached, problem)``: cached only if the entry verifies (checksums), else why not (None: absent)."""
-    from ..hub.download import cached_paths, default_cache_dir, verify_cached
+    from ..hub.cache import cached_paths, default_cache_dir, verify_cached
 
     if not any(p.exists() or p.is_symlink() for p in cached_paths(w, default_cache_dir(cache_dir))):
         return False, None
@@ -61,7 +61,7 @@ def _cache_state(w, cache_dir: Path | None) -> tuple[bool, str | None]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..hub.registry import get_weights, list_pretrained
+    from ..hub.zoo.registry import get_weights, list_pretrained
 
     names = list_pretrained(args.pattern, task=args.task, include_aliases=args.aliases)
     rows = []
@@ -108,8 +108,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..hub.download import cached_paths, default_cache_dir
-    from ..hub.registry import aliases_of, get_weights
+    from ..hub.cache import cached_paths, default_cache_dir
+    from ..hub.zoo.registry import aliases_of, get_weights
 
     if Path(args.name).expanduser().exists():
         return _info_local(args)
@@ -177,9 +177,9 @@ def _info_local(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..hub.download import cached_paths, default_cache_dir, verify_cached
+    from ..hub.cache import cached_paths, default_cache_dir, verify_cached
     from ..hub.loading import resolve_source
-    from ..hub.registry import get_weights
+    from ..hub.zoo.registry import get_weights
 
     cache = default_cache_dir(args.cache_dir)
     status = 0

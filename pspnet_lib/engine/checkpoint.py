@@ -105,10 +105,10 @@ def rotate_checkpoints(
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint with the library's safe reader and check that it is one.
 
-    Reads through :func:`pspnet_lib.hub.serialization.read_checkpoint` (tensors and plain
+    Reads through :func:`pspnet_lib.hub.formats.serialization.read_checkpoint` (tensors and plain
     containers only, never arbitrary pickled objects), then moves the tensors to ``map_location``.
 
-    The content digest the Trainer records is verified (:func:`~pspnet_lib.hub.serialization.check_content_digest`)
+    The content digest the Trainer records is verified (:func:`~pspnet_lib.hub.formats.serialization.check_content_digest`)
     and removed from the returned state.
 
     Raises:
@@ -117,7 +117,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             written (its content digest differs) or unsafe; or it is not a training checkpoint of
             this library.
     """
-    from ..hub.serialization import check_content_digest, read_checkpoint  # the hub sits below the engine
+    from ..hub.formats.serialization import check_content_digest, read_checkpoint  # the hub sits below the engine
 
     path = Path(path)
     if not path.is_file():
@@ -179,7 +179,7 @@ def load_resume_checkpoint(
     Raises:
         ValueError: (a ``CheckpointError``) none is readable; the message lists every file tried and why.
     """
-    from ..hub.serialization import CheckpointError
+    from ..hub.formats.serialization import CheckpointError
 
     failures: list[tuple[Path, str]] = []
     for raw in candidates:

@@ -20,10 +20,16 @@ import torch
 from .._files import parse_json, read_json
 from ..core.constants import CHECKPOINT_FORMAT
 from ..models.pspnet import PSPNetConfig
-from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
-from .download import sha256_file
-from .mmseg_config import read_checkpoint_config
-from .registry import find_weights_for_file
+from .cache import sha256_file
+from .formats.converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
+from .formats.mmseg_config import read_checkpoint_config
+from .formats.serialization import (
+    CheckpointError,
+    check_content_digest,
+    extract_state_dict,
+    read_checkpoint,
+    read_safetensors,
+)
 from .resolved import (
     _CONFIG_FIELDS,
     Resolved,
@@ -33,8 +39,8 @@ from .resolved import (
     _fill_stats,
     _has_head,
 )
-from .serialization import CheckpointError, check_content_digest, extract_state_dict, read_checkpoint, read_safetensors
 from .validation import warn_unknown
+from .zoo.registry import find_weights_for_file
 
 __all__ = ["read_pretrained_folder"]
 

@@ -3,7 +3,7 @@
 Every variant of :data:`pspnet_lib.models.variants.VARIANTS` has one builder named after it
 (``pspnet_r50_d8``, ...), which hubconf.py re-exports as its torch.hub entry point and
 :func:`get_model` calls. A builder takes torchvision's ``weights=`` (None, ``"DEFAULT"``, a zoo
-name, a :class:`~pspnet_lib.hub.registry.Weights` or a member of :func:`get_model_weights`'s
+name, a :class:`~pspnet_lib.hub.zoo.registry.Weights` or a member of :func:`get_model_weights`'s
 enum) or this library's ``pretrained=`` (False, True or any :func:`load_pretrained` source).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from ..models.pspnet import PSPNet, PSPNetConfig, build_pspnet
 from ..models.variants import VARIANTS, Variant, get_variant
 from .loading import load_pretrained
-from .registry import Weights, WeightsEnum, get_weights, resolve_name
+from .zoo.registry import Weights, WeightsEnum, get_weights, resolve_name
 
 __all__ = ["ENTRY_POINTS", "build_variant", "build_with_weights", "get_model", "list_models", "resolve_weights_arg"]
 

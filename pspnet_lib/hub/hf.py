@@ -27,10 +27,10 @@ from huggingface_hub.errors import (
 
 from .._files import atomic_save_safetensors
 from .._progress import tqdm_class
+from .cache import OfflineError, is_offline
 from .checkpoint_files import read_pretrained_folder
-from .download import OfflineError, is_offline
+from .formats.serialization import read_safetensors, write_json
 from .load_report import load_weights
-from .serialization import read_safetensors, write_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
 
@@ -212,7 +212,7 @@ def from_pretrained_files(
             )
         return model.to(map_location).eval()
     from ..models.pspnet import PSPNetConfig
-    from .serialization import CheckpointError
+    from .formats.serialization import CheckpointError
     from .validation import check_tensors, validate_pretrained_cfg
 
     source = f"{model_id} ({CONFIG_NAME})"

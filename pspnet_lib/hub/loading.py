@@ -25,9 +25,9 @@ from ..core.limits import ResourceLimitError
 from ..models.encoders import is_timm_backbone
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
+from .formats.serialization import CheckpointError
 from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
 from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
-from .serialization import CheckpointError
 from .sources import resolve_source
 from .timm_weights import build_with_timm_weights
 from .validation import validate_pretrained_cfg
@@ -114,7 +114,7 @@ def load_pretrained(
             ``RuntimeError``. Default: the CPU.
         **overrides: :class:`~pspnet_lib.PSPNetConfig` fields the weights cannot tell, e.g.
             ``align_corners=True``, ``output_stride=32, dilations=[1, 1, 2, 4]``. Defaults per layout
-            are in :data:`pspnet_lib.hub.converters.LAYOUT_DEFAULTS` (docs/weights.md).
+            are in :data:`pspnet_lib.hub.formats.converters.LAYOUT_DEFAULTS` (docs/weights.md).
 
     Returns the model in eval mode, with ``model.pretrained_cfg`` (preprocessing, classes,
     palette, inference protocol) and ``model.load_report`` (a :class:`LoadReport`).

@@ -20,8 +20,8 @@ from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run
 from ..core.limits import check_limit, format_amount
 from ..core.pretrained_cfg import PretrainedCfg
 from ..models.pspnet import PSPNet, PSPNetConfig
+from .formats.serialization import CheckpointError
 from .load_report import _is_counter
-from .serialization import CheckpointError
 from .validation import check_tensors, validate_pretrained_cfg
 
 __all__ = ["Resolved", "check_model_budget", "verify_resolved"]

@@ -1,7 +1,7 @@
 """``resolve_source``: any supported source (zoo name, ``hf-hub:``, URL, file, folder) to weights.
 
 Zoo names are downloaded once, verified, converted and cached as safetensors
-(:mod:`pspnet_lib.hub.download`); files and folders are read by
+(:mod:`pspnet_lib.hub.cache`); files and folders are read by
 :mod:`pspnet_lib.hub.checkpoint_files`; ``hf-hub:`` repositories by :mod:`pspnet_lib.hub.hf`.
 """
 
@@ -13,9 +13,7 @@ import re
 from pathlib import Path
 
 from ..models.pspnet import PSPNetConfig
-from .checkpoint_files import _resolve_path
-from .converters import convert_state_dict
-from .download import (
+from .cache import (
     OfflineError,
     default_cache_dir,
     discard_unreadable_download,
@@ -27,10 +25,12 @@ from .download import (
     sha256_file,
     tidy_entry,
 )
+from .checkpoint_files import _resolve_path
+from .formats.converters import convert_state_dict
+from .formats.serialization import CheckpointError, extract_state_dict, read_checkpoint
 from .hf import resolve_hf
-from .registry import Weights, get_weights, resolve_name
 from .resolved import Resolved, _check_fits
-from .serialization import CheckpointError, extract_state_dict, read_checkpoint
+from .zoo.registry import Weights, get_weights, resolve_name
 
 __all__ = ["resolve_source", "parse_hf_source"]
 

@@ -77,10 +77,10 @@ def calibration_images(
             protocol (``pretrained_cfg["inference"]["resize"]``; none stored = the picture's own
             size), False = no resize, an int = short side, ``(long, short)`` = limits.
 
-    The resize and normalisation are :func:`pspnet_lib.hub.preprocessing.build_transforms`, the
+    The resize and normalisation are :func:`pspnet_lib.hub.zoo.preprocessing.build_transforms`, the
     pipeline the zoo's ``weights.transforms()`` use, so calibration sees what inference sees.
     """
-    from ..hub.preprocessing import build_transforms
+    from ..hub.zoo.preprocessing import build_transforms
     from .predict import resolve_protocol
 
     if isinstance(source, nn.Module) or not isinstance(model, nn.Module):

@@ -34,7 +34,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
-from ..core.limits import check_limit, get_limit
+from ...core.limits import check_limit, get_limit
 
 __all__ = ["parse_config_text", "settings_from_config", "read_checkpoint_config", "MAX_CONFIG_CHARS", "MAX_NODES"]
 

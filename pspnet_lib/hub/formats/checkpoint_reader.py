@@ -1,12 +1,12 @@
 """Reading checkpoint files without running their code: ``torch.save`` pickles and safetensors.
 
 ``.pth`` files are pickles. The library opens the file once and reads it itself
-(:mod:`~pspnet_lib.hub.checkpoint_archive`: the zip layout or the legacy one, ambiguous archives
+(:mod:`~pspnet_lib.hub.formats.checkpoint_archive`: the zip layout or the legacy one, ambiguous archives
 refused, sizes checked before anything is read or inflated); the pickle bytes it found are
-followed opcode by opcode (:mod:`~pspnet_lib.hub.pickle_scan`: every global, every storage,
+followed opcode by opcode (:mod:`~pspnet_lib.hub.formats.pickle_scan`: every global, every storage,
 every call and its cost) and then exactly those bytes are unpickled with torch's ``weights_only``
 unpickler, which builds tensors and plain containers only, plus an allow-list that this library
-controls completely: the inert stand-ins of :mod:`pspnet_lib.hub.pickle_standins` for numpy
+controls completely: the inert stand-ins of :mod:`pspnet_lib.hub.formats.pickle_standins` for numpy
 values and OpenMMLab bookkeeping objects. A file that needs any other global is refused with a
 message naming those globals and the opt-in (``trust_pickle=True``, CLI ``--trust-pickle``).
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..core.limits import ResourceLimitError
+from ...core.limits import ResourceLimitError
 from .checkpoint_archive import ArchiveError, CheckpointArchive, check_legacy_header, open_checkpoint
 from .pickle_scan import UnsafePickleError
 from .pickle_standins import finalize, recording, stand_in, torch_allows
@@ -134,7 +134,7 @@ def read_checkpoint(
 
     Only tensors, plain containers and scalars come back, plus numpy arrays rebuilt from plain
     numeric bytes, :class:`OpenMMLabPlaceholder` mappings and :class:`InertObject` markers (see
-    :mod:`pspnet_lib.hub.pickle_standins`). Tensors are read onto the CPU, then moved to
+    :mod:`pspnet_lib.hub.formats.pickle_standins`). Tensors are read onto the CPU, then moved to
     ``map_location``. ``trust_pickle=True`` uses full pickle (``torch.load(weights_only=False)``:
     code in the file runs, and none of the checks below apply).
 

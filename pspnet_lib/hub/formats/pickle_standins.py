@@ -1,6 +1,6 @@
 """Inert stand-ins for the globals a checkpoint's pickle may name, and the rebuild that follows.
 
-:func:`~pspnet_lib.hub.checkpoint_reader.read_checkpoint` binds numpy's and OpenMMLab's global
+:func:`~pspnet_lib.hub.formats.checkpoint_reader.read_checkpoint` binds numpy's and OpenMMLab's global
 names to the objects of this module while torch's ``weights_only`` unpickler runs:
 
 * numpy arrays and scalars, which training metadata often holds (``np.float64`` metrics,

@@ -23,10 +23,12 @@ from urllib.parse import unquote, urlparse
 import torch
 import torch.hub
 
-from .._files import atomic_write_bytes, fsync_dir
-from .._progress import progress_bar
-from ..core.escape import printable
-from ..core.limits import LIMITS, format_amount, get_limit
+from ..._files import atomic_write_bytes, fsync_dir
+from ..._progress import progress_bar
+from ...core.escape import printable
+from ...core.limits import LIMITS, format_amount, get_limit
+from ..formats.serialization import CheckpointError
+from ..zoo.registry import Weights
 from .cache_dir import (
     ChecksumError,
     OfflineError,
@@ -38,8 +40,6 @@ from .cache_dir import (
     remove_leftovers,
     sha256_file,
 )
-from .registry import Weights
-from .serialization import CheckpointError
 
 __all__ = [
     "URL_DIR",

@@ -1,8 +1,8 @@
 """The type of a zoo entry: :class:`Weights` (one checkpoint and what it needs to be used) and
 torchvision's per-model :class:`WeightsEnum`.
 
-The entries themselves are data (:mod:`pspnet_lib.hub.zoo_table`), turned into ``Weights`` by
-:mod:`pspnet_lib.hub.zoo_entries` and looked up through :mod:`pspnet_lib.hub.registry`.
+The entries themselves are data (:mod:`pspnet_lib.hub.zoo.table`), turned into ``Weights`` by
+:mod:`pspnet_lib.hub.zoo.entries` and looked up through :mod:`pspnet_lib.hub.zoo.registry`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..core.pretrained_cfg import PretrainedCfg
+from ...core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ...core.pretrained_cfg import PretrainedCfg
 
 __all__ = ["Weights", "WeightsEnum", "sha256_prefix_from_filename"]
 
@@ -31,7 +31,7 @@ class Weights:
         url: where the original checkpoint is published.
         sha256: the leading hex digits of the file's sha256 (from its file name); downloads are
             verified against it.
-        format: the checkpoint's layout (see :data:`pspnet_lib.hub.converters.FORMATS`).
+        format: the checkpoint's layout (see :data:`pspnet_lib.hub.formats.converters.FORMATS`).
         config: :class:`~pspnet_lib.PSPNetConfig` fields of the architecture (for a backbone,
             only the backbone fields).
         meta: ``categories`` (class names), ``palette``, ``dataset``, ``num_classes``,
@@ -43,7 +43,7 @@ class Weights:
             torchvision's fields: ``num_params``, ``_ops`` (GFLOPS of one eval forward at
             ``_ops_size``), ``_file_size`` (MB of the converted safetensors), ``min_size``
             (smallest ``(H, W)`` input), ``recipe`` (the ``pspnet train --recipe`` name that
-            reproduces it, or None), ``_docs`` (one paragraph); see :mod:`pspnet_lib.hub.zoo_stats`.
+            reproduces it, or None), ``_docs`` (one paragraph); see :mod:`pspnet_lib.hub.zoo.stats`.
     """
 
     name: str

@@ -1,7 +1,7 @@
-"""The built-in zoo entries: the rows of :mod:`pspnet_lib.hub.zoo_table` as :class:`Weights`.
+"""The built-in zoo entries: the rows of :mod:`pspnet_lib.hub.zoo.table` as :class:`Weights`.
 
 Each mmsegmentation row becomes a full entry (architecture, class names and palette of its
-dataset, protocol, published metrics, counted statistics from :mod:`pspnet_lib.hub._zoo_stats`);
+dataset, protocol, published metrics, counted statistics from :mod:`pspnet_lib.hub.zoo._stats`);
 each backbone row an ImageNet backbone entry.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data.metadata import DATASETS
-from ..models.variants import model_name, variant_of_code
-from ._zoo_stats import STATS
-from .weights import Weights, sha256_prefix_from_filename
-from .zoo_table import (
+from ...core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ...data.metadata import DATASETS
+from ...models.variants import model_name, variant_of_code
+from ._stats import STATS
+from .table import (
     BACKBONE_ROWS,
     MMSEG_BASE,
     MMSEG_CONFIG,
@@ -26,6 +25,7 @@ from .zoo_table import (
     PROTOCOLS,
     RECIPES,
 )
+from .weights import Weights, sha256_prefix_from_filename
 
 __all__ = ["builtin_entries"]
 
@@ -98,7 +98,7 @@ def _mmseg_entry(row: tuple) -> Weights:
         "license": MMSEG_LICENSE,
         "source": MMSEG_ZOO,
         "model": model_name(variant_of_code(code).code),
-        # Counted (not copied): see pspnet_lib.hub.zoo_stats; None until the table is regenerated.
+        # Counted (not copied): see pspnet_lib.hub.zoo.stats; None until the table is regenerated.
         "num_params": STATS.get(name, {}).get("num_params"),
         "_ops": STATS.get(name, {}).get("_ops"),
         "_ops_size": STATS.get(name, {}).get("_ops_size"),

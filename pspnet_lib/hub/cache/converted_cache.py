@@ -21,10 +21,10 @@ import torch.hub
 from filelock import Timeout
 from safetensors import SafetensorError, safe_open
 
-from .._files import parse_json, read_json, remove_stale_temporaries
+from ..._files import parse_json, read_json, remove_stale_temporaries
+from ..formats.serialization import CheckpointError, read_safetensors, write_json, write_safetensors
+from ..zoo.registry import Weights
 from .cache_dir import _lock, _remove_legacy_lock, default_cache_dir, remove_leftovers, sha256_file
-from .registry import Weights
-from .serialization import CheckpointError, read_safetensors, write_json, write_safetensors
 
 __all__ = [
     "DamagedCacheError",
@@ -207,7 +207,7 @@ def save_cached(
     Call under :func:`lock_for`. The json records the sha256 of the written safetensors (read back
     from disk, so a faulty write is caught by the next load) and of the config it holds.
     """
-    from .._version import __version__
+    from ..._version import __version__
 
     st, js = cached_paths(weights, cache_dir)
     config = json.loads(_dumps(config))  # exactly what the json will hold, so that the digests agree

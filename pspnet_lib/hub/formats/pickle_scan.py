@@ -1,6 +1,6 @@
 """What a checkpoint's pickle would do, found before it is unpickled: globals, storages and costs.
 
-:func:`scan_pickle` reads the exact bytes that :mod:`~pspnet_lib.hub.checkpoint_reader` then hands
+:func:`scan_pickle` reads the exact bytes that :mod:`~pspnet_lib.hub.formats.checkpoint_reader` then hands
 to torch's ``weights_only`` unpickler, and follows them opcode by opcode on abstract values (a
 string's length, a list's item count, the storage a tensor views; never the values built from
 them). It supports exactly the opcodes that unpickler does, and:
@@ -12,14 +12,14 @@ them). It supports exactly the opcodes that unpickler does, and:
   ``OrderedDict()``, ``Counter(dict)``, ``set(list)``, ``bytearray(bytes)``,
   ``_codecs.encode(str, 'latin1')``, ``complex(x, y)``, ``torch.Size(tuple)``,
   ``torch.device(str)``, the dense-tensor rebuild functions (the storage must hold the view),
-  ``nn.Parameter`` and the inert stand-ins of :mod:`~pspnet_lib.hub.pickle_standins`.
+  ``nn.Parameter`` and the inert stand-ins of :mod:`~pspnet_lib.hub.formats.pickle_standins`.
   ``bytearray(3 * 2**30)``, ``Counter(bytearray(...))``, ``torch.Tensor(10**10)`` or a sparse
   tensor are refused, whatever torch's own unpickler would allow;
 * counts what the unpickler would build and hash (bytes made by calls, items hashed into dicts
   and sets, a tuple's hash walking its nested tuples) against the limits of
   :mod:`pspnet_lib.core.limits` (``pickle_ops``, ``pickle_objects_bytes``, ``pickle_work``).
 
-:func:`~pspnet_lib.hub.pickle_tree.check_tree` then bounds the loaded value itself.
+:func:`~pspnet_lib.hub.formats.pickle_tree.check_tree` then bounds the loaded value itself.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..core.limits import check_limit, get_limit
+from ...core.limits import check_limit, get_limit
 from .pickle_standins import stand_in
 
 __all__ = [

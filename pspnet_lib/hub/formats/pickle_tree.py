@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..core.limits import check_limit, get_limit
+from ...core.limits import check_limit, get_limit
 from .pickle_scan import UnsafePickleError
 
 __all__ = ["check_tree"]

@@ -1,8 +1,8 @@
 """The cache folder's basics: where it is, offline mode, sha256 checks, file locks and leftovers.
 
-Shared by the downloads (:mod:`pspnet_lib.hub.http_download`) and the converted cache
-(:mod:`pspnet_lib.hub.converted_cache`); the cache layout is described in
-:mod:`pspnet_lib.hub.download`.
+Shared by the downloads (:mod:`pspnet_lib.hub.cache.http_download`) and the converted cache
+(:mod:`pspnet_lib.hub.cache.converted_cache`); the cache layout is described in
+:mod:`pspnet_lib.hub.cache`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.hub
 from filelock import FileLock, Timeout
 
-from .._files import remove_stale_temporaries
-from .serialization import CheckpointError
+from ..._files import remove_stale_temporaries
+from ..formats.serialization import CheckpointError
 
 __all__ = [
     "ChecksumError",

@@ -34,7 +34,7 @@ from typing import IO
 
 import torch
 
-from ..core.limits import ResourceLimitError, check_limit, get_limit
+from ...core.limits import ResourceLimitError, check_limit, get_limit
 from .pickle_scan import PickleScan, StorageDecl, UnsafePickleError, scan_pickle
 
 __all__ = ["ArchiveError", "CheckpointArchive", "open_checkpoint"]
@@ -56,7 +56,7 @@ class ArchiveError(ValueError):
 class CheckpointArchive:
     """An opened checkpoint: its ``layout`` (``"zip"`` or ``"legacy"``), the pickle bytes to unpickle
     (``pickles``: one for zip; magic, protocol, system info, object, storage keys for legacy; the
-    object's is ``main``), what :func:`~pspnet_lib.hub.pickle_scan.scan_pickle` found in exactly
+    object's is ``main``), what :func:`~pspnet_lib.hub.formats.pickle_scan.scan_pickle` found in exactly
     those bytes (``scan``) and where each storage's bytes are."""
 
     layout: str

@@ -1,7 +1,7 @@
 """The zoo's data: one row per released PSPNet checkpoint (mmsegmentation's zoo) and ImageNet
 backbone, with its upstream path, published numbers and test-time protocol.
 
-Pure data, read by :mod:`pspnet_lib.hub.zoo_entries`. Sources: mmsegmentation's
+Pure data, read by :mod:`pspnet_lib.hub.zoo.entries`. Sources: mmsegmentation's
 ``configs/pspnet/README.md`` and ``metafile.yaml`` (1.x), the dataset base configs for the
 protocols; ``docs/weights.md`` is generated from the entries (``python docs/zoo_table.py``).
 """
