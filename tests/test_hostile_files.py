@@ -26,9 +26,9 @@ import torch
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.core.limits import ResourceLimitError
 from pspnet_lib.hub import CheckpointError
+from pspnet_lib.hub.checkpoint_files import check_tensors
 from pspnet_lib.hub.formats.mmseg_config import read_checkpoint_config
 from pspnet_lib.hub.formats.serialization import read_checkpoint
-from pspnet_lib.hub.validation import check_tensors
 
 from . import hostile_files as H
 from .hub_utils import SMALL

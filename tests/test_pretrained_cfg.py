@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pspnet_lib import InferenceProtocol, PretrainedCfg, load_pretrained
-from pspnet_lib.core.constants import GENERIC_MEAN, GENERIC_STD, IMAGENET_MEAN, IMAGENET_STD, input_stats
+from pspnet_lib.core.constants import GENERIC_MEAN, GENERIC_STD, IMAGENET_MEAN, IMAGENET_STD
+from pspnet_lib.core.pretrained_cfg import input_stats
 from pspnet_lib.hub import get_weights, list_pretrained
-from pspnet_lib.hub.validation import validate_pretrained_cfg
+from pspnet_lib.hub.checkpoint_files import validate_pretrained_cfg
 from pspnet_lib.inference.modes import infer
 
 from .infer_utils import CLASSES, tiny_model

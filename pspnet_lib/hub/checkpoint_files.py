@@ -1,16 +1,30 @@
-"""Reading local weights files and folders into a :class:`~pspnet_lib.hub.resolved.Resolved`.
+"""What a weights source resolves to, the checks every source passes, and the readers of local files.
 
-``save_pretrained`` folders (``config.json`` + ``model.safetensors``), ``.safetensors`` with
-this library's metadata, the Trainer's ``.pt`` checkpoints (architecture and ``pretrained_cfg``
-as recorded), released zoo files recognised by name or sha256, and checkpoints of other layouts
-(settings found in the zoo, the mmseg meta config, CLASSES/PALETTE, the tensors' shapes, the
-layout's defaults: docs/weights.md).
+The loader's middle (docs/architecture.md, "One loader"): a source (zoo name, file, folder, URL,
+``hf-hub:``) becomes a :class:`Resolved` (a state dict in this library's layout, an architecture
+dict, a ``pretrained_cfg`` and where each setting came from); :func:`verify_resolved` validates it
+before a model is built.
+
+Files come from strangers: ``config.json``, safetensors metadata, ``pretrained_cfg`` entries and
+the tensors themselves are checked here, for every source (zoo, folders, ``.safetensors``,
+``hf-hub:``, ``.pth``), so that a bad value is one line naming the file and the key instead of an
+allocator error, a torch overload dump at predict time, or silently wrong predictions
+(:meth:`pspnet_lib.core.pretrained_cfg.PretrainedCfg.from_dict` for the ``pretrained_cfg``,
+:meth:`pspnet_lib.PSPNetConfig.from_dict` for the architecture).
+
+The files read here: ``save_pretrained`` folders (``config.json`` + ``model.safetensors``),
+``.safetensors`` with this library's metadata, the Trainer's ``.pt`` checkpoints (architecture and
+``pretrained_cfg`` as recorded), released zoo files recognised by name or sha256, and checkpoints
+of other layouts (settings found in the zoo, the mmseg meta config, CLASSES/PALETTE, the tensors'
+shapes, the layout's defaults: docs/weights.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +33,11 @@ import torch
 
 from .._files import parse_json, read_json
 from ..core.constants import CHECKPOINT_FORMAT
-from ..models.pspnet import PSPNetConfig
+from ..core.escape import printable
+from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run_size
+from ..core.limits import check_limit, format_amount
+from ..core.pretrained_cfg import MAX_SCALE, MAX_SIDE, PretrainedCfg
+from ..models.pspnet import PSPNet, PSPNetConfig
 from .cache import sha256_file
 from .formats.converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
 from .formats.mmseg_config import read_checkpoint_config
@@ -30,21 +48,249 @@ from .formats.serialization import (
     read_checkpoint,
     read_safetensors,
 )
-from .resolved import (
-    _CONFIG_FIELDS,
-    Resolved,
-    _check_fits,
-    _checked_record,
-    _default_pretrained_cfg,
-    _fill_stats,
-    _has_head,
-)
-from .validation import warn_unknown
+from .load_report import is_counter
 from .zoo.registry import find_weights_for_file
 
-__all__ = ["read_pretrained_folder"]
+__all__ = [
+    "MAX_SIDE",
+    "MAX_SCALE",
+    "Resolved",
+    "check_model_budget",
+    "check_tensors",
+    "read_pretrained_folder",
+    "validate_pretrained_cfg",
+    "verify_resolved",
+    "warn_unknown",
+]
 
 logger = logging.getLogger(__name__)
+
+
+# --- the checks on what a source says (every source) ---------------------------------------
+
+
+def warn_unknown(keys: Any, known: Any, source: str, what: str) -> list[str]:
+    """Log one warning naming ``source`` and the keys of ``keys`` outside ``known``; returns them."""
+    unknown = sorted(str(k) for k in keys if k not in known)
+    if unknown:
+        shown = ", ".join(printable(k, 80) for k in unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
+        logger.warning("%s: ignoring unknown %s key(s) %s (written by another version or tool?)", source, what, shown)
+    return unknown
+
+
+def validate_pretrained_cfg(cfg: Any, source: str, *, in_channels: int | None = None) -> dict[str, Any]:
+    """Check the entries of a ``pretrained_cfg`` that the library uses; returns it as a dict.
+
+    The checks are :meth:`pspnet_lib.core.pretrained_cfg.PretrainedCfg.from_dict`'s: ``mean``/
+    ``std`` (finite numbers, as many as the input channels or one, ``std`` positive),
+    ``classes`` (strings), ``palette`` (``[r, g, b]`` integers in 0..255), ``ignore_index`` (an
+    integer), ``reduce_zero_label`` (a bool), ``inference`` and ``tta`` (``mode``;
+    ``resize``/``crop``/``stride`` within ``[1, MAX_SIDE]`` pixels; ``scales`` in
+    ``(0, MAX_SCALE]``; ``flip`` a bool; no other keys), provenance strings. Other entries are
+    descriptive and kept as they are.
+
+    Raises ``ValueError`` in one line naming ``source``, the key, what was expected and the value.
+    """
+    if cfg is None:
+        return {}
+    PretrainedCfg.from_dict(cfg, in_channels, what=source)
+    return dict(cfg)
+
+
+#: Elements checked at a time (bounds the temporary of ``torch.isfinite`` to 1 MiB of booleans).
+_CHUNK = 1 << 20
+
+
+def _count_non_finite(value: torch.Tensor) -> tuple[int, int]:
+    """``(non-finite values, values checked)`` over the stored span of ``value`` (see :func:`check_tensors`)."""
+    if value.numel() == 0:
+        return 0, 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
+    # Elements that repeat (expanded, zero strides): check the stored ones. Otherwise a flat view
+    # (a copy for a strided view, never larger than the values the storage holds for it).
+    flat = value.as_strided((span,), (1,)) if span < value.numel() else value.reshape(-1)
+    # A finite sum means no value is NaN or Inf; it reads the values once without allocating. A
+    # non-finite one (NaN, Inf, or finite values overflowing the sum) is settled by counting.
+    if bool(torch.isfinite(flat.sum()).all()):
+        return 0, flat.numel()
+    bad = 0
+    for start in range(0, flat.numel(), _CHUNK):
+        bad += int((~torch.isfinite(flat[start : start + _CHUNK])).sum())
+    return bad, flat.numel()
+
+
+def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
+    """Weights that cannot be right are an error naming them: non-tensors, non-float weights, NaN/Inf.
+
+    Every entry must be a floating-point tensor with only finite values, except BatchNorm's
+    ``num_batches_tracked`` counters (integers). Raises ``ValueError`` naming up to 5 tensors.
+
+    The check reads each tensor's stored values once, in chunks: a view whose strides repeat
+    elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9 over one
+    stored value) costs what its storage holds, never ``numel``.
+    """
+    wrong_type, non_finite = [], []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            wrong_type.append(f"{printable(key, 120)} ({type(value).__name__})")
+        elif key.endswith("num_batches_tracked"):
+            if value.is_floating_point() or value.is_complex():
+                wrong_type.append(f"{printable(key, 120)} ({value.dtype}, expected an integer counter)")
+        elif not value.is_floating_point():
+            wrong_type.append(f"{printable(key, 120)} ({value.dtype})")
+        elif value.device.type != "meta":
+            bad, checked = _count_non_finite(value)
+            if bad:
+                of = f"{checked} values" if checked == value.numel() else f"{checked} stored values"
+                non_finite.append(f"{printable(key, 120)} ({bad} of {of})")
+    if wrong_type:
+        more = f" and {len(wrong_type) - 5} more" if len(wrong_type) > 5 else ""
+        raise ValueError(
+            f"{source}: {len(wrong_type)} weight tensor(s) are not floating point: {', '.join(wrong_type[:5])}{more}; "
+            "the file's dtypes are wrong (damaged, or a header that lies): re-export the weights"
+        )
+    if non_finite:
+        more = f" and {len(non_finite) - 5} more" if len(non_finite) > 5 else ""
+        raise ValueError(
+            f"{source}: {len(non_finite)} weight tensor(s) hold NaN or Inf: {', '.join(non_finite[:5])}{more}; "
+            "these weights cannot predict anything (a diverged training run or a damaged file)"
+        )
+
+
+# --- what a source resolves to ------------------------------------------------------------
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(PSPNetConfig)}
+
+
+@dataclass
+class Resolved:
+    """A source turned into weights in this library's layout plus what is known about them."""
+
+    state_dict: Mapping[str, torch.Tensor]
+    config: dict[str, Any]
+    pretrained_cfg: dict[str, Any]
+    description: str
+    backbone_only: bool = False
+    #: where settings came from (see LoadReport.settings); unnamed ones came with the weights
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _has_head(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith("decode_head.") for k in state_dict)
+
+
+def default_pretrained_cfg(in_channels: int = 3, **extra: Any) -> dict[str, Any]:
+    """The stored form of :class:`PretrainedCfg`'s default mean/std for ``in_channels``, plus ``extra``."""
+    defaults = PretrainedCfg(in_channels=in_channels)
+    return {"mean": list(defaults.mean), "std": list(defaults.std), **extra}
+
+
+def _fill_stats(pretrained_cfg: dict[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the default mean/std (for ``config``'s input channels) into a stored cfg lacking them."""
+    for key, value in default_pretrained_cfg(int(config.get("in_channels") or 3)).items():
+        pretrained_cfg.setdefault(key, value)
+    return pretrained_cfg
+
+
+def check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], what: str) -> None:
+    """Verify (on the meta device: no memory, no compute) that converted weights fit ``config``."""
+    probe = dict(config)
+    probe.setdefault("num_classes", 1)
+    arch = PSPNetConfig.from_dict(probe, source=what)  # validated before the meta-device build
+    with torch.device("meta"):
+        model = PSPNet(arch)
+    own = model.state_dict()
+    if not _has_head(state_dict):
+        own = {k: v for k, v in own.items() if k.startswith("backbone.")}
+    problems = [
+        f"{printable(k, 120)}: file {list(v.shape)} vs expected {list(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems += [f"unexpected {printable(k, 120)}" for k in state_dict if k not in own]
+    problems += [f"missing {k}" for k in own if k not in state_dict and not is_counter(k)]
+    if problems:
+        raise CheckpointError(f"{what} does not match its registered architecture: {'; '.join(problems[:5])}")
+
+
+def _checked_record(config: Any, pretrained_cfg: Any, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate an architecture dict and a ``pretrained_cfg`` read from a file (unknown architecture keys: a warning)."""
+    try:
+        arch = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=arch.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {k: v for k, v in dict(config).items() if k in CONFIG_FIELDS}, cfg
+
+
+def verify_resolved(resolved: Resolved) -> None:
+    """The checks every source goes through before a model is built from it.
+
+    The architecture and ``pretrained_cfg`` are validated and the tensors must be finite floats
+    (:func:`check_tensors`); whether the weights fit the architecture
+    is then checked on the meta device by :func:`pspnet_lib.hub.loading.load_pretrained` before the model is allocated.
+    Raises :class:`CheckpointError` naming the source.
+    """
+    try:
+        check_tensors(resolved.state_dict, resolved.description)
+        in_channels = resolved.config.get("in_channels") if isinstance(resolved.config, Mapping) else None
+        resolved.pretrained_cfg = validate_pretrained_cfg(
+            resolved.pretrained_cfg,
+            resolved.description,
+            in_channels=in_channels if isinstance(in_channels, int) else None,
+        )
+        PSPNetConfig.from_dict(
+            {"num_classes": 1, **{k: v for k, v in resolved.config.items() if k in CONFIG_FIELDS}},
+            source=resolved.description,
+        )
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str) -> None:
+    """Refuse, before a model is allocated, an architecture and stored protocol that together need too much.
+
+    The parameters and buffers are counted on the meta device (no memory) against the
+    ``model_bytes`` limit; with them, one inference at the largest size the stored protocol runs
+    at (a whole-image protocol with a resize, or a sliding window) is estimated
+    (:func:`~pspnet_lib.core.inference_budget.activation_bytes`) against the ``memory`` limit. Values
+    that are each within their bounds (``head_channels=8192``, ``resize=[8192, 8192]``) are refused
+    together here, naming them, the limit and its override (:mod:`pspnet_lib.core.limits`).
+
+    Raises:
+        ResourceLimitError: (a ``ValueError``) one line naming ``what``.
+    """
+    with torch.device("meta"):
+        probe = PSPNet(arch)
+    count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    weights = 4 * count  # float32, as built
+    widths = ", ".join(f"{k}={getattr(arch, k)}" for k in ("head_channels", "ppm_channels", "aux_channels"))
+    model = f"a {arch.backbone} PSPNet with {arch.num_classes} classes and {widths} ({count:,} parameters)"
+    check_limit("model_bytes", weights, f"{what}: {model}", "check the file's architecture config")
+    try:
+        protocol = PretrainedCfg.from_dict(dict(pretrained_cfg), arch.in_channels, what=what).protocol
+    except ValueError:
+        return  # reported, naming the key, by the pretrained_cfg checks
+    if protocol.mode == "whole" and protocol.resize is None:
+        return  # the run size is the picture's: checked at inference (core.inference_budget)
+    long_side, short_side = protocol.resize or (protocol.crop or (1, 1))
+    height, width = protocol_run_size(short_side, long_side, protocol)
+    if protocol.mode == "slide":
+        assert protocol.crop is not None  # checked by InferenceProtocol
+        height, width = min(height, protocol.crop[0]), min(width, protocol.crop[1])
+    needed = weights + activation_bytes(arch, height, width)
+    check_limit(
+        "memory",
+        needed,
+        f"{what}: {model} ({format_amount(weights, 'bytes')}) run at up to {width}x{height} by its stored "
+        f"{protocol.mode} protocol",
+        f"store a smaller protocol (pretrained_cfg={{'inference': ...}}) or {TILED_ADVICE.split(', or ')[0]}",
+    )
+
+
+# --- local files and folders ----------------------------------------------------------------
 
 
 def _classes_from_mmseg_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,7 +328,7 @@ def _recognise_zoo_file(path: Path, state_dict: Mapping[str, torch.Tensor], desc
     weights, how = found
     config = PSPNetConfig.from_dict(weights.config).to_dict()
     try:
-        _check_fits(state_dict, config, f"{path} ({weights.name})")
+        check_fits(state_dict, config, f"{path} ({weights.name})")
     except CheckpointError as exc:
         logger.warning(
             "%s has the %s of the zoo entry %s but not its architecture (%s); reading it as a plain checkpoint",
@@ -130,7 +376,7 @@ def _from_state_dict(
     config = infer_config(state_dict, fmt)
     defaults = LAYOUT_DEFAULTS.get(fmt, {})
     sources = {key: f"default for {fmt} checkpoints" if key in defaults else "weights" for key in config}
-    pretrained_cfg = _default_pretrained_cfg(int(config.get("in_channels") or 3), source=description, source_format=fmt)
+    pretrained_cfg = default_pretrained_cfg(int(config.get("in_channels") or 3), source=description, source_format=fmt)
     sources["mean"] = sources["std"] = (
         "default (ImageNet)" if int(config.get("in_channels") or 3) == 3 else "default (ImageNet's, averaged)"
     )
@@ -185,7 +431,7 @@ def _read_config_json(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if "config" in data:
         warn_unknown(data, _CONFIG_JSON_KEYS, str(path), "top-level")
         return _checked_record(data["config"], data.get("pretrained_cfg"), str(path))
-    if set(data) <= _CONFIG_FIELDS:  # a bare PSPNetConfig dict
+    if set(data) <= CONFIG_FIELDS:  # a bare PSPNetConfig dict
         return _checked_record(data, None, str(path))
     raise CheckpointError(
         f"{path} is not a pspnet_lib config (expected {{'config': {{...PSPNetConfig fields...}}, 'pretrained_cfg': {{...}}}}, "
@@ -209,7 +455,7 @@ def read_pretrained_folder(config_path: Path, weights_path: Path, description: s
     return Resolved(tensors, config, pretrained_cfg, description, backbone_only=not _has_head(tensors))
 
 
-def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
+def resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if path.is_dir():
         config_path, weights_path = path / "config.json", path / "model.safetensors"
         for part in (config_path, weights_path):

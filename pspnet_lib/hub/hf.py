@@ -3,8 +3,8 @@
 A repository (or local folder) holds ``config.json`` = ``{"config": <PSPNetConfig fields>,
 "pretrained_cfg": {...}, "library": "pspnet_lib", ...}``, ``model.safetensors`` (which also
 carries both dicts in its metadata) and ``README.md`` (the model card). ``PSPNet`` gets the
-public methods from ``huggingface_hub.PyTorchModelHubMixin``; this module provides the parts
-the mixin delegates to, and ``hf-hub:`` sources of :func:`~pspnet_lib.load_pretrained`.
+public methods from ``huggingface_hub.PyTorchModelHubMixin``; this module provides the files
+the mixin delegates to (the model is rebuilt by :func:`pspnet_lib.hub.loading.from_pretrained_files`), and ``hf-hub:`` sources of :func:`~pspnet_lib.load_pretrained`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from .._files import atomic_save_safetensors
 from .._progress import tqdm_class
 from .cache import OfflineError, is_offline
 from .checkpoint_files import read_pretrained_folder
-from .formats.serialization import read_safetensors, write_json
-from .load_report import load_weights
+from .formats.serialization import write_json
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "resolve_hf", "hf_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ def hf_file(
 def resolve_hf(
     repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, progress: bool | None = None
 ):
-    """``hf-hub:`` source -> :class:`~pspnet_lib.hub.resolved.Resolved`."""
+    """``hf-hub:`` source -> :class:`~pspnet_lib.hub.checkpoint_files.Resolved`."""
     kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "progress": progress}
     config_path = hf_file(repo_id, CONFIG_NAME, **kwargs)
     weights_path = hf_file(repo_id, WEIGHTS_NAME, **kwargs)
@@ -143,90 +142,3 @@ def resolve_hf(
     resolved = read_pretrained_folder(config_path, weights_path, description)
     resolved.pretrained_cfg.setdefault("hf_hub_id", repo_id)
     return resolved
-
-
-def from_pretrained_files(
-    cls: type,
-    model_id: str,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    force_download: bool = False,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    map_location: str = "cpu",
-    strict: bool = True,
-    config: Any = None,
-    pretrained_cfg: dict | None = None,
-    num_classes: int | None = None,
-    aux: bool | None = None,
-    **model_kwargs: Any,
-):
-    """``PSPNet._from_pretrained``: rebuild from ``config.json`` and load ``model.safetensors``.
-
-    ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
-    (fresh classifiers for another class count, with the same ``model.load_report``).
-    """
-    from .loading import _build_and_load  # loading reaches hf through sources.resolve_source
-
-    if config is None:
-        raise FileNotFoundError(
-            f"{model_id} has no {CONFIG_NAME} with a pspnet_lib config; PSPNet.from_pretrained needs a folder or "
-            "repository written by save_pretrained/push_to_hub (use pspnet_lib.load_pretrained for other checkpoints)"
-        )
-    if os.path.isdir(model_id):
-        weights_path = Path(model_id) / WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{model_id} has no {WEIGHTS_NAME}")
-    else:
-        weights_path = hf_file(
-            model_id,
-            WEIGHTS_NAME,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            force_download=force_download,
-            token=token,
-        )
-    if num_classes is not None or aux is not None:
-        if model_kwargs:
-            raise TypeError(f"PSPNet.from_pretrained got unexpected option(s) {sorted(model_kwargs)}")
-        # The files read (and checked) as load_pretrained reads them, so that the load reports agree.
-        if os.path.isdir(model_id):
-            config_path, description = Path(model_id) / CONFIG_NAME, model_id
-        else:
-            config_path = hf_file(
-                model_id,
-                CONFIG_NAME,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-            )
-            description = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
-        resolved = read_pretrained_folder(config_path, weights_path, description)
-        model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides={}, extra_cfg=None)
-        if cls is not type(model):
-            raise TypeError(
-                f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained"
-            )
-        return model.to(map_location).eval()
-    from ..models.pspnet import PSPNetConfig
-    from .formats.serialization import CheckpointError
-    from .validation import check_tensors, validate_pretrained_cfg
-
-    source = f"{model_id} ({CONFIG_NAME})"
-    try:  # the same checks as load_pretrained, before anything is allocated
-        if not isinstance(config, PSPNetConfig):
-            config = PSPNetConfig.from_dict(config, source=source, unknown="warn")
-        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=config.in_channels)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    tensors, _ = read_safetensors(weights_path)
-    try:
-        check_tensors(tensors, str(weights_path))
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
-    model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
-    return model.to(map_location).eval()

@@ -74,7 +74,7 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _is_counter(key: str) -> bool:
+def is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
@@ -120,7 +120,7 @@ def load_weights(
             report.loaded.append(key)
         elif key in reinit:
             report.reinitialised.append(key)
-        elif key not in state_dict and not _is_counter(key):
+        elif key not in state_dict and not is_counter(key):
             report.missing.append(key)
     if strict and not report.ok:
         raise ValueError(_mismatch_message(report, own, state_dict, source))

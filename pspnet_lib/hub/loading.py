@@ -1,10 +1,11 @@
-"""``load_pretrained``: one call from any released checkpoint (or your own) to a ready PSPNet.
+"""The builder of the one loader: ``load_pretrained``, and ``PSPNet.from_pretrained``'s model.
 
-The loader is split by concern: :mod:`~pspnet_lib.hub.sources` turns a source into weights
-(zoo, ``hf-hub:``, URL; files and folders through :mod:`~pspnet_lib.hub.checkpoint_files`),
-:mod:`~pspnet_lib.hub.resolved` checks them, :mod:`~pspnet_lib.hub.load_report` copies them
-into a model with a report; this module builds the model. Their public names are re-exported
-here (``pspnet_lib.hub.loading.load_weights``, ``resolve_source``, ...).
+One call from any released checkpoint (or your own) to a ready PSPNet. The loader's parts
+(docs/architecture.md, "One loader"): :mod:`~pspnet_lib.hub.sources` turns a source into weights
+(zoo, ``hf-hub:``, URL, paths), :mod:`~pspnet_lib.hub.checkpoint_files` reads files and folders
+into a :class:`~pspnet_lib.hub.checkpoint_files.Resolved` and checks it,
+:mod:`~pspnet_lib.hub.load_report` copies the weights into a model with a report; this module
+builds the model (the fit checked on the meta device first).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,19 +26,28 @@ import torch.nn as nn
 from ..core.limits import ResourceLimitError
 from ..models.encoders import is_timm_backbone
 from ..models.pspnet import PSPNet, PSPNetConfig
-from .checkpoint_files import read_pretrained_folder
-from .formats.serialization import CheckpointError
+from .checkpoint_files import (
+    CONFIG_FIELDS,
+    Resolved,
+    check_model_budget,
+    check_tensors,
+    default_pretrained_cfg,
+    read_pretrained_folder,
+    validate_pretrained_cfg,
+    verify_resolved,
+)
+from .formats.serialization import CheckpointError, read_safetensors
+from .hf import CONFIG_NAME, WEIGHTS_NAME, hf_file
 from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
-from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
 from .sources import resolve_source
 from .timm_weights import build_with_timm_weights
-from .validation import validate_pretrained_cfg
 
 __all__ = [
     "LoadReport",
     "load_pretrained",
     "load_weights",
     "build_with_backbone_weights",
+    "from_pretrained_files",
     "resolve_source",
     "Resolved",
     "read_pretrained_folder",
@@ -125,10 +136,10 @@ def load_pretrained(
         model = load_pretrained("pspnet_r50-d8_cityscapes-512x1024-80k", num_classes=5)  # fine-tune
         model = load_pretrained("train_epoch_100.pth")            # hszhao/semseg, detected
     """
-    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    unknown = sorted(set(overrides) - CONFIG_FIELDS)
     if unknown:
         raise ValueError(
-            f"unknown load_pretrained option(s) {unknown}; PSPNetConfig fields are: {', '.join(sorted(_CONFIG_FIELDS))}"
+            f"unknown load_pretrained option(s) {unknown}; PSPNetConfig fields are: {', '.join(sorted(CONFIG_FIELDS))}"
         )
     for key in ("num_classes", "aux"):
         if key in overrides:  # pragma: no cover - they are named parameters
@@ -176,7 +187,7 @@ def _build_and_load(
     extra_cfg: Mapping[str, Any] | None,
     norm_layer: Callable[[int], nn.Module] | None = None,
 ) -> PSPNet:
-    config = {k: v for k, v in resolved.config.items() if k in _CONFIG_FIELDS}
+    config = {k: v for k, v in resolved.config.items() if k in CONFIG_FIELDS}
     checkpoint_classes = config.get("num_classes") if not resolved.backbone_only else None
     config.update(overrides)
     if resolved.backbone_only and num_classes is None:
@@ -350,7 +361,88 @@ def build_with_backbone_weights(
     own = model.state_dict()
     reinit = {k for k in own if not k.startswith("backbone.")}
     report = load_weights(model, state_dict, strict=True, reinitialise=reinit, source=resolved.description)
-    model.pretrained_cfg = _default_pretrained_cfg(model.config.in_channels, backbone_weights=resolved.description)
+    model.pretrained_cfg = default_pretrained_cfg(model.config.in_channels, backbone_weights=resolved.description)
     model.load_report = report
     logger.info("initialised the backbone from %s: %s", resolved.description, report)
     return model
+
+
+def from_pretrained_files(
+    cls: type,
+    model_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    map_location: str = "cpu",
+    strict: bool = True,
+    config: Any = None,
+    pretrained_cfg: dict | None = None,
+    num_classes: int | None = None,
+    aux: bool | None = None,
+    **model_kwargs: Any,
+):
+    """``PSPNet._from_pretrained``: rebuild from ``config.json`` and load ``model.safetensors``.
+
+    ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
+    (fresh classifiers for another class count, with the same ``model.load_report``).
+    """
+    if config is None:
+        raise FileNotFoundError(
+            f"{model_id} has no {CONFIG_NAME} with a pspnet_lib config; PSPNet.from_pretrained needs a folder or "
+            "repository written by save_pretrained/push_to_hub (use pspnet_lib.load_pretrained for other checkpoints)"
+        )
+    if os.path.isdir(model_id):
+        weights_path = Path(model_id) / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{model_id} has no {WEIGHTS_NAME}")
+    else:
+        weights_path = hf_file(
+            model_id,
+            WEIGHTS_NAME,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            token=token,
+        )
+    if num_classes is not None or aux is not None:
+        if model_kwargs:
+            raise TypeError(f"PSPNet.from_pretrained got unexpected option(s) {sorted(model_kwargs)}")
+        # The files read (and checked) as load_pretrained reads them, so that the load reports agree.
+        if os.path.isdir(model_id):
+            config_path, description = Path(model_id) / CONFIG_NAME, model_id
+        else:
+            config_path = hf_file(
+                model_id,
+                CONFIG_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            )
+            description = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
+        resolved = read_pretrained_folder(config_path, weights_path, description)
+        model = _build_and_load(resolved, num_classes=num_classes, aux=aux, strict=strict, overrides={}, extra_cfg=None)
+        if cls is not type(model):
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained with num_classes/aux builds a PSPNet; subclass it in _from_pretrained"
+            )
+        return model.to(map_location).eval()
+    source = f"{model_id} ({CONFIG_NAME})"
+    try:  # the same checks as load_pretrained, before anything is allocated
+        if not isinstance(config, PSPNetConfig):
+            config = PSPNetConfig.from_dict(config, source=source, unknown="warn")
+        pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, source, in_channels=config.in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    tensors, _ = read_safetensors(weights_path)
+    try:
+        check_tensors(tensors, str(weights_path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
+    model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
+    return model.to(map_location).eval()

@@ -25,11 +25,10 @@ from .cache import (
     sha256_file,
     tidy_entry,
 )
-from .checkpoint_files import _resolve_path
+from .checkpoint_files import Resolved, check_fits, resolve_path
 from .formats.converters import convert_state_dict
 from .formats.serialization import CheckpointError, extract_state_dict, read_checkpoint
 from .hf import resolve_hf
-from .resolved import Resolved, _check_fits
 from .zoo.registry import Weights, get_weights, resolve_name
 
 __all__ = ["resolve_source", "parse_hf_source"]
@@ -76,7 +75,7 @@ def _resolve_zoo(
         raw, _ = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), str(path))
         state_dict = convert_state_dict(raw, weights.format)
         config = dict(weights.config) if backbone_only else PSPNetConfig.from_dict(weights.config).to_dict()
-        _check_fits(state_dict, config, f"{path} ({weights.name})")
+        check_fits(state_dict, config, f"{path} ({weights.name})")
         pretrained_cfg = weights.pretrained_cfg()
         try:
             save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path))
@@ -149,7 +148,7 @@ def resolve_source(
         url_cache = None if cache_dir is None else Path(cache_dir)
         path = fetch_url(source, url_cache, local_files_only=local_files_only, progress=progress)
         try:
-            return _resolve_path(path, format, trust_pickle)
+            return resolve_path(path, format, trust_pickle)
         except CheckpointError as exc:  # a wrong file never stays cached under the URL's name
             raise discard_unreadable_download(source, path, url_cache, exc) from None
     try:
@@ -181,7 +180,7 @@ def resolve_source(
                 f"cannot load {source!r}: it is not a zoo name, an existing file or folder, a URL or an 'hf-hub:' id. "
                 f"{advice}"
             )
-        return _resolve_path(path, format, trust_pickle)
+        return resolve_path(path, format, trust_pickle)
     if format is not None:
         raise ValueError(f"format= applies to checkpoint files; the zoo entry {name!r} has a known format")
     return _resolve_zoo(

@@ -39,12 +39,12 @@ from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..core.pretrained_cfg import PretrainedCfg
 from ..models.encoders import build_encoder, require_timm, timm_name
 from ..models.pspnet import PSPNet, PSPNetConfig
+from .checkpoint_files import check_tensors, validate_pretrained_cfg
 from .formats.checkpoint_reader import CheckpointError, read_checkpoint, read_safetensors
 from .formats.serialization import extract_state_dict
 from .hf import hf_file
 from .load_report import LoadReport
 from .sources import parse_hf_source
-from .validation import check_tensors, validate_pretrained_cfg
 
 __all__ = ["build_with_timm_weights", "resolve_timm_weights", "TimmWeights"]
 

@@ -292,7 +292,7 @@ class PSPNet(
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> PSPNet:
-        from ..hub.hf import from_pretrained_files
+        from ..hub.loading import from_pretrained_files
 
         return from_pretrained_files(cls, model_id, **kwargs)
 

@@ -72,7 +72,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: Path, sha256_prefix: str, what: str) -> None:
+def verify_sha256(path: Path, sha256_prefix: str, what: str) -> None:
     digest = sha256_file(path)
     if not digest.startswith(sha256_prefix):
         size = path.stat().st_size
@@ -97,7 +97,7 @@ LOCK_DIR = ".locks"
 _FOREIGN_PARTIAL_AGE_S = 3600.0
 
 
-def _lock(cache_dir: Path, name: str, timeout: float = -1) -> Any:
+def lock_entry(cache_dir: Path, name: str, timeout: float = -1) -> Any:
     try:
         lock_dir = cache_dir / LOCK_DIR
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +114,10 @@ def file_lock(dest: Path) -> Any:
     Where the cache is not writable (a read-only shared cache) nothing can be written and there
     is nothing to serialise: a no-op context is returned.
     """
-    return _lock(dest.parent, dest.name)
+    return lock_entry(dest.parent, dest.name)
 
 
-def _partial_name(dest: Path) -> Path:
+def partial_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
 
 
@@ -149,13 +149,13 @@ def remove_leftovers(dest: Path) -> list[Path]:
         except OSError:
             pass
     removed += remove_stale_temporaries(dest)
-    removed += _remove_legacy_lock(dest.with_name(f".{dest.name}.lock"))
+    removed += remove_legacy_lock(dest.with_name(f".{dest.name}.lock"))
     if removed:
         logger.info("removed leftovers of interrupted downloads or writes: %s", ", ".join(str(p) for p in removed))
     return removed
 
 
-def _remove_legacy_lock(legacy: Path) -> list[Path]:
+def remove_legacy_lock(legacy: Path) -> list[Path]:
     """Remove a lock file that an older version left next to the weights, if no process holds it."""
     with contextlib.suppress(OSError, Timeout):
         if legacy.is_file() and legacy.stat().st_size == 0:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from ..._files import parse_json, read_json, remove_stale_temporaries
 from ..formats.serialization import CheckpointError, read_safetensors, write_json, write_safetensors
 from ..zoo.registry import Weights
-from .cache_dir import _lock, _remove_legacy_lock, default_cache_dir, remove_leftovers, sha256_file
+from .cache_dir import default_cache_dir, lock_entry, remove_leftovers, remove_legacy_lock, sha256_file
 
 __all__ = [
     "DamagedCacheError",
@@ -250,10 +250,10 @@ def lock_for(weights: Weights, cache_dir: Path) -> Iterator[None]:
     cache) there is nothing to serialise: nothing is locked and the writes themselves report
     the problem.
     """
-    with _lock(cache_dir, weights.cache_stem) as held:
+    with lock_entry(cache_dir, weights.cache_stem) as held:
         if held is not None:  # None: the no-op context of a read-only cache
             removed = [p for path in cached_paths(weights, cache_dir) for p in remove_stale_temporaries(path)]
-            removed += _remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
+            removed += remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
             if removed:
                 logger.info("removed leftovers of interrupted conversions: %s", ", ".join(str(p) for p in removed))
         yield
@@ -269,11 +269,11 @@ def tidy_entry(weights: Weights, cache_dir: Path) -> list[Path]:
         return []
     removed: list[Path] = []
     with contextlib.suppress(Timeout, OSError):
-        with _lock(cache_dir, weights.cache_stem, timeout=0) as held:
+        with lock_entry(cache_dir, weights.cache_stem, timeout=0) as held:
             if held is None:  # a read-only cache: nothing could be removed anyway
                 return []
-            with _lock(cache_dir, weights.filename, timeout=0):
+            with lock_entry(cache_dir, weights.filename, timeout=0):
                 removed += [p for path in cached_paths(weights, cache_dir) for p in remove_stale_temporaries(path)]
-                removed += _remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
+                removed += remove_legacy_lock(cache_dir / f".{weights.cache_stem}.lock")
                 removed += remove_leftovers(cache_dir / weights.filename)
     return removed

@@ -32,13 +32,13 @@ from ..zoo.registry import Weights
 from .cache_dir import (
     ChecksumError,
     OfflineError,
-    _partial_name,
-    _verify,
     default_cache_dir,
     file_lock,
     is_offline,
+    partial_name,
     remove_leftovers,
     sha256_file,
+    verify_sha256,
 )
 
 __all__ = [
@@ -118,7 +118,7 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
         f"Nothing was cached at {dest}. Try again; without network access, fetch the file on another machine and "
         "place it there (see docs/weights.md, 'Offline and air-gapped use')."
     )
-    partial = _partial_name(dest)
+    partial = partial_name(dest)
     digest = hashlib.sha256()
     received = 0
     start = time.monotonic()
@@ -212,7 +212,7 @@ def fetch_weights_file(
     with file_lock(dest):
         remove_leftovers(dest)
         if dest.is_file():
-            _verify(dest, weights.sha256, f"cached checkpoint for {weights.name}")
+            verify_sha256(dest, weights.sha256, f"cached checkpoint for {weights.name}")
             return dest
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(weights.url, dest, weights.sha256, weights.name))
@@ -318,7 +318,7 @@ def fetch_url(
         remove_leftovers(dest)
         if dest.is_file():
             if prefix:
-                _verify(dest, prefix, "cached file")
+                verify_sha256(dest, prefix, "cached file")
             problem = _check_record(dest, url)
             if problem == "no record of its source":  # placed by hand, or a download whose record was cut off
                 return _recorded(dest, url)
