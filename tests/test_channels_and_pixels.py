@@ -9,8 +9,8 @@ from PIL import Image
 
 from pspnet_lib import predict
 from pspnet_lib.cli import main
-from pspnet_lib.core.constants import input_stats
 from pspnet_lib.core.images import load_image, read_image, to_image_tensor, to_rgb_tensor
+from pspnet_lib.core.pretrained_cfg import input_stats
 from pspnet_lib.data import FolderDataset
 from pspnet_lib.inference.export import ExportWrapper
 

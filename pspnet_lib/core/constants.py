@@ -1,8 +1,5 @@
 """Constants shared by datasets, transforms, training and inference."""
 
-from collections.abc import Mapping
-from typing import Any
-
 #: ImageNet statistics on the 0..1 scale: the input normalisation of every released PSPNet
 #: checkpoint (mmsegmentation's mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]
 #: on the 0..255 scale are the same numbers).
@@ -32,26 +29,3 @@ GENERIC_STD: float = sum(IMAGENET_STD) / 3
 def input_channels(model: object) -> int:
     """``model.config.in_channels`` (3 for a module without a PSPNet config)."""
     return int(getattr(getattr(model, "config", None), "in_channels", 3) or 3)
-
-
-def input_stats(
-    pretrained_cfg: Mapping[str, Any] | None, in_channels: int = 3, *, what: str = "the model"
-) -> tuple[list[float], list[float]]:
-    """``(mean, std)`` on the 0..1 scale, one value per input channel.
-
-    A thin wrapper of :meth:`pspnet_lib.core.pretrained_cfg.PretrainedCfg.from_dict`, which holds
-    the defaults (ImageNet's for 3 channels, else :data:`GENERIC_MEAN` / :data:`GENERIC_STD`
-    repeated) and the checks; prefer ``PretrainedCfg.of(model).mean``.
-
-    Raises:
-        ValueError: a stored mean/std whose length is neither 1 nor ``in_channels`` (naming both
-            and how to fix ``pretrained_cfg``), or a std that is not positive.
-    """
-    from .pretrained_cfg import PretrainedCfg  # same floor; pretrained_cfg imports this module
-
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
-    stats = {k: cfg[k] for k in ("mean", "std") if k in cfg}
-    typed = PretrainedCfg.from_dict(stats, in_channels, what=what)
-    mean, std = typed.mean, typed.std
-    assert mean is not None and std is not None  # PretrainedCfg.__post_init__ fills both
-    return list(mean), list(std)

@@ -8,15 +8,12 @@ validation helpers here are shared with :class:`~pspnet_lib.core.pretrained_cfg.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .escape import short_repr
+from ._values import Fail, copy_value, is_int, is_number, replace_fields
 from .geometry import MODES
 
 __all__ = ["InferenceProtocol", "MAX_SIDE", "MAX_SCALE", "MAX_SCALES", "UNLIMITED_SIDE"]
@@ -35,55 +32,16 @@ UNLIMITED_SIDE = 1 << 30
 _PROTOCOL_KEYS = ("mode", "resize", "crop", "stride", "scales", "flip")
 
 
-def _is_int(v: Any) -> bool:
-    if type(v) is int:  # the common case, without the (slow) abstract-class check
-        return True
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        if type(v) is float or type(v) is int:
-            return math.isfinite(v)
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-    except OverflowError:  # an integer beyond any float (10**400): not a usable number here
-        return False
-
-
-def _copy(value: Any) -> Any:
-    """A copy of a JSON-like value (dicts and lists copied, scalars shared): ~10x faster than deepcopy."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
-    return copy.deepcopy(value)
-
-
-class _Fail:
-    """Builds the one-line errors: ``<what>: <prefix><key> must be <expected>, got <value>``."""
-
-    def __init__(self, what: str, prefix: str) -> None:
-        self.what, self.prefix = what, prefix
-
-    def __call__(self, key: str, expected: str, value: Any) -> ValueError:
-        shown = short_repr(value)
-        return ValueError(f"{self.what}: {self.prefix}{key} must be {expected}, got {shown}")
-
-
-def _size(value: Any, key: str, fail: _Fail, *, pair_only: bool = False) -> tuple[int, int]:
+def _size(value: Any, key: str, fail: Fail, *, pair_only: bool = False) -> tuple[int, int]:
     """An int (square) or ``[a, b]`` of pixel sizes in ``[1, MAX_SIDE]``, as a pair."""
     expected = f"{'' if pair_only else 'an integer or '}a pair of integers in [1, {MAX_SIDE}]"
-    if _is_int(value) and not pair_only:
+    if is_int(value) and not pair_only:
         items = [value, value]
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         items = list(value)
     else:
         raise fail(key, expected, value)
-    if not all(_is_int(v) and v >= 1 for v in items):
+    if not all(is_int(v) and v >= 1 for v in items):
         raise fail(key, expected, value)
     # A resize may leave its long side unlimited (predict(size=512) bounds the short side only).
     if pair_only and max(items) == UNLIMITED_SIDE and min(items) <= MAX_SIDE:
@@ -93,7 +51,7 @@ def _size(value: Any, key: str, fail: _Fail, *, pair_only: bool = False) -> tupl
     return int(items[0]), int(items[1])
 
 
-def _check_protocol(values: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _check_protocol(values: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
     """Validated, normalised :class:`InferenceProtocol` fields from ``values`` (absent keys: defaults)."""
     out: dict[str, Any] = {}
     mode = values.get("mode")
@@ -110,7 +68,7 @@ def _check_protocol(values: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     if not (
         isinstance(scales, (list, tuple))
         and 1 <= len(scales) <= MAX_SCALES
-        and all(_is_number(s) and 0 < s <= MAX_SCALE for s in scales)
+        and all(is_number(s) and 0 < s <= MAX_SCALE for s in scales)
     ):
         raise fail("scales", f"a list of 1 to {MAX_SCALES} numbers in (0, {MAX_SCALE:g}]", scales)
     out["scales"] = tuple(float(s) for s in scales)
@@ -127,16 +85,6 @@ def _check_protocol(values: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
         if not all(0 < s <= c for s, c in zip(out["stride"], out["crop"])):
             raise fail("stride", f"at most the crop {list(out['crop'])} so that no pixel is skipped", values["stride"])
     return out
-
-
-def _replace(obj: Any, changes: dict[str, Any]) -> Any:
-    """``dataclasses.replace`` that keeps the stored form of the fields left unchanged."""
-    # Defaults that were filled in are filled in again (they may depend on a changed in_channels).
-    refill = {k: None for k in getattr(obj, "_defaulted", ()) if k not in changes}
-    new = dataclasses.replace(obj, **refill, **changes)
-    object.__setattr__(new, "_raw", {k: v for k, v in obj._raw.items() if k not in obj._stored_keys(changes)})
-    object.__setattr__(new, "_order", obj._order)
-    return new
 
 
 @dataclass(frozen=True, init=False)
@@ -184,7 +132,7 @@ class InferenceProtocol:
         flip: bool = False,
     ) -> None:
         given = {"mode": mode, "resize": resize, "crop": crop, "stride": stride, "scales": scales, "flip": flip}
-        for name, value in _check_protocol(given, _Fail("InferenceProtocol", "")).items():
+        for name, value in _check_protocol(given, Fail("InferenceProtocol", "")).items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_raw", {})
         object.__setattr__(self, "_order", ())
@@ -206,16 +154,16 @@ class InferenceProtocol:
         """
         prefix = f"pretrained_cfg {key}." if key else ""
         if not isinstance(mapping, Mapping):
-            raise _Fail(what, "pretrained_cfg " if key else "")(key or "protocol", "a mapping", mapping)
+            raise Fail(what, "pretrained_cfg " if key else "")(key or "protocol", "a mapping", mapping)
         unknown = sorted(str(k) for k in mapping if k not in _PROTOCOL_KEYS)
         if unknown:
             raise ValueError(
                 f"{what}: {f'pretrained_cfg {key}' if key else 'the protocol'} has unknown key(s) {unknown}; "
                 f"expected only {', '.join(_PROTOCOL_KEYS)}: remove or rename them"
             )
-        values = _check_protocol(mapping, _Fail(what, prefix))
+        values = _check_protocol(mapping, Fail(what, prefix))
         protocol = cls(**values)
-        object.__setattr__(protocol, "_raw", _copy(dict(mapping)))
+        object.__setattr__(protocol, "_raw", copy_value(dict(mapping)))
         object.__setattr__(protocol, "_order", tuple(mapping))
         return protocol
 
@@ -228,7 +176,7 @@ class InferenceProtocol:
                 continue
             value = getattr(self, name)
             if name in self._raw:
-                out[name] = _copy(self._raw[name])
+                out[name] = copy_value(self._raw[name])
             elif full or name == "mode" or value != _PROTOCOL_DEFAULTS[name]:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -239,7 +187,7 @@ class InferenceProtocol:
 
     def replace(self, **changes: Any) -> InferenceProtocol:
         """A copy with ``changes`` applied (validated again)."""
-        return _replace(self, changes)
+        return replace_fields(self, changes)
 
     @staticmethod
     def _stored_keys(changes: Mapping[str, Any]) -> set[str]:

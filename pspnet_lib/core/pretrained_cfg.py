@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._values import Fail, copy_value, is_int, is_number, replace_fields
 from .constants import (
     GENERIC_MEAN,
     GENERIC_STD,
@@ -45,14 +46,9 @@ from .inference_protocol import (
     MAX_SIDE,
     UNLIMITED_SIDE,
     InferenceProtocol,
-    _copy,
-    _Fail,
-    _is_int,
-    _is_number,
-    _replace,
 )
 
-__all__ = ["InferenceProtocol", "PretrainedCfg", "MAX_SIDE", "MAX_SCALE", "UNLIMITED_SIDE"]
+__all__ = ["InferenceProtocol", "PretrainedCfg", "input_stats", "MAX_SIDE", "MAX_SCALE", "UNLIMITED_SIDE"]
 
 #: "Not given: use the default". ``__post_init__`` replaces it, so a PretrainedCfg's ``mean``,
 #: ``std``, ``ignore_index``, ``reduce_zero_label`` and ``protocol`` always hold values; typed Any
@@ -64,9 +60,9 @@ _STORED_NAME = {"protocol": "inference"}
 _PROVENANCE = ("name", "url", "sha256", "task", "dataset", "license", "source")
 
 
-def _stats(value: Any, key: str, in_channels: int | None, fail: _Fail, what: str) -> tuple[float, ...]:
+def _stats(value: Any, key: str, in_channels: int | None, fail: Fail, what: str) -> tuple[float, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    if not (1 <= len(items) <= MAX_IN_CHANNELS and all(_is_number(v) for v in items)):
+    if not (1 <= len(items) <= MAX_IN_CHANNELS and all(is_number(v) for v in items)):
         raise fail(key, "a list of finite numbers (one per input channel, on the 0..1 scale)", value)
     if in_channels is not None and len(items) not in (1, in_channels):
         raise ValueError(
@@ -130,9 +126,9 @@ class PretrainedCfg:
     _defaulted: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        fail = _Fail("PretrainedCfg", "")
+        fail = Fail("PretrainedCfg", "")
         n = self.in_channels
-        if not (_is_int(n) and 1 <= n <= MAX_IN_CHANNELS):
+        if not (is_int(n) and 1 <= n <= MAX_IN_CHANNELS):
             raise fail("in_channels", f"an integer in [1, {MAX_IN_CHANNELS}]", n)
         defaults = {
             "mean": IMAGENET_MEAN if n == 3 else (GENERIC_MEAN,) * n,
@@ -182,7 +178,7 @@ class PretrainedCfg:
             d = {}
         if not isinstance(d, Mapping):
             raise ValueError(f"{what}: pretrained_cfg must be a JSON object / mapping, got {type(d).__name__}")
-        fail = _Fail(what, "pretrained_cfg ")
+        fail = Fail(what, "pretrained_cfg ")
         stats = {key: _stats(d[key], key, in_channels, fail, what) for key in ("mean", "std") if d.get(key) is not None}
         if len(stats) == 2 and len(stats["mean"]) != len(stats["std"]):
             raise ValueError(
@@ -207,14 +203,14 @@ class PretrainedCfg:
                 isinstance(palette, (list, tuple))
                 and len(palette) <= MAX_NUM_CLASSES
                 and all(
-                    isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)
+                    isinstance(c, (list, tuple)) and len(c) == 3 and all(is_int(v) and 0 <= v <= 255 for v in c)
                     for c in palette
                 )
             ):
                 raise fail("palette", "a list of [r, g, b] colours with integers in 0..255", palette)
             values["palette"] = palette
         if d.get("ignore_index") is not None:
-            if not _is_int(d["ignore_index"]):
+            if not is_int(d["ignore_index"]):
                 raise fail("ignore_index", "an integer", d["ignore_index"])
             values["ignore_index"] = int(d["ignore_index"])
         if d.get("reduce_zero_label") is not None:
@@ -232,11 +228,11 @@ class PretrainedCfg:
         if d.get("metrics") is not None:
             if not isinstance(d["metrics"], Mapping):
                 raise fail("metrics", "a mapping of metric names to values", d["metrics"])
-            values["metrics"] = _copy(dict(d["metrics"]))
+            values["metrics"] = copy_value(dict(d["metrics"]))
         typed = {_STORED_NAME.get(k, k) for k in _typed_fields()}
-        extra = {k: _copy(v) for k, v in d.items() if k not in typed}
+        extra = {k: copy_value(v) for k, v in d.items() if k not in typed}
         cfg = cls(in_channels=in_channels, extra=extra, **values)
-        stored = {k: _CANONICAL if _is_canonical(k, v) else _copy(v) for k, v in d.items() if k in typed}
+        stored = {k: _CANONICAL if _is_canonical(k, v) else copy_value(v) for k, v in d.items() if k in typed}
         object.__setattr__(cfg, "_raw", stored)
         object.__setattr__(cfg, "_order", tuple(d))
         return cfg
@@ -256,11 +252,11 @@ class PretrainedCfg:
                 continue
             if key not in names:
                 if key in self.extra:
-                    out[key] = _copy(self.extra[key])
+                    out[key] = copy_value(self.extra[key])
                 continue
             attr = names[key]
             if key in self._raw and self._raw[key] is not _CANONICAL:
-                out[key] = _copy(self._raw[key])
+                out[key] = copy_value(self._raw[key])
             elif key in self._raw:
                 out[key] = _json_value(getattr(self, attr))
             elif attr not in self._defaulted and getattr(self, attr) is not None:
@@ -269,7 +265,7 @@ class PretrainedCfg:
 
     def replace(self, **changes: Any) -> PretrainedCfg:
         """A copy with ``changes`` applied (field names; validated again)."""
-        return _replace(self, changes)
+        return replace_fields(self, changes)
 
     @staticmethod
     def _stored_keys(changes: Mapping[str, Any]) -> set[str]:
@@ -307,4 +303,25 @@ def _json_value(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
-    return _copy(value)
+    return copy_value(value)
+
+
+def input_stats(
+    pretrained_cfg: Mapping[str, Any] | None, in_channels: int = 3, *, what: str = "the model"
+) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` on the 0..1 scale, one value per input channel.
+
+    A thin wrapper of :meth:`PretrainedCfg.from_dict`, which holds
+    the defaults (ImageNet's for 3 channels, else :data:`GENERIC_MEAN` / :data:`GENERIC_STD`
+    repeated) and the checks; prefer ``PretrainedCfg.of(model).mean``.
+
+    Raises:
+        ValueError: a stored mean/std whose length is neither 1 nor ``in_channels`` (naming both
+            and how to fix ``pretrained_cfg``), or a std that is not positive.
+    """
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dict(pretrained_cfg or {})
+    stats = {k: cfg[k] for k in ("mean", "std") if k in cfg}
+    typed = PretrainedCfg.from_dict(stats, in_channels, what=what)
+    mean, std = typed.mean, typed.std
+    assert mean is not None and std is not None  # PretrainedCfg.__post_init__ fills both
+    return list(mean), list(std)
