@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .inputs import collect_inputs
 from .predict_tiled import add_tiled_args, run_tiled, wants_tiled
 
 logger = logging.getLogger("pspnet_lib.cli.predict")
@@ -145,32 +146,6 @@ def _pair(values: Sequence[int] | None, name: str) -> int | tuple[int, int] | No
     if len(values) == 2:
         return (values[0], values[1])
     raise ValueError(f"--{name} takes one or two integers, got {len(values)}")
-
-
-def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, Path]]:
-    """``(image_path, relative_output_stem)`` for every input file, in a stable order.
-
-    Files named explicitly are taken whatever their extension; folders contribute files with an
-    image extension (:data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`).
-    """
-    from ..core.images import IMAGE_EXTENSIONS
-
-    found: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                logger.warning(
-                    "no image files in %s%s", path, "" if recursive else " (use --recursive for sub-folders)"
-                )
-            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
-        elif path.is_file():
-            found.append((path, Path(path.stem)))
-        else:
-            raise FileNotFoundError(f"input not found: {path}")
-    return found
 
 
 def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:

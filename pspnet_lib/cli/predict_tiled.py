@@ -108,7 +108,7 @@ def run_tiled(args: argparse.Namespace, load: Callable[..., Any]) -> int:
     """
     from .._files import check_outputs_spare_inputs, local_files
     from ..inference.rasters import predict_raster, raster_outputs
-    from .predict import collect_inputs
+    from .inputs import collect_inputs
 
     given = [flag for name, flag in _NOT_TILED.items() if getattr(args, name, None)]
     if args.mode == "whole" or args.scales not in (None, [[1.0]]):
