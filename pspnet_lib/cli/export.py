@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --int8 only")
     if args.format == "onnx":
-        ex._require_onnx()  # fail before loading weights
+        ex.require_onnx()  # fail before loading weights
         # The dynamo exporter's helpers log every optimisation pass at INFO level.
         for name in ("onnxscript", "onnx_ir"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_int8_args(args: argparse.Namespace) -> None:
-    from ..inference.quantize import _require_quantization, calibration_files
+    from ..inference.quantize import calibration_files, require_quantization
 
     if args.calibration is None:
         raise ValueError("--int8 needs --calibration DIR, a folder of pictures like those you will segment")
@@ -221,7 +221,7 @@ def _check_int8_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
     args.float_layers = _float_layers("classifier" if args.float_layers is None else args.float_layers)
     calibration_files(args.calibration)  # a missing or empty folder fails before the weights load
-    _require_quantization()
+    require_quantization()
 
 
 def _float_layers(text: str) -> tuple[str, ...]:

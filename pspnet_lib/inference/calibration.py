@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..core.images import IMAGE_EXTENSIONS, to_image_tensor
 from ..core.pretrained_cfg import PretrainedCfg
-from .export import _require_onnx
+from .export import require_onnx
 
 __all__ = ["calibration_files", "calibration_images"]
 
@@ -113,7 +113,7 @@ def calibration_images(
     return out
 
 
-def _as_batches(calibration: Any, channels: int | None = 3) -> list[torch.Tensor]:
+def as_batches(calibration: Any, channels: int | None = 3) -> list[torch.Tensor]:
     """Normalised float batches ``(N, C, H, W)`` from a tensor, a list of tensors or a DataLoader.
 
     ``channels``: the model's input channels (None: not checked here, e.g. left to the ONNX graph).
@@ -149,14 +149,14 @@ def _as_batches(calibration: Any, channels: int | None = 3) -> list[torch.Tensor
     return batches
 
 
-def _static_input_shape(onnx_path: str | os.PathLike) -> list[int | None]:
+def static_input_shape(onnx_path: str | os.PathLike) -> list[int | None]:
     """The graph input's ``(N, C, H, W)``, None for symbolic dimensions."""
-    onnx = _require_onnx()
+    onnx = require_onnx()
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
 
 
-def _fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> list[torch.Tensor]:
+def fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> list[torch.Tensor]:
     """Make images fit a graph exported with ``dynamic=False``: resized to its H x W, grouped in its batch size.
 
     Resizing after normalisation equals resizing before it (bilinear interpolation commutes with
@@ -182,14 +182,14 @@ def _fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> lis
     return grouped
 
 
-def _to_uint8(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def to_uint8(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     # The inverse of the normalisation, for graphs that normalise inside (preprocess=True).
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return ((batch * s + m) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _is_picture_source(calibration: Any) -> bool:
+def is_picture_source(calibration: Any) -> bool:
     if isinstance(calibration, (str, os.PathLike)):
         return True
     if isinstance(calibration, (list, tuple)) and calibration:

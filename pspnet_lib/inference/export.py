@@ -252,7 +252,7 @@ def export_torchscript(
     return path
 
 
-def _require_onnx() -> Any:
+def require_onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:
@@ -292,7 +292,7 @@ def export_onnx(
     The model's ``config`` and ``pretrained_cfg`` (classes, palette, mean/std) are stored in the
     file's metadata (``pspnet_lib.config``, ``pspnet_lib.pretrained_cfg``, ``pspnet_lib.input``).
     """
-    onnx = _require_onnx()
+    onnx = require_onnx()
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(ONNX_EXPORTERS)}")
     path = Path(path)
@@ -388,7 +388,7 @@ def check_onnx(
         import onnxruntime as ort
     except ImportError as exc:
         raise ImportError("checking an ONNX file needs onnxruntime: pip install 'pspnet-lib[onnx]'") from exc
-    onnx = _require_onnx()
+    onnx = require_onnx()
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
     output = props.get("pspnet_lib.output", "logits")

@@ -18,14 +18,14 @@ import torch.nn as nn
 from ..core.agreement import agreement_stats
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
-    _as_batches,
-    _fit_static,
-    _is_picture_source,
-    _static_input_shape,
-    _to_uint8,
+    as_batches,
     calibration_images,
+    fit_static,
+    is_picture_source,
+    static_input_shape,
+    to_uint8,
 )
-from .export import _require_onnx
+from .export import require_onnx
 
 __all__ = ["load_onnx_runner", "check_int8_onnx"]
 
@@ -88,15 +88,15 @@ def check_int8_onnx(
     """
     from .export import ExportWrapper
 
-    onnx = _require_onnx()
+    onnx = require_onnx()
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
     output = props.get("pspnet_lib.output", "logits")
-    batches = _as_batches(
-        calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images,
+    batches = as_batches(
+        calibration_images(images, model, count=count, size=size) if is_picture_source(images) else images,
         PretrainedCfg.of(model).in_channels,
     )
-    batches = _fit_static(batches, _static_input_shape(path))
+    batches = fit_static(batches, static_input_shape(path))
     run = load_onnx_runner(path, runtime)
     cfg = PretrainedCfg.of(model)
     reference = ExportWrapper(model, output="logits").eval()
@@ -105,7 +105,7 @@ def check_int8_onnx(
     for x in batches:
         with torch.no_grad():
             ref = reference(x.to(device)).float().cpu()
-        feed = _to_uint8(x, cfg.mean, cfg.std) if preprocess else x
+        feed = to_uint8(x, cfg.mean, cfg.std) if preprocess else x
         got = torch.from_numpy(run(feed.numpy()))
         if output == "labels":
             agree = (got == ref.argmax(1)).float()

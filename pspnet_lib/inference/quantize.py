@@ -32,15 +32,15 @@ import torch.nn as nn
 from .._files import atomic_output
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
-    _as_batches,
-    _fit_static,
-    _is_picture_source,
-    _static_input_shape,
-    _to_uint8,
+    as_batches,
     calibration_files,
     calibration_images,
+    fit_static,
+    is_picture_source,
+    static_input_shape,
+    to_uint8,
 )
-from .export import _require_onnx, export_onnx
+from .export import export_onnx, require_onnx
 from .int8_check import check_int8_onnx, load_onnx_runner
 
 __all__ = [
@@ -67,7 +67,7 @@ FLOAT_LAYERS = ("classifier", "first")
 DEFAULT_FLOAT_LAYERS: tuple[str, ...] = ("classifier",)
 
 
-def _require_quantization() -> Any:
+def require_quantization() -> Any:
     try:
         from onnxruntime import quantization
     except ImportError as exc:
@@ -98,7 +98,7 @@ def _float_layer_nodes(model_path: Path, float_layers: Sequence[str]) -> list[st
     """
     if not float_layers:
         return []
-    onnx = _require_onnx()
+    onnx = require_onnx()
     proto = onnx.load(str(model_path))
     convs = [node for node in proto.graph.node if node.op_type == "Conv"]
     if not convs:
@@ -144,18 +144,18 @@ def quantize_onnx(
     Activations are unsigned 8-bit with per-tensor asymmetric scales, weights signed 8-bit
     symmetric (ONNX Runtime's recommended U8S8 on x86; OpenVINO runs the same QDQ file).
     """
-    q = _require_quantization()
-    onnx = _require_onnx()
+    q = require_quantization()
+    onnx = require_onnx()
     if calibrate_method not in CALIBRATION_METHODS:
         raise ValueError(
             f"unknown calibration method {calibrate_method!r}; expected one of {', '.join(CALIBRATION_METHODS)}"
         )
     float_layers = _check_float_layers(float_layers)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    shape = _static_input_shape(fp32_path)
-    batches = _fit_static(_as_batches(calibration, shape[1]), shape)
+    shape = static_input_shape(fp32_path)
+    batches = fit_static(as_batches(calibration, shape[1]), shape)
     if input_uint8 is not None:
-        batches = [_to_uint8(b, *input_uint8) for b in batches]
+        batches = [to_uint8(b, *input_uint8) for b in batches]
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
 
     reader_base: Any = q.CalibrationDataReader  # onnxruntime is imported lazily (an optional extra)
@@ -255,7 +255,7 @@ def export_onnx_int8(
     Returns ``path``. The file runs in ONNX Runtime (``CPUExecutionProvider``) and OpenVINO
     (``core.read_model(path)``); :func:`check_int8_onnx` compares it with the fp32 model.
     """
-    if _is_picture_source(calibration):
+    if is_picture_source(calibration):
         batches: Any = calibration_images(calibration, model, count=calibration_count, size=size, seed=seed)
     else:
         batches = calibration

@@ -133,7 +133,7 @@ def build_int8(model: PSPNet, calibration: Any, backend: str = "auto") -> dict[s
     :func:`~pspnet_lib.runtime.optimize_for_inference`, times them against the bf16 fast path and
     keeps the fastest, :func:`choose_fastest`). Both run the same quantized file.
     """
-    from ..inference.calibration import _as_batches
+    from ..inference.calibration import as_batches
     from ..inference.export import export_onnx
     from ..inference.quantize import quantize_onnx
 
@@ -145,7 +145,7 @@ def build_int8(model: PSPNet, calibration: Any, backend: str = "auto") -> dict[s
             "with normalised images like those you will segment (pspnet_lib.inference.quantize.calibration_images "
             "makes them from pictures)"
         )
-    batches = _as_batches(calibration, input_channels(model))  # bad calibration data fails here, before any fallback
+    batches = as_batches(calibration, input_channels(model))  # bad calibration data fails here, before any fallback
     device = next(model.parameters()).device
     ok, reason = native_int8_support(device)
     backends: list[str] = []
@@ -244,14 +244,14 @@ def select_int8(
     ``"onnxruntime-int8"`` or ``"fast-bf16"``) and ``timings`` holds every candidate's median
     seconds. None (after a ``RuntimeWarning``) when no int8 back end can run here.
     """
-    from ..inference.calibration import _as_batches
+    from ..inference.calibration import as_batches
 
     if backend not in INT8_BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(INT8_BACKENDS)}, got {backend!r}")
     if calibration is None:
         build_int8(model, calibration, backend)  # raises the "needs calibration images" error
     # read once: a one-shot iterable serves both the build and the timing
-    batches = _as_batches(calibration, input_channels(model))
+    batches = as_batches(calibration, input_channels(model))
     built = build_int8(model, batches, backend)
     if built is None:
         return None

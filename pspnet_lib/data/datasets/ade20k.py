@@ -12,9 +12,9 @@ from .base import (
     PathLike,
     SegmentationDataset,
     Transforms,
-    _first_existing,
-    _show,
+    first_existing,
     reduce_zero_label,
+    show_paths,
 )
 
 __all__ = ["ADE20KDataset"]
@@ -36,7 +36,7 @@ class ADE20KDataset(SegmentationDataset):
 
     def __init__(self, root: PathLike, split: str = "training", transforms: Transforms | None = None) -> None:
         given = Path(root)
-        found = _first_existing([given, given / "ADEChallengeData2016"], "images")
+        found = first_existing([given, given / "ADEChallengeData2016"], "images")
         if found is None or not (found / "annotations").is_dir():
             raise FileNotFoundError(
                 f"no ADE20K found at {given}: expected images/{{training,validation}}/*.jpg and "
@@ -55,7 +55,7 @@ class ADE20KDataset(SegmentationDataset):
         files = [(p, mask_dir / f"{p.stem}.png") for p in images]
         missing = [m for _, m in files if not m.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} annotation(s) missing in {mask_dir}: {_show(missing)}")
+            raise FileNotFoundError(f"{len(missing)} annotation(s) missing in {mask_dir}: {show_paths(missing)}")
         super().__init__(files, ADE20K_CLASSES, ADE20K_PALETTE, transforms)
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:

@@ -42,14 +42,10 @@ Palette = list[tuple[int, int, int]]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-_LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
 
-def _default_palette(num_classes: int) -> Palette:
-    return default_palette(num_classes)
-
-
-def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
+def rgb_triple(colour: Sequence[Any]) -> tuple[int, int, int]:
     """The first three values of ``colour`` as ints (a fourth, alpha, is dropped)."""
     if len(colour) < 3:
         raise ValueError(f"a palette colour needs three values (R, G, B), got {list(colour)!r}")
@@ -89,7 +85,7 @@ def _warn_orientation(image_path: Path, mask_path: Path, tag: int) -> None:
     )
 
 
-def _show(paths: Sequence[Any], limit: int = 5) -> str:
+def show_paths(paths: Sequence[Any], limit: int = 5) -> str:
     shown = ", ".join(str(p) for p in list(paths)[:limit])
     return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
 
@@ -123,7 +119,7 @@ class SegmentationDataset(Dataset):
         self.classes = [str(c) for c in classes]
         if not self.classes:
             raise ValueError("a dataset needs at least one class name")
-        self.palette: Palette = [_rgb(c) for c in (palette or _default_palette(len(self.classes)))]
+        self.palette: Palette = [rgb_triple(c) for c in (palette or default_palette(len(self.classes)))]
         if len(self.palette) < len(self.classes):
             raise ValueError(f"the palette has {len(self.palette)} colours for {len(self.classes)} classes")
         self.palette = self.palette[: len(self.classes)]
@@ -290,22 +286,23 @@ class SegmentationDataset(Dataset):
         return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored, "sizes": sizes}
 
 
-def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
+def require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
     missing = [p for pair in pairs for p in pair if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} file(s) listed by {what} do not exist: {_show(missing)}" + (f"; {hint}" if hint else "")
+            f"{len(missing)} file(s) listed by {what} do not exist: {show_paths(missing)}"
+            + (f"; {hint}" if hint else "")
         )
 
 
-def _first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
+def first_existing(candidates: Sequence[Path], marker: str) -> Path | None:
     for candidate in candidates:
         if (candidate / marker).is_dir():
             return candidate
     return None
 
 
-def _save_png_atomically(array: np.ndarray, path: Path) -> None:
+def save_png_atomically(array: np.ndarray, path: Path) -> None:
     with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
@@ -383,7 +380,7 @@ class ImageAnnotationDirs(ZooLabelConvention):
         missing = [m for _, m in files if not m.is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {_show(missing)}{prepare}"
+                f"{len(missing)} of {len(files)} annotation(s) missing in {ann_dir}: {show_paths(missing)}{prepare}"
             )
         super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ...core.constants import IGNORE_INDEX
 from ..metadata import CITYSCAPES_CLASSES, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PALETTE
-from .base import PathLike, SegmentationDataset, Transforms, _save_png_atomically, _show, logger
+from .base import PathLike, SegmentationDataset, Transforms, logger, save_png_atomically, show_paths
 
 __all__ = ["CityscapesDataset", "cityscapes_labelids_to_trainids", "create_cityscapes_trainids"]
 
@@ -77,7 +77,7 @@ def create_cityscapes_trainids(
                 trainids = cityscapes_labelids_to_trainids(label_ids)
             except ValueError as exc:
                 raise ValueError(f"{source}: {exc}") from None
-            _save_png_atomically(trainids, target)
+            save_png_atomically(trainids, target)
             written += 1
     logger.info("wrote %d Cityscapes trainId masks under %s", written, root / "gtFine")
     return written
@@ -128,7 +128,7 @@ class CityscapesDataset(SegmentationDataset):
             files.append((image, root / "gtFine" / split / image.parent.name / f"{prefix}{suffix}"))
         missing = [m for _, m in files if not m.is_file()]
         if missing:
-            message = f"{len(missing)} of {len(files)} masks missing: {_show(missing)}"
+            message = f"{len(missing)} of {len(files)} masks missing: {show_paths(missing)}"
             label_ids = [m.with_name(m.name.replace(suffix, "_gtFine_labelIds.png")) for m in missing]
             if labels == "trainIds" and all(p.is_file() for p in label_ids):
                 message += "; only the *_gtFine_labelIds.png files exist: " + _TRAINIDS_HELP.format(root=root)

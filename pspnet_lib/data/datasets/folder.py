@@ -11,19 +11,19 @@ from typing import Any
 import numpy as np
 
 from ...core.constants import IGNORE_INDEX
+from ...core.palette import default_palette
 from ...core.text import read_lines
 from ..metadata import VOC_PALETTE
 from .base import (
-    _LOSSY_EXTENSIONS,
     IMAGE_EXTENSIONS,
+    LOSSY_EXTENSIONS,
     MASK_EXTENSIONS,
     Palette,
     PathLike,
     SegmentationDataset,
     Transforms,
-    _default_palette,
-    _rgb,
-    _show,
+    rgb_triple,
+    show_paths,
 )
 
 __all__ = [
@@ -194,7 +194,7 @@ class FolderDataset(SegmentationDataset):
             )
         names = self._resolve_classes(root, classes)
         colours, self._explicit_palette, declared = self._resolve_palette(root, palette, len(names))
-        self.ignore_colours: Palette = [_rgb(c) for c in (ignore_colours or [])] + declared
+        self.ignore_colours: Palette = [rgb_triple(c) for c in (ignore_colours or [])] + declared
         if self._explicit_palette and len(colours) >= 2 and colours == VOC_PALETTE[: len(colours)]:
             self.ignore_colours.append(VOC_VOID_COLOUR)
         self.mask_suffix = mask_suffix
@@ -233,7 +233,7 @@ class FolderDataset(SegmentationDataset):
             unknown = [s for s in stems if s not in pairs]
             if unknown:
                 raise FileNotFoundError(
-                    f"split {split!r} names image(s) with no image/mask pair in {image_folder}: {_show(unknown)}"
+                    f"split {split!r} names image(s) with no image/mask pair in {image_folder}: {show_paths(unknown)}"
                 )
             files = [pairs[s] for s in stems]
         else:
@@ -261,12 +261,12 @@ class FolderDataset(SegmentationDataset):
         if palette is None and (root / "palette.txt").is_file():
             palette = root / "palette.txt"
         if palette is None:
-            return _default_palette(num_classes), False, []
+            return default_palette(num_classes), False, []
         declared: Palette = []
         if isinstance(palette, (str, os.PathLike)):
             colours, declared = _parse_palette_file(palette)
         else:
-            colours = [_rgb(c) for c in palette]
+            colours = [rgb_triple(c) for c in palette]
         if len(colours) < num_classes:
             raise ValueError(
                 f"the palette has {len(colours)} colours for {num_classes} classes; give one 'R G B' per class"
@@ -283,7 +283,7 @@ class FolderDataset(SegmentationDataset):
                 images[path.stem] = path
         if duplicates:
             raise ValueError(
-                f"several images share a stem in {image_folder}: {_show(duplicates)}; stems must be unique"
+                f"several images share a stem in {image_folder}: {show_paths(duplicates)}; stems must be unique"
             )
         if not images:
             subfolders = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
@@ -299,7 +299,7 @@ class FolderDataset(SegmentationDataset):
             if not path.is_file() or path.name.startswith("."):
                 continue
             suffix = path.suffix.lower()
-            if suffix in _LOSSY_EXTENSIONS:
+            if suffix in LOSSY_EXTENSIONS:
                 lossy.append(path)
             elif suffix in MASK_EXTENSIONS:
                 stem = path.stem
@@ -310,7 +310,7 @@ class FolderDataset(SegmentationDataset):
                 masks[stem] = path
         if lossy:
             raise ValueError(
-                f"masks must be lossless (PNG): JPEG/WebP compression changes label values; found {_show(lossy)}"
+                f"masks must be lossless (PNG): JPEG/WebP compression changes label values; found {show_paths(lossy)}"
             )
         no_mask = [images[s] for s in images if s not in masks]
         no_image = [masks[s] for s in masks if s not in images]
@@ -318,10 +318,10 @@ class FolderDataset(SegmentationDataset):
             problems = []
             if no_mask:
                 problems.append(
-                    f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {_show(no_mask)}"
+                    f"{len(no_mask)} image(s) without a mask {mask_folder / ('<stem>' + self.mask_suffix + '.png')}: {show_paths(no_mask)}"
                 )
             if no_image:
-                problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {_show(no_image)}")
+                problems.append(f"{len(no_image)} mask(s) without an image in {image_folder}: {show_paths(no_image)}")
             stem_suffix = _common_mask_suffix(
                 [p.stem for p in no_mask], [masks[s].stem for s in masks if s not in images]
             )

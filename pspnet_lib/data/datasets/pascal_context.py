@@ -12,8 +12,8 @@ from .base import (
     PathLike,
     Transforms,
     ZooLabelConvention,
-    _first_existing,
-    _require_files,
+    first_existing,
+    require_files,
 )
 
 __all__ = ["PascalContextDataset", "PascalContext59Dataset"]
@@ -40,7 +40,7 @@ class PascalContextDataset(ZooLabelConvention):
     def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
         self.info = get_dataset_info(self.DATASET_KEY)
         given = Path(root)
-        found = _first_existing([given, given / "VOC2010", given / "VOCdevkit" / "VOC2010"], "SegmentationClassContext")
+        found = first_existing([given, given / "VOC2010", given / "VOCdevkit" / "VOC2010"], "SegmentationClassContext")
         prepare = f"prepare it with `pspnet prepare {self.DATASET_KEY} SRC DST` (see docs/datasets.md)"
         if found is None:
             raise FileNotFoundError(
@@ -57,7 +57,7 @@ class PascalContextDataset(ZooLabelConvention):
         if not names:
             raise ValueError(f"split list {list_file} is empty")
         files = [(found / "JPEGImages" / f"{n}.jpg", found / "SegmentationClassContext" / f"{n}.png") for n in names]
-        _require_files(files, str(list_file), prepare)
+        require_files(files, str(list_file), prepare)
         super().__init__(files, self.info.classes, self.info.palette, transforms, self.info.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ...core.text import read_lines
 from ..metadata import VOC_CLASSES, VOC_PALETTE
-from .base import PathLike, SegmentationDataset, Transforms, _first_existing, _require_files
+from .base import PathLike, SegmentationDataset, Transforms, first_existing, require_files
 
 __all__ = ["VOCAugDataset"]
 
@@ -34,7 +34,7 @@ class VOCAugDataset(SegmentationDataset):
         mask_dir: str | None = None,
     ) -> None:
         given = Path(root)
-        found = _first_existing([given, given / "VOC2012", given / "VOCdevkit" / "VOC2012"], "JPEGImages")
+        found = first_existing([given, given / "VOC2012", given / "VOCdevkit" / "VOC2012"], "JPEGImages")
         if found is None:
             raise FileNotFoundError(
                 f"no Pascal VOC 2012 found at {given}: expected JPEGImages/, ImageSets/Segmentation/ and "
@@ -73,5 +73,5 @@ class VOCAugDataset(SegmentationDataset):
                 files.append((found / "JPEGImages" / f"{parts[0]}.jpg", found / mask_dir / f"{parts[0]}.png"))
         if not files:
             raise ValueError(f"split list {list_file} is empty")
-        _require_files(files, str(list_file))
+        require_files(files, str(list_file))
         super().__init__(files, VOC_CLASSES, VOC_PALETTE, transforms)
