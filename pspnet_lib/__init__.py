@@ -2,7 +2,8 @@
 
 from ._version import __version__
 from .assets import sample_images
-from .core.pretrained_cfg import InferenceProtocol, PretrainedCfg
+from .core.inference_protocol import InferenceProtocol
+from .core.pretrained_cfg import PretrainedCfg
 from .hub import get_weights, list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
 from .hub.zoo.registry import get_model_weights, get_weight

@@ -47,7 +47,7 @@ def _save_png(image: Image.Image, path: Path, title: str | None = None) -> None:
     stored as the PNG's ``Title`` text (what a viewer's properties and ``Image.open(p).text`` show)."""
     from PIL import PngImagePlugin
 
-    from .engine.checkpoint import atomic_write_bytes
+    from ._files import atomic_write_bytes
 
     info = PngImagePlugin.PngInfo()
     if title:
@@ -317,7 +317,7 @@ def run_demo(
             "checkpoints": str(out / "checkpoints"),
         },
     }
-    from .engine.checkpoint import atomic_write_bytes
+    from ._files import atomic_write_bytes
 
     atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     logger.info(

@@ -11,7 +11,7 @@ import torchvision
 from pspnet_lib import build_pspnet, load_pretrained
 from pspnet_lib.hub import CheckpointError
 from pspnet_lib.hub.formats.converters import convert_state_dict
-from pspnet_lib.hub.loading import CLASSIFIER_KEYS, load_weights
+from pspnet_lib.hub.load_report import CLASSIFIER_KEYS, load_weights
 from pspnet_lib.models import ResNet
 
 from .hub_utils import SMALL, write_mmseg_checkpoint

@@ -564,8 +564,8 @@ def test_recipe_trains_two_iterations(tmp_path, dataset):
 
 
 def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
+    from pspnet_lib.cli.common import DATASET_CHOICES, add_dataset_args
     from pspnet_lib.cli.prepare import PREPARE_CHOICES
-    from pspnet_lib.cli.train import DATASET_CHOICES, add_dataset_args
     from pspnet_lib.data import ZOO_DATASETS
     from pspnet_lib.data.metadata import DATASETS as ZOO_INFO
     from pspnet_lib.hub import get_weights, list_pretrained

@@ -63,10 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .._files import atomic_write_bytes
     from ..core.pretrained_cfg import PretrainedCfg
     from ..data import DEFAULT_SPLITS, ZOO_DATASETS, build_dataset, eval_transforms
     from ..engine import distributed as D
-    from ..engine.checkpoint import atomic_write_bytes
     from ..engine.evaluate import evaluate
     from ..engine.metrics import format_metrics_table, metrics_to_json
     from ..hub.loading import load_pretrained

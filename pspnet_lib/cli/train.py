@@ -15,7 +15,6 @@ import sys
 from ..core.constants import MAX_NUM_CLASSES
 from ..engine.run import TrainingRun, resolve_settings
 from .common import (
-    DATASET_CHOICES,
     add_dataset_args,
     add_setting_args,
     dataset_options,
@@ -27,7 +26,7 @@ from .common import (
     setting_overrides,
 )
 
-__all__ = ["AUGMENT_FLAGS", "DATASET_CHOICES", "add_dataset_args", "register", "run"]
+__all__ = ["AUGMENT_FLAGS", "register", "run"]
 
 #: ``train_transforms`` arguments given as flags (``--crop-size`` ...).
 AUGMENT_FLAGS = ("crop_size", "scale_range", "base_size", "rotation", "blur_p")

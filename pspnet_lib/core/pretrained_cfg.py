@@ -42,13 +42,10 @@ from .constants import (
     input_channels,
 )
 from .inference_protocol import (
-    MAX_SCALE,
-    MAX_SIDE,
-    UNLIMITED_SIDE,
     InferenceProtocol,
 )
 
-__all__ = ["InferenceProtocol", "PretrainedCfg", "input_stats", "MAX_SIDE", "MAX_SCALE", "UNLIMITED_SIDE"]
+__all__ = ["PretrainedCfg", "input_stats"]
 
 #: "Not given: use the default". ``__post_init__`` replaces it, so a PretrainedCfg's ``mean``,
 #: ``std``, ``ignore_index``, ``reduce_zero_label`` and ``protocol`` always hold values; typed Any

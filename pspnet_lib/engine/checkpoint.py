@@ -23,21 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._files import atomic_save, atomic_write_bytes, fsync_dir
+from .._files import fsync_dir
 from ..core.constants import CHECKPOINT_FORMAT
-from ..core.digest import DIGEST_KEY, content_digest
+from ..core.digest import DIGEST_KEY
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "DIGEST_KEY",
-    "content_digest",
     "CheckpointWriteError",
     "explain_write_failure",
     "load_resume_checkpoint",
     "resume_candidates",
     "state_nbytes",
-    "atomic_save",
-    "atomic_write_bytes",
     "atomic_link",
     "load_checkpoint",
     "find_resume_checkpoint",

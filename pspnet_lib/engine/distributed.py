@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..models._utils import FrozenBatchNorm2d
+from ..models import FrozenBatchNorm2d
 
 __all__ = [
     "DistInfo",

@@ -44,7 +44,6 @@ from .trainer_state import RUN_FILES
 __all__ = [
     "FOLDER_OPTIONS",
     "PREFLIGHT_SAMPLES",
-    "RUN_FILES",
     "RunDirectoryError",
     "TrainingRun",
     "check_dataset_options",

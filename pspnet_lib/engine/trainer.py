@@ -30,11 +30,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from .._files import ensure_dir
+from .._files import atomic_write_bytes, ensure_dir
 from .._progress import progress_bar
 from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
-from .checkpoint import atomic_write_bytes
 from .class_weights import DEFAULT_RULE, compute_class_weights
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss

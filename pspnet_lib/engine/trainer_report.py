@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._files import ensure_dir
+from .._files import atomic_write_bytes, ensure_dir
 from ..inference.visualize import draw_confusion_matrix
-from .checkpoint import atomic_write_bytes, checkpoint_name, get_rng_state, set_rng_state, state_nbytes
+from .checkpoint import checkpoint_name, get_rng_state, set_rng_state, state_nbytes
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
 from .sampler import usable_workers

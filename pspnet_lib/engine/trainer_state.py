@@ -10,16 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._files import remove_stale_temporaries
+from .._files import atomic_save, atomic_write_bytes, remove_stale_temporaries
+from ..core.digest import content_digest
 from . import distributed as D
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     DIGEST_KEY,
     atomic_link,
-    atomic_save,
-    atomic_write_bytes,
     checkpoint_name,
-    content_digest,
     explain_write_failure,
     get_rng_state,
     load_checkpoint,

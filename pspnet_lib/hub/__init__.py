@@ -6,7 +6,8 @@ See docs/weights.md (the zoo, offline use, converting checkpoints) and docs/hub.
 from ..data.metadata import DATASETS, DatasetInfo, get_dataset_info
 from .cache import ChecksumError, OfflineError, default_cache_dir, is_cached
 from .formats.serialization import CheckpointError
-from .loading import LoadReport, build_with_backbone_weights, load_pretrained, load_weights
+from .load_report import LoadReport, load_weights
+from .loading import build_with_backbone_weights, load_pretrained
 from .zoo.registry import Weights, get_weights, list_pretrained, register_weights, unregister_weights
 
 __all__ = [

@@ -36,7 +36,7 @@ from ..core.constants import CHECKPOINT_FORMAT
 from ..core.escape import printable
 from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run_size
 from ..core.limits import check_limit, format_amount
-from ..core.pretrained_cfg import MAX_SCALE, MAX_SIDE, PretrainedCfg
+from ..core.pretrained_cfg import PretrainedCfg
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .cache import sha256_file
 from .formats.converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
@@ -52,8 +52,6 @@ from .load_report import is_counter
 from .zoo.registry import find_weights_for_file
 
 __all__ = [
-    "MAX_SIDE",
-    "MAX_SCALE",
     "Resolved",
     "check_model_budget",
     "check_tensors",

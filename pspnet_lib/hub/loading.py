@@ -38,22 +38,11 @@ from .checkpoint_files import (
 )
 from .formats.serialization import CheckpointError, read_safetensors
 from .hf import CONFIG_NAME, WEIGHTS_NAME, hf_file
-from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
+from .load_report import CLASSIFIER_KEYS, load_weights
 from .sources import resolve_source
 from .timm_weights import build_with_timm_weights
 
-__all__ = [
-    "LoadReport",
-    "load_pretrained",
-    "load_weights",
-    "build_with_backbone_weights",
-    "from_pretrained_files",
-    "resolve_source",
-    "Resolved",
-    "read_pretrained_folder",
-    "verify_resolved",
-    "CLASSIFIER_KEYS",
-]
+__all__ = ["load_pretrained", "build_with_backbone_weights", "from_pretrained_files"]
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from ..core.geometry import MODES, rescale_size
 from ..core.inference_budget import check_inference_budget
 from ..core.inference_protocol import InferenceProtocol
 
-__all__ = ["infer", "infer_whole", "infer_slide", "slide_spans", "rescale_size", "MODES", "InferenceProtocol"]
+__all__ = ["infer", "infer_whole", "infer_slide", "slide_spans", "rescale_size", "MODES"]
 
 
 def _align_corners(model: nn.Module) -> bool:

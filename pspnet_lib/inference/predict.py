@@ -27,8 +27,9 @@ from PIL import Image
 
 from ..core.images import image_size, is_image_batch, to_image_tensor
 from ..core.inference_budget import check_inference_budget
+from ..core.inference_protocol import UNLIMITED_SIDE, InferenceProtocol
 from ..core.palette import padded_palette
-from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
+from ..core.pretrained_cfg import PretrainedCfg
 from .modes import MODES, infer
 from .visualize import colorize, legend, overlay
 

@@ -46,7 +46,6 @@ __all__ = [
     "BLENDS",
     "default_strip_width",
     "WindowReader",
-    "RegionWriter",
     "resolve_tiling",
     "blend_profile",
     "run_tiled",

@@ -16,7 +16,7 @@ from ._utils import NORM_TYPES
 from .encoders.timm_names import check_timm_kwargs, check_timm_name, is_timm_backbone
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
-__all__ = ["PSPNetConfig", "BACKBONES", "MAX_NUM_CLASSES"]
+__all__ = ["PSPNetConfig", "BACKBONES"]
 
 logger = logging.getLogger(__name__)
 

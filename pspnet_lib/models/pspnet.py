@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
 from ._utils import is_symbolic_tracing, make_norm_layer
-from .config import BACKBONES, MAX_NUM_CLASSES, PSPNetConfig
+from .config import BACKBONES, PSPNetConfig
 from .conventions import BackboneConventions
 from .encoders import build_encoder
 from .heads import FCNHead, PSPHead, make_classifier
 from .variants import PRESETS
 
-__all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "PRESETS", "BACKBONES", "MAX_NUM_CLASSES"]
+__all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "PRESETS", "BACKBONES"]
 
 logger = logging.getLogger(__name__)
 

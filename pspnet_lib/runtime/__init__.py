@@ -9,7 +9,8 @@ import importlib
 import warnings
 from typing import Any
 
-from .accuracy import agreement_stats, compare_models
+from ..core.agreement import agreement_stats
+from .accuracy import compare_models
 from .model import FastPSPNet
 from .optimize import optimize_for_inference
 from .precision import native_dtype_support, native_int8_support

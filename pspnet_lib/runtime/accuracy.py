@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..core.agreement import agreement_stats
 
-__all__ = ["agreement_stats", "compare_models"]
+__all__ = ["compare_models"]
 
 
 @torch.no_grad()

@@ -30,21 +30,18 @@ from typing import cast
 
 from ...models.variants import VARIANTS, get_variant
 from .entries import builtin_entries
-from .weights import Weights, WeightsEnum, sha256_prefix_from_filename
+from .weights import Weights, WeightsEnum
 
 __all__ = [
-    "Weights",
     "get_weights",
     "list_pretrained",
     "register_weights",
     "unregister_weights",
     "resolve_name",
-    "WeightsEnum",
     "get_weight",
     "get_model_weights",
     "model_of",
     "find_weights_for_file",
-    "sha256_prefix_from_filename",
 ]
 
 

@@ -26,7 +26,7 @@ from .static_padding import make_same_padding_static
 from .stride_probe import PROBE_SIZE, deepest_side, measure_strides, returns_nhwc
 from .timm_names import require_timm, timm_family
 
-__all__ = ["TimmEncoder", "OUTPUT_STRIDES", "PROBE_SIZE"]
+__all__ = ["TimmEncoder", "OUTPUT_STRIDES"]
 
 logger = logging.getLogger(__name__)
 
