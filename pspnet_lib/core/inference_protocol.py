@@ -8,12 +8,15 @@ validation helpers here are shared with :class:`~pspnet_lib.core.pretrained_cfg.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._values import Fail, copy_value, is_int, is_number, replace_fields
+from .escape import short_repr
 from .geometry import MODES
 
 __all__ = ["InferenceProtocol", "MAX_SIDE", "MAX_SCALE", "MAX_SCALES", "UNLIMITED_SIDE"]
@@ -30,6 +33,50 @@ MAX_SCALES = 16
 UNLIMITED_SIDE = 1 << 30
 
 _PROTOCOL_KEYS = ("mode", "resize", "crop", "stride", "scales", "flip")
+
+
+# The value checks of stored settings, shared with core/pretrained_cfg.py (public names, not exported).
+
+
+def is_int(v: Any) -> bool:
+    """An integer (numpy integers included), not a bool."""
+    if type(v) is int:  # the common case, without the (slow) abstract-class check
+        return True
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite real number (numpy numbers included), not a bool."""
+    try:
+        if type(v) is float or type(v) is int:
+            return math.isfinite(v)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    except OverflowError:  # an integer beyond any float (10**400): not a usable number here
+        return False
+
+
+def copy_value(value: Any) -> Any:
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared): ~10x faster than deepcopy."""
+    if isinstance(value, dict):
+        return {k: copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_value(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, tuple):
+        return tuple(copy_value(v) for v in value)
+    return copy.deepcopy(value)
+
+
+class Fail:
+    """Builds the one-line errors: ``<what>: <prefix><key> must be <expected>, got <value>``."""
+
+    def __init__(self, what: str, prefix: str) -> None:
+        self.what, self.prefix = what, prefix
+
+    def __call__(self, key: str, expected: str, value: Any) -> ValueError:
+        shown = short_repr(value)
+        return ValueError(f"{self.what}: {self.prefix}{key} must be {expected}, got {shown}")
 
 
 def _size(value: Any, key: str, fail: Fail, *, pair_only: bool = False) -> tuple[int, int]:
@@ -85,6 +132,16 @@ def _check_protocol(values: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
         if not all(0 < s <= c for s, c in zip(out["stride"], out["crop"])):
             raise fail("stride", f"at most the crop {list(out['crop'])} so that no pixel is skipped", values["stride"])
     return out
+
+
+def replace_fields(obj: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` that keeps the stored form of the fields left unchanged."""
+    # Defaults that were filled in are filled in again (they may depend on a changed in_channels).
+    refill = {k: None for k in getattr(obj, "_defaulted", ()) if k not in changes}
+    new = dataclasses.replace(obj, **refill, **changes)
+    object.__setattr__(new, "_raw", {k: v for k, v in obj._raw.items() if k not in obj._stored_keys(changes)})
+    object.__setattr__(new, "_order", obj._order)
+    return new
 
 
 @dataclass(frozen=True, init=False)

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._values import Fail, copy_value, is_int, is_number, replace_fields
 from .constants import (
     GENERIC_MEAN,
     GENERIC_STD,
@@ -42,7 +41,12 @@ from .constants import (
     input_channels,
 )
 from .inference_protocol import (
+    Fail,
     InferenceProtocol,
+    copy_value,
+    is_int,
+    is_number,
+    replace_fields,
 )
 
 __all__ = ["PretrainedCfg", "input_stats"]
