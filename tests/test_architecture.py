@@ -480,3 +480,26 @@ def test_reexport_ports_are_current():
         exported = _exports(path)[0] if path is not None else []
         stale += [f"{module}.{name}" for name in sorted(names) if name not in exported]
     assert not stale, f"stale REEXPORT_PORTS entries in tests/test_architecture.py (no longer exported): {stale}"
+
+
+#: hub/'s wings (docs/architecture.md, "The hub in wings"): a wing imports only the wings listed
+#: for it, never the loader or the front doors on top of hub/.
+HUB_WINGS: dict[str, set[str]] = {
+    "pspnet_lib.hub.zoo": set(),
+    "pspnet_lib.hub.formats": set(),
+    "pspnet_lib.hub.cache": {"pspnet_lib.hub.zoo", "pspnet_lib.hub.formats"},
+}
+
+
+def test_hub_wings_import_down():
+    wrong = []
+    for module, targets in import_graph().items():
+        wing = next((w for w in HUB_WINGS if module == w or module.startswith(w + ".")), None)
+        if wing is None:
+            continue
+        for target in targets:
+            if not target.startswith("pspnet_lib.hub") or target == wing or target.startswith(wing + "."):
+                continue
+            if not any(target == w or target.startswith(w + ".") for w in HUB_WINGS[wing]):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, f"a hub wing reaches up or sideways (docs/architecture.md): {wrong}"
