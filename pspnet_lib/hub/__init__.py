@@ -8,7 +8,8 @@ from .cache import ChecksumError, OfflineError, default_cache_dir, is_cached
 from .formats.serialization import CheckpointError
 from .load_report import LoadReport, load_weights
 from .loading import build_with_backbone_weights, load_pretrained
-from .zoo.registry import Weights, get_weights, list_pretrained, register_weights, unregister_weights
+from .zoo.registry import get_weights, list_pretrained, register_weights, unregister_weights
+from .zoo.weights import Weights
 
 __all__ = [
     "DATASETS",

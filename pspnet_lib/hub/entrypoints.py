@@ -17,7 +17,8 @@ from typing import Any
 from ..models.pspnet import PSPNet, PSPNetConfig, build_pspnet
 from ..models.variants import VARIANTS, Variant, get_variant
 from .loading import load_pretrained
-from .zoo.registry import Weights, WeightsEnum, get_weights, resolve_name
+from .zoo.registry import get_weights, resolve_name
+from .zoo.weights import Weights, WeightsEnum
 
 __all__ = ["ENTRY_POINTS", "build_variant", "build_with_weights", "get_model", "list_models", "resolve_weights_arg"]
 

@@ -29,7 +29,8 @@ from .checkpoint_files import Resolved, check_fits, resolve_path
 from .formats.converters import convert_state_dict
 from .formats.serialization import CheckpointError, extract_state_dict, read_checkpoint
 from .hf import resolve_hf
-from .zoo.registry import Weights, get_weights, resolve_name
+from .zoo.registry import get_weights, resolve_name
+from .zoo.weights import Weights
 
 __all__ = ["resolve_source", "parse_hf_source"]
 

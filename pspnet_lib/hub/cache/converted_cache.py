@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..._files import parse_json, read_json, remove_stale_temporaries
 from ..formats.serialization import CheckpointError, read_safetensors, write_json, write_safetensors
-from ..zoo.registry import Weights
+from ..zoo.weights import Weights
 from .cache_dir import default_cache_dir, lock_entry, remove_leftovers, remove_legacy_lock, sha256_file
 
 __all__ = [

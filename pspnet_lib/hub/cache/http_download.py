@@ -28,7 +28,7 @@ from ..._progress import progress_bar
 from ...core.escape import printable
 from ...core.limits import LIMITS, format_amount, get_limit
 from ..formats.serialization import CheckpointError
-from ..zoo.registry import Weights
+from ..zoo.weights import Weights
 from .cache_dir import (
     ChecksumError,
     OfflineError,
