@@ -95,21 +95,25 @@ def _import_nodes(path: Path) -> list[ast.Import | ast.ImportFrom]:
     return [node for node in _nodes(path) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
-def _imports(path: Path) -> set[str]:
-    """Every ``pspnet_lib`` module or package ``path`` imports, resolved to absolute names."""
+def _import_target(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute module name of ``from <module> import ...`` in ``path`` (relative imports resolved)."""
     module = _module_name(path)
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    if not node.level:
+        return node.module or ""
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``pspnet_lib`` module or package ``path`` imports, resolved to absolute names."""
     found: set[str] = set()
     for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _import_target(node, path)
             if target.split(".")[0] == "pspnet_lib":
                 found.add(target)
-        elif isinstance(node, ast.Import):
+        else:
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "pspnet_lib")
     return found
 
@@ -260,15 +264,9 @@ def _resolved_imports(path: Path):
 
     ``from X import n`` where ``X.n`` is a module is reported as an import of the module ``X.n``.
     """
-    module = _module_name(path)
-    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _import_target(node, path)
             if target.split(".")[0] != "pspnet_lib":
                 continue
             for alias in node.names:
@@ -421,17 +419,13 @@ REEXPORT_PORTS: dict[str, set[str]] = {
 
 def _exports(path: Path) -> tuple[list[str], dict[str, str]]:
     """``(__all__, {name imported at module level: the module it comes from})`` of ``path``."""
-    module = _module_name(path)
-    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     exported: list[str] = []
     imported: dict[str, str] = {}
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top = [*tree.body, *(n for block in tree.body if isinstance(block, (ast.If, ast.Try)) for n in block.body)]
     for node in top:
         if isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - (node.level - 1)] if node.level else []
-            target = ".".join(base + [node.module]) if node.module else ".".join(base)
-            imported.update({alias.asname or alias.name: target for alias in node.names})
+            imported.update({alias.asname or alias.name: _import_target(node, path) for alias in node.names})
         elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
             exported = list(ast.literal_eval(node.value))
     if "__all__" in imported:  # a module that re-exports another whole (``from .new import __all__``)
