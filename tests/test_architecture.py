@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
+import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from pspnet_lib.hub import MOVED_MODULES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pspnet_lib"
 
@@ -359,17 +363,10 @@ def test_no_import_cycles_between_modules():
 
 
 #: Documented ports of names (docs/architecture.md, "The ports"): the old paths users import,
-#: kept as (deprecated) re-exports. ``{"*"}``: a module kept only to re-export a moved one. A
-#: public module lists in ``__all__`` only names it defines, a package's ``__init__`` only names
+#: kept as re-exports (the moved hub modules' flat paths are aliases: ``MOVED_MODULES`` in
+#: pspnet_lib/hub/__init__.py, tested below). A public module lists in ``__all__`` only names it defines, a package's ``__init__`` only names
 #: of its own package (``pspnet_lib/__init__.py``: the public API, all of them), and these.
 REEXPORT_PORTS: dict[str, set[str]] = {
-    # hub/ before its wings (0.1 docs, hubconf.py, benchmarks): deprecated, warn on import
-    "pspnet_lib.hub.download": {"*"},  # -> hub.cache
-    "pspnet_lib.hub.serialization": {"*"},  # -> hub.formats.serialization
-    "pspnet_lib.hub.converters": {"*"},  # -> hub.formats.converters
-    "pspnet_lib.hub.registry": {"*"},  # -> hub.zoo.registry
-    "pspnet_lib.hub.preprocessing": {"*"},  # -> hub.zoo.preprocessing
-    "pspnet_lib.hub.zoo_stats": {"*"},  # -> hub.zoo.stats (python -m pspnet_lib.hub.zoo_stats)
     # the checkpoint reader's 0.1 module (docs/training.md): hub/formats/checkpoint_reader.py now
     "pspnet_lib.hub.formats.serialization": {
         "CheckpointError",
@@ -443,7 +440,7 @@ def reexports() -> list[str]:
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = _module_name(path)
-        if _internal_owner(module) is not None or REEXPORT_PORTS.get(module) == {"*"}:
+        if _internal_owner(module) is not None:
             continue
         exported, imported = _exports(path)
         if exported == ["*"]:
@@ -497,3 +494,15 @@ def test_hub_wings_import_down():
             if not any(target == w or target.startswith(w + ".") for w in HUB_WINGS[wing]):
                 wrong.append(f"{module} imports {target}")
     assert not wrong, f"a hub wing reaches up or sideways (docs/architecture.md): {wrong}"
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_MODULES))
+def test_moved_hub_modules_import_from_their_old_paths(old):
+    # hub/'s flat 0.1 paths: no file (git follows the moves), the moved module itself, a warning.
+    new = MOVED_MODULES[old]
+    assert _module_path(old) is None, f"{old} is an alias of {new}: it has no file of its own"
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+    assert module.__spec__.name == new
