@@ -414,6 +414,7 @@ REEXPORT_PORTS: dict[str, set[str]] = {
 }
 
 
+@functools.cache
 def _exports(path: Path) -> tuple[list[str], dict[str, str]]:
     """``(__all__, {name imported at module level: the module it comes from})`` of ``path``."""
     exported: list[str] = []
