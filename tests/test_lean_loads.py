@@ -352,3 +352,48 @@ def test_a_loaded_model_does_not_change_with_its_file(files, tmp_path):
         f.seek(4096)
         f.write(bytes(os.path.getsize(path) - 4096))
     _assert_same(model, files["sd"])
+
+
+# --- build_loaded for any model class ---
+
+
+class _Tied(torch.nn.Module):
+    """Tied weights and a parameter initialised by its parent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.gate = torch.nn.Parameter(torch.full((4,), 0.5))
+
+
+class _Table(torch.nn.Linear):
+    """A non-persistent buffer: only the constructor makes it."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 4)
+        self.register_buffer("table", torch.arange(4.0) * 3, persistent=False)
+
+
+def test_build_loaded_keeps_what_only_a_constructor_makes():
+    """A model with tied weights or a non-persistent buffer is built and copied into (as before):
+    the tie and the buffer survive. A model the weights fill (any class: torchvision's ResNet
+    here) is built on the meta device, without drawing random numbers."""
+    for cls in (_Tied, _Table):
+        source = cls()
+        with torch.no_grad():
+            next(source.parameters()).mul_(3)
+        model, report = load_report.build_loaded(cls, source.state_dict())
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+        assert report.ok and model.state_dict().keys() == source.state_dict().keys()
+    assert isinstance(model, _Table) and torch.equal(model.table, torch.arange(4.0) * 3)
+    tied, _ = load_report.build_loaded(_Tied, _Tied().state_dict())
+    assert tied.b.weight is tied.a.weight
+
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet18(num_classes=7)
+    model, _ = _load_without_rng(
+        lambda: load_report.build_loaded(lambda: torchvision.models.resnet18(num_classes=7), reference.state_dict())
+    )
+    _assert_same(model, reference.state_dict())
