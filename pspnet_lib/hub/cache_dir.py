@@ -91,8 +91,9 @@ def file_stamp(path: str | os.PathLike) -> dict[str, int]:
     return stamp
 
 
-def _verify(path: Path, sha256_prefix: str, what: str, digest: str | None = None) -> None:
-    """Hash ``path`` (unless its ``digest`` is known) against a sha256 prefix; remove it and raise on a mismatch."""
+def _verify(path: Path, sha256_prefix: str, what: str, digest: str | None = None) -> str:
+    """Hash ``path`` (unless its ``digest`` is known) against a sha256 prefix; remove it and raise on a
+    mismatch. Returns the sha256."""
     digest = digest or sha256_file(path)
     if not digest.startswith(sha256_prefix):
         size = path.stat().st_size
@@ -102,6 +103,7 @@ def _verify(path: Path, sha256_prefix: str, what: str, digest: str | None = None
             f"{sha256_prefix}: the file is truncated, corrupt or not the published one. It was removed; "
             "load again to re-download it (or place the correct file there)."
         )
+    return digest
 
 
 # --- locks and leftovers ---

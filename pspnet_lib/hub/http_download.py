@@ -43,6 +43,7 @@ __all__ = [
     "URL_DIR",
     "download_file",
     "fetch_weights_file",
+    "fetch_original",
     "fetch_url",
     "discard_unreadable_download",
     "url_cache_path",
@@ -109,10 +110,12 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest):
         remove_leftovers(dest)
-        return _download(url, dest, sha256_prefix=sha256_prefix, progress=progress, timeout=timeout)
+        _download(url, dest, sha256_prefix=sha256_prefix, progress=progress, timeout=timeout)
+        return dest
 
 
-def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None, timeout: float) -> Path:
+def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None, timeout: float) -> str:
+    """:func:`download_file` under the lock held; returns the sha256 of what was saved (hashed as it arrived)."""
     logger.info("downloading %s to %s", printable(url), dest)
     by_hand = (
         f"Nothing was cached at {dest}. Try again; without network access, fetch the file on another machine and "
@@ -192,7 +195,7 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
         fsync_dir(dest.parent)
     finally:
         partial.unlink(missing_ok=True)
-    return dest
+    return digest.hexdigest()
 
 
 def _offline_message(url: str, dest: Path, sha256_prefix: str | None, name: str) -> str:
@@ -208,15 +211,21 @@ def fetch_weights_file(
     weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool | None = None
 ) -> Path:
     """The verified original checkpoint of ``weights`` in ``cache_dir``, downloaded if needed."""
+    return fetch_original(weights, cache_dir, local_files_only=local_files_only, progress=progress)[0]
+
+
+def fetch_original(
+    weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool | None = None
+) -> tuple[Path, str]:
+    """:func:`fetch_weights_file` and the file's sha256 (computed once, while it was verified)."""
     dest = cache_dir / weights.filename
     with file_lock(dest):
         remove_leftovers(dest)
         if dest.is_file():
-            _verify(dest, weights.sha256, f"cached checkpoint for {weights.name}")
-            return dest
+            return dest, _verify(dest, weights.sha256, f"cached checkpoint for {weights.name}")
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(weights.url, dest, weights.sha256, weights.name))
-        return _download(weights.url, dest, sha256_prefix=weights.sha256, progress=progress, timeout=60.0)
+        return dest, _download(weights.url, dest, sha256_prefix=weights.sha256, progress=progress, timeout=60.0)
 
 
 #: URL downloads live in ``<cache>/urls/<key>/<file name>``, ``key`` = the first 16 hex digits of
@@ -286,8 +295,7 @@ def fetch_url(
                 )
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(url, dest, prefix, dest.name))
-        _download(url, dest, sha256_prefix=prefix, progress=progress, timeout=60.0)
-        return recorded(dest, url)
+        return recorded(dest, url, _download(url, dest, sha256_prefix=prefix, progress=progress, timeout=60.0))
 
 
 def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, error: Exception) -> Exception:

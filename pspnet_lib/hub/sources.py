@@ -19,14 +19,13 @@ from .download import (
     OfflineError,
     default_cache_dir,
     discard_unreadable_download,
+    fetch_original,
     fetch_url,
-    fetch_weights_file,
     load_cached,
     lock_for,
     mark_url_values_checked,
     mark_values_checked,
     save_cached,
-    sha256_file,
     tidy_entry,
     url_values_checked,
 )
@@ -74,7 +73,9 @@ def _resolve_zoo(
         if resolved is not None:
             return resolved
         try:
-            path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+            path, source_sha256 = fetch_original(
+                weights, cache_dir, local_files_only=local_files_only, progress=progress
+            )
         except OfflineError as exc:
             if not problems:
                 raise
@@ -90,7 +91,7 @@ def _resolve_zoo(
         resolved = Resolved(state_dict, config, pretrained_cfg, weights.name, backbone_only)
         check_values(resolved)  # weights that cannot be right never enter the cache
         try:
-            save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path), values_checked=True)
+            save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, source_sha256, values_checked=True)
             logger.info(
                 "converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir
             )

@@ -48,7 +48,7 @@ def _write(dest: Path, record: dict[str, Any]) -> None:
 def _write_record(dest: Path, url: str, digest: str | None = None, **extra: Any) -> None:
     """Record ``dest`` as the download of ``url``: its sha256 and its stamp, taken before hashing
     (a file that changes while it is hashed then no longer has the recorded stamp)."""
-    stamp = file_stamp(dest)
+    stamp = file_stamp(dest)  # a digest passed in is of the bytes this process just wrote, under the lock
     _write(dest, {"format": _RECORD_FORMAT, "url": url, "sha256": digest or sha256_file(dest), **stamp, **extra})
 
 
@@ -70,13 +70,14 @@ def _stamp_holds(dest: Path, record: dict[str, Any]) -> bool:
     return all(record.get(key) == value for key, value in file_stamp(dest).items())
 
 
-def recorded(dest: Path, url: str) -> Path:
-    """Record ``dest`` (just downloaded from ``url``, or placed by hand and checked); returns it.
+def recorded(dest: Path, url: str, digest: str | None = None) -> Path:
+    """Record ``dest`` (just downloaded from ``url``, with its sha256 ``digest`` if known, or placed
+    by hand and checked); returns it.
 
     A cache where the record cannot be written (read-only) is logged: the file itself was checked.
     """
     try:
-        _write_record(dest, url)
+        _write_record(dest, url, digest)
     except OSError as exc:
         logger.warning("could not record the source of %s in %s: %s", dest, record_path(dest), exc)
     return dest
