@@ -29,6 +29,8 @@ __all__ = [
     "pil_to_array",
     "pil_to_rgb",
     "to_eight_bit",
+    "integers_to_uint8",
+    "check_unit_range",
 ]
 
 _T = TypeVar("_T")
@@ -118,16 +120,25 @@ def mask_values(image: Image.Image, what: str) -> np.ndarray:
 def to_eight_bit(image: Image.Image, what: str) -> Image.Image:
     """A single-band 16-bit or float PIL image as ``L`` by the fixed rules (other modes unchanged)."""
     if image.mode in SIXTEEN_BIT:
-        array = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255, whatever the content
-        return Image.fromarray(array.clip(0, 255).round().astype(np.uint8), mode="L")
+        return Image.fromarray(integers_to_uint8(np.asarray(image)), mode="L")
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        _check_unit_range(array, what)
+        check_unit_range(array, what)
         return Image.fromarray((array * 255.0).round().astype(np.uint8), mode="L")
     return image
 
 
-def _check_unit_range(array: np.ndarray, what: str) -> None:
+def integers_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integer pixels wider than 8 bits (16-bit, 32-bit) as uint8 by the fixed rule ``round(v / 257)``.
+
+    0..65535 maps onto 0..255 whatever the content; values beyond 65535 clip to 255, below 0 to 0
+    (the rule of docs/inference.md, for Pillow's ``I;16*``/``I`` pictures and for raster bands).
+    """
+    return (np.asarray(array, dtype=np.float64) / 257.0).clip(0, 255).round().astype(np.uint8)
+
+
+def check_unit_range(array: np.ndarray, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless every value of the float ``array`` is finite and in [0, 1]."""
     if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
         lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
         raise ValueError(

@@ -89,7 +89,8 @@ class Prediction:
         return legend(names, self.palette, present=self.present)
 
 
-def _num_classes(model: nn.Module) -> int | None:
+def model_num_classes(model: nn.Module) -> int | None:
+    """``model.config.num_classes`` (or ``model.num_classes``), None when the model does not say."""
     config = getattr(model, "config", None)
     return getattr(config, "num_classes", None) or getattr(model, "num_classes", None)
 
@@ -151,7 +152,8 @@ def resolve_protocol(
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) are; CPU for a model with neither."""
     for parameter in model.parameters():
         return parameter.device
     for buffer in model.buffers():
@@ -159,7 +161,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` in float32, uint8 pixels first divided by 255 (mean/std on the 0..1 scale)."""
     x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
     return (x - mean) / std
 
@@ -254,7 +257,7 @@ def predict(
 
     if device is not None:
         model.to(device)
-    run_device = _model_device(model)
+    run_device = model_device(model)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = protocol.runs == 1
@@ -281,7 +284,7 @@ def predict(
                     parts = [tensors[i] for i in chunk]
                     if any(p.dtype != torch.uint8 for p in parts):
                         parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
-                    batch = _normalise(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
+                    batch = normalise_batch(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
                     with autocast:
                         scores = infer(model, batch, protocol=protocol).float()
                     labels = scores.argmax(dim=1).cpu()
@@ -297,7 +300,7 @@ def predict(
 
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
-    num_classes = _num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
+    num_classes = model_num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
     palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [
