@@ -87,7 +87,7 @@ def _zoo_cache(files, cache, state_dict=None, values_checked=True):
     return weights
 
 
-class Counter:
+class CallCounter:
     """Counts calls of a function it wraps (hashing, the value scan)."""
 
     def __init__(self, monkeypatch, module, name):
@@ -235,8 +235,8 @@ def test_a_cached_entry_is_hashed_once_and_a_change_in_place_is_caught(files, tm
     cache = tmp_path / "cache"
     weights = _zoo_cache(files, cache)
     st, js = cached_paths(weights, cache)
-    hashes = Counter(monkeypatch, converted_cache, "sha256_file")
-    scans = Counter(monkeypatch, validation, "_count_non_finite")
+    hashes = CallCounter(monkeypatch, converted_cache, "sha256_file")
+    scans = CallCounter(monkeypatch, validation, "_count_non_finite")
     load_pretrained(NAME, cache_dir=cache, local_files_only=True)
     assert verify_cached(weights, cache) is None and (hashes.calls, scans.calls) == (0, 0)
 
@@ -295,8 +295,8 @@ def test_a_copied_or_older_entry_is_hashed_and_scanned_once_then_trusted(files, 
     js.write_text(json.dumps(record))
     copied = tmp_path / "copied"
     shutil.copytree(cache, copied)
-    hashes = Counter(monkeypatch, converted_cache, "sha256_file")
-    scans = Counter(monkeypatch, validation, "_count_non_finite")
+    hashes = CallCounter(monkeypatch, converted_cache, "sha256_file")
+    scans = CallCounter(monkeypatch, validation, "_count_non_finite")
     for where in (cache, copied):
         load_pretrained(NAME, cache_dir=where, local_files_only=True)
         assert hashes.calls == 1 and scans.calls > 0
@@ -323,8 +323,8 @@ def test_non_finite_weights_never_load_from_the_cache(files, tmp_path):
 
 
 def test_a_url_download_is_checked_at_its_first_load_only(files, tmp_path, monkeypatch):
-    hashes = Counter(monkeypatch, url_record, "sha256_file")
-    scans = Counter(monkeypatch, validation, "_count_non_finite")
+    hashes = CallCounter(monkeypatch, url_record, "sha256_file")
+    scans = CallCounter(monkeypatch, validation, "_count_non_finite")
     served = tmp_path / "served"
     served.mkdir()
     bad = dict(files["sd"], **{"aux_head.classifier.bias": torch.tensor([float("inf"), 0.0, 0.0])})

@@ -302,7 +302,7 @@ def save_cached(
         "pspnet_lib.pretrained_cfg": _dumps(pretrained_cfg),
     }
     write_safetensors(state_dict, st, metadata)
-    stamp = file_stamp(st)
+    stamp = file_stamp(st)  # before hashing: a file that changed while hashed no longer has this stamp
     digest = sha256_file(st)
     record = {
         "cache_format": _CACHE_FORMAT_VERSION,
@@ -314,8 +314,7 @@ def save_cached(
         "source_format": weights.format,
         "source_sha256": source_sha256,
         "safetensors_size": stamp["size"],
-        # the file as hashed here: a load trusts it while its stamp is this one
-        "safetensors_stamp": stamp if file_stamp(st) == stamp else None,
+        "safetensors_stamp": stamp,  # a load trusts the file hashed here while its stamp is this one
         "safetensors_sha256": digest,
         "values_checked": values_checked,
         "pspnet_lib_version": __version__,
