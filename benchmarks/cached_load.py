@@ -1,7 +1,7 @@
 """Load times before and after the lean loads of issue 23, measured in one run.
 
     python benchmarks/cached_load.py                    # R50-D8, 150 classes (~200 MB), 5 rounds
-    python benchmarks/cached_load.py --rounds 3 --before 7b0e19a
+    python benchmarks/cached_load.py --rounds 3 --before 2f79f8e
 
 "Before" is the library as of ``--before`` (a commit; default: main just before the change),
 unpacked with ``git archive`` into a temporary folder; "after" is this checkout. Each variant
@@ -38,8 +38,8 @@ from pathlib import Path
 from _common import machine_info, write_json  # noqa: E402  (also puts the checkout on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
-#: main before the lean loads (issue 23): the merge of issue 22
-BEFORE = "7b0e19a"
+#: main before the lean loads (issue 23): the merge of timm25 (issues 20, 22, 24, 25 in)
+BEFORE = "2f79f8e"
 NAME = "bench_lean_load"
 WARM = (
     "zoo entry, cached",
