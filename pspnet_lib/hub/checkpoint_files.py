@@ -55,6 +55,7 @@ __all__ = [
     "Resolved",
     "check_model_budget",
     "check_tensors",
+    "check_values",
     "read_pretrained_folder",
     "validate_pretrained_cfg",
     "verify_resolved",
@@ -119,15 +120,17 @@ def _count_non_finite(value: torch.Tensor) -> tuple[int, int]:
     return bad, flat.numel()
 
 
-def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
+def check_tensors(state_dict: Mapping[str, Any], source: str, *, values: bool = True) -> None:
     """Weights that cannot be right are an error naming them: non-tensors, non-float weights, NaN/Inf.
 
     Every entry must be a floating-point tensor with only finite values, except BatchNorm's
     ``num_batches_tracked`` counters (integers). Raises ``ValueError`` naming up to 5 tensors.
 
-    The check reads each tensor's stored values once, in chunks: a view whose strides repeat
-    elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9 over one
-    stored value) costs what its storage holds, never ``numel``.
+    The value check reads each tensor's stored values once, in chunks: a view whose strides
+    repeat elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9
+    over one stored value) costs what its storage holds, never ``numel``. ``values=False`` checks
+    the types only (no value is read): for weights whose values were checked when they entered
+    the cache and have not changed since.
     """
     wrong_type, non_finite = [], []
     for key, value in state_dict.items():
@@ -138,7 +141,7 @@ def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
                 wrong_type.append(f"{printable(key, 120)} ({value.dtype}, expected an integer counter)")
         elif not value.is_floating_point():
             wrong_type.append(f"{printable(key, 120)} ({value.dtype})")
-        elif value.device.type != "meta":
+        elif values and value.device.type != "meta":
             bad, checked = _count_non_finite(value)
             if bad:
                 of = f"{checked} values" if checked == value.numel() else f"{checked} stored values"
@@ -173,6 +176,9 @@ class Resolved:
     backbone_only: bool = False
     #: where settings came from (see LoadReport.settings); unnamed ones came with the weights
     sources: dict[str, str] = field(default_factory=dict)
+    #: the values were checked (finite floats) when the file entered the cache, and the file is
+    #: unchanged since (by its stamp or hash): :func:`verify_resolved` checks the types only
+    values_checked: bool = False
 
 
 def _has_head(state_dict: Mapping[str, Any]) -> bool:
@@ -223,16 +229,31 @@ def _checked_record(config: Any, pretrained_cfg: Any, source: str) -> tuple[dict
     return {k: v for k, v in dict(config).items() if k in CONFIG_FIELDS}, cfg
 
 
+def check_values(resolved: Resolved) -> None:
+    """Check that the weights are finite floats (:func:`check_tensors`) and mark them checked;
+    raises :class:`CheckpointError` naming the source.
+
+    Where a cached file is first read (a conversion into the cache, a download's first load), so
+    that the cache can record it and later loads of the unchanged file skip the check.
+    """
+    try:
+        check_tensors(resolved.state_dict, resolved.description)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    resolved.values_checked = True
+
+
 def verify_resolved(resolved: Resolved) -> None:
     """The checks every source goes through before a model is built from it.
 
     The architecture and ``pretrained_cfg`` are validated and the tensors must be finite floats
-    (:func:`check_tensors`); whether the weights fit the architecture
-    is then checked on the meta device by :func:`pspnet_lib.hub.loading.load_pretrained` before the model is allocated.
-    Raises :class:`CheckpointError` naming the source.
+    (:func:`check_tensors`; their types only where ``resolved.values_checked``: a cache entry whose
+    values were checked when it entered the cache); whether the weights fit the architecture is
+    then checked on the meta device by :func:`pspnet_lib.hub.loading.load_pretrained` before the
+    model is allocated. Raises :class:`CheckpointError` naming the source.
     """
     try:
-        check_tensors(resolved.state_dict, resolved.description)
+        check_tensors(resolved.state_dict, resolved.description, values=not resolved.values_checked)
         in_channels = resolved.config.get("in_channels") if isinstance(resolved.config, Mapping) else None
         resolved.pretrained_cfg = validate_pretrained_cfg(
             resolved.pretrained_cfg,
@@ -247,7 +268,9 @@ def verify_resolved(resolved: Resolved) -> None:
         raise CheckpointError(str(exc)) from None
 
 
-def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str) -> None:
+def check_model_budget(
+    arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str, probe: torch.nn.Module | None = None
+) -> None:
     """Refuse, before a model is allocated, an architecture and stored protocol that together need too much.
 
     The parameters and buffers are counted on the meta device (no memory) against the
@@ -257,11 +280,14 @@ def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], wh
     that are each within their bounds (``head_channels=8192``, ``resize=[8192, 8192]``) are refused
     together here, naming them, the limit and its override (:mod:`pspnet_lib.core.limits`).
 
+    ``probe``: the model of ``arch`` built on the meta device, if the caller has it.
+
     Raises:
         ResourceLimitError: (a ``ValueError``) one line naming ``what``.
     """
-    with torch.device("meta"):
-        probe = PSPNet(arch)
+    if probe is None:
+        with torch.device("meta"):
+            probe = PSPNet(arch)
     count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
     weights = 4 * count  # float32, as built
     widths = ", ".join(f"{k}={getattr(arch, k)}" for k in ("head_channels", "ppm_channels", "aux_channels"))
