@@ -2,7 +2,8 @@
 
 A module may import its own package and any lower floor, never a higher one, at module level or
 inside a function: a function-level import that reaches up is the same dependency, only hidden.
-The imports are read from the source with ``ast`` (nothing is imported), so the check is fast and
+The imports are read from the source with ``ast`` (nothing is run; only the test of hub's moved
+paths imports them), so the check is fast and
 sees every import, including those under ``if TYPE_CHECKING:`` (annotations are dependencies too).
 
 Cohesion: no ``_private`` name is imported from another module; no import cycle between modules
