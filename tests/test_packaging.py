@@ -72,7 +72,7 @@ def test_readme_links_resolve_on_an_index():
             assert (REPO / target.removeprefix(raw)).is_file(), target
             pictures += 1
         elif target.startswith(HOMEPAGE + "/"):
-            match = re.fullmatch(re.escape(HOMEPAGE) + r"/(blob|tree)/main/(.+)", target)
+            match = re.fullmatch(re.escape(HOMEPAGE) + r"/(blob|tree)/main/([^#]+)(#.*)?", target)
             assert match, f"README link {target!r}: expected {HOMEPAGE}/blob/main/<file> or /tree/main/<folder>"
             path = REPO / match.group(2)
             assert path.is_file() if match.group(1) == "blob" else path.is_dir(), target

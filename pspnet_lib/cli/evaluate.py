@@ -41,9 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--scales", type=floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75"
     )
     p.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped runs")
-    p.add_argument("--json", metavar="FILE", help="also write the metrics (per class) as JSON here")
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the metrics (per class, and the confusion matrix) as JSON here"
+    )
+    p.add_argument(
+        "--confusion-matrix",
+        metavar="FILE.png",
+        help="also draw the confusion matrix (rows: ground truth, normalised; columns: prediction) as a PNG here",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        default="none",
+        help="autocast dtype (default none: full precision, as pspnet train validates unless --val-amp); "
+        "the output and --json say which",
+    )
     p.set_defaults(func=run, flags=flag_names(p))
 
 
@@ -62,10 +75,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
     if not os.path.isdir(args.data_root):  # before loading (or downloading) the weights
         raise ValueError(f"--data-root {args.data_root}: no such folder (pass the dataset's directory)")
-    if args.json:
-        from .._files import check_outputs_spare_inputs, local_files
+    if args.confusion_matrix and not args.confusion_matrix.lower().endswith(".png"):
+        raise ValueError(f"--confusion-matrix {args.confusion_matrix}: the picture is a PNG; name a .png file")
+    for flag, path in (("--json", args.json), ("--confusion-matrix", args.confusion_matrix)):
+        if path:  # never over an input: the weights, the class file, any file of the data root
+            from .._files import check_outputs_spare_inputs, local_files
 
-        check_outputs_spare_inputs([args.json], local_files(args.weights), advice="choose another --json file")
+            check_outputs_spare_inputs(
+                [path],
+                [
+                    *local_files(args.weights),
+                    *([args.classes] if args.classes and os.path.isfile(args.classes) else []),
+                ],
+                input_roots=[args.data_root],
+                advice=f"choose another {flag} file",
+            )
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
@@ -101,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             kwargs["classes"] = list(cfg.classes)  # the model's own class names
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
+            kwargs["ignore_index"] = cfg.ignore_index  # what the model was trained with (pspnet train --ignore-index)
         dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(
@@ -120,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         D.cleanup(info)
     if info.is_main:
         sys.stdout.write(
-            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol.mode}"
+            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {metrics['precision']}, {protocol.mode}"
             f"{', scales ' + ','.join(map(str, protocol.scales)) if protocol.scales != (1.0,) else ''}"
             f"{', flip' if protocol.flip else ''}):\n"
         )
@@ -128,4 +153,14 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             atomic_write_bytes(args.json, (metrics_to_json(metrics, dataset.classes) + "\n").encode())
             sys.stdout.write(f"metrics written to {args.json}\n")
+        if args.confusion_matrix:
+            import io
+
+            from ..inference.visualize import draw_confusion_matrix
+
+            picture = io.BytesIO()
+            title = f"{args.weights} on {args.dataset} {split or 'all'}: confusion matrix"
+            draw_confusion_matrix(metrics["confusion_matrix"], dataset.classes, title).save(picture, format="PNG")
+            atomic_write_bytes(args.confusion_matrix, picture.getvalue())
+            sys.stdout.write(f"confusion matrix drawn in {args.confusion_matrix}\n")
     return 0

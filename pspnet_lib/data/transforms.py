@@ -23,8 +23,9 @@ from torchvision.transforms.v2 import functional as F
 
 from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..core.geometry import rescale_size
+from ..core.inference_protocol import MAX_SIDE
 
-__all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms"]
+__all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms", "mask_fill_values"]
 
 _SPATIAL_TYPES = (tv_tensors.Image, tv_tensors.Video, tv_tensors.Mask, PIL.Image.Image)
 
@@ -117,7 +118,7 @@ class RandomScale(v2.Transform):
 def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     """``(height, width)`` in pixels from one int (square) or a pair.
 
-    Raises ``ValueError`` naming ``name`` unless it is one positive integer or two.
+    Raises ``ValueError`` naming ``name`` unless it is one integer or two in ``[1, MAX_SIDE]`` (8192).
     """
     sides: list[Any]
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
@@ -125,9 +126,12 @@ def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     else:
         sides = list(size) if isinstance(size, (list, tuple)) else []
     if len(sides) != 2 or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in sides
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= int(v) <= MAX_SIDE for v in sides
     ):
-        raise ValueError(f"{name} must be a positive integer or (height, width) of positive integers, got {size!r}")
+        raise ValueError(
+            f"{name} must be a positive integer or (height, width) of positive integers, at most {MAX_SIDE} "
+            f"pixels, got {size!r}"
+        )
     return int(sides[0]), int(sides[1])
 
 
@@ -222,3 +226,31 @@ def eval_transforms(
         steps.append(v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64}))
     steps.append(v2.ToPureTensor())
     return v2.Compose(steps)
+
+
+def mask_fill_values(transform: Any) -> set[int]:
+    """The values a transform writes into masks where it pads, rotates or warps (its ``fill``).
+
+    Walks :class:`~torchvision.transforms.v2.Compose`, ``RandomApply``, ``RandomChoice`` and
+    ``RandomOrder`` (their ``transforms``) and reads every step's ``fill``: the value for
+    :class:`~torchvision.tv_tensors.Mask` of a per-type dict, or a single number (torchvision
+    fills masks with it too; its default is 0). Transforms it cannot see into give nothing.
+    The Trainer compares these with the ignore index before training.
+    """
+    found: set[int] = set()
+    pending = [transform]
+    while pending:
+        step = pending.pop()
+        children = getattr(step, "transforms", None)
+        if isinstance(children, (list, tuple)):
+            pending.extend(children)
+        if not hasattr(step, "fill"):
+            continue
+        fill = step.fill
+        if isinstance(fill, dict):
+            fill = fill.get(tv_tensors.Mask, fill.get("others", 0))
+        if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+            found.add(int(fill))
+        elif fill is None:
+            found.add(0)
+    return found

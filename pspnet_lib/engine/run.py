@@ -16,7 +16,6 @@ with its flags (``--num-classes 3``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -28,17 +27,19 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
+from ..core.constants import MAX_NUM_CLASSES
 from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
-from ..data.transforms import size_pair
 from ..hub.loading import load_pretrained
 from ..models import build_pspnet
 from ..recipes import load_recipe
 from . import distributed as D
 from .config import SettingError, TrainConfig, auto_amp
+from .preflight import check_augment, check_batching, check_class_count, check_crop_size, check_val_size
 from .sampler import set_seed
 from .trainer import Trainer
+from .trainer_state import RUN_FILES
 
 __all__ = [
     "FOLDER_OPTIONS",
@@ -55,15 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: How many training samples are read before a run starts (spread over the dataset).
 PREFLIGHT_SAMPLES = 32
-#: What a run writes directly into its directory (besides ``checkpoints/``).
-RUN_FILES = (
-    "train_config.json",
-    "history.json",
-    "metrics.json",
-    "model/config.json",
-    "model/model.safetensors",
-    "model/README.md",
-)
 #: ``build_dataset`` options that only the ``folder`` dataset takes.
 FOLDER_OPTIONS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colours")
 _SECTIONS = ("dataset", "num_classes", "model", "augment", "train", "gpus")
@@ -101,7 +93,7 @@ def resolve_settings(
         base = load_recipe(recipe)
     settings: dict[str, Any] = {
         "dataset": dataset or base.get("dataset"),
-        "num_classes": num_classes or base.get("num_classes"),
+        "num_classes": num_classes if num_classes is not None else base.get("num_classes"),
         "model": {"backbone": "resnet50", **base.get("model", {}), **_given(model)},
         "augment": {"crop_size": [512, 512], **base.get("augment", {}), **_given(augment)},
         "train": {**base.get("train", {}), **_given(train)},
@@ -117,26 +109,6 @@ def resolve_settings(
 
 def _given(values: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if v is not None}
-
-
-def _check_augment(augment: Mapping[str, Any]) -> None:
-    """Refuse unknown augmentation settings and a crop size that is not positive, before any work
-    (they would fail in a DataLoader worker, hours later or with a multi-line traceback)."""
-    params = inspect.signature(train_transforms).parameters
-    unknown = sorted(set(augment) - set(params) - {"mean", "std", "ignore_index"})
-    if unknown:
-        valid = [n for n in params if n not in ("mean", "std", "ignore_index")]
-        raise SettingError(
-            SettingError.escape(f"unknown augmentation setting(s) {unknown}; expected some of {', '.join(valid)}")
-        )
-    crop = augment.get("crop_size")
-    if crop is not None:
-        try:
-            size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
-        except ValueError:
-            raise SettingError(
-                "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
-            ) from None
 
 
 def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
@@ -272,12 +244,20 @@ class TrainingRun:
             )
         if not data_root:
             raise SettingError("{data_root} is required (the dataset's directory)")
+        given = settings["num_classes"]
+        if given is not None and (
+            isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_NUM_CLASSES
+        ):
+            raise SettingError(
+                f"{{num_classes}} must be an integer in [1, {MAX_NUM_CLASSES}] to train (the classes of the dataset), "
+                f"got {SettingError.quote(given)}"
+            )
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]
         _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
-        _check_augment(settings["augment"])
+        check_augment(settings["augment"])
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
@@ -292,12 +272,10 @@ class TrainingRun:
             )
             if flat:
                 split = None  # a flat folder without validation: train on every pair
+            options["ignore_index"] = config.ignore_index  # the value the user's masks store
         # Classes first (the model's classifier width), from the dataset without transforms.
         probe = build_dataset(name, data_root, split, None, **options)
-        # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
-        # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
-        # about (the published datasets have many classes that a small sample misses).
-        probe.verify(max_images=PREFLIGHT_SAMPLES, warn_absent=name == "folder")
+        check_class_count(probe.classes)
         num_classes = settings["num_classes"] or probe.num_classes
         if num_classes != probe.num_classes:
             raise SettingError(
@@ -305,15 +283,33 @@ class TrainingRun:
                 f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
+        config.check_num_classes(num_classes)  # a class-weight list of another length, before the model is built
+        if probe.ignore_index != config.ignore_index:
+            raise SettingError(
+                f"{{ignore_index=}} but the {name} dataset marks unscored pixels {probe.ignore_index}; leave "
+                "{ignore_index} at its default (another value is for folder datasets whose masks store it)",
+                ignore_index=config.ignore_index,
+            )
+        # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
+        # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
+        # about (the published datasets have many classes that a small sample misses).
+        sizes = probe.verify(max_images=PREFLIGHT_SAMPLES, warn_absent=name == "folder")["sizes"]
+        aug = dict(settings["augment"])
+        check_batching(aug, sizes, config.batch_size)
+        check_crop_size(aug.get("crop_size"), sizes)
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
         cfg = PretrainedCfg.of(model)
         mean, std = list(cfg.mean), list(cfg.std)
-        aug = dict(settings["augment"])
-        transforms = train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug)  # checked in _check_augment
+        transforms = train_transforms(  # augmentation settings checked in check_augment
+            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, **aug
+        )
         train_set = build_dataset(name, data_root, split, transforms, **options)
         val_set = (
             build_dataset(name, data_root, val_split, eval_transforms(normalize=False), **options) if validate else None
         )
+        if val_set is not None:
+            fraction = options.get("val_fraction")
+            check_val_size(len(val_set), len(val_set) + len(train_set) if fraction else None, fraction)
         _compare_batch(settings, config, world_size or int(os.environ.get("WORLD_SIZE", "1")))
         resume = resume if isinstance(resume, (bool, str)) else Path(resume)
         return cls(model, train_set, val_set, config, resume=resume, settings=settings)
@@ -373,7 +369,7 @@ def _check_run_dir(
     inputs += [Path(spec) for spec in files if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec)]
     mark = "\0advice\0"
     try:
-        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=mark)
+        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, input_roots=[data_root], advice=mark)
     except OverwritesInputError as exc:
         head, _, tail = str(exc).partition(mark)
         raise RunDirectoryError(

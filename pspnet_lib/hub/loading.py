@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.limits import ResourceLimitError
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
 from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
-from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, verify_resolved
+from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
+from .serialization import CheckpointError
 from .sources import resolve_source
 from .validation import validate_pretrained_cfg
 
@@ -188,6 +191,10 @@ def _build_and_load(
         config["aux"] = has_aux
     pretrained_cfg = dict(resolved.pretrained_cfg)
     arch = PSPNetConfig.from_dict(config)
+    try:  # before anything is allocated: the model and its stored protocol together
+        check_model_budget(arch, {**pretrained_cfg, **(extra_cfg or {})}, resolved.description)
+    except ResourceLimitError as exc:
+        raise CheckpointError(str(exc)) from None
 
     def plan(model: PSPNet) -> tuple[set[str], set[str]]:
         """``(reinitialise, discard)`` for ``model``."""
@@ -238,11 +245,7 @@ def _build_and_load(
     )
     model.load_report = report
     logger.info("loaded %s: %s", resolved.description, report)
-    logger.info(
-        "settings of %s: %s",
-        resolved.description,
-        _describe_settings(model.config.to_dict(), pretrained_cfg, report.settings),
-    )
+    logger.info("%s", _describe_settings(resolved.description, model.config.to_dict(), pretrained_cfg, report.settings))
     return model.eval()
 
 
@@ -281,15 +284,26 @@ def _settings_sources(
     return sources
 
 
-def _describe_settings(config: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], sources: Mapping[str, str]) -> str:
-    parts = []
+def _describe_settings(
+    description: str, config: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], sources: Mapping[str, str]
+) -> str:
+    """The log line of the settings of ``description``, each with its source; the most common
+    source is said once, up front (a folder's settings all come from it: one "stored with <path>",
+    not one per setting)."""
+    shown = []
     for key in _LOGGED_SETTINGS:
         value = config.get(key, pretrained_cfg.get(key))
         if value is None or key not in sources:
             continue
-        shown = f"{len(value)} names" if key == "classes" else repr(value)
-        parts.append(f"{key}={shown} ({sources[key]})")
-    return ", ".join(parts)
+        shown.append((key, f"{len(value)} names" if key == "classes" else repr(value), sources[key]))
+    if not shown:
+        return f"settings of {description}: none recorded"
+    common = Counter(source for _, _, source in shown).most_common(1)[0][0]
+    parts = ", ".join(f"{key}={value}" + ("" if source == common else f" ({source})") for key, value, source in shown)
+    marked = " (the others as marked)" if any(source != common for _, _, source in shown) else ""
+    if common == f"stored with {description}":
+        return f"settings stored with {description}{marked}: {parts}"
+    return f"settings of {description} from {common}{marked}: {parts}"
 
 
 def build_with_backbone_weights(

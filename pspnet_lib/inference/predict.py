@@ -25,10 +25,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..core.images import is_image_batch, to_image_tensor
+from ..core.images import image_size, is_image_batch, to_image_tensor
+from ..core.inference_budget import check_inference_budget
+from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
-from .visualize import colorize, default_palette, legend, overlay
+from .visualize import colorize, legend, overlay
 
 __all__ = ["predict", "Prediction", "resolve_protocol", "load_model"]
 
@@ -87,14 +89,8 @@ class Prediction:
         return legend(names, self.palette, present=self.present)
 
 
-def _palette_for(cfg: PretrainedCfg, num_classes: int) -> list[tuple[int, int, int]]:
-    palette = list(cfg.palette or ())
-    if len(palette) < num_classes:
-        palette += default_palette(num_classes)[len(palette) :]
-    return palette
-
-
-def _num_classes(model: nn.Module) -> int | None:
+def model_num_classes(model: nn.Module) -> int | None:
+    """``model.config.num_classes`` (or ``model.num_classes``), None when the model does not say."""
     config = getattr(model, "config", None)
     return getattr(config, "num_classes", None) or getattr(model, "num_classes", None)
 
@@ -156,7 +152,8 @@ def resolve_protocol(
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) are; CPU for a model with neither."""
     for parameter in model.parameters():
         return parameter.device
     for buffer in model.buffers():
@@ -164,7 +161,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` in float32, uint8 pixels first divided by 255 (mean/std on the 0..1 scale)."""
     x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
     return (x - mean) / std
 
@@ -225,7 +223,11 @@ def predict(
         list/tuple or a 4-D batch.
 
     Raises ``ValueError`` before the network runs when an input's channels or the stored
-    mean/std do not match the model's input channels.
+    mean/std do not match the model's input channels, and a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before a file is
+    decoded when its size (from its header) exceeds the inference budget
+    (:func:`~pspnet_lib.core.inference_budget.check_inference_budget`: whole-image pixels, sliding
+    windows, memory); tiled inference handles large rasters.
 
     The model runs in eval mode (its previous mode is restored afterwards) without gradients.
     """
@@ -239,7 +241,12 @@ def predict(
 
     tensors: list[torch.Tensor] = []
     sources: list[str | None] = []
+    config = getattr(model, "config", None)
     for index, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):  # a file: its size from the header, before decoding it
+            found = image_size(item)
+            if found is not None:
+                check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
             tensors.append(to_image_tensor(item, channels))
         except (TypeError, ValueError, FileNotFoundError) as exc:
@@ -250,7 +257,7 @@ def predict(
 
     if device is not None:
         model.to(device)
-    run_device = _model_device(model)
+    run_device = model_device(model)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = protocol.runs == 1
@@ -277,7 +284,7 @@ def predict(
                     parts = [tensors[i] for i in chunk]
                     if any(p.dtype != torch.uint8 for p in parts):
                         parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
-                    batch = _normalise(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
+                    batch = normalise_batch(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
                     with autocast:
                         scores = infer(model, batch, protocol=protocol).float()
                     labels = scores.argmax(dim=1).cpu()
@@ -293,8 +300,8 @@ def predict(
 
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
-    num_classes = _num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
-    palette = _palette_for(cfg, num_classes)
+    num_classes = model_num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
+    palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [
         Prediction(
