@@ -55,7 +55,7 @@ VARIANTS = {"adaptive": adaptive, "pyramid": pyramid, "per-bin": per_bin}
 
 def max_rel(got: list[torch.Tensor], x: torch.Tensor) -> float:
     ref = adaptive(x.double())
-    return max(float(((g.double() - r).abs().max() / r.abs().max())) for g, r in zip(got, ref))
+    return max(float((g.double() - r).abs().max() / r.abs().max()) for g, r in zip(got, ref))
 
 
 def main() -> None:
