@@ -151,3 +151,35 @@ def test_torch_jit_trace(model, expected, tmp_path):
         loaded = torch.jit.load(tmp_path / "pspnet.pt")
     with torch.jit.optimized_execution(False):  # skips the per-shape re-optimisation, test time only
         _assert_matches(loaded, expected, BATCHES)
+
+
+# ---------------------------------------------------------------- a timm backbone
+
+
+@pytest.mark.slow
+def test_torch_export_batch1_dim_with_min_timm_convnext():
+    # The same call on a timm encoder whose stages come back channels-last-strided (ConvNeXt's
+    # permuted LayerNorms): the heads' stride guards at h // 8 failed with "Not all values of w ...
+    # satisfy the generated guard (1 % (32*(w // 8))) != 0" before the encoder returned the input's
+    # layout in captured graphs. timm's ConvNeXt class with one block per stage (export time
+    # follows the graph size); its smallest input is 16 (a 4x4 patchifying stem).
+    pytest.importorskip("timm")
+    from pspnet_lib import PSPNet, PSPNetConfig
+    from pspnet_lib.models.encoders.timm_encoder import TimmEncoder
+
+    torch.manual_seed(0)
+    encoder = TimmEncoder(
+        "convnext_atto", output_stride=8, model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 8, 16, 16)}
+    )
+    config = PSPNetConfig(backbone="timm:convnext_atto", num_classes=2, head_channels=32, aux_channels=16)
+    model = PSPNet(config, encoder=encoder).eval()
+    smallest = min_input_size(model)
+    assert smallest == 16
+    x = torch.randn(1, 3, 64, 64)
+    dynamic_shapes = {"x": {2: Dim("h", min=smallest), 3: Dim("w", min=smallest)}}
+    program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes).module()
+    for shape in ((1, 3, 57, 91), (1, 3, 16, 23)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x)
+            assert torch.allclose(program(x), expected, atol=1e-5 * float(expected.abs().max()))

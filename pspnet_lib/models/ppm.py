@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._utils import NormLayer, is_symbolic_tracing
+from ._utils import NormLayer, is_capturing_graph, is_symbolic_tracing
 
 __all__ = [
     "PyramidPoolingModule",
@@ -130,12 +130,6 @@ class MatmulAdaptiveAvgPool2d(nn.Module):
         return f"output_size={self.output_size}"
 
 
-def _capturing_graph() -> bool:
-    """torch.compile / torch.export (and torch.onnx.export(dynamo=True), built on it) or
-    torch.jit.trace (and the TorchScript-based ONNX exporter, built on it) is recording the call."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 class PoolingBranch(nn.Module):
     """Adaptive average pool to ``bin x bin`` -> 1x1 conv (no bias) -> norm -> ReLU.
 
@@ -157,7 +151,7 @@ class PoolingBranch(nn.Module):
     def pools_with_matrices(self) -> bool:
         """Whether this call pools with :func:`pyramid_adaptive_avg_pool2d` (captured graphs, or after :meth:`set_exportable`)."""
         return isinstance(self.pool, MatmulAdaptiveAvgPool2d) or (
-            isinstance(self.pool, nn.AdaptiveAvgPool2d) and _capturing_graph()
+            isinstance(self.pool, nn.AdaptiveAvgPool2d) and is_capturing_graph()
         )
 
     def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
