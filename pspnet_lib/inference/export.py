@@ -180,9 +180,8 @@ def _dims(model: nn.Module, dynamic: bool, height: int, width: int) -> dict[str,
         )
     dim = torch.export.Dim
     if callable(getattr(getattr(model, "backbone", None), "min_input_size", None)):
-        # A timm backbone: torch.export infers the size range itself (Dim.DYNAMIC: an error, never
-        # a silent specialisation). Some families' guards hold for every size >= the smallest, but
-        # the solver cannot prove it from an explicit minimum (ResNeSt, ConvNeXt's rounding down).
+        # A timm backbone: torch.export infers the size range itself (Dim.DYNAMIC: an error, never a silent
+        # specialisation); some families' guards hold for every size >= the smallest, unprovable from a minimum.
         return {"images": {0: dim("batch", min=1), 2: dim.DYNAMIC, 3: dim.DYNAMIC}}
     return {"images": {0: dim("batch", min=1), 2: dim("height", min=smallest), 3: dim("width", min=smallest)}}
 
