@@ -9,6 +9,7 @@ the mixin delegates to (the model is rebuilt by :func:`pspnet_lib.hub.loading.fr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
+from huggingface_hub.utils import (  # (huggingface_hub.errors has them since 0.25 only)
     EntryNotFoundError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -83,6 +84,14 @@ def _offline_hint(repo_id: str, cache_dir: Any, disabled: bool = True) -> str:
     )
 
 
+def _progress_option(progress: bool | None) -> dict[str, Any]:
+    # hf_hub_download takes tqdm_class since huggingface_hub 1.1; before, its bars follow its own
+    # switches only (HF_HUB_DISABLE_PROGRESS_BARS, huggingface_hub.utils.disable_progress_bars()).
+    if "tqdm_class" not in inspect.signature(hf_hub_download).parameters:
+        return {}
+    return {"tqdm_class": tqdm_class(progress)}
+
+
 def hf_file(
     repo_id: str,
     filename: str,
@@ -109,7 +118,7 @@ def hf_file(
                 local_files_only=offline,
                 force_download=force_download,
                 token=token,
-                tqdm_class=tqdm_class(progress),
+                **_progress_option(progress),
             )
         )
     except LocalEntryNotFoundError:

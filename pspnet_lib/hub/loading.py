@@ -360,6 +360,8 @@ def from_pretrained_files(
     token: str | bool | None = None,
     map_location: str = "cpu",
     strict: bool = True,
+    proxies: Any = None,
+    resume_download: Any = None,
     config: Any = None,
     pretrained_cfg: dict | None = None,
     num_classes: int | None = None,
@@ -370,6 +372,8 @@ def from_pretrained_files(
 
     ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
     (fresh classifiers for another class count, with the same ``model.load_report``).
+    ``proxies`` / ``resume_download``: passed by huggingface_hub 0.30-0.36's mixin, ignored (deprecated
+    there, gone since 1.0; proxies come from the environment, downloads always resume).
     """
     if config is None:
         raise FileNotFoundError(
