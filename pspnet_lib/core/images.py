@@ -27,6 +27,7 @@ content), by these fixed rules (docs/inference.md has the table):
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ from PIL import Image, ImageOps, ImageSequence
 __all__ = [
     "load_image",
     "read_image",
+    "decode_image",
     "pil_to_rgb",
     "pil_to_array",
     "to_rgb_tensor",
@@ -202,6 +204,34 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
         return pil_to_array(image, channels, what=str(path))
 
     return _decode(path, convert)
+
+
+def decode_image(data: bytes | bytearray | memoryview, channels: int = 3, *, what: str = "the encoded picture") -> np.ndarray:
+    """:func:`read_image` for a file's bytes already in memory (e.g. a column of encoded pictures in
+    Ray, Spark or Arrow): an ``(H, W, channels)`` array by the same rules (EXIF rotation applied;
+    ``.npy`` content recognised by its magic bytes and read without pickle).
+
+    Raises ``ValueError`` naming ``what`` when the bytes are not a picture or their channels do not match.
+    """
+    data = bytes(data)
+    if data.startswith(b"\x93NUMPY"):
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
+        return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if channels == 3:
+                return np.array(pil_to_rgb(ImageOps.exif_transpose(image), what=what))
+            if getattr(image, "n_frames", 1) == 1:  # as read_image: the pages of a multi-band TIFF are bands
+                image = ImageOps.exif_transpose(image)
+            return pil_to_array(image, channels, what=what)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, ValueError) and what in str(exc):
+            raise
+        raise ValueError(f"cannot read {what} as an image ({type(exc).__name__}: {exc})") from exc
 
 
 def is_image_batch(images: Any) -> bool:

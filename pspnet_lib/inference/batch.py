@@ -1,0 +1,470 @@
+"""Predict to files: folders, globs and path lists in, masks and a manifest out; sharded, resumable.
+
+    from pspnet_lib import load_pretrained
+    from pspnet_lib.inference.batch import predict_files
+    summary = predict_files(load_pretrained("pspnet_r50-d8_ade20k"), ["photos/"], "masks/", recursive=True,
+                            skip_existing=True, num_workers=4, batch_size=8)
+    summary.line()   # "segmented 1200 of 1200 image(s) into masks; manifest: masks/manifest.jsonl"
+
+The one workflow behind ``pspnet predict``. In two steps, :func:`plan_predictions` (list the
+inputs, name the outputs, take this process's shard, check everything; nothing is loaded or
+written) and :meth:`PredictionPlan.run` (the model over the inputs to run), so that a bad
+argument fails before the weights are loaded. See docs/scale.md.
+
+* Outputs keep each input's relative path (:mod:`~pspnet_lib.inference.inputs`); every file is
+  written under a temporary name and renamed, after its manifest record (:mod:`.jobs`), so a
+  present output is complete and recorded.
+* ``skip_existing``: inputs whose outputs all exist are not run again; their earlier ``done``
+  records are kept, and an input without one is recorded ``skipped``. Temporary files of this
+  shard's outputs left by a killed run are removed (never trusted).
+* A failing input (unreadable, truncated, empty, wrong channel count, vanished, a failed forward
+  pass or write) is recorded ``failed`` with its one-line reason and the run goes on, unless
+  ``fail_fast``; :attr:`PredictSummary.failed` says which.
+* ``shard``: this process's share (``Shard.parse("3/8")``); under ``torchrun`` each rank also
+  takes its share (``RANK``/``WORLD_SIZE``), within ``shard`` when both are given.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .._files import check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder, temporary_target
+from .._progress import progress_bar
+from ..core.pretrained_cfg import PretrainedCfg
+from .inputs import InputFile, Shard, input_folders, list_inputs, shard_from_environment
+from .jobs import InputRunner, PictureRunner, RunContext, staged_outputs
+from .manifest import ManifestWriteError, ManifestWriter, manifest_path, read_manifest
+from .pipeline import Outcome, iter_predictions, one_line
+from .predict import num_classes_of, resolve_protocol
+
+__all__ = ["PredictSummary", "PredictionPlan", "default_device", "plan_predictions", "predict_files"]
+
+logger = logging.getLogger(__name__)
+
+#: A hook choosing the runner of an input (None: the default picture runner).
+Route = Callable[[InputFile], "InputRunner | None"]
+
+
+@dataclass
+class PredictSummary:
+    """What a run did, for this process's shard. ``failed``: ``(input, one-line reason)`` pairs."""
+
+    out: Path
+    manifest: Path
+    shard: Shard | None
+    total: int
+    done: int = 0
+    already_done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No input failed (the process should exit 0)."""
+        return not self.failed
+
+    def line(self) -> str:
+        """The one-line summary ``pspnet predict`` prints."""
+        text = f"segmented {self.done} of {self.total} image(s) into {self.out}"
+        if self.shard is not None:
+            text = f"shard {self.shard}: {text}"
+        if self.already_done:
+            text += f"; {self.already_done} already done"
+        if self.skipped:
+            text += f"; {self.skipped} skipped (outputs present)"
+        if self.failed:
+            shown = ", ".join(path for path, _ in self.failed[:5])
+            more = f" and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
+            text += f"; {len(self.failed)} failed: {shown}{more}"
+        if self.stopped:
+            text += f"; stopped at the first failure ({self.failed[0][1]})" if self.failed else "; stopped"
+        return f"{text}; manifest: {self.manifest}"
+
+
+class _Folders:
+    """One listing per output folder: which names exist, and which temporaries aim at which name."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
+
+    def _listing(self, folder: str) -> tuple[set[str], dict[str, list[str]]]:
+        if folder not in self._names:
+            names: set[str] = set()
+            temporaries: dict[str, list[str]] = {}
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        target = temporary_target(entry.name)
+                        if target is not None:
+                            temporaries.setdefault(target, []).append(entry.name)
+                        elif entry.is_file():
+                            names.add(entry.name)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            self._names[folder] = (names, temporaries)
+        return self._names[folder]
+
+    def exists(self, path: Path) -> bool:
+        return path.name in self._listing(str(path.parent))[0]
+
+    def temporaries(self, path: Path) -> list[Path]:
+        return [path.parent / name for name in self._listing(str(path.parent))[1].get(path.name, [])]
+
+
+@dataclass
+class PredictionPlan:
+    """The checked work of one process: :func:`plan_predictions` makes it, :meth:`run` does it."""
+
+    out: Path
+    shard: Shard | None
+    manifest: Path
+    jobs: list[tuple[InputFile, InputRunner]]
+    total: int
+    confidence: str | None
+    keep: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    stale: list[Path]
+
+    @property
+    def sources(self) -> list[str]:
+        """The paths this process will read (e.g. to calibrate an int8 model on)."""
+        return [item.path for item, _ in self.jobs]
+
+    def run(
+        self,
+        model: nn.Module | None,
+        *,
+        mode: str | None = None,
+        size: int | Sequence[int] | bool | None = None,
+        crop: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        write_threads: int = 2,
+        fail_fast: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        progress: bool | None = None,
+    ) -> PredictSummary:
+        """Segment the planned inputs with ``model``; see :func:`predict_files` for the arguments.
+
+        ``model`` may be None when there is nothing to run (:attr:`jobs` empty: every output was
+        there), so that a finished shard does not load the weights again.
+
+        Raises ``ValueError`` for an invalid protocol before any file is read, and ``OSError``
+        when the manifest cannot be written (every other failure is an input's, recorded).
+        """
+        start = time.perf_counter()
+        summary = PredictSummary(self.out, self.manifest, self.shard, self.total)
+        summary.already_done, summary.skipped = len(self.keep), len(self.skipped)
+        for path in self.stale:  # temporaries of this process's outputs, left by a killed run
+            path.unlink(missing_ok=True)
+        if model is None:
+            if self.jobs:
+                raise ValueError(f"{len(self.jobs)} input(s) remain to be segmented: pass the model")
+            with ManifestWriter(self.manifest, keep=self.keep + self.skipped):
+                pass
+            summary.seconds = time.perf_counter() - start
+            return summary
+        confidence = self.confidence
+        protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
+        cfg = PretrainedCfg.of(model)
+        num_classes = num_classes_of(model)
+        if confidence == "entropy" and num_classes is None:
+            raise ValueError(
+                "the model does not say its number of classes (model.config.num_classes), needed to scale entropy maps"
+            )
+        context = RunContext(protocol, cfg.in_channels, num_classes or 0, confidence, amp_dtype)
+        with ManifestWriter(self.manifest, keep=self.keep + self.skipped) as manifest:
+            finish = _Finisher(self.out, manifest, context, summary, fail_fast)
+            with progress_bar(total=len(self.jobs), unit="image", desc="pspnet predict", progress=progress) as bar:
+                for item, runner in self.jobs:
+                    if runner.batched or summary.stopped:
+                        continue
+                    finish.unbatched(model, item, runner)
+                    bar.update(1)
+                batched = [(item, runner) for item, runner in self.jobs if runner.batched]
+                if batched and not summary.stopped:
+                    outcomes = iter_predictions(
+                        model,
+                        [item.path for item, _ in batched],
+                        protocol=protocol,
+                        channels=cfg.in_channels,
+                        batch_size=batch_size,
+                        num_workers=num_workers,
+                        confidence=confidence,
+                        amp_dtype=amp_dtype,
+                    )
+                    finish.batched(outcomes, batched, write_threads, bar)
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+
+class _Finisher:
+    """Writes each input's files and record, and counts; fail-fast stops at the first failure."""
+
+    def __init__(
+        self, out: Path, manifest: ManifestWriter, context: RunContext, summary: PredictSummary, fail_fast: bool
+    ) -> None:
+        self.out, self.manifest, self.context, self.summary, self.fail_fast = out, manifest, context, summary, fail_fast
+        self._lock = threading.Lock()  # writer threads count into one summary
+
+    def _commit(
+        self, item: InputFile, runner: InputRunner, work: Callable[[dict[str, Path]], dict[str, Any]], seconds: float
+    ) -> None:
+        start = time.perf_counter()
+        names = runner.outputs(item.key)
+        try:
+            with staged_outputs({kind: self.out / name for kind, name in names.items()}) as staged:
+                fields = work(staged)
+                record = {"input": item.path, "status": "done", "outputs": names, **fields}
+                record["seconds"] = round(seconds + time.perf_counter() - start, 4)
+                self.manifest.append(record)  # before the renames: every present output has its record
+        except ManifestWriteError:
+            raise
+        except Exception as exc:  # this input's failure (a write, a runner): recorded, the run goes on
+            self.fail(item, one_line(exc), seconds + time.perf_counter() - start)
+            return
+        with self._lock:
+            self.summary.done += 1
+
+    def fail(self, item: InputFile, reason: str, seconds: float) -> None:
+        logger.error("failed %s: %s", item.path, reason)
+        self.manifest.append({"input": item.path, "status": "failed", "error": reason, "seconds": round(seconds, 4)})
+        with self._lock:
+            self.summary.failed.append((item.path, reason))
+            if self.fail_fast:
+                self.summary.stopped = True
+
+    def unbatched(self, model: nn.Module, item: InputFile, runner: InputRunner) -> None:
+        self._commit(item, runner, lambda staged: runner.run(model, item.path, staged, self.context), 0.0)
+
+    def batched(
+        self, outcomes: Iterable[Outcome], jobs: list[tuple[InputFile, InputRunner]], threads: int, bar: Any
+    ) -> None:
+        def finish(outcome: Outcome) -> None:
+            item, runner = jobs[outcome.index]
+            if outcome.prediction is None:
+                self.fail(item, outcome.error or "unknown error", outcome.seconds)
+                return
+            prediction = outcome.prediction
+            self._commit(item, runner, lambda staged: runner.write(prediction, staged, self.context), outcome.seconds)
+
+        if threads < 1:
+            for outcome in outcomes:
+                finish(outcome)
+                bar.update(1)
+                if self.summary.stopped:
+                    return
+            return
+        with futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pspnet-write") as pool:
+            pending: set[futures.Future[None]] = set()
+            for outcome in outcomes:
+                pending.add(pool.submit(finish, outcome))
+                if len(pending) >= 2 * threads:  # bounded: decoded pictures wait in the loader, not here
+                    done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                    self._collect(done, bar)
+                if self.summary.stopped:
+                    break
+            self._collect(futures.wait(pending)[0], bar)
+
+    @staticmethod
+    def _collect(done: Iterable[futures.Future[None]], bar: Any) -> None:
+        for future in done:
+            future.result()  # re-raises a manifest failure
+            bar.update(1)
+
+
+def plan_predictions(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    files_from: str | os.PathLike | None = None,
+    overlay: bool = False,
+    alpha: float = 0.5,
+    confidence: str | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    shard: Shard | str | None = None,
+    route: Route | None = None,
+    protect: Iterable[str | os.PathLike] = (),
+) -> PredictionPlan:
+    """List, name, shard and check the work of :func:`predict_files` without loading or writing anything
+    (except creating ``out``). ``protect``: more files no output may replace (e.g. the weights).
+
+    Raises ``ValueError``/``FileExistsError``/``FileNotFoundError`` (one line each) for: no inputs,
+    an input that does not exist, two inputs that would share an output name, ``out`` equal to or
+    inside an input folder, an output that is an input, existing outputs without
+    ``skip_existing``/``overwrite``, or both of those.
+    """
+    if skip_existing and overwrite:
+        raise ValueError("--skip-existing keeps existing outputs and --overwrite replaces them; pass one of them")
+    out = Path(out)
+    runner = PictureRunner(overlay=overlay, alpha=alpha, confidence=confidence)
+    files = list_inputs(inputs, recursive=recursive, files_from=files_from)
+    if not files:
+        raise ValueError("no image files to segment among the inputs")
+    outer = Shard.parse(shard) if isinstance(shard, str) else shard
+    ranks = shard_from_environment()
+    effective = ranks.within(outer) if ranks is not None else outer
+    mine = effective.select(files) if effective is not None else files
+    runners = [(item, (route(item) if route else None) or runner) for item in mine]
+    distinct = {id(r): r for _, r in runners} | {id(runner): runner}
+    _check_names(files, {suffix for r in distinct.values() for suffix in r.suffixes().values()})
+    manifest = manifest_path(out, effective)
+
+    folders = _Folders()
+    earlier: dict[str, dict[str, Any]] = {}
+    if skip_existing and manifest.is_file():
+        earlier = {r["input"]: r for r in read_manifest(manifest)}
+    jobs: list[tuple[InputFile, InputRunner]] = []
+    keep: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    present: list[str] = []
+    stale: list[Path] = folders.temporaries(manifest)
+    for item, chosen in runners:
+        names = chosen.outputs(item.key)
+        paths = [out / name for name in names.values()]
+        stale += [t for p in paths for t in folders.temporaries(p)]
+        have = [p for p in paths if folders.exists(p)]
+        if skip_existing and len(have) == len(paths):
+            record = earlier.get(item.path)
+            if record is not None and record.get("status") == "done" and record.get("outputs") == names:
+                keep.append(record)
+            else:
+                skipped.append({"input": item.path, "status": "skipped", "outputs": names})
+            continue
+        present += [str(p) for p in have]
+        jobs.append((item, chosen))
+    # Never replace a picture being segmented (or the weights), whatever the flags.
+    check_outputs_spare_inputs(
+        [manifest, *(out / name for item, r in jobs for name in r.outputs(item.key).values())],
+        [item.path for item in files] + [Path(p) for p in protect],
+        advice=f"choose another --out folder, e.g. --out {sibling_folder(out, 'masks')}",
+    )
+    _check_out_folder(out, inputs)
+    if present and not overwrite and not skip_existing:
+        shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+        raise FileExistsError(
+            f"{len(present)} output file(s) already exist ({shown}); pass --skip-existing to keep them and "
+            "segment the rest, --overwrite to replace them, or choose another --out folder"
+        )
+    ensure_dir(out)  # a file in the way fails here, before the model is loaded
+    return PredictionPlan(out, effective, manifest, jobs, len(mine), runner.confidence, keep, skipped, stale)
+
+
+def _check_out_folder(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse an output folder equal to or inside an input folder: the next run on that folder would
+    read the masks as pictures."""
+    resolved = Path(os.path.realpath(out))
+    for folder in input_folders(inputs):
+        real = Path(os.path.realpath(folder))
+        if resolved == real or real in resolved.parents:
+            where = "the input folder" if resolved == real else "inside the input folder"
+            raise ValueError(
+                f"refusing --out {out}: it is {where} {folder}, and the masks would mix with the pictures; "
+                f"choose another --out folder, e.g. --out {sibling_folder(folder, 'masks')}"
+            )
+
+
+def _check_names(files: Sequence[InputFile], suffixes: set[str]) -> None:
+    """Refuse two inputs whose outputs would share a name: ``a`` (overlay ``a_overlay.png``) and an
+    input called ``a_overlay`` (mask ``a_overlay.png``). Keys are unique, so ``k1 + s1 == k2 + s2``
+    needs ``s1`` to end with ``s2`` and ``k2 == k1 + s1[:-len(s2)]``: one dictionary look-up per
+    input and pair of suffixes, not a set of every output name."""
+    pairs = [(s1, s1[: -len(s2)]) for s1 in suffixes for s2 in suffixes if s1 != s2 and s1.endswith(s2)]
+    if not pairs:
+        return
+    keys = {item.key: item.path for item in files}
+    for item in files:
+        for suffix, extra in pairs:
+            other = keys.get(item.key + extra)
+            if other is not None:
+                raise ValueError(
+                    f"{item.path} and {other} would both write {item.key + suffix}; rename one or segment them "
+                    "in separate runs with different --out folders"
+                )
+
+
+def default_device() -> str:
+    """``cuda:LOCAL_RANK`` (``cuda`` outside torchrun) when a GPU is available, else ``cpu``."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return f"cuda:{int(local_rank)}" if local_rank.isdigit() else "cuda"
+
+
+def predict_files(
+    model: nn.Module | str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    files_from: str | os.PathLike | None = None,
+    overlay: bool = False,
+    alpha: float = 0.5,
+    confidence: str | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    shard: Shard | str | None = None,
+    route: Route | None = None,
+    device: str | torch.device | None = None,
+    **run_options: Any,
+) -> PredictSummary:
+    """Segment files into ``out``: one mask PNG per input (and overlay, confidence picture), a manifest.
+
+    Args:
+        model: a model, or anything :func:`~pspnet_lib.load_pretrained` takes (loaded after the checks).
+        inputs: files, folders and glob patterns (:func:`~pspnet_lib.inference.inputs.list_inputs`).
+        out: the output folder; ``<out>/<key>.png`` per input, the manifest beside them.
+        recursive, files_from: also search sub-folders; also read a text file listing paths.
+        overlay, alpha: also write ``<key>_overlay.png`` with this mask opacity.
+        confidence: also write ``<key>_<kind>.png``, the 8-bit confidence picture, and its mean
+            into the manifest (``"maxprob"``, ``"margin"``, ``"entropy"``).
+        skip_existing: resume: inputs whose outputs all exist are not run again.
+        overwrite: replace existing outputs (default: refuse before any work).
+        shard: ``"I/N"`` or a :class:`Shard`: this process's share (combined with ``torchrun``'s ranks).
+        route: ``route(input) -> InputRunner | None`` chooses another runner for an input.
+        device: where to load ``model`` when it is given as weights.
+        run_options: ``mode``, ``size``, ``crop``, ``stride``, ``scales``, ``flip`` (the
+            protocol, as :func:`~pspnet_lib.predict`), ``batch_size`` (1), ``num_workers``
+            (decoding processes, 2), ``write_threads`` (2), ``fail_fast``, ``amp_dtype``, ``progress``.
+
+    Returns a :class:`PredictSummary` (``.ok`` is False when an input failed).
+    """
+    plan = plan_predictions(
+        inputs,
+        out,
+        recursive=recursive,
+        files_from=files_from,
+        overlay=overlay,
+        alpha=alpha,
+        confidence=confidence,
+        skip_existing=skip_existing,
+        overwrite=overwrite,
+        shard=shard,
+        route=route,
+        protect=[] if isinstance(model, nn.Module) else local_files(model),
+    )
+    if not isinstance(model, nn.Module):
+        from ..hub.loading import load_pretrained
+
+        model = load_pretrained(model, device=device or default_device())
+    elif device is not None:
+        model.to(device)
+    return plan.run(model, **run_options)
