@@ -206,7 +206,9 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     return _decode(path, convert)
 
 
-def decode_image(data: bytes | bytearray | memoryview, channels: int = 3, *, what: str = "the encoded picture") -> np.ndarray:
+def decode_image(
+    data: bytes | bytearray | memoryview, channels: int = 3, *, what: str = "the encoded picture"
+) -> np.ndarray:
     """:func:`read_image` for a file's bytes already in memory (e.g. a column of encoded pictures in
     Ray, Spark or Arrow): an ``(H, W, channels)`` array by the same rules (EXIF rotation applied;
     ``.npy`` content recognised by its magic bytes and read without pickle).

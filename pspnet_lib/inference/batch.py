@@ -26,13 +26,11 @@ argument fails before the weights are loaded. See docs/scale.md.
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +41,11 @@ from .._files import check_outputs_spare_inputs, ensure_dir, local_files, siblin
 from .._progress import progress_bar
 from ..core.pretrained_cfg import PretrainedCfg
 from .inputs import InputFile, Shard, input_folders, list_inputs, shard_from_environment
-from .jobs import InputRunner, PictureRunner, RunContext, staged_outputs
-from .manifest import ManifestWriteError, ManifestWriter, manifest_path, read_manifest
-from .pipeline import Outcome, iter_predictions, one_line
+from .jobs import InputRunner, PictureRunner, RunContext
+from .manifest import ManifestWriter, manifest_path, read_manifest
+from .pipeline import iter_predictions
 from .predict import num_classes_of, resolve_protocol
+from .recorder import PredictSummary, Recorder
 
 __all__ = ["PredictSummary", "PredictionPlan", "default_device", "plan_predictions", "predict_files"]
 
@@ -54,44 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: A hook choosing the runner of an input (None: the default picture runner).
 Route = Callable[[InputFile], "InputRunner | None"]
-
-
-@dataclass
-class PredictSummary:
-    """What a run did, for this process's shard. ``failed``: ``(input, one-line reason)`` pairs."""
-
-    out: Path
-    manifest: Path
-    shard: Shard | None
-    total: int
-    done: int = 0
-    already_done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    stopped: bool = False
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """No input failed (the process should exit 0)."""
-        return not self.failed
-
-    def line(self) -> str:
-        """The one-line summary ``pspnet predict`` prints."""
-        text = f"segmented {self.done} of {self.total} image(s) into {self.out}"
-        if self.shard is not None:
-            text = f"shard {self.shard}: {text}"
-        if self.already_done:
-            text += f"; {self.already_done} already done"
-        if self.skipped:
-            text += f"; {self.skipped} skipped (outputs present)"
-        if self.failed:
-            shown = ", ".join(path for path, _ in self.failed[:5])
-            more = f" and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
-            text += f"; {len(self.failed)} failed: {shown}{more}"
-        if self.stopped:
-            text += f"; stopped at the first failure ({self.failed[0][1]})" if self.failed else "; stopped"
-        return f"{text}; manifest: {self.manifest}"
 
 
 class _Folders:
@@ -190,7 +151,7 @@ class PredictionPlan:
             )
         context = RunContext(protocol, cfg.in_channels, num_classes or 0, confidence, amp_dtype)
         with ManifestWriter(self.manifest, keep=self.keep + self.skipped) as manifest:
-            finish = _Finisher(self.out, manifest, context, summary, fail_fast)
+            finish = Recorder(self.out, manifest, context, summary, fail_fast)
             with progress_bar(total=len(self.jobs), unit="image", desc="pspnet predict", progress=progress) as bar:
                 for item, runner in self.jobs:
                     if runner.batched or summary.stopped:
@@ -212,81 +173,6 @@ class PredictionPlan:
                     finish.batched(outcomes, batched, write_threads, bar)
         summary.seconds = time.perf_counter() - start
         return summary
-
-
-class _Finisher:
-    """Writes each input's files and record, and counts; fail-fast stops at the first failure."""
-
-    def __init__(
-        self, out: Path, manifest: ManifestWriter, context: RunContext, summary: PredictSummary, fail_fast: bool
-    ) -> None:
-        self.out, self.manifest, self.context, self.summary, self.fail_fast = out, manifest, context, summary, fail_fast
-        self._lock = threading.Lock()  # writer threads count into one summary
-
-    def _commit(
-        self, item: InputFile, runner: InputRunner, work: Callable[[dict[str, Path]], dict[str, Any]], seconds: float
-    ) -> None:
-        start = time.perf_counter()
-        names = runner.outputs(item.key)
-        try:
-            with staged_outputs({kind: self.out / name for kind, name in names.items()}) as staged:
-                fields = work(staged)
-                record = {"input": item.path, "status": "done", "outputs": names, **fields}
-                record["seconds"] = round(seconds + time.perf_counter() - start, 4)
-                self.manifest.append(record)  # before the renames: every present output has its record
-        except ManifestWriteError:
-            raise
-        except Exception as exc:  # this input's failure (a write, a runner): recorded, the run goes on
-            self.fail(item, one_line(exc), seconds + time.perf_counter() - start)
-            return
-        with self._lock:
-            self.summary.done += 1
-
-    def fail(self, item: InputFile, reason: str, seconds: float) -> None:
-        logger.error("failed %s: %s", item.path, reason)
-        self.manifest.append({"input": item.path, "status": "failed", "error": reason, "seconds": round(seconds, 4)})
-        with self._lock:
-            self.summary.failed.append((item.path, reason))
-            if self.fail_fast:
-                self.summary.stopped = True
-
-    def unbatched(self, model: nn.Module, item: InputFile, runner: InputRunner) -> None:
-        self._commit(item, runner, lambda staged: runner.run(model, item.path, staged, self.context), 0.0)
-
-    def batched(
-        self, outcomes: Iterable[Outcome], jobs: list[tuple[InputFile, InputRunner]], threads: int, bar: Any
-    ) -> None:
-        def finish(outcome: Outcome) -> None:
-            item, runner = jobs[outcome.index]
-            if outcome.prediction is None:
-                self.fail(item, outcome.error or "unknown error", outcome.seconds)
-                return
-            prediction = outcome.prediction
-            self._commit(item, runner, lambda staged: runner.write(prediction, staged, self.context), outcome.seconds)
-
-        if threads < 1:
-            for outcome in outcomes:
-                finish(outcome)
-                bar.update(1)
-                if self.summary.stopped:
-                    return
-            return
-        with futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pspnet-write") as pool:
-            pending: set[futures.Future[None]] = set()
-            for outcome in outcomes:
-                pending.add(pool.submit(finish, outcome))
-                if len(pending) >= 2 * threads:  # bounded: decoded pictures wait in the loader, not here
-                    done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-                    self._collect(done, bar)
-                if self.summary.stopped:
-                    break
-            self._collect(futures.wait(pending)[0], bar)
-
-    @staticmethod
-    def _collect(done: Iterable[futures.Future[None]], bar: Any) -> None:
-        for future in done:
-            future.result()  # re-raises a manifest failure
-            bar.update(1)
 
 
 def plan_predictions(

@@ -76,31 +76,27 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_manifest(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """The records of a manifest file, of every part in a folder, or of several files, in order.
+    """The records of a manifest file, of every part in a folder, or of several of these, in order.
 
     A line that is not a JSON record (the cut last line of a killed run) is skipped. Raises
     ``FileNotFoundError`` for a missing file or folder, or a folder without a manifest.
     """
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files: list[Path] = []
+    for item in sources:
+        path = Path(item)
         if path.is_dir():
-            files = manifest_parts(path)
-            if not files:
+            parts = manifest_parts(path)
+            if not parts:
                 raise FileNotFoundError(
                     f"no manifest*.jsonl in {path}; pspnet predict writes one into its --out folder"
                 )
+            files += parts
         elif path.is_file():
-            files = [path]
+            files.append(path)
         else:
             raise FileNotFoundError(f"manifest not found: {path}")
-    else:
-        files = [Path(p) for p in source]
-    records: list[dict[str, Any]] = []
-    for file in files:
-        if not file.is_file():
-            raise FileNotFoundError(f"manifest not found: {file}")
-        records.extend(_records(file))
-    return records
+    return [record for file in files for record in _records(file)]
 
 
 class ManifestWriteError(OSError):
