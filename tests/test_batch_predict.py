@@ -85,6 +85,17 @@ def test_two_broken_files_are_recorded_and_the_run_goes_on(weights, tmp_path, ca
     assert [r["status"] for r in _records(out2)] == ["failed"] and not _outputs(out2)
 
 
+def test_a_picture_of_the_wrong_channel_count_is_recorded(weights, tmp_path):
+    _, model = weights
+    paths = _pictures(tmp_path / "photos", 1)
+    np.save(tmp_path / "photos" / "bands.npy", np.zeros((8, 8, 5), np.uint8))  # 5 bands, the model takes 3
+    summary = predict_files(model, [tmp_path / "photos"], tmp_path / "out", num_workers=0)
+    assert not summary.ok and summary.done == 1 and [Path(p).name for p, _ in summary.failed] == ["bands.npy"]
+    reason = summary.failed[0][1]
+    assert "5 channels" in reason and "takes 3" in reason and "\n" not in reason
+    assert paths[0].with_suffix("").name + ".png" in _outputs(tmp_path / "out")
+
+
 def test_mixed_sizes_batch_and_equal_predict(weights, tmp_path):
     """Pictures of two sizes in batches of 4, decoded by 2 workers: each mask is predict()'s."""
     _, model = weights

@@ -237,12 +237,15 @@ def plan_predictions(
             continue
         present += [str(p) for p in have]
         jobs.append((item, chosen))
-    # Never replace a picture being segmented (or the weights), whatever the flags.
-    check_outputs_spare_inputs(
-        [manifest, *(out / name for item, r in jobs for name in r.outputs(item.key).values())],
-        [item.path for item in files] + [Path(p) for p in protect],
-        advice=f"choose another --out folder, e.g. --out {sibling_folder(out, 'masks')}",
-    )
+    # Never replace a picture being segmented (or the weights), whatever the flags. Only a file that
+    # exists can be an input (or a link to one), so a fresh run skips a million realpath/stat calls.
+    replaced = present + ([str(manifest)] if folders.exists(manifest) else [])
+    if replaced:
+        check_outputs_spare_inputs(
+            replaced,
+            [item.path for item in files] + [Path(p) for p in protect],
+            advice=f"choose another --out folder, e.g. --out {sibling_folder(out, 'masks')}",
+        )
     _check_out_folder(out, inputs)
     if present and not overwrite and not skip_existing:
         shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
