@@ -16,15 +16,12 @@ read is recorded and skipped; the exit code is 1 if any file failed.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..inference.confidence import CONFIDENCE_KINDS
-
-logger = logging.getLogger("pspnet_lib.cli.predict")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

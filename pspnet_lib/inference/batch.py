@@ -132,45 +132,41 @@ class PredictionPlan:
         start = time.perf_counter()
         summary = PredictSummary(self.out, self.manifest, self.shard, self.total)
         summary.already_done, summary.skipped = len(self.keep), len(self.skipped)
+        context = None
+        if self.jobs:  # a bad protocol fails here, before anything is read or written
+            if model is None:
+                raise ValueError(f"{len(self.jobs)} input(s) remain to be segmented: pass the model")
+            protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
+            num_classes = num_classes_of(model)
+            if self.confidence == "entropy" and num_classes is None:
+                raise ValueError(
+                    "the model does not say its number of classes (model.config.num_classes), needed to scale entropy maps"
+                )
+            channels = PretrainedCfg.of(model).in_channels
+            context = RunContext(protocol, channels, num_classes or 0, self.confidence, amp_dtype)
         for path in self.stale:  # temporaries of this process's outputs, left by a killed run
             path.unlink(missing_ok=True)
-        if model is None:
-            if self.jobs:
-                raise ValueError(f"{len(self.jobs)} input(s) remain to be segmented: pass the model")
-            with ManifestWriter(self.manifest, keep=self.keep + self.skipped):
-                pass
-            summary.seconds = time.perf_counter() - start
-            return summary
-        confidence = self.confidence
-        protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
-        cfg = PretrainedCfg.of(model)
-        num_classes = num_classes_of(model)
-        if confidence == "entropy" and num_classes is None:
-            raise ValueError(
-                "the model does not say its number of classes (model.config.num_classes), needed to scale entropy maps"
-            )
-        context = RunContext(protocol, cfg.in_channels, num_classes or 0, confidence, amp_dtype)
         with ManifestWriter(self.manifest, keep=self.keep + self.skipped) as manifest:
-            finish = Recorder(self.out, manifest, context, summary, fail_fast)
-            with progress_bar(total=len(self.jobs), unit="image", desc="pspnet predict", progress=progress) as bar:
-                for item, runner in self.jobs:
-                    if runner.batched or summary.stopped:
-                        continue
-                    finish.unbatched(model, item, runner)
-                    bar.update(1)
-                batched = [(item, runner) for item, runner in self.jobs if runner.batched]
-                if batched and not summary.stopped:
-                    outcomes = iter_predictions(
-                        model,
-                        [item.path for item, _ in batched],
-                        protocol=protocol,
-                        channels=cfg.in_channels,
-                        batch_size=batch_size,
-                        num_workers=num_workers,
-                        confidence=confidence,
-                        amp_dtype=amp_dtype,
-                    )
-                    finish.batched(outcomes, batched, write_threads, bar)
+            if model is not None and context is not None:
+                recorder = Recorder(self.out, manifest, context, summary, fail_fast)
+                with progress_bar(total=len(self.jobs), unit="image", desc="pspnet predict", progress=progress) as bar:
+                    for item, runner in self.jobs:
+                        if not runner.batched and not summary.stopped:
+                            recorder.unbatched(model, item, runner)
+                            bar.update(1)
+                    batched = [(item, runner) for item, runner in self.jobs if runner.batched]
+                    if batched and not summary.stopped:
+                        outcomes = iter_predictions(
+                            model,
+                            [item.path for item, _ in batched],
+                            protocol=context.protocol,
+                            channels=context.in_channels,
+                            batch_size=batch_size,
+                            num_workers=num_workers,
+                            confidence=self.confidence,
+                            amp_dtype=amp_dtype,
+                        )
+                        recorder.batched(outcomes, batched, write_threads, bar)
         summary.seconds = time.perf_counter() - start
         return summary
 

@@ -117,7 +117,7 @@ def iter_predictions(
         _Decoded(sources, channels),
         batch_size=None,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=min(num_workers, len(sources)),  # no idle processes for a handful of pictures
         collate_fn=_passthrough,
         pin_memory=pin,
     )
