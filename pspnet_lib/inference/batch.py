@@ -56,7 +56,8 @@ Route = Callable[[InputFile], "InputRunner | None"]
 
 
 class _Folders:
-    """One listing per output folder: which names exist, and which temporaries aim at which name."""
+    """One listing per output folder: which names exist, and which temporaries aim at which name.
+    Paths are strings: a plan over a million inputs makes no Path objects per output."""
 
     def __init__(self) -> None:
         self._names: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
@@ -66,7 +67,7 @@ class _Folders:
             names: set[str] = set()
             temporaries: dict[str, list[str]] = {}
             try:
-                with os.scandir(folder) as entries:
+                with os.scandir(folder or ".") as entries:
                     for entry in entries:
                         target = temporary_target(entry.name)
                         if target is not None:
@@ -78,11 +79,13 @@ class _Folders:
             self._names[folder] = (names, temporaries)
         return self._names[folder]
 
-    def exists(self, path: Path) -> bool:
-        return path.name in self._listing(str(path.parent))[0]
+    def exists(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        return name in self._listing(folder)[0]
 
-    def temporaries(self, path: Path) -> list[Path]:
-        return [path.parent / name for name in self._listing(str(path.parent))[1].get(path.name, [])]
+    def temporaries(self, path: str) -> list[str]:
+        folder, name = os.path.split(path)
+        return [os.path.join(folder, t) for t in self._listing(folder)[1].get(name, [])]
 
 
 @dataclass
@@ -97,7 +100,7 @@ class PredictionPlan:
     confidence: str | None
     keep: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
-    stale: list[Path]
+    stale: list[str]
 
     @property
     def sources(self) -> list[str]:
@@ -145,7 +148,7 @@ class PredictionPlan:
             channels = PretrainedCfg.of(model).in_channels
             context = RunContext(protocol, channels, num_classes or 0, self.confidence, amp_dtype)
         for path in self.stale:  # temporaries of this process's outputs, left by a killed run
-            path.unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
         with ManifestWriter(self.manifest, keep=self.keep + self.skipped) as manifest:
             if model is not None and context is not None:
                 recorder = Recorder(self.out, manifest, context, summary, fail_fast)
@@ -218,10 +221,11 @@ def plan_predictions(
     keep: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     present: list[str] = []
-    stale: list[Path] = folders.temporaries(manifest)
+    stale = folders.temporaries(str(manifest))
+    root = str(out)
     for item, chosen in runners:
         names = chosen.outputs(item.key)
-        paths = [out / name for name in names.values()]
+        paths = [os.path.join(root, name) for name in names.values()]
         stale += [t for p in paths for t in folders.temporaries(p)]
         have = [p for p in paths if folders.exists(p)]
         if skip_existing and len(have) == len(paths):
@@ -231,11 +235,11 @@ def plan_predictions(
             else:
                 skipped.append({"input": item.path, "status": "skipped", "outputs": names})
             continue
-        present += [str(p) for p in have]
+        present += have
         jobs.append((item, chosen))
     # Never replace a picture being segmented (or the weights), whatever the flags. Only a file that
     # exists can be an input (or a link to one), so a fresh run skips a million realpath/stat calls.
-    replaced = present + ([str(manifest)] if folders.exists(manifest) else [])
+    replaced = present + ([str(manifest)] if folders.exists(str(manifest)) else [])
     if replaced:
         check_outputs_spare_inputs(
             replaced,
