@@ -18,7 +18,8 @@ from PIL import Image
 
 from pspnet_lib import predict, predict_files
 from pspnet_lib.cli import main
-from pspnet_lib.inference.inputs import Shard, list_inputs
+from pspnet_lib.inference.batch import default_device
+from pspnet_lib.inference.inputs import Shard, list_inputs, shard_from_environment
 from pspnet_lib.inference.manifest import read_manifest
 
 from .infer_utils import save_model_dir, tiny_model
@@ -230,6 +231,19 @@ def test_shards_cover_every_input_once(weights, tmp_path):
     for bad in ("2/2", "1", "a/b", "-1/3"):
         with pytest.raises(ValueError, match="I/N"):
             Shard.parse(bad)
+
+
+def test_torchrun_environment_gives_the_shard_and_the_gpu(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert shard_from_environment() == Shard(3, 4)
+    assert (
+        default_device("cuda") == "cuda:1" and default_device("cpu") == "cpu" and default_device("cuda:0") == "cuda:0"
+    )
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK"):
+        shard_from_environment()
 
 
 def test_globs_lists_and_same_stems(weights, tmp_path):

@@ -202,8 +202,7 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", cal
     from ..hub.loading import load_pretrained
     from ..inference.batch import default_device
 
-    if device is None:
-        device = default_device()  # cuda:LOCAL_RANK under torchrun
+    device = default_device(device)  # cuda:LOCAL_RANK under torchrun
     model = load_pretrained(weights, device=device)
     if not fast:
         return model

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("no image files to rank among the inputs")
         if args.out is not None:
             check_outputs_spare_inputs([args.out], sources, advice="choose another --out file")
-        model = load_pretrained(args.weights, device=args.device or default_device())
+        model = load_pretrained(args.weights, device=default_device(args.device))
         ranking = rank_pictures(
             model,
             sources,

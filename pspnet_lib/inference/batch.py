@@ -290,9 +290,13 @@ def _check_names(files: Sequence[InputFile], suffixes: set[str]) -> None:
                 )
 
 
-def default_device() -> str:
-    """``cuda:LOCAL_RANK`` (``cuda`` outside torchrun) when a GPU is available, else ``cpu``."""
-    if not torch.cuda.is_available():
+def default_device(requested: str | torch.device | None = None) -> str:
+    """The device of this process: ``requested``, with a bare ``"cuda"`` (or None when a GPU is
+    available) meaning ``cuda:LOCAL_RANK`` under torchrun, so that ranks do not share GPU 0; None
+    without a GPU is ``"cpu"``."""
+    if requested is not None and str(requested) != "cuda":
+        return str(requested)
+    if requested is None and not torch.cuda.is_available():
         return "cpu"
     local_rank = os.environ.get("LOCAL_RANK", "")
     return f"cuda:{int(local_rank)}" if local_rank.isdigit() else "cuda"
@@ -353,7 +357,7 @@ def predict_files(
     if not isinstance(model, nn.Module):
         from ..hub.loading import load_pretrained
 
-        model = load_pretrained(model, device=device or default_device())
+        model = load_pretrained(model, device=default_device(device))
     elif device is not None:
         model.to(device)
     return plan.run(model, **run_options)
