@@ -40,12 +40,18 @@ DEMO_OUTPUTS = (
 )
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (no half-written picture if the run is interrupted)."""
+def _save_png(image: Image.Image, path: Path, title: str | None = None) -> None:
+    """Write a PNG atomically (no half-written picture if the run is interrupted); ``title`` is also
+    stored as the PNG's ``Title`` text (what a viewer's properties and ``Image.open(p).text`` show)."""
+    from PIL import PngImagePlugin
+
     from .engine.checkpoint import atomic_write_bytes
 
+    info = PngImagePlugin.PngInfo()
+    if title:
+        info.add_text("Title", title)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -268,21 +274,28 @@ def run_demo(
                     _upscale(overlay(picture, prediction, palette, alpha=0.6), factor),
                 ]
             )
-            _save_png(panel, overlays_dir / f"sample_{i:02d}.png")
+            shown = sorted(set(np.unique(truth).tolist()) | set(np.unique(prediction).tolist()))
+            # Each overlay file carries the legend of the classes it shows (the grid below has one for all).
+            _save_png(
+                side_by_side([panel, legend(classes, palette, present=shown)]), overlays_dir / f"sample_{i:02d}.png"
+            )
             rows.append(panel)
     key = legend(classes, palette)
-    grid = Image.new(
-        "RGB", (max([r.width for r in rows] + [0]) + key.width + 8, sum(r.height + 4 for r in rows) + 20), "white"
+    title = (
+        f"Held-out scenes: picture | ground truth | prediction. mIoU {100 * metrics['mIoU']:.1f}% "
+        f"(a constant prediction: {100 * baseline:.1f}%)"
     )
-    ImageDraw.Draw(grid).text(
-        (4, 4), "Held-out scenes: picture | ground truth | prediction", fill="black", font=_font(13)
-    )
+    font = _font(13)
+    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8
+    width = max(max([r.width for r in rows] + [0]) + key.width + 8, title_width)
+    grid = Image.new("RGB", (width, max(sum(r.height + 4 for r in rows), key.height) + 20), "white")
+    ImageDraw.Draw(grid).text((4, 4), title, fill="black", font=font)
     y = 20
     for row in rows:
         grid.paste(row, (0, y))
         y += row.height + 4
     grid.paste(key, (grid.width - key.width, 20))
-    _save_png(grid, out / "predictions.png")
+    _save_png(grid, out / "predictions.png", title=title)
     _save_png(draw_training_curve(summary["history"]), out / "training_curve.png")
 
     result = {

@@ -55,8 +55,20 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
     assert metrics["mIoU"] > max(2.5 * baseline, baseline + 0.1), metrics
     predictions = Image.open(out / "predictions.png")
     assert predictions.mode == "RGB" and predictions.width > 3 * 48 and predictions.height > 4 * 48
+    # The picture carries its score (drawn in its title, which the PNG also stores as text).
+    assert f"mIoU {100 * metrics['mIoU']:.1f}%" in predictions.text["Title"]
+    assert f"a constant prediction: {100 * baseline:.1f}%" in predictions.text["Title"]
     samples = sorted((out / "overlays").glob("sample_*.png"))
     assert len(samples) == 4 and all(Image.open(p).width >= 3 * 48 for p in samples)
+    # Each overlay carries a legend: to the right of the three panels, swatches in the class colours.
+    from pspnet_lib.data import SyntheticScenes
+
+    palette = {tuple(c) for c in SyntheticScenes(1, (48, 48)).palette}
+    for sample in samples:
+        picture = Image.open(sample).convert("RGB")
+        panels = 3 * 4 * 48 + 2 * 4  # three panels upscaled 4x (192 px), 4 px gaps
+        key = picture.crop((panels, 0, picture.width, picture.height))
+        assert key.width > 20 and {c for _, c in key.getcolors(1 << 16)} & palette
     curve = Image.open(out / "training_curve.png")
     assert curve.size == (720, 400) and len(curve.getcolors(1 << 16) or []) > 3  # something was drawn
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()

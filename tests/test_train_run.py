@@ -126,7 +126,7 @@ def test_every_train_config_field_has_a_flag():
         assert given[name] is not None, name
         others = [k for k in specs if k != name and given.get(k) is not None]
         assert not others, (name, others)  # every other setting stays "not given"
-    assert specs["ignore_index"].flag is None  # excluded on purpose (the datasets write 255)
+    assert specs["ignore_index"].flag == "--ignore-index"  # reaches the folder dataset, the padding, the loss
     assert specs["out_dir"].flag == "--out" and specs["sync_bn"].flag == "--no-sync-bn"
     assert vars(parser.parse_args(["--no-progress"]))["progress"] is False
     assert vars(parser.parse_args(["--amp"]))["amp"] == "auto"

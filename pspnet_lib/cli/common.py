@@ -211,6 +211,8 @@ def render_setting_error(error: SettingError, flags: Mapping[str, str]) -> str:
     def name_value(flag: str, value: Any) -> str:
         if value is None or isinstance(value, bool):
             return flag
+        if isinstance(value, Mapping):  # a label map: 255:1 as --label-map takes it
+            value = ",".join(f"{k}:{v}" for k, v in value.items())
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
         return f"{flag} {value}"

@@ -43,7 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped runs")
     p.add_argument("--json", metavar="FILE", help="also write the metrics (per class) as JSON here")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        default="none",
+        help="autocast dtype (default none: full precision, as pspnet train validates unless --val-amp); "
+        "the output and --json say which",
+    )
     p.set_defaults(func=run, flags=flag_names(p))
 
 
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             kwargs["classes"] = list(cfg.classes)  # the model's own class names
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
+            kwargs["ignore_index"] = cfg.ignore_index  # what the model was trained with (pspnet train --ignore-index)
         dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         D.cleanup(info)
     if info.is_main:
         sys.stdout.write(
-            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {protocol.mode}"
+            f"{args.weights} on {args.dataset} {split or 'all'} ({len(dataset)} images, {metrics['precision']}, {protocol.mode}"
             f"{', scales ' + ','.join(map(str, protocol.scales)) if protocol.scales != (1.0,) else ''}"
             f"{', flip' if protocol.flip else ''}):\n"
         )

@@ -1,4 +1,11 @@
-"""Turning what users call "an image" into a tensor of the model's channel count.
+"""The one reader of pictures and masks, and turning what users call "an image" into a tensor.
+
+Every path of the package opens picture and mask files here: the datasets (:func:`read_pair`),
+``verify``, ``predict`` and ``pspnet predict``, int8 calibration (:func:`to_image_tensor`). One
+EXIF rule holds for all of them: pictures are turned as their EXIF Orientation tag says (as
+viewers, phones and labelling tools show them), masks are read as stored (see :func:`read_mask`
+and :func:`read_pair` for the one exception). The decoding step under the reader (Pillow, the
+pixel-value rules below) lives in :mod:`pspnet_lib.core.decode`.
 
 Paths, PIL images, NumPy arrays and tensors become ``(C, H, W)`` tensors, ``uint8`` (0..255) or
 floating point in [0, 1], with ``C`` the model's ``config.in_channels``:
@@ -29,18 +36,31 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image
+
+from .decode import (
+    decode_bytes,
+    decode_file,
+    exif_orientation,
+    mask_values,
+    oriented,
+    pil_to_array,
+    pil_to_rgb,
+    upright_size,
+)
 
 __all__ = [
     "load_image",
     "read_image",
     "decode_image",
+    "read_mask",
+    "read_pair",
+    "PictureAndMask",
     "pil_to_rgb",
     "pil_to_array",
     "to_rgb_tensor",
@@ -49,8 +69,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ACCEPTED_INPUTS",
 ]
-
-_T = TypeVar("_T")
 
 #: Suffixes that ``pspnet predict`` picks up when given a folder (``.npy``: arrays (H, W, C)).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
@@ -62,18 +80,6 @@ ACCEPTED_INPUTS = (
     "(for 3-channel models also 1 = grayscale, 4 = RGBA)"
 )
 
-_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _open(path: Path):
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    return Image.open(path)
-
-
-def _decode_error(path: Path, exc: Exception) -> ValueError:
-    return ValueError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})")
-
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as an RGB PIL image, applying its EXIF orientation.
@@ -83,157 +89,121 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     cannot be decoded as an image.
     """
     path = Path(path)
-    # Photos from phones store their rotation in EXIF; masks should match what viewers show.
-    return _decode(path, lambda image: pil_to_rgb(ImageOps.exif_transpose(image), what=str(path)))
+    return decode_file(path, lambda image: pil_to_rgb(oriented(image), what=str(path)))
 
 
-def _decode(path: Path, convert: Callable[[Image.Image], _T]) -> _T:
-    """``convert`` applied to the decoded picture at ``path``; a file that cannot be decoded is one
-    ``ValueError`` naming it (a missing file stays ``FileNotFoundError``)."""
-    try:
-        with _open(path) as image:
-            image.load()
-            return convert(image)
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, ValueError) and str(path) in str(exc):
-            raise
-        raise _decode_error(path, exc) from exc
-
-
-def _to_eight_bit(image: Image.Image, what: str) -> Image.Image:
-    """A single-band 16-bit or float PIL image as ``L`` by the fixed rules (other modes unchanged)."""
-    if image.mode in _SIXTEEN_BIT:
-        array = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255, whatever the content
-        return Image.fromarray(array.clip(0, 255).round().astype(np.uint8), mode="L")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        _check_unit_range(array, what)
-        return Image.fromarray((array * 255.0).round().astype(np.uint8), mode="L")
-    return image
-
-
-def _check_unit_range(array: np.ndarray, what: str) -> None:
-    if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
-        lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
-        raise ValueError(
-            f"{what} holds floating-point pixels in [{lo:.4g}, {hi:.4g}]; floating-point images are read on the "
-            "0..1 scale (1.0 = white). Save it as 8-bit/16-bit integers or scale its values to [0, 1]"
-        )
-
-
-def pil_to_rgb(image: Image.Image, *, what: str = "the image") -> Image.Image:
-    """An RGB version of any PIL image: grayscale repeated, alpha dropped, palettes applied.
-
-    16-bit grayscale (``I;16*``, ``I``) is mapped to 8 bits by one fixed scale (``/ 257``) and
-    float images (``F``) are read on the 0..1 scale (``ValueError`` for values outside it), so a
-    pixel's 8-bit value depends only on its stored value and the file's type; ``convert("RGB")``
-    alone would clip everything above 255 to white.
-    """
-    if image.mode == "RGB":
-        return image
-    return _to_eight_bit(image, what).convert("RGB")
-
-
-def pil_to_array(image: Image.Image, channels: int = 3, *, what: str = "the image") -> np.ndarray:
-    """``(H, W, channels)`` uint8 array of a PIL image for a model of ``channels`` input channels.
-
-    3: :func:`pil_to_rgb`. 1: grayscale as stored (8-bit by the fixed rules), colour converted to
-    luma (ITU-R 601-2), alpha dropped. N: a multi-page image (TIFF) with N single-band pages gives
-    one channel per page; otherwise the image's own bands (RGBA, CMYK: 4; RGB: 3) must number N.
-
-    Raises ``ValueError`` naming ``what`` when the channels cannot be made to match.
-    """
+def _picture_array(image: Image.Image, channels: int, what: str, orient: bool) -> np.ndarray:
+    """``(H, W, channels)`` uint8 array of a decoded picture, turned upright when ``orient``."""
+    # The pages of a multi-band TIFF are bands, not a photo: they are never turned.
+    if orient and getattr(image, "n_frames", 1) == 1:
+        image = oriented(image)
     if channels == 3:
         return np.array(pil_to_rgb(image, what=what))
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and channels > 1:
-        pages = [_single_band(frame.copy(), what) for frame in ImageSequence.Iterator(image)]
-        bands = [p for p in pages if p is not None]
-        if len(pages) == channels and len(bands) == len(pages) and len({b.shape for b in bands}) == 1:
-            return np.stack(bands, axis=-1)
-    if channels == 1:
-        image = _to_eight_bit(image, what)  # 16-bit / float grey -> L by the fixed rules
-        return np.array(image if image.mode == "L" else image.convert("L"))[..., None]
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    image = _to_eight_bit(image, what)
-    array = np.array(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[-1] != channels:
-        page_count = f" ({frames} pages)" if frames > 1 else ""
-        raise ValueError(
-            f"{what} has {array.shape[-1]} channel(s) (mode {image.mode}{page_count}) but the model takes {channels} "
-            f"(config.in_channels); pass an image with {channels} bands: an (H, W, {channels}) array, a .npy file "
-            f"holding one, or a multi-page TIFF of {channels} pages"
-        )
-    return array
+    return pil_to_array(image, channels, what=what)
 
 
-def _single_band(frame: Image.Image, what: str) -> np.ndarray | None:
-    frame = _to_eight_bit(frame, what)
-    return np.array(frame) if frame.mode == "L" else None
+def _read_npy(path: Path, channels: int) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    return _npy_array(path, channels, str(path))
 
 
-def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+def _npy_array(source: Path | io.BytesIO, channels: int, what: str) -> np.ndarray:
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
+    return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
+
+
+def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True) -> np.ndarray:
     """Read an image file as an ``(H, W, channels)`` array for a model of ``channels`` input channels.
 
-    Pictures give ``uint8`` (see :func:`pil_to_array`; EXIF rotation applied); ``.npy`` files
-    hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1] (read without pickle).
+    Pictures give ``uint8`` (see :func:`pil_to_array`), turned as their EXIF Orientation tag says
+    (what viewers, phones and labelling tools show; ``exif_orientation=False`` keeps the stored
+    pixels); ``.npy`` files hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1]
+    (read without pickle; float stays float).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file when it
     cannot be decoded or its channels do not match.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read {path} as a NumPy array ({type(exc).__name__}: {exc})") from exc
-        return to_image_tensor(array, channels, what=str(path)).permute(1, 2, 0).numpy()
-    if channels == 3:
-        return np.array(load_image(path))
+        return _read_npy(path, channels)
+    return decode_file(path, lambda image: _picture_array(image, channels, str(path), exif_orientation))
 
-    def convert(image: Image.Image) -> np.ndarray:
-        if getattr(image, "n_frames", 1) == 1:  # the pages of a multi-band TIFF are bands, not a photo
-            image = ImageOps.exif_transpose(image)
-        return pil_to_array(image, channels, what=str(path))
 
-    return _decode(path, convert)
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks.
+
+    Masks are read as stored: an EXIF orientation tag on a mask is not applied. Labelling tools
+    draw on the picture as displayed, EXIF orientation applied (labelme since wkentaro/labelme#305,
+    2019, and its ``labelme_json_to_dataset`` export since #1873, the fix of #1529; CVAT since
+    cvat-ai/cvat#4529, 2022; Label Studio through the browser, see HumanSignal/label-studio#6608),
+    and write the mask upright without an orientation tag; a tag copied onto a mask with the
+    photo's metadata would turn the mask away from its picture.
+    See :func:`pspnet_lib.core.decode.mask_values` for the accepted modes.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file when it is
+    not a readable mask picture.
+    """
+    path = Path(path)
+    return decode_file(path, lambda image: mask_values(image, str(path)), kind="mask")
+
+
+class PictureAndMask(NamedTuple):
+    """What :func:`read_pair` returns."""
+
+    #: ``(H, W, channels)`` uint8 picture (``.npy`` images: uint8 or float in [0, 1]).
+    image: np.ndarray
+    #: the mask's stored values, ``(H, W)`` (or ``(H, W, 3)`` for colour masks).
+    mask: np.ndarray
+    #: the EXIF orientation left unapplied because the mask matches the stored pixels (None: none).
+    unapplied_orientation: int | None
+
+
+def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3) -> PictureAndMask:
+    """A picture and its mask, by the EXIF rule every dataset follows.
+
+    The picture is turned as its EXIF orientation says (:func:`read_image`) and the mask read as
+    stored (:func:`read_mask`): a mask drawn in a labelling tool is upright. One exception: when
+    the orientation turns the picture by 90 or 270 degrees and the mask has the *stored* size but
+    not the upright one, the mask was drawn on the stored pixels (by a tool that ignores EXIF,
+    e.g. labelImg, or CVAT before #4529); then the stored pixels are used and
+    ``unapplied_orientation`` says so, for the caller to warn. (A 180-degree turn or a mirror does
+    not change the size, so nothing can tell; the picture is then used upright, as shown.)
+
+    Raises ``FileNotFoundError``/``ValueError`` naming the file as :func:`read_image` and
+    :func:`read_mask` do.
+    """
+    image_path = Path(image_path)
+    mask = read_mask(mask_path)
+    if image_path.suffix.lower() == ".npy":
+        return PictureAndMask(_read_npy(image_path, channels), mask, None)
+
+    def convert(image: Image.Image) -> PictureAndMask:
+        stored = (image.height, image.width)
+        tag = exif_orientation(image)
+        keep_stored = upright_size(image) != mask.shape[:2] and stored == mask.shape[:2]
+        array = _picture_array(image, channels, str(image_path), orient=not keep_stored)
+        return PictureAndMask(array, mask, tag if keep_stored else None)
+
+    return decode_file(image_path, convert)
 
 
 def decode_image(
     data: bytes | bytearray | memoryview, channels: int = 3, *, what: str = "the encoded picture"
 ) -> np.ndarray:
     """:func:`read_image` for a file's bytes already in memory (e.g. a column of encoded pictures in
-    Ray, Spark or Arrow): an ``(H, W, channels)`` array by the same rules (EXIF rotation applied;
+    Ray, Spark or Arrow): an ``(H, W, channels)`` array by the same rules (EXIF orientation applied;
     ``.npy`` content recognised by its magic bytes and read without pickle).
 
     Raises ``ValueError`` naming ``what`` when the bytes are not a picture or their channels do not match.
     """
     data = bytes(data)
     if data.startswith(b"\x93NUMPY"):
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
-        return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if channels == 3:
-                return np.array(pil_to_rgb(ImageOps.exif_transpose(image), what=what))
-            if getattr(image, "n_frames", 1) == 1:  # as read_image: the pages of a multi-band TIFF are bands
-                image = ImageOps.exif_transpose(image)
-            return pil_to_array(image, channels, what=what)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, ValueError) and what in str(exc):
-            raise
-        raise ValueError(f"cannot read {what} as an image ({type(exc).__name__}: {exc})") from exc
+        return _npy_array(io.BytesIO(data), channels, what)
+    return decode_bytes(data, lambda image: _picture_array(image, channels, what, True), what)
 
 
 def is_image_batch(images: Any) -> bool:

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..core.geometry import rescale_size
 
-__all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms"]
+__all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms", "mask_fill_values"]
 
 _SPATIAL_TYPES = (tv_tensors.Image, tv_tensors.Video, tv_tensors.Mask, PIL.Image.Image)
 
@@ -222,3 +222,31 @@ def eval_transforms(
         steps.append(v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64}))
     steps.append(v2.ToPureTensor())
     return v2.Compose(steps)
+
+
+def mask_fill_values(transform: Any) -> set[int]:
+    """The values a transform writes into masks where it pads, rotates or warps (its ``fill``).
+
+    Walks :class:`~torchvision.transforms.v2.Compose`, ``RandomApply``, ``RandomChoice`` and
+    ``RandomOrder`` (their ``transforms``) and reads every step's ``fill``: the value for
+    :class:`~torchvision.tv_tensors.Mask` of a per-type dict, or a single number (torchvision
+    fills masks with it too; its default is 0). Transforms it cannot see into give nothing.
+    The Trainer compares these with the ignore index before training.
+    """
+    found: set[int] = set()
+    pending = [transform]
+    while pending:
+        step = pending.pop()
+        children = getattr(step, "transforms", None)
+        if isinstance(children, (list, tuple)):
+            pending.extend(children)
+        if not hasattr(step, "fill"):
+            continue
+        fill = step.fill
+        if isinstance(fill, dict):
+            fill = fill.get(tv_tensors.Mask, fill.get("others", 0))
+        if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+            found.add(int(fill))
+        elif fill is None:
+            found.add(0)
+    return found

@@ -118,7 +118,9 @@ class TrainConfig:
         min_lr: floor of the backbone LR (mmsegmentation uses 1e-4; the paper 0).
         warmup_iters, warmup_ratio: linear warm-up from ``warmup_ratio * lr`` (0 iters: none).
         aux_weight: weight of the auxiliary loss (0.4; 0 disables the auxiliary head).
-        ignore_index: mask value of unscored pixels.
+        ignore_index: mask value of unscored pixels; one setting for every stage that uses it (the
+            folder dataset, the padding of masks by the augmentation, the loss, the metrics, the
+            recorded ``pretrained_cfg``). The zoo datasets mark unscored pixels 255.
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
         grad_accum: forward/backward passes per optimiser step.
 
@@ -148,6 +150,10 @@ class TrainConfig:
         eval_mode: ``"whole"`` or ``"slide"``; eval_resize: keep-ratio resize ``(long, short)``;
         eval_crop / eval_stride: sliding-window size and step ``(h, w)``; eval_scales: scale
         factors; eval_flip: add horizontally flipped runs.
+        val_amp: validate under the training's ``amp`` autocast as well. Off by default: validation
+            runs in full precision, so its numbers are those of ``pspnet eval`` (without ``--amp``).
+            On, the log line and ``metrics.json`` (``"precision"``) say ``bf16``/``fp16`` and
+            ``pspnet eval --amp <it>`` reproduces them.
 
     Raises:
         SettingError: (a ``ValueError``) a value out of range, naming the field.
@@ -168,9 +174,10 @@ class TrainConfig:
     aux_weight: float = _setting(0.4, "weight of the auxiliary loss (0 disables the auxiliary head)", group=_OPT)
     ignore_index: int = _setting(
         IGNORE_INDEX,
-        "mask value of unscored pixels",
-        group=_OPT,
-        no_flag="the datasets write 255 for unscored pixels; another value needs a dataset that writes it (Python)",
+        "mask value of unscored pixels, used by the dataset, the augmentation's padding, the loss, the metrics and "
+        "the pictures (folder datasets: the value your masks store; the zoo datasets use 255)",
+        group=_DATA,
+        metavar="V",
     )
     clip_grad_norm: float | None = _setting(None, "clip the global gradient norm to X", group=_OPT, metavar="X")
     grad_accum: int = _setting(1, "accumulate N batches per step", group=_OPT, metavar="N")
@@ -214,6 +221,13 @@ class TrainConfig:
         help="scale factors", group=_EVAL, metavar="S1,S2,..", default_factory=lambda: [1.0]
     )
     eval_flip: bool = _setting(False, "add horizontally flipped runs", group=_EVAL)
+    val_amp: bool = _setting(
+        False,
+        "validate under the training's --amp autocast too (faster on GPUs; the numbers then differ slightly from "
+        "full precision: metrics.json says which, pspnet eval --amp reproduces them); default: full precision, "
+        "as pspnet eval",
+        group=_EVAL,
+    )
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "grad_accum", "log_interval"):
@@ -242,6 +256,12 @@ class TrainConfig:
         if self.eval_mode == "slide" and (self.eval_crop is None or self.eval_stride is None):
             raise SettingError(
                 "{eval_mode=} needs {eval_crop} and {eval_stride}, e.g. 512,512 and 341,341", eval_mode="slide"
+            )
+        value = self.ignore_index
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise SettingError(
+                f"{{ignore_index}} must be a mask value 0..65535 (masks store non-negative integers), got "
+                f"{SettingError.quote(value)}"
             )
         if self.aux_weight < 0:
             raise SettingError(f"{{aux_weight}} must be >= 0, got {SettingError.quote(self.aux_weight)}")

@@ -17,7 +17,7 @@ from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from ..inference.modes import infer
 from .metrics import ConfusionMatrix
 
-__all__ = ["evaluate", "normalize_images"]
+__all__ = ["evaluate", "normalize_images", "precision_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,26 @@ def _check_class_counts(model: nn.Module, dataset: Dataset, num_classes: int | N
     return num_classes
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How metrics files name the precision a model ran in: ``"fp32"`` (no autocast), ``"bf16"``, ``"fp16"``."""
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if amp_dtype not in names:
+        raise ValueError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype!r}")
+    return names[amp_dtype]
+
+
+def _ignore_index(dataset: Dataset, ignore_index: int | None) -> int:
+    theirs = getattr(dataset, "ignore_index", None)
+    if ignore_index is None:
+        return theirs if isinstance(theirs, int) else IGNORE_INDEX
+    if isinstance(theirs, int) and theirs != ignore_index:
+        raise ValueError(
+            f"evaluate(ignore_index={ignore_index}) but the dataset ({type(dataset).__name__}) marks unscored pixels "
+            f"{theirs}; leave ignore_index out to use the dataset's"
+        )
+    return ignore_index
+
+
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -77,7 +97,7 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     protocol: InferenceProtocol | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int | None = None,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     num_workers: int = 0,
@@ -97,16 +117,21 @@ def evaluate(
         mode, resize, crop, stride, scales, flip: the inference protocol, see
             :func:`pspnet_lib.inference.modes.infer`.
         protocol: the protocol as one object instead (e.g. ``PretrainedCfg.of(model).protocol``).
+        ignore_index: mask value not scored; default the dataset's ``ignore_index`` (255 for a
+            dataset without one). A value other than the dataset's is a ``ValueError``.
         device: where to run (default: the model's device).
-        amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. bfloat16).
+        amp_dtype: run the model under ``torch.autocast`` with this dtype (e.g. bfloat16); the
+            result's ``"precision"`` says which (``"fp32"`` without).
         num_workers: DataLoader workers.
         progress: a tqdm bar (rank 0 only): None = on a terminal only, True = always, False = never.
 
     Under torch.distributed each process scores a disjoint share of the samples and the
     confusion matrices are summed, so every rank returns the metrics of the whole dataset.
-    Returns the :meth:`ConfusionMatrix.compute` dict plus ``"classes"`` when the dataset has them.
+    Returns the :meth:`ConfusionMatrix.compute` dict plus ``"precision"`` (``"fp32"``, ``"bf16"``
+    or ``"fp16"``: what the model ran in) and ``"classes"`` when the dataset has them.
     """
     num_classes = _check_class_counts(model, dataset, num_classes)
+    ignore_index = _ignore_index(dataset, ignore_index)
     if protocol is None:
         protocol = InferenceProtocol(
             mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales), flip=flip
@@ -145,12 +170,14 @@ def evaluate(
         model.train(was_training)
     confusion.all_reduce()
     metrics = confusion.compute()
+    metrics["precision"] = precision_name(amp_dtype)
     classes = getattr(dataset, "classes", None)
     if classes is not None:
         metrics["classes"] = list(classes)
     logger.info(
-        "evaluated %d images: mIoU %.2f, mAcc %.2f, aAcc %.2f",
+        "evaluated %d images (%s): mIoU %.2f, mAcc %.2f, aAcc %.2f",
         size,
+        metrics["precision"],
         100 * metrics["mIoU"],
         100 * metrics["mAcc"],
         100 * metrics["aAcc"],

@@ -32,7 +32,10 @@ def _label_hints(values: Sequence[int], num_classes: int, ignore_index: int) -> 
     if any(v < 0 for v in values):
         hints.append(f"negative values are never class indices; mark unscored pixels with {ignore_index}")
     if ignore_index != 255 and 255 in values:
-        hints.append(f"255 is present but the ignore index is {ignore_index}")
+        hints.append(
+            f"255 is present but the ignore index is {ignore_index}: transforms pad and rotate masks with their own "
+            f"ignore value (train_transforms(..., ignore_index={ignore_index}))"
+        )
     if not hints or top > 200:
         hints.append(
             "masks saved as colour or 0/255 images must be converted to class indices first "

@@ -129,7 +129,8 @@ def _pct(value: float) -> str:
 
 
 def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """JSON with per-class entries keyed by class name (NaN written as null)."""
+    """JSON with per-class entries keyed by class name (NaN written as null) and, when the metrics
+    say it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``)."""
     n = len(metrics["IoU"])
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
 
@@ -140,6 +141,7 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None =
         "mIoU": clean(metrics["mIoU"]),
         "mAcc": clean(metrics["mAcc"]),
         "aAcc": clean(metrics["aAcc"]),
+        **({"precision": metrics["precision"]} if "precision" in metrics else {}),
         "pixels": metrics["pixels"],
         "per_class": {
             name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])

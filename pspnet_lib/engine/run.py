@@ -16,7 +16,6 @@ with its flags (``--num-classes 3``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -31,12 +30,12 @@ from .._files import OverwritesInputError, check_outputs_spare_inputs, local_fil
 from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
-from ..data.transforms import size_pair
 from ..hub.loading import load_pretrained
 from ..models import build_pspnet
 from ..recipes import load_recipe
 from . import distributed as D
 from .config import SettingError, TrainConfig, auto_amp
+from .preflight import check_augment, check_batching, check_class_count, check_crop_size, check_val_size
 from .sampler import set_seed
 from .trainer import Trainer
 
@@ -117,26 +116,6 @@ def resolve_settings(
 
 def _given(values: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if v is not None}
-
-
-def _check_augment(augment: Mapping[str, Any]) -> None:
-    """Refuse unknown augmentation settings and a crop size that is not positive, before any work
-    (they would fail in a DataLoader worker, hours later or with a multi-line traceback)."""
-    params = inspect.signature(train_transforms).parameters
-    unknown = sorted(set(augment) - set(params) - {"mean", "std", "ignore_index"})
-    if unknown:
-        valid = [n for n in params if n not in ("mean", "std", "ignore_index")]
-        raise SettingError(
-            SettingError.escape(f"unknown augmentation setting(s) {unknown}; expected some of {', '.join(valid)}")
-        )
-    crop = augment.get("crop_size")
-    if crop is not None:
-        try:
-            size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
-        except ValueError:
-            raise SettingError(
-                "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
-            ) from None
 
 
 def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
@@ -277,7 +256,7 @@ class TrainingRun:
         out_dir = settings["train"]["out_dir"]
         _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
-        _check_augment(settings["augment"])
+        check_augment(settings["augment"])
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
@@ -292,12 +271,10 @@ class TrainingRun:
             )
             if flat:
                 split = None  # a flat folder without validation: train on every pair
+            options["ignore_index"] = config.ignore_index  # the value the user's masks store
         # Classes first (the model's classifier width), from the dataset without transforms.
         probe = build_dataset(name, data_root, split, None, **options)
-        # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
-        # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
-        # about (the published datasets have many classes that a small sample misses).
-        probe.verify(max_images=PREFLIGHT_SAMPLES, warn_absent=name == "folder")
+        check_class_count(probe.classes)
         num_classes = settings["num_classes"] or probe.num_classes
         if num_classes != probe.num_classes:
             raise SettingError(
@@ -305,15 +282,32 @@ class TrainingRun:
                 f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
+        if probe.ignore_index != config.ignore_index:
+            raise SettingError(
+                f"{{ignore_index=}} but the {name} dataset marks unscored pixels {probe.ignore_index}; leave "
+                "{ignore_index} at its default (another value is for folder datasets whose masks store it)",
+                ignore_index=config.ignore_index,
+            )
+        # Read a sample of the data now: a bad mask or unreadable file fails here, not hours into the
+        # run, and in your own folders classes that never occur (e.g. 0/255 binary masks) are warned
+        # about (the published datasets have many classes that a small sample misses).
+        sizes = probe.verify(max_images=PREFLIGHT_SAMPLES, warn_absent=name == "folder")["sizes"]
+        aug = dict(settings["augment"])
+        check_batching(aug, sizes, config.batch_size)
+        check_crop_size(aug.get("crop_size"), sizes)
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
         cfg = PretrainedCfg.of(model)
         mean, std = list(cfg.mean), list(cfg.std)
-        aug = dict(settings["augment"])
-        transforms = train_transforms(aug.pop("crop_size"), mean=mean, std=std, **aug)  # checked in _check_augment
+        transforms = train_transforms(  # augmentation settings checked in check_augment
+            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, **aug
+        )
         train_set = build_dataset(name, data_root, split, transforms, **options)
         val_set = (
             build_dataset(name, data_root, val_split, eval_transforms(normalize=False), **options) if validate else None
         )
+        if val_set is not None:
+            fraction = options.get("val_fraction")
+            check_val_size(len(val_set), len(val_set) + len(train_set) if fraction else None, fraction)
         _compare_batch(settings, config, world_size or int(os.environ.get("WORLD_SIZE", "1")))
         resume = resume if isinstance(resume, (bool, str)) else Path(resume)
         return cls(model, train_set, val_set, config, resume=resume, settings=settings)

@@ -38,6 +38,7 @@ from .checkpoint import atomic_write_bytes
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
+from .preflight import check_mask_fill, one_size_collate
 from .sampler import InfiniteSampler, SeededDataset, set_seed, usable_workers
 from .trainer_report import Meter, ReportMixin
 from .trainer_state import CheckpointMixin
@@ -68,7 +69,8 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         loss_fn: replaces ``PSPNetLoss(config.aux_weight, config.ignore_index)``; called as
             ``loss_fn(outputs, masks)`` where ``outputs`` is ``(main, aux)`` (or the logits
             without an auxiliary head) and may return a Tensor or a dict with ``"loss"``.
-        collate_fn: DataLoader collate function (default stacking).
+        collate_fn: DataLoader collate function (default: stacking, with a one-line error for
+            pictures of several sizes in one batch).
 
     ``fit()`` returns a summary dict: ``iteration``, ``metrics`` (last validation), ``best_miou``,
     ``checkpoint`` and ``model_dir`` paths, and ``history``.
@@ -97,7 +99,8 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self.collate_fn = collate_fn
+        self._check_setup(model, loss_fn)
+        self.collate_fn = collate_fn or one_size_collate
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.loss_fn = loss_fn or PSPNetLoss(config.aux_weight, config.ignore_index)
@@ -130,6 +133,29 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         self._last_checkpoint: tuple[Path, int] | None = None
 
     # ------------------------------------------------------------------ set-up
+    def _check_setup(self, model: nn.Module, loss_fn: Callable[..., Any] | None) -> None:
+        """Refuse, before any work, a set-up that cannot learn or would stop at its first batches
+        (see :mod:`.preflight`): one class with the cross-entropy loss, datasets whose ignore index
+        is not the config's, transforms that pad masks with a value that is no class."""
+        ignore = self.config.ignore_index
+        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+        if loss_fn is None and num_classes is not None and num_classes < 2:
+            raise ValueError(
+                f"the model predicts {num_classes} class: a 1-class softmax always predicts it (cross-entropy 0, mIoU "
+                "100, nothing learnt). Build it for 2 classes (background + object; binary masks saved as 0/255: "
+                "label_map={255: 1}), or pass a loss_fn made for one output"
+            )
+        for role, dataset in (("training", self.train_dataset), ("validation", self.val_dataset)):
+            theirs = getattr(dataset, "ignore_index", None)
+            if isinstance(theirs, int) and theirs != ignore:
+                raise ValueError(
+                    f"the {role} dataset marks unscored pixels {theirs} but TrainConfig.ignore_index is {ignore}; "
+                    f"set one value for both (e.g. TrainConfig(ignore_index={theirs}))"
+                )
+        transforms = getattr(self.train_dataset, "transforms", None)
+        if transforms is not None and num_classes is not None:
+            check_mask_fill(transforms, ignore, num_classes)
+
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         config = self.config
         uses_aux = getattr(model, "aux_head", None) is not None and config.aux_weight > 0

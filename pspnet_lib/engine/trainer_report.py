@@ -59,7 +59,8 @@ class ReportMixin(TrainerBase):
         c = self.config
         self._sync_buffers()
         rng = get_rng_state()  # evaluation draws from the global RNG; keep training's stream unchanged
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp)
+        # Full precision unless asked (val_amp): the numbers are then pspnet eval's.
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp) if c.val_amp else None
         try:
             metrics = evaluate(
                 self.model,
@@ -79,8 +80,9 @@ class ReportMixin(TrainerBase):
         entry = {"iter": self.iteration, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"]}
         self.history.append({"type": "val", **entry})
         self._log(
-            "iter %d validation: mIoU %.2f  mAcc %.2f  aAcc %.2f",
+            "iter %d validation (%s): mIoU %.2f  mAcc %.2f  aAcc %.2f",
             self.iteration,
+            metrics["precision"],
             100 * metrics["mIoU"],
             100 * metrics["mAcc"],
             100 * metrics["aAcc"],

@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -238,11 +239,7 @@ def _build_and_load(
     )
     model.load_report = report
     logger.info("loaded %s: %s", resolved.description, report)
-    logger.info(
-        "settings of %s: %s",
-        resolved.description,
-        _describe_settings(model.config.to_dict(), pretrained_cfg, report.settings),
-    )
+    logger.info("%s", _describe_settings(resolved.description, model.config.to_dict(), pretrained_cfg, report.settings))
     return model.eval()
 
 
@@ -281,15 +278,26 @@ def _settings_sources(
     return sources
 
 
-def _describe_settings(config: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], sources: Mapping[str, str]) -> str:
-    parts = []
+def _describe_settings(
+    description: str, config: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], sources: Mapping[str, str]
+) -> str:
+    """The log line of the settings of ``description``, each with its source; the most common
+    source is said once, up front (a folder's settings all come from it: one "stored with <path>",
+    not one per setting)."""
+    shown = []
     for key in _LOGGED_SETTINGS:
         value = config.get(key, pretrained_cfg.get(key))
         if value is None or key not in sources:
             continue
-        shown = f"{len(value)} names" if key == "classes" else repr(value)
-        parts.append(f"{key}={shown} ({sources[key]})")
-    return ", ".join(parts)
+        shown.append((key, f"{len(value)} names" if key == "classes" else repr(value), sources[key]))
+    if not shown:
+        return f"settings of {description}: none recorded"
+    common = Counter(source for _, _, source in shown).most_common(1)[0][0]
+    parts = ", ".join(f"{key}={value}" + ("" if source == common else f" ({source})") for key, value, source in shown)
+    marked = " (the others as marked)" if any(source != common for _, _, source in shown) else ""
+    if common == f"stored with {description}":
+        return f"settings stored with {description}{marked}: {parts}"
+    return f"settings of {description} from {common}{marked}: {parts}"
 
 
 def build_with_backbone_weights(

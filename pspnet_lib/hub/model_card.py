@@ -11,6 +11,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..core.palette import padded_palette
 from ..core.pretrained_cfg import PretrainedCfg
 
 __all__ = ["generate_model_card", "hub_license"]
@@ -119,11 +120,10 @@ def _classes_text(cfg: PretrainedCfg, num_classes: int) -> str:
     classes = cfg.classes
     if not classes:
         return f"{num_classes} classes; no names recorded."
-    palette = cfg.palette or ()
+    palette = padded_palette(cfg.palette, len(classes))  # the colours predict draws
     rows = ["| index | class | colour (RGB) |", "|---:|---|---|"]
     for i, name in enumerate(classes):
-        colour = tuple(palette[i]) if i < len(palette) else ""
-        rows.append(f"| {i} | {name} | {colour} |")
+        rows.append(f"| {i} | {name} | {palette[i]} |")
     lines = ["\n".join(rows)]
     if cfg.extra.get("label_convention"):
         lines.append(f"Annotation files: {cfg.extra['label_convention']}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..core.images import IMAGE_EXTENSIONS
+from ..core.text import read_lines
 
 __all__ = ["InputFile", "Shard", "list_inputs", "read_path_list", "shard_from_environment", "input_folders"]
 
@@ -125,19 +126,15 @@ def _glob_root(pattern: str) -> str:
 def read_path_list(path: str | os.PathLike) -> list[str]:
     """The paths listed in the text file ``path``: one per line, blank lines and ``#`` comments skipped.
 
+    Read by :func:`pspnet_lib.core.text.read_lines` (UTF-8, byte-order marks, CRLF line ends).
     Relative paths are taken relative to the current folder (as ``tar -T`` and ``xargs`` do).
     Raises ``FileNotFoundError`` when the list itself is missing and ``ValueError`` when it is
-    not UTF-8 text.
+    not such text.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list of inputs not found: {path} (--files-from takes a text file, one path a line)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not a UTF-8 text file of paths, one a line ({exc.reason})") from None
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    return [line for line in read_lines(path) if line and not line.startswith("#")]
 
 
 def list_inputs(

@@ -27,10 +27,11 @@ from PIL import Image
 
 from ..core.geometry import rescale_size
 from ..core.images import is_image_batch, to_image_tensor
+from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .confidence import check_kind, confidence_map
 from .modes import MODES, infer_groups
-from .visualize import colorize, default_palette, legend, overlay
+from .visualize import colorize, legend, overlay
 
 __all__ = ["predict", "Prediction", "resolve_protocol", "num_classes_of", "load_model"]
 
@@ -93,13 +94,6 @@ class Prediction:
         num = max(len(self.palette), max(self.present, default=-1) + 1)
         names = [self.class_name(i) for i in range(num)]
         return legend(names, self.palette, present=self.present)
-
-
-def _palette_for(cfg: PretrainedCfg, num_classes: int) -> list[tuple[int, int, int]]:
-    palette = list(cfg.palette or ())
-    if len(palette) < num_classes:
-        palette += default_palette(num_classes)[len(palette) :]
-    return palette
 
 
 def num_classes_of(model: nn.Module) -> int | None:
@@ -339,7 +333,7 @@ def predict(
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
     num_classes = num_classes_of(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
-    palette = _palette_for(cfg, num_classes)
+    palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [
         Prediction(

@@ -9,17 +9,23 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..core.constants import IGNORE_INDEX
-from ..core.palette import Palette, as_mask_array, colorize, default_palette
+from ..core.palette import Palette, as_mask_array, colorize, default_palette, padded_palette
 
 __all__ = ["colorize", "overlay", "legend", "default_palette", "side_by_side"]
 
 
 def overlay(
-    image: Image.Image | np.ndarray, mask: np.ndarray | torch.Tensor, palette: Palette | None = None, alpha: float = 0.5
+    image: Image.Image | np.ndarray,
+    mask: np.ndarray | torch.Tensor,
+    palette: Palette | None = None,
+    alpha: float = 0.5,
+    *,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Image.Image:
     """Blend the coloured mask over the picture (``alpha`` = weight of the mask colours); RGB result.
 
-    Ignored pixels (255) show the picture unchanged.
+    Ignored pixels (``ignore_index``) show the picture unchanged; classes past the end of
+    ``palette`` are coloured as :func:`~pspnet_lib.core.palette.padded_palette` pads it.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -30,17 +36,21 @@ def overlay(
         raise ValueError(
             f"image size {picture.height}x{picture.width} differs from mask size {mask.shape[0]}x{mask.shape[1]}"
         )
-    colours = np.asarray(colorize(mask, palette).convert("RGB"), dtype=np.float32)
+    colours = np.asarray(colorize(mask, palette, ignore_index=ignore_index).convert("RGB"), dtype=np.float32)
     base = np.asarray(picture, dtype=np.float32)
-    blended = np.where((mask == IGNORE_INDEX)[..., None], base, (1 - alpha) * base + alpha * colours)
+    blended = np.where((mask == ignore_index)[..., None], base, (1 - alpha) * base + alpha * colours)
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), mode="RGB")
 
 
 def legend(
     class_names: Sequence[str], palette: Palette | None = None, present: Sequence[int] | None = None
 ) -> Image.Image:
-    """A legend image: a colour swatch and name per class (only ``present`` classes if given)."""
-    palette = list(palette) if palette is not None else default_palette(len(class_names))
+    """A legend image: a colour swatch and name per class (only ``present`` classes if given).
+
+    A palette shorter than ``class_names`` is padded as everywhere else
+    (:func:`~pspnet_lib.core.palette.padded_palette`), never with the ignore colour.
+    """
+    palette = padded_palette(palette, len(class_names))
     indices = (
         sorted(set(int(i) for i in present if int(i) < len(class_names)))
         if present is not None
@@ -54,9 +64,7 @@ def legend(
     draw = ImageDraw.Draw(canvas)
     for r, i in enumerate(indices):
         y = 3 + r * row
-        draw.rectangle(
-            [4, y + 1, 4 + swatch, y + 1 + swatch], fill=tuple(int(c) for c in palette[i][:3]), outline="black"
-        )
+        draw.rectangle([4, y + 1, 4 + swatch, y + 1 + swatch], fill=palette[i], outline="black")
         draw.text((24, y + 2), class_names[i], fill="black", font=font)
     return canvas
 

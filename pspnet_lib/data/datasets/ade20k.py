@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from ..metadata import ADE20K_CLASSES, ADE20K_PALETTE
-from .base import IMAGE_EXTENSIONS, PathLike, SegmentationDataset, Transforms, _first_existing, _show
+from .base import (
+    IMAGE_EXTENSIONS,
+    PathLike,
+    SegmentationDataset,
+    Transforms,
+    _first_existing,
+    _show,
+    reduce_zero_label,
+)
 
 __all__ = ["ADE20KDataset"]
 
@@ -51,9 +59,7 @@ class ADE20KDataset(SegmentationDataset):
         super().__init__(files, ADE20K_CLASSES, ADE20K_PALETTE, transforms)
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        mask = super().convert_mask(raw, path) - 1
-        mask[raw == 0] = self.ignore_index
-        return mask
+        return reduce_zero_label(super().convert_mask(raw, path), self.ignore_index)
 
     def value_hint(self, path: Path, bad_values: np.ndarray) -> str:
         return "ADEChallengeData2016 annotations hold 0 (other) and 1..150; this file does not look like one"

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..._files import atomic_output
 from ...core.constants import IGNORE_INDEX
-from ...core.images import pil_to_array, pil_to_rgb
-from ...core.images import read_image as _read_image_file
+from ...core.images import read_image, read_mask, read_pair
 from ...core.palette import default_palette
 
 __all__ = ["SegmentationDataset", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS"]
@@ -55,6 +54,39 @@ def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
     if len(colour) < 3:
         raise ValueError(f"a palette colour needs three values (R, G, B), got {list(colour)!r}")
     return int(colour[0]), int(colour[1]), int(colour[2])
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    """A picture array as uint8 (``.npy`` float arrays on the 0..1 scale: ``round(255 * v)``)."""
+    if array.dtype == np.uint8:
+        return array
+    return (array.astype(np.float64) * 255.0).round().astype(np.uint8)
+
+
+#: Pictures whose EXIF orientation was left unapplied (warned about once per process).
+_UNAPPLIED_ORIENTATION: set[Path] = set()
+_ORIENTATION_WARNINGS = 5
+
+
+def _warn_orientation(image_path: Path, mask_path: Path, tag: int) -> None:
+    """Say that a picture was used as stored although its EXIF orientation turns it (once per file,
+    at most a few files named per process: a folder of such photos must not flood the log)."""
+    if image_path in _UNAPPLIED_ORIENTATION:
+        return
+    _UNAPPLIED_ORIENTATION.add(image_path)
+    count = len(_UNAPPLIED_ORIENTATION)
+    if count > _ORIENTATION_WARNINGS:
+        return
+    more = " (further pictures like it are not named)" if count == _ORIENTATION_WARNINGS else ""
+    logger.warning(
+        "%s: its EXIF orientation %d turns it a quarter turn (width and height swap), but its mask %s has the "
+        "stored size; using the stored pixels, as the mask was drawn on them. Viewers, labelling tools and predict "
+        "show the picture turned: if that is how it was labelled, the mask is wrong%s",
+        image_path,
+        tag,
+        mask_path,
+        more,
+    )
 
 
 def _show(paths: Sequence[Any], limit: int = 5) -> str:
@@ -116,78 +148,46 @@ class SegmentationDataset(Dataset):
         return image, mask
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """The untransformed sample ``index``: uint8 RGB image and int64 mask, sizes checked."""
+        """The untransformed sample ``index``: uint8 image and int64 mask, sizes and values checked.
+
+        Read by :func:`pspnet_lib.core.images.read_pair`: the picture turned as its EXIF
+        orientation says (as ``predict`` reads it), the mask as stored; when the orientation would
+        turn the picture away from a mask drawn on its stored pixels, the stored pixels are used
+        and a warning names the file.
+        """
         image_path, mask_path = self.files[index]
-        image = self.read_image(image_path, channels=self.in_channels)
-        mask = self.convert_mask(self.read_mask(mask_path), mask_path)
-        if image.shape[:2] != mask.shape and image.shape[:2] == mask.shape[::-1]:
-            # A phone photo stores its rotation in EXIF; masks drawn in a viewer or annotation tool
-            # follow the rotated picture. Use that orientation when it is the one the mask has.
-            rotated = self.read_image(image_path, exif_orientation=True, channels=self.in_channels)
-            if rotated.shape[:2] == mask.shape:
-                image = rotated
+        image, raw, unapplied = read_pair(image_path, mask_path, channels=self.in_channels)
+        if unapplied is not None:
+            _warn_orientation(image_path, mask_path, unapplied)
+        image = _as_uint8(image)
+        mask = self.convert_mask(raw, mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]}; an image and its mask must have the same size"
             )
-        self.check_mask(mask, mask_path)
+        self.check_mask(mask, mask_path, stored=raw)
         image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     @staticmethod
-    def read_image(path: Path, exif_orientation: bool = False, channels: int = 3) -> np.ndarray:
+    def read_image(path: Path, exif_orientation: bool = True, channels: int = 3) -> np.ndarray:
         """``(H, W, channels)`` uint8 array of an image file, read as ``predict`` reads it.
 
         ``channels`` is the model's ``in_channels``: 3 gives RGB (any picture), 1 grayscale, N a
         multi-page TIFF, an N-band picture or a ``.npy`` array ``(H, W, N)`` (float arrays on the
         0..1 scale become ``round(255 * v)``). Pixel values follow the fixed rules of
-        :mod:`pspnet_lib.core.images` (16-bit ``/ 257``, float 0..1), never the content.
-        With ``exif_orientation`` the rotation stored in the file's EXIF data is applied (as image
-        viewers and ``predict`` do); without, the pixels are taken as stored.
+        :mod:`pspnet_lib.core.images` (16-bit ``/ 257``, float 0..1), never the content; the
+        rotation stored in the file's EXIF data is applied (as image viewers and ``predict`` do)
+        unless ``exif_orientation=False``.
         """
-        path = Path(path)
-        if path.suffix.lower() == ".npy":
-            if not path.is_file():
-                raise FileNotFoundError(f"image file {path} does not exist")
-            array = _read_image_file(path, channels)
-            if array.dtype != np.uint8:
-                array = (array.astype(np.float64) * 255.0).round().astype(np.uint8)
-            return array
-        try:
-            with Image.open(path) as picture:
-                if exif_orientation:
-                    picture = ImageOps.exif_transpose(picture)
-                if channels == 3:
-                    return np.array(pil_to_rgb(picture, what=str(path)))
-                return pil_to_array(picture, channels, what=str(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from None
+        return _as_uint8(read_image(path, channels, exif_orientation=exif_orientation))
 
     @staticmethod
     def read_mask(path: Path) -> np.ndarray:
-        """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks."""
-        try:
-            with Image.open(path) as picture:
-                if picture.mode == "LA":  # grey + alpha (image editors' transparent layers): alpha is not a label
-                    return np.asarray(picture)[..., 0]
-                if picture.mode in ("RGB", "RGBA"):
-                    array = np.asarray(picture.convert("RGB"))
-                    if (array == array[..., :1]).all():  # a grey mask saved as RGB
-                        return array[..., 0]
-                    return array
-                if picture.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
-                    raise ValueError(
-                        f"mask {path} has PIL mode {picture.mode!r}; masks must be single-channel or paletted images "
-                        "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
-                    )
-                return np.asarray(picture)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"mask file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read mask {path}: {error}") from None
+        """The stored values of a mask file: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks
+        (:func:`pspnet_lib.core.images.read_mask`)."""
+        return read_mask(path)
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Map stored mask values to class indices (int64 ``(H, W)``); identity by default."""
@@ -205,11 +205,18 @@ class SegmentationDataset(Dataset):
             "check the number of classes and how the masks were written"
         )
 
-    def check_mask(self, mask: np.ndarray, path: Path) -> None:
-        """Raise if ``mask`` holds a value that is neither a class index nor the ignore index."""
+    def check_mask(self, mask: np.ndarray, path: Path, stored: np.ndarray | None = None) -> None:
+        """Raise if ``mask`` holds a value that is neither a class index nor the ignore index.
+
+        The message quotes the values as the file stores them (``stored``, the mask before
+        :meth:`convert_mask`, when it has the mask's shape): an ADE20K annotation storing 200 is
+        reported as 200, not as the class index 199 it would become. Every dataset reports bad
+        values through this one method.
+        """
         bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != self.ignore_index)
         if bad.any():
-            values = np.unique(mask[bad])
+            source = stored if stored is not None and stored.shape == mask.shape else mask
+            values = np.unique(source[bad])
             shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
             raise ValueError(
                 f"mask {path} holds value(s) {shown} outside the {self.num_classes} classes of {type(self).__name__}; "
@@ -225,13 +232,15 @@ class SegmentationDataset(Dataset):
                 check before training, as ``pspnet train`` does); ``None`` reads all.
             warn_absent: log a warning naming the classes that never occur in what was read.
 
-        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count}``.
+        Returns ``{"images": n read, "class_pixels": [count per class], "ignored_pixels": count,
+        "sizes": [(height, width) of each picture read]}`` (sizes after EXIF orientation).
         Raises ValueError listing up to ``max_errors`` problems. Logs a warning naming classes
         that never occur (often masks written with other values, e.g. 0/255 binary masks).
         """
         counts = np.zeros(self.num_classes, dtype=np.int64)
         ignored = 0
         seen: set[int] = set()
+        sizes: list[tuple[int, int]] = []
         errors: list[str] = []
         indices: Sequence[int] = range(len(self))
         if max_images is not None and len(self) > max_images:
@@ -244,6 +253,7 @@ class SegmentationDataset(Dataset):
                 if len(errors) >= max_errors:
                     break
                 continue
+            sizes.append((int(mask.shape[-2]), int(mask.shape[-1])))
             values = mask.numpy().ravel()
             if len(seen) <= 2:  # only the question "are all masks two-valued 0/255?" needs it
                 seen.update(int(v) for v in np.unique(values))
@@ -269,7 +279,7 @@ class SegmentationDataset(Dataset):
             elif ignored:
                 hint = f"; {ignored} pixels are {self.ignore_index} (ignored)"
             logger.warning("%r: no pixel of class(es) %s%s%s", self, ", ".join(absent), where, hint)
-        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored}
+        return {"images": len(indices), "class_pixels": counts.tolist(), "ignored_pixels": ignored, "sizes": sizes}
 
 
 def _require_files(pairs: Sequence[tuple[Path, Path]], what: str, hint: str = "") -> None:
@@ -292,22 +302,6 @@ def _save_png_atomically(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def check_stored_values(dataset: SegmentationDataset, stored: np.ndarray, path: Path, highest: int) -> None:
-    """Raise naming ``path`` if ``stored`` holds a value above ``highest`` other than the ignore index.
-
-    Called before a label mapping (e.g. ``reduce_zero_label``), so that the message quotes the
-    values as they are stored in the file.
-    """
-    bad = (stored > highest) & (stored != dataset.ignore_index)
-    if bad.any():
-        values = np.unique(stored[bad])
-        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-        raise ValueError(
-            f"mask {path} holds value(s) {shown} outside the {dataset.num_classes} classes of "
-            f"{type(dataset).__name__}; " + dataset.value_hint(path, values)
-        )
-
-
 def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """mmsegmentation's ``reduce_zero_label``: stored 0 -> ``ignore_index``, stored k -> class k - 1.
 
@@ -322,18 +316,15 @@ def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> n
 class ZooLabelConvention(SegmentationDataset):
     """A dataset whose label mapping comes from its zoo :class:`~pspnet_lib.data.metadata.DatasetInfo`.
 
-    Subclasses set ``self.info``; with ``info.reduce_zero_label`` stored values are checked (the
-    message quotes them as stored) and then mapped by :func:`reduce_zero_label`.
+    Subclasses set ``self.info``; with ``info.reduce_zero_label`` stored values are mapped by
+    :func:`reduce_zero_label` (a bad value is still reported as stored, see :meth:`check_mask`).
     """
 
     info: Any
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mask = super().convert_mask(raw, path)
-        if not self.info.reduce_zero_label:
-            return mask
-        check_stored_values(self, mask, path, self.num_classes)
-        return reduce_zero_label(mask, self.ignore_index)
+        return reduce_zero_label(mask, self.ignore_index) if self.info.reduce_zero_label else mask
 
 
 class ImageAnnotationDirs(ZooLabelConvention):

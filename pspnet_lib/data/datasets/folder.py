@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...core.constants import IGNORE_INDEX
+from ...core.text import read_lines
 from ..metadata import VOC_PALETTE
 from .base import (
     _LOSSY_EXTENSIONS,
@@ -59,11 +60,15 @@ def has_split(root: PathLike, split: str, image_dir: str = "images", mask_dir: s
 
 
 def read_classes_file(path: PathLike) -> list[str]:
-    """Class names from a text file, one per line in index order (blank lines skipped)."""
+    """Class names from a text file, one per line in index order (blank lines skipped).
+
+    UTF-8 with or without a byte-order mark (or UTF-16 with one), any line ends
+    (:func:`pspnet_lib.core.text.read_lines`): a file saved by a Windows tool reads the same.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classes file {path} does not exist")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line for line in read_lines(path) if line]
     if not names:
         raise ValueError(f"classes file {path} lists no class names (expected one name per line)")
     if len(set(names)) != len(names):
@@ -90,8 +95,8 @@ def _parse_palette_file(path: PathLike) -> tuple[Palette, Palette]:
     path = Path(path)
     palette: Palette = []
     ignore: Palette = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for number, line in enumerate(read_lines(path), 1):
+        if not line:
             continue
         parts = line.replace(",", " ").split()
         is_ignore = len(parts) == 4 and parts[3].lower() == "ignore"
@@ -197,7 +202,7 @@ class FolderDataset(SegmentationDataset):
                 (p for p in (root / "splits" / f"{split}.txt", root / f"{split}.txt") if p.is_file()), None
             )
             if split_file is not None:
-                stems = [Path(line.strip()).stem for line in split_file.read_text().splitlines() if line.strip()]
+                stems = [Path(line).stem for line in read_lines(split_file) if line]
                 if not stems:
                     raise ValueError(f"split file {split_file} lists no images")
             elif (images_root / split).is_dir():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.text import read_lines
 from ..metadata import get_dataset_info
 from .base import (
     PathLike,
@@ -52,7 +53,7 @@ class PascalContextDataset(ZooLabelConvention):
         list_file = found / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         if not list_file.is_file():
             raise FileNotFoundError(f"split list {list_file} does not exist; {prepare}")
-        names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        names = [line for line in read_lines(list_file) if line]
         if not names:
             raise ValueError(f"split list {list_file} is empty")
         files = [(found / "JPEGImages" / f"{n}.jpg", found / "SegmentationClassContext" / f"{n}.png") for n in names]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...core.text import read_lines
 from ..metadata import VOC_CLASSES, VOC_PALETTE
 from .base import PathLike, SegmentationDataset, Transforms, _first_existing, _require_files
 
@@ -62,7 +63,7 @@ class VOCAugDataset(SegmentationDataset):
                 "annotations (see docs/datasets.md)"
             )
         files = []
-        for line in list_file.read_text().splitlines():
+        for line in read_lines(list_file):
             parts = line.split()
             if not parts:
                 continue

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.text import text_lines
 from ._common import (
     Member,
     PathLike,
@@ -93,7 +94,7 @@ def prepare_coco_stuff10k(src: PathLike, dst: PathLike) -> dict[str, int]:
         lists = [m for n, m in files.items() if n.endswith(f"imageLists/{list_name}")]
         if not lists:
             raise FileNotFoundError(f"missing input imageLists/{list_name} in {root}: {what}")
-        names = [line.strip() for line in lists[0].read().decode().splitlines() if line.strip()]
+        names = [line for line in text_lines(lists[0].read(), what=lists[0].name) if line]
         jobs = []
         for name in names:
             image, label = by_suffix.get(f"{name}.jpg"), by_suffix.get(f"{name}.mat")
