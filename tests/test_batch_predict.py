@@ -20,6 +20,7 @@ from pspnet_lib import predict, predict_files
 from pspnet_lib.cli import main
 from pspnet_lib.inference.batch import default_device
 from pspnet_lib.inference.inputs import Shard, list_inputs, shard_from_environment
+from pspnet_lib.inference.jobs import InputRunner
 from pspnet_lib.inference.manifest import read_manifest
 
 from .infer_utils import save_model_dir, tiny_model
@@ -301,3 +302,44 @@ def test_a_name_that_collides_with_an_overlay_is_refused(weights, tmp_path, capl
     assert "p00_overlay.png" in caplog.records[-1].getMessage()
     assert main(args) == 0  # without overlays there is no clash
     assert json.loads((tmp_path / "o" / "manifest.jsonl").read_text().splitlines()[0])["status"] == "done"
+
+
+class _WholeFileRunner(InputRunner):
+    """An unbatched runner, as a tiled raster writer would be: it reads and segments its input itself."""
+
+    batched = False
+
+    def suffixes(self):
+        return {"mask": ".png", "summary": ".txt"}
+
+    def run(self, model, source, staged, context):
+        if "bad" in source:
+            raise OSError(f"cannot open {source} as a raster")
+        result = predict(model, source, protocol=context.protocol)
+        result.colorize().save(staged["mask"], format="PNG")
+        staged["summary"].write_text(f"classes {result.present} of {context.num_classes}\n")
+        return {"height": int(result.mask.shape[0]), "width": int(result.mask.shape[1]), "runner": "whole-file"}
+
+
+def test_a_routed_runner_shares_the_manifest_resume_and_exit_status(weights, tmp_path):
+    _, model = weights
+    paths = _pictures(tmp_path / "photos", 3)
+    (tmp_path / "photos" / "bad_big.png").write_bytes(paths[0].read_bytes())
+    runner = _WholeFileRunner()
+
+    def route(item):
+        return runner if item.path.endswith(("p01.png", "bad_big.png")) else None
+
+    out = tmp_path / "out"
+    summary = predict_files(model, [tmp_path / "photos"], out, route=route, num_workers=0)
+    assert summary.done == 2 and [Path(p).name for p, _ in summary.failed] == ["bad_big.png"]  # p00 batched, p01 routed
+    records = {Path(r["input"]).name: r for r in _records(out)}
+    assert records["p01.png"]["runner"] == "whole-file" and records["p01.png"]["outputs"] == {
+        "mask": "p01.png", "summary": "p01.txt"
+    }  # fmt: skip
+    assert records["bad_big.png"]["status"] == "failed" and "as a raster" in records["bad_big.png"]["error"]
+    assert not (out / "bad_big.png").exists() and not list(out.glob(".*tmp*"))  # nothing half-written
+    assert np.array_equal(np.asarray(Image.open(out / "p01.png")), predict(model, paths[1]).mask.numpy())
+    assert (out / "p01.txt").read_text().startswith("classes")
+    again = predict_files(model, [tmp_path / "photos"], out, route=route, skip_existing=True, num_workers=0)
+    assert (again.done, again.already_done, len(again.failed)) == (0, 2, 1)  # only the failed one ran again
