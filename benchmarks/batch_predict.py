@@ -11,7 +11,7 @@ pooling averages over the padding).
 
     python benchmarks/batch_predict.py [--pictures 240] [--rounds 3] [--threads 2] [--backbone resnet18]
 
-Prints a Markdown table for docs/performance.md.
+Prints a Markdown table for docs/performance.md and writes benchmarks/results/batch_predict.json.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import machine_info
+from _common import machine_info, write_json  # (also puts the checkout on sys.path)
 from PIL import Image
 
 from pspnet_lib import build_pspnet, predict, predict_files
@@ -128,9 +129,10 @@ def main() -> None:
             },
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for name, run in variants.items():
                 times[name].append(run())
+                print(f"round {round_ + 1}/{args.rounds}: {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
 
     n = args.pictures
     median = {name: statistics.median(values) for name, values in times.items()}
@@ -146,6 +148,16 @@ def main() -> None:
         rate = n / seconds
         print(f"| {name} | {rate:.1f} | {1000 * seconds / n:.1f} | {rate / model_rate:.2f}x |")
     print(f"\npad-and-crop instead of grouping by size: {100 * agreement:.2f}% of pixels keep their class")
+    write_json(
+        {
+            "machine": info,
+            "settings": vars(args),
+            "seconds": times,
+            "median_pictures_per_second": {name: n / seconds for name, seconds in median.items()},
+            "padding_agreement": agreement,
+        },
+        Path(__file__).resolve().parent / "results" / "batch_predict.json",
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The picture (an ``(H, W, C)`` ``.npy`` read lazily with ``np.load(mmap_mode="r")
 HDF5 array, ...) is cut into ``--chunk`` squares; each is segmented with ``--overlap`` pixels of
 its neighbours around it (PSPNet's context), and the overlap is trimmed from its mask. Dask's
 workers (threads here; processes or a cluster with ``dask.distributed``) each load the weights
-once. Without an input file, a synthetic 3072 x 4096 picture is segmented.
+once. Without an input file, a synthetic picture (``--synthetic``, 3072 x 4096) is segmented.
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--overlap", type=int, default=128)
     parser.add_argument("--out", default="mask.npy")
+    parser.add_argument("--synthetic", default="3072x4096", help="HxW of the synthetic picture (without an input file)")
     args = parser.parse_args()
 
     if args.array:
         picture = np.load(args.array, mmap_mode="r")
     else:
-        rng = np.random.default_rng(0)
-        picture = np.kron(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.ones((32, 32, 1), np.uint8))
+        height, width = (int(v) for v in args.synthetic.split("x"))
+        rng = np.random.default_rng(0)  # 32 x 32 blocks of random colours
+        blocks = rng.integers(0, 256, (-(-height // 32), -(-width // 32), 3), dtype=np.uint8)
+        picture = np.kron(blocks, np.ones((32, 32, 1), np.uint8))[:height, :width]
     image = da.from_array(picture, chunks=(args.chunk, args.chunk, picture.shape[2]))
     segmenter = Segmenter(args.weights, size=False)  # each chunk at its own resolution
     mask = da.map_overlap(

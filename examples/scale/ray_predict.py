@@ -6,7 +6,9 @@
 ``Segmenter`` is a callable class: Ray starts ``--actors`` actors, each loading the weights once,
 and streams batches of decoded pictures (column ``image``) through them; the result keeps the
 ``path`` column and adds ``mask`` (H, W) uint8 per picture. On a cluster, call ``ray.init()``
-with its address instead of a local one; with GPUs, pass ``--gpus-per-actor 1``.
+with its address instead of a local one; with GPUs, pass ``--gpus-per-actor 1``. Each actor
+holds a CPU: leave CPUs for the tasks that read and decode (with 2 CPUs and 2 actors the reads
+never get one and the dataset stalls).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--weights", default="pspnet_r50-d8_ade20k")
     parser.add_argument("--out", default="masks")
-    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--actors", type=int, default=1, help="actors, each with a model (leave CPUs for reading)")
     parser.add_argument("--gpus-per-actor", type=float, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster this example starts")
