@@ -172,7 +172,7 @@ def test_skip_existing_and_overwrite_contradict(weights, tmp_path):
 @pytest.mark.slow  # a CLI subprocess (~5 s of start-up on 2 cores)
 def test_sigkill_half_way_then_resume_gives_the_uninterrupted_outputs(weights, tmp_path):
     weights_dir, _ = weights
-    _pictures(tmp_path / "photos", 24)
+    _pictures(tmp_path / "photos", 12)
     common = ["--weights", str(weights_dir), "--num-workers", "0", "-r"]
     reference = tmp_path / "reference"
     assert main(["predict", str(tmp_path / "photos"), "--out", str(reference), *common]) == 0
@@ -206,7 +206,7 @@ def test_sigkill_half_way_then_resume_gives_the_uninterrupted_outputs(weights, t
     assert _outputs(out) == expected  # byte for byte, every output once
     records = _records(out)
     assert sorted(r["input"] for r in records) == sorted(r["input"] for r in _records(reference))
-    assert len({r["input"] for r in records}) == len(records) == 24
+    assert len({r["input"] for r in records}) == len(records) == 12
     assert {r["status"] for r in records} == {"done"}
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
