@@ -116,6 +116,8 @@ def test_wrong_forms_and_bad_pictures(weights, pictures, tmp_path):
         with pytest.raises(TypeError, match="it takes a dict of NumPy arrays") as info:
             seg(bad)
         assert "\n" not in str(info.value)
+    with pytest.raises(TypeError, match=r"cannot take a list;"):
+        seg([arrays[0]])
     with pytest.raises(TypeError, match="none of the columns image, bytes, path"):
         seg({"pixels": np.stack(arrays[:2])})
     broken = tmp_path / "broken.png"

@@ -163,7 +163,8 @@ class Segmenter:
             return self._dict(batch)
         if isinstance(batch, np.ndarray):
             return self._array(batch)
-        kind = f"{type(batch).__module__.split('.')[0]}.{type(batch).__name__}"
+        package = type(batch).__module__.split(".")[0]
+        kind = type(batch).__name__ if package == "builtins" else f"{package}.{type(batch).__name__}"
         if kind == "pandas.Series":
             return self._table_columns(list(batch), "pandas")
         if kind == "pandas.DataFrame":
