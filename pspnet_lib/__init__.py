@@ -8,6 +8,7 @@ from .hub.entrypoints import get_model, list_models
 from .hub.registry import get_model_weights, get_weight
 from .inference.batch import predict_files
 from .inference.predict import Prediction, predict
+from .inference.rasters import predict_raster
 from .inference.segmenter import Segmenter
 from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
@@ -38,5 +39,6 @@ __all__ = [
     "overlay",
     "predict",
     "predict_files",
+    "predict_raster",
     "sample_images",
 ]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.confidence import CONFIDENCE_KINDS
+from .predict_tiled import add_tiled_args, names_one_file, run_tiled, tiled_flags, wants_tiled
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,9 +121,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--confidence",
+        nargs="?",
+        const="maxprob",
         choices=CONFIDENCE_KINDS,
-        help="also write <name>_KIND.png, an 8-bit confidence picture (maxprob, margin: 255 = certain; entropy: "
-        "255 = uniform), and its per-image mean into the manifest",
+        metavar="KIND",
+        help="also write <name>_KIND.png, an 8-bit confidence picture (KIND: maxprob, the default, or margin: "
+        "255 = certain; entropy: 255 = uniform), and its per-image mean into the manifest; tiled inputs write "
+        "<name>_confidence.tif (maxprob)",
     )
     parser.add_argument(
         "--batch-size",
@@ -153,6 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment shard I of N (0-based) of the inputs, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
         "under torchrun every rank also takes its share",
     )
+    add_tiled_args(parser)  # rasters and large pictures: cli/predict_tiled.py
     parser.set_defaults(func=run)
 
 
@@ -230,6 +236,9 @@ def _int8_calibration(args: argparse.Namespace, inputs: Sequence[str | Path], si
 
 
 def run(args: argparse.Namespace) -> int:
+    if wants_tiled(args) and names_one_file(args):  # one input into one named file (cli/predict_tiled.py)
+        return run_tiled(args, load=_load)
+
     from .._files import local_files
     from ..inference.batch import plan_predictions
     from ..inference.predict import resolve_protocol
@@ -263,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         overwrite=args.overwrite,
         shard=args.shard,
+        **tiled_flags(args),
         protect=local_files(args.weights),
     )
     model = None

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from ..core.constants import MAX_NUM_CLASSES
 from ..engine.run import TrainingRun, resolve_settings
 from .common import (
     DATASET_CHOICES,
@@ -19,7 +20,9 @@ from .common import (
     add_setting_args,
     dataset_options,
     flag_names,
+    float_in,
     floats,
+    int_in,
     ints,
     setting_overrides,
 )
@@ -54,11 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LONG,SHORT",
         help="scale relative to a keep-ratio fit into these edges (mmseg); default: each image's size",
     )
-    g.add_argument("--rotation", type=float, metavar="DEG", help="max random rotation (default 10; 0 disables)")
-    g.add_argument("--blur-p", type=float, metavar="P", help="Gaussian blur probability (default 0.5)")
+    g.add_argument(
+        "--rotation", type=float_in(0, 180), metavar="DEG", help="max random rotation (default 10; 0 disables)"
+    )
+    g.add_argument("--blur-p", type=float_in(0, 1), metavar="P", help="Gaussian blur probability (default 0.5)")
     g = p.add_argument_group("model")
-    g.add_argument("--num-classes", type=int, metavar="K", help="classes (default: the dataset's)")
-    g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
+    g.add_argument(
+        "--num-classes", type=int_in(1, MAX_NUM_CLASSES), metavar="K", help="classes (default: the dataset's)"
+    )
+    g.add_argument(
+        "--backbone", help="resnet18/34/50/101/152 (default resnet50), or timm:<name> (a timm encoder, docs/model.md)"
+    )
     g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
     g.add_argument(
         "--weights",
@@ -73,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME|PATH",
         help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
         "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
-        "the stem follows the weights",
+        "the stem follows the weights. With --backbone timm:<name>: DEFAULT, a pretrained tag, hf-hub:org/repo "
+        "or a file in timm's layout (docs/weights.md)",
     )
     for title in ("optimisation", "speed and memory", "run"):
         groups[title] = p.add_argument_group(title)
@@ -133,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(
             f"run directory: {training.config.out_dir} (checkpoints/, history.json"
-            f"{', metrics.json' if summary['metrics'] else ''}); model: {summary['model_dir']}\n"
+            f"{', metrics.json, validation/ (per class, confusion matrices)' if summary['metrics'] else ''}); "
+            f"model: {summary['model_dir']}\n"
         )
     return 0

@@ -35,7 +35,9 @@ content), by these fixed rules (docs/inference.md has the table):
 from __future__ import annotations
 
 import io
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,6 +57,7 @@ from .decode import (
 )
 
 __all__ = [
+    "image_size",
     "load_image",
     "read_image",
     "decode_image",
@@ -105,6 +108,7 @@ def _picture_array(image: Image.Image, channels: int, what: str, orient: bool) -
 def _read_npy(path: Path, channels: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    _check_npy_size(path)
     return _npy_array(path, channels, str(path))
 
 
@@ -114,6 +118,49 @@ def _npy_array(source: Path | io.BytesIO, channels: int, what: str) -> np.ndarra
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
     return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of a ``.npy`` file, from its header alone."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        return tuple(shape), dtype, f.tell()
+
+
+def _check_npy_size(path: Path) -> None:
+    """A ``.npy`` whose header claims more data than the file holds is an error before any allocation."""
+    try:
+        shape, dtype, offset = _npy_header(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read {path} as a NumPy array ({type(exc).__name__}: {exc})") from None
+    needed = math.prod(shape) * dtype.itemsize
+    present = path.stat().st_size - offset
+    if needed != present:
+        raise ValueError(
+            f"cannot read {path} as a NumPy array: its header claims shape {list(shape)[:8]} of {dtype} "
+            f"({needed} bytes) but the file holds {present} bytes of data (truncated or not a .npy file)"
+        )
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(height, width)`` of a picture or ``.npy`` file from its header, without decoding it; None
+    when the header cannot tell (the decoder then reports the file)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            shape, _, _ = _npy_header(path)
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read
+            with Image.open(path) as image:
+                width, height = image.size
+        return int(height), int(width)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
 
 
 def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.constants import IGNORE_INDEX
+from ..core.escape import printable
 
 __all__ = ["ConfusionMatrix", "format_metrics_table", "metrics_to_json"]
 
@@ -85,7 +86,8 @@ class ConfusionMatrix:
             dist.all_reduce(self.out_of_range, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict[str, Any]:
-        """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen)."""
+        """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen), and
+        ``"confusion_matrix"``: the counts as a list of rows (``[target][prediction]``)."""
         m = self.matrix.double().cpu()
         missed = self.out_of_range.double().cpu()
         tp = m.diag()
@@ -103,6 +105,7 @@ class ConfusionMatrix:
             "Acc": acc.tolist(),
             "pixels": int(total),
             "out_of_range": int(missed.sum()),
+            "confusion_matrix": self.matrix.cpu().tolist(),
         }
 
 
@@ -112,16 +115,30 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """A per-class table (IoU and Acc in percent) followed by the summary line."""
+    """A per-class table (IoU and Acc in percent) followed by the summary line.
+
+    Class names (which may come from a stranger's file) are shown through
+    :func:`~pspnet_lib.core.escape.printable`. When no pixel was scored (every mask pixel is the ignore
+    value) the metrics are NaN, and a last line says why.
+    """
     n = len(metrics["IoU"])
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    names = [printable(s, 60) for s in class_names] if class_names is not None else [str(i) for i in range(n)]
     width = max([len("class")] + [len(s) for s in names])
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
     for name, iou, acc in zip(names, metrics["IoU"], metrics["Acc"]):
         lines.append(f"{name:<{width}}  {_pct(iou):>6}  {_pct(acc):>6}")
     lines.append("-" * (width + 16))
     lines.append(f"mIoU {_pct(metrics['mIoU'])}  mAcc {_pct(metrics['mAcc'])}  aAcc {_pct(metrics['aAcc'])}")
+    if not metrics.get("pixels"):
+        lines.append(NOTHING_SCORED)
     return "\n".join(lines)
+
+
+#: The explanation of NaN metrics when no pixel was scored.
+NOTHING_SCORED = (
+    "no pixel was scored (nan): every mask pixel holds the ignore value (255); check the masks, e.g. binary "
+    "masks saved as 0/255 need --label-map 255:1"
+)
 
 
 def _pct(value: float) -> str:
@@ -129,8 +146,11 @@ def _pct(value: float) -> str:
 
 
 def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """JSON with per-class entries keyed by class name (NaN written as null) and, when the metrics
-    say it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``)."""
+    """JSON with per-class entries keyed by class name (NaN written as null); when the metrics say
+    it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``); when
+    ``metrics`` has it, the confusion matrix: ``{"rows": "ground truth", "columns": "prediction",
+    "classes": [...], "counts": [[...], ...]}`` (pixel counts; a row's sum plus its out-of-range
+    predictions is the class's ground-truth pixels)."""
     n = len(metrics["IoU"])
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
 
@@ -147,4 +167,11 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None =
             name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])
         },
     }
+    if "confusion_matrix" in metrics:
+        payload["confusion_matrix"] = {
+            "rows": "ground truth",
+            "columns": "prediction",
+            "classes": names,
+            "counts": metrics["confusion_matrix"],
+        }
     return json.dumps(payload, indent=2)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,9 @@ from .inputs import InputFile, Shard, input_folders, list_inputs, shard_from_env
 from .jobs import InputRunner, PictureRunner, RunContext
 from .manifest import ManifestWriter, manifest_path, read_manifest
 from .pipeline import iter_predictions
-from .predict import num_classes_of, resolve_protocol
+from .predict import model_num_classes, resolve_protocol
+from .raster_runner import tiled_route
+from .rasters import TILED_PIXELS
 from .recorder import PredictSummary, Recorder
 
 __all__ = ["PredictSummary", "PredictionPlan", "default_device", "plan_predictions", "predict_files"]
@@ -140,7 +142,7 @@ class PredictionPlan:
             if model is None:
                 raise ValueError(f"{len(self.jobs)} input(s) remain to be segmented: pass the model")
             protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
-            num_classes = num_classes_of(model)
+            num_classes = model_num_classes(model)
             if self.confidence == "entropy" and num_classes is None:
                 raise ValueError(
                     "the model does not say its number of classes (model.config.num_classes), needed to scale entropy maps"
@@ -187,10 +189,16 @@ def plan_predictions(
     overwrite: bool = False,
     shard: Shard | str | None = None,
     route: Route | None = None,
+    tiled: bool | None = None,
+    tiled_pixels: int = TILED_PIXELS,
+    tiled_options: Mapping[str, Any] | None = None,
+    refuse_tiled: Sequence[str] = (),
     protect: Iterable[str | os.PathLike] = (),
 ) -> PredictionPlan:
     """List, name, shard and check the work of :func:`predict_files` without loading or writing anything
     (except creating ``out``). ``protect``: more files no output may replace (e.g. the weights).
+    ``tiled``, ``tiled_pixels``, ``tiled_options``, ``refuse_tiled``: which inputs are segmented by
+    tiles, and how (:func:`~pspnet_lib.inference.raster_runner.tiled_route`; ignored with ``route``).
 
     Raises ``ValueError``/``FileExistsError``/``FileNotFoundError`` (one line each) for: no inputs,
     an input that does not exist, two inputs that would share an output name, ``out`` equal to or
@@ -208,7 +216,15 @@ def plan_predictions(
     ranks = shard_from_environment()
     effective = ranks.within(outer) if ranks is not None else outer
     mine = effective.select(files) if effective is not None else files
-    runners = [(item, (route(item) if route else None) or runner) for item in mine]
+    if route is None:
+        route = tiled_route(
+            tiled=tiled,
+            max_pixels=tiled_pixels,
+            confidence=runner.confidence,
+            refuse=[*refuse_tiled, *(["overlay"] if overlay else [])],
+            **(tiled_options or {}),
+        )
+    runners = [(item, route(item) or runner) for item in mine]
     distinct = {id(r): r for _, r in runners} | {id(runner): runner}
     _check_names(files, {suffix for r in distinct.values() for suffix in r.suffixes().values()})
     manifest = manifest_path(out, effective)
@@ -316,6 +332,9 @@ def predict_files(
     overwrite: bool = False,
     shard: Shard | str | None = None,
     route: Route | None = None,
+    tiled: bool | None = None,
+    tiled_pixels: int = TILED_PIXELS,
+    tiled_options: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     **run_options: Any,
 ) -> PredictSummary:
@@ -333,6 +352,12 @@ def predict_files(
         overwrite: replace existing outputs (default: refuse before any work).
         shard: ``"I/N"`` or a :class:`Shard`: this process's share (combined with ``torchrun``'s ranks).
         route: ``route(input) -> InputRunner | None`` chooses another runner for an input.
+        tiled: which inputs :func:`~pspnet_lib.inference.rasters.predict_raster` segments window
+            by window (their outputs, GeoTIFFs for rasters, are in the same folder and manifest):
+            None (default): georeferenced rasters and rasters over ``tiled_pixels`` pixels
+            (8,192 x 8,192); True: every input; False: none.
+        tiled_options: ``predict_raster``'s ``bands``, ``nodata``, ``crop``, ``stride``, ``blend``,
+            ``batch_size``, ``probs``, ``polygons``, ``max_image_pixels`` for the tiled inputs.
         device: where to load ``model`` when it is given as weights.
         run_options: ``mode``, ``size``, ``crop``, ``stride``, ``scales``, ``flip`` (the
             protocol, as :func:`~pspnet_lib.predict`), ``batch_size`` (1), ``num_workers``
@@ -352,6 +377,18 @@ def predict_files(
         overwrite=overwrite,
         shard=shard,
         route=route,
+        tiled=tiled,
+        tiled_pixels=tiled_pixels,
+        tiled_options=tiled_options,
+        refuse_tiled=[
+            name
+            for name, value, default in (
+                ("flip", run_options.get("flip", False), False),
+                ("scales", tuple(run_options.get("scales", (1.0,))), (1.0,)),
+                ("mode='whole'", run_options.get("mode") == "whole", False),
+            )
+            if value != default
+        ],
         protect=[] if isinstance(model, nn.Module) else local_files(model),
     )
     if not isinstance(model, nn.Module):

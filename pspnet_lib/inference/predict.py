@@ -26,14 +26,15 @@ import torch.nn as nn
 from PIL import Image
 
 from ..core.geometry import rescale_size
-from ..core.images import is_image_batch, to_image_tensor
+from ..core.images import image_size, is_image_batch, to_image_tensor
+from ..core.inference_budget import check_inference_budget
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .confidence import check_kind, confidence_map
 from .modes import MODES, infer_groups
 from .visualize import colorize, legend, overlay
 
-__all__ = ["predict", "Prediction", "resolve_protocol", "num_classes_of", "load_model"]
+__all__ = ["predict", "Prediction", "resolve_protocol", "model_num_classes", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ class Prediction:
         return legend(names, self.palette, present=self.present)
 
 
-def num_classes_of(model: nn.Module) -> int | None:
-    """The model's number of classes (``model.config.num_classes``, else ``model.num_classes``), or None if it has neither."""
+def model_num_classes(model: nn.Module) -> int | None:
+    """``model.config.num_classes`` (or ``model.num_classes``), None when the model does not say."""
     config = getattr(model, "config", None)
     return getattr(config, "num_classes", None) or getattr(model, "num_classes", None)
 
@@ -159,7 +160,8 @@ def resolve_protocol(
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) are; CPU for a model with neither."""
     for parameter in model.parameters():
         return parameter.device
     for buffer in model.buffers():
@@ -167,7 +169,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` in float32, uint8 pixels first divided by 255 (mean/std on the 0..1 scale)."""
     x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
     return (x - mean) / std
 
@@ -246,7 +249,11 @@ def predict(
         list/tuple or a 4-D batch.
 
     Raises ``ValueError`` before the network runs when an input's channels or the stored
-    mean/std do not match the model's input channels.
+    mean/std do not match the model's input channels, and a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before a file is
+    decoded when its size (from its header) exceeds the inference budget
+    (:func:`~pspnet_lib.core.inference_budget.check_inference_budget`: whole-image pixels, sliding
+    windows, memory); tiled inference handles large rasters.
 
     The model runs in eval mode (its previous mode is restored afterwards) without gradients.
     """
@@ -266,7 +273,12 @@ def predict(
 
     tensors: list[torch.Tensor] = []
     sources: list[str | None] = []
+    config = getattr(model, "config", None)
     for index, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):  # a file: its size from the header, before decoding it
+            found = image_size(item)
+            if found is not None:
+                check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
             tensors.append(to_image_tensor(item, channels))
         except (TypeError, ValueError, FileNotFoundError) as exc:
@@ -277,7 +289,7 @@ def predict(
 
     if device is not None:
         model.to(device)
-    run_device = _model_device(model)
+    run_device = model_device(model)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = protocol.runs == 1
@@ -308,7 +320,7 @@ def predict(
                         by_size[tuple(tensors[i].shape[-2:])].append(i)
                     chunks = list(by_size.values())
                     batches = [
-                        _normalise(_stack([tensors[i] for i in c]).to(run_device, non_blocking=True), mean, std)
+                        normalise_batch(_stack([tensors[i] for i in c]).to(run_device, non_blocking=True), mean, std)
                         for c in chunks
                     ]
                     with autocast:
@@ -332,7 +344,7 @@ def predict(
 
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
-    num_classes = num_classes_of(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
+    num_classes = model_num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
     palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [

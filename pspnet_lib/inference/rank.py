@@ -28,7 +28,7 @@ from ..core.pretrained_cfg import PretrainedCfg
 from .confidence import check_kind, scaled, uncertainty
 from .manifest import read_manifest
 from .pipeline import iter_predictions
-from .predict import num_classes_of, resolve_protocol
+from .predict import model_num_classes, resolve_protocol
 
 __all__ = ["Ranking", "rank_pictures", "rank_manifests", "write_ranking"]
 
@@ -80,7 +80,7 @@ def rank_pictures(
     check_kind(confidence)
     _check_top(top)
     protocol = resolve_protocol(model, flip=flip, scales=scales)
-    num_classes = num_classes_of(model) or 0
+    num_classes = model_num_classes(model) or 0
     failed: list[tuple[str, str]] = []
     records: list[dict[str, Any]] = []
     outcomes = iter_predictions(

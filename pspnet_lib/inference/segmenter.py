@@ -43,7 +43,7 @@ import torch.nn as nn
 from ..core.images import decode_image, to_image_tensor
 from .confidence import check_kind, scaled, uncertainty
 from .pipeline import one_line
-from .predict import Prediction, num_classes_of, predict, resolve_protocol
+from .predict import Prediction, model_num_classes, predict, resolve_protocol
 
 __all__ = ["Segmenter", "BATCH_FORMS"]
 
@@ -155,7 +155,7 @@ class Segmenter:
     @property
     def mask_dtype(self) -> np.dtype:
         """``uint8`` for models of up to 256 classes, else ``int32`` (loads the model)."""
-        return np.dtype(np.uint8) if (num_classes_of(self.model) or 0) <= 256 else np.dtype(np.int32)
+        return np.dtype(np.uint8) if (model_num_classes(self.model) or 0) <= 256 else np.dtype(np.int32)
 
     # -- the forms ---------------------------------------------------------------------------------
     def __call__(self, batch: Any) -> Any:
@@ -272,7 +272,7 @@ class Segmenter:
             return {}
         if isinstance(result, str) or result.confidence is None:
             return {"confidence_mean": float("nan"), "uncertainty": float("nan")}
-        mean = float(scaled(result.confidence, self.confidence, num_classes_of(self.model) or 0).double().mean())
+        mean = float(scaled(result.confidence, self.confidence, model_num_classes(self.model) or 0).double().mean())
         return {"confidence_mean": mean, "uncertainty": uncertainty(mean, self.confidence)}
 
     def _table_columns(self, items: list[Any], frame: str | None) -> Any:

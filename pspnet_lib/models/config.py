@@ -11,14 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
+from ..core.escape import printable, short_repr
 from ._utils import NORM_TYPES
+from .encoders.timm_names import check_timm_kwargs, check_timm_name, is_timm_backbone
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
 __all__ = ["PSPNetConfig", "BACKBONES", "MAX_NUM_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
+#: The ResNet backbones; any timm model that reaches the output stride is ``"timm:<name>"`` too.
 BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+
+#: The ResNet-only layout fields and their defaults: a timm backbone keeps its own stem and dilations.
+_RESNET_ONLY = {"stem": "deep", "stem_channels": 64, "contract_dilation": True, "dilations": None}
 
 
 #: Bounds of the architecture values (checked before anything is allocated). Label maps are
@@ -32,20 +38,20 @@ MAX_DILATION = 64
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        raise ValueError(f"unknown {name} {short_repr(value)}; expected one of {', '.join(allowed)}")
     return value
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         what = f"a positive integer (at most {high})" if low == 1 else f"an integer in [{low}, {high}]"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {short_repr(value)}")
     return int(value)
 
 
 def _int_list(name: str, value: Any, low: int, high: int, *, max_len: int) -> list[int]:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= max_len:
-        raise ValueError(f"{name} must be a list of 1 to {max_len} integers, got {value!r}")
+        raise ValueError(f"{name} must be a list of 1 to {max_len} integers, got {short_repr(value)}")
     return [_integer(f"{name}[{i}]", v, low, high) for i, v in enumerate(value)]
 
 
@@ -74,11 +80,35 @@ class PSPNetConfig:
     align_corners: bool = False
     norm: str = "batch"
     norm_groups: int = 32
+    backbone_kwargs: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         # Every value is checked for type and range here, before anything is allocated: a config
         # may come from a stranger's config.json (issue 10: num_classes=10**9 asked for 512 GB).
-        self.backbone = _choice("backbone", self.backbone, BACKBONES)
+        if is_timm_backbone(self.backbone):
+            check_timm_name(self.backbone)  # unknown names and a missing timm fail here, before any build
+            for name, default in _RESNET_ONLY.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} applies to ResNet backbones only; {self.backbone} keeps "
+                        f"its own layout (leave {name} at its default {default!r})"
+                    )
+        else:
+            if isinstance(self.backbone, str) and self.backbone not in BACKBONES:
+                try:  # "convnext_tiny" where "timm:convnext_tiny" was meant
+                    import timm
+
+                    known = timm.is_model(self.backbone)
+                except ImportError:
+                    known = False
+                if known:
+                    raise ValueError(
+                        f"unknown backbone {self.backbone!r}; for timm's model write backbone='timm:{self.backbone}'"
+                    )
+            self.backbone = _choice("backbone", self.backbone, BACKBONES + ("timm:<name>",))
+            if self.backbone_kwargs is not None:
+                raise ValueError("backbone_kwargs applies to timm backbones ('timm:<name>') only")
+        self.backbone_kwargs = check_timm_kwargs(self.backbone_kwargs)
         self.stem = _choice("stem", self.stem, ("standard", "deep"))
         self.norm = _choice("norm", self.norm, tuple(NORM_TYPES))
         # num_classes=0: no classifiers, the model returns head features (timm's convention)
@@ -91,7 +121,7 @@ class PSPNetConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_NUM_CLASSES:
                 raise ValueError(
                     f"num_classes must be an integer in [1, {MAX_NUM_CLASSES}] (the number of classes), or 0 for no "
-                    f"classifier (the model then returns head features); got {value!r}"
+                    f"classifier (the model then returns head features); got {short_repr(value)}"
                 )
             self.num_classes = int(value)
         self.in_channels = _integer("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
@@ -106,19 +136,25 @@ class PSPNetConfig:
                 setattr(self, name, _integer(name, value, 1, MAX_CHANNELS))
         for name in ("contract_dilation", "aux", "align_corners"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be true or false, got {short_repr(getattr(self, name))}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, numbers.Real)
             or not 0.0 <= self.dropout < 1.0
         ):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1), got {short_repr(self.dropout)}")
         self.dropout = float(self.dropout)
         self.bins = _int_list("bins", self.bins, 1, MAX_BIN, max_len=16)
         if self.dilations is not None:
             self.dilations = _int_list("dilations", self.dilations, 1, MAX_DILATION, max_len=4)
             if len(self.dilations) != 4:
                 raise ValueError(f"dilations must list 4 integers (one per ResNet stage), got {self.dilations!r}")
+        if is_timm_backbone(self.backbone):
+            # smp's and mmsegmentation's widths for timm encoders; ppm_channels (C_last // len(bins))
+            # is resolved by PSPNet from the encoder's measured channels.
+            self.head_channels = 512 if self.head_channels is None else self.head_channels
+            self.aux_channels = 256 if self.aux_channels is None else self.aux_channels
+            return
         # Resolve the depth-dependent widths so that the stored config is explicit.
         basic = RESNET_DEPTHS[self.depth][0].expansion == 1
         if self.head_channels is None:
@@ -129,16 +165,30 @@ class PSPNetConfig:
             self.ppm_channels = self.backbone_channels[3] // len(self.bins)
 
     @property
+    def is_timm(self) -> bool:
+        """Whether the backbone is a timm model (``"timm:<name>"``)."""
+        return is_timm_backbone(self.backbone)
+
+    @property
     def depth(self) -> int:
+        """The ResNet depth (18 ... 152); ``AttributeError`` for a timm backbone (``getattr`` defaults apply)."""
+        if self.is_timm:
+            raise AttributeError(f"{self.backbone} is not a ResNet: it has no depth")
         return int(self.backbone.removeprefix("resnet"))
 
     @property
     def backbone_channels(self) -> list[int]:
+        """Channels of the four ResNet stages; ``AttributeError`` for a timm backbone (its channels are
+        ``model.backbone.out_channels``, known once it is built)."""
         expansion = RESNET_DEPTHS[self.depth][0].expansion
         return [64 * 2**i * expansion for i in range(4)]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-ready dict (``backbone_kwargs`` only when set: ResNet configs stay as before)."""
+        values = dataclasses.asdict(self)
+        if values["backbone_kwargs"] is None:
+            del values["backbone_kwargs"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None, unknown: str = "error") -> PSPNetConfig:
@@ -158,7 +208,7 @@ class PSPNetConfig:
                 f"{prefix}the architecture config must be a JSON object / mapping, got {type(values).__name__}"
             )
         valid = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(str(k) for k in values if k not in valid)
+        bad = sorted(printable(k, 80) for k in values if k not in valid)
         if bad and isinstance(values.get("config"), Mapping):
             raise ValueError(
                 f"{prefix}this looks like the config.json of a save_pretrained folder, which holds the architecture under "
