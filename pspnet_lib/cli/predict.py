@@ -10,7 +10,9 @@ Inputs are read for the model's input channels (``config.in_channels``, see
 :mod:`pspnet_lib.core.images`). For each input it writes ``<out>/<relative path>.png`` (a paletted
 PNG whose pixel values are the class indices), with ``--overlay`` ``..._overlay.png``, with
 ``--confidence KIND`` ``..._KIND.png``, and ``<out>/manifest.jsonl``. A file that cannot be
-read is recorded and skipped; the exit code is 1 if any file failed.
+read is recorded and skipped; the exit code is 1 if any file failed. Rasters that need tiling
+(georeferenced, or large) are inputs of the same run, segmented window by window
+(cli/predict_tiled.py, docs/rasters.md); ``--out X.tif`` segments one input into that file.
 """
 
 from __future__ import annotations
