@@ -72,6 +72,8 @@ def test_a_folder_of_a_picture_and_a_large_raster_is_one_run(setup, tmp_path):
     assert resumed.ok and resumed.done == 0 and resumed.already_done == 2
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix != ".jsonl"} == before
     assert [r["status"] for r in read_manifest(out)] == ["done", "done"]
+    with pytest.raises(ValueError, match=r"big.tif is segmented by tiles .* overlay=True, flip does not apply"):
+        predict_files(model, [tmp_path / "in"], tmp_path / "o2", overlay=True, flip=True, **run)
     # Under the threshold (the default, 8,192^2) the same raster is a picture of the batched path.
     plain = predict_files(model, [tmp_path / "in"], tmp_path / "plain", num_workers=0, progress=False)
     assert plain.ok and sorted(p.name for p in (tmp_path / "plain").iterdir()) == [

@@ -198,7 +198,8 @@ def plan_predictions(
     """List, name, shard and check the work of :func:`predict_files` without loading or writing anything
     (except creating ``out``). ``protect``: more files no output may replace (e.g. the weights).
     ``tiled``, ``tiled_pixels``, ``tiled_options``, ``refuse_tiled``: which inputs are segmented by
-    tiles, and how (:func:`~pspnet_lib.inference.raster_runner.tiled_route`; ignored with ``route``).
+    tiles, and how (:func:`~pspnet_lib.inference.raster_runner.tiled_route`; ignored with ``route``);
+    ``refuse_tiled`` names the options given that tiled inference cannot apply (``overlay`` among them).
 
     Raises ``ValueError``/``FileExistsError``/``FileNotFoundError`` (one line each) for: no inputs,
     an input that does not exist, two inputs that would share an output name, ``out`` equal to or
@@ -221,7 +222,7 @@ def plan_predictions(
             tiled=tiled,
             max_pixels=tiled_pixels,
             confidence=runner.confidence,
-            refuse=[*refuse_tiled, *(["overlay"] if overlay else [])],
+            refuse=refuse_tiled,
             **(tiled_options or {}),
         )
     runners = [(item, route(item) or runner) for item in mine]
@@ -383,6 +384,7 @@ def predict_files(
         refuse_tiled=[
             name
             for name, value, default in (
+                ("overlay=True", overlay, False),
                 ("flip", run_options.get("flip", False), False),
                 ("scales", tuple(run_options.get("scales", (1.0,))), (1.0,)),
                 ("mode='whole'", run_options.get("mode") == "whole", False),
