@@ -40,17 +40,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .decode import (
+    QUARTER_TURNS,
     decode_file,
-    exif_orientation,
+    decoded_rgb,
     mask_values,
+    orient_array,
     oriented,
     pil_to_array,
     pil_to_rgb,
-    upright_size,
 )
+from .decode import exif_orientation as orientation
 
 __all__ = [
     "load_image",
@@ -89,11 +91,15 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return decode_file(path, lambda image: pil_to_rgb(oriented(image), what=str(path)))
 
 
-def _picture_array(image: Image.Image, channels: int, what: str, orient: bool) -> np.ndarray:
-    """``(H, W, channels)`` uint8 array of a decoded picture, turned upright when ``orient``."""
+def _picture_array(image: Image.Image, channels: int, what: str, orientation: int) -> np.ndarray:
+    """``(H, W, channels)`` uint8 array of a picture, turned as EXIF ``orientation`` (1: as stored) says."""
+    if channels == 3:
+        pixels = decoded_rgb(image)  # 8-bit JPEG/PNG: torchvision.io, the same pixels as Pillow's
+        if pixels is not None:
+            return orient_array(pixels, orientation)
     # The pages of a multi-band TIFF are bands, not a photo: they are never turned.
-    if orient and getattr(image, "n_frames", 1) == 1:
-        image = oriented(image)
+    if orientation != 1 and getattr(image, "n_frames", 1) == 1:
+        image = ImageOps.exif_transpose(image)
     if channels == 3:
         return np.array(pil_to_rgb(image, what=what))
     return pil_to_array(image, channels, what=what)
@@ -123,7 +129,9 @@ def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: 
     path = Path(path)
     if path.suffix.lower() == ".npy":
         return _read_npy(path, channels)
-    return decode_file(path, lambda image: _picture_array(image, channels, str(path), exif_orientation))
+    return decode_file(
+        path, lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1)
+    )
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -176,9 +184,10 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
 
     def convert(image: Image.Image) -> PictureAndMask:
         stored = (image.height, image.width)
-        tag = exif_orientation(image)
-        keep_stored = upright_size(image) != mask.shape[:2] and stored == mask.shape[:2]
-        array = _picture_array(image, channels, str(image_path), orient=not keep_stored)
+        tag = orientation(image)
+        upright = stored[::-1] if tag in QUARTER_TURNS else stored
+        keep_stored = upright != mask.shape[:2] and stored == mask.shape[:2]
+        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag)
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
     return decode_file(image_path, convert)
