@@ -107,7 +107,7 @@ def _png_metadata_in_header(image: Image.Image) -> bool:
     """True for a lazily opened PNG with no metadata chunk after its first ``IDAT`` (chunk headers
     read, pixel data skipped); False otherwise (another format, already decoded, unreadable)."""
     path = getattr(image, "filename", None)
-    if image.format != "PNG" or not image.tile or not path or "exif" in image.info:
+    if image.format != "PNG" or not getattr(image, "tile", None) or not path or "exif" in image.info:
         return False
     try:
         with open(path, "rb") as f:
