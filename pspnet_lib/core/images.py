@@ -35,13 +35,15 @@ content), by these fixed rules (docs/inference.md has the table):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .band_spec import BandSpec, check_input_dtype
 from .decode import (
     QUARTER_TURNS,
     decode_file,
@@ -53,6 +55,9 @@ from .decode import (
     pil_to_rgb,
 )
 from .decode import exif_orientation as orientation
+from .stored import RASTER_SUFFIXES, read_raster, stored_values
+
+_T = TypeVar("_T")
 
 __all__ = [
     "load_image",
@@ -76,7 +81,8 @@ ACCEPTED_INPUTS = (
     "a file path (str or pathlib.Path; pictures, multi-page TIFFs, .npy arrays), a PIL image, a NumPy "
     "array (H, W, C) / (H, W) of uint8 (or float in [0, 1]), a torch tensor (C, H, W) / (H, W) of uint8 "
     "or float in [0, 1], a 4-D batch (N, C, H, W), or a list of these; C = the model's in_channels "
-    "(for 3-channel models also 1 = grayscale, 4 = RGBA)"
+    "(for 3-channel models also 1 = grayscale, 4 = RGBA); with a band spec (pretrained_cfg['bands']) "
+    "stored values of any integer or float type, multi-band TIFFs too"
 )
 
 
@@ -91,31 +97,62 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return decode_file(path, lambda image: pil_to_rgb(oriented(image), what=str(path)))
 
 
-def _picture_array(image: Image.Image, channels: int, what: str, orientation: int) -> np.ndarray:
-    """``(H, W, channels)`` uint8 array of a picture, turned as EXIF ``orientation`` (1: as stored) says."""
-    if channels == 3:
+def _picture_array(
+    image: Image.Image, channels: int, what: str, orientation: int, bands: BandSpec | None = None
+) -> np.ndarray:
+    """``(H, W, channels)`` array of a picture, turned as EXIF ``orientation`` (1: as stored) says:
+    uint8 by the photo rules, or the stored values (:func:`~pspnet_lib.core.stored.stored_values`)
+    when the weights carry a band spec."""
+    if channels == 3 and bands is None:
         pixels = decoded_rgb(image)  # 8-bit JPEG/PNG: torchvision.io, the same pixels as Pillow's
         if pixels is not None:
             return orient_array(pixels, orientation)
     # The pages of a multi-band TIFF are bands, not a photo: they are never turned.
     if orientation != 1 and getattr(image, "n_frames", 1) == 1:
         image = ImageOps.exif_transpose(image)
+    if bands is not None:
+        return stored_values(image, channels, what)
     if channels == 3:
         return np.array(pil_to_rgb(image, what=what))
     return pil_to_array(image, channels, what=what)
 
 
-def _read_npy(path: Path, channels: int) -> np.ndarray:
+def _decode_picture(
+    path: Path,
+    convert: Callable[[Image.Image], _T],
+    raster: Callable[[np.ndarray], _T],
+    channels: int,
+    bands: BandSpec | None,
+) -> _T:
+    """``convert`` of the picture at ``path``; a multi-band TIFF that Pillow cannot decode is read
+    with rasterio (``raster`` of its stored values) when the weights carry a band spec."""
+    try:
+        return decode_file(path, convert)
+    except ValueError as exc:
+        if path.suffix.lower() not in RASTER_SUFFIXES or exc.__cause__ is None:
+            raise  # not Pillow failing to decode a TIFF (e.g. a channel count that does not match)
+        if bands is None:
+            raise ValueError(
+                f"{exc}. A multi-band raster (e.g. a GeoTIFF of uint16 bands) is read in its own units by weights "
+                "with a band spec (pretrained_cfg['bands'], docs/inference.md#bands-in-their-own-units), "
+                'with rasterio installed (pip install "pspnet_lib[geo]")'
+            ) from exc
+    return raster(read_raster(path, channels))
+
+
+def _read_npy(path: Path, channels: int, bands: BandSpec | None = None) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path} as a NumPy array ({type(exc).__name__}: {exc})") from exc
-    return to_image_tensor(array, channels, what=str(path)).permute(1, 2, 0).numpy()
+    return to_image_tensor(array, channels, bands=bands, what=str(path)).permute(1, 2, 0).numpy()
 
 
-def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True, bands: BandSpec | None = None
+) -> np.ndarray:
     """Read an image file as an ``(H, W, channels)`` array for a model of ``channels`` input channels.
 
     Pictures give ``uint8`` (see :func:`pil_to_array`), turned as their EXIF Orientation tag says
@@ -123,15 +160,27 @@ def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: 
     pixels); ``.npy`` files hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1]
     (read without pickle; float stays float).
 
+    With ``bands`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`) the values come as
+    stored, in the file's type (uint8, uint16, int16, int32, float32; ``.npy`` any integer or
+    float type), one band per channel: single- and multi-page pictures and TIFFs through Pillow,
+    multi-band TIFFs (GeoTIFFs) through rasterio; their bit depth must agree with the spec's.
+
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file when it
-    cannot be decoded or its channels do not match.
+    cannot be decoded, its channels do not match or its bit depth is not the spec's,
+    ``ImportError`` for a multi-band TIFF without rasterio installed.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        return _read_npy(path, channels)
-    return decode_file(
-        path, lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1)
+        return _read_npy(path, channels, bands)
+    array = _decode_picture(
+        path,
+        lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1, bands),
+        lambda raster: raster,
+        channels,
+        bands,
     )
+    check_input_dtype(array.dtype, bands, str(path))
+    return array
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -163,7 +212,9 @@ class PictureAndMask(NamedTuple):
     unapplied_orientation: int | None
 
 
-def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3) -> PictureAndMask:
+def read_pair(
+    image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3, bands: BandSpec | None = None
+) -> PictureAndMask:
     """A picture and its mask, by the EXIF rule every dataset follows.
 
     The picture is turned as its EXIF orientation says (:func:`read_image`) and the mask read as
@@ -173,6 +224,7 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     e.g. labelImg, or CVAT before #4529); then the stored pixels are used and
     ``unapplied_orientation`` says so, for the caller to warn. (A 180-degree turn or a mirror does
     not change the size, so nothing can tell; the picture is then used upright, as shown.)
+    ``bands``: read the picture's stored values (see :func:`read_image`).
 
     Raises ``FileNotFoundError``/``ValueError`` naming the file as :func:`read_image` and
     :func:`read_mask` do.
@@ -180,17 +232,19 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     image_path = Path(image_path)
     mask = read_mask(mask_path)
     if image_path.suffix.lower() == ".npy":
-        return PictureAndMask(_read_npy(image_path, channels), mask, None)
+        return PictureAndMask(_read_npy(image_path, channels, bands), mask, None)
 
     def convert(image: Image.Image) -> PictureAndMask:
         stored = (image.height, image.width)
         tag = orientation(image)
         upright = stored[::-1] if tag in QUARTER_TURNS else stored
         keep_stored = upright != mask.shape[:2] and stored == mask.shape[:2]
-        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag)
+        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, bands)
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
-    return decode_file(image_path, convert)
+    pair = _decode_picture(image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, bands)
+    check_input_dtype(pair.image.dtype, bands, str(image_path))
+    return pair
 
 
 def is_image_batch(images: Any) -> bool:
@@ -220,8 +274,10 @@ def _check_range(x: torch.Tensor, what: str) -> torch.Tensor:
     )
 
 
-def _channels_first(x: torch.Tensor, what: str, channels_last: bool, channels: int = 3) -> torch.Tensor:
-    """(C, H, W) or (H, W, C) or (H, W) -> (channels, H, W); for 3: gray repeated, alpha dropped."""
+def _channels_first(
+    x: torch.Tensor, what: str, channels_last: bool, channels: int = 3, expand: bool = True
+) -> torch.Tensor:
+    """(C, H, W) or (H, W, C) or (H, W) -> (channels, H, W); for 3 (with ``expand``): gray repeated, alpha dropped."""
     original = tuple(x.shape)
     if x.ndim == 2:
         x = x.unsqueeze(0)
@@ -239,13 +295,13 @@ def _channels_first(x: torch.Tensor, what: str, channels_last: bool, channels: i
         )
     found = x.shape[0]
     if found != channels:
-        if channels == 3 and found == 1:
+        if expand and channels == 3 and found == 1:
             x = x.expand(3, -1, -1)
-        elif channels == 3 and found == 4:
+        elif expand and channels == 3 and found == 4:
             x = x[:3]
         else:
             layout = "(H, W, C)" if channels_last else "(C, H, W)"
-            accepted = "1 (grayscale), 3 (RGB) or 4 (RGBA)" if channels == 3 else str(channels)
+            accepted = "1 (grayscale), 3 (RGB) or 4 (RGBA)" if channels == 3 and expand else str(channels)
             hint = ""
             if channels_last and original[0] == channels and original[-1] != channels:
                 hint = f"; it looks channels-first: use np.moveaxis(image, 0, -1) for (H, W, {channels})"
@@ -258,7 +314,9 @@ def _channels_first(x: torch.Tensor, what: str, channels_last: bool, channels: i
     return x.contiguous()
 
 
-def to_image_tensor(image: Any, channels: int = 3, *, what: str | None = None) -> torch.Tensor:
+def to_image_tensor(
+    image: Any, channels: int = 3, *, bands: BandSpec | None = None, what: str | None = None
+) -> torch.Tensor:
     """Convert one image of any accepted kind to a ``(channels, H, W)`` tensor (uint8 or float in [0, 1]).
 
     Args:
@@ -266,12 +324,18 @@ def to_image_tensor(image: Any, channels: int = 3, *, what: str | None = None) -
             ``(H, W, C)``/``(H, W)`` or tensor ``(C, H, W)``/``(H, W)``, of uint8 or float in [0, 1].
         channels: the model's ``config.in_channels``. For 3, C may also be 1 (repeated) or 4
             (alpha dropped); otherwise C must equal ``channels`` (pictures: see :func:`pil_to_array`).
+        bands: the weights' band spec (``PretrainedCfg.bands``): then the stored values come back
+            in their own type (any integer or float dtype, multi-band TIFFs too; see
+            :func:`read_image`), C must equal ``channels``, and 8-bit values need an 8-bit spec
+            (and the other way round). :func:`pspnet_lib.core.bands.normalise` makes model input of them.
         what: how to name the input in errors (default: its kind, or the file path).
 
     Raises ``TypeError``/``ValueError`` naming the problem and the accepted kinds.
     """
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if bands is not None:
+        return _stored_tensor(image, channels, bands, what)
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image, channels)
         if image.dtype == np.uint8:
@@ -302,6 +366,33 @@ def to_image_tensor(image: Any, channels: int = 3, *, what: str | None = None) -
         tensor = image.detach().cpu()
         return _channels_first(_check_range(tensor, kind), kind, channels_last=False, channels=channels)
     raise TypeError(f"cannot use an object of type {type(image).__name__} as an image; expected {ACCEPTED_INPUTS}")
+
+
+def _stored_tensor(image: Any, channels: int, bands: BandSpec, what: str | None) -> torch.Tensor:
+    """:func:`to_image_tensor` with a band spec: ``(channels, H, W)`` stored values in their own type."""
+    channels_last = True
+    if isinstance(image, (str, os.PathLike)):
+        what = what or str(image)
+        image = read_image(image, channels, bands=bands)
+    elif isinstance(image, Image.Image):
+        what = what or "the PIL image"
+        image = stored_values(image, channels, what)
+    if isinstance(image, np.ndarray):
+        what = what or "NumPy image"
+        if image.dtype == np.bool_ or image.dtype.kind not in "uif":
+            raise TypeError(f"unsupported {what} dtype {image.dtype}; expected integer or float stored values")
+        tensor = torch.from_numpy(np.ascontiguousarray(image if image.flags.writeable else image.copy()))
+    elif isinstance(image, torch.Tensor):
+        what = what or "tensor image"
+        if image.dtype == torch.bool or image.is_complex():
+            raise TypeError(f"unsupported {what} dtype {image.dtype}; expected integer or float stored values")
+        tensor, channels_last = image.detach().cpu(), False
+    else:
+        raise TypeError(f"cannot use an object of type {type(image).__name__} as an image; expected {ACCEPTED_INPUTS}")
+    check_input_dtype(tensor.dtype, bands, what)
+    return _channels_first(
+        tensor, what, channels_last=channels_last and tensor.ndim == 3, channels=channels, expand=False
+    )
 
 
 def to_rgb_tensor(image: Any) -> torch.Tensor:
