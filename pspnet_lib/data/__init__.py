@@ -35,7 +35,7 @@ from .prepare import (
     prepare_vaihingen,
 )
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
-from .transforms import RandomScale, ToImageMask, eval_transforms, train_transforms
+from .transforms import RandomScale, ScaleBands, ToImageMask, eval_transforms, train_transforms
 
 __all__ = [
     "IGNORE_INDEX",
@@ -78,5 +78,6 @@ __all__ = [
     "RandomScale",
     "ToImageMask",
     "train_transforms",
+    "ScaleBands",
     "eval_transforms",
 ]

@@ -271,7 +271,16 @@ class PSPNet(
         return generate_model_card(self, **kwargs)
 
 
-_LOAD_OPTIONS = {"cache_dir", "local_files_only", "progress", "strict", "trust_pickle", "revision", "pretrained_cfg"}
+_LOAD_OPTIONS = {
+    "cache_dir",
+    "local_files_only",
+    "progress",
+    "strict",
+    "trust_pickle",
+    "revision",
+    "pretrained_cfg",
+    "rgb_bands",
+}
 
 
 def build_pspnet(
@@ -303,7 +312,9 @@ def build_pspnet(
         weights_backbone: ImageNet weights for the backbone only (heads stay randomly
             initialised): a zoo name such as ``"resnet50_v1c"`` or ``"resnet50_torchvision"``
             (see :func:`~pspnet_lib.list_pretrained`), a file or a URL. The stem type follows the
-            weights unless set explicitly. See docs/weights.md.
+            weights unless set explicitly. See docs/weights.md. With ``in_channels=N`` (and
+            optionally ``rgb_bands=(r, g, b)``) the RGB weights of the first convolution are
+            adapted to N bands (see :func:`~pspnet_lib.load_pretrained`).
         **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...);
             with ``weights`` also :func:`~pspnet_lib.load_pretrained`'s options (``cache_dir``,
             ``local_files_only``, ``progress``, ...).
@@ -326,6 +337,9 @@ def build_pspnet(
         base.update(PRESETS[preset])
     # load_pretrained's options (cache_dir=, progress=, ...) apply when weights= is given
     load_options = {k: overrides.pop(k) for k in _LOAD_OPTIONS & set(overrides)} if weights is not None else {}
+    rgb_bands = overrides.pop("rgb_bands", None)
+    if rgb_bands is not None and weights_backbone is None:
+        raise ValueError("rgb_bands places RGB weights in a model of in_channels bands: pass it with weights_backbone=")
     base.update(overrides)
     if weights is not None:
         if weights_backbone is not None or norm_layer is not None:
@@ -340,5 +354,7 @@ def build_pspnet(
         from ..hub.loading import build_with_backbone_weights
 
         explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())
-        return build_with_backbone_weights(base, weights_backbone, explicit=explicit, norm_layer=norm_layer)
+        return build_with_backbone_weights(
+            base, weights_backbone, explicit=explicit, norm_layer=norm_layer, rgb_bands=rgb_bands
+        )
     return PSPNet(PSPNetConfig.from_dict(base), norm_layer=norm_layer)
