@@ -4,7 +4,9 @@
 
 Inputs are read for the model's input channels (``config.in_channels``): pictures for RGB
 models, grayscale pictures for 1-channel ones, ``.npy`` arrays ``(H, W, C)`` or multi-page TIFFs
-for any channel count (see :mod:`pspnet_lib.core.images`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
+for any channel count, and stored values in their own units (uint16/int16/float ``.npy`` and
+TIFFs, multi-band GeoTIFFs with rasterio) when the weights carry a band spec (see
+:mod:`pspnet_lib.core.images` and :mod:`pspnet_lib.core.bands`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
 are the class indices) and, with ``--overlay``, ``<out>/<name>_overlay.png``. Images found in a
 folder keep their sub-folder under ``<out>``. A file that cannot be read is reported and skipped;
 the exit code is 1 if any file failed.
@@ -291,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_protocol(model, scales=scales, flip=args.flip, **options)
     except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
         raise ValueError(f"{exc} (set by --mode/--size/--crop/--stride/--scales/--flip)") from None
-    channels = PretrainedCfg.of(model, what=f"--weights {args.weights}").in_channels  # mean/std fit the channels
+    cfg = PretrainedCfg.of(model, what=f"--weights {args.weights}")  # mean/std fit the channels
 
     failed: list[tuple[Path, str]] = []
     done = 0
@@ -300,7 +302,10 @@ def run(args: argparse.Namespace) -> int:
             loaded = []
             for source, mask_path, overlay_path in plan[start : start + args.batch_size]:
                 try:
-                    loaded.append((to_image_tensor(source, channels), source, mask_path, overlay_path))
+                    # the model's bands: pictures, or stored values when the weights carry a band spec
+                    loaded.append(
+                        (to_image_tensor(source, cfg.in_channels, bands=cfg.bands), source, mask_path, overlay_path)
+                    )
                 except (OSError, ValueError) as exc:
                     failed.append((source, str(exc)))
                     logger.error("skipping %s: %s", source, exc)

@@ -21,6 +21,10 @@ A reader that fetches the values itself calls :func:`normalise` per piece: raste
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,7 @@ from .pretrained_cfg import PretrainedCfg
 
 __all__ = [
     "affine_input",
+    "band_settings",
     "band_nodata",
     "display_rgb",
     "input_affine",
@@ -204,3 +209,40 @@ def display_rgb(values: torch.Tensor, cfg: PretrainedCfg) -> np.ndarray:
             image = image[list(spec.rgb)]
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
+#: The ``pretrained_cfg`` entries a band settings file holds.
+BAND_SETTINGS = ("bands", "mean", "std")
+
+
+def band_settings(source: str | os.PathLike | Mapping[str, Any], in_channels: int | None = None) -> dict[str, Any]:
+    """The ``pretrained_cfg`` entries of a band settings file (JSON) or dict, checked.
+
+    ``{"bands": {"dtype": "uint16", "scale": 0.0001, "nodata": 0}, "mean": [...], "std": [...]}``
+    (what ``pspnet stats --out`` writes), or a bare band spec ``{"dtype": ...}``. Returns the
+    stored form ``{"bands": ..., "mean": ..., "std": ...}`` (those given), to merge into
+    ``model.pretrained_cfg``.
+
+    Raises ``FileNotFoundError``, or ``ValueError`` in one line naming the file and the entry.
+    """
+    what = f"band settings {source}" if isinstance(source, (str, os.PathLike)) else "the band settings"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"band settings file not found: {path} (write one with pspnet stats --out FILE)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a JSON band settings file ({exc})") from None
+    else:
+        data = source
+    if isinstance(data, Mapping) and "dtype" in data:
+        data = {"bands": data}
+    if not isinstance(data, Mapping) or "bands" not in data or set(data) - set(BAND_SETTINGS):
+        found = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(
+            f"{what}: expected a JSON object with 'bands' (a band spec such as {{'dtype': 'uint16', 'scale': 0.0001}}) "
+            f"and optionally 'mean' and 'std', got {found}"
+        )
+    PretrainedCfg.from_dict(data, in_channels, what=what)
+    return {key: data[key] for key in BAND_SETTINGS if key in data}
