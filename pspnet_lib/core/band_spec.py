@@ -214,8 +214,8 @@ def check_input_dtype(dtype: Any, spec: BandSpec | None, what: str, fix: str = "
         return
     hint = fix or "pass the stored values the weights were trained on, or train weights for this data"
     raise ValueError(
-        f"{what} holds {name} values but the weights' band spec takes {spec.dtype} (pretrained_cfg bands.dtype): "
-        f"{'8-bit' if name == 'uint8' else 'not 8-bit'} data in the wrong units; {hint}"
+        f"{what} holds {name} values but the band spec takes {spec.dtype} (pretrained_cfg bands.dtype): "
+        f"{'8-bit' if name == 'uint8' else 'not 8-bit'} data would be read in the wrong units; {hint}"
     )
 
 

@@ -219,9 +219,9 @@ def band_settings(source: str | os.PathLike | Mapping[str, Any], in_channels: in
     """The ``pretrained_cfg`` entries of a band settings file (JSON) or dict, checked.
 
     ``{"bands": {"dtype": "uint16", "scale": 0.0001, "nodata": 0}, "mean": [...], "std": [...]}``
-    (what ``pspnet stats --out`` writes), or a bare band spec ``{"dtype": ...}``. Returns the
-    stored form ``{"bands": ..., "mean": ..., "std": ...}`` (those given), to merge into
-    ``model.pretrained_cfg``.
+    (what ``pspnet stats --out`` writes, with a ``stats`` entry that is not used; pictures' have
+    no ``bands``), or a bare band spec ``{"dtype": ...}``. Returns the stored form ``{"bands": ...,
+    "mean": ..., "std": ...}`` (those given), to merge into ``model.pretrained_cfg``.
 
     Raises ``FileNotFoundError``, or ``ValueError`` in one line naming the file and the entry.
     """
@@ -238,11 +238,12 @@ def band_settings(source: str | os.PathLike | Mapping[str, Any], in_channels: in
         data = source
     if isinstance(data, Mapping) and "dtype" in data:
         data = {"bands": data}
-    if not isinstance(data, Mapping) or "bands" not in data or set(data) - set(BAND_SETTINGS):
+    if not isinstance(data, Mapping) or not set(data) & set(BAND_SETTINGS) or set(data) - {*BAND_SETTINGS, "stats"}:
         found = sorted(data) if isinstance(data, Mapping) else type(data).__name__
         raise ValueError(
-            f"{what}: expected a JSON object with 'bands' (a band spec such as {{'dtype': 'uint16', 'scale': 0.0001}}) "
-            f"and optionally 'mean' and 'std', got {found}"
+            f"{what}: expected a JSON object with 'bands' (a band spec such as {{'dtype': 'uint16', 'scale': 0.0001}}), "
+            f"'mean' and 'std' (and 'stats', which is not used), got {found}"
         )
-    PretrainedCfg.from_dict(data, in_channels, what=what)
-    return {key: data[key] for key in BAND_SETTINGS if key in data}
+    settings = {key: data[key] for key in BAND_SETTINGS if key in data}
+    PretrainedCfg.from_dict(settings, in_channels, what=what)
+    return settings

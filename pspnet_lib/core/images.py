@@ -63,6 +63,7 @@ __all__ = [
     "load_image",
     "read_image",
     "read_mask",
+    "read_stored",
     "read_pair",
     "PictureAndMask",
     "pil_to_rgb",
@@ -97,20 +98,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return decode_file(path, lambda image: pil_to_rgb(oriented(image), what=str(path)))
 
 
-def _picture_array(
-    image: Image.Image, channels: int, what: str, orientation: int, bands: BandSpec | None = None
-) -> np.ndarray:
+def _picture_array(image: Image.Image, channels: int, what: str, orientation: int, stored: bool = False) -> np.ndarray:
     """``(H, W, channels)`` array of a picture, turned as EXIF ``orientation`` (1: as stored) says:
     uint8 by the photo rules, or the stored values (:func:`~pspnet_lib.core.stored.stored_values`)
     when the weights carry a band spec."""
-    if channels == 3 and bands is None:
+    if channels == 3 and not stored:
         pixels = decoded_rgb(image)  # 8-bit JPEG/PNG: torchvision.io, the same pixels as Pillow's
         if pixels is not None:
             return orient_array(pixels, orientation)
     # The pages of a multi-band TIFF are bands, not a photo: they are never turned.
     if orientation != 1 and getattr(image, "n_frames", 1) == 1:
         image = ImageOps.exif_transpose(image)
-    if bands is not None:
+    if stored:
         return stored_values(image, channels, what)
     if channels == 3:
         return np.array(pil_to_rgb(image, what=what))
@@ -118,20 +117,16 @@ def _picture_array(
 
 
 def _decode_picture(
-    path: Path,
-    convert: Callable[[Image.Image], _T],
-    raster: Callable[[np.ndarray], _T],
-    channels: int,
-    bands: BandSpec | None,
+    path: Path, convert: Callable[[Image.Image], _T], raster: Callable[[np.ndarray], _T], channels: int, stored: bool
 ) -> _T:
     """``convert`` of the picture at ``path``; a multi-band TIFF that Pillow cannot decode is read
-    with rasterio (``raster`` of its stored values) when the weights carry a band spec."""
+    with rasterio (``raster`` of its stored values) when stored values are asked for (band specs)."""
     try:
         return decode_file(path, convert)
     except ValueError as exc:
         if path.suffix.lower() not in RASTER_SUFFIXES or exc.__cause__ is None:
             raise  # not Pillow failing to decode a TIFF (e.g. a channel count that does not match)
-        if bands is None:
+        if not stored:
             raise ValueError(
                 f"{exc}. A multi-band raster (e.g. a GeoTIFF of uint16 bands) is read in its own units by weights "
                 "with a band spec (pretrained_cfg['bands'], docs/inference.md#bands-in-their-own-units), "
@@ -140,14 +135,41 @@ def _decode_picture(
     return raster(read_raster(path, channels))
 
 
-def _read_npy(path: Path, channels: int, bands: BandSpec | None = None) -> np.ndarray:
+def _read_npy(path: Path, channels: int, bands: BandSpec | None = None, stored: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path} as a NumPy array ({type(exc).__name__}: {exc})") from exc
+    if stored:
+        if array.dtype == np.bool_ or array.dtype.kind not in "uif" or array.ndim not in (2, 3):
+            raise ValueError(f"{path} holds a {array.ndim}-D {array.dtype} array; expected (H, W, C) or (H, W) bands")
+        array = array[..., None] if array.ndim == 2 else array
+        if array.shape[-1] != channels:
+            raise ValueError(
+                f"{path} has {array.shape[-1]} band(s) (shape {array.shape}) but the model takes {channels} "
+                "(config.in_channels); .npy images are (H, W, C)"
+            )
+        return array
     return to_image_tensor(array, channels, bands=bands, what=str(path)).permute(1, 2, 0).numpy()
+
+
+def read_stored(path: str | os.PathLike, channels: int, *, exif_orientation: bool = True) -> np.ndarray:
+    """The stored values of an image file, ``(H, W, channels)`` in the file's own type (uint8, uint16,
+    int16, int32, float32; ``.npy`` any integer or float type), one band per channel: pictures and
+    single- or multi-page TIFFs through Pillow, multi-band TIFFs (GeoTIFFs) through rasterio. Not
+    checked against a band spec (``pspnet stats`` learns a folder's type from it)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path, channels, stored=True)
+    return _decode_picture(
+        path,
+        lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1, True),
+        lambda raster: raster,
+        channels,
+        True,
+    )
 
 
 def read_image(
@@ -160,27 +182,23 @@ def read_image(
     pixels); ``.npy`` files hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1]
     (read without pickle; float stays float).
 
-    With ``bands`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`) the values come as
-    stored, in the file's type (uint8, uint16, int16, int32, float32; ``.npy`` any integer or
-    float type), one band per channel: single- and multi-page pictures and TIFFs through Pillow,
-    multi-band TIFFs (GeoTIFFs) through rasterio; their bit depth must agree with the spec's.
+    With ``bands`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`): :func:`read_stored`,
+    whose bit depth must agree with the spec's.
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file when it
     cannot be decoded, its channels do not match or its bit depth is not the spec's,
     ``ImportError`` for a multi-band TIFF without rasterio installed.
     """
     path = Path(path)
+    if bands is not None:
+        array = read_stored(path, channels, exif_orientation=exif_orientation)
+        check_input_dtype(array.dtype, bands, str(path))
+        return array
     if path.suffix.lower() == ".npy":
-        return _read_npy(path, channels, bands)
-    array = _decode_picture(
-        path,
-        lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1, bands),
-        lambda raster: raster,
-        channels,
-        bands,
+        return _read_npy(path, channels)
+    return decode_file(
+        path, lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1)
     )
-    check_input_dtype(array.dtype, bands, str(path))
-    return array
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -232,17 +250,19 @@ def read_pair(
     image_path = Path(image_path)
     mask = read_mask(mask_path)
     if image_path.suffix.lower() == ".npy":
-        return PictureAndMask(_read_npy(image_path, channels, bands), mask, None)
+        return PictureAndMask(read_image(image_path, channels, bands=bands), mask, None)
 
     def convert(image: Image.Image) -> PictureAndMask:
         stored = (image.height, image.width)
         tag = orientation(image)
         upright = stored[::-1] if tag in QUARTER_TURNS else stored
         keep_stored = upright != mask.shape[:2] and stored == mask.shape[:2]
-        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, bands)
+        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, bands is not None)
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
-    pair = _decode_picture(image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, bands)
+    pair = _decode_picture(
+        image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, bands is not None
+    )
     check_input_dtype(pair.image.dtype, bands, str(image_path))
     return pair
 
