@@ -22,6 +22,7 @@ __all__ = [
     "dataset_options",
     "flag_names",
     "floats",
+    "int_list",
     "ints",
     "label_map",
     "render_setting_error",
@@ -46,6 +47,14 @@ def ints(text: str) -> list[int]:
     if len(values) != 2 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected N or H,W with positive values, got {text!r}")
     return values
+
+
+def int_list(text: str) -> list[int]:
+    """``3,2,1`` -> [3, 2, 1] (the checks of their meaning are the library's)."""
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def floats(text: str) -> list[float]:

@@ -20,6 +20,7 @@ from .common import (
     dataset_options,
     flag_names,
     floats,
+    int_list,
     ints,
     setting_overrides,
 )
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--rgb-bands",
-        type=ints,
+        type=int_list,
         metavar="R,G,B",
         help="with --weights/--backbone-weights of RGB models and --in-channels N: the band positions (0-based) "
         "the RGB weights go to, e.g. 3,2,1 for Sentinel-2; default: timm's rule (RGB repeated over N, scaled 3/N)",

@@ -196,9 +196,9 @@ def read_image(
         return array
     if path.suffix.lower() == ".npy":
         return _read_npy(path, channels)
-    return decode_file(
-        path, lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1)
-    )
+    turn = exif_orientation
+    convert = lambda image: _picture_array(image, channels, str(path), orientation(image) if turn else 1)  # noqa: E731
+    return _decode_picture(path, convert, lambda raster: raster, channels, False)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -203,7 +203,10 @@ class PretrainedCfg:
             raise ValueError(
                 f"{what}: pretrained_cfg mean and std must have the same length, got {len(stats['mean'])} and {len(stats['std'])}"
             )
-        bands = BandSpec.from_dict(d["bands"], in_channels, what=what) if d.get("bands") is not None else None
+        bands = None
+        if d.get("bands") is not None:  # one value for every band: as many bands as the statistics say
+            guess = in_channels if in_channels is not None else max((len(v) for v in stats.values()), default=None)
+            bands = BandSpec.from_dict(d["bands"], guess, what=what)
         if in_channels is None:
             lengths = [len(v) for v in stats.values()] + ([bands.bands] if bands is not None else [])
             in_channels = max(lengths, default=3)

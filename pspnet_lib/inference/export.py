@@ -233,6 +233,13 @@ def export_onnx(
         if exporter == "auto" and has_onnxscript
         else [exporter if exporter != "auto" else "torchscript"]
     )
+    if example.dtype in (torch.uint16, torch.uint32):  # a band spec's type the TorchScript exporter cannot take
+        order = [name for name in order if name != "torchscript"]
+        if not order:
+            raise ValueError(
+                f"the model takes {str(example.dtype)[6:]} stored values (its band spec), which only the dynamo ONNX "
+                "exporter handles: pip install onnxscript and use exporter='dynamo' (or 'auto'; CLI: --exporter)"
+            )
     out_axes = {0: "batch", 1: "height", 2: "width"} if output == "labels" else {0: "batch", 2: "height", 3: "width"}
 
     with atomic_output(path) as tmp, exportable_pooling(model):
