@@ -35,6 +35,7 @@ from .prepare import (
     prepare_vaihingen,
 )
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
+from .stats import BandStats, compute_stats
 from .transforms import RandomScale, ScaleBands, ToImageMask, eval_transforms, train_transforms
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "ADE20KDataset",
     "CityscapesDataset",
     "FolderDataset",
+    "BandStats",
+    "compute_stats",
     "PascalContextDataset",
     "PascalContext59Dataset",
     "COCOStuff10kDataset",
