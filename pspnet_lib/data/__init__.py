@@ -34,8 +34,8 @@ from .prepare import (
     prepare_potsdam,
     prepare_vaihingen,
 )
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
 from .stats import BandStats, compute_stats
+from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
 from .transforms import RandomScale, ScaleBands, ToImageMask, eval_transforms, train_transforms
 
 __all__ = [
