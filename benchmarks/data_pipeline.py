@@ -170,40 +170,19 @@ def decode_section(rounds: int, repeats: int) -> list[dict]:
             os.link(picture, root / "images" / f"a{picture.suffix}")
             os.link(files[f"{dataset}/mask"], root / "masks" / "a.png")
             crop = 512 if dataset == "voc" else 769
-            folder = FolderDataset(root, classes=[f"c{i}" for i in range(19)], transforms=train_transforms(crop))
-            times = _interleaved(
-                {
-                    "PSPNET_IMAGE_DECODER=pillow": _with_decoder("pillow", lambda f=folder: f[0]),
-                    "default (torchvision.io pictures)": _with_decoder("auto", lambda f=folder: f[0]),
-                },
-                rounds,
-                repeats,
-            )
-            rows.append(
-                _row(
-                    f"FolderDataset[i] {dataset} + train_transforms({crop})",
-                    times,
-                    "PSPNET_IMAGE_DECODER=pillow",
-                    "default (torchvision.io pictures)",
+            folder = FolderDataset(root, classes=[f"c{i}" for i in range(19)])
+            for transforms, what in ((train_transforms(crop), f"+ train_transforms({crop})"), (None, "(read only)")):
+                folder.transforms = transforms
+                before, after = "PSPNET_IMAGE_DECODER=pillow", "default (torchvision.io pictures)"
+                times = _interleaved(
+                    {
+                        before: _with_decoder("pillow", lambda f=folder: f[0]),
+                        after: _with_decoder("auto", lambda f=folder: f[0]),
+                    },
+                    rounds,
+                    repeats,
                 )
-            )
-            folder.transforms = None
-            times = _interleaved(
-                {
-                    "PSPNET_IMAGE_DECODER=pillow": _with_decoder("pillow", lambda f=folder: f[0]),
-                    "default (torchvision.io pictures)": _with_decoder("auto", lambda f=folder: f[0]),
-                },
-                rounds,
-                repeats,
-            )
-            rows.append(
-                _row(
-                    f"FolderDataset[i] {dataset} (read only)",
-                    times,
-                    "PSPNET_IMAGE_DECODER=pillow",
-                    "default (torchvision.io pictures)",
-                )
-            )
+                rows.append(_row(f"FolderDataset[i] {dataset} {what}", times, before, after))
     return rows
 
 

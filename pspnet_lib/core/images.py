@@ -135,7 +135,7 @@ def _decode_picture(
     return raster(read_raster(path, channels))
 
 
-def _read_npy(path: Path, channels: int, bands: BandSpec | None = None, stored: bool = False) -> np.ndarray:
+def _read_npy(path: Path, channels: int, stored: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
@@ -152,7 +152,7 @@ def _read_npy(path: Path, channels: int, bands: BandSpec | None = None, stored: 
                 "(config.in_channels); .npy images are (H, W, C)"
             )
         return array
-    return to_image_tensor(array, channels, bands=bands, what=str(path)).permute(1, 2, 0).numpy()
+    return to_image_tensor(array, channels, what=str(path)).permute(1, 2, 0).numpy()
 
 
 def read_stored(path: str | os.PathLike, channels: int, *, exif_orientation: bool = True) -> np.ndarray:
