@@ -121,6 +121,26 @@ def test_pictures_read_as_pillow_reads_them(kind, tmp_path, monkeypatch, pillow_
         assert np.array_equal(slow, expected)
 
 
+@pytest.mark.parametrize("kind", ["grey", "paletted", "paletted-4bit", "grey-16bit"])
+def test_masks_read_as_pillow_reads_them(kind, tmp_path, monkeypatch, pillow_decodes):
+    values = RNG.integers(0, 150, (37, 53)).astype(np.uint8)
+    path = tmp_path / "mask.png"
+    if kind == "grey":
+        Image.fromarray(values).save(path)  # 8-bit grey: torchvision.io
+    elif kind == "grey-16bit":
+        Image.fromarray(values.astype(np.uint16) * 300).save(path)
+    else:
+        _paletted(values % 16 if kind.endswith("4bit") else values).save(
+            path, **({"bits": 4} if "4bit" in kind else {})
+        )
+    fast = read_mask(path)
+    assert len(pillow_decodes) == (0 if kind == "grey" else 1), pillow_decodes
+    monkeypatch.setenv("PSPNET_IMAGE_DECODER", "pillow")
+    slow = read_mask(path)
+    with Image.open(path) as image:
+        assert fast.dtype == slow.dtype and np.array_equal(fast, slow) and np.array_equal(slow, np.asarray(image))
+
+
 def _with_orientation(rgb: np.ndarray, path, orientation: int) -> None:
     image = Image.fromarray(rgb)
     exif = image.getexif()

@@ -14,8 +14,9 @@ PNG (RGB, RGBA, grey, grey + alpha, paletted) pictures are decoded by
 :func:`torchvision.io.decode_image` instead (:func:`decoded_rgb`), which gives the same pixels as
 Pillow's ``convert("RGB")`` (tested on every such kind) in less time (``benchmarks/data_pipeline.py``).
 EXIF orientation stays Pillow's reading of the tag, applied by :func:`orient_array` exactly as
-:func:`PIL.ImageOps.exif_transpose` turns pixels. Masks stay with Pillow: its paletted and grey
-PNG decoding measured as fast as or faster than torchvision's. ``PSPNET_IMAGE_DECODER=pillow`` in
+:func:`PIL.ImageOps.exif_transpose` turns pixels. Masks: 8-bit grey PNGs are decoded by
+torchvision.io too (:func:`decoded_grey`); paletted ones stay with Pillow, whose decoding of them
+measured as fast as or faster than torchvision's. ``PSPNET_IMAGE_DECODER=pillow`` in
 the environment makes Pillow decode everything (e.g. to compare, or with a torchvision built
 without its image extension, where the fallback is automatic anyway).
 """
@@ -37,6 +38,7 @@ __all__ = [
     "SIXTEEN_BIT",
     "MASK_MODES",
     "decode_file",
+    "decoded_grey",
     "decoded_rgb",
     "exif_orientation",
     "orient_array",
@@ -160,12 +162,27 @@ def decoded_rgb(image: Image.Image) -> np.ndarray | None:
     loaded, ``PSPNET_IMAGE_DECODER=pillow``, or a file torchvision cannot decode (Pillow then
     decodes it or raises its own error).
     """
+    tensor = _torchvision_decode(image, _TORCHVISION_KINDS, "RGB", 3)
+    return None if tensor is None else tensor.permute(1, 2, 0).numpy()
+
+
+def decoded_grey(image: Image.Image) -> np.ndarray | None:
+    """``(H, W)`` uint8 values of an 8-bit grey PNG as stored (``np.asarray(image)``), decoded by
+    torchvision.io: the grey masks' fast path (paletted masks decode faster with Pillow). None when
+    Pillow must decode (as :func:`decoded_rgb`)."""
+    tensor = _torchvision_decode(image, {("PNG", "L", "L")}, "UNCHANGED", 1)
+    return None if tensor is None else tensor[0].numpy()
+
+
+def _torchvision_decode(
+    image: Image.Image, kinds: set[tuple[str, str, str]], mode: str, bands: int
+) -> torch.Tensor | None:
     if os.environ.get("PSPNET_IMAGE_DECODER", "auto").lower() == "pillow":
         return None
     path = getattr(image, "filename", None)
     if (
         not path
-        or (image.format, image.mode, _raw_mode(image)) not in _TORCHVISION_KINDS
+        or (image.format, image.mode, _raw_mode(image)) not in kinds
         or getattr(image, "n_frames", 1) != 1
         or image.info.get("interlace")
     ):
@@ -177,12 +194,12 @@ def decoded_rgb(image: Image.Image) -> np.ndarray | None:
             # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's (same API);
             # until they are removed (then this returns None and Pillow decodes), they are the fast path.
             warnings.simplefilter("ignore", DeprecationWarning)
-            tensor = decode_image(str(path), mode=ImageReadMode.RGB)
-    except (ImportError, RuntimeError, OSError, ValueError):
+            tensor = decode_image(str(path), mode=getattr(ImageReadMode, mode))
+    except (ImportError, AttributeError, RuntimeError, OSError, ValueError):
         return None
-    if tensor.dtype != torch.uint8 or tuple(tensor.shape) != (3, image.height, image.width):
+    if tensor.dtype != torch.uint8 or tuple(tensor.shape) != (bands, image.height, image.width):
         return None
-    return tensor.permute(1, 2, 0).numpy()
+    return tensor
 
 
 #: EXIF orientation -> the array operation of the transpose :func:`PIL.ImageOps.exif_transpose` applies.
@@ -234,7 +251,8 @@ def mask_values(image: Image.Image, what: str) -> np.ndarray:
             f"mask {what} has PIL mode {image.mode!r}; masks must be single-channel or paletted images "
             "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
         )
-    return np.asarray(image)
+    grey = decoded_grey(image) if image.mode == "L" else None  # 8-bit grey PNG: torchvision.io
+    return grey if grey is not None else np.asarray(image)
 
 
 def to_eight_bit(image: Image.Image, what: str) -> Image.Image:
