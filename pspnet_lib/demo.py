@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .inference.visualize import load_font
 
 __all__ = ["run_demo", "run_weights_demo", "draw_training_curve", "constant_prediction_miou", "nice_ticks"]
 
@@ -96,13 +98,6 @@ def _tick_label(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e5 else f"{value:.0e}"
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:  # Pillow >= 10.1 with FreeType: a scalable font whose spaces have a visible width
-        return ImageFont.load_default(size=size)
-    except TypeError:  # older Pillow: the bitmap font
-        return ImageFont.load_default()
-
-
 def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int] = (720, 400)) -> Image.Image:
     """Training loss per logged iteration (blue line, left axis) and validation mIoU (orange, right axis, %).
 
@@ -112,7 +107,7 @@ def draw_training_curve(history: Sequence[dict[str, Any]], size: tuple[int, int]
     left, right, top, bottom = 64, 64, 44, 48
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
-    font, title_font = _font(13), _font(15)
+    font, title_font = load_font(13), load_font(15)
     train = [
         (h["iter"], h["loss"]) for h in history if h.get("type") == "train" and math.isfinite(h.get("loss", math.nan))
     ]
@@ -285,7 +280,7 @@ def run_demo(
         f"Held-out scenes: picture | ground truth | prediction. mIoU {100 * metrics['mIoU']:.1f}% "
         f"(a constant prediction: {100 * baseline:.1f}%)"
     )
-    font = _font(13)
+    font = load_font(13)
     title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8
     width = max(max([r.width for r in rows] + [0]) + key.width + 8, title_width)
     grid = Image.new("RGB", (width, max(sum(r.height + 4 for r in rows), key.height) + 20), "white")

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from pspnet_lib.engine import TrainConfig, Trainer, evaluate
 from pspnet_lib.engine.checkpoint import load_checkpoint
+from pspnet_lib.engine.class_weights import compute_class_weights
 from pspnet_lib.engine.sampler import InfiniteSampler
 
 from ._engine_helpers import ColourBlocks, one_thread, tiny_pspnet  # noqa: F401 (fixture)
@@ -42,12 +43,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         out_dir=os.path.join(out, "run"),
         progress=False,
         export=False,
+        # rank 0 computes the class weights and hands them to the other; every rank mines its own pixels
+        class_weight="auto",
+        loss="ce + 0.5*lovasz",
+        sampler="ohem(thresh=0.7, min_kept=100)",
     )
     trainer = Trainer(model, ColourBlocks(8, 32), ColourBlocks(3, 32, seed=9, augment=False), config)
     summary = trainer.fit()
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"metrics{rank}.json"), "w") as f:
-        json.dump({"metrics": summary["metrics"], "history": summary["history"]}, f)
+        json.dump(
+            {"metrics": summary["metrics"], "history": summary["history"], "weights": trainer.config.class_weight}, f
+        )
     from pspnet_lib.engine.distributed import cleanup
 
     cleanup()
@@ -64,6 +71,7 @@ def test_two_gloo_processes_stay_in_sync_and_reduce_metrics(tmp_path):
     assert not torch.equal(initial["decode_head.classifier.weight"], weights[0]["decode_head.classifier.weight"])
 
     results = [json.loads((tmp_path / f"metrics{r}.json").read_text()) for r in range(2)]
+    assert results[0]["weights"] == results[1]["weights"] == compute_class_weights(ColourBlocks(8, 32), 4)
     assert results[0]["metrics"] == results[1]["metrics"]  # every rank gets the whole dataset's metrics
     # Reduced over the two shards = one process scoring all three images.
     model = tiny_pspnet()
@@ -77,7 +85,8 @@ def test_two_gloo_processes_stay_in_sync_and_reduce_metrics(tmp_path):
     assert results[0]["metrics"]["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
     # Training losses were averaged over ranks, identically on both; rank 0 alone wrote checkpoints.
     losses = [
-        [(h["iter"], h["loss"], h["main"], h["aux"]) for h in r["history"] if h["type"] == "train"] for r in results
+        [(h["iter"], h["loss"], h["main"], h["main.lovasz"], h["aux"]) for h in r["history"] if h["type"] == "train"]
+        for r in results
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 2
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")

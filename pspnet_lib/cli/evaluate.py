@@ -41,7 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--scales", type=floats, metavar="S1,S2,..", help="multi-scale factors, e.g. 0.5,0.75,1,1.25,1.5,1.75"
     )
     p.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped runs")
-    p.add_argument("--json", metavar="FILE", help="also write the metrics (per class) as JSON here")
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the metrics (per class, and the confusion matrix) as JSON here"
+    )
+    p.add_argument(
+        "--confusion-matrix",
+        metavar="FILE.png",
+        help="also draw the confusion matrix (rows: ground truth, normalised; columns: prediction) as a PNG here",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument(
         "--amp",
@@ -68,10 +75,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pass --data-root DIR (the dataset's directory)")
     if not os.path.isdir(args.data_root):  # before loading (or downloading) the weights
         raise ValueError(f"--data-root {args.data_root}: no such folder (pass the dataset's directory)")
-    if args.json:
-        from .._files import check_outputs_spare_inputs, local_files
+    if args.confusion_matrix and not args.confusion_matrix.lower().endswith(".png"):
+        raise ValueError(f"--confusion-matrix {args.confusion_matrix}: the picture is a PNG; name a .png file")
+    for flag, path in (("--json", args.json), ("--confusion-matrix", args.confusion_matrix)):
+        if path:
+            from .._files import check_outputs_spare_inputs, local_files
 
-        check_outputs_spare_inputs([args.json], local_files(args.weights), advice="choose another --json file")
+            check_outputs_spare_inputs([path], local_files(args.weights), advice=f"choose another {flag} file")
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)
@@ -140,4 +150,14 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             atomic_write_bytes(args.json, (metrics_to_json(metrics, dataset.classes) + "\n").encode())
             sys.stdout.write(f"metrics written to {args.json}\n")
+        if args.confusion_matrix:
+            import io
+
+            from ..inference.visualize import draw_confusion_matrix
+
+            picture = io.BytesIO()
+            title = f"{args.weights} on {args.dataset} {split or 'all'}: confusion matrix"
+            draw_confusion_matrix(metrics["confusion_matrix"], dataset.classes, title).save(picture, format="PNG")
+            atomic_write_bytes(args.confusion_matrix, picture.getvalue())
+            sys.stdout.write(f"confusion matrix drawn in {args.confusion_matrix}\n")
     return 0

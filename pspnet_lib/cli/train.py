@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(
             f"run directory: {training.config.out_dir} (checkpoints/, history.json"
-            f"{', metrics.json' if summary['metrics'] else ''}); model: {summary['model_dir']}\n"
+            f"{', metrics.json, validation/ (per class, confusion matrices)' if summary['metrics'] else ''}); "
+            f"model: {summary['model_dir']}\n"
         )
     return 0

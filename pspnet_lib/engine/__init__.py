@@ -1,6 +1,7 @@
-"""Training and evaluation: settings, loss, optimisation, the Trainer, a training run from a recipe,
-checkpoints, distributed helpers and metrics."""
+"""Training and evaluation: settings, losses and class weights, optimisation, the Trainer, a training run
+from a recipe, checkpoints, distributed helpers and metrics."""
 
+from .class_weights import compute_class_weights
 from .config import SettingError, TrainConfig
 from .evaluate import evaluate, normalize_images
 from .loss import PSPNetLoss, check_target
@@ -22,6 +23,7 @@ __all__ = [
     "build_optimizer",
     "build_poly_scheduler",
     "check_target",
+    "compute_class_weights",
     "evaluate",
     "format_metrics_table",
     "metrics_to_json",

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from ..core.constants import IGNORE_INDEX
 from ..core.geometry import MODES
 from ..core.inference_protocol import InferenceProtocol
+from .losses.settings import LossSettingError, check_class_counts, loss_settings
 from .optim import OPTIMIZERS
 
 __all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
@@ -91,7 +92,9 @@ def _setting(
 ) -> Any:
     """A field with its description: ``help``, ``group`` (a section of ``pspnet train --help``) and
     ``cli`` (``flag`` when the flag is not ``--field-name``, ``metavar``, ``choices``, ``nargs`` /
-    ``const``, or ``no_flag="why"`` for a setting the command line does not offer)."""
+    ``const``, ``kind`` when the flag reads the value otherwise than the field's type says (e.g.
+    ``"str"`` for a spec that is stored as a list), or ``no_flag="why"`` for a setting the command
+    line does not offer)."""
     metadata = {"help": help, "group": group, "cli": cli}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -118,6 +121,13 @@ class TrainConfig:
         min_lr: floor of the backbone LR (mmsegmentation uses 1e-4; the paper 0).
         warmup_iters, warmup_ratio: linear warm-up from ``warmup_ratio * lr`` (0 iters: none).
         aux_weight: weight of the auxiliary loss (0.4; 0 disables the auxiliary head).
+        loss, aux_loss: the main / auxiliary head's loss terms, a spec line (``"ce + 0.5*dice"``) or
+            the stored list of ``{"type", "loss_weight", ...}`` dicts (aux None: as ``loss``).
+        class_weight: per-class loss weights: a list, or a rule (``"auto"`` = ``"inverse_log"``,
+            ``"median_frequency"``) the Trainer computes from the training masks and records as
+            the list (:mod:`.class_weights`).
+        sampler: the main head's pixel sampler: None or ``"ohem(thresh=.., min_kept=..)"``.
+            Terms, options and references: :mod:`pspnet_lib.engine.losses`, docs/training.md.
         ignore_index: mask value of unscored pixels; one setting for every stage that uses it (the
             folder dataset, the padding of masks by the augmentation, the loss, the metrics, the
             recorded ``pretrained_cfg``). The zoo datasets mark unscored pixels 255.
@@ -172,6 +182,22 @@ class TrainConfig:
     warmup_iters: int = _setting(0, "linear warm-up iterations", group=_OPT)
     warmup_ratio: float = _setting(0.1, "warm-up starts at this fraction of --lr", group=_OPT)
     aux_weight: float = _setting(0.4, "weight of the auxiliary loss (0 disables the auxiliary head)", group=_OPT)
+    loss: str | list[dict[str, Any]] = _setting(
+        "cross_entropy", "main head's loss terms (ce, focal, dice, lovasz): 'ce + 0.5*dice'", group=_OPT, kind="str"
+    )
+    aux_loss: str | list[dict[str, Any]] | None = _setting(
+        None, "auxiliary head's loss terms (default: --loss)", group=_OPT, kind="str", metavar="LOSS"
+    )
+    class_weight: str | list[float] | None = _setting(
+        None,
+        "auto (ENet's 1/ln(1.02+p)), median_frequency or one per class",
+        group=_OPT,
+        kind="str",
+        metavar="auto|W0,..",
+    )
+    sampler: str | dict[str, Any] | None = _setting(
+        None, "main head's pixel sampler: 'ohem(thresh=0.7, min_kept=100000)'", group=_OPT, kind="str"
+    )
     ignore_index: int = _setting(
         IGNORE_INDEX,
         "mask value of unscored pixels, used by the dataset, the augmentation's padding, the loss, the metrics and "
@@ -265,6 +291,7 @@ class TrainConfig:
             )
         if self.aux_weight < 0:
             raise SettingError(f"{{aux_weight}} must be >= 0, got {SettingError.quote(self.aux_weight)}")
+        self._check_loss()
         for name in ("eval_resize", "eval_crop", "eval_stride"):
             value = getattr(self, name)
             if value is not None:
@@ -275,6 +302,21 @@ class TrainConfig:
                     )
                 setattr(self, name, value)
         self.eval_scales = [float(s) for s in self.eval_scales]
+
+    def _check_loss(self) -> None:
+        try:
+            self.loss, self.aux_loss, self.class_weight, self.sampler = loss_settings(
+                self.loss, self.aux_loss, self.class_weight, self.sampler
+            )
+        except LossSettingError as error:
+            raise _naming(error) from None
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raise a :class:`SettingError` when a class-weight list does not hold ``num_classes`` weights."""
+        try:
+            check_class_counts(num_classes, self.loss, self.aux_loss, self.class_weight)  # type: ignore[arg-type]  # stored forms
+        except LossSettingError as error:
+            raise _naming(error) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,6 +347,10 @@ class TrainConfig:
             scales=tuple(self.eval_scales),
             flip=self.eval_flip,
         )
+
+
+def _naming(error: LossSettingError) -> SettingError:
+    return SettingError(f"{{{error.setting}=}}: {SettingError.escape(error)}", **{error.setting: error.value})
 
 
 def auto_amp(device: str | None) -> str:
@@ -354,7 +400,7 @@ def setting_specs() -> list[SettingSpec]:
     for f in dataclasses.fields(TrainConfig):
         cli = dict(f.metadata["cli"])
         no_flag = cli.pop("no_flag", None)
-        kind = _kind(hints[f.name])
+        kind = cli.pop("kind", None) or _kind(hints[f.name])  # a field may say how its flag reads it
         default = f.default
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

@@ -1,14 +1,16 @@
-"""The PSPNet training loss: pixel-wise cross-entropy on the main output plus a weighted auxiliary term."""
+"""The PSPNet training loss: the spec's terms on the main output plus ``aux_weight`` times the terms on the
+auxiliary output (by default pixel-wise cross-entropy on both, the paper's deep supervision)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..core.constants import IGNORE_INDEX
+from .losses import LossTerm, build_loss_terms, build_sampler
 
 __all__ = ["PSPNetLoss", "check_target"]
 
@@ -82,35 +84,81 @@ def check_target(target: torch.Tensor, num_classes: int, ignore_index: int = IGN
 
 
 class PSPNetLoss(nn.Module):
-    """Cross-entropy on the main logits plus ``aux_weight`` times cross-entropy on the auxiliary logits.
+    """The terms of ``loss`` on the main logits plus ``aux_weight`` times the terms of ``aux_loss`` on
+    the auxiliary logits (mmsegmentation's ``loss_decode`` of the decode and auxiliary heads).
 
-    The paper's deep supervision: the auxiliary FCN head on layer3 is weighted 0.4. Each term
-    averages over the pixels that are not ``ignore_index`` (PyTorch's and the author's
-    convention); a batch whose every pixel is ignored contributes a zero loss instead of NaN.
+    The default, ``loss="cross_entropy"``, is the paper's: cross-entropy averaged over the pixels
+    that are not ``ignore_index`` (PyTorch's and the author's convention; mmsegmentation's
+    ``avg_non_ignore=True``), and 0.4 times the same on the auxiliary FCN head of layer3. The
+    terms, their options and their references are in :mod:`pspnet_lib.engine.losses` (spec
+    syntax in :mod:`pspnet_lib.engine.losses.spec`); every term skips ignored pixels, and a batch
+    whose every pixel is ignored contributes 0 instead of NaN.
 
     Args:
-        aux_weight: weight of the auxiliary term (0 disables it).
-        ignore_index: mask value of unscored pixels.
+        aux_weight: weight of the auxiliary head's loss (0 disables it).
+        ignore_index: mask value of unscored pixels (every term uses it).
         check_labels: validate mask values before computing the loss (one reduction on the mask;
             turn off only for data you have already validated).
+        loss: the main head's terms: a spec line (``"ce + 0.5*dice"``) or a list of
+            ``{"type": ..., "loss_weight": ..., **options}`` dicts.
+        aux_loss: the auxiliary head's terms (None: the same as ``loss``).
+        class_weight: one weight per class, given to every term without its own ``class_weight``
+            (compute them with :func:`pspnet_lib.engine.class_weights.compute_class_weights`).
+        sampler: the main head's pixel sampler: None, ``"ohem"``, ``"ohem(thresh=0.7, min_kept=100000)"``
+            or its dict form (mmsegmentation's ``OHEMPixelSampler``, applied to the decode head only,
+            as mmsegmentation does); it needs a per-pixel term (cross-entropy or focal) in ``loss``.
+
+    Raises:
+        ValueError: a bad spec, weight or sampler (see :func:`~pspnet_lib.engine.losses.parse_loss`).
 
     ``loss(outputs, target)``: ``outputs`` is the model's ``(main, aux)`` pair from
     ``model(x, return_aux=True)`` or a plain logits Tensor ``(N, K, H, W)``; ``target`` the
     integer masks ``(N, H, W)`` or ``(N, 1, H, W)`` at the logits' size.
     """
 
-    def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX, check_labels: bool = True) -> None:
+    def __init__(
+        self,
+        aux_weight: float = 0.4,
+        ignore_index: int = IGNORE_INDEX,
+        check_labels: bool = True,
+        *,
+        loss: str | Mapping[str, Any] | Sequence[Any] = "cross_entropy",
+        aux_loss: str | Mapping[str, Any] | Sequence[Any] | None = None,
+        class_weight: Sequence[float] | None = None,
+        sampler: str | Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         self.aux_weight = float(aux_weight)
         self.ignore_index = int(ignore_index)
         self.check_labels = check_labels
+        self.terms = nn.ModuleList(build_loss_terms(loss, self.ignore_index, class_weight))
+        self.aux_terms = nn.ModuleList(
+            build_loss_terms(loss if aux_loss is None else aux_loss, self.ignore_index, class_weight)
+        )
+        self.sampler = build_sampler(sampler, self.ignore_index)
+        if self.sampler is not None and not any(term.per_pixel for term in self._main_terms):
+            raise ValueError(
+                "the OHEM sampler weights per-pixel terms, but the loss has none: add cross_entropy or focal"
+            )
+
+    @property
+    def _main_terms(self) -> list[LossTerm]:
+        return list(self.terms)  # type: ignore[arg-type]  # a ModuleList of LossTerms
 
     def extra_repr(self) -> str:
-        return f"aux_weight={self.aux_weight}, ignore_index={self.ignore_index}"
+        return f"aux_weight={self.aux_weight}, ignore_index={self.ignore_index}, sampler={self.sampler}"
 
-    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    def describe(self) -> str:
+        """One line: the main terms, the auxiliary ones with their weight, the sampler."""
+        line = _line(self._main_terms)
+        if self.aux_weight > 0:
+            line += f"; aux {self.aux_weight:g} x ({_line(list(self.aux_terms))})"  # type: ignore[arg-type]  # LossTerms
+        return line + (f"; {self.sampler}" if self.sampler is not None else "")
+
+    @staticmethod
+    def _check_shapes(logits: torch.Tensor, target: torch.Tensor, name: str) -> None:
         if logits.ndim != 4:
             raise ValueError(f"{name} logits must be (N, K, H, W), got shape {tuple(logits.shape)}")
         if logits.shape[0] != target.shape[0] or logits.shape[-2:] != target.shape[-2:]:
@@ -119,16 +167,39 @@ class PSPNetLoss(nn.Module):
                 "spatial size; PSPNet returns logits at the input size, so crop/resize images and masks together "
                 "(a joint transform on tv_tensors.Image and tv_tensors.Mask)"
             )
-        # Sum over scored pixels divided by their count: the mean of PyTorch's default reduction,
-        # but 0 (not NaN) when a crop holds no scored pixel at all.
-        total = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="sum")
-        count = (target != self.ignore_index).sum().clamp(min=1)
-        return total / count
+
+    def _head(
+        self,
+        terms: Sequence[LossTerm],
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        name: str,
+        pixel_weight: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``{name: total}`` plus ``{name.term: value}`` for each term when there are several."""
+        self._check_shapes(logits, target, name)
+        values: dict[str, torch.Tensor] = {}
+        for term in terms:
+            key, k = f"{name}.{term.name}", 2
+            while key in values:  # the same term twice (e.g. two cross-entropies): main.cross_entropy_2
+                key, k = f"{name}.{term.name}_{k}", k + 1
+            values[key] = term(logits, target, pixel_weight if term.per_pixel else None)
+        parts = list(values.values())
+        total = parts[0]
+        for value in parts[1:]:
+            total = total + value
+        return {name: total, **values} if len(parts) > 1 else {name: total}
+
+    def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """What OHEM without a threshold ranks pixels by: the main per-pixel terms' losses, summed."""
+        terms = [term for term in self._main_terms if term.per_pixel]
+        return torch.stack([term.pixel_losses(logits, target) for term in terms]).sum(0)
 
     def components(
         self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The total loss and its terms: ``{"loss", "main"}`` plus ``"aux"`` when it is used."""
+        """The total loss and its parts: ``{"loss", "main"}`` plus ``"aux"`` when it is used, and
+        ``"main.<term>"`` / ``"aux.<term>"`` for each term of a head with several."""
         if isinstance(outputs, torch.Tensor):
             main, aux = outputs, None
         elif isinstance(outputs, (tuple, list)) and len(outputs) == 2:
@@ -140,13 +211,26 @@ class PSPNetLoss(nn.Module):
         else:
             target = target[:, 0] if target.ndim == 4 else target
             target = target.long()
-        terms = {"main": self._cross_entropy(main, target, "main")}
+        pixel_weight = None
+        if self.sampler is not None:
+            self._check_shapes(main, target, "main")
+            pixel_weight = self.sampler.sample(main, target, self.pixel_losses)
+        terms = self._head(self._main_terms, main, target, "main", pixel_weight)
         loss = terms["main"]
         if aux is not None and self.aux_weight > 0:
-            terms["aux"] = self._cross_entropy(aux, target, "aux")
+            terms.update(self._head(list(self.aux_terms), aux, target, "aux"))  # type: ignore[arg-type]  # LossTerms
             loss = loss + self.aux_weight * terms["aux"]
         terms["loss"] = loss
         return terms
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return self.components(outputs, target)["loss"]
+
+
+def _line(terms: Sequence[LossTerm]) -> str:
+    return " + ".join(
+        ("" if term.loss_weight == 1 else f"{term.loss_weight:g}*")
+        + term.name
+        + ("(class_weight)" if term.class_weight is not None else "")
+        for term in terms
+    )

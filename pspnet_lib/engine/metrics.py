@@ -85,7 +85,8 @@ class ConfusionMatrix:
             dist.all_reduce(self.out_of_range, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict[str, Any]:
-        """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen)."""
+        """Metrics as plain Python numbers (fractions in [0, 1]; NaN for classes never seen), and
+        ``"confusion_matrix"``: the counts as a list of rows (``[target][prediction]``)."""
         m = self.matrix.double().cpu()
         missed = self.out_of_range.double().cpu()
         tp = m.diag()
@@ -103,6 +104,7 @@ class ConfusionMatrix:
             "Acc": acc.tolist(),
             "pixels": int(total),
             "out_of_range": int(missed.sum()),
+            "confusion_matrix": self.matrix.cpu().tolist(),
         }
 
 
@@ -129,8 +131,11 @@ def _pct(value: float) -> str:
 
 
 def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """JSON with per-class entries keyed by class name (NaN written as null) and, when the metrics
-    say it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``)."""
+    """JSON with per-class entries keyed by class name (NaN written as null); when the metrics say
+    it, the ``"precision"`` the model ran in (``evaluate``'s ``"fp32"``/``"bf16"``/``"fp16"``); when
+    ``metrics`` has it, the confusion matrix: ``{"rows": "ground truth", "columns": "prediction",
+    "classes": [...], "counts": [[...], ...]}`` (pixel counts; a row's sum plus its out-of-range
+    predictions is the class's ground-truth pixels)."""
     n = len(metrics["IoU"])
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
 
@@ -147,4 +152,11 @@ def metrics_to_json(metrics: dict[str, Any], class_names: Sequence[str] | None =
             name: {"IoU": clean(i), "Acc": clean(a)} for name, i, a in zip(names, metrics["IoU"], metrics["Acc"])
         },
     }
+    if "confusion_matrix" in metrics:
+        payload["confusion_matrix"] = {
+            "rows": "ground truth",
+            "columns": "prediction",
+            "classes": names,
+            "counts": metrics["confusion_matrix"],
+        }
     return json.dumps(payload, indent=2)

@@ -42,7 +42,9 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
+from ..core.band_spec import BandSpec
 from ..core.bands import band_settings
+from ..core.pretrained_cfg import PretrainedCfg
 from ..data import train_transforms
 from ..data.transforms import mask_fill_values, size_pair
 from ..hub.input_conv import check_rgb_bands
@@ -254,8 +256,10 @@ def check_band_settings(
     bands: str | os.PathLike | Mapping[str, Any] | None,
     rgb_bands: Sequence[int] | None,
     rgb_weights: str | os.PathLike | None,
-) -> tuple[int, dict[str, Any] | None]:
-    """``(in_channels, band settings)`` of a run, checked before any work.
+) -> tuple[int, dict[str, Any] | None, BandSpec | None]:
+    """``(in_channels, band settings, band spec)`` of a run, checked before any work: the settings are
+    the ``pretrained_cfg`` entries of ``bands`` (:func:`~pspnet_lib.core.bands.band_settings`), the spec
+    their ``bands`` entry (None without one).
 
     Raises:
         SettingError: naming ``in_channels``, ``bands`` or ``rgb_bands`` (their flags from the CLI):
@@ -270,12 +274,13 @@ def check_band_settings(
         raise SettingError(
             "{in_channels} and {bands} apply to {dataset=} only (the zoo datasets are RGB photos)", dataset="folder"
         )
-    band_cfg = None
+    band_cfg = spec = None
     if bands is not None:
         try:
             band_cfg = band_settings(bands, channels)
         except (OSError, ValueError) as exc:
             raise SettingError("{bands}: " + SettingError.escape(exc)) from None
+        spec = PretrainedCfg.from_dict(band_cfg, channels).bands
     if rgb_bands is not None:
         if not rgb_weights:
             raise SettingError("{rgb_bands} places RGB weights in the bands: give {weights} or {weights_backbone}")
@@ -283,4 +288,4 @@ def check_band_settings(
             check_rgb_bands(rgb_bands, channels)
         except ValueError as exc:
             raise SettingError("{rgb_bands}: " + SettingError.escape(exc)) from None
-    return channels, band_cfg
+    return channels, band_cfg, spec

@@ -235,11 +235,9 @@ class TrainingRun:
             world_size: processes of the run (default ``$WORLD_SIZE`` or 1), to compare the
                 images per step with the recipe's.
             protect: more files the run must never write over.
-            bands: folder images in their own units: a band settings file or dict (``pspnet stats
-                --out``; :func:`~pspnet_lib.core.bands.band_settings`), recorded in the model's
-                ``pretrained_cfg``; default: the spec of ``weights``, if any. ``settings["model"]
-                ["in_channels"]`` is the band count.
-            rgb_bands: where RGB weights go in N bands (see :func:`~pspnet_lib.load_pretrained`).
+            bands, rgb_bands: folder images in their own units (a band settings file or dict, recorded with
+                the model; default: the spec of ``weights``) and where RGB weights go in them (see
+                :func:`~pspnet_lib.engine.preflight.check_band_settings`, :func:`~pspnet_lib.load_pretrained`).
 
         Raises:
             SettingError: a setting out of range or contradicting the data (a ``ValueError``);
@@ -256,11 +254,12 @@ class TrainingRun:
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]
-        band_file = [bands] if isinstance(bands, (str, os.PathLike)) else []
-        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect, *band_file])
+        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect, bands])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
         check_augment(settings["augment"])
-        channels, band_cfg = check_band_settings(name, settings["model"], bands, rgb_bands, weights or weights_backbone)
+        channels, band_cfg, spec = check_band_settings(
+            name, settings["model"], bands, rgb_bands, weights or weights_backbone
+        )
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
@@ -276,9 +275,7 @@ class TrainingRun:
             if flat:
                 split = None  # a flat folder without validation: train on every pair
             options["ignore_index"] = config.ignore_index  # the value the user's masks store
-            options["in_channels"] = channels
-            if band_cfg is not None:
-                options["bands"] = band_cfg["bands"]
+            options.update(in_channels=channels, bands=spec)
         # Classes first (the model's classifier width), from the dataset without transforms.
         probe = build_dataset(name, data_root, split, None, **options)
         check_class_count(probe.classes)
@@ -289,6 +286,7 @@ class TrainingRun:
                 f"({SettingError.escape(', '.join(probe.classes[:6]))}...)",
                 num_classes=num_classes,
             )
+        config.check_num_classes(num_classes)  # a class-weight list of another length, before the model is built
         if probe.ignore_index != config.ignore_index:
             raise SettingError(
                 f"{{ignore_index=}} but the {name} dataset marks unscored pixels {probe.ignore_index}; leave "
@@ -305,8 +303,8 @@ class TrainingRun:
         model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume, rgb_bands)
         if band_cfg is not None:  # recorded with the weights: predict, export and calibration read the data so
             setattr(model, "pretrained_cfg", {**(getattr(model, "pretrained_cfg", None) or {}), **band_cfg})
-        cfg = PretrainedCfg.of(model, what="the model with {bands}" if band_cfg else "the model")
-        if name == "folder" and (cfg.in_channels, cfg.bands) != (channels, options.get("bands")):
+        cfg = PretrainedCfg.of(model)
+        if name == "folder" and (cfg.in_channels, cfg.bands) != (channels, spec):
             # The weights take other bands (e.g. they carry a band spec): read the data so, check again.
             options.update(in_channels=cfg.in_channels, bands=cfg.bands)
             build_dataset(name, data_root, split, None, **options).verify(

@@ -35,6 +35,7 @@ from .._progress import progress_bar
 from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
 from .checkpoint import atomic_write_bytes
+from .class_weights import DEFAULT_RULE, compute_class_weights
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
@@ -66,11 +67,17 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         resume: ``False`` (start fresh; an existing run in ``out_dir`` is an error), ``True``
             (continue from ``out_dir/checkpoints/latest.pt`` if present, else start fresh) or the
             path of a checkpoint.
-        loss_fn: replaces ``PSPNetLoss(config.aux_weight, config.ignore_index)``; called as
+        loss_fn: replaces the :class:`PSPNetLoss` built from the config's ``loss``, ``aux_loss``,
+            ``class_weight``, ``sampler``, ``aux_weight`` and ``ignore_index``; called as
             ``loss_fn(outputs, masks)`` where ``outputs`` is ``(main, aux)`` (or the logits
             without an auxiliary head) and may return a Tensor or a dict with ``"loss"``.
         collate_fn: DataLoader collate function (default: stacking, with a one-line error for
             pictures of several sizes in one batch).
+
+    A ``config.class_weight`` rule (``"auto"``, ``"median_frequency"``) is computed here from the
+    training masks (one pass, rank 0, with a progress bar; see :mod:`.class_weights`) and replaced
+    by the weights, which ``train_config.json``, the checkpoints and the saved model's
+    ``pretrained_cfg`` (``class_weight``, ``class_weight_rule``) then record.
 
     ``fit()`` returns a summary dict: ``iteration``, ``metrics`` (last validation), ``best_miou``,
     ``checkpoint`` and ``model_dir`` paths, and ``history``.
@@ -103,7 +110,20 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         self.collate_fn = collate_fn or one_size_collate
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.loss_fn = loss_fn or PSPNetLoss(config.aux_weight, config.ignore_index)
+        self.class_weight_rule: str | None = None
+        if loss_fn is None:
+            self.config = config = self._resolve_class_weight(model, train_dataset)
+            self.loss_fn = PSPNetLoss(
+                config.aux_weight,
+                config.ignore_index,
+                loss=config.loss,
+                aux_loss=config.aux_loss,
+                class_weight=config.class_weight,  # type: ignore[arg-type]  # a list or None once resolved
+                sampler=config.sampler,
+            )
+            self._log("loss: %s", self.loss_fn.describe())
+        else:
+            self.loss_fn = loss_fn
         self.model = self._prepare_model(model)
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
@@ -133,6 +153,34 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         self._last_checkpoint: tuple[Path, int] | None = None
 
     # ------------------------------------------------------------------ set-up
+    def _resolve_class_weight(self, model: nn.Module, dataset: Dataset) -> TrainConfig:
+        """The config with its class weights checked against the class count and a rule computed
+        (rank 0 reads the masks; every rank gets the weights or the error)."""
+        c = self.config
+        num_classes = getattr(getattr(model, "config", None), "num_classes", None) or getattr(
+            dataset, "num_classes", None
+        )
+        if isinstance(num_classes, int):
+            c.check_num_classes(num_classes)
+        if not isinstance(c.class_weight, str):
+            return c
+        outcome: tuple[list[float] | None, str | None] = (None, None)
+        if self.is_main:
+            try:
+                weights = compute_class_weights(
+                    dataset, num_classes, c.class_weight, c.ignore_index, num_workers=c.num_workers, progress=c.progress
+                )
+                outcome = (weights, None)
+            except (ValueError, FileNotFoundError) as exc:
+                outcome = (None, str(exc))
+        weights, failure = D.broadcast_object(outcome)
+        if failure is not None:
+            raise SettingError(
+                "{class_weight=} could not be computed: " + SettingError.escape(failure), class_weight=c.class_weight
+            )
+        self.class_weight_rule = DEFAULT_RULE if c.class_weight == "auto" else c.class_weight
+        return c.replace(class_weight=weights)
+
     def _check_setup(self, model: nn.Module, loss_fn: Callable[..., Any] | None) -> None:
         """Refuse, before any work, a set-up that cannot learn or would stop at its first batches
         (see :mod:`.preflight`): one class with the cross-entropy loss, datasets whose ignore index
@@ -216,6 +264,11 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
                 changes[key] = value
         changes["ignore_index"] = self.config.ignore_index
         cfg = typed.replace(**changes).to_dict()
+        for key in ("class_weight", "class_weight_rule"):  # this run's, not those of the weights it started from
+            cfg.pop(key, None)
+        if isinstance(self.config.class_weight, list):
+            cfg["class_weight"] = self.config.class_weight
+            cfg["class_weight_rule"] = self.class_weight_rule or "given"
         cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
         if hasattr(model, "pretrained_cfg"):
             setattr(model, "pretrained_cfg", cfg)  # nn.Module's typing hides the attribute

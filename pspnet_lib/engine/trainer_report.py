@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -12,7 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write_bytes, get_rng_state, set_rng_state, state_nbytes
+from .._files import ensure_dir
+from ..inference.visualize import draw_confusion_matrix
+from .checkpoint import atomic_write_bytes, checkpoint_name, get_rng_state, set_rng_state, state_nbytes
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
 from .sampler import usable_workers
@@ -77,6 +80,8 @@ class ReportMixin(TrainerBase):
             set_rng_state(rng)
         self.last_metrics = metrics
         self._validated_at = self.iteration
+        if self.is_main:
+            self._write_class_report(metrics)
         entry = {"iter": self.iteration, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"]}
         self.history.append({"type": "val", **entry})
         self._log(
@@ -88,6 +93,27 @@ class ReportMixin(TrainerBase):
             100 * metrics["aAcc"],
         )
         return metrics
+
+    def _write_class_report(self, metrics: dict[str, Any]) -> None:
+        """``validation/iter_XXXXXXXX.json`` (per-class IoU/Acc and the confusion matrix) and
+        ``validation/iter_XXXXXXXX_confusion.png`` (the row-normalised matrix) of this evaluation."""
+        classes = getattr(self.val_dataset, "classes", None)
+        if classes is not None and len(classes) != len(metrics["IoU"]):
+            classes = None
+        payload = json.loads(metrics_to_json(metrics, classes))
+        payload["iteration"] = self.iteration
+        picture = io.BytesIO()
+        title = f"Confusion matrix at iteration {self.iteration} (mIoU {100 * metrics['mIoU']:.2f})"
+        draw_confusion_matrix(metrics["confusion_matrix"], classes, title).save(picture, format="PNG")
+        stem = self.out_dir / "validation" / checkpoint_name(self.iteration).removesuffix(".pt")
+        files = (
+            (stem.with_name(stem.name + ".json"), (json.dumps(payload, indent=2) + "\n").encode(), "per-class metrics"),
+            (stem.with_name(stem.name + "_confusion.png"), picture.getvalue(), "confusion matrix picture"),
+        )
+        ensure_dir(stem.parent)
+        for path, data, what in files:
+            with self._explain_write_failure(path, nbytes=len(data), what=what):
+                atomic_write_bytes(path, data)
 
     def _log_window(self, meter: Meter, lr: float) -> None:
         means = meter.means()

@@ -188,6 +188,14 @@ class SegmentationDataset(Dataset):
         self.check_mask(mask, mask_path, stored=raw)
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The untransformed mask of sample ``index`` alone (its picture is not read): int64 ``(H, W)``
+        class indices and ``ignore_index``, values checked as :meth:`load` checks them."""
+        _, mask_path = self.files[index]
+        mask = self.convert_mask(self.read_mask(mask_path), mask_path)
+        self.check_mask(mask, mask_path)
+        return mask
+
     @staticmethod
     def read_image(path: Path, exif_orientation: bool = True, channels: int = 3) -> np.ndarray:
         """``(H, W, channels)`` uint8 array of an image file, read as ``predict`` reads it.
