@@ -102,6 +102,7 @@ def test_one_band_spec_gives_identical_input_tensors_on_every_path(folder):
         expected[stored == 0] = 0.0  # nodata values enter as the band's mean
         assert torch.allclose(from_dataset.double(), expected, atol=1e-5)
         assert (mask[:3, :4] == 255).all() and mask[5, 5] != 255  # no data in every band: not scored
+        assert np.array_equal(raw.load_mask(index), mask.numpy())  # what the class weights count
         # The Trainer and evaluate (a stored batch), predict, export preprocessing, int8 calibration:
         assert torch.equal(normalize_images(stored[None], model)[0], from_dataset)
         assert torch.equal(_first_input(model, lambda: predict(model, path))[0], from_dataset)

@@ -190,7 +190,10 @@ class SegmentationDataset(Dataset):
 
     def load_mask(self, index: int) -> np.ndarray:
         """The untransformed mask of sample ``index`` alone (its picture is not read): int64 ``(H, W)``
-        class indices and ``ignore_index``, values checked as :meth:`load` checks them."""
+        class indices and ``ignore_index``, values checked as :meth:`load` checks them. With a band
+        spec's ``nodata`` the picture is read too: its pixels of no data are ``ignore_index``."""
+        if self.bands is not None and self.bands.nodata is not None:
+            return self.load(index)[1].as_subclass(torch.Tensor).numpy()
         _, mask_path = self.files[index]
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
         self.check_mask(mask, mask_path)
