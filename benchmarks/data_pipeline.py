@@ -105,9 +105,11 @@ def _timed(fn) -> float:
 
 
 def _interleaved(variants: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
-    """ms per call of each variant, one value per round; variants alternate within each round."""
-    for fn in variants.values():
-        fn()  # warm-up
+    """ms per call of each variant, one value per round; variants alternate within each round. A
+    round calls each variant at least ``repeats`` times and for at least ~50 ms (short calls are
+    noisy on a shared machine)."""
+    warm = max(_timed(fn) for fn in variants.values())  # warm-up, and the calls' length
+    repeats = max(repeats, int(50 / max(warm, 1e-3)))
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(rounds):
         order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
