@@ -7,6 +7,7 @@ from .hub import get_weights, list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
 from .hub.registry import get_model_weights, get_weight
 from .inference.predict import Prediction, predict
+from .inference.rasters import predict_raster
 from .inference.visualize import colorize, legend, overlay
 from .models import PRESETS, PSPNet, PSPNetConfig, PyramidPoolingModule, ResNet, build_pspnet
 from .runtime import optimize_for_inference
@@ -34,5 +35,6 @@ __all__ = [
     "optimize_for_inference",
     "overlay",
     "predict",
+    "predict_raster",
     "sample_images",
 ]

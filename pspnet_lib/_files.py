@@ -28,6 +28,8 @@ __all__ = [
     "ensure_dir",
     "fsync_dir",
     "local_files",
+    "parse_json",
+    "read_json",
     "remove_stale_temporaries",
     "sibling_folder",
 ]
@@ -194,15 +196,19 @@ def check_outputs_spare_inputs(
     outputs: Iterable[str | os.PathLike],
     inputs: Iterable[str | os.PathLike],
     *,
+    input_roots: Iterable[str | os.PathLike | None] = (),
     advice: str = "choose another --out",
 ) -> None:
-    """Refuse to write any of ``outputs`` that is one of ``inputs``, whatever ``--overwrite`` says.
+    """Refuse to write any of ``outputs`` that is one of the command's inputs, whatever ``--overwrite`` says.
 
-    Paths are compared after resolving symlinks and ``..``, and existing files also by
-    (device, inode), so a symlink or hard link to an input counts as that input (conservative:
+    ``inputs`` are files the command reads (weights, class files, pictures, lists);
+    ``input_roots`` are folders it reads as a whole (a dataset's ``--data-root``): an output that
+    is an existing file anywhere inside one (``<root>/masks/s00.png``, ``<root>/classes.txt``) is
+    an input too. Paths are compared after resolving symlinks and ``..``, and existing files also
+    by (device, inode), so a symlink or hard link to an input counts as that input (conservative:
     the atomic writers of :func:`atomic_output` would replace a file-level link rather than its
     target, but a link through a folder, or a writer that is not atomic, would reach the input).
-    Call it before anything is written.
+    Call it before anything is read or written: every command does, with all its outputs.
 
     Raises:
         OverwritesInputError: a ``ValueError`` naming the output, the input it would replace and
@@ -216,7 +222,8 @@ def check_outputs_spare_inputs(
         by_path.setdefault(resolved, path)
         if inode is not None:
             by_inode.setdefault(inode, path)
-    if not by_path:
+    roots = [(Path(os.path.realpath(r)), Path(r)) for r in input_roots if r is not None and os.path.isdir(r)]
+    if not by_path and not roots:
         return
     for raw in outputs:
         output = Path(raw)
@@ -227,6 +234,14 @@ def check_outputs_spare_inputs(
                 "is" if Path(os.path.abspath(source)) == Path(os.path.abspath(output)) else "is a link to (or through)"
             )
             raise OverwritesInputError(f"refusing to write {output}: it {how} the input {source}; {advice}")
+        if inode is None or not os.path.isfile(resolved):
+            continue  # a new file, or a folder: nothing of the data is replaced
+        for real_root, root in roots:
+            if resolved.is_relative_to(real_root):
+                raise OverwritesInputError(
+                    f"refusing to write {output}: it is the file {resolved.relative_to(real_root)} of the input folder "
+                    f"{root}; {advice}"
+                )
 
 
 def local_files(spec: str | os.PathLike) -> list[Path]:
@@ -248,3 +263,23 @@ def sibling_folder(folder: str | os.PathLike, tag: str) -> Path:
         return folder.with_name(f"{folder.name}-{tag}")
     resolved = Path(os.path.realpath(folder))  # "." or "..": name the folder itself
     return resolved.with_name(f"{resolved.name or 'out'}-{tag}")
+
+
+def parse_json(text: str | bytes, source: str) -> Any:
+    """``json.loads(text)`` whose every failure is one ``ValueError`` naming ``source``: invalid JSON,
+    bytes that are not UTF-8, and nesting deeper than the parser's recursion (a ``RecursionError``
+    otherwise, naming nothing)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{source} is not usable JSON: it is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{source} is not valid JSON ({exc})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON value in the file ``path`` (see :func:`parse_json`); ``what`` describes it in messages
+    (``"recipe file"``). A missing file stays ``FileNotFoundError``; other read errors are ``OSError``s
+    naming it."""
+    path = Path(path)
+    return parse_json(path.read_bytes(), f"{what} {path}".strip())

@@ -26,8 +26,8 @@ def write_mmseg_checkpoint(path: Path, case: str = "mmseg_r18_d8") -> dict:
 
 class _Handler(SimpleHTTPRequestHandler):
     """Serves the server's directory; ``server.mode`` can make it cut a response short ("truncate":
-    the full Content-Length, a third of the body), stall, or answer with an HTML page ("html" with
-    status 200, "html_error" with 404)."""
+    the full Content-Length, a third of the body), stall, send about 10 kB/s ("trickle"), or answer
+    with an HTML page ("html" with status 200, "html_error" with 404)."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -55,6 +55,13 @@ class _Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         if self.server.mode == "truncate":
             self.wfile.write(data[: len(data) // 3])  # then close: an interrupted transfer
+        elif self.server.mode == "trickle":  # about 10 kB/s, never idle long enough for a socket timeout
+            for start in range(0, len(data), 1000):
+                if self.server.release.is_set():
+                    break
+                self.wfile.write(data[start : start + 1000])
+                self.wfile.flush()
+                time.sleep(0.1)
         elif self.server.mode == "stall":
             self.wfile.write(data[: 1 << 20])
             self.wfile.flush()

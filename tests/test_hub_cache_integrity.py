@@ -18,6 +18,7 @@ from pspnet_lib import load_pretrained
 from pspnet_lib.cli import main
 from pspnet_lib.hub import OfflineError, is_cached
 from pspnet_lib.hub.download import LOCK_DIR, cached_paths, verify_cached
+from pspnet_lib.hub.http_download import url_cache_path
 from pspnet_lib.hub.serialization import CheckpointError
 
 from .hub_utils import serve_directory
@@ -63,17 +64,19 @@ def test_truncated_download_is_not_cached_and_the_fixed_server_then_works(publis
     size = published["path"].stat().st_size
     with serve_directory(served, mode="truncate") as server:
         url = f"{server.url}/model.pth"
+        dest = url_cache_path(url, cache)
         with pytest.raises(
             OSError,
-            match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached at {re.escape(str(cache / 'model.pth'))}",
+            match=rf"cut short: the server announced {size} bytes and sent {size // 3} .*Nothing was cached at {re.escape(str(dest))}",
         ):
             load_pretrained(url, cache_dir=cache, progress=False)
-        assert _cache_files(cache) == []  # neither the file nor a .partial
+        assert _cache_files(dest.parent) == []  # neither the file nor a .partial
         server.mode = "normal"
         model = load_pretrained(url, cache_dir=cache, progress=False)
     _assert_reference(model, published["data"])
-    assert _cache_files(cache) == ["model.pth", "model.pth.sha256"]
-    assert (cache / "model.pth.sha256").read_text() == f"{published['sha']}  model.pth\n"  # sha256sum -c format
+    assert _cache_files(dest.parent) == ["model.pth", "model.pth.source.json"]
+    record = json.loads((dest.parent / "model.pth.source.json").read_text())
+    assert record["url"] == url and record["sha256"] == published["sha"] and record["size"] == size
 
 
 @pytest.mark.parametrize("mode", ["html", "html_error"])
@@ -84,7 +87,7 @@ def test_html_error_page_for_a_hashless_pth_is_never_cached(published, served, t
         url = f"{server.url}/model.pth"
         with pytest.raises(OSError, match=expected):
             load_pretrained(url, cache_dir=cache, progress=False)
-        assert _cache_files(cache) == []
+        assert _cache_files(url_cache_path(url, cache).parent) == []
         server.mode = "normal"
         model = load_pretrained(url, cache_dir=cache, progress=False)
     _assert_reference(model, published["data"])
@@ -93,11 +96,11 @@ def test_html_error_page_for_a_hashless_pth_is_never_cached(published, served, t
 def test_unreadable_hashless_download_is_removed_and_named(published, served, tmp_path):
     """The issue's case: a short copy cached by an earlier version (no .sha256) was trusted forever."""
     cache = tmp_path / "cache"
-    cache.mkdir()
-    cached = cache / "model.pth"
-    cached.write_bytes(published["path"].read_bytes()[: published["path"].stat().st_size // 3])
     with serve_directory(served) as server:
         url = f"{server.url}/model.pth"
+        cached = url_cache_path(url, cache)
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(published["path"].read_bytes()[: published["path"].stat().st_size // 3])  # by hand
         with pytest.raises(
             CheckpointError,
             match=rf"{re.escape(str(cached))} was downloaded from {re.escape(url)}.*removed from the cache, so the next load downloads it again",
@@ -111,11 +114,12 @@ def test_unreadable_hashless_download_is_removed_and_named(published, served, tm
 
     # A server that sends something other than weights (not HTML): removed after the failed parse.
     (served / "model.pth").write_bytes(b"\x00not a checkpoint\x00" * 4000)
-    cached.unlink()
     with serve_directory(served) as server:
+        url = f"{server.url}/model.pth"
+        cached = url_cache_path(url, cache)
         with pytest.raises(CheckpointError, match=rf"{re.escape(str(cached))} was downloaded from"):
-            load_pretrained(f"{server.url}/model.pth", cache_dir=cache, progress=False)
-    assert _cache_files(cache) == []
+            load_pretrained(url, cache_dir=cache, progress=False)
+    assert _cache_files(cached.parent) == []
 
 
 def test_a_cached_hashless_download_that_changed_is_fetched_again(published, served, tmp_path):
@@ -123,14 +127,13 @@ def test_a_cached_hashless_download_that_changed_is_fetched_again(published, ser
     with serve_directory(served) as server:
         url = f"{server.url}/model.pth"
         load_pretrained(url, cache_dir=cache, progress=False)
-        _flip(cache / "model.pth")
+        cached = url_cache_path(url, cache)
+        _flip(cached)
         model = load_pretrained(url, cache_dir=cache, progress=False)
         assert len(server.requests) == 2
     _assert_reference(model, published["data"])
-    _flip(cache / "model.pth")
-    with pytest.raises(
-        OfflineError, match=rf"{re.escape(str(cache / 'model.pth'))} of .* was removed \(its sha256 .* differs"
-    ):
+    _flip(cached)
+    with pytest.raises(OfflineError, match=rf"{re.escape(str(cached))} of .* was removed \(its sha256 .* differs"):
         load_pretrained(url, cache_dir=cache, local_files_only=True)
 
 

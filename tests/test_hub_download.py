@@ -24,6 +24,7 @@ from pspnet_lib.hub import (
     unregister_weights,
 )
 from pspnet_lib.hub.download import cached_paths
+from pspnet_lib.hub.http_download import url_cache_path
 
 from .hub_utils import serve_directory, wait_for, write_mmseg_checkpoint
 from .reference import relative_error
@@ -229,7 +230,9 @@ def test_url_sources_http_and_file(published, tmp_path):
     with serve_directory(published["dir"]) as server:
         model = load_pretrained(f"{server.url}/{published['path'].name}", cache_dir=cache, progress=False)
     _assert_reference(model, published["data"])
-    assert (cache / published["path"].name).is_file()  # cached under its own name, hash-checked
+    url = f"{server.url}/{published['path'].name}"
+    assert url_cache_path(url, cache).is_file()  # cached under the URL's key and its own name, hash-checked
+    assert url_cache_path(url, cache).name == published["path"].name
     model = load_pretrained(published["path"].as_uri())
     _assert_reference(model, published["data"])
     with pytest.raises(ValueError, match="unsupported URL scheme 'ftp'"):

@@ -99,27 +99,13 @@ def _one_line(message: str) -> str:
 # --- item 1: the forged pointer, in a subprocess through every entry point ---
 
 
-@pytest.mark.slow  # 8 subprocesses, about a minute per format on 2 cores
-@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
-def test_forged_pointer_checkpoint_never_crashes(mmseg_file, tmp_path, zip_format):
+@pytest.mark.slow  # one subprocess through every entry point, both layouts (issue 22: was 8 subprocesses)
+def test_forged_pointer_checkpoint_never_crashes(mmseg_file, tmp_path):
     _, state_dict, _ = mmseg_file
-    forged = tmp_path / "forged.pth"
-    write_forged(forged, state_dict, zip_format)
-    script = textwrap.dedent(
-        """
-        import json, sys
-        from pspnet_lib import load_pretrained
-        model = load_pretrained(sys.argv[1])
-        json.dumps(model.pretrained_cfg)  # what crashed: the first use of the metadata
-        str(model.pretrained_cfg)
-        assert "classes" not in model.pretrained_cfg and "palette" not in model.pretrained_cfg
-        from pspnet_lib.hub.serialization import read_checkpoint
-        meta = read_checkpoint(sys.argv[1])["meta"]
-        print(repr(meta["CLASSES"]), json.dumps(meta, default=repr))
-        """
-    )
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "pspnet_lib"]
+    forged = {}
+    for layout, zip_format in (("zip", True), ("legacy", False)):
+        forged[layout] = tmp_path / f"forged-{layout}.pth"
+        write_forged(forged[layout], state_dict, zip_format)
 
     from pspnet_lib.data import write_synthetic_dataset
 
@@ -134,35 +120,65 @@ def test_forged_pointer_checkpoint_never_crashes(mmseg_file, tmp_path, zip_forma
             }
         )
     )
-    out = tmp_path / "converted"
-    commands = {
-        "load_pretrained": [sys.executable, "-c", script, str(forged)],
-        "info": [*cli, "info", str(forged)],
-        "convert": [*cli, "convert", str(forged), str(out)],
-        "train": [
-            *cli, "train", "--recipe", str(recipe), "--weights", str(forged), "--dataset", "folder",
-            "--data-root", str(data), "--out", str(tmp_path / "run"), "--iters", "1", "--no-progress",
+    # Every entry point in one fresh process, one after the other (a crash is a signal: a negative
+    # exit code; the last "step" line printed names where it happened). One interpreter start-up
+    # instead of eight.
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from pspnet_lib import load_pretrained
+        from pspnet_lib.cli import main
+        from pspnet_lib.hub.serialization import read_checkpoint
+        data, recipe, root = sys.argv[1:4]
+        for layout, forged in zip(("zip", "legacy"), sys.argv[4:]):
+            print("step load_pretrained", layout, flush=True)
+            model = load_pretrained(forged)
+            json.dumps(model.pretrained_cfg)  # what crashed: the first use of the metadata
+            str(model.pretrained_cfg)
+            assert "classes" not in model.pretrained_cfg and "palette" not in model.pretrained_cfg
+            meta = read_checkpoint(forged)["meta"]
+            print("meta", repr(meta["CLASSES"]), json.dumps(meta, default=repr), flush=True)
+            for name, argv in (
+                ("info", ["info", forged]),
+                ("convert", ["convert", forged, f"{root}/converted-{layout}"]),
+                ("train", ["train", "--recipe", recipe, "--weights", forged, "--dataset", "folder", "--data-root",
+                           data, "--out", f"{root}/run-{layout}", "--iters", "1", "--no-progress"]),
+            ):
+                print("step", name, layout, flush=True)
+                assert main(argv) == 0, (name, layout)
+        print("done", flush=True)
+        """
+    )  # fmt: skip
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(data),
+            str(recipe),
+            str(tmp_path),
+            str(forged["zip"]),
+            str(forged["legacy"]),
         ],
-    }  # fmt: skip
-    # The four entry points are independent: run them side by side (each is mostly interpreter and
-    # torch start-up) so the test costs one start-up's time, not four.
-    procs = {
-        name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-        for name, args in commands.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stdout, stderr)
-    for name, (code, _, stderr) in results.items():
-        assert code == 0, f"{name} exited with {code}: {stderr[-2000:]}"  # a signal would be negative
-
-    assert "<inert numpy array: dtype 'V8' is not a plain number or bool>" in results["load_pretrained"][1]
-    written = json.loads((out / "config.json").read_text())
-    assert "classes" not in written["pretrained_cfg"] and "palette" not in written["pretrained_cfg"]
-    latest = read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
-    flat = json.dumps(latest.get("pretrained_cfg"), default=repr)
-    assert "inert" not in flat and "AAAAAAAA" not in flat  # nothing of the forged metadata was carried along
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    steps = [line for line in run.stdout.splitlines() if line.startswith("step")]
+    assert run.returncode == 0, f"exited with {run.returncode} after {steps[-1:]}: {run.stderr[-2000:]}"
+    assert run.stdout.splitlines()[-1] == "done"
+    meta_lines = [line for line in run.stdout.splitlines() if line.startswith("meta")]
+    assert len(meta_lines) == 2
+    assert all("<inert numpy array: dtype 'V8' is not a plain number or bool>" in line for line in meta_lines)
+    for layout in ("zip", "legacy"):
+        written = json.loads((tmp_path / f"converted-{layout}" / "config.json").read_text())
+        assert "classes" not in written["pretrained_cfg"] and "palette" not in written["pretrained_cfg"]
+        latest = read_checkpoint(tmp_path / f"run-{layout}" / "checkpoints" / "latest.pt")
+        flat = json.dumps(latest.get("pretrained_cfg"), default=repr)
+        assert "inert" not in flat and "AAAAAAAA" not in flat  # nothing of the forged metadata was carried along
 
 
 def test_forged_pointer_is_inert_in_process(mmseg_file, tmp_path):

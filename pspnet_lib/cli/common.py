@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core.inference_protocol import MAX_SIDE
 from ..data import DATASETS
 from ..engine.config import SettingError, setting_specs
 from ..engine.run import check_dataset_options
@@ -21,7 +23,9 @@ __all__ = [
     "dataset_name",
     "dataset_options",
     "flag_names",
+    "float_in",
     "floats",
+    "int_in",
     "int_list",
     "ints",
     "label_map",
@@ -36,16 +40,16 @@ _DATASET_ALIASES = {"voc12aug": "voc"}
 
 
 def ints(text: str) -> list[int]:
-    """``512`` or ``512,1024`` / ``512x1024`` -> [512, 512] / [512, 1024]."""
+    """``512`` or ``512,1024`` / ``512x1024`` -> [512, 512] / [512, 1024] (pixel sizes in [1, MAX_SIDE])."""
     parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or H,W (e.g. 512 or 512,1024), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected N or H,W (e.g. 512 or 512,1024), got {text[:40]!r}") from None
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected N or H,W with positive values, got {text!r}")
+    if len(values) != 2 or min(values) < 1 or max(values) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"expected N or H,W with values in [1, {MAX_SIDE}] pixels, got {text[:40]!r}")
     return values
 
 
@@ -58,11 +62,50 @@ def int_list(text: str) -> list[int]:
 
 
 def floats(text: str) -> list[float]:
-    """``0.5,1,1.5`` -> [0.5, 1.0, 1.5]."""
+    """``0.5,1,1.5`` -> [0.5, 1.0, 1.5] (finite numbers)."""
     try:
-        return [float(p) for p in text.split(",") if p.strip()]
+        values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text[:40]!r}")
+    return values
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            within = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {within}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number between ``low`` and ``high`` (bounds included unless open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        if not (math.isfinite(value) and above and below):
+            within = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {within}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def colour(text: str) -> tuple[int, int, int]:
@@ -117,7 +160,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, workers: bool = True) -
     )
     group.add_argument(
         "--val-fraction",
-        type=float,
+        type=float_in(0, 1, open_low=True, open_high=True),
         metavar="F",
         help="folder datasets without split information: hold out this fraction as 'val'",
     )
@@ -144,7 +187,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, workers: bool = True) -
         "255,255,255; repeatable (VOC's void colour 224,224,192 is ignored with the VOC palette anyway)",
     )
     if workers:
-        group.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers per process")
+        group.add_argument("--num-workers", type=int_in(0, 1024), metavar="N", help="DataLoader workers per process")
     return group
 
 

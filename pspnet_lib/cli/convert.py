@@ -21,7 +21,9 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..core.constants import MAX_NUM_CLASSES
     from ..hub.converters import FORMATS
+    from .common import int_in
 
     parser = subparsers.add_parser(
         "convert",
@@ -39,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # --out as in the other commands; without it argparse would read --out as an abbreviation of --output-stride.
     parser.add_argument("--out", dest="out_option", metavar="OUT_DIR", type=Path, help="the same as OUT_DIR")
     parser.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: detected from the keys)")
-    parser.add_argument("--num-classes", type=int, help="replace the classifiers for this many classes")
+    parser.add_argument(
+        "--num-classes", type=int_in(1, MAX_NUM_CLASSES), help="replace the classifiers for this many classes"
+    )
     parser.add_argument(
         "--classes", type=Path, help="text file with one class name per line (stored in pretrained_cfg)"
     )

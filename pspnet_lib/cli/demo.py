@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .common import float_in, int_in
+
     p = subparsers.add_parser(
         "demo",
         help="offline demo: train a small PSPNet on synthetic scenes (about two minutes on a CPU)",
@@ -17,14 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="pspnet-demo", metavar="DIR", help="output directory")
-    p.add_argument("--iters", type=int, default=300, help="training iterations (run time scales with it)")
-    p.add_argument("--image-size", type=int, default=64, metavar="N", help="side of the square scenes")
-    p.add_argument("--train-images", type=int, default=200, metavar="N", help="training scenes")
-    p.add_argument("--val-images", type=int, default=40, metavar="N", help="held-out scenes scored")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--iters", type=int_in(1), default=300, help="training iterations (run time scales with it)")
+    p.add_argument("--image-size", type=int_in(32, 4096), default=64, metavar="N", help="side of the square scenes")
+    p.add_argument("--train-images", type=int_in(1, 1_000_000), default=200, metavar="N", help="training scenes")
+    p.add_argument("--val-images", type=int_in(1, 1_000_000), default=40, metavar="N", help="held-out scenes scored")
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=8)
+    p.add_argument("--lr", type=float_in(0, 100, open_low=True), default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--num-workers", type=int_in(0, 1024), default=0, help="DataLoader workers")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--weights", metavar="NAME", help="segment the bundled sample photos with these weights instead")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results in --out")

@@ -78,10 +78,18 @@ def run(args: argparse.Namespace) -> int:
     if args.confusion_matrix and not args.confusion_matrix.lower().endswith(".png"):
         raise ValueError(f"--confusion-matrix {args.confusion_matrix}: the picture is a PNG; name a .png file")
     for flag, path in (("--json", args.json), ("--confusion-matrix", args.confusion_matrix)):
-        if path:
+        if path:  # never over an input: the weights, the class file, any file of the data root
             from .._files import check_outputs_spare_inputs, local_files
 
-            check_outputs_spare_inputs([path], local_files(args.weights), advice=f"choose another {flag} file")
+            check_outputs_spare_inputs(
+                [path],
+                [
+                    *local_files(args.weights),
+                    *([args.classes] if args.classes and os.path.isfile(args.classes) else []),
+                ],
+                input_roots=[args.data_root],
+                advice=f"choose another {flag} file",
+            )
     if os.environ.get("RANK", "0") != "0":
         logging.getLogger("pspnet_lib").setLevel(logging.ERROR)
     info = D.init_distributed(args.device)

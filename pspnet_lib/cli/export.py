@@ -19,6 +19,9 @@ FORMATS = ("onnx", "exported-program", "torchscript")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..core.inference_protocol import MAX_SIDE
+    from .common import float_in, int_in
+
     parser = subparsers.add_parser(
         "export",
         help="export a model to ONNX, torch.export (.pt2) or TorchScript",
@@ -39,12 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument(
         "--static", dest="dynamic", action="store_false", help="fixed input shape (for runtimes that need it)"
     )
-    parser.add_argument("--height", type=int, default=512, help="example (or, with --static, fixed) input height")
-    parser.add_argument("--width", type=int, default=512, help="example (or, with --static, fixed) input width")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="example/fixed batch size (default 2; 1 for TorchScript)"
+        "--height", type=int_in(1, MAX_SIDE), default=512, help="example (or, with --static, fixed) input height"
     )
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(
+        "--width", type=int_in(1, MAX_SIDE), default=512, help="example (or, with --static, fixed) input width"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int_in(1, 1024),
+        default=None,
+        help="example/fixed batch size (default 2; 1 for TorchScript)",
+    )
+    parser.add_argument("--opset", type=int_in(7, 100), help="ONNX opset (default: the exporter's)")
     parser.add_argument(
         "--onnx-exporter",
         choices=("auto", "dynamo", "torchscript"),
@@ -80,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     int8.add_argument(
         "--calibration-count",
-        type=int,
+        type=int_in(1, 100_000),
         default=16,
         metavar="N",
         help="calibrate on N pictures of DIR (a reproducible sample; default 16)",
@@ -100,14 +110,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     int8.add_argument(
         "--check-count",
-        type=int,
+        type=int_in(1, 100_000),
         default=4,
         metavar="N",
         help="with --int8 --check: held-out pictures of DIR to compare on (default 4)",
     )
     int8.add_argument(
         "--min-agreement",
-        type=float,
+        type=float_in(0, 1),
         default=0.98,
         help="with --int8 --check: exit 1 below this argmax agreement (default 0.98)",
     )
@@ -126,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import export as ex
 
     # e.g. --format torchscript --out run/checkpoints/latest.pt --overwrite: the weights themselves
-    check_outputs_spare_inputs([args.out], local_files(args.weights), advice="choose another --out file")
+    check_outputs_spare_inputs(
+        [args.out], local_files(args.weights), input_roots=[args.calibration], advice="choose another --out file"
+    )
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     expected = _SUFFIXES[args.format]

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .predict_tiled import add_tiled_args, run_tiled, wants_tiled
+
 logger = logging.getLogger("pspnet_lib.cli.predict")
 
 
@@ -112,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_tiled_args(parser)  # rasters and large pictures: cli/predict_tiled.py
     parser.set_defaults(func=run)
 
 
@@ -234,6 +237,8 @@ def _int8_calibration(args: argparse.Namespace, inputs: list[Path], size: Any) -
 
 
 def run(args: argparse.Namespace) -> int:
+    if wants_tiled(args):  # rasters and large pictures, window by window (cli/predict_tiled.py)
+        return run_tiled(args, load=_load)
 
     from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
     from .._progress import progress_bar
@@ -262,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs_spare_inputs(
         (p for _, mask, over in plan for p in (mask, over) if p is not None),
         [source for source, _ in files] + local_files(args.weights),
+        input_roots=[args.calibration],
         advice=f"choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}",
     )
     # Even where no file would be replaced (a.jpg -> a.png), masks written among the pictures would

@@ -11,6 +11,9 @@ PREPARE_CHOICES = ("pascal-context", "coco-stuff10k", "coco-stuff164k", "loveda"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..core.inference_protocol import MAX_SIDE
+    from .common import int_in
+
     p = subparsers.add_parser(
         "prepare",
         help="prepare a zoo dataset from its official downloads",
@@ -28,11 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pascal-context: the trainval_merged.json file (default SRC/trainval_merged.json)",
     )
     p.add_argument(
-        "--tile-size", type=int, metavar="PX", help="potsdam/vaihingen: tile size (default 512, as upstream)"
+        "--tile-size",
+        type=int_in(1, MAX_SIDE),
+        metavar="PX",
+        help="potsdam/vaihingen: tile size (default 512, as upstream)",
     )
-    p.add_argument("--stride", type=int, metavar="PX", help="potsdam/vaihingen: tile stride (default 256, as upstream)")
-    p.add_argument("--patch-size", type=int, metavar="PX", help="isaid: patch size (default 896, as upstream)")
-    p.add_argument("--overlap", type=int, metavar="PX", help="isaid: patch overlap (default 384, as upstream)")
+    p.add_argument(
+        "--stride",
+        type=int_in(1, MAX_SIDE),
+        metavar="PX",
+        help="potsdam/vaihingen: tile stride (default 256, as upstream)",
+    )
+    p.add_argument(
+        "--patch-size", type=int_in(1, MAX_SIDE), metavar="PX", help="isaid: patch size (default 896, as upstream)"
+    )
+    p.add_argument(
+        "--overlap", type=int_in(0, MAX_SIDE), metavar="PX", help="isaid: patch overlap (default 384, as upstream)"
+    )
     p.set_defaults(func=run)
 
 

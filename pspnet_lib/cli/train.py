@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from ..core.constants import MAX_NUM_CLASSES
 from ..engine.run import TrainingRun, resolve_settings
 from .common import (
     DATASET_CHOICES,
@@ -19,7 +20,9 @@ from .common import (
     add_setting_args,
     dataset_options,
     flag_names,
+    float_in,
     floats,
+    int_in,
     int_list,
     ints,
     setting_overrides,
@@ -55,10 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LONG,SHORT",
         help="scale relative to a keep-ratio fit into these edges (mmseg); default: each image's size",
     )
-    g.add_argument("--rotation", type=float, metavar="DEG", help="max random rotation (default 10; 0 disables)")
-    g.add_argument("--blur-p", type=float, metavar="P", help="Gaussian blur probability (default 0.5)")
+    g.add_argument(
+        "--rotation", type=float_in(0, 180), metavar="DEG", help="max random rotation (default 10; 0 disables)"
+    )
+    g.add_argument("--blur-p", type=float_in(0, 1), metavar="P", help="Gaussian blur probability (default 0.5)")
     g = p.add_argument_group("model")
-    g.add_argument("--num-classes", type=int, metavar="K", help="classes (default: the dataset's)")
+    g.add_argument(
+        "--num-classes", type=int_in(1, MAX_NUM_CLASSES), metavar="K", help="classes (default: the dataset's)"
+    )
     g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
     g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
     g.add_argument(

@@ -147,6 +147,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _info_local(args: argparse.Namespace) -> int:
     """``pspnet info PATH``: what a saved model is (architecture, classes, preprocessing, protocol)."""
+    from ..core.escape import printable
     from ..hub.loading import load_pretrained
 
     model = load_pretrained(Path(args.name).expanduser())
@@ -159,12 +160,18 @@ def _info_local(args: argparse.Namespace) -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         **cfg,
     }
-    lines = [f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in out.items()]
-    if classes and args.classes:
+    # Everything but the numbers came from the file: shown escaped and cut (a class name may hold
+    # NUL bytes, ANSI escapes or newlines that forge lines; a provenance string a million characters).
+    lines = [
+        f"{printable(k, 60)}: {printable(json.dumps(v) if isinstance(v, (dict, list)) else v, 400)}"
+        for k, v in out.items()
+    ]
+    names = [printable(name, 80) for name in classes or []]
+    if names and args.classes:
         lines.append("classes:")
-        lines += [f"  {i:3d} {name}  {tuple(palette[i]) if palette else ''}" for i, name in enumerate(classes)]
-    elif classes:
-        lines.append(f"classes: {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''} (--classes for all)")
+        lines += [f"  {i:3d} {name}  {tuple(palette[i]) if palette else ''}" for i, name in enumerate(names)]
+    elif names:
+        lines.append(f"classes: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} (--classes for all)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

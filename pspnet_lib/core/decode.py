@@ -48,6 +48,8 @@ __all__ = [
     "pil_to_array",
     "pil_to_rgb",
     "to_eight_bit",
+    "integers_to_uint8",
+    "check_unit_range",
 ]
 
 _T = TypeVar("_T")
@@ -235,12 +237,22 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 def mask_values(image: Image.Image, what: str) -> np.ndarray:
     """The stored values of a mask: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour masks.
 
-    Grey + alpha (image editors' transparent layers) keeps the grey band; an RGB(A) mask whose
-    three bands are equal everywhere is a grey mask saved as colour and gives ``(H, W)``.
-    Raises ``ValueError`` naming ``what`` for other modes (CMYK, float, ...).
+    Grey + alpha (image editors' transparent layers) keeps the grey band when the alpha is opaque
+    everywhere; an RGB(A) mask whose three bands are equal everywhere is a grey mask saved as
+    colour and gives ``(H, W)``. Raises ``ValueError`` naming ``what`` for other modes (CMYK,
+    float, ...) and for a grey + alpha mask with pixels that are not opaque (a second channel that
+    means something, silently dropped otherwise).
     """
-    if image.mode == "LA":  # alpha is not a label
-        return np.asarray(image)[..., 0]
+    if image.mode in ("LA", "La"):
+        array = np.asarray(image.convert("LA") if image.mode == "La" else image)
+        transparent = int((array[..., 1] != 255).sum())
+        if transparent:
+            raise ValueError(
+                f"mask {what} has 2 channels (grey + alpha) and {transparent} of its pixels are not opaque; masks "
+                "hold one class index per pixel: save the labels as a single-channel (grey or paletted) PNG, with "
+                "255 where pixels are not to be scored"
+            )
+        return array[..., 0]
     if image.mode in ("RGB", "RGBA"):
         array = np.asarray(image.convert("RGB"))
         if (array == array[..., :1]).all():  # a grey mask saved as RGB
@@ -258,16 +270,25 @@ def mask_values(image: Image.Image, what: str) -> np.ndarray:
 def to_eight_bit(image: Image.Image, what: str) -> Image.Image:
     """A single-band 16-bit or float PIL image as ``L`` by the fixed rules (other modes unchanged)."""
     if image.mode in SIXTEEN_BIT:
-        array = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255, whatever the content
-        return Image.fromarray(array.clip(0, 255).round().astype(np.uint8), mode="L")
+        return Image.fromarray(integers_to_uint8(np.asarray(image)), mode="L")
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        _check_unit_range(array, what)
+        check_unit_range(array, what)
         return Image.fromarray((array * 255.0).round().astype(np.uint8), mode="L")
     return image
 
 
-def _check_unit_range(array: np.ndarray, what: str) -> None:
+def integers_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integer pixels wider than 8 bits (16-bit, 32-bit) as uint8 by the fixed rule ``round(v / 257)``.
+
+    0..65535 maps onto 0..255 whatever the content; values beyond 65535 clip to 255, below 0 to 0
+    (the rule of docs/inference.md, for Pillow's ``I;16*``/``I`` pictures and for raster bands).
+    """
+    return (np.asarray(array, dtype=np.float64) / 257.0).clip(0, 255).round().astype(np.uint8)
+
+
+def check_unit_range(array: np.ndarray, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless every value of the float ``array`` is finite and in [0, 1]."""
     if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
         lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
         raise ValueError(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .escape import short_repr
 from .geometry import MODES
 
 __all__ = ["InferenceProtocol", "MAX_SIDE", "MAX_SCALE", "MAX_SCALES", "UNLIMITED_SIDE"]
@@ -43,9 +44,12 @@ def is_int(v: Any) -> bool:
 
 def is_number(v: Any) -> bool:
     """True for a finite real number that is not a bool (Python or NumPy)."""
-    if type(v) is float or type(v) is int:
-        return math.isfinite(v)
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    try:
+        if type(v) is float or type(v) is int:
+            return math.isfinite(v)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    except OverflowError:  # an integer beyond any float (10**400): not a usable number here
+        return False
 
 
 def _copy(value: Any) -> Any:
@@ -68,8 +72,7 @@ class StoredValueError:
         self.what, self.prefix = what, prefix
 
     def __call__(self, key: str, expected: str, value: Any) -> ValueError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        shown = short_repr(value)
         return ValueError(f"{self.what}: {self.prefix}{key} must be {expected}, got {shown}")
 
 

@@ -25,6 +25,7 @@ from ..core.band_spec import BandSpec
 from ..core.bands import normalise, scale_bands
 from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..core.geometry import rescale_size
+from ..core.inference_protocol import MAX_SIDE
 from ..core.pretrained_cfg import PretrainedCfg
 
 __all__ = ["ToImageMask", "RandomScale", "ScaleBands", "train_transforms", "eval_transforms", "mask_fill_values"]
@@ -155,7 +156,7 @@ def _band_cfg(mean: Sequence[float], std: Sequence[float], bands: BandSpec | dic
 def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     """``(height, width)`` in pixels from one int (square) or a pair.
 
-    Raises ``ValueError`` naming ``name`` unless it is one positive integer or two.
+    Raises ``ValueError`` naming ``name`` unless it is one integer or two in ``[1, MAX_SIDE]`` (8192).
     """
     sides: list[Any]
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
@@ -163,9 +164,12 @@ def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     else:
         sides = list(size) if isinstance(size, (list, tuple)) else []
     if len(sides) != 2 or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in sides
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= int(v) <= MAX_SIDE for v in sides
     ):
-        raise ValueError(f"{name} must be a positive integer or (height, width) of positive integers, got {size!r}")
+        raise ValueError(
+            f"{name} must be a positive integer or (height, width) of positive integers, at most {MAX_SIDE} "
+            f"pixels, got {size!r}"
+        )
     return int(sides[0]), int(sides[1])
 
 

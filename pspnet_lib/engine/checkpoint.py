@@ -25,9 +25,12 @@ import torch
 
 from .._files import atomic_save, atomic_write_bytes, fsync_dir
 from ..core.constants import CHECKPOINT_FORMAT
+from ..core.digest import DIGEST_KEY, content_digest
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DIGEST_KEY",
+    "content_digest",
     "CheckpointWriteError",
     "explain_write_failure",
     "load_resume_checkpoint",
@@ -73,17 +76,23 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:08d}.pt"
 
 
-def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
+def rotate_checkpoints(
+    directory: str | os.PathLike, keep_last: int, *, protect: str | os.PathLike | None = None
+) -> list[Path]:
     """Delete all but the ``keep_last`` newest ``iter_*.pt`` files; returns what was removed.
 
     ``latest.pt``/``best.pt`` are separate links and survive the removal of the file they share.
-    Stale temporary files of killed runs are removed too.
+    ``protect`` (e.g. the checkpoint a run resumed from, when newer ones were damaged) is never
+    removed. Stale temporary files of killed runs are removed too.
     """
     directory = Path(directory)
     numbered = sorted((int(m.group(1)), p) for p in directory.glob("iter_*.pt") if (m := _NUMBERED.match(p.name)))
+    kept = Path(os.path.realpath(protect)) if protect is not None else None
     removed = []
     if keep_last > 0:
         for _, path in numbered[:-keep_last]:
+            if kept is not None and Path(os.path.realpath(path)) == kept:
+                continue
             path.unlink(missing_ok=True)
             removed.append(path)
     for tmp in directory.glob(".*.tmp*"):  # left by a killed writer (atomic_output, atomic_link)
@@ -99,12 +108,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Reads through :func:`pspnet_lib.hub.serialization.read_checkpoint` (tensors and plain
     containers only, never arbitrary pickled objects), then moves the tensors to ``map_location``.
 
+    The content digest the Trainer records is verified (:func:`~pspnet_lib.hub.serialization.check_content_digest`)
+    and removed from the returned state.
+
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: (a ``CheckpointError``) the file is truncated, corrupt or unsafe; or it is not
-            a training checkpoint of this library.
+        ValueError: (a ``CheckpointError``) the file is truncated, corrupt, damaged after it was
+            written (its content digest differs) or unsafe; or it is not a training checkpoint of
+            this library.
     """
-    from ..hub.serialization import read_checkpoint  # the hub sits below the engine; imported late
+    from ..hub.serialization import check_content_digest, read_checkpoint  # the hub sits below the engine
 
     path = Path(path)
     if not path.is_file():
@@ -116,6 +129,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a pspnet_lib training checkpoint (to start from pretrained weights use "
             "--weights / load_pretrained instead of resume)"
         )
+    check_content_digest(state, str(path))
+    state.pop(DIGEST_KEY, None)
     if torch.device(map_location).type != "cpu":
         state = _to_device(state, torch.device(map_location))
     return state

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import string
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -21,65 +21,14 @@ from typing import Any, NamedTuple
 
 from ..core.constants import IGNORE_INDEX
 from ..core.geometry import MODES
-from ..core.inference_protocol import InferenceProtocol
+from ..core.inference_protocol import MAX_SCALE, MAX_SCALES, MAX_SIDE, InferenceProtocol
 from .losses.settings import LossSettingError, check_class_counts, loss_settings
 from .optim import OPTIMIZERS
+from .setting_error import SettingError
 
 __all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
 
 AMP_MODES = ("none", "bf16", "fp16")
-
-
-class SettingError(ValueError):
-    """A setting has a wrong value: one line that names the setting the way the caller spells it.
-
-    ``template`` names settings in braces: ``{num_classes}`` is replaced by the setting's name and
-    ``{num_classes=}`` by its name and value (taken from ``values``). ``str(error)`` spells them as
-    Python arguments (``num_classes``, ``num_classes=3``); :meth:`render` with another spelling, e.g.
-    the command line's (``--num-classes``, ``--num-classes 3``), lets a caller name its own flags.
-    Write literal braces doubled (``{{`` and ``}}``), as in ``str.format``.
-    """
-
-    def __init__(self, template: str, **values: Any) -> None:
-        self.template = template
-        self.values = values
-        super().__init__(self.render())
-
-    @staticmethod
-    def escape(text: Any) -> str:
-        """``str(text)`` to place in a template as it is (its braces doubled)."""
-        return str(text).replace("{", "{{").replace("}", "}}")
-
-    @staticmethod
-    def quote(value: Any) -> str:
-        """``repr(value)`` to place in a template (its braces doubled)."""
-        return SettingError.escape(repr(value))
-
-    @property
-    def settings(self) -> list[str]:
-        """The names of the settings the message refers to, in order."""
-        names = (field.rstrip("=") for _, field, _, _ in string.Formatter().parse(self.template) if field)
-        return list(dict.fromkeys(names))
-
-    def render(
-        self,
-        name: Callable[[str], str] = str,
-        name_value: Callable[[str, Any], str] | None = None,
-    ) -> str:
-        """The message with each setting spelled by ``name(setting)`` and ``name_value(setting, value)``
-        (default: ``setting=value!r``)."""
-        return _Spelling(name, name_value or (lambda key, value: f"{key}={value!r}"), self.values).format(self.template)
-
-
-class _Spelling(string.Formatter):
-    def __init__(self, name: Callable[[str], str], name_value: Callable[[str, Any], str], values: Mapping) -> None:
-        self.name, self.name_value, self.values = name, name_value, values
-
-    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
-        key = str(key)
-        if key.endswith("="):
-            return self.name_value(self.name(key[:-1]), self.values.get(key[:-1]))
-        return self.name(key)
 
 
 def _setting(
@@ -266,6 +215,32 @@ class TrainConfig:
                 raise SettingError(f"{{{name}}} must be a non-negative integer, got {SettingError.quote(value)}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise SettingError(f"{{lr}} must be a positive number, got {SettingError.quote(self.lr)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
+            raise SettingError(f"{{seed}} must be a 64-bit integer, got {SettingError.quote(self.seed)}")
+        for name in ("no_decay_norm_bias", "channels_last", "grad_checkpointing", "freeze_backbone", "freeze_bn",
+                     "sync_bn", "deterministic", "export", "eval_flip"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(f"{{{name}}} must be true or false, got {SettingError.quote(getattr(self, name))}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise SettingError(f"{{progress}} must be true, false or null, got {SettingError.quote(self.progress)}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise SettingError(
+                f"{{device}} must be a device name such as cpu or cuda, got {SettingError.quote(self.device)}"
+            )
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise SettingError(f"{{out_dir}} must be a folder name, got {SettingError.quote(self.out_dir)}")
+        # Every number in its range, NaN and infinity refused (aux_weight=nan silenced the aux loss).
+        _number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        _number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
+        _number("head_lr_mult", self.head_lr_mult, "> 0", lambda v: v > 0)
+        _number("poly_power", self.poly_power, "in [0, 100] (0: a constant rate)", lambda v: 0 <= v <= 100)
+        _number("min_lr", self.min_lr, ">= 0", lambda v: v >= 0)
+        _number("warmup_ratio", self.warmup_ratio, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _number("aux_weight", self.aux_weight, ">= 0 (0 disables the auxiliary head)", lambda v: v >= 0)
+        if self.clip_grad_norm is not None:
+            _number("clip_grad_norm", self.clip_grad_norm, "> 0 (leave it unset for no clipping)", lambda v: v > 0)
         self.optimizer = self.optimizer.lower()
         if self.optimizer not in OPTIMIZERS:
             raise SettingError(
@@ -289,19 +264,31 @@ class TrainConfig:
                 f"{{ignore_index}} must be a mask value 0..65535 (masks store non-negative integers), got "
                 f"{SettingError.quote(value)}"
             )
-        if self.aux_weight < 0:
-            raise SettingError(f"{{aux_weight}} must be >= 0, got {SettingError.quote(self.aux_weight)}")
         self._check_loss()
         for name in ("eval_resize", "eval_crop", "eval_stride"):
             value = getattr(self, name)
             if value is not None:
-                value = [int(v) for v in ([value, value] if isinstance(value, (int, float)) else value)]
-                if len(value) != 2 or min(value) < 1:
+                items = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+                if not (
+                    isinstance(items, (list, tuple))
+                    and len(items) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in items)
+                ):
                     raise SettingError(
-                        f"{{{name}}} must be two positive integers (h, w), got {SettingError.quote(getattr(self, name))}"
+                        f"{{{name}}} must be two integers (h, w) in [1, {MAX_SIDE}], got "
+                        f"{SettingError.quote(getattr(self, name))}"
                     )
-                setattr(self, name, value)
-        self.eval_scales = [float(s) for s in self.eval_scales]
+                setattr(self, name, [int(v) for v in items])
+        scales = self.eval_scales
+        if not (
+            isinstance(scales, (list, tuple))
+            and 1 <= len(scales) <= MAX_SCALES
+            and all(_finite(v) and 0 < v <= MAX_SCALE for v in scales)
+        ):
+            raise SettingError(
+                f"{{eval_scales}} must be 1 to {MAX_SCALES} numbers in (0, {MAX_SCALE:g}], got {SettingError.quote(scales)}"
+            )
+        self.eval_scales = [float(v) for v in scales]
 
     def _check_loss(self) -> None:
         try:
@@ -351,6 +338,16 @@ class TrainConfig:
 
 def _naming(error: LossSettingError) -> SettingError:
     return SettingError(f"{{{error.setting}=}}: {SettingError.escape(error)}", **{error.setting: error.value})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(name: str, value: Any, expected: str, ok: Callable[[float], bool]) -> None:
+    """Raise a :class:`SettingError` naming ``name`` unless ``value`` is a finite number for which ``ok`` holds."""
+    if not (_finite(value) and ok(float(value))):
+        raise SettingError(f"{{{name}}} must be a number {expected}, got {SettingError.quote(value)}")
 
 
 def auto_amp(device: str | None) -> str:

@@ -16,7 +16,7 @@ from ..core.bands import normalise
 from ..core.constants import IGNORE_INDEX
 from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
 from ..inference.modes import infer
-from .metrics import ConfusionMatrix
+from .metrics import NOTHING_SCORED, ConfusionMatrix
 
 __all__ = ["evaluate", "normalize_images", "precision_name"]
 
@@ -175,6 +175,8 @@ def evaluate(
     classes = getattr(dataset, "classes", None)
     if classes is not None:
         metrics["classes"] = list(classes)
+    if not metrics["pixels"]:
+        logger.warning("evaluated %d images: %s", size, NOTHING_SCORED)
     logger.info(
         "evaluated %d images (%s): mIoU %.2f, mAcc %.2f, aAcc %.2f",
         size,

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.constants import IGNORE_INDEX
+from ..core.escape import printable
 
 __all__ = ["ConfusionMatrix", "format_metrics_table", "metrics_to_json"]
 
@@ -114,16 +115,30 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 def format_metrics_table(metrics: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """A per-class table (IoU and Acc in percent) followed by the summary line."""
+    """A per-class table (IoU and Acc in percent) followed by the summary line.
+
+    Class names (which may come from a stranger's file) are shown through
+    :func:`~pspnet_lib.core.escape.printable`. When no pixel was scored (every mask pixel is the ignore
+    value) the metrics are NaN, and a last line says why.
+    """
     n = len(metrics["IoU"])
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    names = [printable(s, 60) for s in class_names] if class_names is not None else [str(i) for i in range(n)]
     width = max([len("class")] + [len(s) for s in names])
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
     for name, iou, acc in zip(names, metrics["IoU"], metrics["Acc"]):
         lines.append(f"{name:<{width}}  {_pct(iou):>6}  {_pct(acc):>6}")
     lines.append("-" * (width + 16))
     lines.append(f"mIoU {_pct(metrics['mIoU'])}  mAcc {_pct(metrics['mAcc'])}  aAcc {_pct(metrics['aAcc'])}")
+    if not metrics.get("pixels"):
+        lines.append(NOTHING_SCORED)
     return "\n".join(lines)
+
+
+#: The explanation of NaN metrics when no pixel was scored.
+NOTHING_SCORED = (
+    "no pixel was scored (nan): every mask pixel holds the ignore value (255); check the masks, e.g. binary "
+    "masks saved as 0/255 need --label-map 255:1"
+)
 
 
 def _pct(value: float) -> str:

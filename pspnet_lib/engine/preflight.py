@@ -85,7 +85,8 @@ def check_augment(augment: Mapping[str, Any]) -> None:
             size_pair(crop, "crop_size")  # the check train_transforms makes, here before any work
         except ValueError:
             raise SettingError(
-                "{crop_size=} must be a positive integer or (height, width) of positive integers", crop_size=crop
+                "{crop_size=} must be a positive integer or (height, width) of positive integers, at most 8192 pixels",
+                crop_size=crop,
             ) from None
 
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .._files import OverwritesInputError, check_outputs_spare_inputs, local_files, sibling_folder
+from ..core.constants import MAX_NUM_CLASSES
 from ..core.pretrained_cfg import PretrainedCfg
 from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, train_transforms
 from ..data.datasets import has_split
@@ -46,6 +47,7 @@ from .preflight import (
 )
 from .sampler import set_seed
 from .trainer import Trainer
+from .trainer_state import RUN_FILES
 
 __all__ = [
     "FOLDER_OPTIONS",
@@ -63,15 +65,6 @@ logger = logging.getLogger(__name__)
 
 #: How many training samples are read before a run starts (spread over the dataset).
 PREFLIGHT_SAMPLES = 32
-#: What a run writes directly into its directory (besides ``checkpoints/``).
-RUN_FILES = (
-    "train_config.json",
-    "history.json",
-    "metrics.json",
-    "model/config.json",
-    "model/model.safetensors",
-    "model/README.md",
-)
 #: ``build_dataset`` options that only the ``folder`` dataset takes.
 FOLDER_OPTIONS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colours")
 _SECTIONS = ("dataset", "num_classes", "model", "augment", "train", "gpus")
@@ -109,7 +102,7 @@ def resolve_settings(
         base = load_recipe(recipe)
     settings: dict[str, Any] = {
         "dataset": dataset or base.get("dataset"),
-        "num_classes": num_classes or base.get("num_classes"),
+        "num_classes": num_classes if num_classes is not None else base.get("num_classes"),
         "model": {"backbone": "resnet50", **base.get("model", {}), **_given(model)},
         "augment": {"crop_size": [512, 512], **base.get("augment", {}), **_given(augment)},
         "train": {**base.get("train", {}), **_given(train)},
@@ -251,6 +244,14 @@ class TrainingRun:
             )
         if not data_root:
             raise SettingError("{data_root} is required (the dataset's directory)")
+        given = settings["num_classes"]
+        if given is not None and (
+            isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_NUM_CLASSES
+        ):
+            raise SettingError(
+                f"{{num_classes}} must be an integer in [1, {MAX_NUM_CLASSES}] to train (the classes of the dataset), "
+                f"got {SettingError.quote(given)}"
+            )
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]
@@ -385,7 +386,7 @@ def _check_run_dir(
     inputs += [Path(spec) for spec in files if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec)]
     mark = "\0advice\0"
     try:
-        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, advice=mark)
+        check_outputs_spare_inputs([out / name for name in RUN_FILES], inputs, input_roots=[data_root], advice=mark)
     except OverwritesInputError as exc:
         head, _, tail = str(exc).partition(mark)
         raise RunDirectoryError(

@@ -10,13 +10,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._files import remove_stale_temporaries
 from . import distributed as D
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    DIGEST_KEY,
     atomic_link,
     atomic_save,
     atomic_write_bytes,
     checkpoint_name,
+    content_digest,
     explain_write_failure,
     get_rng_state,
     load_checkpoint,
@@ -33,6 +36,16 @@ from .trainer_base import TrainerBase
 __all__ = ["CheckpointMixin"]
 
 logger = logging.getLogger("pspnet_lib.engine.trainer")
+
+#: The files a run writes in its directory besides ``checkpoints/`` (``model/``: ``save_pretrained``'s).
+RUN_FILES = (
+    "train_config.json",
+    "history.json",
+    "metrics.json",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/README.md",
+)
 
 # Settings whose change between a checkpoint and its resumption alters the training trajectory.
 _TRAJECTORY_FIELDS = (
@@ -180,6 +193,18 @@ class CheckpointMixin(TrainerBase):
         self.load_state_dict(state)
         self._last_checkpoint = (path, self.iteration)
         self._log("resumed from %s at iteration %d", path, self.iteration)
+        if self.is_main:
+            self._tidy_run_dir(path)
+
+    def _tidy_run_dir(self, resumed_from: Path) -> None:
+        """What a kill left behind: numbered checkpoints beyond ``keep_last`` (a kill between writing one
+        and rotating) and temporary files of interrupted writes, removed before the run goes on (a
+        resumed run that has nothing left to train writes no checkpoint that would rotate them)."""
+        removed = rotate_checkpoints(self.ckpt_dir, self.config.keep_last, protect=resumed_from)
+        for name in RUN_FILES:
+            removed += remove_stale_temporaries(self.out_dir / name)
+        if removed:
+            self._log("removed what an interrupted run left: %s", ", ".join(p.name for p in removed))
 
     def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
         """Write the run's state atomically (rank 0); ``latest.pt`` follows numbered checkpoints."""
@@ -188,6 +213,7 @@ class CheckpointMixin(TrainerBase):
         if not self.is_main:
             return None
         state = self.state_dict(rng_states)
+        state[DIGEST_KEY] = content_digest(state)  # verified by --resume and load_pretrained
         path = self.ckpt_dir / (checkpoint_name(self.iteration) if numbered else "best.pt")
         with self._explain_write_failure(path, state=state):
             if numbered:

@@ -9,14 +9,15 @@ layout's defaults: docs/weights.md).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .._files import parse_json, read_json
 from ..core.constants import CHECKPOINT_FORMAT
 from ..models.pspnet import PSPNetConfig
 from .converters import FORMATS, LAYOUT_DEFAULTS, convert_state_dict, detect_format, infer_config, select_ema
@@ -32,7 +33,7 @@ from .resolved import (
     _fill_stats,
     _has_head,
 )
-from .serialization import CheckpointError, extract_state_dict, read_checkpoint, read_safetensors
+from .serialization import CheckpointError, check_content_digest, extract_state_dict, read_checkpoint, read_safetensors
 from .validation import warn_unknown
 
 __all__ = ["read_pretrained_folder"]
@@ -49,9 +50,16 @@ def _classes_from_mmseg_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     palette = meta.get("PALETTE") or dataset_meta.get("palette")
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
         out["classes"] = [c.strip() for c in classes]
-    if isinstance(palette, (list, tuple)) and all(isinstance(c, (list, tuple)) and len(c) == 3 for c in palette):
+    if isinstance(palette, (list, tuple)) and all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_colour_value(v) for v in c) for c in palette
+    ):
         out["palette"] = [[int(v) for v in c] for c in palette]
     return out
+
+
+def _is_colour_value(value: Any) -> bool:
+    """An integer (numpy integers included) in 0..255; a palette with anything else is ignored."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) <= 255
 
 
 def _recognise_zoo_file(path: Path, state_dict: Mapping[str, torch.Tensor], description: str) -> Resolved | None:
@@ -161,9 +169,11 @@ _CONFIG_JSON_KEYS = {"config", "pretrained_cfg", "library", "pspnet_lib_version"
 def _read_config_json(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(config, pretrained_cfg)`` from a ``save_pretrained`` ``config.json``, validated (one-line errors naming it)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = read_json(path)
+    except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object (got a {type(data).__name__})")
     if "config" in data:
@@ -179,9 +189,9 @@ def _read_config_json(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _json_entry(metadata: Mapping[str, str], key: str, path: Path) -> Any:
     try:
-        return json.loads(metadata[key])
+        return parse_json(metadata[key], f"{path}: safetensors metadata {key!r}")
     except ValueError as exc:
-        raise CheckpointError(f"{path}: safetensors metadata {key!r} is not valid JSON ({exc})") from None
+        raise CheckpointError(str(exc)) from None
 
 
 def read_pretrained_folder(config_path: Path, weights_path: Path, description: str) -> Resolved:
@@ -245,6 +255,7 @@ def _resolve_path(path: Path, fmt: str | None, trust_pickle: bool) -> Resolved:
     if fmt in (None, "pspnet_lib") and _is_train_checkpoint(obj):
         # A pspnet train checkpoint records the architecture and the pretrained_cfg (classes,
         # protocol); the weights alone cannot tell align_corners, dilations or output stride.
+        check_content_digest(obj, str(path))
         tensors = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
         config, pretrained_cfg = _checked_record(obj["model_config"], obj.get("pretrained_cfg"), str(path))
         _fill_stats(pretrained_cfg, config)

@@ -21,7 +21,7 @@ import torch.hub
 from filelock import Timeout
 from safetensors import SafetensorError, safe_open
 
-from .._files import remove_stale_temporaries
+from .._files import parse_json, read_json, remove_stale_temporaries
 from .cache_dir import _lock, _remove_legacy_lock, default_cache_dir, remove_leftovers, sha256_file
 from .registry import Weights
 from .serialization import CheckpointError, read_safetensors, write_json, write_safetensors
@@ -115,9 +115,9 @@ def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.T
     if not (st.is_file() and js.is_file()):
         raise FileNotFoundError(f"{st} and {js}")
     try:
-        record = json.loads(js.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{js} is not valid JSON ({exc})") from None
+        record = read_json(js)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     _check_record(record, js)
     before = os.stat(st)
     if before.st_size != record["safetensors_size"]:
@@ -142,7 +142,7 @@ def _read_verified(st: Path, js: Path, *, load: bool) -> tuple[dict[str, torch.T
         raise CheckpointError(f"{st} changed while it was being verified")
     for key in ("config", "pretrained_cfg"):
         try:
-            inside = json.loads(metadata.get(f"pspnet_lib.{key}", "null"))
+            inside = parse_json(metadata.get(f"pspnet_lib.{key}", "null"), str(st))
         except ValueError:
             inside = None
         if inside != record[key]:
@@ -228,6 +228,8 @@ def save_cached(
         "source_format": weights.format,
         "source_sha256": source_sha256,
         "safetensors_size": st.stat().st_size,
+        # a stamp of the file as verified here, so that a load may trust it while size and mtime hold
+        "safetensors_mtime_ns": st.stat().st_mtime_ns,
         "safetensors_sha256": sha256_file(st),
         "pspnet_lib_version": __version__,
     }

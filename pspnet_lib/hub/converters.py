@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..core.escape import printable
+
 __all__ = [
     "FORMATS",
     "LAYOUT_DEFAULTS",
@@ -234,7 +236,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], format: str) -> d
     if unmapped:
         raise ValueError(
             f"{len(unmapped)} key(s) of the {format!r} checkpoint have no counterpart in PSPNet, "
-            f"e.g. {unmapped[:5]}; is format={format!r} right? (valid: {', '.join(FORMATS)})"
+            f"e.g. {[printable(k, 120) for k in unmapped[:5]]}; is format={format!r} right? (valid: {', '.join(FORMATS)})"
         )
     return out
 
@@ -248,6 +250,19 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
     """
     cfg: dict[str, Any] = dict(LAYOUT_DEFAULTS.get(format, {}))
     sd = state_dict
+
+    def dim(key: str, axis: int) -> int:
+        """Size ``axis`` of the convolution weight ``key``; a missing or non-4-D tensor is one line."""
+        value = sd.get(key)
+        if value is None:
+            raise ValueError(f"the weights hold no {key}, which the architecture is read from")
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) != 4:
+            raise ValueError(
+                f"weight {key} has shape {list(shape)}, expected a 4-D convolution weight (out, in, kh, kw): "
+                "the file is damaged or not a PSPNet checkpoint of this layout"
+            )
+        return int(shape[axis])
 
     def blocks(stage: int) -> int:
         rx = re.compile(rf"^backbone\.layer{stage}\.(\d+)\.")
@@ -267,23 +282,23 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
     cfg["backbone"] = f"resnet{depth_table[(bottleneck, counts)]}"
     if "backbone.stem.0.weight" in sd:
         cfg["stem"] = "deep"
-        cfg["stem_channels"] = int(sd["backbone.stem.6.weight"].shape[0])
-        cfg["in_channels"] = int(sd["backbone.stem.0.weight"].shape[1])
+        cfg["stem_channels"] = dim("backbone.stem.6.weight", 0)
+        cfg["in_channels"] = dim("backbone.stem.0.weight", 1)
     elif "backbone.conv1.weight" in sd:
         cfg["stem"] = "standard"
-        cfg["stem_channels"] = int(sd["backbone.conv1.weight"].shape[0])
-        cfg["in_channels"] = int(sd["backbone.conv1.weight"].shape[1])
+        cfg["stem_channels"] = dim("backbone.conv1.weight", 0)
+        cfg["in_channels"] = dim("backbone.conv1.weight", 1)
     else:
         raise ValueError("the weights hold no backbone stem (backbone.stem.* or backbone.conv1.*)")
 
     if "decode_head.classifier.weight" in sd:
-        cfg["num_classes"] = int(sd["decode_head.classifier.weight"].shape[0])
-        # a key missing here is reported by the strict load, not as a KeyError
-        cfg["head_channels"] = int(sd["decode_head.classifier.weight"].shape[1])
+        cfg["num_classes"] = dim("decode_head.classifier.weight", 0)
+        cfg["head_channels"] = dim("decode_head.classifier.weight", 1)
         branches = sorted({int(m.group(1)) for k in sd if (m := re.match(r"^decode_head\.ppm\.branches\.(\d+)\.", k))})
-        if branches:  # the grid sizes themselves leave no trace in the weights: bins stay (1, 2, 3, 6)
-            cfg["ppm_channels"] = int(sd[f"decode_head.ppm.branches.{branches[0]}.conv.weight"].shape[0])
+        first = f"decode_head.ppm.branches.{branches[0]}.conv.weight" if branches else ""
+        if first in sd:  # the grid sizes themselves leave no trace in the weights: bins stay (1, 2, 3, 6)
+            cfg["ppm_channels"] = dim(first, 0)
         cfg["aux"] = "aux_head.classifier.weight" in sd
         if cfg["aux"]:
-            cfg["aux_channels"] = int(sd["aux_head.classifier.weight"].shape[1])
+            cfg["aux_channels"] = dim("aux_head.classifier.weight", 1)
     return cfg

@@ -7,6 +7,7 @@ Cache layout (``cache_dir`` defaults to ``torch.hub.get_dir()/checkpoints``, i.e
     <name>-<sha8>.safetensors         # converted weights in this library's layout
     <name>-<sha8>.json                # config + pretrained_cfg + provenance + checksums
     .locks/<name>.lock                # (empty) lock files, kept out of the way
+    urls/<sha256(url)[:16]>/<name>    # a URL download, keyed by its URL, with <name>.source.json
 
 The first load downloads the ``.pth`` (with a progress bar on terminals, to a temporary file
 that is renamed only after its size and sha256 matched), reads it without unpickling code,
@@ -45,7 +46,14 @@ from .converted_cache import (
     tidy_entry,
     verify_cached,
 )
-from .http_download import discard_unreadable_download, download_file, fetch_url, fetch_weights_file
+from .http_download import (
+    URL_DIR,
+    discard_unreadable_download,
+    download_file,
+    fetch_url,
+    fetch_weights_file,
+    url_cache_path,
+)
 
 __all__ = [
     "LOCK_DIR",
@@ -58,6 +66,8 @@ __all__ = [
     "download_file",
     "fetch_weights_file",
     "fetch_url",
+    "url_cache_path",
+    "URL_DIR",
     "cached_paths",
     "is_cached",
     "verify_cached",

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -22,6 +25,8 @@ import torch.hub
 
 from .._files import atomic_write_bytes, fsync_dir
 from .._progress import progress_bar
+from ..core.escape import printable
+from ..core.limits import LIMITS, format_amount, get_limit
 from .cache_dir import (
     ChecksumError,
     OfflineError,
@@ -36,7 +41,14 @@ from .cache_dir import (
 from .registry import Weights
 from .serialization import CheckpointError
 
-__all__ = ["download_file", "fetch_weights_file", "fetch_url", "discard_unreadable_download"]
+__all__ = [
+    "URL_DIR",
+    "download_file",
+    "fetch_weights_file",
+    "fetch_url",
+    "discard_unreadable_download",
+    "url_cache_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +64,24 @@ def _looks_like_html(first_bytes: bytes, content_type: str) -> bool:
         return True
     html_type = content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
     return html_type and b"\x00" not in first_bytes
+
+
+class _TooSlow(Exception):
+    def __init__(self, received: int, expected: int | None) -> None:
+        self.received, self.expected = received, expected
+
+
+def _network_reason(exc: BaseException) -> str:
+    """What went wrong, readably: the status of an error page, the gist of a dropped connection."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {printable(exc.reason, 80)}"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the connection closed after {len(exc.partial)} bytes, before the end of the file"
+    if isinstance(exc, urllib.error.URLError):
+        return f"cannot reach the server ({printable(exc.reason, 120)})"
+    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+        return "the server stopped sending (timed out)"
+    return printable(f"{type(exc).__name__}: {exc}", 160)
 
 
 def download_file(
@@ -83,7 +113,7 @@ def download_file(
 
 
 def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None, timeout: float) -> Path:
-    logger.info("downloading %s to %s", url, dest)
+    logger.info("downloading %s to %s", printable(url), dest)
     by_hand = (
         f"Nothing was cached at {dest}. Try again; without network access, fetch the file on another machine and "
         "place it there (see docs/weights.md, 'Offline and air-gapped use')."
@@ -91,10 +121,16 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
     partial = _partial_name(dest)
     digest = hashlib.sha256()
     received = 0
+    start = time.monotonic()
+    deadline = get_limit("download_seconds")
+    shown_url = printable(url)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": f"pspnet_lib (torch {torch.__version__})"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "xb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response,
+                open(partial, "xb") as out,
+            ):
                 announced = response.headers.get("Content-Length")
                 expected = int(announced) if announced and announced.strip().isdigit() else None
                 content_type = response.headers.get("Content-Type", "")
@@ -109,32 +145,46 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
                     progress=progress,
                 ) as bar:
                     first = b""
-                    while chunk := response.read(_CHUNK):
+                    # read1: whatever has arrived (a slow server must not hold one read for minutes),
+                    # so that the overall deadline is checked as the bytes come in.
+                    while chunk := response.read1(_CHUNK):
                         if len(first) < 512:
                             first += chunk[: 512 - len(first)]
                         out.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
+                        if time.monotonic() - start > deadline:
+                            raise _TooSlow(received, expected)
                 out.flush()
                 os.fsync(out.fileno())
+        except _TooSlow as slow:
+            elapsed = time.monotonic() - start
+            of = f" of {slow.expected}" if slow.expected is not None else ""
+            limit = LIMITS["download_seconds"]
+            raise OSError(
+                f"the download of {shown_url} did not finish within {format_amount(deadline, 'seconds')} "
+                f"({slow.received}{of} bytes in {elapsed:.0f} s, {slow.received / max(elapsed, 1e-9) / 1000:.1f} kB/s); "
+                f"{by_hand} A slow but working link needs more time: raise the limit with the environment "
+                f"variable {limit.env} (e.g. {limit.env}={int(deadline * 4)})"
+            ) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             # HTTPError is a URLError: a 404 or 500 error page is never written.
-            raise OSError(f"could not download {url}: {exc}. {by_hand}") from None
+            raise OSError(f"could not download {shown_url}: {_network_reason(exc)}. {by_hand}") from None
         if expected is not None and received != expected:
             raise OSError(
-                f"the download of {url} was cut short: the server announced {expected} bytes and sent {received} "
+                f"the download of {shown_url} was cut short: the server announced {expected} bytes and sent {received} "
                 f"(the connection closed early). {by_hand}"
             )
         hash_ok = sha256_prefix is not None and digest.hexdigest().startswith(sha256_prefix)
         if not hash_ok and _looks_like_html(first, content_type):  # a matching hash outranks a wrong Content-Type
             raise OSError(
-                f"{url} answered with a web page (Content-Type {content_type or 'unknown'}, {received} bytes), not a "
+                f"{shown_url} answered with a web page (Content-Type {printable(content_type or 'unknown', 60)}, {received} bytes), not a "
                 f"weights file: the link is probably expired, wrong or behind a login. {by_hand}"
             )
         if sha256_prefix is not None and not hash_ok:
             raise ChecksumError(
-                f"the file downloaded from {url} does not match the published checksum (sha256 {digest.hexdigest()[:16]}..., "
+                f"the file downloaded from {shown_url} does not match the published checksum (sha256 {digest.hexdigest()[:16]}..., "
                 f"expected a sha256 starting with {sha256_prefix}). Nothing was cached at {dest}; the download was "
                 "probably altered in transit or replaced on the server: try again."
             )
@@ -149,7 +199,7 @@ def _offline_message(url: str, dest: Path, sha256_prefix: str | None, name: str)
     check = f" (its sha256 starts with {sha256_prefix})" if sha256_prefix else ""
     return (
         f"{name} is not in the cache and downloads are disabled (local_files_only=True or HF_HUB_OFFLINE=1). "
-        f"Fetch {url}{check} on a machine with network access and place it at {dest}, "
+        f"Fetch {printable(url)}{check} on a machine with network access and place it at {dest}, "
         "or allow downloads."
     )
 
@@ -169,17 +219,73 @@ def fetch_weights_file(
         return _download(weights.url, dest, sha256_prefix=weights.sha256, progress=progress, timeout=60.0)
 
 
-def _url_destination(url: str, cache_dir: Path | None) -> tuple[Path, str | None]:
+#: URL downloads live in ``<cache>/urls/<key>/<file name>``, ``key`` = the first 16 hex digits of
+#: the sha256 of the URL: two URLs never share a file, whatever their file names.
+URL_DIR = "urls"
+#: Next to each URL download: where it came from and what it was (see :func:`fetch_url`).
+_RECORD_SUFFIX = ".source.json"
+_RECORD_FORMAT = 1
+
+
+def url_cache_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`fetch_url` caches ``url``: ``<cache>/urls/<sha256(url)[:16]>/<file name>``."""
     filename = os.path.basename(unquote(urlparse(url).path))
-    if not filename:
-        raise ValueError(f"cannot tell a file name from the URL {url!r}")
-    match = torch.hub.HASH_REGEX.search(filename)
+    if not filename or filename in (".", ".."):
+        raise ValueError(f"cannot tell a file name from the URL {printable(url)!r}")
+    key = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return default_cache_dir(cache_dir) / URL_DIR / key / filename
+
+
+def _url_destination(url: str, cache_dir: Path | None) -> tuple[Path, str | None]:
+    dest = url_cache_path(url, cache_dir)
+    match = torch.hub.HASH_REGEX.search(dest.name)
     prefix = match.group(1) if match and len(match.group(1)) >= 6 else None
-    return default_cache_dir(cache_dir) / filename, prefix
+    return dest, prefix
 
 
-def _digest_sidecar(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".sha256")
+def _record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + _RECORD_SUFFIX)
+
+
+def _write_record(dest: Path, url: str) -> dict[str, Any]:
+    """Record what entered the cache at ``dest``: its URL, sha256, size and modification time.
+
+    Written atomically once the file is in place (under its lock). The size and ``mtime_ns`` are a
+    stamp of the file as verified, so that a later version may trust an unchanged file without
+    hashing it again; today every use recomputes the sha256.
+    """
+    stat = dest.stat()
+    record = {
+        "format": _RECORD_FORMAT,
+        "url": url,
+        "sha256": sha256_file(dest),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    atomic_write_bytes(_record_path(dest), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return record
+
+
+def _check_record(dest: Path, url: str) -> str | None:
+    """None if ``dest`` is what was recorded when it entered the cache from ``url``, else why not."""
+    record_path = _record_path(dest)
+    try:
+        record = json.loads(record_path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return "no record of its source"
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return f"its record {record_path} is unreadable"
+    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+        return f"its record {record_path} is not one this version writes"
+    if record.get("url") != url:
+        return f"it was downloaded from {printable(record.get('url'))}, not from this URL"
+    size = dest.stat().st_size
+    if size != record.get("size"):
+        return f"it has {size} bytes, {record.get('size')} were recorded at download time"
+    actual = sha256_file(dest)
+    if actual != record.get("sha256"):
+        return f"its sha256 {actual[:16]}... differs from the {str(record.get('sha256'))[:16]}... recorded at download time"
+    return None
 
 
 def fetch_url(
@@ -187,63 +293,58 @@ def fetch_url(
 ) -> Path:
     """A local path for an ``https://``/``http://`` URL (downloaded into the cache) or ``file://`` URL.
 
-    A ``-<hex>.`` suffix in the file name (torch.hub's convention) is checked as a sha256 prefix
-    on every use. A file without one is checked at download time (size, not a web page) and its
-    sha256 is recorded next to it (``<file>.sha256``, the ``sha256sum`` format), so that later
-    uses detect a cached copy that changed: such a copy is removed and downloaded again (offline:
-    an error naming it).
+    The cache is keyed by the URL itself (:func:`url_cache_path`): a file fetched from one URL is
+    never served for another, even with the same file name. When a download enters the cache
+    (size checked against ``Content-Length``, not a web page, a ``-<hex>.`` suffix in the file name
+    (torch.hub's convention) checked as a sha256 prefix), ``<file>.source.json`` records its URL,
+    sha256, size and modification time. Every later use checks the file against that record (and
+    the name's hash prefix); a file that changed is removed and downloaded again (offline: an error
+    naming it). A file placed there by hand, without a record, is checked against the name's hash
+    prefix if any and recorded.
     """
     parsed = urlparse(url)
     if parsed.scheme == "file":
         path = Path(unquote(parsed.path))
         if not path.exists():
-            raise FileNotFoundError(f"{url} points to {path}, which does not exist")
+            raise FileNotFoundError(f"{printable(url)} points to {path}, which does not exist")
         return path
     if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"unsupported URL scheme {parsed.scheme!r} in {url!r}; use https://, http:// or file://")
+        raise ValueError(
+            f"unsupported URL scheme {printable(parsed.scheme)!r} in {printable(url)!r}; use https://, http:// or file://"
+        )
     dest, prefix = _url_destination(url, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = _digest_sidecar(dest)
     with file_lock(dest):
         remove_leftovers(dest)
         if dest.is_file():
             if prefix:
                 _verify(dest, prefix, "cached file")
-                return dest
-            problem = _check_sidecar(dest, sidecar)
+            problem = _check_record(dest, url)
+            if problem == "no record of its source":  # placed by hand, or a download whose record was cut off
+                return _recorded(dest, url)
             if problem is None:
                 return dest
             logger.warning("discarding the cached download %s: %s", dest, problem)
             dest.unlink(missing_ok=True)
-            sidecar.unlink(missing_ok=True)
+            _record_path(dest).unlink(missing_ok=True)
             if is_offline(local_files_only):
                 raise OfflineError(
-                    f"the cached download {dest} of {url} was removed ({problem}) and downloads are disabled "
-                    "(local_files_only=True or HF_HUB_OFFLINE=1); allow downloads or place the correct file there"
+                    f"the cached download {dest} of {printable(url)} was removed ({problem}) and downloads are "
+                    "disabled (local_files_only=True or HF_HUB_OFFLINE=1); allow downloads or place the correct "
+                    "file there"
                 )
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(url, dest, prefix, dest.name))
         _download(url, dest, sha256_prefix=prefix, progress=progress, timeout=60.0)
-        if not prefix:
-            try:
-                atomic_write_bytes(sidecar, f"{sha256_file(dest)}  {dest.name}\n".encode())
-            except OSError as exc:  # the download itself is complete and checked
-                logger.warning("could not record the sha256 of %s in %s: %s", dest, sidecar, exc)
-        return dest
+        return _recorded(dest, url)
 
 
-def _check_sidecar(dest: Path, sidecar: Path) -> str | None:
-    """None if ``dest`` matches the sha256 recorded when it was downloaded (or none was recorded)."""
-    if not sidecar.is_file():
-        return None  # placed by hand, or downloaded by an older version: nothing to compare with
+def _recorded(dest: Path, url: str) -> Path:
     try:
-        recorded = sidecar.read_text(encoding="utf-8").split()[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError):
-        return f"its checksum file {sidecar} is unreadable"
-    actual = sha256_file(dest)
-    if actual != recorded:
-        return f"its sha256 {actual[:16]}... differs from the {recorded[:16]}... recorded at download time"
-    return None
+        _write_record(dest, url)
+    except OSError as exc:  # e.g. a read-only cache: the file itself was checked
+        logger.warning("could not record the source of %s in %s: %s", dest, _record_path(dest), exc)
+    return dest
 
 
 def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, error: Exception) -> Exception:
@@ -263,12 +364,12 @@ def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, er
     with file_lock(dest):
         try:
             dest.unlink(missing_ok=True)
-            _digest_sidecar(dest).unlink(missing_ok=True)
+            _record_path(dest).unlink(missing_ok=True)
             outcome = "it was removed from the cache, so the next load downloads it again"
         except OSError as exc:
             outcome = f"it could not be removed ({exc}): delete {dest} before loading again"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return CheckpointError(
-        f"{first_line} [{dest} was downloaded from {url}, whose name carries no checksum; {outcome}. Check that "
+        f"{first_line} [{dest} was downloaded from {printable(url)}, whose name carries no checksum; {outcome}. Check that "
         "the URL serves the weights file itself]"
     )

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.escape import printable
+
 __all__ = ["CLASSIFIER_KEYS", "LoadReport", "load_weights"]
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,10 @@ class LoadReport:
         for name in ("reinitialised", "missing", "unexpected", "mismatched", "discarded"):
             items = getattr(self, name)
             if items:
-                shown = [i if isinstance(i, str) else f"{i[0]} {i[1]}->{i[2]}" for i in items[:4]]
+                shown = [
+                    printable(i, 120) if isinstance(i, str) else f"{printable(i[0], 120)} {i[1]}->{i[2]}"
+                    for i in items[:4]
+                ]
                 more = f", ... {len(items) - 4} more" if len(items) > 4 else ""
                 parts.append(f"{len(items)} {name} ({', '.join(shown)}{more})")
         if self.adapted:
@@ -134,18 +139,20 @@ def load_weights(
 
 
 def _mismatch_message(report: LoadReport, own: Mapping, theirs: Mapping, source: str) -> str:
-    lines = [f"the weights in {source} do not fit the model (strict=True):"]
+    lines = [f"the weights in {source} do not fit the model (strict=True)"]
     if report.mismatched:
-        shown = ", ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in report.mismatched[:5])
-        lines.append(f"  {len(report.mismatched)} shape mismatch(es), e.g. {shown}")
+        shown = ", ".join(
+            f"{printable(k, 120)}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in report.mismatched[:5]
+        )
+        lines.append(f"{len(report.mismatched)} shape mismatch(es), e.g. {shown}")
     if report.missing:
-        shown = ", ".join(f"{k} {list(own[k].shape)}" for k in report.missing[:5])
-        lines.append(f"  {len(report.missing)} key(s) missing from the checkpoint, e.g. {shown}")
+        shown = ", ".join(f"{printable(k, 120)} {list(own[k].shape)}" for k in report.missing[:5])
+        lines.append(f"{len(report.missing)} key(s) missing from the checkpoint, e.g. {shown}")
     if report.unexpected:
-        shown = ", ".join(f"{k} {list(theirs[k].shape)}" for k in report.unexpected[:5])
-        lines.append(f"  {len(report.unexpected)} unexpected key(s), e.g. {shown}")
+        shown = ", ".join(f"{printable(k, 120)} {list(theirs[k].shape)}" for k in report.unexpected[:5])
+        lines.append(f"{len(report.unexpected)} unexpected key(s), e.g. {shown}")
     lines.append(
-        "Check the overrides (they must agree with the weights), the format= of the file, or pass "
-        "num_classes=K to replace the classifiers; strict=False loads only what fits."
+        "check the overrides (they must agree with the weights), the format= of the file, or pass "
+        "num_classes=K to replace the classifiers; strict=False loads only what fits"
     )
-    return "\n".join(lines)
+    return "; ".join(lines)  # one line: the CLI shows it as it is

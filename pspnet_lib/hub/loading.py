@@ -21,11 +21,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.limits import ResourceLimitError
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
 from .input_conv import adapt_state_dict, adapted_input_stats
 from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
-from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, verify_resolved
+from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
+from .serialization import CheckpointError
 from .sources import resolve_source
 from .validation import validate_pretrained_cfg
 
@@ -204,6 +206,10 @@ def _build_and_load(
         config["aux"] = has_aux
     pretrained_cfg = dict(resolved.pretrained_cfg)
     arch = PSPNetConfig.from_dict(config)
+    try:  # before anything is allocated: the model and its stored protocol together
+        check_model_budget(arch, {**pretrained_cfg, **(extra_cfg or {})}, resolved.description)
+    except ResourceLimitError as exc:
+        raise CheckpointError(str(exc)) from None
 
     def plan(model: PSPNet) -> tuple[set[str], set[str]]:
         """``(reinitialise, discard)`` for ``model``."""

@@ -16,7 +16,9 @@ That text comes from a downloaded file, so it is data: :func:`parse_config_text`
 the same text. Nothing is imported,
 called or executed; an assignment holding anything else (``range(0, 8)``, ``{{_base_.x}}``,
 lambdas) is skipped. The text is limited to :data:`MAX_CONFIG_CHARS` characters and
-:data:`MAX_NODES` syntax nodes.
+:data:`MAX_NODES` syntax nodes, and what it expands to (a name used inside another counts its
+values again: a pipeline nested in itself by name 64 times would have 2^63 paths) to the
+``config_values`` limit of :mod:`pspnet_lib.core.limits`.
 
 :func:`settings_from_config` turns the parsed assignments into :class:`~pspnet_lib.PSPNetConfig`
 fields (``align_corners``, ``num_classes``, ``backbone``, ``stem``, ``stem_channels``,
@@ -31,6 +33,8 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
+
+from ..core.limits import check_limit, get_limit
 
 __all__ = ["parse_config_text", "settings_from_config", "read_checkpoint_config", "MAX_CONFIG_CHARS", "MAX_NODES"]
 
@@ -55,9 +59,25 @@ class _Unsupported(Exception):
 
 
 class _Evaluator:
+    """Evaluates literal assignments; ``weights[id(container)]`` is the number of values the container
+    expands to (each use of a name inside it counted again), bounded by the ``config_values`` limit."""
+
     def __init__(self) -> None:
         self.names: dict[str, Any] = {}
         self.nodes = 0
+        self.weights: dict[int, int] = {}
+        self.limit = get_limit("config_values")
+
+    def weigh(self, container: Any, children: Any) -> Any:
+        weight = 1 + sum(self.weights.get(id(child), 1) for child in children)
+        if weight > self.limit:
+            check_limit(
+                "config_values",
+                weight,
+                "the config text (names nested in names, e.g. a test pipeline reused as its own transforms)",
+            )
+        self.weights[id(container)] = weight
+        return container
 
     def value(self, node: ast.AST) -> Any:
         self.nodes += 1
@@ -69,12 +89,13 @@ class _Evaluator:
             raise _Unsupported(type(node.value).__name__)
         if isinstance(node, (ast.Tuple, ast.List)):
             items = [self.value(e) for e in node.elts]
-            return tuple(items) if isinstance(node, ast.Tuple) else items
+            return self.weigh(tuple(items) if isinstance(node, ast.Tuple) else items, items)
         if isinstance(node, ast.Dict):
             keys = [k for k in node.keys if k is not None]
             if len(keys) != len(node.keys):  # {**other}
                 raise _Unsupported("dict unpacking")
-            return {self._key(k): self.value(v) for k, v in zip(keys, node.values)}
+            made = {self._key(k): self.value(v) for k, v in zip(keys, node.values)}
+            return self.weigh(made, [*made.keys(), *made.values()])
         if isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id == "dict") or node.args:
                 raise _Unsupported("call")
@@ -87,7 +108,7 @@ class _Evaluator:
                     out.update(value)
                 else:
                     raise _Unsupported("keyword unpacking of a non-dict")
-            return out
+            return self.weigh(out, list(out.values()))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             operand = self.value(node.operand)
             if isinstance(operand, (int, float)) and not isinstance(operand, bool):
@@ -115,8 +136,9 @@ def parse_config_text(text: str) -> dict[str, Any]:
     docstring); other assignments are skipped. Tuples stay tuples.
 
     Raises:
-        ValueError: text longer than :data:`MAX_CONFIG_CHARS`, not valid Python, or with more
-            than :data:`MAX_NODES` nodes.
+        ValueError: text longer than :data:`MAX_CONFIG_CHARS`, not valid Python, with more than
+            :data:`MAX_NODES` nodes, or expanding to more values than the ``config_values`` limit
+            (a :class:`~pspnet_lib.core.limits.ResourceLimitError`).
     """
     if not isinstance(text, str):
         raise ValueError(f"the config must be text, got {type(text).__name__}")
@@ -159,10 +181,14 @@ def _pair(value: Any) -> list[int] | None:
     return None
 
 
-def _find_resize(pipeline: Any) -> tuple[list[int] | None, bool | None]:
+#: Nesting of pipelines searched for the resize (mmseg's: MultiScaleFlipAug -> transforms, 2 levels).
+_MAX_PIPELINE_DEPTH = 4
+
+
+def _find_resize(pipeline: Any, depth: int = 0) -> tuple[list[int] | None, bool | None]:
     """``(img_scale, keep_ratio)`` of the test pipeline's resize (0.x MultiScaleFlipAug or 1.x Resize)."""
     scale, keep_ratio = None, None
-    if not isinstance(pipeline, (list, tuple)):
+    if not isinstance(pipeline, (list, tuple)) or depth > _MAX_PIPELINE_DEPTH:
         return None, None
     for step in pipeline:
         if not isinstance(step, Mapping):
@@ -175,7 +201,7 @@ def _find_resize(pipeline: Any) -> tuple[list[int] | None, bool | None]:
                 if _pair(found)
                 else (_pair(found[0]) if isinstance(found, list) and len(found) == 1 else None)
             )
-            inner_scale, inner_keep = _find_resize(step.get("transforms"))
+            inner_scale, inner_keep = _find_resize(step.get("transforms"), depth + 1)
             scale = scale or inner_scale
             keep_ratio = inner_keep if inner_keep is not None else keep_ratio
         elif kind == "Resize":

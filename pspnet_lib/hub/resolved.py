@@ -15,13 +15,16 @@ from typing import Any
 
 import torch
 
+from ..core.escape import printable
+from ..core.inference_budget import TILED_ADVICE, activation_bytes, protocol_run_size
+from ..core.limits import check_limit, format_amount
 from ..core.pretrained_cfg import PretrainedCfg
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .load_report import _is_counter
 from .serialization import CheckpointError
 from .validation import check_tensors, validate_pretrained_cfg
 
-__all__ = ["Resolved", "verify_resolved"]
+__all__ = ["Resolved", "check_model_budget", "verify_resolved"]
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(PSPNetConfig)}
 
@@ -67,11 +70,11 @@ def _check_fits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     if not _has_head(state_dict):
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
     problems = [
-        f"{k}: file {list(v.shape)} vs expected {list(own[k].shape)}"
+        f"{printable(k, 120)}: file {list(v.shape)} vs expected {list(own[k].shape)}"
         for k, v in state_dict.items()
         if k in own and v.shape != own[k].shape
     ]
-    problems += [f"unexpected {k}" for k in state_dict if k not in own]
+    problems += [f"unexpected {printable(k, 120)}" for k in state_dict if k not in own]
     problems += [f"missing {k}" for k in own if k not in state_dict and not _is_counter(k)]
     if problems:
         raise CheckpointError(f"{what} does not match its registered architecture: {'; '.join(problems[:5])}")
@@ -109,3 +112,44 @@ def verify_resolved(resolved: Resolved) -> None:
         )
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
+
+
+def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str) -> None:
+    """Refuse, before a model is allocated, an architecture and stored protocol that together need too much.
+
+    The parameters and buffers are counted on the meta device (no memory) against the
+    ``model_bytes`` limit; with them, one inference at the largest size the stored protocol runs
+    at (a whole-image protocol with a resize, or a sliding window) is estimated
+    (:func:`~pspnet_lib.core.inference_budget.activation_bytes`) against the ``memory`` limit. Values
+    that are each within their bounds (``head_channels=8192``, ``resize=[8192, 8192]``) are refused
+    together here, naming them, the limit and its override (:mod:`pspnet_lib.core.limits`).
+
+    Raises:
+        ResourceLimitError: (a ``ValueError``) one line naming ``what``.
+    """
+    with torch.device("meta"):
+        probe = PSPNet(arch)
+    count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    weights = 4 * count  # float32, as built
+    widths = ", ".join(f"{k}={getattr(arch, k)}" for k in ("head_channels", "ppm_channels", "aux_channels"))
+    model = f"a {arch.backbone} PSPNet with {arch.num_classes} classes and {widths} ({count:,} parameters)"
+    check_limit("model_bytes", weights, f"{what}: {model}", "check the file's architecture config")
+    try:
+        protocol = PretrainedCfg.from_dict(dict(pretrained_cfg), arch.in_channels, what=what).protocol
+    except ValueError:
+        return  # reported, naming the key, by the pretrained_cfg checks
+    if protocol.mode == "whole" and protocol.resize is None:
+        return  # the run size is the picture's: checked at inference (core.inference_budget)
+    long_side, short_side = protocol.resize or (protocol.crop or (1, 1))
+    height, width = protocol_run_size(short_side, long_side, protocol)
+    if protocol.mode == "slide":
+        assert protocol.crop is not None  # checked by InferenceProtocol
+        height, width = min(height, protocol.crop[0]), min(width, protocol.crop[1])
+    needed = weights + activation_bytes(arch, height, width)
+    check_limit(
+        "memory",
+        needed,
+        f"{what}: {model} ({format_amount(weights, 'bytes')}) run at up to {width}x{height} by its stored "
+        f"{protocol.mode} protocol",
+        f"store a smaller protocol (pretrained_cfg={{'inference': ...}}) or {TILED_ADVICE.split(', or ')[0]}",
+    )

@@ -17,12 +17,15 @@ from typing import Any
 import torch
 
 from .._files import atomic_save_safetensors, atomic_write_bytes
+from ..core.digest import DIGEST_KEY, content_digest
+from ..core.escape import printable
 from .checkpoint_reader import CheckpointError, pickle_globals, read_checkpoint, read_safetensors
 from .converters import select_ema
 from .pickle_standins import InertObject, OpenMMLabPlaceholder
 
 __all__ = [
     "CheckpointError",
+    "check_content_digest",
     "InertObject",
     "OpenMMLabPlaceholder",
     "read_checkpoint",
@@ -55,13 +58,32 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
             break
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        keys = sorted(str(k) for k in obj)[:10]
+        keys = [printable(k, 60) for k in sorted(str(k)[:200] for k in obj)[:10]]
         raise CheckpointError(
             f"{source} holds no tensors where weights are expected (top-level keys: {keys}); "
             "expected a state dict, or a dict with one under 'state_dict' or 'model'"
         )
     tensors = select_ema(obj, tensors, source)
     return tensors, meta
+
+
+def check_content_digest(state: Mapping[str, Any], source: str) -> bool:
+    """Verify the content digest a Trainer checkpoint records (:data:`~pspnet_lib.core.digest.DIGEST_KEY`).
+
+    Returns True when it matches, False for a checkpoint that records none (written before
+    pspnet_lib 0.3). Raises :class:`CheckpointError` naming ``source`` when the content read differs
+    from what was written (bytes changed after the write: a disk error, a bad copy, an edit).
+    """
+    recorded = state.get(DIGEST_KEY)
+    if recorded is None:
+        return False
+    actual = content_digest({k: v for k, v in state.items() if k != DIGEST_KEY})
+    if actual != recorded:
+        raise CheckpointError(
+            f"{source} is damaged: its content (sha256 {actual[:16]}...) differs from the digest recorded when it "
+            f"was written ({str(recorded)[:16]}...); use an earlier checkpoint of the run"
+        )
+    return True
 
 
 def write_safetensors(

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..core.escape import printable
 from ..core.pretrained_cfg import MAX_SCALE, MAX_SIDE, PretrainedCfg
 
 __all__ = ["MAX_SIDE", "MAX_SCALE", "validate_pretrained_cfg", "check_tensors", "warn_unknown"]
@@ -26,7 +27,10 @@ def warn_unknown(keys: Any, known: Any, source: str, what: str) -> list[str]:
     """Log one warning naming ``source`` and the keys of ``keys`` outside ``known``; returns them."""
     unknown = sorted(str(k) for k in keys if k not in known)
     if unknown:
-        logger.warning("%s: ignoring unknown %s key(s) %s (written by another version or tool?)", source, what, unknown)
+        shown = ", ".join(printable(k, 80) for k in unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
+        logger.warning("%s: ignoring unknown %s key(s) %s (written by another version or tool?)", source, what, shown)
     return unknown
 
 
@@ -49,24 +53,52 @@ def validate_pretrained_cfg(cfg: Any, source: str, *, in_channels: int | None = 
     return dict(cfg)
 
 
+#: Elements checked at a time (bounds the temporary of ``torch.isfinite`` to 1 MiB of booleans).
+_CHUNK = 1 << 20
+
+
+def _count_non_finite(value: torch.Tensor) -> tuple[int, int]:
+    """``(non-finite values, values checked)`` over the stored span of ``value`` (see :func:`check_tensors`)."""
+    if value.numel() == 0:
+        return 0, 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
+    # Elements that repeat (expanded, zero strides): check the stored ones. Otherwise a flat view
+    # (a copy for a strided view, never larger than the values the storage holds for it).
+    flat = value.as_strided((span,), (1,)) if span < value.numel() else value.reshape(-1)
+    # A finite sum means no value is NaN or Inf; it reads the values once without allocating. A
+    # non-finite one (NaN, Inf, or finite values overflowing the sum) is settled by counting.
+    if bool(torch.isfinite(flat.sum()).all()):
+        return 0, flat.numel()
+    bad = 0
+    for start in range(0, flat.numel(), _CHUNK):
+        bad += int((~torch.isfinite(flat[start : start + _CHUNK])).sum())
+    return bad, flat.numel()
+
+
 def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
     """Weights that cannot be right are an error naming them: non-tensors, non-float weights, NaN/Inf.
 
     Every entry must be a floating-point tensor with only finite values, except BatchNorm's
     ``num_batches_tracked`` counters (integers). Raises ``ValueError`` naming up to 5 tensors.
+
+    The check reads each tensor's stored values once, in chunks: a view whose strides repeat
+    elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9 over one
+    stored value) costs what its storage holds, never ``numel``.
     """
     wrong_type, non_finite = [], []
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            wrong_type.append(f"{key} ({type(value).__name__})")
+            wrong_type.append(f"{printable(key, 120)} ({type(value).__name__})")
         elif key.endswith("num_batches_tracked"):
             if value.is_floating_point() or value.is_complex():
-                wrong_type.append(f"{key} ({value.dtype}, expected an integer counter)")
+                wrong_type.append(f"{printable(key, 120)} ({value.dtype}, expected an integer counter)")
         elif not value.is_floating_point():
-            wrong_type.append(f"{key} ({value.dtype})")
-        elif value.device.type != "meta" and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            non_finite.append(f"{key} ({bad} of {value.numel()} values)")
+            wrong_type.append(f"{printable(key, 120)} ({value.dtype})")
+        elif value.device.type != "meta":
+            bad, checked = _count_non_finite(value)
+            if bad:
+                of = f"{checked} values" if checked == value.numel() else f"{checked} stored values"
+                non_finite.append(f"{printable(key, 120)} ({bad} of {of})")
     if wrong_type:
         more = f" and {len(wrong_type) - 5} more" if len(wrong_type) > 5 else ""
         raise ValueError(

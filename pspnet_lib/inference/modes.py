@@ -25,9 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
+from ..core.inference_budget import check_inference_budget
 from ..core.inference_protocol import InferenceProtocol
 
-__all__ = ["infer", "infer_whole", "infer_slide", "rescale_size", "MODES", "InferenceProtocol"]
+__all__ = ["infer", "infer_whole", "infer_slide", "slide_spans", "rescale_size", "MODES", "InferenceProtocol"]
 
 
 def _align_corners(model: nn.Module) -> bool:
@@ -46,6 +47,26 @@ def infer_whole(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images)
 
 
+def slide_spans(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` pixel ranges of sliding windows along one axis of ``length`` pixels.
+
+    Windows start every ``stride`` pixels; the last one is shifted back to end at the border (so
+    every window is ``crop`` long), and an axis shorter than the crop gets one window covering it
+    all. This is mmsegmentation's ``slide_inference`` grid, shared by :func:`infer_slide` and the
+    tiled inference of :mod:`pspnet_lib.inference.tiled` so that both run the same windows.
+
+    Raises ``ValueError`` unless ``0 < stride <= crop``.
+    """
+    if not 0 < stride <= crop:
+        raise ValueError(f"slide inference needs 0 < stride <= crop, got crop={crop!r}, stride={stride!r}")
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for index in range(count):
+        end = min(index * stride + crop, length)
+        spans.append((max(end - crop, 0), end))
+    return spans
+
+
 def infer_slide(
     model: nn.Module, images: torch.Tensor, crop: int | Sequence[int], stride: int | Sequence[int]
 ) -> torch.Tensor:
@@ -54,27 +75,24 @@ def infer_slide(
     Args:
         crop: window size ``(h, w)`` (or one int for square windows).
         stride: step between windows ``(h, w)``; at most the crop, so that no pixel is skipped.
+
+    The windows are those of :func:`slide_spans` along each axis, run in row-major order.
     """
     crop_h, crop_w = (crop, crop) if isinstance(crop, int) else tuple(crop)
     stride_h, stride_w = (stride, stride) if isinstance(stride, int) else tuple(stride)
     if not (0 < stride_h <= crop_h and 0 < stride_w <= crop_w):
         raise ValueError(f"slide inference needs 0 < stride <= crop, got crop={crop!r}, stride={stride!r}")
     n, _, height, width = images.shape
-    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
     logits: torch.Tensor | None = None
     count = images.new_zeros((1, 1, height, width))
-    for row in range(rows):
-        for col in range(cols):
-            y2 = min(row * stride_h + crop_h, height)
-            x2 = min(col * stride_w + crop_w, width)
-            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+    for y1, y2 in slide_spans(height, crop_h, stride_h):
+        for x1, x2 in slide_spans(width, crop_w, stride_w):
             window = model(images[:, :, y1:y2, x1:x2])
             if logits is None:
                 logits = window.new_zeros((n, window.shape[1], height, width))
             logits[:, :, y1:y2, x1:x2] += window
             count[:, :, y1:y2, x1:x2] += 1
-    assert logits is not None  # rows, cols >= 1: at least one window ran
+    assert logits is not None  # at least one window per axis ran
     return logits / count
 
 
@@ -109,7 +127,11 @@ def infer(
     (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
 
     Raises ``ValueError`` for an invalid protocol (see :class:`InferenceProtocol`), both
-    ``protocol`` and keyword arguments, or ``images`` that are not 4-D.
+    ``protocol`` and keyword arguments, or ``images`` that are not 4-D; a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before the model runs when
+    the images, the run or its memory exceed the budget of
+    :func:`~pspnet_lib.core.inference_budget.check_inference_budget` (tiled inference processes
+    large rasters window by window instead).
     """
     if protocol is None:
         if mode not in MODES:
@@ -138,6 +160,15 @@ def infer(
     )
     align_corners = _align_corners(model)
     height, width = images.shape[-2:]
+    check_inference_budget(
+        int(height),
+        int(width),
+        protocol,
+        config=getattr(model, "config", None),
+        channels=int(images.shape[1]),
+        batch=int(images.shape[0]),
+        what="the image" if images.shape[0] == 1 else "each image of the batch",
+    )
     base_h, base_w = rescale_size(height, width, resize)
     runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
     total: torch.Tensor | None = None

@@ -26,7 +26,8 @@ import torch.nn as nn
 from PIL import Image
 
 from ..core.bands import display_rgb, nodata_pixels, normalise
-from ..core.images import is_image_batch, to_image_tensor
+from ..core.images import image_size, is_image_batch, to_image_tensor
+from ..core.inference_budget import check_inference_budget
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .modes import MODES, infer
@@ -90,7 +91,8 @@ class Prediction:
         return legend(names, self.palette, present=self.present)
 
 
-def _num_classes(model: nn.Module) -> int | None:
+def model_num_classes(model: nn.Module) -> int | None:
+    """``model.config.num_classes`` (or ``model.num_classes``), None when the model does not say."""
     config = getattr(model, "config", None)
     return getattr(config, "num_classes", None) or getattr(model, "num_classes", None)
 
@@ -152,7 +154,8 @@ def resolve_protocol(
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) are; CPU for a model with neither."""
     for parameter in model.parameters():
         return parameter.device
     for buffer in model.buffers():
@@ -217,7 +220,11 @@ def predict(
         list/tuple or a 4-D batch.
 
     Raises ``ValueError`` before the network runs when an input's channels or the stored
-    mean/std do not match the model's input channels.
+    mean/std do not match the model's input channels, and a
+    :class:`~pspnet_lib.core.limits.ResourceLimitError` (a ``ValueError``) before a file is
+    decoded when its size (from its header) exceeds the inference budget
+    (:func:`~pspnet_lib.core.inference_budget.check_inference_budget`: whole-image pixels, sliding
+    windows, memory); tiled inference handles large rasters.
 
     The model runs in eval mode (its previous mode is restored afterwards) without gradients.
     """
@@ -231,7 +238,12 @@ def predict(
 
     tensors: list[torch.Tensor] = []
     sources: list[str | None] = []
+    config = getattr(model, "config", None)
     for index, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):  # a file: its size from the header, before decoding it
+            found = image_size(item)
+            if found is not None:
+                check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
             tensors.append(to_image_tensor(item, channels, bands=cfg.bands))
         except (TypeError, ValueError, FileNotFoundError) as exc:
@@ -242,7 +254,7 @@ def predict(
 
     if device is not None:
         model.to(device)
-    run_device = _model_device(model)
+    run_device = model_device(model)
     single_run = protocol.runs == 1
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -292,7 +304,7 @@ def predict(
 
     done = [m for m in masks if m is not None]
     assert len(done) == len(masks)  # every picture was in one group
-    num_classes = _num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
+    num_classes = model_num_classes(model) or (max(int(m.max()) for m in done) + 1 if done else 1)
     palette = padded_palette(cfg.palette, num_classes)
     classes = list(cfg.classes) if cfg.classes else None
     results = [

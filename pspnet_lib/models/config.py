@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
+from ..core.escape import printable, short_repr
 from ._utils import NORM_TYPES
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
@@ -32,20 +33,20 @@ MAX_DILATION = 64
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        raise ValueError(f"unknown {name} {short_repr(value)}; expected one of {', '.join(allowed)}")
     return value
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         what = f"a positive integer (at most {high})" if low == 1 else f"an integer in [{low}, {high}]"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {short_repr(value)}")
     return int(value)
 
 
 def _int_list(name: str, value: Any, low: int, high: int, *, max_len: int) -> list[int]:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= max_len:
-        raise ValueError(f"{name} must be a list of 1 to {max_len} integers, got {value!r}")
+        raise ValueError(f"{name} must be a list of 1 to {max_len} integers, got {short_repr(value)}")
     return [_integer(f"{name}[{i}]", v, low, high) for i, v in enumerate(value)]
 
 
@@ -91,7 +92,7 @@ class PSPNetConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_NUM_CLASSES:
                 raise ValueError(
                     f"num_classes must be an integer in [1, {MAX_NUM_CLASSES}] (the number of classes), or 0 for no "
-                    f"classifier (the model then returns head features); got {value!r}"
+                    f"classifier (the model then returns head features); got {short_repr(value)}"
                 )
             self.num_classes = int(value)
         self.in_channels = _integer("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
@@ -106,13 +107,13 @@ class PSPNetConfig:
                 setattr(self, name, _integer(name, value, 1, MAX_CHANNELS))
         for name in ("contract_dilation", "aux", "align_corners"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be true or false, got {short_repr(getattr(self, name))}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, numbers.Real)
             or not 0.0 <= self.dropout < 1.0
         ):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1), got {short_repr(self.dropout)}")
         self.dropout = float(self.dropout)
         self.bins = _int_list("bins", self.bins, 1, MAX_BIN, max_len=16)
         if self.dilations is not None:
@@ -158,7 +159,7 @@ class PSPNetConfig:
                 f"{prefix}the architecture config must be a JSON object / mapping, got {type(values).__name__}"
             )
         valid = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(str(k) for k in values if k not in valid)
+        bad = sorted(printable(k, 80) for k in values if k not in valid)
         if bad and isinstance(values.get("config"), Mapping):
             raise ValueError(
                 f"{prefix}this looks like the config.json of a save_pretrained folder, which holds the architecture under "

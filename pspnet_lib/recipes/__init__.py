@@ -17,10 +17,11 @@ it. See docs/training.md for the commands and what each recipe reproduces.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from .._files import read_json
 
 __all__ = ["RECIPES", "get_recipe", "list_recipes", "load_recipe"]
 
@@ -364,10 +365,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{text!r} is neither a built-in recipe ({', '.join(list_recipes())}) nor an existing JSON file"
         )
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"recipe file {path} is not valid JSON: {exc}") from None
+    recipe = read_json(path, "recipe file")
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe file {path} must hold a JSON object with sections {sorted(_SECTIONS)}")
     unknown = sorted(k for k in recipe if k not in _SECTIONS and not k.startswith("_"))

@@ -187,6 +187,10 @@ class FolderDataset(SegmentationDataset):
         in_channels: int = 3,
         bands: BandSpec | Mapping[str, Any] | None = None,
     ) -> None:
+        if val_fraction is not None and not (
+            isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1
+        ):  # checked even where the folder's own splits leave it unused: a wrong value is never silent
+            raise ValueError(f"val_fraction must be a number in (0, 1) (CLI: --val-fraction), got {val_fraction!r}")
         root = Path(root)
         self.root, self.split = root, split
         images_root, masks_root = root / image_dir, root / mask_dir

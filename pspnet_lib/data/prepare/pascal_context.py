@@ -7,7 +7,6 @@ read here with :mod:`json` and a COCO RLE decoder, with no extra package.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._files import atomic_write_bytes
+from ..._files import atomic_write_bytes, read_json
 from ._common import Member, PathLike, copy_member, iter_progress, require_outputs_dir, save_png, summary
 
 __all__ = ["prepare_pascal_context", "decode_coco_rle", "PASCAL_CONTEXT_IDS"]
@@ -172,7 +171,7 @@ def prepare_pascal_context(src: PathLike, dst: PathLike, *, annotations: PathLik
             f"missing input {json_path}: PASCAL in Detail's annotation file trainval_merged.json "
             "(see docs/datasets.md for where to get it)"
         )
-    data = json.loads(json_path.read_text(encoding="utf-8"))
+    data = read_json(json_path, "annotation file")
     if not isinstance(data, dict) or "images" not in data or "annos_segmentation" not in data:
         raise ValueError(
             f"{json_path} has no 'images' and 'annos_segmentation'; expected PASCAL in Detail's trainval_merged.json"
