@@ -88,8 +88,10 @@ def _first_input(model, run):
 def test_one_band_spec_gives_identical_input_tensors_on_every_path(folder):
     model = _model()
     cfg = PretrainedCfg.of(model)
-    dataset = FolderDataset(folder, in_channels=4, bands=cfg.bands, transforms=eval_transforms(MEAN, STD, bands=SPEC))
-    raw = FolderDataset(folder, in_channels=4, bands=cfg.bands)
+    dataset = FolderDataset(
+        folder, in_channels=4, band_spec=cfg.bands, transforms=eval_transforms(MEAN, STD, band_spec=SPEC)
+    )
+    raw = FolderDataset(folder, in_channels=4, band_spec=cfg.bands)
     for index, path in enumerate(sorted((folder / "images").iterdir())):
         from_dataset, mask = dataset[index]
         stored = raw[index][0].as_subclass(torch.Tensor)
@@ -112,7 +114,9 @@ def test_one_band_spec_gives_identical_input_tensors_on_every_path(folder):
             )
         assert torch.equal(calibration_images([path], model, size=False)[0][0], from_dataset)
         # The training augmentation, with nothing random: the same input (scaling and normalising in two steps).
-        plain = train_transforms(None, scale_range=None, rotation=0, blur_p=0, flip_p=0, mean=MEAN, std=STD, bands=SPEC)
+        plain = train_transforms(
+            None, scale_range=None, rotation=0, blur_p=0, flip_p=0, mean=MEAN, std=STD, band_spec=SPEC
+        )
         assert torch.allclose(plain(raw[index][0], raw[index][1])[0], from_dataset, atol=1e-6)
         # The stored values come back from the model input (int8 calibration of uint16-input graphs).
         back = to_stored(from_dataset[None], cfg)[0]
@@ -151,9 +155,26 @@ def test_pspnet_predict_and_onnx_give_predicts_masks(folder, tmp_path):
     assert np.array_equal(labels, predict(signed, stored).mask.numpy()) and (labels[:3, :4] == 255).all()
 
 
+def test_tiled_rasters_read_the_band_spec_as_predict_does(folder, tmp_path):
+    from pspnet_lib.inference.rasters import predict_raster
+    from pspnet_lib.inference.tiled import infer_tiled
+
+    model = _model()
+    path = folder / "images" / "a.tif"
+    predict_raster(model, path, tmp_path / "labels.tif", crop=(HEIGHT, WIDTH), stride=(HEIGHT, WIDTH), progress=False)
+    with rasterio.open(tmp_path / "labels.tif") as written:
+        labels = written.read(1)
+    assert np.array_equal(labels, predict(model, path).mask.numpy())  # one window: predict's own result
+    assert (labels[:3, :4] == 255).all()  # the spec's nodata: the raster's nodata value, 255
+    x = normalise(to_image_tensor(path, 4, band_spec=PretrainedCfg.of(model).bands), PretrainedCfg.of(model))
+    with torch.no_grad():
+        tiled = infer_tiled(model, x[None], crop=(16, 16), stride=(8, 8))
+    assert tiled.shape == (1, 2, HEIGHT, WIDTH)
+
+
 def test_stats_reproduce_numpy_over_the_folder(folder, tmp_path, capsys):
     spec = BandSpec.from_dict(SPEC, 4)
-    stats = compute_stats(folder, bands=spec)
+    stats = compute_stats(folder, band_spec=spec)
     values = np.concatenate([read_stored(p, 4).reshape(-1, 4) for p in sorted((folder / "images").iterdir())])
     for band in range(4):
         stored = values[:, band].astype(np.float64)
@@ -163,7 +184,7 @@ def test_stats_reproduce_numpy_over_the_folder(folder, tmp_path, capsys):
         assert (stats.min[band], stats.max[band]) == (stored[stored != 0].min(), stored.max())
         assert stats.nodata_fraction[band] == pytest.approx((stored == 0).mean())
     assert stats.images == 3
-    dataset = FolderDataset(folder, in_channels=4, bands=spec)
+    dataset = FolderDataset(folder, in_channels=4, band_spec=spec)
     assert compute_stats(dataset).mean == stats.mean  # a dataset: its untransformed images
     out = tmp_path / "bands.json"
     assert (
@@ -218,8 +239,8 @@ def test_bad_band_settings_are_one_line_errors(folder, tmp_path, caplog):
     bad.write_text(json.dumps({"bands": {"dtype": "uint16", "offset": [0, 1]}}))
     args = ["train", "--dataset", "folder", "--data-root", str(folder), "--in-channels", "4", "--no-val"]
     args += ["--out", str(tmp_path / "r")]
-    assert main([*args, "--bands", str(bad), "--backbone", "resnet18"]) == 1
-    assert "--bands: band settings" in caplog.text and "offset has 2 values but the model takes 4" in caplog.text
+    assert main([*args, "--band-spec", str(bad), "--backbone", "resnet18"]) == 1
+    assert "--band-spec: band settings" in caplog.text and "offset has 2 values but the model takes 4" in caplog.text
     # A uint16 picture given to weights whose spec is 8-bit, and 8-bit pictures to uint16 weights.
     eight_bit = tiny_model(in_channels=4, num_classes=2)
     eight_bit.pretrained_cfg = {"mean": MEAN, "std": STD, "bands": {"dtype": "uint8"}}
@@ -228,25 +249,25 @@ def test_bad_band_settings_are_one_line_errors(folder, tmp_path, caplog):
     with pytest.raises(ValueError, match=r"holds uint8 values but the band spec takes uint16"):
         predict(model, np.zeros((8, 8, 4), np.uint8))
     with pytest.raises(ValueError, match=r"holds uint16 values but the band spec takes uint8"):
-        FolderDataset(folder, in_channels=4, bands={"dtype": "uint8"})[0]
+        FolderDataset(folder, in_channels=4, band_spec={"dtype": "uint8"})[0]
     # Nodata labelled with an ignore index that is a valid class value.
     with pytest.raises(
         ValueError, match=r"labelled ignore_index=1, which is a valid class value \(0\.\.1\).*--ignore-index 255"
     ):
-        FolderDataset(folder, in_channels=4, bands=SPEC, ignore_index=1)
+        FolderDataset(folder, in_channels=4, band_spec=SPEC, ignore_index=1)
     with pytest.raises(ValueError, match=r"ignore_index=0, which is a valid class value"):
         PretrainedCfg.from_dict({"bands": SPEC, "classes": ["a", "b"], "ignore_index": 0}, 4)
     caplog.clear()
     settings = tmp_path / "ok.json"
     settings.write_text(json.dumps({"bands": SPEC, "mean": MEAN, "std": STD}))
-    assert main([*args, "--bands", str(settings), "--ignore-index", "1", "--backbone", "resnet18"]) == 1
+    assert main([*args, "--band-spec", str(settings), "--ignore-index", "1", "--backbone", "resnet18"]) == 1
     assert "valid class value" in caplog.text and "--ignore-index 255" in caplog.text
     # rgb_bands that are not three band positions, or without RGB weights to place.
     caplog.clear()
-    assert main([*args, "--bands", str(settings), "--rgb-bands", "3,2,9", "--backbone-weights", str(bad)]) == 1
+    assert main([*args, "--band-spec", str(settings), "--rgb-bands", "3,2,9", "--backbone-weights", str(bad)]) == 1
     assert "--rgb-bands: rgb_bands must be three different band positions" in caplog.text
     caplog.clear()
-    assert main([*args, "--bands", str(settings), "--rgb-bands", "3,2,1"]) == 1
+    assert main([*args, "--band-spec", str(settings), "--rgb-bands", "3,2,1"]) == 1
     assert "--rgb-bands places RGB weights in the bands: give --weights or --backbone-weights" in caplog.text
     # Bands for a zoo dataset of photos.
     caplog.clear()
@@ -266,7 +287,7 @@ def test_bad_band_settings_are_one_line_errors(folder, tmp_path, caplog):
         )
         == 1
     )
-    assert "--in-channels and --bands apply to --dataset folder only" in caplog.text
+    assert "--in-channels and --band-spec apply to --dataset folder only" in caplog.text
 
 
 def test_multi_band_tiffs_without_spec_or_rasterio_say_what_to_do(folder, monkeypatch):
@@ -303,7 +324,17 @@ def test_train_on_bands_from_the_command_line(folder, tmp_path):
         )
     )
     args = ["train", "--recipe", str(recipe), "--dataset", "folder", "--data-root", str(folder), "--out", str(out)]
-    args += ["--in-channels", "4", "--bands", str(settings), "--iters", "2", "--val-fraction", "0.34", "--no-progress"]
+    args += [
+        "--in-channels",
+        "4",
+        "--band-spec",
+        str(settings),
+        "--iters",
+        "2",
+        "--val-fraction",
+        "0.34",
+        "--no-progress",
+    ]
     assert main(args) == 0
     trained = load_pretrained(out / "model")
     cfg = PretrainedCfg.of(trained)
@@ -312,6 +343,6 @@ def test_train_on_bands_from_the_command_line(folder, tmp_path):
     result = predict(trained, folder / "images" / "a.tif")  # the trained weights read the data as training did
     assert (result.mask[:3, :4] == 255).all()
     assert torch.equal(
-        normalise(to_image_tensor(folder / "images" / "a.tif", 4, bands=cfg.bands), cfg),
-        normalize_images(to_image_tensor(folder / "images" / "a.tif", 4, bands=cfg.bands)[None], trained)[0],
+        normalise(to_image_tensor(folder / "images" / "a.tif", 4, band_spec=cfg.bands), cfg),
+        normalize_images(to_image_tensor(folder / "images" / "a.tif", 4, band_spec=cfg.bands)[None], trained)[0],
     )

@@ -126,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
             kwargs["ignore_index"] = cfg.ignore_index  # what the model was trained with (pspnet train --ignore-index)
-            kwargs.update(in_channels=cfg.in_channels, bands=cfg.bands)  # the bands as the model reads them
+            kwargs.update(in_channels=cfg.in_channels, band_spec=cfg.bands)  # the bands as the model reads them
         # Bands are normalised by the dataset (float bands look like normalised input); pictures by evaluate.
         transforms = (
-            eval_transforms(cfg.mean, cfg.std, bands=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
+            eval_transforms(cfg.mean, cfg.std, band_spec=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
         )
         dataset = build_dataset(args.dataset, args.data_root, split, transforms, **kwargs)
         if dataset.num_classes != model.config.num_classes:

@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     # the model's bands: pictures, or stored values when the weights carry a band spec
                     loaded.append(
-                        (to_image_tensor(source, cfg.in_channels, bands=cfg.bands), source, mask_path, overlay_path)
+                        (to_image_tensor(source, cfg.in_channels, band_spec=cfg.bands), source, mask_path, overlay_path)
                     )
                 except (OSError, ValueError) as exc:
                     failed.append((source, str(exc)))

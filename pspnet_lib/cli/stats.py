@@ -1,7 +1,7 @@
-"""``pspnet stats``: per-band mean/std, min/max and nodata fraction of a folder, for ``pspnet train --bands``.
+"""``pspnet stats``: per-band mean/std, min/max and nodata fraction of a folder, for ``pspnet train --band-spec``.
 
     pspnet stats data/s2 --in-channels 13 --scale 0.0001 --nodata 0 --out s2_bands.json
-    pspnet train --dataset folder --data-root data/s2 --in-channels 13 --bands s2_bands.json ...
+    pspnet train --dataset folder --data-root data/s2 --in-channels 13 --band-spec s2_bands.json ...
 
 The command parses flags and calls :func:`pspnet_lib.data.stats.compute_stats`.
 """
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read every image of a folder once (DATA/images/ for a folder dataset) and print, per band, "
         "the mean and standard deviation in the band spec's units (stored * scale + offset; 8-bit pictures "
         "without a spec: 0..1), the smallest and largest stored value and the fraction of nodata values. "
-        "--out writes them as band settings for pspnet train --bands.",
+        "--out writes them as band settings for pspnet train --band-spec.",
     )
     p.add_argument("data", nargs="+", metavar="DATA", help="a folder (or folder dataset root) or image files")
     p.add_argument("--in-channels", type=int, default=None, metavar="N", help="bands per image (default 3)")
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--offset", type=floats, metavar="O|O1,O2,..", help="see --scale (default 0)")
     p.add_argument("--range", type=floats, metavar="LOW,HIGH", help="instead of --scale/--offset: LOW..HIGH -> 0..1")
     p.add_argument("--nodata", type=_number_or_nan, metavar="V", help="the stored value of missing data (or nan)")
-    p.add_argument("--out", metavar="FILE", help="write the band settings (JSON) for pspnet train --bands FILE")
+    p.add_argument("--out", metavar="FILE", help="write the band settings (JSON) for pspnet train --band-spec FILE")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
     p.set_defaults(func=run)
 
@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_outputs_spare_inputs([args.out], files, advice="choose another --out file")
     try:
-        stats = compute_stats(files, bands=_spec(args), in_channels=args.in_channels, progress=args.progress)
+        stats = compute_stats(files, band_spec=_spec(args), in_channels=args.in_channels, progress=args.progress)
     except ValueError as exc:
         if "pretrained_cfg bands." in str(exc):  # a spec entry given as a flag: name the flag
             raise ValueError(f"{exc} (set by --dtype/--scale/--offset/--range/--nodata)") from None
         raise
-    spec = stats.bands
+    spec = stats.band_spec
     units = "0..1 (8-bit pictures)" if spec is None else f"stored {spec.dtype} * scale + offset"
     sys.stdout.write(f"{stats.images} image(s), {len(stats.mean)} band(s); mean/std in {units}\n")
     names = spec.names if spec is not None and spec.names else None
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         with atomic_output(args.out) as tmp:
             tmp.write_text(json.dumps(stats.band_settings(), indent=2) + "\n")
-        sys.stdout.write(f"band settings written to {args.out} (pspnet train --bands {args.out})\n")
+        sys.stdout.write(f"band settings written to {args.out} (pspnet train --band-spec {args.out})\n")
     return 0
 
 

@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input bands of the model (folder datasets; default 3: RGB pictures)",
     )
     g.add_argument(
-        "--bands",
+        "--band-spec",
         metavar="FILE",
         help="band settings (JSON: a band spec and the mean/std after scaling, as pspnet stats --out writes "
         "them) for images in their own units: uint16/int16/float bands, nodata; recorded with the weights",
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         validate=args.validate,
         dataset_options=dataset_options(args),
         protect=[args.recipe] if args.recipe else [],
-        bands=args.bands,
+        band_spec=args.band_spec,
         rgb_bands=args.rgb_bands,
     )
     summary = training.fit()

@@ -98,7 +98,7 @@ def _channels_first(
 
 
 def to_image_tensor(
-    image: Any, channels: int = 3, *, bands: BandSpec | None = None, what: str | None = None
+    image: Any, channels: int = 3, *, band_spec: BandSpec | None = None, what: str | None = None
 ) -> torch.Tensor:
     """Convert one image of any accepted kind to a ``(channels, H, W)`` tensor (uint8 or float in [0, 1]).
 
@@ -107,7 +107,7 @@ def to_image_tensor(
             ``(H, W, C)``/``(H, W)`` or tensor ``(C, H, W)``/``(H, W)``, of uint8 or float in [0, 1].
         channels: the model's ``config.in_channels``. For 3, C may also be 1 (repeated) or 4
             (alpha dropped); otherwise C must equal ``channels`` (pictures: see :func:`pil_to_array`).
-        bands: the weights' band spec (``PretrainedCfg.bands``): then the stored values come back
+        band_spec: the weights' band spec (``PretrainedCfg.bands``): then the stored values come back
             in their own type (any integer or float dtype, multi-band TIFFs too; see
             :func:`read_image`), C must equal ``channels``, and 8-bit values need an 8-bit spec
             (and the other way round). :func:`pspnet_lib.core.bands.normalise` makes model input of them.
@@ -117,8 +117,8 @@ def to_image_tensor(
     """
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
-    if bands is not None:
-        return _stored_tensor(image, channels, bands, what)
+    if band_spec is not None:
+        return _stored_tensor(image, channels, band_spec, what)
     if isinstance(image, (str, os.PathLike)):
         from .images import read_image  # the reader (which re-exports this module's names)
 
@@ -153,14 +153,14 @@ def to_image_tensor(
     raise TypeError(f"cannot use an object of type {type(image).__name__} as an image; expected {ACCEPTED_INPUTS}")
 
 
-def _stored_tensor(image: Any, channels: int, bands: BandSpec, what: str | None) -> torch.Tensor:
+def _stored_tensor(image: Any, channels: int, band_spec: BandSpec, what: str | None) -> torch.Tensor:
     """:func:`to_image_tensor` with a band spec: ``(channels, H, W)`` stored values in their own type."""
     channels_last = True
     if isinstance(image, (str, os.PathLike)):
         what = what or str(image)
         from .images import read_image
 
-        image = read_image(image, channels, bands=bands)
+        image = read_image(image, channels, band_spec=band_spec)
     elif isinstance(image, Image.Image):
         what = what or "the PIL image"
         image = stored_values(image, channels, what)
@@ -176,7 +176,7 @@ def _stored_tensor(image: Any, channels: int, bands: BandSpec, what: str | None)
         tensor, channels_last = image.detach().cpu(), False
     else:
         raise TypeError(f"cannot use an object of type {type(image).__name__} as an image; expected {ACCEPTED_INPUTS}")
-    check_input_dtype(tensor.dtype, bands, what)
+    check_input_dtype(tensor.dtype, band_spec, what)
     return _channels_first(
         tensor, what, channels_last=channels_last and tensor.ndim == 3, channels=channels, expand=False
     )

@@ -212,7 +212,7 @@ def read_stored(path: str | os.PathLike, channels: int, *, exif_orientation: boo
 
 
 def read_image(
-    path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True, bands: BandSpec | None = None
+    path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True, band_spec: BandSpec | None = None
 ) -> np.ndarray:
     """Read an image file as an ``(H, W, channels)`` array for a model of ``channels`` input channels.
 
@@ -221,7 +221,7 @@ def read_image(
     pixels); ``.npy`` files hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1]
     (read without pickle; float stays float).
 
-    With ``bands`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`): :func:`read_stored`,
+    With ``band_spec`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`): :func:`read_stored`,
     whose bit depth must agree with the spec's.
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file when it
@@ -229,9 +229,9 @@ def read_image(
     ``ImportError`` for a multi-band TIFF without rasterio installed.
     """
     path = Path(path)
-    if bands is not None:
+    if band_spec is not None:
         array = read_stored(path, channels, exif_orientation=exif_orientation)
-        check_input_dtype(array.dtype, bands, str(path))
+        check_input_dtype(array.dtype, band_spec, str(path))
         return array
     if path.suffix.lower() == ".npy":
         return _read_npy(path, channels)
@@ -270,7 +270,7 @@ class PictureAndMask(NamedTuple):
 
 
 def read_pair(
-    image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3, bands: BandSpec | None = None
+    image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3, band_spec: BandSpec | None = None
 ) -> PictureAndMask:
     """A picture and its mask, by the EXIF rule every dataset follows.
 
@@ -281,7 +281,7 @@ def read_pair(
     e.g. labelImg, or CVAT before #4529); then the stored pixels are used and
     ``unapplied_orientation`` says so, for the caller to warn. (A 180-degree turn or a mirror does
     not change the size, so nothing can tell; the picture is then used upright, as shown.)
-    ``bands``: read the picture's stored values (see :func:`read_image`).
+    ``band_spec``: read the picture's stored values (see :func:`read_image`).
 
     Raises ``FileNotFoundError``/``ValueError`` naming the file as :func:`read_image` and
     :func:`read_mask` do.
@@ -289,18 +289,18 @@ def read_pair(
     image_path = Path(image_path)
     mask = read_mask(mask_path)
     if image_path.suffix.lower() == ".npy":
-        return PictureAndMask(read_image(image_path, channels, bands=bands), mask, None)
+        return PictureAndMask(read_image(image_path, channels, band_spec=band_spec), mask, None)
 
     def convert(image: Image.Image) -> PictureAndMask:
         stored = (image.height, image.width)
         tag = orientation(image)
         upright = stored[::-1] if tag in QUARTER_TURNS else stored
         keep_stored = upright != mask.shape[:2] and stored == mask.shape[:2]
-        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, bands is not None)
+        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, band_spec is not None)
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
     pair = _decode_picture(
-        image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, bands is not None
+        image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, band_spec is not None
     )
-    check_input_dtype(pair.image.dtype, bands, str(image_path))
+    check_input_dtype(pair.image.dtype, band_spec, str(image_path))
     return pair

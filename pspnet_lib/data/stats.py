@@ -37,7 +37,7 @@ class BandStats:
         min, max: the smallest and largest valid stored value (nan for a band without any).
         nodata_fraction: the fraction of the band's values equal to its nodata value.
         pixels: valid values per band; images: images read.
-        bands: the spec the values were read with (None: pictures).
+        band_spec: the spec the values were read with (None: pictures).
     """
 
     mean: tuple[float, ...]
@@ -47,13 +47,13 @@ class BandStats:
     nodata_fraction: tuple[float, ...]
     pixels: tuple[int, ...]
     images: int
-    bands: BandSpec | None = None
+    band_spec: BandSpec | None = None
 
     def band_settings(self) -> dict[str, Any]:
-        """The band settings file's content (``pspnet train --bands``, :func:`~pspnet_lib.core.bands.band_settings`):
+        """The band settings file's content (``pspnet train --band-spec``, :func:`~pspnet_lib.core.bands.band_settings`):
         ``bands`` (the spec), ``mean``, ``std`` (rounded to 6 significant digits) and, for reading
         only, ``stats`` (min, max, nodata fraction, pixels, images)."""
-        out: dict[str, Any] = {"bands": self.bands.to_dict()} if self.bands is not None else {}
+        out: dict[str, Any] = {"bands": self.band_spec.to_dict()} if self.band_spec is not None else {}
         out["mean"] = [float(f"{v:.6g}") for v in self.mean]
         out["std"] = [float(f"{v:.6g}") for v in self.std]
         out["stats"] = {
@@ -85,7 +85,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def compute_stats(
     source: Any,
     *,
-    bands: BandSpec | Mapping[str, Any] | None = None,
+    band_spec: BandSpec | Mapping[str, Any] | None = None,
     in_channels: int | None = None,
     progress: bool | None = None,
 ) -> BandStats:
@@ -96,7 +96,7 @@ def compute_stats(
             untransformed images, read with its ``bands`` and ``in_channels``; any other: its items,
             ``(image, mask)`` or images ``(C, H, W)`` of stored values), a folder (its images, or
             those of ``images/``) or a list of image files.
-        bands: the band spec to read files with (default: the dataset's; None: pictures by the
+        band_spec: the band spec to read files with (default: the dataset's; None: pictures by the
             photo rules, 0..1). A dict of spec entries without ``dtype`` (e.g. ``{"scale": 1e-4,
             "nodata": 0}``, or ``{}``) takes the stored type of the first file; ``{}`` on 8-bit
             pictures means the photo rules.
@@ -107,18 +107,18 @@ def compute_stats(
     differs between images (as the readers do), ``ValueError`` when there is no image.
     """
     load = getattr(source, "load", None)
-    if bands is None and callable(load):
-        bands = getattr(source, "bands", None)
+    if band_spec is None and callable(load):
+        band_spec = getattr(source, "band_spec", None)
     channels = in_channels or (
-        bands.bands if isinstance(bands, BandSpec) else getattr(source, "in_channels", None) or 3
+        band_spec.bands if isinstance(band_spec, BandSpec) else getattr(source, "in_channels", None) or 3
     )
     if isinstance(source, (str, os.PathLike)):
         source = image_files(source)
     count = len(source)
     if not count:
         raise ValueError("no images to compute statistics of")
-    if isinstance(bands, Mapping):  # the spec's entries given, the type found in the data
-        entries = dict(bands)
+    if isinstance(band_spec, Mapping):  # the spec's entries given, the type found in the data
+        entries = dict(band_spec)
         if "dtype" not in entries:
             first = source[0]
             entries["dtype"] = str(
@@ -126,16 +126,18 @@ def compute_stats(
                 if isinstance(first, (str, os.PathLike))
                 else torch.as_tensor(first).dtype
             ).replace("torch.", "")
-        bands = None if entries == {"dtype": "uint8"} else BandSpec.from_dict(entries, channels, what="the band spec")
+        band_spec = (
+            None if entries == {"dtype": "uint8"} else BandSpec.from_dict(entries, channels, what="the band spec")
+        )
 
     def image(index: int) -> torch.Tensor:
         if callable(load):
             return load(index)[0].as_subclass(torch.Tensor)
         item = source[index]
         if isinstance(item, (str, os.PathLike)):
-            return to_image_tensor(item, channels, bands=bands)
+            return to_image_tensor(item, channels, band_spec=band_spec)
         item = item[0] if isinstance(item, (tuple, list)) else item
-        return to_image_tensor(item, channels, bands=bands, what=f"item {index}")
+        return to_image_tensor(item, channels, band_spec=band_spec, what=f"item {index}")
 
     n = torch.zeros(channels, dtype=torch.float64)
     mean = torch.zeros(channels, dtype=torch.float64)
@@ -150,9 +152,9 @@ def compute_stats(
             if values.shape[0] != channels:
                 raise ValueError(f"image {index} has {values.shape[0]} band(s); the others have {channels}")
             stored = values.double().reshape(channels, -1)
-            hits = band_nodata(values, bands)
+            hits = band_nodata(values, band_spec)
             valid = ~hits.reshape(channels, -1) if hits is not None else torch.ones_like(stored, dtype=torch.bool)
-            scaled = _scaled(values, bands).reshape(channels, -1)
+            scaled = _scaled(values, band_spec).reshape(channels, -1)
             total += stored.shape[1]
             missing += (~valid).sum(dim=1).double()
             for c in range(channels):
@@ -178,17 +180,17 @@ def compute_stats(
         nodata_fraction=_floats(missing / max(total, 1)),
         pixels=tuple(int(v) for v in n.tolist()),
         images=count,
-        bands=bands,
+        band_spec=band_spec,
     )
 
 
-def _scaled(values: torch.Tensor, bands: BandSpec | None) -> torch.Tensor:
+def _scaled(values: torch.Tensor, band_spec: BandSpec | None) -> torch.Tensor:
     """Stored values ``(C, H, W)`` in float64 in the units of the statistics: the spec's, or the
     photo rule's 0..1 (uint8 / 255; floats are on that scale already)."""
-    if bands is None:
+    if band_spec is None:
         return values.double() / 255.0 if values.dtype == torch.uint8 else values.double()
-    scale = torch.tensor(bands.scale, dtype=torch.float64).view(-1, 1, 1)
-    offset = torch.tensor(bands.offset, dtype=torch.float64).view(-1, 1, 1)
+    scale = torch.tensor(band_spec.scale, dtype=torch.float64).view(-1, 1, 1)
+    offset = torch.tensor(band_spec.offset, dtype=torch.float64).view(-1, 1, 1)
     return values.double() * scale + offset
 
 

@@ -128,15 +128,15 @@ class ScaleBands(v2.Transform):
 
     Args:
         mean, std: the statistics after scaling, one per band.
-        bands: the :class:`~pspnet_lib.core.band_spec.BandSpec` (or its stored dict).
+        band_spec: the :class:`~pspnet_lib.core.band_spec.BandSpec` (or its stored dict).
         normalize: see above.
     """
 
     def __init__(
-        self, mean: Sequence[float], std: Sequence[float], bands: BandSpec | dict[str, Any], normalize: bool = True
+        self, mean: Sequence[float], std: Sequence[float], band_spec: BandSpec | dict[str, Any], normalize: bool = True
     ) -> None:
         super().__init__()
-        self.cfg = _band_cfg(mean, std, bands)
+        self.cfg = _band_cfg(mean, std, band_spec)
         self.normalize = normalize
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -147,9 +147,9 @@ class ScaleBands(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
-def _band_cfg(mean: Sequence[float], std: Sequence[float], bands: BandSpec | dict[str, Any]) -> PretrainedCfg:
+def _band_cfg(mean: Sequence[float], std: Sequence[float], band_spec: BandSpec | dict[str, Any]) -> PretrainedCfg:
     channels = len(mean)
-    spec = bands if isinstance(bands, BandSpec) else BandSpec.from_dict(bands, channels, what="bands=")
+    spec = band_spec if isinstance(band_spec, BandSpec) else BandSpec.from_dict(band_spec, channels, what="band_spec=")
     return PretrainedCfg(in_channels=channels, mean=tuple(mean), std=tuple(std), bands=spec)
 
 
@@ -187,7 +187,7 @@ def train_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = IGNORE_INDEX,
-    bands: BandSpec | dict[str, Any] | None = None,
+    band_spec: BandSpec | dict[str, Any] | None = None,
 ) -> v2.Compose:
     """The PSPNet paper's training augmentation (the steps of the author's training code).
 
@@ -211,9 +211,9 @@ def train_transforms(
             draw from). The defaults equal the author's ``cv2.GaussianBlur(img, (5, 5), 0)``.
         flip_p: probability of a horizontal flip; 0 disables.
         mean, std: normalisation on the 0..1 scale (those of the pretrained weights); with
-            ``bands``, in the band spec's units.
+            ``band_spec``, in the band spec's units.
         ignore_index: mask value of padded and rotated-in pixels.
-        bands: the band spec of images in their own units (``PretrainedCfg.of(model).bands``):
+        band_spec: the band spec of images in their own units (``PretrainedCfg.of(model).bands``):
             the stored values are first scaled to the spec's units (:class:`ScaleBands`; nodata
             values become the band's mean), then scaled, rotated, cropped, blurred and flipped
             in float; the steps and the fill are the same.
@@ -229,11 +229,11 @@ def train_transforms(
     fill = {tv_tensors.Image: mean, tv_tensors.Mask: ignore_index}
     to_float = v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True)
     steps: list[v2.Transform] = [ToImageMask()]
-    if bands is not None:  # stored values: into the spec's units first (no uint8 fast path to keep)
-        steps.append(ScaleBands(mean, std, bands, normalize=False))
+    if band_spec is not None:  # stored values: into the spec's units first (no uint8 fast path to keep)
+        steps.append(ScaleBands(mean, std, band_spec, normalize=False))
     if scale_range is not None:
         steps.append(RandomScale(scale_range, base_size=base_size))
-    if bands is None:
+    if band_spec is None:
         steps.append(to_float)
     if rotation and rotation_p > 0:
         rotate = v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
@@ -253,7 +253,7 @@ def eval_transforms(
     std: Sequence[float] = IMAGENET_STD,
     *,
     normalize: bool = True,
-    bands: BandSpec | dict[str, Any] | None = None,
+    band_spec: BandSpec | dict[str, Any] | None = None,
 ) -> v2.Compose:
     """Deterministic evaluation transform: float in [0, 1] and normalisation, no resizing.
 
@@ -264,15 +264,15 @@ def eval_transforms(
         mean, std: normalisation on the 0..1 scale.
         normalize: ``False`` keeps the uint8 image (e.g. for :func:`pspnet_lib.engine.evaluate.evaluate`,
             which then normalises with the model's own ``pretrained_cfg``).
-        bands: the band spec of images stored in their own units: the model input is then
+        band_spec: the band spec of images stored in their own units: the model input is then
             :func:`pspnet_lib.core.bands.normalise` of them (:class:`ScaleBands`), exactly what
             ``predict`` and export compute; ``normalize=False`` keeps the stored values.
 
     Returns a Compose mapping ``(Image, Mask)`` to ``(image, int64 mask)`` plain tensors.
     """
     steps: list[v2.Transform] = [ToImageMask()]
-    if normalize and bands is not None:
-        steps += [ScaleBands(mean, std, bands), v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64})]
+    if normalize and band_spec is not None:
+        steps += [ScaleBands(mean, std, band_spec), v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64})]
     elif normalize:
         steps += [
             v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),

@@ -28,7 +28,7 @@ def normalize_images(images: torch.Tensor, model: nn.Module, cfg: PretrainedCfg 
     uint8 pictures by mean/std, integer bands by the band spec (:func:`pspnet_lib.core.bands.normalise`).
 
     A floating-point batch is taken to be normalised already and returned unchanged (datasets of
-    float bands normalise in their transforms: ``eval_transforms(mean, std, bands=...)``). Raises
+    float bands normalise in their transforms: ``eval_transforms(mean, std, band_spec=...)``). Raises
     ``ValueError`` when the stored mean/std do not have one value per input channel, or the batch's
     bit depth is not the band spec's. ``cfg``: ``PretrainedCfg.of(model)`` when the caller has it
     already (parsed once per evaluation).

@@ -254,16 +254,16 @@ def generic_classes(data_root: str | os.PathLike, num_classes: int | None, optio
 def check_band_settings(
     dataset: str,
     model: Mapping[str, Any],
-    bands: str | os.PathLike | Mapping[str, Any] | None,
+    band_spec: str | os.PathLike | Mapping[str, Any] | None,
     rgb_bands: Sequence[int] | None,
     rgb_weights: str | os.PathLike | None,
 ) -> tuple[int, dict[str, Any] | None, BandSpec | None]:
     """``(in_channels, band settings, band spec)`` of a run, checked before any work: the settings are
-    the ``pretrained_cfg`` entries of ``bands`` (:func:`~pspnet_lib.core.bands.band_settings`), the spec
+    the ``pretrained_cfg`` entries of ``band_spec`` (:func:`~pspnet_lib.core.bands.band_settings`), the spec
     their ``bands`` entry (None without one).
 
     Raises:
-        SettingError: naming ``in_channels``, ``bands`` or ``rgb_bands`` (their flags from the CLI):
+        SettingError: naming ``in_channels``, ``band_spec`` or ``rgb_bands`` (their flags from the CLI):
             another band count or a band spec for a zoo dataset (folder datasets only), a band
             settings file that is not valid (its message), ``rgb_bands`` without RGB weights to
             place or not three band positions.
@@ -271,16 +271,16 @@ def check_band_settings(
     channels = model.get("in_channels") or 3
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise SettingError(f"{{in_channels}} must be a positive integer, got {SettingError.quote(channels)}")
-    if dataset != "folder" and (channels != 3 or bands is not None):
+    if dataset != "folder" and (channels != 3 or band_spec is not None):
         raise SettingError(
-            "{in_channels} and {bands} apply to {dataset=} only (the zoo datasets are RGB photos)", dataset="folder"
+            "{in_channels} and {band_spec} apply to {dataset=} only (the zoo datasets are RGB photos)", dataset="folder"
         )
     band_cfg = spec = None
-    if bands is not None:
+    if band_spec is not None:
         try:
-            band_cfg = band_settings(bands, channels)
+            band_cfg = band_settings(band_spec, channels)
         except (OSError, ValueError) as exc:
-            raise SettingError("{bands}: " + SettingError.escape(exc)) from None
+            raise SettingError("{band_spec}: " + SettingError.escape(exc)) from None
         spec = PretrainedCfg.from_dict(band_cfg, channels).bands
     if rgb_bands is not None:
         if not rgb_weights:

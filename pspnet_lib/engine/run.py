@@ -202,7 +202,7 @@ class TrainingRun:
         dataset_options: Mapping[str, Any] | None = None,
         world_size: int | None = None,
         protect: Iterable[str | os.PathLike] = (),
-        bands: str | os.PathLike | Mapping[str, Any] | None = None,
+        band_spec: str | os.PathLike | Mapping[str, Any] | None = None,
         rgb_bands: Sequence[int] | None = None,
     ) -> TrainingRun:
         """A run from settings of the recipe shape (see :func:`resolve_settings`) and a data root.
@@ -228,7 +228,7 @@ class TrainingRun:
             world_size: processes of the run (default ``$WORLD_SIZE`` or 1), to compare the
                 images per step with the recipe's.
             protect: more files the run must never write over.
-            bands, rgb_bands: folder images in their own units (a band settings file or dict, recorded with
+            band_spec, rgb_bands: folder images in their own units (a band settings file or dict, recorded with
                 the model; default: the spec of ``weights``) and where RGB weights go in them (see
                 :func:`~pspnet_lib.engine.preflight.check_band_settings`, :func:`~pspnet_lib.load_pretrained`).
 
@@ -255,11 +255,11 @@ class TrainingRun:
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]
-        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect, bands])
+        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect, band_spec])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
         check_augment(settings["augment"])
         channels, band_cfg, spec = check_band_settings(
-            name, settings["model"], bands, rgb_bands, weights or weights_backbone
+            name, settings["model"], band_spec, rgb_bands, weights or weights_backbone
         )
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
@@ -276,7 +276,7 @@ class TrainingRun:
             if flat:
                 split = None  # a flat folder without validation: train on every pair
             options["ignore_index"] = config.ignore_index  # the value the user's masks store
-            options.update(in_channels=channels, bands=spec)
+            options.update(in_channels=channels, band_spec=spec)
         # Classes first (the model's classifier width), from the dataset without transforms.
         probe = build_dataset(name, data_root, split, None, **options)
         check_class_count(probe.classes)
@@ -307,17 +307,19 @@ class TrainingRun:
         cfg = PretrainedCfg.of(model)
         if name == "folder" and (cfg.in_channels, cfg.bands) != (channels, spec):
             # The weights take other bands (e.g. they carry a band spec): read the data so, check again.
-            options.update(in_channels=cfg.in_channels, bands=cfg.bands)
+            options.update(in_channels=cfg.in_channels, band_spec=cfg.bands)
             build_dataset(name, data_root, split, None, **options).verify(
                 max_images=PREFLIGHT_SAMPLES, warn_absent=False
             )
         mean, std = list(cfg.mean), list(cfg.std)
         transforms = train_transforms(  # augmentation settings checked in check_augment
-            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, bands=cfg.bands, **aug
+            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, band_spec=cfg.bands, **aug
         )
         train_set = build_dataset(name, data_root, split, transforms, **options)
         # Bands are normalised by the dataset (float bands look like normalised input); pictures by evaluate.
-        val_transforms = eval_transforms(mean, std, bands=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
+        val_transforms = (
+            eval_transforms(mean, std, band_spec=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
+        )
         val_set = build_dataset(name, data_root, val_split, val_transforms, **options) if validate else None
         if val_set is not None:
             fraction = options.get("val_fraction")

@@ -131,7 +131,7 @@ def adapted_input_stats(
     weights were adapted with: ``rgb_bands`` keeps them at those positions (the others take
     :data:`~pspnet_lib.core.constants.GENERIC_MEAN`/``GENERIC_STD``); timm's rule repeats them
     (R, G, B, R, ...) or, for 1 band, averages them. Entries that are not three numbers are left out.
-    A band spec's own statistics (``pretrained_cfg`` argument, ``--bands``) replace these.
+    A band spec's own statistics (``pretrained_cfg`` argument, ``--band-spec``) replace these.
     """
     out: dict[str, list[float]] = {}
     for key, generic in (("mean", GENERIC_MEAN), ("std", GENERIC_STD)):

@@ -103,7 +103,7 @@ def calibration_images(
         try:
             # the model's channel count: pictures, .npy arrays and multi-page TIFFs, as predict reads them
             # (stored values of any type when the weights carry a band spec)
-            image = to_image_tensor(item, cfg.in_channels, bands=cfg.bands)
+            image = to_image_tensor(item, cfg.in_channels, band_spec=cfg.bands)
         except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
             logger.warning(
                 "calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc

@@ -59,10 +59,10 @@ class ExportWrapper(nn.Module):
         std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.bands = cfg.bands is not None
-        self.nodata = self.bands and cfg.bands is not None and cfg.bands.nodata is not None
+        self.stored_input = cfg.bands is not None  # a band spec: the graph takes its stored values
+        self.nodata = cfg.bands is not None and cfg.bands.nodata is not None
         self.ignore_index = cfg.ignore_index
-        if self.bands:
+        if self.stored_input:
             a, b, nodata, is_nan = input_affine(cfg)
             self.register_buffer("band_a", a, persistent=False)
             self.register_buffer("band_b", b, persistent=False)
@@ -73,7 +73,7 @@ class ExportWrapper(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.preprocess:
             x = images
-        elif self.bands:
+        elif self.stored_input:
             nodata = (self.band_nodata, self.band_nodata_nan) if self.nodata else (None, None)
             x = affine_input(images, self.band_a, self.band_b, *nodata)
         else:

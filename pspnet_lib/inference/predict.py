@@ -245,7 +245,7 @@ def predict(
             if found is not None:
                 check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
-            tensors.append(to_image_tensor(item, channels, bands=cfg.bands))
+            tensors.append(to_image_tensor(item, channels, band_spec=cfg.bands))
         except (TypeError, ValueError, FileNotFoundError) as exc:
             if not batched:
                 raise

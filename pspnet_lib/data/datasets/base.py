@@ -2,7 +2,7 @@
 
 Every dataset follows one contract. ``dataset[i]`` returns ``transforms(image, mask)``, where without
 transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (C, H, W): RGB for the default
-``in_channels=3``, grey for 1, the file's N bands for N; with a band spec, ``bands=``, the stored
+``in_channels=3``, grey for 1, the file's N bands for N; with a band spec, ``band_spec=``, the stored
 values in their own type, and pixels of no data in any band ``ignore_index`` in the mask) and ``mask`` a
 :class:`torchvision.tv_tensors.Mask` (int64, (H, W)) holding class indices ``0..num_classes-1`` and
 ``ignore_index`` (255) for pixels that are not scored. Attributes: ``classes`` (names), ``palette``
@@ -118,21 +118,21 @@ class SegmentationDataset(Dataset):
         transforms: Transforms | None = None,
         ignore_index: int = IGNORE_INDEX,
         in_channels: int = 3,
-        bands: BandSpec | Mapping[str, Any] | None = None,
+        band_spec: BandSpec | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
         self.in_channels = in_channels
-        if bands is not None and not isinstance(bands, BandSpec):
-            bands = BandSpec.from_dict(bands, in_channels, what=type(self).__name__)
-        if bands is not None and bands.bands != in_channels:
+        if band_spec is not None and not isinstance(band_spec, BandSpec):
+            band_spec = BandSpec.from_dict(band_spec, in_channels, what=type(self).__name__)
+        if band_spec is not None and band_spec.bands != in_channels:
             raise ValueError(
-                f"bands= describes {bands.bands} band(s) but in_channels={in_channels}; give one band spec entry per "
-                "input channel (CLI: --bands FILE, --in-channels N)"
+                f"band_spec= describes {band_spec.bands} band(s) but in_channels={in_channels}; give one band spec entry per "
+                "input channel (CLI: --band-spec FILE, --in-channels N)"
             )
-        check_nodata_label(bands, ignore_index, len(classes), type(self).__name__)
+        check_nodata_label(band_spec, ignore_index, len(classes), type(self).__name__)
         #: the band spec: pictures are read as stored values (see :meth:`load`); None: photo rules.
-        self.bands = bands
+        self.band_spec = band_spec
         self.files = [(Path(i), Path(m)) for i, m in files]
         self.classes = [str(c) for c in classes]
         if not self.classes:
@@ -170,10 +170,10 @@ class SegmentationDataset(Dataset):
         and a warning names the file.
         """
         image_path, mask_path = self.files[index]
-        image, raw, unapplied = read_pair(image_path, mask_path, channels=self.in_channels, bands=self.bands)
+        image, raw, unapplied = read_pair(image_path, mask_path, channels=self.in_channels, band_spec=self.band_spec)
         if unapplied is not None:
             _warn_orientation(image_path, mask_path, unapplied)
-        if self.bands is None:
+        if self.band_spec is None:
             image = _as_uint8(image)
         mask = self.convert_mask(raw, mask_path)
         if image.shape[:2] != mask.shape:
@@ -182,7 +182,7 @@ class SegmentationDataset(Dataset):
                 f"{mask.shape[1]}x{mask.shape[0]}; an image and its mask must have the same size"
             )
         image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        missing = nodata_pixels(image_t.as_subclass(torch.Tensor), self.bands)
+        missing = nodata_pixels(image_t.as_subclass(torch.Tensor), self.band_spec)
         if missing is not None:  # no data in any band: not scored, whatever the mask says there
             mask[missing.numpy()] = self.ignore_index
         self.check_mask(mask, mask_path, stored=raw)
@@ -192,7 +192,7 @@ class SegmentationDataset(Dataset):
         """The untransformed mask of sample ``index`` alone (its picture is not read): int64 ``(H, W)``
         class indices and ``ignore_index``, values checked as :meth:`load` checks them. With a band
         spec's ``nodata`` the picture is read too: its pixels of no data are ``ignore_index``."""
-        if self.bands is not None and self.bands.nodata is not None:
+        if self.band_spec is not None and self.band_spec.nodata is not None:
             return self.load(index)[1].as_subclass(torch.Tensor).numpy()
         _, mask_path = self.files[index]
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)

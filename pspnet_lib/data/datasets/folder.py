@@ -158,12 +158,12 @@ class FolderDataset(SegmentationDataset):
         in_channels: channels of the images as the model takes them (``config.in_channels``): 3
             reads every picture as RGB, 1 as grayscale, N multi-page TIFFs / N-band pictures /
             ``.npy`` arrays ``(H, W, N)`` (see :meth:`SegmentationDataset.read_image`).
-        bands: the band spec of images stored in their own units (a
+        band_spec: the band spec of images stored in their own units (a
             :class:`~pspnet_lib.core.band_spec.BandSpec` or its stored dict, usually the model's
             ``PretrainedCfg.of(model).bands``): images are then read as stored (uint16, int16,
             float ..., multi-band GeoTIFFs with rasterio), their bit depth checked against the
             spec, and pixels of nodata in every band set to ``ignore_index`` in the mask. The
-            transforms scale them: ``train_transforms(..., bands=...)``, ``eval_transforms(..., bands=...)``.
+            transforms scale them: ``train_transforms(..., band_spec=...)``, ``eval_transforms(..., band_spec=...)``.
     """
 
     IGNORE_IS_CONVENTION = False
@@ -185,7 +185,7 @@ class FolderDataset(SegmentationDataset):
         ignore_index: int = IGNORE_INDEX,
         ignore_colours: Sequence[Sequence[int]] | None = None,
         in_channels: int = 3,
-        bands: BandSpec | Mapping[str, Any] | None = None,
+        band_spec: BandSpec | Mapping[str, Any] | None = None,
     ) -> None:
         if val_fraction is not None and not (
             isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1
@@ -246,7 +246,7 @@ class FolderDataset(SegmentationDataset):
             files = [pairs[s] for s in stems]
         else:
             files = [pairs[s] for s in sorted(pairs)]
-        super().__init__(files, names, colours, transforms, ignore_index, in_channels, bands)
+        super().__init__(files, names, colours, transforms, ignore_index, in_channels, band_spec)
 
     @staticmethod
     def _resolve_classes(root: Path, classes: Sequence[str] | PathLike | None) -> list[str]:
