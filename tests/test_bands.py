@@ -230,6 +230,22 @@ def test_timms_rule_without_rgb_bands_and_build_pspnet(tmp_path):
     assert "repeated over 4 bands and scaled by 3/4" in model.load_report.adapted["backbone.conv1.weight"]
 
 
+def test_timm_backbones_take_rgb_weights_on_n_bands_too(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    state = timm.create_model("resnet18").state_dict()  # timm's layout, random values
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    small = dict(head_channels=16, aux_channels=8, ppm_channels=4, weights_backbone=str(tmp_path / "r18.safetensors"))
+    model = build_pspnet("timm:resnet18", 3, in_channels=13, rgb_bands=(3, 2, 1), **small)
+    weight = model.state_dict()["backbone.model.conv1.weight"]
+    assert torch.equal(weight[:, [3, 2, 1]], state["conv1.weight"]) and not weight[:, 0].any()
+    assert "copied into bands (3, 2, 1)" in model.load_report.adapted["backbone.model.conv1.weight"]
+    plain = build_pspnet("timm:resnet18", 3, in_channels=4, **small)  # timm's loader, its rule, reported
+    assert "timm's adapt_input_conv rule" in plain.load_report.adapted["backbone.model.conv1.weight"]
+    assert torch.equal(plain.state_dict()["backbone.model.conv1.weight"], adapt_input_conv(state["conv1.weight"], 4)[0])
+
+
 def test_bad_band_settings_are_one_line_errors(folder, tmp_path, caplog):
     model = _model()
     # A band spec whose length differs from in_channels.

@@ -127,10 +127,7 @@ def run(args: argparse.Namespace) -> int:
             generic_classes(args.data_root, model.config.num_classes, kwargs)
             kwargs["ignore_index"] = cfg.ignore_index  # what the model was trained with (pspnet train --ignore-index)
             kwargs.update(in_channels=cfg.in_channels, band_spec=cfg.bands)  # the bands as the model reads them
-        # Bands are normalised by the dataset (float bands look like normalised input); pictures by evaluate.
-        transforms = (
-            eval_transforms(cfg.mean, cfg.std, band_spec=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
-        )
+        transforms = eval_transforms(cfg.mean, cfg.std, normalize=False, band_spec=cfg.bands)  # evaluate normalises
         dataset = build_dataset(args.dataset, args.data_root, split, transforms, **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(

@@ -266,12 +266,13 @@ def eval_transforms(
             which then normalises with the model's own ``pretrained_cfg``).
         band_spec: the band spec of images stored in their own units: the model input is then
             :func:`pspnet_lib.core.bands.normalise` of them (:class:`ScaleBands`), exactly what
-            ``predict`` and export compute; ``normalize=False`` keeps the stored values.
+            ``predict`` and export compute, with ``normalize=False`` too (float bands could not be
+            told from normalised input, which ``evaluate`` takes as it is).
 
     Returns a Compose mapping ``(Image, Mask)`` to ``(image, int64 mask)`` plain tensors.
     """
     steps: list[v2.Transform] = [ToImageMask()]
-    if normalize and band_spec is not None:
+    if band_spec is not None:
         steps += [ScaleBands(mean, std, band_spec), v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64})]
     elif normalize:
         steps += [

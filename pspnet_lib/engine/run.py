@@ -316,10 +316,7 @@ class TrainingRun:
             aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, band_spec=cfg.bands, **aug
         )
         train_set = build_dataset(name, data_root, split, transforms, **options)
-        # Bands are normalised by the dataset (float bands look like normalised input); pictures by evaluate.
-        val_transforms = (
-            eval_transforms(mean, std, band_spec=cfg.bands) if cfg.bands else eval_transforms(normalize=False)
-        )
+        val_transforms = eval_transforms(mean, std, normalize=False, band_spec=cfg.bands)  # evaluate normalises
         val_set = build_dataset(name, data_root, val_split, val_transforms, **options) if validate else None
         if val_set is not None:
             fraction = options.get("val_fraction")

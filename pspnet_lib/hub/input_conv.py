@@ -28,7 +28,14 @@ import torch.nn as nn
 
 from ..core.constants import GENERIC_MEAN, GENERIC_STD, input_channels
 
-__all__ = ["adapt_input_conv", "adapt_state_dict", "adapted_input_stats", "check_rgb_bands", "input_conv_key"]
+__all__ = [
+    "adapt_input_conv",
+    "adapt_loaded_input_conv",
+    "adapt_state_dict",
+    "adapted_input_stats",
+    "check_rgb_bands",
+    "input_conv_key",
+]
 
 
 def check_rgb_bands(rgb_bands: Sequence[int] | None, in_channels: int) -> tuple[int, int, int] | None:
@@ -122,6 +129,36 @@ def adapt_state_dict(
     out = dict(state_dict)
     out[key], how = adapt_input_conv(weight, channels, rgb_bands)
     return out, {key: how}
+
+
+def adapt_loaded_input_conv(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], rgb_bands: Sequence[int] | None = None
+) -> dict[str, str]:
+    """The model's first convolution set from the RGB weight in ``state_dict`` by the rules above,
+    for encoders whose own loader placed the weights (timm's, which adapts RGB weights by the same
+    rule but knows no ``rgb_bands``). The RGB weight is found by shape: the one ``(O, 3, kH, kW)``
+    tensor matching the model's first convolution (the names differ: ``stem.0`` / ``stem_0``).
+
+    Returns ``{key: what was done}`` ({} for an RGB model without ``rgb_bands``). Raises
+    ``ValueError`` when ``rgb_bands`` is given but no single RGB weight fits, or ``rgb_bands`` is invalid.
+    """
+    key, channels = input_conv_key(model), input_channels(model)
+    target = dict(model.named_parameters()).get(key or "")
+    if target is None or (channels == 3 and rgb_bands is None):
+        return {}
+    shape = (target.shape[0], 3, *target.shape[2:])
+    sources = [v for v in state_dict.values() if tuple(v.shape) == shape]
+    if len(sources) != 1:
+        if rgb_bands is not None:
+            raise ValueError(
+                f"rgb_bands={tuple(rgb_bands)!r} needs one RGB weight of shape {list(shape)} for the model's first "
+                f"convolution {key}; the weights hold {len(sources)}: load RGB (3-channel) weights, or leave rgb_bands out"
+            )
+        return {}
+    weight, how = adapt_input_conv(sources[0], channels, rgb_bands)
+    with torch.no_grad():
+        target.copy_(weight)
+    return {key or "weight": how}
 
 
 def adapted_input_stats(
