@@ -118,6 +118,13 @@ def _interleaved(variants: dict, rounds: int, repeats: int) -> dict[str, list[fl
     return times
 
 
+def _seeded(folder: FolderDataset):
+    """One sample with the same random augmentation each call: the random scale alone changes a
+    call's cost several times over, which would swamp the decoders' difference."""
+    torch.manual_seed(0)
+    return folder[0]
+
+
 def _with_decoder(decoder: str, fn):
     def call():
         previous = os.environ.get("PSPNET_IMAGE_DECODER")
@@ -178,8 +185,8 @@ def decode_section(rounds: int, repeats: int) -> list[dict]:
                 before, after = "PSPNET_IMAGE_DECODER=pillow", "default (torchvision.io pictures)"
                 times = _interleaved(
                     {
-                        before: _with_decoder("pillow", lambda f=folder: f[0]),
-                        after: _with_decoder("auto", lambda f=folder: f[0]),
+                        before: _with_decoder("pillow", lambda f=folder: _seeded(f)),
+                        after: _with_decoder("auto", lambda f=folder: _seeded(f)),
                     },
                     rounds,
                     repeats,

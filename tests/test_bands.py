@@ -362,3 +362,32 @@ def test_train_on_bands_from_the_command_line(folder, tmp_path):
         normalise(to_image_tensor(folder / "images" / "a.tif", 4, band_spec=cfg.bands), cfg),
         normalize_images(to_image_tensor(folder / "images" / "a.tif", 4, band_spec=cfg.bands)[None], trained)[0],
     )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "spec", "low", "high"),
+    [
+        ("uint16", {"dtype": "uint16", "range": [0, 10000], "nodata": 0}, 1, 10001),
+        ("int16", {"dtype": "int16", "scale": 0.001, "offset": 0.5, "nodata": -9999}, -500, 2000),
+        ("float32", {"dtype": "float32", "range": [[-5.0, 300.0]] * 4, "nodata": "nan"}, -5, 300),
+    ],
+)
+def test_in_memory_arrays_go_in_as_stored(dtype, spec, low, high):
+    # uint16 reflectance, int16 with an offset, float radiance far outside 0..1 with NaN as nodata.
+    stored = np.random.default_rng(7).uniform(low, high, (HEIGHT, WIDTH, 4)).astype(dtype)
+    nodata = np.nan if dtype == "float32" else spec["nodata"]
+    stored[:2, :2] = nodata
+    model = tiny_model(in_channels=4, num_classes=2)
+    model.pretrained_cfg = {"mean": MEAN, "std": STD, "bands": spec}
+    cfg = PretrainedCfg.of(model)
+    if "range" in spec:  # range [low, high]: scale 1 / (high - low), offset -low / (high - low)
+        first_low, first_high = np.ravel(spec["range"])[:2]
+        assert cfg.bands.scale[0] == pytest.approx(1 / (first_high - first_low))
+        assert cfg.bands.offset[0] == pytest.approx(-first_low / (first_high - first_low))
+    scaled = stored.astype(np.float64) * np.asarray(cfg.bands.scale) + np.asarray(cfg.bands.offset)
+    expected = torch.from_numpy(np.moveaxis((scaled - np.asarray(MEAN)) / np.asarray(STD), -1, 0))
+    expected[:, :2, :2] = 0.0  # nodata: the band's mean
+    results = []
+    seen = _first_input(model, lambda: results.append(predict(model, stored)))[0]
+    assert seen.dtype == torch.float32 and torch.allclose(seen.double(), expected, atol=1e-5)
+    assert (results[0].mask[:2, :2] == 255).all() and (results[0].mask[2:] != 255).all()
