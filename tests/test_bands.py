@@ -391,3 +391,16 @@ def test_in_memory_arrays_go_in_as_stored(dtype, spec, low, high):
     seen = _first_input(model, lambda: results.append(predict(model, stored)))[0]
     assert seen.dtype == torch.float32 and torch.allclose(seen.double(), expected, atol=1e-5)
     assert (results[0].mask[:2, :2] == 255).all() and (results[0].mask[2:] != 255).all()
+
+
+def test_a_16_bit_picture_keeps_its_values_under_a_band_spec_and_photo_rules_without(tmp_path):
+    values = (np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500).astype(np.uint16)  # 0..59,500
+    path = tmp_path / "dem.png"
+    Image.fromarray(values).save(path)
+    spec = BandSpec.from_dict({"dtype": "uint16", "range": [0, 60000]}, 1)
+    stored = to_image_tensor(path, 1, band_spec=spec).as_subclass(torch.Tensor)
+    assert stored.dtype == torch.uint16 and torch.equal(stored[0], torch.from_numpy(values))  # not by 257
+    photo = to_image_tensor(path, 1).as_subclass(torch.Tensor)  # no spec: today's rule, 8 bits by round(v / 257)
+    assert photo.dtype == torch.uint8 and torch.equal(
+        photo[0], torch.from_numpy(np.round(values / 257).astype(np.uint8))
+    )
