@@ -15,6 +15,9 @@ ENTRY_POINTS = [
     "get_weight",
     "list_models",
     "list_pretrained",
+    "pspnet_convnext_tiny_d8",
+    "pspnet_efficientnet_b3_d8",
+    "pspnet_mobilenetv3_large_d8",
     "pspnet_r101_d8",
     "pspnet_r101b_d8",
     "pspnet_r18_d8",
@@ -23,6 +26,7 @@ ENTRY_POINTS = [
     "pspnet_r50_d8",
     "pspnet_r50b_d32",
     "pspnet_r50b_d8",
+    "pspnet_regnety_040_d8",
     "pspnet_semseg101",
     "pspnet_semseg50",
 ]

@@ -65,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--num-classes", type=int_in(1, MAX_NUM_CLASSES), metavar="K", help="classes (default: the dataset's)"
     )
-    g.add_argument("--backbone", help="resnet18/34/50/101/152 (default resnet50)")
+    g.add_argument(
+        "--backbone", help="resnet18/34/50/101/152 (default resnet50), or timm:<name> (a timm encoder, docs/model.md)"
+    )
     g.add_argument("--preset", help="layout preset: mmseg (default), mmseg-b, semseg")
     g.add_argument(
         "--weights",
@@ -80,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME|PATH",
         help="ImageNet backbone weights only (heads start fresh): a zoo name such as resnet50_v1c or "
         "resnet50_torchvision, or a checkpoint file/URL in torchvision, mmseg v1c or semseg layout; "
-        "the stem follows the weights",
+        "the stem follows the weights. With --backbone timm:<name>: DEFAULT, a pretrained tag, hf-hub:org/repo "
+        "or a file in timm's layout (docs/weights.md)",
     )
     for title in ("optimisation", "speed and memory", "run"):
         groups[title] = p.add_argument_group(title)

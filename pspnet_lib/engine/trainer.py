@@ -212,9 +212,13 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
             model.aux_head.requires_grad_(False)
         self.uses_aux = uses_aux
         if config.freeze_backbone:
-            if not hasattr(model, "backbone"):
+            freeze = getattr(model, "freeze_backbone", None)
+            if callable(freeze):
+                freeze()  # PSPNet's: parameters and BatchNorm statistics, also after train()
+            elif not hasattr(model, "backbone"):
                 raise ValueError("freeze_backbone needs a model with a .backbone")
-            model.backbone.requires_grad_(False)
+            else:
+                model.backbone.requires_grad_(False)
         if config.grad_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):
                 raise ValueError("grad_checkpointing needs a model with set_grad_checkpointing()")

@@ -43,6 +43,8 @@ _ARGS = """
 
 
 def _matches(variant: Variant, config: dict) -> bool:
+    if variant.architecture.get("backbone") != config.get("backbone"):
+        return False  # before building the variant's config: a timm variant's would import timm
     full = PSPNetConfig.from_dict({**variant.architecture}).to_dict()
     return all(full.get(k) == config.get(k) for k in _ARCH_KEYS)
 
@@ -74,9 +76,14 @@ def resolve_weights_arg(weights: Any, pretrained: Any, variant: Variant | None) 
         if variant is None:
             raise ValueError("weights='DEFAULT' needs a named model: use pspnet_lib.get_model(name, weights='DEFAULT')")
         if variant.default_weights is None:
+            why = (
+                "no segmentation weights were released for it; train it, starting from weights_backbone=True"
+                if variant.architecture.get("backbone", "").startswith("timm:")
+                else "the author's checkpoints are distributed by hand"
+            )
             raise ValueError(
-                f"{variant.name} has no downloadable default weights (the author's checkpoints are distributed by "
-                "hand); pass pretrained='path/to/checkpoint.pth' (or a URL) instead"
+                f"{variant.name} has no downloadable default weights ({why}); "
+                "pass pretrained='path/to/checkpoint.pth' (or a URL) instead"
             )
         return variant.default_weights
     if isinstance(weights, (str, os.PathLike)):

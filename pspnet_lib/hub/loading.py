@@ -22,12 +22,14 @@ import torch
 import torch.nn as nn
 
 from ..core.limits import ResourceLimitError
+from ..models.encoders import is_timm_backbone
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
 from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
 from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
 from .serialization import CheckpointError
 from .sources import resolve_source
+from .timm_weights import build_with_timm_weights
 from .validation import validate_pretrained_cfg
 
 __all__ = [
@@ -318,8 +320,11 @@ def build_with_backbone_weights(
 
     The stem type and width follow the weights unless ``explicit`` says the caller set them; a
     conflicting depth or an explicitly different stem is an error. The heads keep their random
-    initialisation, and the model stays in training mode (as built).
+    initialisation, and the model stays in training mode (as built). A timm backbone's weights
+    are read by :func:`~pspnet_lib.hub.timm_weights.build_with_timm_weights`.
     """
+    if is_timm_backbone(config.get("backbone")):
+        return build_with_timm_weights(config, weights_backbone, norm_layer=norm_layer, **source_options)
     resolved = resolve_source(weights_backbone, **source_options)
     verify_resolved(resolved)
     state_dict = {k: v for k, v in resolved.state_dict.items() if k.startswith("backbone.")}

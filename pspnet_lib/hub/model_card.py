@@ -179,8 +179,11 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
     card_data.model_name = name
     card_data.eval_results = eval_results or None
     card_data.pipeline_tag = "image-segmentation"
-    stem = "deep (3x3 convs)" if config.stem == "deep" else "standard (7x7 conv)"
-    backbone = f"dilated {config.backbone} backbone ({stem} stem, output stride {config.output_stride})"
+    if config.backbone.startswith("timm:"):
+        backbone = f"{config.backbone} backbone (a timm encoder, output stride {config.output_stride})"
+    else:
+        stem = "deep (3x3 convs)" if config.stem == "deep" else "standard (7x7 conv)"
+        backbone = f"dilated {config.backbone} backbone ({stem} stem, output stride {config.output_stride})"
     resize = cfg.protocol.resize
     source = cfg.source or cfg.url or "trained or converted by the owner of this repository"
     source_lines = [f"Weights: {source}."]

@@ -32,7 +32,7 @@ from .registry import Weights, get_weights, resolve_name
 from .resolved import Resolved, _check_fits
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint
 
-__all__ = ["resolve_source"]
+__all__ = ["resolve_source", "parse_hf_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,16 @@ def _looks_like_path(source: str) -> bool:
 _HF_RE = re.compile(r"^hf-hub:(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<rev>[\w.\-/]+))?$")
 
 
+def parse_hf_source(source: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``"hf-hub:org/repo[@revision]"`` -> ``(repo, revision)``; ``ValueError`` if malformed or revisions conflict."""
+    match = _HF_RE.match(source)
+    if not match:
+        raise ValueError(f"malformed Hub source {source!r}; expected 'hf-hub:org/repo' or 'hf-hub:org/repo@revision'")
+    if match["rev"] and revision and match["rev"] != revision:
+        raise ValueError(f"{source!r} names revision {match['rev']!r} but revision={revision!r} was passed too")
+    return match["repo"], match["rev"] or revision
+
+
 def resolve_source(
     source: str | os.PathLike,
     *,
@@ -125,18 +135,12 @@ def resolve_source(
     if revision is not None and not source.startswith("hf-hub:"):
         raise ValueError(f"revision= applies to 'hf-hub:' sources only, not to {source!r}")
     if source.startswith("hf-hub:"):
-        match = _HF_RE.match(source)
-        if not match:
-            raise ValueError(
-                f"malformed Hub source {source!r}; expected 'hf-hub:org/repo' or 'hf-hub:org/repo@revision'"
-            )
-        if match["rev"] and revision and match["rev"] != revision:
-            raise ValueError(f"{source!r} names revision {match['rev']!r} but revision={revision!r} was passed too")
+        repo, revision = parse_hf_source(source, revision)
         if format not in (None, "pspnet_lib"):
             raise ValueError("format= applies to checkpoint files, not to Hub repositories (always pspnet_lib)")
         return resolve_hf(
-            match["repo"],
-            revision=match["rev"] or revision,
+            repo,
+            revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             progress=progress,

@@ -130,12 +130,17 @@ def _layout(model: nn.Module) -> str:
 
 
 def min_input_size(model: nn.Module) -> int:
-    """Smallest height/width a dynamic ``torch.export`` graph accepts: ``output_stride + 1``.
+    """Smallest height/width a dynamic ``torch.export`` graph accepts: ``output_stride + 1`` for ResNets.
 
     ``torch.export`` specialises on feature maps of size 1 (they broadcast differently), so the
-    deepest feature map must be at least 2 pixels: 9 pixels at output stride 8. Eager PyTorch
-    and the TorchScript-based ONNX export have no such limit.
+    deepest feature map must be at least 2 pixels: 9 pixels at output stride 8. A timm backbone
+    measures its own (``backbone.min_input_size(2)``: 16 for ConvNeXt at output stride 8, whose
+    patchifying stem rounds down). Eager PyTorch and the TorchScript-based ONNX export have no
+    such limit.
     """
+    measured = getattr(getattr(model, "backbone", None), "min_input_size", None)
+    if callable(measured):
+        return int(measured(2))
     config = getattr(model, "config", None)
     return int(getattr(config, "output_stride", 8)) + 1
 
@@ -167,9 +172,14 @@ def _dims(model: nn.Module, dynamic: bool, height: int, width: int) -> dict[str,
     if height < smallest or width < smallest:
         raise ValueError(
             f"a dynamic export needs an example of at least {smallest}x{smallest} pixels "
-            f"(output_stride + 1), got {height}x{width}"
+            f"(min_input_size(model): output_stride + 1 for ResNets), got {height}x{width}"
         )
     dim = torch.export.Dim
+    if callable(getattr(getattr(model, "backbone", None), "min_input_size", None)):
+        # A timm backbone: torch.export infers the size range itself (Dim.DYNAMIC: an error, never
+        # a silent specialisation). Some families' guards hold for every size >= the smallest, but
+        # the solver cannot prove it from an explicit minimum (ResNeSt, ConvNeXt's rounding down).
+        return {"images": {0: dim("batch", min=1), 2: dim.DYNAMIC, 3: dim.DYNAMIC}}
     return {"images": {0: dim("batch", min=1), 2: dim("height", min=smallest), 3: dim("width", min=smallest)}}
 
 

@@ -123,6 +123,40 @@ def checkpoint_module(
     )
 
 
+def _freeze_stats_if_recomputing(norm: nn.modules.batchnorm._BatchNorm, args: object) -> None:
+    if norm.training and norm.track_running_stats and torch._C._current_graph_task_id() != -1:
+        tracked = norm.num_batches_tracked
+        norm.__dict__["_recompute_saved"] = (norm.momentum, tracked.clone() if tracked is not None else None)
+        norm.momentum = 0.0
+
+
+def _restore_stats_after_recompute(norm: nn.modules.batchnorm._BatchNorm, args: object, output: object) -> None:
+    saved = norm.__dict__.pop("_recompute_saved", None)
+    if saved is not None:
+        norm.momentum = saved[0]
+        if saved[1] is not None and norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.copy_(saved[1])
+
+
+def guard_running_stats_in_recompute(module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Keep BatchNorm running statistics from being updated again when checkpointing recomputes.
+
+    For modules checkpointed by code that is not ours (timm's ``set_grad_checkpointing``), where
+    :func:`checkpoint_module`'s context cannot be passed: every BatchNorm inside ``module`` gets
+    hooks that, when it runs inside a backward pass (a recomputation: autograd's current graph
+    task is set), set its momentum to 0 for that call and restore momentum and
+    ``num_batches_tracked`` afterwards. Needs the recomputation to run whole blocks (no early
+    stop: ``torch.utils.checkpoint.set_checkpoint_early_stop(False)`` around the forward pass).
+    Module-level hook functions keep the model picklable. Returns the hooks' handles (``.remove()``).
+    """
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            handles.append(m.register_forward_pre_hook(_freeze_stats_if_recomputing))
+            handles.append(m.register_forward_hook(_restore_stats_after_recompute))
+    return handles
+
+
 def is_symbolic_tracing() -> bool:
     """Whether ``torch.fx.symbolic_trace`` is running: shapes are then proxies, so eager-only
     input checks are skipped (``torch.export`` and ``torch.compile`` still run them)."""

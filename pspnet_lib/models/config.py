@@ -13,13 +13,18 @@ from typing import Any
 from ..core.constants import MAX_IN_CHANNELS, MAX_NUM_CLASSES
 from ..core.escape import printable, short_repr
 from ._utils import NORM_TYPES
+from .encoders.timm_names import check_timm_kwargs, check_timm_name, is_timm_backbone
 from .resnet import OUTPUT_STRIDES, RESNET_DEPTHS
 
 __all__ = ["PSPNetConfig", "BACKBONES", "MAX_NUM_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
+#: The ResNet backbones; any timm model that reaches the output stride is ``"timm:<name>"`` too.
 BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+
+#: The ResNet-only layout fields and their defaults: a timm backbone keeps its own stem and dilations.
+_RESNET_ONLY = {"stem": "deep", "stem_channels": 64, "contract_dilation": True, "dilations": None}
 
 
 #: Bounds of the architecture values (checked before anything is allocated). Label maps are
@@ -75,11 +80,35 @@ class PSPNetConfig:
     align_corners: bool = False
     norm: str = "batch"
     norm_groups: int = 32
+    backbone_kwargs: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         # Every value is checked for type and range here, before anything is allocated: a config
         # may come from a stranger's config.json (issue 10: num_classes=10**9 asked for 512 GB).
-        self.backbone = _choice("backbone", self.backbone, BACKBONES)
+        if is_timm_backbone(self.backbone):
+            check_timm_name(self.backbone)  # unknown names and a missing timm fail here, before any build
+            for name, default in _RESNET_ONLY.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} applies to ResNet backbones only; {self.backbone} keeps "
+                        f"its own layout (leave {name} at its default {default!r})"
+                    )
+        else:
+            if isinstance(self.backbone, str) and self.backbone not in BACKBONES:
+                try:  # "convnext_tiny" where "timm:convnext_tiny" was meant
+                    import timm
+
+                    known = timm.is_model(self.backbone)
+                except ImportError:
+                    known = False
+                if known:
+                    raise ValueError(
+                        f"unknown backbone {self.backbone!r}; for timm's model write backbone='timm:{self.backbone}'"
+                    )
+            self.backbone = _choice("backbone", self.backbone, BACKBONES + ("timm:<name>",))
+            if self.backbone_kwargs is not None:
+                raise ValueError("backbone_kwargs applies to timm backbones ('timm:<name>') only")
+        self.backbone_kwargs = check_timm_kwargs(self.backbone_kwargs)
         self.stem = _choice("stem", self.stem, ("standard", "deep"))
         self.norm = _choice("norm", self.norm, tuple(NORM_TYPES))
         # num_classes=0: no classifiers, the model returns head features (timm's convention)
@@ -120,6 +149,12 @@ class PSPNetConfig:
             self.dilations = _int_list("dilations", self.dilations, 1, MAX_DILATION, max_len=4)
             if len(self.dilations) != 4:
                 raise ValueError(f"dilations must list 4 integers (one per ResNet stage), got {self.dilations!r}")
+        if is_timm_backbone(self.backbone):
+            # smp's and mmsegmentation's widths for timm encoders; ppm_channels (C_last // len(bins))
+            # is resolved by PSPNet from the encoder's measured channels.
+            self.head_channels = 512 if self.head_channels is None else self.head_channels
+            self.aux_channels = 256 if self.aux_channels is None else self.aux_channels
+            return
         # Resolve the depth-dependent widths so that the stored config is explicit.
         basic = RESNET_DEPTHS[self.depth][0].expansion == 1
         if self.head_channels is None:
@@ -130,16 +165,30 @@ class PSPNetConfig:
             self.ppm_channels = self.backbone_channels[3] // len(self.bins)
 
     @property
+    def is_timm(self) -> bool:
+        """Whether the backbone is a timm model (``"timm:<name>"``)."""
+        return is_timm_backbone(self.backbone)
+
+    @property
     def depth(self) -> int:
+        """The ResNet depth (18 ... 152); ``AttributeError`` for a timm backbone (``getattr`` defaults apply)."""
+        if self.is_timm:
+            raise AttributeError(f"{self.backbone} is not a ResNet: it has no depth")
         return int(self.backbone.removeprefix("resnet"))
 
     @property
     def backbone_channels(self) -> list[int]:
+        """Channels of the four ResNet stages; ``AttributeError`` for a timm backbone (its channels are
+        ``model.backbone.out_channels``, known once it is built)."""
         expansion = RESNET_DEPTHS[self.depth][0].expansion
         return [64 * 2**i * expansion for i in range(4)]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-ready dict (``backbone_kwargs`` only when set: ResNet configs stay as before)."""
+        values = dataclasses.asdict(self)
+        if values["backbone_kwargs"] is None:
+            del values["backbone_kwargs"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None, unknown: str = "error") -> PSPNetConfig:

@@ -1,4 +1,4 @@
-"""PSPNet: a dilated ResNet, the pyramid pooling head and an auxiliary FCN head on layer3."""
+"""PSPNet: a backbone (the dilated ResNet, or a timm encoder), the pyramid pooling head and an auxiliary FCN head."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
 from ._utils import is_symbolic_tracing, make_norm_layer
 from .config import BACKBONES, MAX_NUM_CLASSES, PSPNetConfig
+from .conventions import BackboneConventions
+from .encoders import build_encoder
 from .heads import FCNHead, PSPHead, make_classifier
-from .resnet import ResNet
 from .variants import PRESETS
 
 __all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "PRESETS", "BACKBONES", "MAX_NUM_CLASSES"]
@@ -57,7 +58,7 @@ def _attach(main: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
 
 
 class PSPNet(
-    nn.Module,
+    BackboneConventions,
     PyTorchModelHubMixin,
     library_name="pspnet_lib",
     paper_url="https://arxiv.org/abs/1612.01105",
@@ -75,14 +76,23 @@ class PSPNet(
             :func:`~pspnet_lib.load_pretrained`; empty for a freshly built model, in which case
             ImageNet statistics and whole-image inference are assumed. See docs/weights.md.
         norm_layer: optional factory ``channels -> nn.Module`` replacing ``config.norm``
-            (not stored in the config).
+            (not stored in the config). A timm backbone keeps its own norms: ``norm`` and
+            ``norm_layer`` then apply to the heads.
+        encoder: the backbone, already built for ``config`` (e.g. a timm encoder with ImageNet
+            weights, as ``build_pspnet(..., weights_backbone=...)`` makes); default: built from
+            ``config`` with random weights (:mod:`pspnet_lib.models.encoders`).
 
     ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input's own size, for any
-    ``H, W >= 1``; ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
+    ``H, W >= 1`` (a timm backbone may need a few pixels more: 8 for ConvNeXt, whose stem
+    patchifies; a smaller input is a ``ValueError`` saying so); ``model(x, return_aux=True)`` returns ``(main, aux)``. The input is a float
     tensor ``(N, in_channels, H, W)``, normalised as the weights expect (ImageNet mean/std for
     every released checkpoint). In training mode ``model(x)`` also runs the auxiliary head and
     joins it to the graph with weight zero, so that ``DistributedDataParallel`` works without
     ``find_unused_parameters`` (docs/training.md); the returned values are unchanged.
+
+    ``config.backbone`` is a ResNet (``"resnet50"``: the paper's dilated network) or any timm model
+    that reaches the output stride (``"timm:convnext_tiny"``; docs/model.md lists the families).
+    The pyramid takes the backbone's last stage, the auxiliary head the stage before.
 
     The model traces with ``torch.fx.symbolic_trace`` (input checks run in eager mode only), so
     ``torchvision.models.feature_extraction.create_feature_extractor`` works on it; node names
@@ -96,6 +106,9 @@ class PSPNet(
     #: How the weights were loaded (a :class:`pspnet_lib.hub.LoadReport`), set by the loaders; a
     #: model built without weights has none. (Typed Any: the models floor does not import hub.)
     load_report: Any
+    #: the backbone: a :class:`~pspnet_lib.models.resnet.ResNet` or a timm encoder
+    #: (:class:`~pspnet_lib.models.encoders.timm_encoder.TimmEncoder`), see :mod:`pspnet_lib.models.encoders`
+    backbone: Any
 
     def __init__(
         self,
@@ -103,6 +116,7 @@ class PSPNet(
         *,
         pretrained_cfg: Mapping[str, Any] | None = None,
         norm_layer: Callable[[int], nn.Module] | None = None,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
@@ -112,21 +126,18 @@ class PSPNet(
             config = PSPNetConfig.from_dict(config)
         self.config = config
         norm_layer = norm_layer or make_norm_layer(config.norm, config.norm_groups)
-        self.backbone = ResNet(
-            config.depth,
-            in_channels=config.in_channels,
-            stem=config.stem,
-            stem_channels=config.stem_channels,
-            output_stride=config.output_stride,
-            contract_dilation=config.contract_dilation,
-            dilations=config.dilations,
-            norm_layer=norm_layer,
-        )
+        self.backbone = encoder if encoder is not None else build_encoder(config, norm_layer)
         channels = self.backbone.out_channels
+        if config.ppm_channels is None:  # a timm backbone's: known once it is built
+            config.ppm_channels = channels[-1] // len(config.bins)
+        if config.aux and len(channels) < 2:
+            raise ValueError(
+                f"{config.backbone} returns one feature stage; the auxiliary head needs two: build with aux=False"
+            )
         # PSPNetConfig.__post_init__ fills the widths left as None.
         assert config.head_channels is not None and config.aux_channels is not None
         self.decode_head = PSPHead(
-            channels[3],
+            channels[-1],
             config.num_classes,
             channels=config.head_channels,
             bins=config.bins,
@@ -136,7 +147,9 @@ class PSPNet(
             align_corners=config.align_corners,
         )
         self.aux_head = (
-            FCNHead(channels[2], config.num_classes, config.aux_channels, dropout=config.dropout, norm_layer=norm_layer)
+            FCNHead(
+                channels[-2], config.num_classes, config.aux_channels, dropout=config.dropout, norm_layer=norm_layer
+            )
             if config.aux
             else None
         )
@@ -147,7 +160,8 @@ class PSPNet(
 
     @property
     def feature_info(self) -> list[dict]:
-        """Channels, stride and dilation of each backbone stage returned by :meth:`forward_features`."""
+        """Channels (``num_chs``), stride (``reduction``) and module of each stage :meth:`forward_features` returns
+        (ResNets also give the ``dilation``; a timm backbone's strides are measured)."""
         return self.backbone.feature_info
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -174,17 +188,18 @@ class PSPNet(
         """The main classifier (``decode_head.classifier``: a 1x1 conv, ``nn.Identity`` when ``num_classes=0``)."""
         return self.decode_head.classifier
 
-    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
-        """The PSP head on :meth:`forward_features`' output, at the feature map's size (no upsampling).
+    def forward_head(self, features: list[torch.Tensor] | torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The PSP head on :meth:`forward_features`' output (or its last stage), at the feature map's size.
 
         Returns logits ``(N, num_classes, h, w)``, or with ``pre_logits=True`` the features before
         dropout and classifier ``(N, head_channels, h, w)``. ``model(x)`` (eval mode) equals
         ``F.interpolate(model.forward_head(model.forward_features(x)), x.shape[-2:], mode="bilinear",
         align_corners=model.config.align_corners)``.
         """
+        last = features if isinstance(features, torch.Tensor) else features[-1]
         if pre_logits:
-            return self.decode_head.forward_features(features[3])
-        return self.decode_head(features[3])
+            return self.decode_head.forward_features(last)
+        return self.decode_head(last)
 
     def predict(self, images: Any, **kwargs: Any) -> Any:
         """Segment images given as paths, PIL images, arrays or tensors; see :func:`pspnet_lib.predict`."""
@@ -218,11 +233,27 @@ class PSPNet(
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"PSPNet needs H, W >= 1, got shape {tuple(x.shape)}")
 
+    def _run_backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return self.backbone(x)
+        except RuntimeError:
+            # A timm backbone may need a few pixels (a patchifying stem): say so instead of a
+            # convolution's size error. Measured only here, when an input failed.
+            smallest = getattr(self.backbone, "min_input_size", None)
+            if callable(smallest) and not is_symbolic_tracing() and not torch.compiler.is_compiling():
+                side = smallest(1)
+                if x.shape[2] < side or x.shape[3] < side:
+                    raise ValueError(
+                        f"{self.config.backbone} needs inputs of at least {side}x{side} pixels, got shape "
+                        f"{tuple(x.shape)}; pad or resize the image"
+                    ) from None
+            raise
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Backbone features of layer1..layer4 (see :attr:`feature_info`)."""
+        """The backbone's stage features, shallow to deep (ResNet: layer1..layer4; see :attr:`feature_info`)."""
         if not is_symbolic_tracing():
             self._check_input(x)
-        return self.backbone(x)
+        return self._run_backbone(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not is_symbolic_tracing():
@@ -231,21 +262,21 @@ class PSPNet(
             self._check_input(x)
         # With num_classes=0 the heads return features, which stay at the feature map's size.
         size = x.shape[-2:] if self.config.num_classes > 0 else None
-        features = self.backbone(x)
-        main = self._upsample(self.decode_head(features[3]), size)
+        features = self._run_backbone(x)
+        main = self._upsample(self.decode_head(features[-1]), size)
         if isinstance(return_aux, torch.fx.Proxy):
             # FX tracing: build both outputs and let the graph pick at run time (_select_outputs).
-            aux = self._upsample(self.aux_head(features[2]), size) if self.aux_head is not None else None
+            aux = self._upsample(self.aux_head(features[-2]), size) if self.aux_head is not None else None
             if aux is not None and self.training:
                 main = _attach(main, aux)
             return _select_outputs(return_aux, main, aux)
         if not return_aux:
             if self.training and self.aux_head is not None and torch.is_grad_enabled():
-                return _attach(main, self.aux_head(features[2]))
+                return _attach(main, self.aux_head(features[-2]))
             return main
         if self.aux_head is None:
             raise ValueError(_NO_AUX)
-        return main, self._upsample(self.aux_head(features[2]), size)
+        return main, self._upsample(self.aux_head(features[-2]), size)
 
     def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
         if size is None:
@@ -272,6 +303,8 @@ class PSPNet(
 
 
 _LOAD_OPTIONS = {"cache_dir", "local_files_only", "progress", "strict", "trust_pickle", "revision", "pretrained_cfg"}
+#: the options of reading backbone weights (weights_backbone=)
+_SOURCE_OPTIONS = {"cache_dir", "local_files_only", "progress", "trust_pickle", "revision"}
 
 
 def build_pspnet(
@@ -288,7 +321,12 @@ def build_pspnet(
     """Build a PSPNet.
 
     Args:
-        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``
+            (the paper's dilated ResNet), or ``"timm:<name>"``: any timm model whose family reaches
+            ``output_stride`` (``"timm:convnext_tiny"``; needs ``pip install "pspnet_lib[timm]"``;
+            the families and the strides they reach are listed in docs/model.md). The stride a
+            timm encoder really has is measured when it is built: one that cannot reach
+            ``output_stride`` is a ``ValueError`` naming its family and the strides it reaches.
         num_classes: number of output classes (default 21; with ``weights``: as in the weights,
             another value replaces the classifiers for fine-tuning).
         weights: torchvision's ``weights=``: None (random initialisation), ``"DEFAULT"`` (the
@@ -303,16 +341,23 @@ def build_pspnet(
         weights_backbone: ImageNet weights for the backbone only (heads stay randomly
             initialised): a zoo name such as ``"resnet50_v1c"`` or ``"resnet50_torchvision"``
             (see :func:`~pspnet_lib.list_pretrained`), a file or a URL. The stem type follows the
-            weights unless set explicitly. See docs/weights.md.
+            weights unless set explicitly. For a timm backbone: ``"DEFAULT"`` (timm's weights of
+            the name, its default pretrained tag unless the name has one), a pretrained tag
+            (``"fb_in22k"``), ``"hf-hub:org/repo"`` or a ``.safetensors`` / checkpoint file in
+            timm's layout; read through timm's pretrained configs and the Hugging Face cache
+            (``local_files_only=True`` / ``HF_HUB_OFFLINE=1``: never the network), with the
+            encoder's mean/std recorded in ``model.pretrained_cfg``. See docs/weights.md.
         **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...);
             with ``weights`` also :func:`~pspnet_lib.load_pretrained`'s options (``cache_dir``,
-            ``local_files_only``, ``progress``, ...).
+            ``local_files_only``, ``progress``, ...); with ``weights_backbone`` ``cache_dir``,
+            ``local_files_only``, ``progress``, ``revision`` and ``trust_pickle``.
 
     Example::
 
         model = build_pspnet("resnet50", num_classes=150)
         model = build_pspnet("resnet101", num_classes=19, preset="semseg")
         model = build_pspnet("resnet50", num_classes=19, weights_backbone="resnet50_v1c")
+        model = build_pspnet("timm:convnext_tiny", num_classes=19, weights_backbone="DEFAULT")
     """
     if config is not None:
         base = config.to_dict() if isinstance(config, PSPNetConfig) else dict(config)
@@ -326,6 +371,8 @@ def build_pspnet(
         base.update(PRESETS[preset])
     # load_pretrained's options (cache_dir=, progress=, ...) apply when weights= is given
     load_options = {k: overrides.pop(k) for k in _LOAD_OPTIONS & set(overrides)} if weights is not None else {}
+    if weights_backbone is not None:
+        load_options = {k: overrides.pop(k) for k in _SOURCE_OPTIONS & set(overrides)}
     base.update(overrides)
     if weights is not None:
         if weights_backbone is not None or norm_layer is not None:
@@ -340,5 +387,7 @@ def build_pspnet(
         from ..hub.loading import build_with_backbone_weights
 
         explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())
-        return build_with_backbone_weights(base, weights_backbone, explicit=explicit, norm_layer=norm_layer)
+        return build_with_backbone_weights(
+            base, weights_backbone, explicit=explicit, norm_layer=norm_layer, **load_options
+        )
     return PSPNet(PSPNetConfig.from_dict(base), norm_layer=norm_layer)

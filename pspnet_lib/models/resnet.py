@@ -14,7 +14,9 @@ torchvision's own ResNet cannot do this for BasicBlock depths, hence this module
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -220,6 +222,15 @@ class ResNet(nn.Module):
     def out_channels(self) -> list[int]:
         """Channels of the four returned stages."""
         return [info["num_chs"] for info in self.feature_info]
+
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict[str, Any]:
+        """timm's parameter groups (as timm's own ResNet): the stem, then each stage (coarse) or block.
+
+        ``prefix`` is put before every name (``"backbone."`` inside a PSPNet).
+        """
+        p = re.escape(prefix)
+        stages = rf"^{p}layer(\d+)\." if coarse else rf"^{p}layer(\d+)\.(\d+)\."
+        return {"stem": rf"^{p}(?:stem|conv1|bn1)\.", "blocks": [(stages, None)]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the stem's and each stage's activations in the backward pass instead of storing them."""

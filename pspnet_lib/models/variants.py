@@ -7,6 +7,9 @@ identifier, so it is also the torch.hub entry point): variant ``r50-d8`` is mode
 (mmsegmentation's code; ``-rsb``/``-fp16`` suffixes mark the training, not the architecture).
 
 The default weights are zoo names (data only: this module imports nothing from ``pspnet_lib.hub``).
+The timm variants (``pspnet_convnext_tiny_d8``, ...) put the pyramid on a timm encoder at output
+stride 8 (they need the ``timm`` extra); they have no released segmentation weights, and their
+``weights_backbone=True`` means timm's default ImageNet weights of the encoder (``"DEFAULT"``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,27 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
+
+
+def _timm(code: str, model: str, title: str) -> Variant:
+    return Variant(
+        code,
+        {"backbone": f"timm:{model}", "output_stride": 8},
+        None,
+        "DEFAULT",
+        f"{title} from timm ({model}) at output stride 8 (its last stages dilated), PSP head on its last stage",
+    )
+
+
+VARIANTS.update(
+    (v.code, v)
+    for v in (
+        _timm("convnext-tiny-d8", "convnext_tiny", "ConvNeXt-T"),
+        _timm("regnety-040-d8", "regnety_040", "RegNetY-4GF"),
+        _timm("efficientnet-b3-d8", "efficientnet_b3", "EfficientNet-B3"),
+        _timm("mobilenetv3-large-d8", "mobilenetv3_large_100", "MobileNetV3-Large"),
+    )
+)
 
 _CODE = re.compile(r"^r(?P<depth>\d+)(?P<b>b?)-d(?P<os>8|32)(?:-(?P<suffix>rsb|fp16))?$")
 

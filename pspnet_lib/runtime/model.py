@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 from ..models.pspnet import PSPNet
+from ..models.resnet import ResNet
 from .blocks import FastStage, FastStem
+from .generic import GenericEncoder
 from .head import FastPSPHead
 from .tuning import TuningCache, tuning_cache
 
@@ -38,6 +40,10 @@ class FastPSPNet(nn.Module):
     floating dtype are accepted and converted. The module is inference-only: it builds no autograd
     graph, ``train()`` raises, and it cannot be moved to another device or dtype (optimise the
     moved model instead). Its weights are not a state dict to save: save the original model.
+
+    A ResNet backbone is rebuilt block by block (``stem``, ``stages``: fused convolutions,
+    space-to-batch, Winograd); any other backbone (a timm encoder) goes through the generic path
+    (``encoder``: :class:`~pspnet_lib.runtime.generic.GenericEncoder`). The head is the same.
     """
 
     def __init__(
@@ -65,10 +71,16 @@ class FastPSPNet(nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
         self.backend = backend
-        self.stem = FastStem(model.backbone, **kw)
-        self.stages = nn.ModuleList(
-            FastStage(getattr(model.backbone, f"layer{i}"), space_to_batch, **kw) for i in range(1, 5)
-        )
+        self.encoder: GenericEncoder | None = None
+        self.stem: FastStem | None = None
+        self.stages = nn.ModuleList()
+        if isinstance(model.backbone, ResNet):
+            self.stem = FastStem(model.backbone, **kw)
+            self.stages.extend(
+                FastStage(getattr(model.backbone, f"layer{i}"), space_to_batch, **kw) for i in range(1, 5)
+            )
+        else:
+            self.encoder = GenericEncoder(model.backbone, dtype=dtype, channels_last=channels_last)
         self.head = FastPSPHead(model.decode_head, model.config.align_corners, **kw)
         device = next(model.parameters()).device
         self.device = device
@@ -87,7 +99,12 @@ class FastPSPNet(nn.Module):
         return super().train(False)
 
     def _apply(self, fn, recurse: bool = True):
-        probe = self.stem.units[0].weight
+        # a weight in the compute dtype: casting or moving it shows whether fn would change anything
+        if self.stem is not None:
+            probe = self.stem.units[0].weight
+        else:
+            assert self.encoder is not None
+            probe = next(self.encoder.parameters())
         if fn(probe) is probe:  # e.g. .to(its own device): nothing to do
             return self
         raise RuntimeError(
@@ -104,9 +121,13 @@ class FastPSPNet(nn.Module):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with torch.no_grad():
             x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
-            x = self.stem(x)
-            for stage in self.stages:
-                x = stage(x)
+            if self.encoder is not None:
+                x = self.encoder(x)
+            else:
+                assert self.stem is not None
+                x = self.stem(x)
+                for stage in self.stages:
+                    x = stage(x)
             out = self.head(x, size)
         self.tuning.flush()  # persist any decisions this call calibrated (no-op otherwise)
         return out
