@@ -1,11 +1,10 @@
 """Synthetic labelled scenes for the offline demo and for testing training end to end.
 
-Each scene has a sky above a wavy horizon and textured ground below, with a disc, a box, a
-triangle and a striped blob (sometimes one more object) placed at random with little overlap.
-Objects are told apart by their shape (disc, box, triangle) or texture (stripes), never by their
-colour: every object's colours are drawn from one range for all classes (any hue, sky and ground
-colours included) and every plain object is shaded the same way, so a per-pixel colour rule cannot
-name the class and the network has to see the outline. Everything is deterministic per ``(seed, index)``.
+Each scene has a sky above a wavy horizon and textured ground below, with discs, boxes,
+triangles and striped blobs placed at random, overlapping each other. Colour is a cue but not a
+solution: object hues are drawn around a per-class centre with a spread that overlaps the other
+classes and the sky/ground colours, so a network has to use shape, texture and context too.
+Everything is deterministic per ``(seed, index)``.
 """
 
 from __future__ import annotations
@@ -37,38 +36,24 @@ SYNTHETIC_PALETTE: list[tuple[int, int, int]] = [
 ]  # fmt: skip
 
 SKY, GROUND, DISC, BOX, TRIANGLE, STRIPES = range(6)
-_OBJECTS = (DISC, BOX, TRIANGLE, STRIPES)
+# Hue centre of each object class; the spread below makes neighbouring ranges overlap.
+_OBJECT_HUES = {DISC: 0.0, BOX: 0.15, TRIANGLE: 0.85, STRIPES: 0.6}
+_HUE_SPREAD = 0.15
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * 255.0
 
 
-def _object_colour(rng: np.random.Generator) -> np.ndarray:
-    """One colour from the range shared by every object class (any hue)."""
-    return _hsv(rng.uniform(0, 1), rng.uniform(0.35, 1.0), rng.uniform(0.35, 1.0))
+def _object_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    hue = _OBJECT_HUES[cls] + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD)
+    return _hsv(hue, rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0))
 
 
 def _rotated(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = xx - cx, yy - cy
     return c * dx + s * dy, -s * dx + c * dy
-
-
-def _place(
-    rng: np.random.Generator, radius: float, placed: list[tuple[float, float, float]], height: int, width: int
-) -> tuple[float, float]:
-    """A centre for an object of ``radius``, away from those ``placed`` where it fits (best of 12 draws)."""
-    best, best_gap = (width / 2, height / 2), -math.inf
-    for _ in range(12):
-        cx = rng.uniform(0.7 * radius, width - 0.7 * radius)
-        cy = rng.uniform(0.7 * radius, height - 0.7 * radius)
-        gap = min((math.hypot(cx - x, cy - y) / (radius + r) for x, y, r in placed), default=math.inf)
-        if gap >= 0.9:
-            return cx, cy
-        if gap > best_gap:
-            best, best_gap = (cx, cy), gap
-    return best
 
 
 def make_scene(
@@ -110,43 +95,41 @@ def make_scene(
     )
     image = np.where(sky[..., None], image, ground)
 
-    # Every object class once plus maybe one extra, in random order (later ones occlude), spread out.
-    classes = [int(c) for c in rng.permutation(list(_OBJECTS) + list(rng.choice(_OBJECTS, size=rng.integers(0, 2))))]
-    placed: list[tuple[float, float, float]] = []
-    for cls in classes:
-        radius = scale * rng.uniform(0.14, 0.22)
-        cx, cy = _place(rng, radius, placed, height, width)
-        placed.append((cx, cy, radius))
-        angle = rng.uniform(0, 2 * math.pi)
-        colour = _object_colour(rng)
+    # Every object class once plus maybe one extra, painted in random order (later ones occlude).
+    classes = list(_OBJECT_HUES) + list(rng.choice(list(_OBJECT_HUES), size=rng.integers(0, 2)))
+    for cls in rng.permutation(classes):
+        cls = int(cls)
+        cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.1, 0.95) * height
+        radius = scale * rng.uniform(0.13, 0.26)
+        angle = rng.uniform(0, math.pi)
+        colour = _object_colour(rng, cls)
         u, v = _rotated(xx, yy, cx, cy, angle)
-        if cls == DISC:  # a slightly elliptic disc
-            aspect = rng.uniform(0.85, 1.15)
+        if cls == DISC:  # slightly elliptic disc, lit from one side
+            aspect = rng.uniform(0.8, 1.25)
             inside = (u / radius) ** 2 + (v * aspect / radius) ** 2 <= 1.0
-        elif cls == BOX:  # a rotated rectangle
-            half_w, half_h = radius * rng.uniform(0.8, 1.0), radius * rng.uniform(0.6, 0.9)
+            paint = colour * (1.0 + 0.25 * (u / radius).clip(-1, 1))[..., None]
+        elif cls == BOX:  # rotated rectangle, flat colour with a darker rim
+            half_w, half_h = radius * rng.uniform(0.7, 1.2), radius * rng.uniform(0.5, 1.0)
             inside = (np.abs(u) <= half_w) & (np.abs(v) <= half_h)
-        elif cls == TRIANGLE:  # a near-equilateral triangle around the centre
-            angles = angle + np.array([0.0, 2.0944, 4.1888]) + rng.uniform(-0.2, 0.2, 3)
-            px = cx + radius * 1.25 * np.cos(angles)
-            py = cy + radius * 1.25 * np.sin(angles)
+            rim = (np.abs(u) > half_w - 2) | (np.abs(v) > half_h - 2)
+            paint = np.where(rim[..., None], colour * 0.6, colour)
+        elif cls == TRIANGLE:  # random triangle around the centre, linear shading
+            angles = angle + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.4, 0.4, 3)
+            px = cx + radius * 1.3 * np.cos(angles)
+            py = cy + radius * 1.3 * np.sin(angles)
             signs = [
                 (xx - px[i]) * (py[(i + 1) % 3] - py[i]) - (yy - py[i]) * (px[(i + 1) % 3] - px[i]) for i in range(3)
             ]
             inside = ((signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)) | (
                 (signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0)
             )
-        else:  # STRIPES: an elliptic blob of two-colour stripes (its texture defines the class)
-            aspect = rng.uniform(0.65, 1.0)
-            inside = (u / (radius * 1.1)) ** 2 + (v / (radius * 1.1 * aspect)) ** 2 <= 1.0
+            paint = colour * (1.0 + 0.2 * (v / radius).clip(-1, 1))[..., None]
+        else:  # STRIPES: an elliptic blob of two-colour stripes (texture defines the class)
+            aspect = rng.uniform(0.6, 1.0)
+            inside = (u / (radius * 1.2)) ** 2 + (v / (radius * 1.2 * aspect)) ** 2 <= 1.0
             period = rng.uniform(3.0, 6.0)
-            stripe = np.sin(2 * math.pi * u / period) > 0
-        # One shading law for every class: brighter towards a random side.
-        light = rng.uniform(0, 2 * math.pi)
-        shade = 1.0 + 0.2 * ((math.cos(light) * (xx - cx) + math.sin(light) * (yy - cy)) / radius).clip(-1, 1)
-        paint = colour * shade[..., None]
-        if cls == STRIPES:
-            paint = np.where(stripe[..., None], paint, _object_colour(rng) * shade[..., None])
+            other = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.6), rng.uniform(0.2, 1.0))
+            paint = np.where((np.sin(2 * math.pi * u / period) > 0)[..., None], colour, other)
         image = np.where(inside[..., None], paint, image)
         mask[inside] = cls
 
