@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ..engine.run import generic_classes
+from ..engine.preflight import generic_classes
 from .common import DATASET_CHOICES, add_dataset_args, dataset_kwargs, flag_names, floats, ints
 
 logger = logging.getLogger("pspnet_lib.cli.evaluate")
@@ -126,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset == "folder":
             generic_classes(args.data_root, model.config.num_classes, kwargs)
             kwargs["ignore_index"] = cfg.ignore_index  # what the model was trained with (pspnet train --ignore-index)
-        dataset = build_dataset(args.dataset, args.data_root, split, eval_transforms(normalize=False), **kwargs)
+            kwargs.update(in_channels=cfg.in_channels, band_spec=cfg.bands)  # the bands as the model reads them
+        transforms = eval_transforms(cfg.mean, cfg.std, normalize=False, band_spec=cfg.bands)  # evaluate normalises
+        dataset = build_dataset(args.dataset, args.data_root, split, transforms, **kwargs)
         if dataset.num_classes != model.config.num_classes:
             raise ValueError(
                 f"the model predicts {model.config.num_classes} classes but the {args.dataset} dataset has "

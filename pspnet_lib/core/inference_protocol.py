@@ -35,18 +35,15 @@ UNLIMITED_SIDE = 1 << 30
 _PROTOCOL_KEYS = ("mode", "resize", "crop", "stride", "scales", "flip")
 
 
-# The value checks of stored settings, shared with core/pretrained_cfg.py (public names, not exported).
-
-
 def is_int(v: Any) -> bool:
-    """An integer (numpy integers included), not a bool."""
+    """True for an integer that is not a bool (Python or NumPy)."""
     if type(v) is int:  # the common case, without the (slow) abstract-class check
         return True
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def is_number(v: Any) -> bool:
-    """A finite real number (numpy numbers included), not a bool."""
+    """True for a finite real number that is not a bool (Python or NumPy)."""
     try:
         if type(v) is float or type(v) is int:
             return math.isfinite(v)
@@ -68,8 +65,8 @@ def copy_value(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-class Fail:
-    """Builds the one-line errors: ``<what>: <prefix><key> must be <expected>, got <value>``."""
+class StoredValueError:
+    """Builds the one-line errors of stored settings: ``<what>: <prefix><key> must be <expected>, got <value>``."""
 
     def __init__(self, what: str, prefix: str) -> None:
         self.what, self.prefix = what, prefix
@@ -79,7 +76,7 @@ class Fail:
         return ValueError(f"{self.what}: {self.prefix}{key} must be {expected}, got {shown}")
 
 
-def _size(value: Any, key: str, fail: Fail, *, pair_only: bool = False) -> tuple[int, int]:
+def _size(value: Any, key: str, fail: StoredValueError, *, pair_only: bool = False) -> tuple[int, int]:
     """An int (square) or ``[a, b]`` of pixel sizes in ``[1, MAX_SIDE]``, as a pair."""
     expected = f"{'' if pair_only else 'an integer or '}a pair of integers in [1, {MAX_SIDE}]"
     if is_int(value) and not pair_only:
@@ -98,7 +95,7 @@ def _size(value: Any, key: str, fail: Fail, *, pair_only: bool = False) -> tuple
     return int(items[0]), int(items[1])
 
 
-def _check_protocol(values: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
+def _check_protocol(values: Mapping[str, Any], fail: StoredValueError) -> dict[str, Any]:
     """Validated, normalised :class:`InferenceProtocol` fields from ``values`` (absent keys: defaults)."""
     out: dict[str, Any] = {}
     mode = values.get("mode")
@@ -189,7 +186,7 @@ class InferenceProtocol:
         flip: bool = False,
     ) -> None:
         given = {"mode": mode, "resize": resize, "crop": crop, "stride": stride, "scales": scales, "flip": flip}
-        for name, value in _check_protocol(given, Fail("InferenceProtocol", "")).items():
+        for name, value in _check_protocol(given, StoredValueError("InferenceProtocol", "")).items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_raw", {})
         object.__setattr__(self, "_order", ())
@@ -211,14 +208,14 @@ class InferenceProtocol:
         """
         prefix = f"pretrained_cfg {key}." if key else ""
         if not isinstance(mapping, Mapping):
-            raise Fail(what, "pretrained_cfg " if key else "")(key or "protocol", "a mapping", mapping)
+            raise StoredValueError(what, "pretrained_cfg " if key else "")(key or "protocol", "a mapping", mapping)
         unknown = sorted(str(k) for k in mapping if k not in _PROTOCOL_KEYS)
         if unknown:
             raise ValueError(
                 f"{what}: {f'pretrained_cfg {key}' if key else 'the protocol'} has unknown key(s) {unknown}; "
                 f"expected only {', '.join(_PROTOCOL_KEYS)}: remove or rename them"
             )
-        values = _check_protocol(mapping, Fail(what, prefix))
+        values = _check_protocol(mapping, StoredValueError(what, prefix))
         protocol = cls(**values)
         object.__setattr__(protocol, "_raw", copy_value(dict(mapping)))
         object.__setattr__(protocol, "_order", tuple(mapping))

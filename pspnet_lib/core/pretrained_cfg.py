@@ -13,7 +13,10 @@ back exactly the stored form, so existing files round-trip byte for byte.
 The stored keys and their sources:
 
 * ``mean``/``std``: per input channel on the 0..1 scale (mmsegmentation's data preprocessor
-  uses ``mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]`` on 0..255: ImageNet's);
+  uses ``mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]`` on 0..255: ImageNet's),
+  or in the units of the band spec when there is one;
+* ``bands``: the radiometric spec of bands stored in their own units (dtype, scale/offset or
+  range, nodata), a :class:`~pspnet_lib.core.band_spec.BandSpec`; absent for photos;
 * ``classes``, ``palette`` (``[r, g, b]`` in 0..255), ``ignore_index``, ``reduce_zero_label``:
   the dataset's conventions (mmsegmentation's ``BaseSegDataset.METAINFO`` and loaders);
 * ``inference``: the test protocol of the published single-scale number, ``tta``: the multi-scale
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .band_spec import BandSpec, check_nodata_label
 from .constants import (
     GENERIC_MEAN,
     GENERIC_STD,
@@ -41,8 +45,8 @@ from .constants import (
     input_channels,
 )
 from .inference_protocol import (
-    Fail,
     InferenceProtocol,
+    StoredValueError,
     copy_value,
     is_int,
     is_number,
@@ -61,7 +65,7 @@ _STORED_NAME = {"protocol": "inference"}
 _PROVENANCE = ("name", "url", "sha256", "task", "dataset", "license", "source")
 
 
-def _stats(value: Any, key: str, in_channels: int | None, fail: Fail, what: str) -> tuple[float, ...]:
+def _stats(value: Any, key: str, in_channels: int | None, fail: StoredValueError, what: str) -> tuple[float, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
     if not (1 <= len(items) <= MAX_IN_CHANNELS and all(is_number(v) for v in items)):
         raise fail(key, "a list of finite numbers (one per input channel, on the 0..1 scale)", value)
@@ -85,8 +89,11 @@ class PretrainedCfg:
 
     Attributes:
         mean, std: input normalisation, one value per input channel on the 0..1 scale (the model
-            sees ``(x / 255 - mean) / std``). Default: ImageNet's for 3 channels, else
+            sees ``(x / 255 - mean) / std``), or in the band spec's units (``(stored * scale +
+            offset - mean) / std``). Default: ImageNet's for 3 channels, else
             :data:`~pspnet_lib.core.constants.GENERIC_MEAN`/``GENERIC_STD`` repeated.
+        bands: the :class:`~pspnet_lib.core.band_spec.BandSpec` of inputs stored in their own
+            units (multispectral rasters), or None (pictures: the photo rules of docs/inference.md).
         in_channels: the model's input channels the statistics are for (not stored).
         classes: class names in index order, or None when the weights carry none.
         palette: one ``(r, g, b)`` colour (0..255) per class, or None.
@@ -107,6 +114,7 @@ class PretrainedCfg:
     mean: tuple[float, ...] = _DEFAULT
     std: tuple[float, ...] = _DEFAULT
     in_channels: int = 3
+    bands: BandSpec | None = None
     classes: tuple[str, ...] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
     ignore_index: int = _DEFAULT
@@ -127,7 +135,7 @@ class PretrainedCfg:
     _defaulted: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        fail = Fail("PretrainedCfg", "")
+        fail = StoredValueError("PretrainedCfg", "")
         n = self.in_channels
         if not (is_int(n) and 1 <= n <= MAX_IN_CHANNELS):
             raise fail("in_channels", f"an integer in [1, {MAX_IN_CHANNELS}]", n)
@@ -155,6 +163,12 @@ class PretrainedCfg:
             value = getattr(self, key)
             if value is not None and not isinstance(value, InferenceProtocol):
                 raise fail(key, "an InferenceProtocol", value)
+        if self.bands is not None:
+            if not isinstance(self.bands, BandSpec):
+                raise fail("bands", "a BandSpec", self.bands)
+            if self.bands.bands != n:
+                raise fail("bands", f"a BandSpec of {n} bands (config.in_channels)", self.bands)
+            check_nodata_label(self.bands, self.ignore_index, self.num_classes, "PretrainedCfg")
 
     @classmethod
     def from_dict(
@@ -171,7 +185,8 @@ class PretrainedCfg:
         Raises:
             ValueError: in one line naming ``what``, the key, what was expected and the value:
                 ``mean``/``std`` not finite numbers, not one per channel (or one), ``std`` not
-                positive; ``classes`` not strings; ``palette`` not ``[r, g, b]`` in 0..255;
+                positive; ``bands`` invalid (see :meth:`BandSpec.from_dict`) or, with ``nodata``,
+                labelling missing pixels with an ``ignore_index`` that is a class value; ``classes`` not strings; ``palette`` not ``[r, g, b]`` in 0..255;
                 ``ignore_index`` not an integer; ``reduce_zero_label`` not a bool; ``inference``
                 / ``tta`` invalid (see :class:`InferenceProtocol`); provenance not strings.
         """
@@ -179,16 +194,23 @@ class PretrainedCfg:
             d = {}
         if not isinstance(d, Mapping):
             raise ValueError(f"{what}: pretrained_cfg must be a JSON object / mapping, got {type(d).__name__}")
-        fail = Fail(what, "pretrained_cfg ")
+        fail = StoredValueError(what, "pretrained_cfg ")
         stats = {key: _stats(d[key], key, in_channels, fail, what) for key in ("mean", "std") if d.get(key) is not None}
         if len(stats) == 2 and len(stats["mean"]) != len(stats["std"]):
             raise ValueError(
                 f"{what}: pretrained_cfg mean and std must have the same length, got {len(stats['mean'])} and {len(stats['std'])}"
             )
+        bands = None
+        if d.get("bands") is not None:  # one value for every band: as many bands as the statistics say
+            guess = in_channels if in_channels is not None else max((len(v) for v in stats.values()), default=None)
+            bands = BandSpec.from_dict(d["bands"], guess, what=what)
         if in_channels is None:
-            in_channels = max((len(v) for v in stats.values()), default=3)
+            lengths = [len(v) for v in stats.values()] + ([bands.bands] if bands is not None else [])
+            in_channels = max(lengths, default=3)
             stats = {k: v * in_channels if len(v) == 1 else v for k, v in stats.items()}
         values: dict[str, Any] = dict(stats)
+        if bands is not None:
+            values["bands"] = bands
         classes = d.get("classes")
         if classes is not None:
             if not (
@@ -232,6 +254,8 @@ class PretrainedCfg:
             values["metrics"] = copy_value(dict(d["metrics"]))
         typed = {_STORED_NAME.get(k, k) for k in _typed_fields()}
         extra = {k: copy_value(v) for k, v in d.items() if k not in typed}
+        classes_count = len(values["classes"]) if "classes" in values else None
+        check_nodata_label(bands, values.get("ignore_index", IGNORE_INDEX), classes_count, what)
         cfg = cls(in_channels=in_channels, extra=extra, **values)
         stored = {k: _CANONICAL if _is_canonical(k, v) else copy_value(v) for k, v in d.items() if k in typed}
         object.__setattr__(cfg, "_raw", stored)
@@ -300,7 +324,7 @@ def _typed_fields() -> tuple[str, ...]:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, InferenceProtocol):
+    if isinstance(value, (InferenceProtocol, BandSpec)):
         return value.to_dict()
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
