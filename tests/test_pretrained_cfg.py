@@ -10,7 +10,7 @@ import torch
 from pspnet_lib import InferenceProtocol, PretrainedCfg, load_pretrained
 from pspnet_lib.core.constants import GENERIC_MEAN, GENERIC_STD, IMAGENET_MEAN, IMAGENET_STD, input_stats
 from pspnet_lib.engine.evaluate import evaluate
-from pspnet_lib.hub import get_weights, list_pretrained
+from pspnet_lib.hub import get_weight, list_pretrained
 from pspnet_lib.hub.validation import validate_pretrained_cfg
 from pspnet_lib.inference.modes import infer
 
@@ -30,7 +30,7 @@ TRAINER_CFG = {
 
 @pytest.mark.parametrize("name", list_pretrained())
 def test_every_zoo_entry_round_trips_exactly(name):
-    stored = get_weights(name).pretrained_cfg()
+    stored = get_weight(name).pretrained_cfg()
     cfg = PretrainedCfg.from_dict(stored, what=name)
     assert cfg.to_dict() == stored
     # same keys in the same order, same JSON: config.json and the safetensors metadata stay byte-identical

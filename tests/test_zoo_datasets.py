@@ -568,7 +568,7 @@ def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
     from pspnet_lib.cli.train import DATASET_CHOICES, add_dataset_args
     from pspnet_lib.data import ZOO_DATASETS
     from pspnet_lib.data.metadata import DATASETS as ZOO_INFO
-    from pspnet_lib.hub import get_weights, list_pretrained
+    from pspnet_lib.hub import get_weight, list_pretrained
     from pspnet_lib.recipes import RECIPES
 
     assert tuple(DATASETS) == DATASET_CHOICES and tuple(PREPARERS) == PREPARE_CHOICES
@@ -585,5 +585,5 @@ def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
     # every zoo row of these datasets is named by a recipe (its training settings)
     covered = {z for r in RECIPES.values() for z in r.get("_zoo", [])}
     for name in list_pretrained():
-        if get_weights(name).meta.get("dataset") in ZOO_KEYS:
+        if get_weight(name).meta.get("dataset") in ZOO_KEYS:
             assert name in covered, name

@@ -6,7 +6,8 @@ See docs/weights.md (the zoo, offline use, converting checkpoints) and docs/hub.
 from ..data.metadata import DATASETS, DatasetInfo, get_dataset_info
 from .download import ChecksumError, OfflineError, default_cache_dir, is_cached
 from .loading import LoadReport, build_with_backbone_weights, load_pretrained, load_weights
-from .registry import Weights, get_weights, list_pretrained, register_weights, unregister_weights
+from .registry import Weights, get_weight, list_pretrained, register_weights, unregister_weights
+from .registry import get_weights as get_weights  # deprecated alias of get_weight (0.3)
 from .serialization import CheckpointError
 
 __all__ = [
@@ -20,7 +21,7 @@ __all__ = [
     "build_with_backbone_weights",
     "default_cache_dir",
     "get_dataset_info",
-    "get_weights",
+    "get_weight",
     "is_cached",
     "list_pretrained",
     "load_pretrained",
