@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from .._files import OverwritesInputError, atomic_write_bytes, check_outputs_spare_inputs, local_files
+from .._files import atomic_write_bytes, local_files
 from ..core.inference_protocol import InferenceProtocol
 from ..core.pretrained_cfg import PretrainedCfg
+from ..core.setting_error import SettingError, check_outputs_are_not_inputs
 from ..data import DATASETS, DEFAULT_SPLITS, ZOO_DATASETS, build_dataset, eval_transforms
 from ..hub.loading import load_pretrained
 from . import distributed as D
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
 from .run import check_dataset_options, generic_classes
-from .setting_error import SettingError
 
 __all__ = ["DatasetEvaluation", "evaluate_dataset"]
 
@@ -94,13 +94,10 @@ def _outputs(
         )
     classes = options.get("classes")
     inputs = [*local_files(weights), *([classes] if isinstance(classes, (str, os.PathLike)) else [])]
-    for name, path in (("json_path", json_path), ("confusion_matrix_path", picture)):
-        if path:  # never over an input: the weights, the class file, any file of the data root
-            try:
-                check_outputs_spare_inputs([path], inputs, input_roots=[data_root], advice="\0")
-            except OverwritesInputError as exc:  # the advice names the argument as the caller spells it
-                advice = f"choose another {{{name}}} file"
-                raise SettingError(SettingError.escape(exc).replace("\0", advice)) from None
+    # never over an input: the weights, the class file, any file of the data root
+    check_outputs_are_not_inputs(
+        {"json_path": json_path, "confusion_matrix_path": picture}, inputs, input_roots=[data_root]
+    )
 
 
 def evaluate_dataset(
