@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pspnet_lib import InferenceProtocol
 from pspnet_lib.cli import main
@@ -62,3 +63,28 @@ def test_evaluate_dataset_errors_name_the_python_arguments(saved, tmp_path):
         evaluate_dataset(weights, data, dataset="folder", json_path=data / "classes.txt")
     with pytest.raises(SettingError, match=r"stride must be at most the crop.*\(set by protocol\)"):
         evaluate_dataset(weights, data, dataset="folder", protocol={"mode": "slide", "crop": 16, "stride": 32})
+
+
+def test_a_format_row_is_a_pspnet_export_format(saved, tmp_path, monkeypatch, capsys):
+    from pspnet_lib.inference import export_formats
+
+    weights, _, _ = saved
+    written = []
+
+    def write_state(model, path, *, dynamic, batch_size, **common):
+        written.append((batch_size, common["height"]))
+        torch.save(model.state_dict(), path)
+
+    toy = export_formats.ExportFormat("state-dict", ".pth", 3, write_state)
+    monkeypatch.setitem(export_formats.EXPORT_FORMATS, "state-dict", toy)
+    out = tmp_path / "model.pth"
+    argv = ["export", "--weights", str(weights), "--format", "state-dict", "--out", str(out), "--height", "64"]
+    assert main(argv) == 0
+    assert written == [(3, 64)] and out.is_file()
+    assert capsys.readouterr().out.startswith(f"wrote {out} (state-dict, dynamic shape, ")
+    with pytest.raises(SettingError, match=r"^check, opset and onnx_exporter apply to format onnx only$"):
+        export_formats.export_model(weights, tmp_path / "again.pth", format="state-dict", check=True)
+    with pytest.raises(SettingError, match=r"already exists; pass overwrite=True to replace it"):
+        export_formats.export_model(weights, out, format="state-dict")
+    with pytest.raises(SettingError, match=r"refusing to write .*; choose another out file"):
+        export_formats.export_model(weights, weights / "config.json", format="state-dict", overwrite=True)
