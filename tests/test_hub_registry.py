@@ -8,7 +8,7 @@ from torchvision import tv_tensors
 
 import pspnet_lib
 from pspnet_lib import PSPNet, PSPNetConfig, get_weight, list_pretrained
-from pspnet_lib.hub import DATASETS, Weights, register_weights, unregister_weights
+from pspnet_lib.hub import DATASET_INFO, Weights, register_weights, unregister_weights
 from pspnet_lib.inference.modes import MODES
 
 SEGMENTATION = list_pretrained(task="semantic-segmentation")
@@ -27,7 +27,7 @@ def test_required_entries_exist():
         for schedule in ("20k", "40k"):
             assert f"pspnet_r{depth}-d8_voc12aug-512x512-{schedule}" in SEGMENTATION
     datasets = {get_weight(n).meta["dataset"] for n in SEGMENTATION}
-    assert datasets == set(DATASETS)
+    assert datasets == set(DATASET_INFO)
     assert {
         "pspnet_r50-d32_cityscapes-512x1024-80k",
         "pspnet_r50b-d32_cityscapes-512x1024-80k",
@@ -44,7 +44,7 @@ def test_segmentation_entry_is_complete_and_consistent(name):
     assert w.url.endswith(f"-{w.sha256}.pth") and re.fullmatch(r"[0-9a-f]{8}", w.sha256)
     assert w.format == "mmseg"
     meta = w.meta
-    dataset = DATASETS[meta["dataset"]]
+    dataset = DATASET_INFO[meta["dataset"]]
     assert (
         meta["num_classes"]
         == len(meta["categories"])
@@ -85,8 +85,8 @@ def test_known_facts():
     assert cs769.url.startswith("https://download.openmmlab.com/")  # not the metafile's misspelled host
     assert cs769.config["align_corners"] and cs769.meta["inference"]["mode"] == "slide"
     assert get_weight("pspnet_r50-d8_voc12aug-512x512-20k").meta["categories"][0] == "background"
-    assert DATASETS["cityscapes"].classes[-1] == "bicycle" and DATASETS["pascal-context-59"].num_classes == 59
-    assert DATASETS["coco-stuff164k"].num_classes == 171 and DATASETS["isaid"].num_classes == 16
+    assert DATASET_INFO["cityscapes"].classes[-1] == "bicycle" and DATASET_INFO["pascal-context-59"].num_classes == 59
+    assert DATASET_INFO["coco-stuff164k"].num_classes == 171 and DATASET_INFO["isaid"].num_classes == 16
     d32 = get_weight("pspnet_r50-d32_cityscapes-512x1024-80k").config
     assert d32["output_stride"] == 32 and d32["dilations"] == [1, 1, 2, 4]
 

@@ -6,7 +6,7 @@ Names follow ``pspnet_<backbone>_<dataset>-<crop>-<schedule>``:
   output stride 8), ``r18b-d8`` ... (the ``b`` models: torchvision's 7x7 stem), ``r50-d32`` /
   ``r50b-d32`` (output stride 32, layer3/4 strided *and* dilated), with a suffix ``-rsb``
   (ResNet-strikes-back ImageNet pre-training, AdamW) or ``-fp16`` (trained with mixed precision);
-* ``<dataset>``: a key of :data:`~pspnet_lib.data.metadata.DATASETS`;
+* ``<dataset>``: a key of :data:`~pspnet_lib.data.DATASET_INFO`;
 * ``<crop>``: the training crop; ``<schedule>``: training iterations.
 
 Every ``pspnet_<backbone>_<dataset>`` without crop and schedule is an alias of the entry with
