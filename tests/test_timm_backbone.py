@@ -231,10 +231,13 @@ def test_saved_model_rebuilds_from_its_folder_alone(tmp_path):
     assert stored["backbone"] == "timm:mobilenetv3_small_050" and stored["output_stride"] == 8
     assert stored["backbone_kwargs"] == {"drop_path_rate": 0.1} and stored["ppm_channels"] == 288 // 4
     make_hf_cache(tmp_path / "hf", "me/pspnet-mnv3", folder, "d" * 40)
-    for loaded in (
+    rng = torch.random.get_rng_state()
+    loads = (
         load_pretrained(folder),
         load_pretrained("hf-hub:me/pspnet-mnv3", cache_dir=tmp_path / "hf", local_files_only=True),
-    ):
+    )
+    assert torch.equal(torch.random.get_rng_state(), rng)  # built on the meta device: no init to overwrite (issue 23)
+    for loaded in loads:
         assert loaded.config.backbone == "timm:mobilenetv3_small_050"
         with torch.no_grad():
             assert torch.equal(loaded(x), expected)

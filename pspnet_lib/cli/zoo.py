@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "download",
-        help="download, verify and convert zoo weights into the cache (e.g. before going offline)",
+        help="download, verify and convert zoo weights into the cache (e.g. before going offline); an entry already cached is hashed in full",
         description="Fetch zoo entries into the cache so that later loads need no network.",
     )
     parser.add_argument("names", nargs="+", help="zoo names or aliases")
@@ -177,7 +177,7 @@ def _info_local(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..hub.download import cached_paths, default_cache_dir, verify_cached
+    from ..hub.download import cached_paths, default_cache_dir, recheck_cached, verify_cached
     from ..hub.loading import resolve_source
     from ..hub.registry import get_weight
 
@@ -185,7 +185,8 @@ def run_download(args: argparse.Namespace) -> int:
     status = 0
     for name in args.names:
         w = get_weight(name)
-        resolve_source(w.name, cache_dir=cache)  # verifies a cached entry; rebuilds a damaged one
+        recheck_cached(w, cache)  # a full hash (what a stamp cannot see); a damaged entry is removed
+        resolve_source(w.name, cache_dir=cache)  # (re)builds it
         problem = verify_cached(w, cache)
         if problem is not None:  # e.g. a read-only cache: converted, but nothing could be kept
             sys.stderr.write(

@@ -31,6 +31,7 @@ __all__ = [
     "default_cache_dir",
     "is_offline",
     "sha256_file",
+    "file_stamp",
     "file_lock",
     "remove_leftovers",
 ]
@@ -72,8 +73,28 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: Path, sha256_prefix: str, what: str) -> None:
-    digest = sha256_file(path)
+def file_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """What a file looks like now, without reading it: size, ``mtime_ns``, inode and (POSIX)
+    ``ctime_ns``; symbolic links are followed.
+
+    A cache file is hashed once, when it enters the cache (or on a mismatch), and its stamp
+    recorded; a later load trusts it without hashing while the stamp is unchanged. Writing to a
+    file moves its mtime and ctime, replacing it (a rename) gives another inode, and ``touch -d``
+    or ``os.utime`` can set the mtime back but move the ctime to now: none passes. What the stamp
+    cannot see is a change below the file system (a disk's bit rot, writes to the raw device, a
+    clock set back), which a full hash does (``pspnet download NAME``; docs/weights.md).
+    """
+    stat = os.stat(path)
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino}
+    if os.name == "posix":  # on Windows st_ctime is the creation time
+        stamp["ctime_ns"] = stat.st_ctime_ns
+    return stamp
+
+
+def _verify(path: Path, sha256_prefix: str, what: str, digest: str | None = None) -> str:
+    """Hash ``path`` (unless its ``digest`` is known) against a sha256 prefix; remove it and raise on a
+    mismatch. Returns the sha256."""
+    digest = digest or sha256_file(path)
     if not digest.startswith(sha256_prefix):
         size = path.stat().st_size
         path.unlink(missing_ok=True)
@@ -82,6 +103,7 @@ def _verify(path: Path, sha256_prefix: str, what: str) -> None:
             f"{sha256_prefix}: the file is truncated, corrupt or not the published one. It was removed; "
             "load again to re-download it (or place the correct file there)."
         )
+    return digest
 
 
 # --- locks and leftovers ---

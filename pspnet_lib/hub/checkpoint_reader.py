@@ -255,13 +255,20 @@ def _to_device(obj: Any, device: torch.device) -> Any:
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of a safetensors file; a clear :class:`CheckpointError` if it is damaged."""
+    """``(tensors, metadata)`` of a safetensors file; a clear :class:`CheckpointError` if it is damaged.
+
+    The tensors are read now, each into memory of its own: ``safe_open`` maps the file, and a
+    tensor left on the mapping would change with the file (and crash the process if it were cut
+    short) for as long as it lives, and keep the file open (undeletable on Windows). A loaded model
+    holds these tensors (``pspnet_lib.hub.load_report.build_loaded``), so the bytes read (and
+    verified) here are the model's.
+    """
     path = Path(path)
     check_is_file(path, "safetensors file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k).clone(memory_format=torch.contiguous_format) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"cannot read safetensors file {path} ({path.stat().st_size} bytes): {exc}. "

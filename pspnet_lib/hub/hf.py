@@ -29,7 +29,7 @@ from .._files import atomic_save_safetensors
 from .._progress import tqdm_class
 from .checkpoint_files import read_pretrained_folder
 from .download import OfflineError, is_offline
-from .load_report import load_weights
+from .load_report import build_loaded
 from .serialization import read_safetensors, write_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model_files", "from_pretrained_files", "resolve_hf", "hf_file"]
@@ -227,6 +227,11 @@ def from_pretrained_files(
         check_tensors(tensors, str(weights_path))
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    model = cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs)
-    model.load_report = load_weights(model, tensors, strict=strict, source=str(weights_path))
+    model, report = build_loaded(
+        lambda: cls(config, pretrained_cfg=pretrained_cfg, **model_kwargs),
+        tensors,
+        strict=strict,
+        source=str(weights_path),
+    )
+    model.load_report = report
     return model.to(map_location).eval()

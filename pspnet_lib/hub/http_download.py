@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 import torch
 import torch.hub
 
-from .._files import atomic_write_bytes, fsync_dir
+from .._files import fsync_dir
 from .._progress import progress_bar
 from ..core.escape import printable
 from ..core.limits import LIMITS, format_amount, get_limit
@@ -36,18 +34,21 @@ from .cache_dir import (
     file_lock,
     is_offline,
     remove_leftovers,
-    sha256_file,
 )
 from .registry import Weights
 from .serialization import CheckpointError
+from .url_record import check_record, mark_url_values_checked, record_path, recorded, url_values_checked
 
 __all__ = [
     "URL_DIR",
     "download_file",
     "fetch_weights_file",
+    "fetch_original",
     "fetch_url",
     "discard_unreadable_download",
     "url_cache_path",
+    "url_values_checked",
+    "mark_url_values_checked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,10 +110,12 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest):
         remove_leftovers(dest)
-        return _download(url, dest, sha256_prefix=sha256_prefix, progress=progress, timeout=timeout)
+        _download(url, dest, sha256_prefix=sha256_prefix, progress=progress, timeout=timeout)
+        return dest
 
 
-def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None, timeout: float) -> Path:
+def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool | None, timeout: float) -> str:
+    """:func:`download_file` under the lock held; returns the sha256 of what was saved (hashed as it arrived)."""
     logger.info("downloading %s to %s", printable(url), dest)
     by_hand = (
         f"Nothing was cached at {dest}. Try again; without network access, fetch the file on another machine and "
@@ -192,7 +195,7 @@ def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool
         fsync_dir(dest.parent)
     finally:
         partial.unlink(missing_ok=True)
-    return dest
+    return digest.hexdigest()
 
 
 def _offline_message(url: str, dest: Path, sha256_prefix: str | None, name: str) -> str:
@@ -208,23 +211,26 @@ def fetch_weights_file(
     weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool | None = None
 ) -> Path:
     """The verified original checkpoint of ``weights`` in ``cache_dir``, downloaded if needed."""
+    return fetch_original(weights, cache_dir, local_files_only=local_files_only, progress=progress)[0]
+
+
+def fetch_original(
+    weights: Weights, cache_dir: Path, *, local_files_only: bool = False, progress: bool | None = None
+) -> tuple[Path, str]:
+    """:func:`fetch_weights_file` and the file's sha256 (computed once, while it was verified)."""
     dest = cache_dir / weights.filename
     with file_lock(dest):
         remove_leftovers(dest)
         if dest.is_file():
-            _verify(dest, weights.sha256, f"cached checkpoint for {weights.name}")
-            return dest
+            return dest, _verify(dest, weights.sha256, f"cached checkpoint for {weights.name}")
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(weights.url, dest, weights.sha256, weights.name))
-        return _download(weights.url, dest, sha256_prefix=weights.sha256, progress=progress, timeout=60.0)
+        return dest, _download(weights.url, dest, sha256_prefix=weights.sha256, progress=progress, timeout=60.0)
 
 
 #: URL downloads live in ``<cache>/urls/<key>/<file name>``, ``key`` = the first 16 hex digits of
 #: the sha256 of the URL: two URLs never share a file, whatever their file names.
 URL_DIR = "urls"
-#: Next to each URL download: where it came from and what it was (see :func:`fetch_url`).
-_RECORD_SUFFIX = ".source.json"
-_RECORD_FORMAT = 1
 
 
 def url_cache_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -243,51 +249,6 @@ def _url_destination(url: str, cache_dir: Path | None) -> tuple[Path, str | None
     return dest, prefix
 
 
-def _record_path(dest: Path) -> Path:
-    return dest.with_name(dest.name + _RECORD_SUFFIX)
-
-
-def _write_record(dest: Path, url: str) -> dict[str, Any]:
-    """Record what entered the cache at ``dest``: its URL, sha256, size and modification time.
-
-    Written atomically once the file is in place (under its lock). The size and ``mtime_ns`` are a
-    stamp of the file as verified, so that a later version may trust an unchanged file without
-    hashing it again; today every use recomputes the sha256.
-    """
-    stat = dest.stat()
-    record = {
-        "format": _RECORD_FORMAT,
-        "url": url,
-        "sha256": sha256_file(dest),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
-    atomic_write_bytes(_record_path(dest), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-    return record
-
-
-def _check_record(dest: Path, url: str) -> str | None:
-    """None if ``dest`` is what was recorded when it entered the cache from ``url``, else why not."""
-    record_path = _record_path(dest)
-    try:
-        record = json.loads(record_path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return "no record of its source"
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return f"its record {record_path} is unreadable"
-    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
-        return f"its record {record_path} is not one this version writes"
-    if record.get("url") != url:
-        return f"it was downloaded from {printable(record.get('url'))}, not from this URL"
-    size = dest.stat().st_size
-    if size != record.get("size"):
-        return f"it has {size} bytes, {record.get('size')} were recorded at download time"
-    actual = sha256_file(dest)
-    if actual != record.get("sha256"):
-        return f"its sha256 {actual[:16]}... differs from the {str(record.get('sha256'))[:16]}... recorded at download time"
-    return None
-
-
 def fetch_url(
     url: str, cache_dir: Path | None = None, *, local_files_only: bool = False, progress: bool | None = None
 ) -> Path:
@@ -297,10 +258,11 @@ def fetch_url(
     never served for another, even with the same file name. When a download enters the cache
     (size checked against ``Content-Length``, not a web page, a ``-<hex>.`` suffix in the file name
     (torch.hub's convention) checked as a sha256 prefix), ``<file>.source.json`` records its URL,
-    sha256, size and modification time. Every later use checks the file against that record (and
-    the name's hash prefix); a file that changed is removed and downloaded again (offline: an error
-    naming it). A file placed there by hand, without a record, is checked against the name's hash
-    prefix if any and recorded.
+    sha256 and stamp (:mod:`~pspnet_lib.hub.url_record`). Every later use checks the file against
+    that record: trusted while its stamp is the recorded one, else hashed against the recorded
+    sha256 (and the name's hash prefix); a file that changed is removed and downloaded again
+    (offline: an error naming it). A file placed there by hand, without a record, is checked
+    against the name's hash prefix if any and recorded.
     """
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -317,16 +279,14 @@ def fetch_url(
     with file_lock(dest):
         remove_leftovers(dest)
         if dest.is_file():
-            if prefix:
-                _verify(dest, prefix, "cached file")
-            problem = _check_record(dest, url)
+            problem = check_record(dest, url, prefix)
             if problem == "no record of its source":  # placed by hand, or a download whose record was cut off
-                return _recorded(dest, url)
+                return recorded(dest, url)
             if problem is None:
                 return dest
             logger.warning("discarding the cached download %s: %s", dest, problem)
             dest.unlink(missing_ok=True)
-            _record_path(dest).unlink(missing_ok=True)
+            record_path(dest).unlink(missing_ok=True)
             if is_offline(local_files_only):
                 raise OfflineError(
                     f"the cached download {dest} of {printable(url)} was removed ({problem}) and downloads are "
@@ -335,16 +295,7 @@ def fetch_url(
                 )
         if is_offline(local_files_only):
             raise OfflineError(_offline_message(url, dest, prefix, dest.name))
-        _download(url, dest, sha256_prefix=prefix, progress=progress, timeout=60.0)
-        return _recorded(dest, url)
-
-
-def _recorded(dest: Path, url: str) -> Path:
-    try:
-        _write_record(dest, url)
-    except OSError as exc:  # e.g. a read-only cache: the file itself was checked
-        logger.warning("could not record the source of %s in %s: %s", dest, _record_path(dest), exc)
-    return dest
+        return recorded(dest, url, _download(url, dest, sha256_prefix=prefix, progress=progress, timeout=60.0))
 
 
 def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, error: Exception) -> Exception:
@@ -364,7 +315,7 @@ def discard_unreadable_download(url: str, path: Path, cache_dir: Path | None, er
     with file_lock(dest):
         try:
             dest.unlink(missing_ok=True)
-            _record_path(dest).unlink(missing_ok=True)
+            record_path(dest).unlink(missing_ok=True)
             outcome = "it was removed from the cache, so the next load downloads it again"
         except OSError as exc:
             outcome = f"it could not be removed ({exc}): delete {dest} before loading again"

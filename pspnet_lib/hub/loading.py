@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -25,7 +24,7 @@ from ..core.limits import ResourceLimitError
 from ..models.encoders import is_timm_backbone
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
-from .load_report import CLASSIFIER_KEYS, LoadReport, load_weights
+from .load_report import CLASSIFIER_KEYS, LoadReport, build_loaded, load_weights
 from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
 from .serialization import CheckpointError
 from .sources import resolve_source
@@ -193,8 +192,10 @@ def _build_and_load(
         config["aux"] = has_aux
     pretrained_cfg = dict(resolved.pretrained_cfg)
     arch = PSPNetConfig.from_dict(config)
+    with torch.device("meta"):  # no memory, no initialisation: the checks, and the model if the weights fill it
+        probe = PSPNet(copy.deepcopy(arch), norm_layer=norm_layer)
     try:  # before anything is allocated: the model and its stored protocol together
-        check_model_budget(arch, {**pretrained_cfg, **(extra_cfg or {})}, resolved.description)
+        check_model_budget(arch, {**pretrained_cfg, **(extra_cfg or {})}, resolved.description, probe=probe)
     except ResourceLimitError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -212,26 +213,18 @@ def _build_and_load(
         discard = {k for k in resolved.state_dict if k.startswith("aux_head.")} if model.aux_head is None else set()
         return reinit, discard
 
-    if strict:
-        # The fit check first, on the meta device (no memory, no compute): weights that do not fit
-        # the architecture a file describes fail before its model is allocated.
-        with torch.device("meta"):
-            probe = PSPNet(copy.deepcopy(arch), norm_layer=norm_layer)
-        reinit, discard = plan(probe)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "copying from a non-meta parameter": nothing is copied
-            load_weights(
-                probe,
-                resolved.state_dict,
-                strict=True,
-                reinitialise=reinit,
-                discard=discard,
-                source=resolved.description,
-            )
-    model = PSPNet(arch, norm_layer=norm_layer)
-    reinit, discard = plan(model)
-    report = load_weights(
-        model, resolved.state_dict, strict=strict, reinitialise=reinit, discard=discard, source=resolved.description
+    # The fit is checked on the meta device (with strict, weights that do not fit the architecture
+    # a file describes fail before its model is allocated); weights that fill the whole model
+    # become its tensors, with no random initialisation to overwrite (build_loaded).
+    reinit, discard = plan(probe)
+    model, report = build_loaded(
+        lambda: PSPNet(arch, norm_layer=norm_layer),
+        resolved.state_dict,
+        meta_model=probe,
+        strict=strict,
+        reinitialise=reinit,
+        discard=discard,
+        source=resolved.description,
     )
 
     if resolved.backbone_only or (checkpoint_classes is not None and model.config.num_classes != checkpoint_classes):

@@ -24,7 +24,7 @@ from .load_report import _is_counter
 from .serialization import CheckpointError
 from .validation import check_tensors, validate_pretrained_cfg
 
-__all__ = ["Resolved", "check_model_budget", "verify_resolved"]
+__all__ = ["Resolved", "check_model_budget", "check_values", "verify_resolved"]
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(PSPNetConfig)}
 
@@ -40,6 +40,9 @@ class Resolved:
     backbone_only: bool = False
     #: where settings came from (see LoadReport.settings); unnamed ones came with the weights
     sources: dict[str, str] = field(default_factory=dict)
+    #: the values were checked (finite floats) when the file entered the cache, and the file is
+    #: unchanged since (by its stamp or hash): :func:`verify_resolved` checks the types only
+    values_checked: bool = False
 
 
 def _has_head(state_dict: Mapping[str, Any]) -> bool:
@@ -90,16 +93,32 @@ def _checked_record(config: Any, pretrained_cfg: Any, source: str) -> tuple[dict
     return {k: v for k, v in dict(config).items() if k in _CONFIG_FIELDS}, cfg
 
 
+def check_values(resolved: Resolved) -> None:
+    """Check that the weights are finite floats (:func:`~pspnet_lib.hub.validation.check_tensors`)
+    and mark them checked; raises :class:`CheckpointError` naming the source.
+
+    Where a cached file is first read (a conversion into the cache, a download's first load), so
+    that the cache can record it and later loads of the unchanged file skip the check.
+    """
+    try:
+        check_tensors(resolved.state_dict, resolved.description)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    resolved.values_checked = True
+
+
 def verify_resolved(resolved: Resolved) -> None:
     """The checks every source goes through before a model is built from it.
 
     The architecture and ``pretrained_cfg`` are validated and the tensors must be finite floats
-    (:func:`~pspnet_lib.hub.validation.check_tensors`); whether the weights fit the architecture
-    is then checked on the meta device by :func:`_build_and_load` before the model is allocated.
-    Raises :class:`CheckpointError` naming the source.
+    (:func:`~pspnet_lib.hub.validation.check_tensors`; their types only where
+    ``resolved.values_checked``: a cache entry whose values were checked when it entered the cache);
+    whether the weights fit the architecture is then checked on the meta device by
+    ``loading._build_and_load`` before the model is allocated. Raises :class:`CheckpointError`
+    naming the source.
     """
     try:
-        check_tensors(resolved.state_dict, resolved.description)
+        check_tensors(resolved.state_dict, resolved.description, values=not resolved.values_checked)
         in_channels = resolved.config.get("in_channels") if isinstance(resolved.config, Mapping) else None
         resolved.pretrained_cfg = validate_pretrained_cfg(
             resolved.pretrained_cfg,
@@ -114,7 +133,9 @@ def verify_resolved(resolved: Resolved) -> None:
         raise CheckpointError(str(exc)) from None
 
 
-def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str) -> None:
+def check_model_budget(
+    arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], what: str, probe: torch.nn.Module | None = None
+) -> None:
     """Refuse, before a model is allocated, an architecture and stored protocol that together need too much.
 
     The parameters and buffers are counted on the meta device (no memory) against the
@@ -124,11 +145,14 @@ def check_model_budget(arch: PSPNetConfig, pretrained_cfg: Mapping[str, Any], wh
     that are each within their bounds (``head_channels=8192``, ``resize=[8192, 8192]``) are refused
     together here, naming them, the limit and its override (:mod:`pspnet_lib.core.limits`).
 
+    ``probe``: the model of ``arch`` built on the meta device, if the caller has it.
+
     Raises:
         ResourceLimitError: (a ``ValueError``) one line naming ``what``.
     """
-    with torch.device("meta"):
-        probe = PSPNet(arch)
+    if probe is None:
+        with torch.device("meta"):
+            probe = PSPNet(arch)
     count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
     weights = 4 * count  # float32, as built
     widths = ", ".join(f"{k}={getattr(arch, k)}" for k in ("head_channels", "ppm_channels", "aux_channels"))

@@ -19,17 +19,19 @@ from .download import (
     OfflineError,
     default_cache_dir,
     discard_unreadable_download,
+    fetch_original,
     fetch_url,
-    fetch_weights_file,
     load_cached,
     lock_for,
+    mark_url_values_checked,
+    mark_values_checked,
     save_cached,
-    sha256_file,
     tidy_entry,
+    url_values_checked,
 )
 from .hf import resolve_hf
 from .registry import Weights, get_weight, resolve_name
-from .resolved import Resolved, _check_fits
+from .resolved import Resolved, _check_fits, check_values
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint
 
 __all__ = ["resolve_source", "parse_hf_source"]
@@ -51,7 +53,13 @@ def _resolve_zoo(
             return None
         tensors, record = cached
         logger.debug("loaded %s from the cache (%s)", weights.name, cache_dir)
-        return Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
+        resolved = Resolved(tensors, record["config"], record["pretrained_cfg"], weights.name, backbone_only)
+        if record.get("values_checked") is True:
+            resolved.values_checked = True
+        else:  # an entry written before values were checked on entry: checked once, then recorded
+            check_values(resolved)
+            mark_values_checked(weights, cache_dir, record)
+        return resolved
 
     # Cache files are only ever renamed into place, so reading needs no lock (and works on a
     # read-only cache). An entry that does not verify is only removed under the lock: without it,
@@ -65,7 +73,9 @@ def _resolve_zoo(
         if resolved is not None:
             return resolved
         try:
-            path = fetch_weights_file(weights, cache_dir, local_files_only=local_files_only, progress=progress)
+            path, source_sha256 = fetch_original(
+                weights, cache_dir, local_files_only=local_files_only, progress=progress
+            )
         except OfflineError as exc:
             if not problems:
                 raise
@@ -78,14 +88,16 @@ def _resolve_zoo(
         config = dict(weights.config) if backbone_only else PSPNetConfig.from_dict(weights.config).to_dict()
         _check_fits(state_dict, config, f"{path} ({weights.name})")
         pretrained_cfg = weights.pretrained_cfg()
+        resolved = Resolved(state_dict, config, pretrained_cfg, weights.name, backbone_only)
+        check_values(resolved)  # weights that cannot be right never enter the cache
         try:
-            save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, sha256_file(path))
+            save_cached(weights, cache_dir, state_dict, config, pretrained_cfg, source_sha256, values_checked=True)
             logger.info(
                 "converted %s and cached it as %s.safetensors in %s", weights.name, weights.cache_stem, cache_dir
             )
         except OSError as exc:  # e.g. a read-only shared cache: use the conversion without keeping it
             logger.warning("converted %s but could not cache it in %s: %s", weights.name, cache_dir, exc)
-        return Resolved(state_dict, config, pretrained_cfg, weights.name, backbone_only)
+        return resolved
 
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".json")
@@ -149,9 +161,21 @@ def resolve_source(
         url_cache = None if cache_dir is None else Path(cache_dir)
         path = fetch_url(source, url_cache, local_files_only=local_files_only, progress=progress)
         try:
-            return _resolve_path(path, format, trust_pickle)
+            resolved = _resolve_path(path, format, trust_pickle)
         except CheckpointError as exc:  # a wrong file never stays cached under the URL's name
             raise discard_unreadable_download(source, path, url_cache, exc) from None
+        if not source.lower().startswith(("http://", "https://")):
+            return resolved  # a file:// URL: a file like any other
+        # A download's values are checked at its first load and recorded, for the default reading
+        # (another format= or trust_pickle may read other tensors from the same bytes).
+        default = format is None and not trust_pickle
+        if default and url_values_checked(path):
+            resolved.values_checked = True
+        else:
+            check_values(resolved)
+            if default:
+                mark_url_values_checked(path)
+        return resolved
     try:
         name = resolve_name(source)
         unknown_name = None

@@ -75,15 +75,17 @@ def _count_non_finite(value: torch.Tensor) -> tuple[int, int]:
     return bad, flat.numel()
 
 
-def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
+def check_tensors(state_dict: Mapping[str, Any], source: str, *, values: bool = True) -> None:
     """Weights that cannot be right are an error naming them: non-tensors, non-float weights, NaN/Inf.
 
     Every entry must be a floating-point tensor with only finite values, except BatchNorm's
     ``num_batches_tracked`` counters (integers). Raises ``ValueError`` naming up to 5 tensors.
 
-    The check reads each tensor's stored values once, in chunks: a view whose strides repeat
-    elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9 over one
-    stored value) costs what its storage holds, never ``numel``.
+    The value check reads each tensor's stored values once, in chunks: a view whose strides
+    repeat elements (an expanded or zero-stride tensor from a file, whose ``numel`` may be 10^9
+    over one stored value) costs what its storage holds, never ``numel``. ``values=False`` checks
+    the types only (no value is read): for weights whose values were checked when they entered
+    the cache and have not changed since.
     """
     wrong_type, non_finite = [], []
     for key, value in state_dict.items():
@@ -94,7 +96,7 @@ def check_tensors(state_dict: Mapping[str, Any], source: str) -> None:
                 wrong_type.append(f"{printable(key, 120)} ({value.dtype}, expected an integer counter)")
         elif not value.is_floating_point():
             wrong_type.append(f"{printable(key, 120)} ({value.dtype})")
-        elif value.device.type != "meta":
+        elif values and value.device.type != "meta":
             bad, checked = _count_non_finite(value)
             if bad:
                 of = f"{checked} values" if checked == value.numel() else f"{checked} stored values"
