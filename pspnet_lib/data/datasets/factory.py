@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-# The built-in datasets register themselves when their modules are imported, in this order (the
-# order of the --dataset choices).
+# The built-in datasets register themselves when their modules are imported: these first, in the
+# order of the --dataset choices, then every other module of this package (a new dataset module
+# needs no line here).
 # isort: off
 from . import voc, ade20k, cityscapes, pascal_context, coco_stuff, loveda, isprs, isaid, folder  # noqa: F401
 
@@ -16,6 +20,9 @@ from ..registry import DATASETS, DEFAULT_SPLITS, ZOO_DATASETS, dataset_record
 from .base import PathLike, SegmentationDataset, Transforms
 
 __all__ = ["DATASETS", "DEFAULT_SPLITS", "ZOO_DATASETS", "build_dataset"]
+
+for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    importlib.import_module(f"{__package__}.{_module.name}")
 
 
 def build_dataset(
