@@ -32,6 +32,7 @@ __all__ = [
     "read_json",
     "remove_stale_temporaries",
     "sibling_folder",
+    "temporary_target",
 ]
 
 
@@ -118,6 +119,23 @@ def _set_final_mode(tmp_path: Path, path: Path) -> None:
 def _temporary_pattern(path: Path) -> re.Pattern[str]:
     # The names atomic_output's mkstemp call gives: ".<name>.<8 random characters>.tmp<suffix>".
     return re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}$")
+
+
+#: Any name :func:`atomic_output` gives a temporary file: ".<target name>.<8 characters>.tmp<target suffix>".
+_ANY_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(?P<suffix>(\.[^.]*)?)$")
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an :func:`atomic_output` temporary called ``name`` was going to become, else None.
+
+    ``".a.png.k2j4_9xq.tmp.png"`` -> ``"a.png"``. Lets a resumed job find (and remove, under the
+    rule of :func:`remove_stale_temporaries`) the temporaries of its own outputs in one listing of
+    a folder, instead of one listing per output.
+    """
+    match = _ANY_TEMPORARY.match(name)
+    if match is None or not match["name"].endswith(match["suffix"]):
+        return None
+    return match["name"]
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:

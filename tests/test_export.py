@@ -22,7 +22,7 @@ from pspnet_lib.inference.export import (
     min_input_size,
     save_program,
 )
-from pspnet_lib.models.ppm import MatmulAdaptiveAvgPool2d, adaptive_pool_matrix
+from pspnet_lib.models.ppm import MatmulAdaptiveAvgPool2d, adaptive_pool_matrix, pyramid_adaptive_avg_pool2d
 
 from .infer_utils import CLASSES, save_model_dir, tiny_model
 
@@ -59,6 +59,26 @@ def test_matmul_pooling_equals_adaptive_avg_pool(bins):
             assert torch.allclose(got, expected, rtol=0, atol=1e-12), (bins, h, w)
     x32 = torch.randn(2, 4, 45, 59)
     assert torch.allclose(rewrite(x32), reference(x32), rtol=1e-6, atol=1e-6)
+    # 16-bit inputs: as close to the float32 mean as AdaptiveAvgPool2d in that dtype is (within 2x)
+    for dtype in (torch.float16, torch.bfloat16):
+        x16 = x32.to(dtype)
+        got, exact = rewrite(x16), reference(x16.float())
+        assert got.dtype == dtype
+        own_error = float((reference(x16).float() - exact).abs().max())
+        assert float((got.float() - exact).abs().max()) <= 2 * own_error + 1e-6, dtype
+
+
+def test_pyramid_pooling_all_bins_at_once():
+    # one pair of products for every bin of the pyramid (what captured graphs run), 3-D input too
+    x = torch.randn(2, 3, 17, 23, dtype=torch.float64)
+    sizes = [1, 2, 3, 6, (2, 5)]
+    for got, size in zip(pyramid_adaptive_avg_pool2d(x, sizes), sizes):
+        assert torch.allclose(got, nn.AdaptiveAvgPool2d(size)(x), rtol=0, atol=1e-12)
+    (got,) = pyramid_adaptive_avg_pool2d(x[0], [6])
+    assert torch.allclose(got, nn.AdaptiveAvgPool2d(6)(x[0]), rtol=0, atol=1e-12)
+    for bad in (0, (2, 0), (1, 2, 3), 2.5):
+        with pytest.raises(ValueError, match="output_size must be a positive int or a pair"):
+            pyramid_adaptive_avg_pool2d(x, [bad])
 
 
 def test_pooling_matrix_bins_are_adaptive_avg_pool_bins():

@@ -49,6 +49,7 @@ def test_folder_with_a_corrupt_file(weights, folder, tmp_path, capsys, caplog):
         "a_overlay.png",
         "b_gray.png",
         "b_gray_overlay.png",
+        "manifest.jsonl",
         "sub/c_rgba.png",
         "sub/c_rgba_overlay.png",
     ]
@@ -71,7 +72,7 @@ def test_success_exits_zero_and_explicit_files_work(weights, folder, tmp_path, c
     )
     assert code == 0
     assert "segmented 2 of 2" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b_gray.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b_gray.png", "manifest.jsonl"]
     # Without --recursive, sub-folders are not searched.
     code = main(["predict", str(folder / "sub"), "--weights", str(weights_dir), "--out", str(tmp_path / "o2")])
     assert code == 0 and (tmp_path / "o2" / "c_rgba.png").is_file()
@@ -115,18 +116,26 @@ def test_bad_arguments_fail_before_work(weights, folder, tmp_path, caplog):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_two_inputs_for_one_output_file_are_refused(weights, folder, tmp_path, caplog):
+def test_same_stem_in_two_folders_keeps_the_relative_path(weights, folder, tmp_path, caplog):
+    """Issue 19: inputs with the same stem in different folders no longer collide (they were
+    refused): the outputs keep the path relative to the inputs' common folder. Two inputs of one
+    folder that differ only by extension still name one output, and are refused before any work."""
     weights_dir, _ = weights
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.jpg").write_bytes((folder / "a.jpg").read_bytes())
     out = tmp_path / "out"
-    assert (
-        main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), "--weights", str(weights_dir), "--out", str(out)])
-        == 1
-    )
-    assert "would both be written to" in caplog.text
-    assert not out.exists()
+    args = ["--weights", str(weights_dir), "--out", str(out)]
+    assert main(["predict", str(folder / "a.jpg"), str(other / "a.jpg"), *args]) == 0
+    assert (out / "photos" / "a.png").read_bytes() == (out / "other" / "a.png").read_bytes()
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "x.jpg").write_bytes((folder / "a.jpg").read_bytes())
+    Image.open(folder / "a.jpg").save(same / "x.png")
+    assert main(["predict", str(same), "--weights", str(weights_dir), "--out", str(tmp_path / "o2")]) == 1
+    message = caplog.records[-1].getMessage()
+    assert "x.jpg" in message and "x.png" in message and "would both be written" in message
+    assert not (tmp_path / "o2").exists()
 
 
 def test_fast_option(weights, folder, tmp_path):

@@ -1,4 +1,4 @@
-"""Progress bars only where they fit: a terminal (or when asked), never with TQDM_DISABLE / HF_HUB_DISABLE_PROGRESS_BARS."""
+"""Progress bars only where they fit: a terminal (or when asked), never with TQDM_DISABLE / huggingface_hub's switch."""
 
 import fcntl
 import io
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-from pspnet_lib._progress import progress_bar, progress_enabled, tqdm_class
+from pspnet_lib._progress import progress_bar, tqdm_class
 from pspnet_lib.engine.evaluate import evaluate
 
 from ._engine_helpers import ColourBlocks, tiny_pspnet
@@ -43,26 +44,30 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_progress_enabled_rules(clean_env):
-    assert progress_enabled(None, stream=_Terminal()) is True
-    assert progress_enabled(None, stream=io.StringIO()) is False  # a pipe or file: no bar
-    assert progress_enabled(True, stream=io.StringIO()) is True  # asked for
-    assert progress_enabled(False, stream=_Terminal()) is False
-    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        clean_env.setenv(name, "1")
-        assert progress_enabled(None, stream=_Terminal()) is False
-        clean_env.setenv(name, "0")
-        assert progress_enabled(None, stream=_Terminal()) is True
-        clean_env.delenv(name)
+def _drawn(progress, file) -> bool:
+    with progress_bar(total=3, progress=progress, file=file) as bar:
+        return not bar.disable
+
+
+def test_progress_rules(clean_env):
+    # tqdm's disable=None: a bar on a terminal only (TQDM_DISABLE, read by tqdm at import: the subprocess tests)
+    assert _drawn(None, _Terminal()) is True
+    assert _drawn(None, io.StringIO()) is False  # a pipe or file: no bar
+    assert _drawn(True, io.StringIO()) is True  # asked for
+    assert _drawn(False, _Terminal()) is False
+    disable_progress_bars()  # huggingface_hub's switch
+    try:
+        assert _drawn(None, _Terminal()) is False and _drawn(True, io.StringIO()) is True
+    finally:
+        enable_progress_bars()
     with pytest.raises(TypeError, match="progress must be None"):
-        progress_enabled("yes")
-    # what huggingface_hub downloads get (hf_hub_download(tqdm_class=...)): silent off a terminal
-    silent = tqdm_class(None)
-    assert (
-        silent is not tqdm_class(True)
-        and silent(total=3).disable
-        and not tqdm_class(True)(total=3, file=io.StringIO()).disable
-    )
+        _drawn("yes", _Terminal())
+    # what huggingface_hub downloads get (hf_hub_download(tqdm_class=...)): the same rules, and
+    # huggingface_hub's own disable=True (its switch, its log level) is kept
+    automatic, asked = tqdm_class(None), tqdm_class(True)
+    assert automatic(total=3, file=io.StringIO()).disable and not automatic(total=3, file=_Terminal()).disable
+    assert not asked(total=3, file=io.StringIO()).disable and asked(total=3, file=io.StringIO(), disable=True).disable
+    assert tqdm_class(False)(total=3, file=_Terminal()).disable and tqdm_class(None) is automatic
 
 
 def _run(env_extra, *, terminal):
@@ -103,8 +108,9 @@ def test_no_bar_without_a_terminal(env):
     assert "work" not in out and "\r" not in out and "it/s" not in out
 
 
-def test_no_bar_on_a_terminal_with_tqdm_disable():
-    out = _run({"TQDM_DISABLE": "1"}, terminal=True)
+@pytest.mark.parametrize("env", [{"TQDM_DISABLE": "1"}, {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}])
+def test_no_bar_on_a_terminal_with_a_disabling_switch(env):
+    out = _run(env, terminal=True)
     assert "done" in out and "LOG line 2" in out and "work" not in out and "3/3" not in out
 
 

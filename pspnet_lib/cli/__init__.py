@@ -13,7 +13,17 @@ import sys
 from collections.abc import Mapping, Sequence
 
 # Order here is the order in ``pspnet --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("demo", "predict", "train", "evaluate", "prepare", "export", "convert", "zoo")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "predict",
+    "rank",
+    "train",
+    "evaluate",
+    "prepare",
+    "export",
+    "convert",
+    "zoo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

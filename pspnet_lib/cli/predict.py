@@ -1,45 +1,56 @@
-"""``pspnet predict``: segment image files and folders, writing paletted mask PNGs (and overlays).
+"""``pspnet predict``: segment image files, folders, globs and path lists, writing mask PNGs and a manifest.
 
     pspnet predict photos/ street.jpg --weights pspnet_r50-d8_ade20k --out results/ --overlay
+    pspnet predict 'archive/**/*.jpg' --weights W --out masks/ --skip-existing --num-workers 4 --batch-size 8
+    torchrun --nproc_per_node 4 -m pspnet_lib predict --files-from all.txt --weights W --out masks/ --skip-existing
 
-Inputs are read for the model's input channels (``config.in_channels``): pictures for RGB
-models, grayscale pictures for 1-channel ones, ``.npy`` arrays ``(H, W, C)`` or multi-page TIFFs
-for any channel count (see :mod:`pspnet_lib.core.images`). For each image ``<name>.<ext>`` it writes ``<out>/<name>.png`` (a paletted PNG whose pixel values
-are the class indices) and, with ``--overlay``, ``<out>/<name>_overlay.png``. Images found in a
-folder keep their sub-folder under ``<out>``. A file that cannot be read is reported and skipped;
-the exit code is 1 if any file failed.
+Parses the flags and prints; the work is :func:`pspnet_lib.inference.batch.plan_predictions` and
+:meth:`~pspnet_lib.inference.batch.PredictionPlan.run` (docs/inference.md, docs/scale.md).
+Inputs are read for the model's input channels (``config.in_channels``, see
+:mod:`pspnet_lib.core.images`). For each input it writes ``<out>/<relative path>.png`` (a paletted
+PNG whose pixel values are the class indices), with ``--overlay`` ``..._overlay.png``, with
+``--confidence KIND`` ``..._KIND.png``, and ``<out>/manifest.jsonl``. A file that cannot be
+read is recorded and skipped; the exit code is 1 if any file failed. Rasters that need tiling
+(georeferenced, or large) are inputs of the same run, segmented window by window
+(cli/predict_tiled.py, docs/rasters.md); ``--out X.tif`` segments one input into that file.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .predict_tiled import add_tiled_args, run_tiled, wants_tiled
-
-logger = logging.getLogger("pspnet_lib.cli.predict")
+from ..inference.confidence import CONFIDENCE_KINDS
+from .predict_tiled import add_tiled_args, names_one_file, run_tiled, tiled_flags, wants_tiled
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment images and write mask PNGs (and overlays)",
+        help="segment images and write mask PNGs (and overlays, confidence maps) with a manifest",
         description=(
-            "Segment image files and folders. Writes <out>/<name>.png, a paletted PNG whose pixel values are "
-            "the class indices, and with --overlay <out>/<name>_overlay.png. Unreadable files are reported "
-            "and skipped; the exit code is 1 if any failed."
+            "Segment image files, folders, glob patterns and lists of paths. Writes <out>/<path>.png, a paletted "
+            "PNG whose pixel values are the class indices (the path relative to the input folder is kept), "
+            "optional overlays and confidence pictures, and <out>/manifest.jsonl (one record per input: "
+            "done / skipped / failed with the reason). A failing input is recorded and the run goes on; the "
+            "exit code is 1 if any failed. Resumable (--skip-existing) and sharded (--shard I/N, torchrun)."
         ),
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="image files (pictures, multi-page TIFFs, .npy arrays (H, W, C)) and/or folders of them",
+        help="image files (pictures, multi-page TIFFs, .npy arrays (H, W, C)), folders of them, or quoted glob "
+        "patterns ('photos/**/*.jpg')",
+    )
+    parser.add_argument(
+        "--files-from",
+        type=Path,
+        metavar="FILE",
+        help="also segment the files listed in FILE, one path a line (relative to the current folder)",
     )
     parser.add_argument(
         "--weights", required=True, help="zoo name, hf-hub:org/repo, a save_pretrained folder or a checkpoint file"
@@ -110,8 +121,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="--dtype int8: calibrate on N pictures (default 16)",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per forward pass (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--confidence",
+        nargs="?",
+        const="maxprob",
+        choices=CONFIDENCE_KINDS,
+        metavar="KIND",
+        help="also write <name>_KIND.png, an 8-bit confidence picture (KIND: maxprob, the default, or margin: "
+        "255 = certain; entropy: 255 = uniform), and its per-image mean into the manifest; tiled inputs write "
+        "<name>_confidence.tif (maxprob)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="pictures per forward pass, among those the protocol resizes to one size (default 1)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes that decode pictures while the model runs (default 2; 0: decode in the main process)",
+    )
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    resume.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume: keep the inputs whose outputs all exist (a killed run continues where it stopped)",
+    )
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first input that fails (default: record it, go on)"
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="segment shard I of N (0-based) of the inputs, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
+        "under torchrun every rank also takes its share",
+    )
     add_tiled_args(parser)  # rasters and large pictures: cli/predict_tiled.py
     parser.set_defaults(func=run)
 
@@ -147,49 +195,6 @@ def _pair(values: Sequence[int] | None, name: str) -> int | tuple[int, int] | No
     raise ValueError(f"--{name} takes one or two integers, got {len(values)}")
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool) -> list[tuple[Path, Path]]:
-    """``(image_path, relative_output_stem)`` for every input file, in a stable order.
-
-    Files named explicitly are taken whatever their extension; folders contribute files with an
-    image extension (:data:`~pspnet_lib.core.images.IMAGE_EXTENSIONS`).
-    """
-    from ..core.images import IMAGE_EXTENSIONS
-
-    found: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                logger.warning(
-                    "no image files in %s%s", path, "" if recursive else " (use --recursive for sub-folders)"
-                )
-            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
-        elif path.is_file():
-            found.append((path, Path(path.stem)))
-        else:
-            raise FileNotFoundError(f"input not found: {path}")
-    return found
-
-
-def _plan_outputs(files: list[tuple[Path, Path]], out: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:
-    plan: list[tuple[Path, Path, Path | None]] = []
-    claimed: dict[Path, Path] = {}
-    for source, stem in files:
-        mask = out / stem.with_name(stem.name + ".png")
-        over = out / stem.with_name(stem.name + "_overlay.png") if overlay else None
-        for target in filter(None, (mask, over)):
-            if target in claimed and claimed[target] != source:
-                raise ValueError(
-                    f"{claimed[target]} and {source} would both be written to {target}; "
-                    "rename one or segment them in separate runs with different --out folders"
-                )
-            claimed[target] = source
-        plan.append((source, mask, over))
-    return plan
-
-
 def _fast_dtype(name: str, device: str):
     import torch
 
@@ -202,12 +207,10 @@ def _fast_dtype(name: str, device: str):
 
 
 def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", calibration: Callable | None = None):
-    import torch
-
     from ..hub.loading import load_pretrained
+    from ..inference.batch import default_device
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)  # cuda:LOCAL_RANK under torchrun
     model = load_pretrained(weights, device=device)
     if not fast:
         return model
@@ -220,7 +223,7 @@ def _load(weights: str, device: str | None, fast: bool, dtype: str = "auto", cal
     return optimize_for_inference(model, dtype=_fast_dtype(dtype, device))  # keeps config and pretrained_cfg
 
 
-def _int8_calibration(args: argparse.Namespace, inputs: list[Path], size: Any) -> Callable:
+def _int8_calibration(args: argparse.Namespace, inputs: Sequence[str | Path], size: Any) -> Callable:
     """Check the --dtype int8 options now; return ``model -> calibration images`` (read once the weights are loaded)."""
     from ..inference.quantize import calibration_files, calibration_images
 
@@ -235,105 +238,64 @@ def _int8_calibration(args: argparse.Namespace, inputs: list[Path], size: Any) -
 
 
 def run(args: argparse.Namespace) -> int:
-    if wants_tiled(args):  # rasters and large pictures, window by window (cli/predict_tiled.py)
+    if wants_tiled(args) and names_one_file(args):  # one input into one named file (cli/predict_tiled.py)
         return run_tiled(args, load=_load)
 
-    from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder
-    from .._progress import progress_bar
-    from ..core.images import to_image_tensor
-    from ..core.pretrained_cfg import PretrainedCfg
-    from ..inference.predict import predict, resolve_protocol
+    from .._files import local_files
+    from ..inference.batch import plan_predictions
+    from ..inference.predict import resolve_protocol
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.size is not None and args.no_resize:
         raise ValueError("--size and --no-resize contradict each other; pass one of them")
+    if not args.inputs and args.files_from is None:
+        raise ValueError("nothing to segment: name image files, folders or glob patterns, or --files-from FILE")
+    if args.calibration is not None and args.dtype != "int8":
+        raise ValueError("--calibration applies to --dtype int8 only")
     size = False if args.no_resize else _pair(_flat(args.size), "size")
     options = dict(
         mode=args.mode, resize=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
     )
     scales = _flat(args.scales) or [1.0]  # the flag has a default; never None
 
-    files = collect_inputs(args.inputs, args.recursive)
-    if not files:
-        raise ValueError("no image files to segment among the inputs")
-    plan = _plan_outputs(files, args.out, args.overlay)
-    # Never replace a picture being segmented (or the weights), --overwrite or not: e.g. a.png in
-    # DIR would get its mask DIR/a.png with --out DIR.
-    check_outputs_spare_inputs(
-        (p for _, mask, over in plan for p in (mask, over) if p is not None),
-        [source for source, _ in files] + local_files(args.weights),
-        input_roots=[args.calibration],
-        advice=f"choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}",
+    plan = plan_predictions(
+        args.inputs,
+        args.out,
+        recursive=args.recursive,
+        files_from=args.files_from,
+        overlay=args.overlay,
+        alpha=args.alpha,
+        confidence=args.confidence,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        shard=args.shard,
+        **tiled_flags(args),
+        protect=local_files(args.weights),
     )
-    # Even where no file would be replaced (a.jpg -> a.png), masks written among the pictures would
-    # be read as pictures by the next run on that folder: an input folder is never the output folder.
-    out_dir = Path(os.path.realpath(args.out))
-    for given in args.inputs:
-        if Path(given).is_dir() and Path(os.path.realpath(given)) == out_dir:
-            raise ValueError(
-                f"refusing --out {args.out}: it is the input folder {given}, and the masks would mix with the "
-                f"pictures; choose another --out folder, e.g. --out {sibling_folder(args.out, 'masks')}"
-            )
-    if not args.overwrite:
-        existing = [str(p) for _, mask, over in plan for p in (mask, over) if p is not None and p.exists()]
-        if existing:
-            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-            raise FileExistsError(
-                f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them "
-                "or choose another --out folder"
-            )
-
-    calibration = None
-    if args.calibration is not None and args.dtype != "int8":
-        raise ValueError("--calibration applies to --dtype int8 only")
-    if args.dtype == "int8":
-        calibration = _int8_calibration(args, [source for source, _ in files], size)
-    ensure_dir(args.out)  # a file in the way fails here, not once per image
-    model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
-    try:  # a bad protocol fails here, before any file is read
-        resolve_protocol(model, scales=scales, flip=args.flip, **options)
-    except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
-        raise ValueError(f"{exc} (set by --mode/--size/--crop/--stride/--scales/--flip)") from None
-    channels = PretrainedCfg.of(model, what=f"--weights {args.weights}").in_channels  # mean/std fit the channels
-
-    failed: list[tuple[Path, str]] = []
-    done = 0
-    with progress_bar(total=len(plan), unit="image", desc="pspnet predict") as progress:
-        for start in range(0, len(plan), args.batch_size):
-            loaded = []
-            for source, mask_path, overlay_path in plan[start : start + args.batch_size]:
-                try:
-                    loaded.append((to_image_tensor(source, channels), source, mask_path, overlay_path))
-                except (OSError, ValueError) as exc:
-                    failed.append((source, str(exc)))
-                    logger.error("skipping %s: %s", source, exc)
-                    progress.update(1)
-            if not loaded:
-                continue
-            results = predict(model, [item[0] for item in loaded], scales=scales, flip=args.flip, **options)
-            assert isinstance(results, list)  # a list of pictures gives a list
-            for result, (_, source, mask_path, overlay_path) in zip(results, loaded):
-                try:
-                    with atomic_output(mask_path) as tmp:
-                        result.colorize().save(tmp, format="PNG")
-                    if overlay_path is not None:
-                        with atomic_output(overlay_path) as tmp:
-                            result.overlay(alpha=args.alpha).save(tmp, format="PNG")
-                    done += 1
-                except OSError as exc:
-                    failed.append((source, f"cannot write output: {exc}"))
-                    logger.error("failed to write the outputs of %s: %s", source, exc)
-                progress.update(1)
-
-    summary = f"segmented {done} of {len(plan)} image(s) into {args.out}"
-    if failed:
-        summary += f"; {len(failed)} failed: " + ", ".join(str(p) for p, _ in failed[:5])
-        summary += f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-    sys.stdout.write(summary + "\n")
-    return 1 if failed else 0
+    model = None
+    if plan.jobs:  # a finished shard does not load the weights again
+        calibration = _int8_calibration(args, plan.sources, size) if args.dtype == "int8" else None
+        model = _load(args.weights, args.device, args.fast, args.dtype, calibration)
+        try:  # a bad protocol fails here, before any file is read
+            resolve_protocol(model, scales=scales, flip=args.flip, **options)
+        except ValueError as exc:  # name the flags: the stored protocol was valid, the flags changed it
+            raise ValueError(f"{exc} (set by --mode/--size/--crop/--stride/--scales/--flip)") from None
+    summary = plan.run(
+        model,
+        **options,
+        scales=scales,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        fail_fast=args.fail_fast,
+    )
+    sys.stdout.write(summary.line() + "\n")
+    return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ apart so that a decoder can be swapped in (e.g. torchvision.io for 8-bit JPEG/PN
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +22,7 @@ from PIL import Image, ImageOps, ImageSequence
 __all__ = [
     "SIXTEEN_BIT",
     "MASK_MODES",
+    "decode_bytes",
     "decode_file",
     "exif_orientation",
     "mask_values",
@@ -51,17 +53,27 @@ def decode_file(path: Path, convert: Callable[[Image.Image], _T], kind: str = "i
     """
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    return _decoded(path, str(path), convert, kind)
+
+
+def decode_bytes(data: bytes, convert: Callable[[Image.Image], _T], what: str, kind: str = "image") -> _T:
+    """:func:`decode_file` for a file's content already in memory (a column of encoded pictures in
+    Ray, Spark or Arrow); errors name ``what`` instead of a path."""
+    return _decoded(io.BytesIO(data), what, convert, kind)
+
+
+def _decoded(source: Path | io.BytesIO, what: str, convert: Callable[[Image.Image], _T], kind: str) -> _T:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return convert(image)
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, ValueError) and str(path) in str(exc):
+        if isinstance(exc, ValueError) and what in str(exc):
             raise
         article = "an" if kind[:1] in "aeiou" else "a"
-        raise ValueError(f"cannot read {path} as {article} {kind} ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"cannot read {what} as {article} {kind} ({type(exc).__name__}: {exc})") from exc
 
 
 def exif_orientation(image: Image.Image) -> int:

@@ -34,6 +34,7 @@ content), by these fixed rules (docs/inference.md has the table):
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -45,6 +46,7 @@ import torch
 from PIL import Image
 
 from .decode import (
+    decode_bytes,
     decode_file,
     exif_orientation,
     mask_values,
@@ -58,6 +60,7 @@ __all__ = [
     "image_size",
     "load_image",
     "read_image",
+    "decode_image",
     "read_mask",
     "read_pair",
     "PictureAndMask",
@@ -106,11 +109,15 @@ def _read_npy(path: Path, channels: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     _check_npy_size(path)
+    return _npy_array(path, channels, str(path))
+
+
+def _npy_array(source: Path | io.BytesIO, channels: int, what: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(source, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path} as a NumPy array ({type(exc).__name__}: {exc})") from exc
-    return to_image_tensor(array, channels, what=str(path)).permute(1, 2, 0).numpy()
+        raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
+    return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -229,6 +236,21 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
     return decode_file(image_path, convert)
+
+
+def decode_image(
+    data: bytes | bytearray | memoryview, channels: int = 3, *, what: str = "the encoded picture"
+) -> np.ndarray:
+    """:func:`read_image` for a file's bytes already in memory (e.g. a column of encoded pictures in
+    Ray, Spark or Arrow): an ``(H, W, channels)`` array by the same rules (EXIF orientation applied;
+    ``.npy`` content recognised by its magic bytes and read without pickle).
+
+    Raises ``ValueError`` naming ``what`` when the bytes are not a picture or their channels do not match.
+    """
+    data = bytes(data)
+    if data.startswith(b"\x93NUMPY"):
+        return _npy_array(io.BytesIO(data), channels, what)
+    return decode_bytes(data, lambda image: _picture_array(image, channels, what, True), what)
 
 
 def is_image_batch(images: Any) -> bool:

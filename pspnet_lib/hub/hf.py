@@ -9,6 +9,7 @@ the mixin delegates to, and ``hf-hub:`` sources of :func:`~pspnet_lib.load_pretr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
+from huggingface_hub.utils import (  # (huggingface_hub.errors has them since 0.25 only)
     EntryNotFoundError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -84,6 +85,14 @@ def _offline_hint(repo_id: str, cache_dir: Any, disabled: bool = True) -> str:
     )
 
 
+def _progress_option(progress: bool | None) -> dict[str, Any]:
+    # hf_hub_download takes tqdm_class since huggingface_hub 1.1; before, its bars follow its own
+    # switches only (HF_HUB_DISABLE_PROGRESS_BARS, huggingface_hub.utils.disable_progress_bars()).
+    if "tqdm_class" not in inspect.signature(hf_hub_download).parameters:
+        return {}
+    return {"tqdm_class": tqdm_class(progress)}
+
+
 def hf_file(
     repo_id: str,
     filename: str,
@@ -110,7 +119,7 @@ def hf_file(
                 local_files_only=offline,
                 force_download=force_download,
                 token=token,
-                tqdm_class=tqdm_class(progress),
+                **_progress_option(progress),
             )
         )
     except LocalEntryNotFoundError:
@@ -156,6 +165,8 @@ def from_pretrained_files(
     token: str | bool | None = None,
     map_location: str = "cpu",
     strict: bool = True,
+    proxies: Any = None,
+    resume_download: Any = None,
     config: Any = None,
     pretrained_cfg: dict | None = None,
     num_classes: int | None = None,
@@ -166,6 +177,8 @@ def from_pretrained_files(
 
     ``num_classes`` / ``aux`` / ``strict`` mean what they mean for :func:`~pspnet_lib.load_pretrained`
     (fresh classifiers for another class count, with the same ``model.load_report``).
+    ``proxies`` / ``resume_download``: passed by huggingface_hub 0.30-0.36's mixin, ignored (deprecated
+    there, gone since 1.0; proxies come from the environment, downloads always resume).
     """
     from .loading import _build_and_load  # loading reaches hf through sources.resolve_source
 

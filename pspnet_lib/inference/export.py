@@ -1,12 +1,14 @@
 """Export a PSPNet to ONNX, ``torch.export`` and TorchScript, with dynamic batch, height and width.
 
 The obstacle is the pyramid pooling: ONNX has no adaptive average pooling whose bins follow a
-dynamic input size, so exporters either refuse it (TorchScript-based ONNX: "input size not
-accessible") or bake the example's bin boundaries into the graph (the ``torch.export``-based ONNX
-exporter: wrong indices at any other size). Here every export first swaps the pools for
-:class:`~pspnet_lib.models.ppm.MatmulAdaptiveAvgPool2d`, which computes the same bins as two
-averaging matrix products built from the input's shape, so one exported model serves every size.
-The swap changes no weights and is undone afterwards.
+dynamic input size, so exporters either refuse ``nn.AdaptiveAvgPool2d`` (TorchScript-based ONNX:
+"input size not accessible") or bake the example's bin boundaries into the graph (the
+``torch.export``-based ONNX exporter: wrong indices at any other size). While any exporter (or
+``torch.compile``) captures the model, :class:`~pspnet_lib.models.ppm.PoolingBranch` computes the
+same bins as two averaging matrix products built from the input's shape
+(:func:`~pspnet_lib.models.ppm.pyramid_adaptive_avg_pool2d`), whose shapes stay symbolic, so one
+exported model serves every size, whether it is exported here or with a plain
+``torch.export.export`` / ``torch.onnx.export`` / ``torch.jit.trace`` call.
 
     from pspnet_lib.inference.export import export_onnx
     export_onnx(model, "pspnet.onnx")                      # dynamic N, H, W
@@ -56,11 +58,13 @@ ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 def make_exportable(model: nn.Module, enable: bool = True) -> nn.Module:
-    """Switch every pyramid pooling branch of ``model`` to export-friendly pooling, in place.
+    """Make every pyramid pooling branch of ``model`` pool with averaging matrices in eager calls too, in place.
 
-    With ``enable=True`` each :class:`~pspnet_lib.models.ppm.PoolingBranch` pools with
-    :class:`~pspnet_lib.models.ppm.MatmulAdaptiveAvgPool2d` (equal results up to float rounding);
-    ``False`` restores ``nn.AdaptiveAvgPool2d``. Returns ``model``.
+    Not needed for exporting: every exporter (and ``torch.compile``) captures the matrix form by
+    itself. With ``enable=True`` each :class:`~pspnet_lib.models.ppm.PoolingBranch` pools with
+    :class:`~pspnet_lib.models.ppm.MatmulAdaptiveAvgPool2d`, so eager calls compute what an
+    exported graph computes (equal to ``nn.AdaptiveAvgPool2d`` up to float rounding); ``False``
+    restores ``nn.AdaptiveAvgPool2d``. Returns ``model``.
     """
     branches = [m for m in model.modules() if isinstance(m, PoolingBranch)]
     if not branches:
@@ -72,7 +76,7 @@ def make_exportable(model: nn.Module, enable: bool = True) -> nn.Module:
 
 @contextlib.contextmanager
 def exportable_pooling(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the ``with`` block the model pools export-friendly; afterwards its pools are as before."""
+    """Within the ``with`` block the model pools as :func:`make_exportable` makes it; afterwards as before."""
     branches = [m for m in model.modules() if isinstance(m, PoolingBranch)]
     previous = [b.pool for b in branches]
     try:
@@ -176,9 +180,8 @@ def _dims(model: nn.Module, dynamic: bool, height: int, width: int) -> dict[str,
         )
     dim = torch.export.Dim
     if callable(getattr(getattr(model, "backbone", None), "min_input_size", None)):
-        # A timm backbone: torch.export infers the size range itself (Dim.DYNAMIC: an error, never
-        # a silent specialisation). Some families' guards hold for every size >= the smallest, but
-        # the solver cannot prove it from an explicit minimum (ResNeSt, ConvNeXt's rounding down).
+        # A timm backbone: torch.export infers the size range itself (Dim.DYNAMIC: an error, never a silent
+        # specialisation); some families' guards hold for every size >= the smallest, unprovable from a minimum.
         return {"images": {0: dim("batch", min=1), 2: dim.DYNAMIC, 3: dim.DYNAMIC}}
     return {"images": {0: dim("batch", min=1), 2: dim("height", min=smallest), 3: dim("width", min=smallest)}}
 
@@ -207,8 +210,7 @@ def export_program(
     """
     wrapper = _wrap(model, preprocess, output)
     example = _example(model, preprocess, batch_size, height, width)
-    with exportable_pooling(model):
-        return torch.export.export(wrapper, (example,), dynamic_shapes=_dims(model, dynamic, height, width))
+    return torch.export.export(wrapper, (example,), dynamic_shapes=_dims(model, dynamic, height, width))
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
@@ -231,7 +233,7 @@ def export_torchscript(
 ) -> Path:
     """Trace the model to TorchScript and save it (``torch.jit.load`` reads it, also from C++).
 
-    The trace records the pooling matrices and upsampling sizes as functions of the input
+    The trace records the pooling bins and upsampling sizes as functions of the input
     shape, so the saved module runs at any batch size, height and width. ``torch.jit.script``
     is not supported (the model uses Python features TorchScript cannot compile); TorchScript is
     deprecated in PyTorch, so prefer :func:`export_program` for new deployments.
@@ -239,7 +241,7 @@ def export_torchscript(
     path = Path(path)
     wrapper = _wrap(model, preprocess, output)
     example = _example(model, preprocess, batch_size, height, width)
-    with exportable_pooling(model), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # The model's input checks compare shapes in Python; the tracer warns that it records them
         # as constants. They are checks, not computation, so the traced graph stays correct.
         # TorchScript is deprecated upstream (FutureWarning); docs/export.md recommends torch.export.
@@ -311,7 +313,7 @@ def export_onnx(
     )
     out_axes = {0: "batch", 1: "height", 2: "width"} if output == "labels" else {0: "batch", 2: "height", 3: "width"}
 
-    with atomic_output(path) as tmp, exportable_pooling(model):
+    with atomic_output(path) as tmp:
         for attempt, name in enumerate(order):
             try:
                 with warnings.catch_warnings():

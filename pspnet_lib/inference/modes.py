@@ -28,7 +28,16 @@ from ..core.geometry import MODES, rescale_size
 from ..core.inference_budget import check_inference_budget
 from ..core.inference_protocol import InferenceProtocol, protocol_from_keywords
 
-__all__ = ["infer", "infer_whole", "infer_slide", "slide_spans", "rescale_size", "MODES", "InferenceProtocol"]
+__all__ = [
+    "infer",
+    "infer_groups",
+    "infer_whole",
+    "infer_slide",
+    "slide_spans",
+    "rescale_size",
+    "MODES",
+    "InferenceProtocol",
+]
 
 
 def _align_corners(model: nn.Module) -> bool:
@@ -145,6 +154,24 @@ def infer(
     )
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    return infer_groups(model, [images], protocol=protocol)[0]
+
+
+@torch.no_grad()
+def infer_groups(
+    model: nn.Module, groups: Sequence[torch.Tensor], *, protocol: InferenceProtocol
+) -> list[torch.Tensor]:
+    """:func:`infer` on batches of different sizes that the protocol resizes to one size, in one batch.
+
+    ``groups`` are normalised batches ``(N_i, C, H_i, W_i)`` (sizes may differ) for which
+    ``rescale_size(H_i, W_i, protocol.resize)`` is the same: e.g. photos of 4000x3000 and
+    4032x3024 pixels both become 683x512 under the ADE20K protocol. Each run (scale, flip)
+    resizes every batch to the run's size on its own (the same operation :func:`infer` does),
+    runs the network once on them all together and maps each batch's scores back to its own size.
+    Returns the scores ``(N_i, K, H_i, W_i)`` of each batch, as :func:`infer` would (logits for a
+    single run, the mean of the runs' probabilities otherwise). Raises ``ValueError`` when the
+    batches do not share one resized size.
+    """
     mode, resize, crop, stride, scales, flip = (
         protocol.mode,
         protocol.resize,
@@ -153,23 +180,29 @@ def infer(
         protocol.scales,
         protocol.flip,
     )
+    sizes = [(int(g.shape[-2]), int(g.shape[-1])) for g in groups]
+    bases = {rescale_size(h, w, resize) for h, w in sizes}
+    if len(bases) != 1:
+        raise ValueError(f"infer_groups needs batches that resize to one size; {sizes} resize to {sorted(bases)}")
+    base_h, base_w = bases.pop()
     align_corners = _align_corners(model)
-    height, width = images.shape[-2:]
+    counts = [int(g.shape[0]) for g in groups]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     check_inference_budget(
-        int(height),
-        int(width),
+        height,
+        width,
         protocol,
         config=getattr(model, "config", None),
-        channels=int(images.shape[1]),
-        batch=int(images.shape[0]),
-        what="the image" if images.shape[0] == 1 else "each image of the batch",
+        channels=int(groups[0].shape[1]),
+        batch=sum(counts),
+        what="the image" if sum(counts) == 1 else "each image of the batch",
     )
-    base_h, base_w = rescale_size(height, width, resize)
     runs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
-    total: torch.Tensor | None = None
+    totals: list[torch.Tensor | None] = [None] * len(groups)
     for scale, mirrored in runs:
         size = (max(1, int(base_h * scale + 0.5)), max(1, int(base_w * scale + 0.5)))
-        x = _resize(images, size, align_corners=False)  # as cv2/PIL bilinear resizing of the picture
+        resized = [_resize(g, size, align_corners=False) for g in groups]  # as cv2/PIL bilinear resizing
+        x = resized[0] if len(resized) == 1 else torch.cat(resized)
         if mirrored:
             x = x.flip(-1)
         if mode == "whole":
@@ -179,10 +212,14 @@ def infer(
             out = infer_slide(model, x, crop, stride)
         if mirrored:
             out = out.flip(-1)
-        out = _resize(out.float(), (height, width), align_corners)
-        if len(runs) == 1:
-            return out
-        probs = out.softmax(dim=1)
-        total = probs if total is None else total + probs
-    assert total is not None  # len(runs) > 1 here
-    return total / len(runs)
+        for i, (part, own) in enumerate(zip(out.split(counts), sizes)):
+            part = _resize(part.float(), own, align_corners)
+            if len(runs) == 1:
+                totals[i] = part
+                continue
+            probs = part.softmax(dim=1)
+            previous = totals[i]
+            totals[i] = probs if previous is None else previous + probs
+    results = [t for t in totals if t is not None]
+    assert len(results) == len(groups)  # at least one run
+    return results if len(runs) == 1 else [t / len(runs) for t in results]

@@ -25,15 +25,17 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from ..core.geometry import rescale_size
 from ..core.images import image_size, is_image_batch, to_image_tensor
 from ..core.inference_budget import check_inference_budget
 from ..core.inference_protocol import resize_keyword
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
-from .modes import MODES, infer
+from .confidence import check_kind, confidence_map
+from .modes import MODES, infer_groups
 from .visualize import colorize, legend, overlay
 
-__all__ = ["predict", "Prediction", "resolve_protocol", "load_model"]
+__all__ = ["predict", "Prediction", "resolve_protocol", "model_num_classes", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class Prediction:
         classes: class names of the weights (``pretrained_cfg["classes"]``), or None if unknown.
         palette: one RGB colour per class (the weights' palette, or a generated one).
         source: the file path for path inputs, else None.
+        confidence: ``(H, W)`` float32 per-pixel confidence map (CPU) when ``confidence=KIND``
+            was asked for, else None: maxprob or margin in [0, 1], entropy in nats (see
+            :mod:`pspnet_lib.inference.confidence`).
+        confidence_kind: the kind of :attr:`confidence` (``"maxprob"``, ``"margin"``, ``"entropy"``) or None.
     """
 
     mask: torch.Tensor
@@ -60,6 +66,8 @@ class Prediction:
     classes: list[str] | None
     palette: list[tuple[int, int, int]]
     source: str | None = None
+    confidence: torch.Tensor | None = None
+    confidence_kind: str | None = None
     _present: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -186,6 +194,13 @@ def normalise_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
     return (x - mean) / std
 
 
+def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One batch of same-size images; a mix of uint8 and float ones is brought to float in [0, 1]."""
+    if any(p.dtype != torch.uint8 for p in parts):
+        parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
+    return torch.stack(parts)
+
+
 def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
     if image.dtype != torch.uint8:
         image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -208,6 +223,7 @@ def predict(
     device: str | torch.device | None = None,
     return_probs: bool = False,
     amp_dtype: torch.dtype | None = None,
+    confidence: str | None = None,
     size: int | Sequence[int] | bool | None = None,
 ) -> Prediction | list[Prediction]:
     """Segment one image or many, each returned at its original size.
@@ -237,11 +253,18 @@ def predict(
         flip: also run on the mirrored image and average (test-time augmentation).
         scales: scale factors relative to the resized size for multi-scale testing, e.g.
             ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``.
-        batch_size: at most this many same-size images per forward pass.
+        batch_size: at most this many images per forward pass. Images are batched together
+            when the protocol resizes them to the same size (equal sizes without ``size``; e.g.
+            4000x3000 and 4032x3024 photos both become 683x512 under ADE20K's protocol); each
+            result still comes back at its own size.
         device: where to run; the model is moved there. Default: the model's device.
         return_probs: also return per-class probabilities ``(K, H, W)`` (memory: ``K*H*W*4`` bytes
             per image).
         amp_dtype: run under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        confidence: ``"maxprob"``, ``"margin"`` or ``"entropy"``: also return a per-pixel map as
+            :attr:`Prediction.confidence` ``(H, W)`` float32, computed from the probabilities
+            (averaged over the runs with ``flip``/``scales``); see
+            :mod:`pspnet_lib.inference.confidence` for the units and the 8-bit scaling.
         size: deprecated (0.3; removed in the next release): the old name of ``resize``.
 
     Returns:
@@ -259,6 +282,7 @@ def predict(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_kind(confidence)
     resize = resize_keyword(resize, size, where="predict")
     protocol = resolve_protocol(
         model, protocol=protocol, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip
@@ -291,12 +315,15 @@ def predict(
     std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = protocol.runs == 1
 
+    # Batch the images that reach the network at one size (their own size unless the protocol
+    # resizes them); within a batch, the images of each original size travel together.
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, tensor in enumerate(tensors):
-        groups[(int(tensor.shape[-2]), int(tensor.shape[-1]))].append(index)
+        groups[rescale_size(int(tensor.shape[-2]), int(tensor.shape[-1]), protocol.resize)].append(index)
 
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     probs: list[torch.Tensor | None] = [None] * len(tensors)
+    maps: list[torch.Tensor | None] = [None] * len(tensors)
     autocast = (
         torch.autocast(device_type=run_device.type, dtype=amp_dtype)
         if amp_dtype is not None
@@ -309,21 +336,30 @@ def predict(
         with torch.no_grad():
             for indices in groups.values():
                 for start in range(0, len(indices), batch_size):
-                    chunk = indices[start : start + batch_size]
-                    parts = [tensors[i] for i in chunk]
-                    if any(p.dtype != torch.uint8 for p in parts):
-                        parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
-                    batch = normalise_batch(torch.stack(parts).to(run_device, non_blocking=True), mean, std)
+                    by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+                    for i in indices[start : start + batch_size]:
+                        by_size[tuple(tensors[i].shape[-2:])].append(i)
+                    chunks = list(by_size.values())
+                    batches = [
+                        normalise_batch(_stack([tensors[i] for i in c]).to(run_device, non_blocking=True), mean, std)
+                        for c in chunks
+                    ]
                     with autocast:
-                        scores = infer(model, batch, protocol=protocol).float()
-                    labels = scores.argmax(dim=1).cpu()
-                    if return_probs:
-                        scores = scores.softmax(dim=1) if single_run else scores
-                        scores = scores.cpu()
-                    for j, i in enumerate(chunk):
-                        masks[i] = labels[j].clone()  # own storage, not a view of the batch
+                        outputs = infer_groups(model, batches, protocol=protocol)
+                    for chunk, scores in zip(chunks, outputs):
+                        scores = scores.float()
+                        labels = scores.argmax(dim=1).cpu()
+                        if return_probs or confidence is not None:
+                            scores = scores.softmax(dim=1) if single_run else scores
+                        conf = confidence_map(scores, confidence).cpu() if confidence is not None else None
                         if return_probs:
-                            probs[i] = scores[j].clone()
+                            scores = scores.cpu()
+                        for j, i in enumerate(chunk):
+                            masks[i] = labels[j].clone()  # own storage, not a view of the batch
+                            if return_probs:
+                                probs[i] = scores[j].clone()
+                            if conf is not None:
+                                maps[i] = conf[j].clone()
     finally:
         model.train(was_training)
 
@@ -340,6 +376,8 @@ def predict(
             classes=classes,
             palette=palette,
             source=sources[i],
+            confidence=maps[i],
+            confidence_kind=confidence,
         )
         for i in range(len(tensors))
     ]

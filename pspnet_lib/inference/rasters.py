@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,7 @@ def predict_raster(
     strip_width: int | None = None,
     max_image_pixels: int | None = None,
     progress: bool | None = None,
+    staged: Mapping[str, Path] | None = None,
 ) -> RasterResult:
     """Segment a raster or picture of any size into files, holding only a band of windows.
 
@@ -232,6 +233,9 @@ def predict_raster(
         max_image_pixels: raise Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
             89.5 MP) to this many pixels for this picture; rasters read by GDAL have no such limit.
         progress: a bar counting windows (None: on terminals only).
+        staged: write each output (kind -> path, the kinds :func:`raster_outputs` gives for
+            ``out``) to this path as it is, for a caller that renames its files into place itself
+            (:func:`~pspnet_lib.inference.batch.predict_files`); ``out`` still names the outputs.
 
     Every file is written under a temporary name in its folder and renamed when complete: a run
     killed half-way leaves no file under an output's name (only hidden ``.<name>.*.tmp*`` files,
@@ -246,6 +250,8 @@ def predict_raster(
     """
     started = time.perf_counter()
     outputs = raster_outputs(out, probs=probs, confidence=confidence, polygons=polygons)
+    if staged is not None and set(staged) != set(outputs):
+        raise ValueError(f"staged names the outputs {sorted(staged)}, but {out} gives {sorted(outputs)}")
     is_dataset = hasattr(source, "read_masks")
     path = None if is_dataset else Path(source)
     if path is not None:
@@ -295,7 +301,11 @@ def predict_raster(
         first = (min(crop_hw[0], height), min(crop_hw[1], width))
         num_classes = count_classes(model, pixels, first, mean=cfg.mean, std=cfg.std)
         palette = padded_palette(cfg.palette, num_classes)
-        temporary = {kind: stack.enter_context(atomic_output(p)) for kind, p in outputs.items()}
+        temporary = (
+            dict(staged)
+            if staged is not None
+            else {kind: stack.enter_context(atomic_output(p)) for kind, p in outputs.items()}
+        )
         stages = {kind: t.with_name(t.name + ".stage.tif") for kind, t in temporary.items() if kind != "polygons"}
         for stage in stages.values():
             stack.callback(stage.unlink, missing_ok=True)

@@ -157,6 +157,12 @@ def guard_running_stats_in_recompute(module: nn.Module) -> list[torch.utils.hook
     return handles
 
 
+def is_capturing_graph() -> bool:
+    """torch.compile / torch.export (and torch.onnx.export(dynamo=True), built on it) or
+    torch.jit.trace (and the TorchScript-based ONNX exporter, built on it) is recording the call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def is_symbolic_tracing() -> bool:
     """Whether ``torch.fx.symbolic_trace`` is running: shapes are then proxies, so eager-only
     input checks are skipped (``torch.export`` and ``torch.compile`` still run them)."""

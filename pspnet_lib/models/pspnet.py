@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, ModelHubMixin, PyTorchModelHubMixin
 
 from ._utils import is_symbolic_tracing, make_norm_layer
 from .config import BACKBONES, MAX_NUM_CLASSES, PSPNetConfig
@@ -57,13 +58,21 @@ def _attach(main: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
     return main + torch.nan_to_num(aux[:1, :1, :1, :1]).mul(0)
 
 
+# huggingface_hub < 0.29 has no paper_url (a TypeError at import); our own model card cites the paper anyway.
+_PAPER_URL = (
+    {"paper_url": "https://arxiv.org/abs/1612.01105"}
+    if "paper_url" in inspect.signature(ModelHubMixin.__init_subclass__).parameters
+    else {}
+)
+
+
 class PSPNet(
     BackboneConventions,
     PyTorchModelHubMixin,
     library_name="pspnet_lib",
-    paper_url="https://arxiv.org/abs/1612.01105",
     pipeline_tag="image-segmentation",
     tags=["pspnet", "semantic-segmentation"],
+    **_PAPER_URL,
 ):
     """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017).
 

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..._files import atomic_output, atomic_write_bytes
+from ..._progress import progress_bar
 
 logger = logging.getLogger("pspnet_lib.data.prepare")
 
@@ -29,15 +29,6 @@ T = TypeVar("T")
 # The official files are large pictures (Potsdam: 6000x6000); PIL's decompression-bomb guard is
 # for untrusted web input, and these are the user's own downloads.
 _MAX_PIXELS = 40000 * 40000
-
-
-def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:
-    """``items`` wrapped in a tqdm bar when stderr is a terminal, else as they are (log files stay clean)."""
-    if not sys.stderr.isatty():
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, total=total, desc=desc, unit="file")
 
 
 @dataclass(frozen=True)
@@ -172,4 +163,6 @@ def summary(name: str, dst: Path, written: int, skipped: int) -> dict[str, int]:
 
 
 def iter_progress(items: Sequence[T], desc: str) -> Iterator[T]:
-    yield from progress(items, total=len(items), desc=desc)
+    """``items`` with a bar on terminals (:func:`pspnet_lib._progress.progress_bar`'s rules)."""
+    with progress_bar(items, total=len(items), desc=desc, unit="file") as bar:
+        yield from bar

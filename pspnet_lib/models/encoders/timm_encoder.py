@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .._utils import guard_running_stats_in_recompute
+from .._utils import guard_running_stats_in_recompute, is_capturing_graph
 from .static_padding import make_same_padding_static
 from .stride_probe import PROBE_SIZE, deepest_side, measure_strides, returns_nhwc
 from .timm_names import require_timm, timm_family
@@ -190,9 +190,15 @@ class TimmEncoder(nn.Module):
                 features = self.model(x)
         else:
             features = self.model(x)
-        if self.nhwc:
-            return [f.permute(0, 3, 1, 2) for f in features]
-        return list(features)
+        features = [f.permute(0, 3, 1, 2) for f in features] if self.nhwc else list(features)
+        if is_capturing_graph() and x.is_contiguous():
+            # A captured graph gets the features in the input's layout. Families that compute in
+            # NHWC (ConvNeXt's permuted LayerNorms) return channels-last strides from an NCHW input;
+            # the heads' stride checks on them at a size ``h // 8`` are guards torch.export cannot
+            # prove from a user's Dim(min=...) (a batch-1 ``torch.export.export`` failed: issue 23).
+            # Eager keeps timm's strides (no copy).
+            features = [f.contiguous() for f in features]
+        return features
 
 
 def _has_parameters(module: nn.Module) -> bool:
