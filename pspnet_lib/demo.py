@@ -164,7 +164,7 @@ def run_demo(
     train_images: int = 200,
     val_images: int = 40,
     batch_size: int = 8,
-    lr: float = 0.01,
+    lr: float = 0.002,
     seed: int = 0,
     num_workers: int = 0,
     samples: int = 4,
@@ -180,7 +180,10 @@ def run_demo(
         image_size: side of the square scenes.
         train_images, val_images: scenes to train on / to score on (disjoint: other seeds).
         batch_size: images per iteration.
-        lr: SGD base learning rate (heads at 10x, poly schedule).
+        lr: AdamW learning rate, backbone and heads alike (``min(20, iters // 10)`` warm-up iterations,
+            then poly decay).
+            AdamW at 2e-3 beat the paper's SGD (0.01, heads 10x) at this budget: 65.9% against 61.7%
+            held-out mIoU after 300 iterations (seed 0, one torch thread; CHANGELOG).
         seed: seed of the scenes, the augmentation and the initialisation.
         num_workers: DataLoader workers.
         samples: held-out scenes drawn as picture | ground truth | prediction.
@@ -217,6 +220,10 @@ def run_demo(
         iters=iters,
         batch_size=batch_size,
         lr=lr,
+        optimizer="adamw",
+        head_lr_mult=1.0,
+        weight_decay=0.01,
+        warmup_iters=min(20, iters // 10),
         num_workers=num_workers,
         seed=seed,
         out_dir=str(out),

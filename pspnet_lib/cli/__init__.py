@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rank",
     "train",
     "evaluate",
+    "stats",
     "prepare",
     "export",
     "convert",
@@ -55,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger("pspnet_lib").error("interrupted")
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as exc:
-        # Errors raised by the library carry a message meant for the user; show it, not a traceback.
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, OSError, ImportError) as exc:
+        # Errors raised by the library carry a message meant for the user; show it, not a traceback
+        # (an optional extra that is not installed: the pip install line).
         if args.verbose:
             raise
         logging.getLogger("pspnet_lib").error("%s", user_message(exc, getattr(args, "flags", None)))

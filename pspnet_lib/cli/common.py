@@ -26,6 +26,7 @@ __all__ = [
     "float_in",
     "floats",
     "int_in",
+    "int_list",
     "ints",
     "label_map",
     "render_setting_error",
@@ -48,6 +49,14 @@ def ints(text: str) -> list[int]:
     if len(values) != 2 or min(values) < 1 or max(values) > MAX_SIDE:
         raise argparse.ArgumentTypeError(f"expected N or H,W with values in [1, {MAX_SIDE}] pixels, got {text[:40]!r}")
     return values
+
+
+def int_list(text: str) -> list[int]:
+    """``3,2,1`` -> [3, 2, 1] (the checks of their meaning are the library's)."""
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def floats(text: str) -> list[float]:

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int_in(1, 1_000_000), default=200, metavar="N", help="training scenes")
     p.add_argument("--val-images", type=int_in(1, 1_000_000), default=40, metavar="N", help="held-out scenes scored")
     p.add_argument("--batch-size", type=int_in(1, 4096), default=8)
-    p.add_argument("--lr", type=float_in(0, 100, open_low=True), default=0.01)
+    p.add_argument("--lr", type=float_in(0, 100, open_low=True), default=0.002, help="AdamW learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int_in(0, 1024), default=0, help="DataLoader workers")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preprocess",
         action="store_true",
-        help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3)",
+        help="embed normalisation: the exported model takes uint8 (N, C, H, W), C = the model's in_channels (RGB: 3); "
+        "weights with a band spec take their stored values (e.g. uint16), scaled inside the graph",
     )
     parser.add_argument(
         "--output", choices=("logits", "probs", "labels"), default="logits", help="what the exported model returns"

@@ -6,8 +6,10 @@
 
 Parses the flags and prints; the work is :func:`pspnet_lib.inference.batch.plan_predictions` and
 :meth:`~pspnet_lib.inference.batch.PredictionPlan.run` (docs/inference.md, docs/scale.md).
-Inputs are read for the model's input channels (``config.in_channels``, see
-:mod:`pspnet_lib.core.images`). For each input it writes ``<out>/<relative path>.png`` (a paletted
+Inputs are read for the model's input channels (``config.in_channels``): pictures, ``.npy``
+arrays and multi-page TIFFs, or stored values in their own units (uint16/int16/float ``.npy`` and
+TIFFs, multi-band GeoTIFFs with rasterio) when the weights carry a band spec (see
+:mod:`pspnet_lib.core.images` and :mod:`pspnet_lib.core.bands`). For each input it writes ``<out>/<relative path>.png`` (a paletted
 PNG whose pixel values are the class indices), with ``--overlay`` ``..._overlay.png``, with
 ``--confidence KIND`` ``..._KIND.png``, and ``<out>/manifest.jsonl``. A file that cannot be
 read is recorded and skipped; the exit code is 1 if any file failed. Rasters that need tiling

@@ -23,6 +23,7 @@ from .common import (
     float_in,
     floats,
     int_in,
+    int_list,
     ints,
     setting_overrides,
 )
@@ -77,6 +78,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "classifiers are replaced when the number of classes differs",
     )
     g.add_argument(
+        "--in-channels",
+        type=int,
+        metavar="N",
+        help="input bands of the model (folder datasets; default 3: RGB pictures)",
+    )
+    g.add_argument(
+        "--band-spec",
+        metavar="FILE",
+        help="band settings (JSON: a band spec and the mean/std after scaling, as pspnet stats --out writes "
+        "them) for images in their own units: uint16/int16/float bands, nodata; recorded with the weights",
+    )
+    g.add_argument(
+        "--rgb-bands",
+        type=int_list,
+        metavar="R,G,B",
+        help="with --weights/--backbone-weights of RGB models and --in-channels N: the band positions (0-based) "
+        "the RGB weights go to, e.g. 3,2,1 for Sentinel-2; default: timm's rule (RGB repeated over N, scaled 3/N)",
+    )
+    g.add_argument(
         "--backbone-weights",
         dest="weights_backbone",
         metavar="NAME|PATH",
@@ -114,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         args.recipe,
         dataset=args.dataset,
         num_classes=args.num_classes,
-        model={"backbone": args.backbone, "preset": args.preset},
+        model={"backbone": args.backbone, "preset": args.preset, "in_channels": args.in_channels},
         augment={name: getattr(args, name) for name in AUGMENT_FLAGS},
         train=setting_overrides(args),
     )
@@ -132,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         validate=args.validate,
         dataset_options=dataset_options(args),
         protect=[args.recipe] if args.recipe else [],
+        band_spec=args.band_spec,
+        rgb_bands=args.rgb_bands,
     )
     summary = training.fit()
     if main_process:

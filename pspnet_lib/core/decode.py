@@ -5,26 +5,45 @@ path of the package (datasets, ``predict``, calibration, ``verify``) and holds t
 (EXIF orientation, how a picture pairs with its mask, channel counts). This module is the step
 under it: a file opened with Pillow, decoded, and turned into arrays by the fixed pixel-value rules
 (8-bit as stored, 16-bit ``round(v / 257)``, float on the 0..1 scale: see :mod:`.images`). It is kept
-apart so that a decoder can be swapped in (e.g. torchvision.io for 8-bit JPEG/PNG) or a rule added
-(radiometric units of multi-band rasters) without touching the reading rules.
+apart so that a decoder can be swapped in or a rule added without touching the reading rules.
+
+Two decoders share the work. Pillow opens every file (lazily: header, mode, size and EXIF without
+the pixels) and decodes what only it reads identically (TIFF, 16-bit and float files, palettes
+with fewer than 8 bits, CMYK, multi-page and interlaced files). The 8-bit JPEG (RGB, grey) and
+PNG (RGB, RGBA, grey, grey + alpha, paletted) pictures are decoded by
+:func:`torchvision.io.decode_image` instead (:func:`decoded_rgb`), which gives the same pixels as
+Pillow's ``convert("RGB")`` (tested on every such kind) in less time (``benchmarks/data_pipeline.py``).
+EXIF orientation stays Pillow's reading of the tag, applied by :func:`orient_array` exactly as
+:func:`PIL.ImageOps.exif_transpose` turns pixels. Masks: 8-bit grey PNGs are decoded by
+torchvision.io too (:func:`decoded_grey`); paletted ones stay with Pillow, whose decoding of them
+measured as fast as or faster than torchvision's. ``PSPNET_IMAGE_DECODER=pillow`` in
+the environment makes Pillow decode everything (e.g. to compare, or with a torchvision built
+without its image extension, where the fallback is automatic anyway).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, ImageSequence
 
 __all__ = [
+    "QUARTER_TURNS",
     "SIXTEEN_BIT",
     "MASK_MODES",
     "decode_bytes",
     "decode_file",
+    "decoded_grey",
+    "decoded_rgb",
     "exif_orientation",
+    "orient_array",
     "mask_values",
     "oriented",
     "upright_size",
@@ -42,7 +61,7 @@ SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 #: Pillow modes a mask may have: class indices, single-channel or paletted.
 MASK_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 #: EXIF orientations that turn a picture by 90 or 270 degrees (width and height swap).
-_TRANSPOSING = (5, 6, 7, 8)
+QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def decode_file(path: Path, convert: Callable[[Image.Image], _T], kind: str = "image") -> _T:
@@ -50,6 +69,9 @@ def decode_file(path: Path, convert: Callable[[Image.Image], _T], kind: str = "i
 
     Raises ``FileNotFoundError`` ("<kind> file not found: <path>") for a missing file and one
     ``ValueError`` naming the file when it cannot be decoded ("cannot read <path> as a(n) <kind>").
+
+    The picture is opened lazily (header, mode, size, EXIF): ``convert`` decodes the pixels, with
+    Pillow or with :func:`decoded_rgb`.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file not found: {path}")
@@ -65,7 +87,6 @@ def decode_bytes(data: bytes, convert: Callable[[Image.Image], _T], what: str, k
 def _decoded(source: Path | io.BytesIO, what: str, convert: Callable[[Image.Image], _T], kind: str) -> _T:
     try:
         with Image.open(source) as image:
-            image.load()
             return convert(image)
     except FileNotFoundError:
         raise
@@ -77,12 +98,140 @@ def _decoded(source: Path | io.BytesIO, what: str, convert: Callable[[Image.Imag
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """The EXIF Orientation tag (0x0112) of a picture: 1 (as stored) .. 8; 1 when there is none."""
+    """The EXIF Orientation tag (0x0112) of a picture: 1 (as stored) .. 8; 1 when there is none.
+
+    Pillow's reading of the tag (EXIF, and XMP's ``tiff:Orientation``). For a lazily opened PNG
+    whose metadata all precedes its pixels (the usual layout), the tag is read without decoding
+    the pixels, which Pillow would otherwise do to look for metadata after them.
+    """
     try:
-        value = image.getexif().get(0x0112, 1)
+        if _png_metadata_in_header(image):
+            exif = Image.Image.getexif(image)  # the header's metadata is all there is
+        else:
+            exif = image.getexif()
+        value = exif.get(0x0112, 1)
     except Exception:  # a damaged EXIF block: viewers show such pictures as stored
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+#: PNG chunks that may carry EXIF or XMP (``eXIf``, text chunks such as "Raw profile type exif").
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+def _png_metadata_in_header(image: Image.Image) -> bool:
+    """True for a lazily opened PNG with no metadata chunk after its first ``IDAT`` (chunk headers
+    read, pixel data skipped); False otherwise (another format, already decoded, unreadable)."""
+    path = getattr(image, "filename", None)
+    if image.format != "PNG" or not getattr(image, "tile", None) or not path or "exif" in image.info:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)  # the PNG signature
+            after_pixels = False
+            while len(head := f.read(8)) == 8:
+                kind = head[4:]
+                if kind == b"IEND":
+                    return True
+                if kind == b"IDAT":
+                    after_pixels = True
+                elif after_pixels and kind in _PNG_METADATA:
+                    return False
+                f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # data and CRC
+    except OSError:
+        pass
+    return False
+
+
+#: (format, Pillow mode, raw mode of the single tile) of the 8-bit pictures torchvision decodes
+#: exactly as Pillow does (checked by tests/test_decode.py for each kind).
+_TORCHVISION_KINDS = {
+    ("JPEG", "RGB", "RGB"),
+    ("JPEG", "L", "L"),
+    ("PNG", "RGB", "RGB"),
+    ("PNG", "RGBA", "RGBA"),
+    ("PNG", "L", "L"),
+    ("PNG", "LA", "LA"),
+    ("PNG", "P", "P"),
+}
+
+
+def _raw_mode(image: Image.Image) -> str | None:
+    """The raw mode of a lazily opened picture's single tile (``"P;4"`` for a 4-bit palette...);
+    None once Pillow has decoded the pixels (it then clears the tiles)."""
+    tiles = getattr(image, "tile", None) or []
+    if len(tiles) != 1:
+        return None
+    args = tiles[0][3]
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return raw if isinstance(raw, str) else None
+
+
+def decoded_rgb(image: Image.Image) -> np.ndarray | None:
+    """``(H, W, 3)`` uint8 pixels of an 8-bit JPEG/PNG picture as stored, decoded by torchvision.io.
+
+    The same values as ``np.array(image.convert("RGB"))`` (grey repeated, alpha dropped, palette
+    applied), EXIF orientation not applied (see :func:`orient_array`). Returns None when Pillow
+    must decode: another format or bit depth, several frames, an interlaced PNG, pixels already
+    loaded, ``PSPNET_IMAGE_DECODER=pillow``, or a file torchvision cannot decode (Pillow then
+    decodes it or raises its own error).
+    """
+    tensor = _torchvision_decode(image, _TORCHVISION_KINDS, "RGB", 3)
+    return None if tensor is None else tensor.permute(1, 2, 0).numpy()
+
+
+def decoded_grey(image: Image.Image) -> np.ndarray | None:
+    """``(H, W)`` uint8 values of an 8-bit grey PNG as stored (``np.asarray(image)``), decoded by
+    torchvision.io: the grey masks' fast path (paletted masks decode faster with Pillow). None when
+    Pillow must decode (as :func:`decoded_rgb`)."""
+    tensor = _torchvision_decode(image, {("PNG", "L", "L")}, "UNCHANGED", 1)
+    return None if tensor is None else tensor[0].numpy()
+
+
+def _torchvision_decode(
+    image: Image.Image, kinds: set[tuple[str, str, str]], mode: str, bands: int
+) -> torch.Tensor | None:
+    if os.environ.get("PSPNET_IMAGE_DECODER", "auto").lower() == "pillow":
+        return None
+    path = getattr(image, "filename", None)
+    if (
+        not path
+        or (image.format, image.mode, _raw_mode(image)) not in kinds
+        or getattr(image, "n_frames", 1) != 1
+        or image.info.get("interlace")
+    ):
+        return None
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's (same API);
+            # until they are removed (then this returns None and Pillow decodes), they are the fast path.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tensor = decode_image(str(path), mode=getattr(ImageReadMode, mode))
+    except (ImportError, AttributeError, RuntimeError, OSError, ValueError):
+        return None
+    if tensor.dtype != torch.uint8 or tuple(tensor.shape) != (bands, image.height, image.width):
+        return None
+    return tensor
+
+
+#: EXIF orientation -> the array operation of the transpose :func:`PIL.ImageOps.exif_transpose` applies.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise)
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90 (counter-clockwise)
+}
+
+
+def orient_array(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``(H, W, ...)`` pixels turned as EXIF ``orientation`` (1..8) says, as :func:`oriented` turns a picture."""
+    turn = _ORIENT.get(orientation)
+    return array if turn is None else np.ascontiguousarray(turn(array))
 
 
 def oriented(image: Image.Image) -> Image.Image:
@@ -92,7 +241,7 @@ def oriented(image: Image.Image) -> Image.Image:
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """``(height, width)`` of ``image`` once its EXIF orientation is applied."""
-    if exif_orientation(image) in _TRANSPOSING:
+    if exif_orientation(image) in QUARTER_TURNS:
         return image.width, image.height
     return image.height, image.width
 
@@ -126,7 +275,8 @@ def mask_values(image: Image.Image, what: str) -> np.ndarray:
             f"mask {what} has PIL mode {image.mode!r}; masks must be single-channel or paletted images "
             "holding class indices (pixel value = class index), e.g. saved as 8-bit grey PNG"
         )
-    return np.asarray(image)
+    grey = decoded_grey(image) if image.mode == "L" else None  # 8-bit grey PNG: torchvision.io
+    return grey if grey is not None else np.asarray(image)
 
 
 def to_eight_bit(image: Image.Image, what: str) -> Image.Image:

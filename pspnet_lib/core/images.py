@@ -38,23 +38,30 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
-import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from .band_spec import BandSpec, check_input_dtype
 from .decode import (
+    QUARTER_TURNS,
     decode_bytes,
     decode_file,
-    exif_orientation,
+    decoded_rgb,
     mask_values,
+    orient_array,
     oriented,
     pil_to_array,
     pil_to_rgb,
-    upright_size,
 )
+from .decode import exif_orientation as orientation
+from .image_tensors import ACCEPTED_INPUTS, is_image_batch, to_image_tensor, to_rgb_tensor
+from .stored import RASTER_SUFFIXES, read_raster, stored_values
+
+_T = TypeVar("_T")
 
 __all__ = [
     "image_size",
@@ -62,6 +69,7 @@ __all__ = [
     "read_image",
     "decode_image",
     "read_mask",
+    "read_stored",
     "read_pair",
     "PictureAndMask",
     "pil_to_rgb",
@@ -76,13 +84,6 @@ __all__ = [
 #: Suffixes that ``pspnet predict`` picks up when given a folder (``.npy``: arrays (H, W, C)).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
 
-ACCEPTED_INPUTS = (
-    "a file path (str or pathlib.Path; pictures, multi-page TIFFs, .npy arrays), a PIL image, a NumPy "
-    "array (H, W, C) / (H, W) of uint8 (or float in [0, 1]), a torch tensor (C, H, W) / (H, W) of uint8 "
-    "or float in [0, 1], a 4-D batch (N, C, H, W), or a list of these; C = the model's in_channels "
-    "(for 3-channel models also 1 = grayscale, 4 = RGBA)"
-)
-
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as an RGB PIL image, applying its EXIF orientation.
@@ -95,28 +96,65 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return decode_file(path, lambda image: pil_to_rgb(oriented(image), what=str(path)))
 
 
-def _picture_array(image: Image.Image, channels: int, what: str, orient: bool) -> np.ndarray:
-    """``(H, W, channels)`` uint8 array of a decoded picture, turned upright when ``orient``."""
+def _picture_array(image: Image.Image, channels: int, what: str, orientation: int, stored: bool = False) -> np.ndarray:
+    """``(H, W, channels)`` array of a picture, turned as EXIF ``orientation`` (1: as stored) says:
+    uint8 by the photo rules, or the stored values (:func:`~pspnet_lib.core.stored.stored_values`)
+    when the weights carry a band spec."""
+    if channels == 3 and not stored:
+        pixels = decoded_rgb(image)  # 8-bit JPEG/PNG: torchvision.io, the same pixels as Pillow's
+        if pixels is not None:
+            return orient_array(pixels, orientation)
     # The pages of a multi-band TIFF are bands, not a photo: they are never turned.
-    if orient and getattr(image, "n_frames", 1) == 1:
-        image = oriented(image)
+    if orientation != 1 and getattr(image, "n_frames", 1) == 1:
+        image = ImageOps.exif_transpose(image)
+    if stored:
+        return stored_values(image, channels, what)
     if channels == 3:
         return np.array(pil_to_rgb(image, what=what))
     return pil_to_array(image, channels, what=what)
 
 
-def _read_npy(path: Path, channels: int) -> np.ndarray:
+def _decode_picture(
+    path: Path, convert: Callable[[Image.Image], _T], raster: Callable[[np.ndarray], _T], channels: int, stored: bool
+) -> _T:
+    """``convert`` of the picture at ``path``; a multi-band TIFF that Pillow cannot decode is read
+    with rasterio (``raster`` of its stored values) when stored values are asked for (band specs)."""
+    try:
+        return decode_file(path, convert)
+    except ValueError as exc:
+        if path.suffix.lower() not in RASTER_SUFFIXES or exc.__cause__ is None:
+            raise  # not Pillow failing to decode a TIFF (e.g. a channel count that does not match)
+        if not stored:
+            raise ValueError(
+                f"{exc}. A multi-band raster (e.g. a GeoTIFF of uint16 bands) is read in its own units by weights "
+                "with a band spec (pretrained_cfg['bands'], docs/inference.md#bands-in-their-own-units), "
+                'with rasterio installed (pip install "pspnet_lib[geo]")'
+            ) from exc
+    return raster(read_raster(path, channels))
+
+
+def _read_npy(path: Path, channels: int, stored: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     _check_npy_size(path)
-    return _npy_array(path, channels, str(path))
+    return _npy_array(path, channels, str(path), stored)
 
 
-def _npy_array(source: Path | io.BytesIO, channels: int, what: str) -> np.ndarray:
+def _npy_array(source: Path | io.BytesIO, channels: int, what: str, stored: bool = False) -> np.ndarray:
     try:
         array = np.load(source, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {what} as a NumPy array ({type(exc).__name__}: {exc})") from exc
+    if stored:
+        if array.dtype == np.bool_ or array.dtype.kind not in "uif" or array.ndim not in (2, 3):
+            raise ValueError(f"{what} holds a {array.ndim}-D {array.dtype} array; expected (H, W, C) or (H, W) bands")
+        array = array[..., None] if array.ndim == 2 else array
+        if array.shape[-1] != channels:
+            raise ValueError(
+                f"{what} has {array.shape[-1]} band(s) (shape {array.shape}) but the model takes {channels} "
+                "(config.in_channels); .npy images are (H, W, C)"
+            )
+        return array
     return to_image_tensor(array, channels, what=what).permute(1, 2, 0).numpy()
 
 
@@ -163,7 +201,26 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
         return None
 
 
-def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True) -> np.ndarray:
+def read_stored(path: str | os.PathLike, channels: int, *, exif_orientation: bool = True) -> np.ndarray:
+    """The stored values of an image file, ``(H, W, channels)`` in the file's own type (uint8, uint16,
+    int16, int32, float32; ``.npy`` any integer or float type), one band per channel: pictures and
+    single- or multi-page TIFFs through Pillow, multi-band TIFFs (GeoTIFFs) through rasterio. Not
+    checked against a band spec (``pspnet stats`` learns a folder's type from it)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path, channels, stored=True)
+    return _decode_picture(
+        path,
+        lambda image: _picture_array(image, channels, str(path), orientation(image) if exif_orientation else 1, True),
+        lambda raster: raster,
+        channels,
+        True,
+    )
+
+
+def read_image(
+    path: str | os.PathLike, channels: int = 3, *, exif_orientation: bool = True, band_spec: BandSpec | None = None
+) -> np.ndarray:
     """Read an image file as an ``(H, W, channels)`` array for a model of ``channels`` input channels.
 
     Pictures give ``uint8`` (see :func:`pil_to_array`), turned as their EXIF Orientation tag says
@@ -171,13 +228,23 @@ def read_image(path: str | os.PathLike, channels: int = 3, *, exif_orientation: 
     pixels); ``.npy`` files hold an ``(H, W, C)`` or ``(H, W)`` array of uint8 or float in [0, 1]
     (read without pickle; float stays float).
 
+    With ``band_spec`` (the weights' :class:`~pspnet_lib.core.band_spec.BandSpec`): :func:`read_stored`,
+    whose bit depth must agree with the spec's.
+
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file when it
-    cannot be decoded or its channels do not match.
+    cannot be decoded, its channels do not match or its bit depth is not the spec's,
+    ``ImportError`` for a multi-band TIFF without rasterio installed.
     """
     path = Path(path)
+    if band_spec is not None:
+        array = read_stored(path, channels, exif_orientation=exif_orientation)
+        check_input_dtype(array.dtype, band_spec, str(path))
+        return array
     if path.suffix.lower() == ".npy":
         return _read_npy(path, channels)
-    return decode_file(path, lambda image: _picture_array(image, channels, str(path), exif_orientation))
+    turn = exif_orientation
+    convert = lambda image: _picture_array(image, channels, str(path), orientation(image) if turn else 1)  # noqa: E731
+    return _decode_picture(path, convert, lambda raster: raster, channels, False)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -209,7 +276,9 @@ class PictureAndMask(NamedTuple):
     unapplied_orientation: int | None
 
 
-def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3) -> PictureAndMask:
+def read_pair(
+    image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: int = 3, band_spec: BandSpec | None = None
+) -> PictureAndMask:
     """A picture and its mask, by the EXIF rule every dataset follows.
 
     The picture is turned as its EXIF orientation says (:func:`read_image`) and the mask read as
@@ -219,6 +288,7 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     e.g. labelImg, or CVAT before #4529); then the stored pixels are used and
     ``unapplied_orientation`` says so, for the caller to warn. (A 180-degree turn or a mirror does
     not change the size, so nothing can tell; the picture is then used upright, as shown.)
+    ``band_spec``: read the picture's stored values (see :func:`read_image`).
 
     Raises ``FileNotFoundError``/``ValueError`` naming the file as :func:`read_image` and
     :func:`read_mask` do.
@@ -226,16 +296,21 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     image_path = Path(image_path)
     mask = read_mask(mask_path)
     if image_path.suffix.lower() == ".npy":
-        return PictureAndMask(_read_npy(image_path, channels), mask, None)
+        return PictureAndMask(read_image(image_path, channels, band_spec=band_spec), mask, None)
 
     def convert(image: Image.Image) -> PictureAndMask:
         stored = (image.height, image.width)
-        tag = exif_orientation(image)
-        keep_stored = upright_size(image) != mask.shape[:2] and stored == mask.shape[:2]
-        array = _picture_array(image, channels, str(image_path), orient=not keep_stored)
+        tag = orientation(image)
+        upright = stored[::-1] if tag in QUARTER_TURNS else stored
+        keep_stored = upright != mask.shape[:2] and stored == mask.shape[:2]
+        array = _picture_array(image, channels, str(image_path), 1 if keep_stored else tag, band_spec is not None)
         return PictureAndMask(array, mask, tag if keep_stored else None)
 
-    return decode_file(image_path, convert)
+    pair = _decode_picture(
+        image_path, convert, lambda raster: PictureAndMask(raster, mask, None), channels, band_spec is not None
+    )
+    check_input_dtype(pair.image.dtype, band_spec, str(image_path))
+    return pair
 
 
 def decode_image(
@@ -250,120 +325,4 @@ def decode_image(
     data = bytes(data)
     if data.startswith(b"\x93NUMPY"):
         return _npy_array(io.BytesIO(data), channels, what)
-    return decode_bytes(data, lambda image: _picture_array(image, channels, what, True), what)
-
-
-def is_image_batch(images: Any) -> bool:
-    """True for inputs that hold several images: lists/tuples and 4-D tensors or arrays."""
-    if isinstance(images, (list, tuple)):
-        return True
-    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
-        return True
-    return False
-
-
-def _check_range(x: torch.Tensor, what: str) -> torch.Tensor:
-    if x.is_floating_point():
-        if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-            lo, hi = float(x.min()), float(x.max())
-            raise ValueError(
-                f"a floating-point {what} must hold values in [0, 1], got values in [{lo:.4g}, {hi:.4g}]. "
-                "Pass uint8 pixels (0..255) or divide by 255; do not normalise it yourself, "
-                "predict applies the mean/std stored with the weights"
-            )
-        return x.float()
-    if x.dtype == torch.uint8:
-        return x
-    raise TypeError(
-        f"unsupported {what} dtype {x.dtype}; expected uint8 (0..255) or float in [0, 1]. "
-        "Convert with x.to(torch.uint8) or x.float() / 255"
-    )
-
-
-def _channels_first(x: torch.Tensor, what: str, channels_last: bool, channels: int = 3) -> torch.Tensor:
-    """(C, H, W) or (H, W, C) or (H, W) -> (channels, H, W); for 3: gray repeated, alpha dropped."""
-    original = tuple(x.shape)
-    if x.ndim == 2:
-        x = x.unsqueeze(0)
-    elif x.ndim == 3:
-        if channels_last:
-            x = x.permute(2, 0, 1)
-        elif x.shape[0] not in (1, 3, 4, channels) and x.shape[-1] in (1, 3, 4, channels):
-            raise ValueError(
-                f"the {what} of shape {tuple(x.shape)} looks channels-last (H, W, C); tensors must be "
-                "channels-first (C, H, W): use x.permute(2, 0, 1)"
-            )
-    else:
-        raise ValueError(
-            f"cannot use a {x.ndim}-D {what} of shape {tuple(x.shape)} as an image; expected {ACCEPTED_INPUTS}"
-        )
-    found = x.shape[0]
-    if found != channels:
-        if channels == 3 and found == 1:
-            x = x.expand(3, -1, -1)
-        elif channels == 3 and found == 4:
-            x = x[:3]
-        else:
-            layout = "(H, W, C)" if channels_last else "(C, H, W)"
-            accepted = "1 (grayscale), 3 (RGB) or 4 (RGBA)" if channels == 3 else str(channels)
-            hint = ""
-            if channels_last and original[0] == channels and original[-1] != channels:
-                hint = f"; it looks channels-first: use np.moveaxis(image, 0, -1) for (H, W, {channels})"
-            raise ValueError(
-                f"the {what} of shape {original} has {found} channels in layout {layout} but the model takes "
-                f"{channels} (config.in_channels); expected {accepted}{hint}"
-            )
-    if x.shape[1] < 1 or x.shape[2] < 1:
-        raise ValueError(f"the {what} is empty (shape {original}); expected at least 1x1 pixels")
-    return x.contiguous()
-
-
-def to_image_tensor(image: Any, channels: int = 3, *, what: str | None = None) -> torch.Tensor:
-    """Convert one image of any accepted kind to a ``(channels, H, W)`` tensor (uint8 or float in [0, 1]).
-
-    Args:
-        image: a path (pictures, multi-page TIFFs, ``.npy``), PIL image, NumPy array
-            ``(H, W, C)``/``(H, W)`` or tensor ``(C, H, W)``/``(H, W)``, of uint8 or float in [0, 1].
-        channels: the model's ``config.in_channels``. For 3, C may also be 1 (repeated) or 4
-            (alpha dropped); otherwise C must equal ``channels`` (pictures: see :func:`pil_to_array`).
-        what: how to name the input in errors (default: its kind, or the file path).
-
-    Raises ``TypeError``/``ValueError`` naming the problem and the accepted kinds.
-    """
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image, channels)
-        if image.dtype == np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
-    if isinstance(image, Image.Image):
-        array = pil_to_array(image, channels, what=what or "the PIL image")
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
-    if isinstance(image, np.ndarray):
-        kind = what or "NumPy image"
-        if image.dtype == np.bool_ or not (
-            np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
-        ):
-            raise TypeError(f"unsupported {kind} dtype {image.dtype}; expected uint8 (0..255) or float in [0, 1]")
-        if np.issubdtype(image.dtype, np.integer) and image.dtype != np.uint8:
-            raise TypeError(
-                f"unsupported {kind} dtype {image.dtype}; expected uint8 (0..255) or float in [0, 1]. "
-                "Convert with image.astype(np.uint8) if the values are 0..255, or (image / 257).round().astype(np.uint8) "
-                "for 16-bit data"
-            )
-        if not image.flags.writeable:  # e.g. np.asarray(pil_image); torch.from_numpy warns on those
-            image = image.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(image))
-        return _channels_first(_check_range(tensor, kind), kind, channels_last=tensor.ndim == 3, channels=channels)
-    if isinstance(image, torch.Tensor):
-        kind = what or "tensor image"
-        if image.dtype == torch.bool:
-            raise TypeError(f"unsupported {kind} dtype torch.bool; expected uint8 (0..255) or float in [0, 1]")
-        tensor = image.detach().cpu()
-        return _channels_first(_check_range(tensor, kind), kind, channels_last=False, channels=channels)
-    raise TypeError(f"cannot use an object of type {type(image).__name__} as an image; expected {ACCEPTED_INPUTS}")
-
-
-def to_rgb_tensor(image: Any) -> torch.Tensor:
-    """:func:`to_image_tensor` for 3-channel (RGB) models: a ``(3, H, W)`` tensor, uint8 or float in [0, 1]."""
-    return to_image_tensor(image, 3)
+    return decode_bytes(data, lambda image: _picture_array(image, channels, what, orientation(image)), what)

@@ -44,13 +44,15 @@ UNLIMITED_SIDE = 1 << 30
 _PROTOCOL_KEYS = ("mode", "resize", "crop", "stride", "scales", "flip")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """True for an integer that is not a bool (Python or NumPy)."""
     if type(v) is int:  # the common case, without the (slow) abstract-class check
         return True
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """True for a finite real number that is not a bool (Python or NumPy)."""
     try:
         if type(v) is float or type(v) is int:
             return math.isfinite(v)
@@ -72,8 +74,8 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-class _Fail:
-    """Builds the one-line errors: ``<what>: <prefix><key> must be <expected>, got <value>``."""
+class StoredValueError:
+    """Builds the one-line errors of stored settings: ``<what>: <prefix><key> must be <expected>, got <value>``."""
 
     def __init__(self, what: str, prefix: str) -> None:
         self.what, self.prefix = what, prefix
@@ -83,7 +85,13 @@ class _Fail:
         return ValueError(f"{self.what}: {self.prefix}{key} must be {expected}, got {shown}")
 
 
-def _size(value: Any, key: str, fail: _Fail, *, pair_only: bool = False) -> tuple[int, int]:
+# The names the modules of this floor imported before these were public.
+_is_int = is_int
+_is_number = is_number
+_Fail = StoredValueError
+
+
+def _size(value: Any, key: str, fail: StoredValueError, *, pair_only: bool = False) -> tuple[int, int]:
     """An int (square) or ``[a, b]`` of pixel sizes in ``[1, MAX_SIDE]``, as a pair."""
     expected = f"{'' if pair_only else 'an integer or '}a pair of integers in [1, {MAX_SIDE}]"
     if _is_int(value) and not pair_only:

@@ -13,7 +13,10 @@ back exactly the stored form, so existing files round-trip byte for byte.
 The stored keys and their sources:
 
 * ``mean``/``std``: per input channel on the 0..1 scale (mmsegmentation's data preprocessor
-  uses ``mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]`` on 0..255: ImageNet's);
+  uses ``mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]`` on 0..255: ImageNet's),
+  or in the units of the band spec when there is one;
+* ``bands``: the radiometric spec of bands stored in their own units (dtype, scale/offset or
+  range, nodata), a :class:`~pspnet_lib.core.band_spec.BandSpec`; absent for photos;
 * ``classes``, ``palette`` (``[r, g, b]`` in 0..255), ``ignore_index``, ``reduce_zero_label``:
   the dataset's conventions (mmsegmentation's ``BaseSegDataset.METAINFO`` and loaders);
 * ``inference``: the test protocol of the published single-scale number, ``tta``: the multi-scale
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .band_spec import BandSpec, check_nodata_label
 from .constants import (
     GENERIC_MEAN,
     GENERIC_STD,
@@ -88,8 +92,11 @@ class PretrainedCfg:
 
     Attributes:
         mean, std: input normalisation, one value per input channel on the 0..1 scale (the model
-            sees ``(x / 255 - mean) / std``). Default: ImageNet's for 3 channels, else
+            sees ``(x / 255 - mean) / std``), or in the band spec's units (``(stored * scale +
+            offset - mean) / std``). Default: ImageNet's for 3 channels, else
             :data:`~pspnet_lib.core.constants.GENERIC_MEAN`/``GENERIC_STD`` repeated.
+        bands: the :class:`~pspnet_lib.core.band_spec.BandSpec` of inputs stored in their own
+            units (multispectral rasters), or None (pictures: the photo rules of docs/inference.md).
         in_channels: the model's input channels the statistics are for (not stored).
         classes: class names in index order, or None when the weights carry none.
         palette: one ``(r, g, b)`` colour (0..255) per class, or None.
@@ -110,6 +117,7 @@ class PretrainedCfg:
     mean: tuple[float, ...] = _DEFAULT
     std: tuple[float, ...] = _DEFAULT
     in_channels: int = 3
+    bands: BandSpec | None = None
     classes: tuple[str, ...] | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
     ignore_index: int = _DEFAULT
@@ -158,6 +166,12 @@ class PretrainedCfg:
             value = getattr(self, key)
             if value is not None and not isinstance(value, InferenceProtocol):
                 raise fail(key, "an InferenceProtocol", value)
+        if self.bands is not None:
+            if not isinstance(self.bands, BandSpec):
+                raise fail("bands", "a BandSpec", self.bands)
+            if self.bands.bands != n:
+                raise fail("bands", f"a BandSpec of {n} bands (config.in_channels)", self.bands)
+            check_nodata_label(self.bands, self.ignore_index, self.num_classes, "PretrainedCfg")
 
     @classmethod
     def from_dict(
@@ -174,7 +188,8 @@ class PretrainedCfg:
         Raises:
             ValueError: in one line naming ``what``, the key, what was expected and the value:
                 ``mean``/``std`` not finite numbers, not one per channel (or one), ``std`` not
-                positive; ``classes`` not strings; ``palette`` not ``[r, g, b]`` in 0..255;
+                positive; ``bands`` invalid (see :meth:`BandSpec.from_dict`) or, with ``nodata``,
+                labelling missing pixels with an ``ignore_index`` that is a class value; ``classes`` not strings; ``palette`` not ``[r, g, b]`` in 0..255;
                 ``ignore_index`` not an integer; ``reduce_zero_label`` not a bool; ``inference``
                 / ``tta`` invalid (see :class:`InferenceProtocol`); provenance not strings.
         """
@@ -188,10 +203,17 @@ class PretrainedCfg:
             raise ValueError(
                 f"{what}: pretrained_cfg mean and std must have the same length, got {len(stats['mean'])} and {len(stats['std'])}"
             )
+        bands = None
+        if d.get("bands") is not None:  # one value for every band: as many bands as the statistics say
+            guess = in_channels if in_channels is not None else max((len(v) for v in stats.values()), default=None)
+            bands = BandSpec.from_dict(d["bands"], guess, what=what)
         if in_channels is None:
-            in_channels = max((len(v) for v in stats.values()), default=3)
+            lengths = [len(v) for v in stats.values()] + ([bands.bands] if bands is not None else [])
+            in_channels = max(lengths, default=3)
             stats = {k: v * in_channels if len(v) == 1 else v for k, v in stats.items()}
         values: dict[str, Any] = dict(stats)
+        if bands is not None:
+            values["bands"] = bands
         classes = d.get("classes")
         if classes is not None:
             if not (
@@ -235,6 +257,8 @@ class PretrainedCfg:
             values["metrics"] = _copy(dict(d["metrics"]))
         typed = {_STORED_NAME.get(k, k) for k in _typed_fields()}
         extra = {k: _copy(v) for k, v in d.items() if k not in typed}
+        classes_count = len(values["classes"]) if "classes" in values else None
+        check_nodata_label(bands, values.get("ignore_index", IGNORE_INDEX), classes_count, what)
         cfg = cls(in_channels=in_channels, extra=extra, **values)
         stored = {k: _CANONICAL if _is_canonical(k, v) else _copy(v) for k, v in d.items() if k in typed}
         object.__setattr__(cfg, "_raw", stored)
@@ -303,7 +327,7 @@ def _typed_fields() -> tuple[str, ...]:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, InferenceProtocol):
+    if isinstance(value, (InferenceProtocol, BandSpec)):
         return value.to_dict()
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]

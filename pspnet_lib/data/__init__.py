@@ -43,8 +43,9 @@ from .registry import (
     register_dataset,
     unregister_dataset,
 )
+from .stats import BandStats, compute_stats
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
-from .transforms import RandomScale, ToImageMask, eval_transforms, train_transforms
+from .transforms import RandomScale, ScaleBands, ToImageMask, eval_transforms, train_transforms
 
 __all__ = [
     "IGNORE_INDEX",
@@ -64,6 +65,8 @@ __all__ = [
     "ADE20KDataset",
     "CityscapesDataset",
     "FolderDataset",
+    "BandStats",
+    "compute_stats",
     "PascalContextDataset",
     "PascalContext59Dataset",
     "COCOStuff10kDataset",
@@ -94,5 +97,6 @@ __all__ = [
     "RandomScale",
     "ToImageMask",
     "train_transforms",
+    "ScaleBands",
     "eval_transforms",
 ]

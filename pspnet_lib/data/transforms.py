@@ -21,11 +21,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..core.band_spec import BandSpec
+from ..core.bands import normalise, scale_bands
 from ..core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..core.geometry import rescale_size
 from ..core.inference_protocol import MAX_SIDE
+from ..core.pretrained_cfg import PretrainedCfg
 
-__all__ = ["ToImageMask", "RandomScale", "train_transforms", "eval_transforms", "mask_fill_values"]
+__all__ = ["ToImageMask", "RandomScale", "ScaleBands", "train_transforms", "eval_transforms", "mask_fill_values"]
 
 _SPATIAL_TYPES = (tv_tensors.Image, tv_tensors.Video, tv_tensors.Mask, PIL.Image.Image)
 
@@ -115,6 +118,41 @@ class RandomScale(v2.Transform):
         return F.resize(inpt, params["size"], interpolation=self.interpolation, antialias=self.antialias)
 
 
+class ScaleBands(v2.Transform):
+    """Stored band values (the image of a ``(image, mask)`` pair) into the band spec's units.
+
+    ``normalize=False``: ``stored * scale + offset``, nodata values set to the band's mean (the
+    training augmentation resamples these, then normalises); ``normalize=True``: the model input
+    itself, :func:`pspnet_lib.core.bands.normalise`, the function ``predict`` and export use.
+    Masks pass unchanged.
+
+    Args:
+        mean, std: the statistics after scaling, one per band.
+        band_spec: the :class:`~pspnet_lib.core.band_spec.BandSpec` (or its stored dict).
+        normalize: see above.
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], band_spec: BandSpec | dict[str, Any], normalize: bool = True
+    ) -> None:
+        super().__init__()
+        self.cfg = _band_cfg(mean, std, band_spec)
+        self.normalize = normalize
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        values = inpt.as_subclass(torch.Tensor)
+        out = normalise(values, self.cfg) if self.normalize else scale_bands(values, self.cfg)
+        return tv_tensors.wrap(out, like=inpt)
+
+
+def _band_cfg(mean: Sequence[float], std: Sequence[float], band_spec: BandSpec | dict[str, Any]) -> PretrainedCfg:
+    channels = len(mean)
+    spec = band_spec if isinstance(band_spec, BandSpec) else BandSpec.from_dict(band_spec, channels, what="band_spec=")
+    return PretrainedCfg(in_channels=channels, mean=tuple(mean), std=tuple(std), bands=spec)
+
+
 def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     """``(height, width)`` in pixels from one int (square) or a pair.
 
@@ -149,6 +187,7 @@ def train_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = IGNORE_INDEX,
+    band_spec: BandSpec | dict[str, Any] | None = None,
 ) -> v2.Compose:
     """The PSPNet paper's training augmentation (the steps of the author's training code).
 
@@ -171,8 +210,13 @@ def train_transforms(
         blur_kernel, blur_sigma: blur kernel size and sigma (a float, or a ``(min, max)`` range to
             draw from). The defaults equal the author's ``cv2.GaussianBlur(img, (5, 5), 0)``.
         flip_p: probability of a horizontal flip; 0 disables.
-        mean, std: normalisation on the 0..1 scale (those of the pretrained weights).
+        mean, std: normalisation on the 0..1 scale (those of the pretrained weights); with
+            ``band_spec``, in the band spec's units.
         ignore_index: mask value of padded and rotated-in pixels.
+        band_spec: the band spec of images in their own units (``PretrainedCfg.of(model).bands``):
+            the stored values are first scaled to the spec's units (:class:`ScaleBands`; nodata
+            values become the band's mean), then scaled, rotated, cropped, blurred and flipped
+            in float; the steps and the fill are the same.
 
     Returns a :class:`torchvision.transforms.v2.Compose` mapping ``(Image uint8 (3, H, W), Mask
     (H, W))`` to ``(float32 (3, h, w) normalised, int64 (h, w))`` plain tensors. Plain inputs (PIL
@@ -185,9 +229,12 @@ def train_transforms(
     fill = {tv_tensors.Image: mean, tv_tensors.Mask: ignore_index}
     to_float = v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True)
     steps: list[v2.Transform] = [ToImageMask()]
+    if band_spec is not None:  # stored values: into the spec's units first (no uint8 fast path to keep)
+        steps.append(ScaleBands(mean, std, band_spec, normalize=False))
     if scale_range is not None:
         steps.append(RandomScale(scale_range, base_size=base_size))
-    steps.append(to_float)
+    if band_spec is None:
+        steps.append(to_float)
     if rotation and rotation_p > 0:
         rotate = v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
         steps.append(v2.RandomApply([rotate], p=rotation_p))
@@ -202,7 +249,11 @@ def train_transforms(
 
 
 def eval_transforms(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *, normalize: bool = True
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    normalize: bool = True,
+    band_spec: BandSpec | dict[str, Any] | None = None,
 ) -> v2.Compose:
     """Deterministic evaluation transform: float in [0, 1] and normalisation, no resizing.
 
@@ -213,11 +264,17 @@ def eval_transforms(
         mean, std: normalisation on the 0..1 scale.
         normalize: ``False`` keeps the uint8 image (e.g. for :func:`pspnet_lib.engine.evaluate.evaluate`,
             which then normalises with the model's own ``pretrained_cfg``).
+        band_spec: the band spec of images stored in their own units: the model input is then
+            :func:`pspnet_lib.core.bands.normalise` of them (:class:`ScaleBands`), exactly what
+            ``predict`` and export compute, with ``normalize=False`` too (float bands could not be
+            told from normalised input, which ``evaluate`` takes as it is).
 
     Returns a Compose mapping ``(Image, Mask)`` to ``(image, int64 mask)`` plain tensors.
     """
     steps: list[v2.Transform] = [ToImageMask()]
-    if normalize:
+    if band_spec is not None:
+        steps += [ScaleBands(mean, std, band_spec), v2.ToDtype({tv_tensors.Image: None, tv_tensors.Mask: torch.int64})]
+    elif normalize:
         steps += [
             v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
             v2.Normalize([float(m) for m in mean], [float(s) for s in std]),

@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._progress import progress_bar
+from ..core.bands import normalise
 from ..core.constants import IGNORE_INDEX
 from ..core.inference_protocol import InferenceProtocol, protocol_from_keywords
 from ..core.pretrained_cfg import PretrainedCfg
@@ -24,18 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 def normalize_images(images: torch.Tensor, model: nn.Module, cfg: PretrainedCfg | None = None) -> torch.Tensor:
-    """Turn a uint8 batch into the float input the model expects (its ``pretrained_cfg`` mean/std).
+    """Turn a batch of stored values into the float input the model expects (its ``pretrained_cfg``):
+    uint8 pictures by mean/std, integer bands by the band spec (:func:`pspnet_lib.core.bands.normalise`).
 
-    A floating-point batch is taken to be normalised already and returned unchanged. Raises
-    ``ValueError`` when the stored mean/std do not have one value per input channel. ``cfg``:
-    ``PretrainedCfg.of(model)`` when the caller has it already (parsed once per evaluation).
+    A floating-point batch is taken to be normalised already and returned unchanged (datasets of
+    float bands normalise in their transforms: ``eval_transforms(mean, std, band_spec=...)``). Raises
+    ``ValueError`` when the stored mean/std do not have one value per input channel, or the batch's
+    bit depth is not the band spec's. ``cfg``: ``PretrainedCfg.of(model)`` when the caller has it
+    already (parsed once per evaluation).
     """
     if images.is_floating_point():
         return images
-    cfg = cfg if cfg is not None else PretrainedCfg.of(model)
-    mean = torch.tensor(cfg.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return normalise(images, cfg if cfg is not None else PretrainedCfg.of(model), what="the batch")
 
 
 def _check_class_counts(model: nn.Module, dataset: Dataset, num_classes: int | None) -> int:

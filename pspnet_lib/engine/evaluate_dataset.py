@@ -186,7 +186,9 @@ def evaluate_dataset(
         if dataset == "folder":
             generic_classes(data_root, num_classes, options)
             options["ignore_index"] = cfg.ignore_index  # what the model was trained with (--ignore-index)
-        data = build_dataset(dataset, data_root, chosen, eval_transforms(normalize=False), **options)
+            options.update(in_channels=cfg.in_channels, band_spec=cfg.bands)  # the bands as the model reads them
+        transforms = eval_transforms(cfg.mean, cfg.std, normalize=False, band_spec=cfg.bands)  # evaluate normalises
+        data = build_dataset(dataset, data_root, chosen, transforms, **options)
         if data.num_classes != num_classes:
             raise SettingError(
                 f"the model predicts {num_classes} classes but the {dataset} dataset has {data.num_classes}; "

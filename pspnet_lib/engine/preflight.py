@@ -19,6 +19,11 @@ batch > 1, no crop
 masks padded with a value      the loss would stop at the first padded batch            error
 that is no class and not the
 ignore index
+another band count or a band   the zoo datasets are RGB photos; a band settings file     error
+spec for a zoo dataset, bad    that does not fit ``in_channels``, or ``rgb_bands``
+band settings, ``rgb_bands``   without RGB weights, would fail later or silently
+without RGB weights
+folder without class names     the classes are named ``class_0`` ...                    warning
 =============================  =======================================================  ========
 
 Mixed sizes are refused rather than padded together: a crop is the recipe's way to one size, and
@@ -30,24 +35,31 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import default_collate
 
+from ..core.band_spec import BandSpec
+from ..core.bands import band_settings
+from ..core.pretrained_cfg import PretrainedCfg
 from ..data import train_transforms
 from ..data.transforms import mask_fill_values, size_pair
+from ..hub.input_conv import check_rgb_bands
 from .config import SettingError
 
 __all__ = [
     "MIN_VAL_IMAGES",
     "check_augment",
+    "check_band_settings",
     "check_batching",
     "check_class_count",
     "check_crop_size",
     "check_mask_fill",
     "check_val_size",
+    "generic_classes",
     "one_size_collate",
 ]
 
@@ -223,3 +235,58 @@ def one_size_collate(batch: Sequence[Any]) -> Any:
                 "one size: crop them (train_transforms(crop_size=...); CLI: --crop-size N) or use batch_size=1"
             )
     return default_collate(list(batch))
+
+
+def generic_classes(data_root: str | os.PathLike, num_classes: int | None, options: dict[str, Any]) -> None:
+    """A folder with no class names (no ``classes`` option, no ``classes.txt``) and a known class
+    count: name the classes ``class_0`` ... (in ``options``), with a warning."""
+    if "classes" in options or not num_classes or os.path.isfile(os.path.join(data_root, "classes.txt")):
+        return
+    options["classes"] = [f"class_{i}" for i in range(num_classes)]
+    logger.warning(
+        "no class names for %s (no classes option / --classes, no classes.txt): using class_0 .. class_%d; "
+        "write classes.txt (one name per line) to name them",
+        data_root,
+        num_classes - 1,
+    )
+
+
+def check_band_settings(
+    dataset: str,
+    model: Mapping[str, Any],
+    band_spec: str | os.PathLike | Mapping[str, Any] | None,
+    rgb_bands: Sequence[int] | None,
+    rgb_weights: str | os.PathLike | None,
+) -> tuple[int, dict[str, Any] | None, BandSpec | None]:
+    """``(in_channels, band settings, band spec)`` of a run, checked before any work: the settings are
+    the ``pretrained_cfg`` entries of ``band_spec`` (:func:`~pspnet_lib.core.bands.band_settings`), the spec
+    their ``bands`` entry (None without one).
+
+    Raises:
+        SettingError: naming ``in_channels``, ``band_spec`` or ``rgb_bands`` (their flags from the CLI):
+            another band count or a band spec for a zoo dataset (folder datasets only), a band
+            settings file that is not valid (its message), ``rgb_bands`` without RGB weights to
+            place or not three band positions.
+    """
+    channels = model.get("in_channels") or 3
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise SettingError(f"{{in_channels}} must be a positive integer, got {SettingError.quote(channels)}")
+    if dataset != "folder" and (channels != 3 or band_spec is not None):
+        raise SettingError(
+            "{in_channels} and {band_spec} apply to {dataset=} only (the zoo datasets are RGB photos)", dataset="folder"
+        )
+    band_cfg = spec = None
+    if band_spec is not None:
+        try:
+            band_cfg = band_settings(band_spec, channels)
+        except (OSError, ValueError) as exc:
+            raise SettingError("{band_spec}: " + SettingError.escape(exc)) from None
+        spec = PretrainedCfg.from_dict(band_cfg, channels).bands
+    if rgb_bands is not None:
+        if not rgb_weights:
+            raise SettingError("{rgb_bands} places RGB weights in the bands: give {weights} or {weights_backbone}")
+        try:
+            check_rgb_bands(rgb_bands, channels)
+        except ValueError as exc:
+            raise SettingError("{rgb_bands}: " + SettingError.escape(exc)) from None
+    return channels, band_cfg, spec

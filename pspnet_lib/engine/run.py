@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,15 @@ from ..models import build_pspnet
 from ..recipes import check_recipe, load_recipe
 from . import distributed as D
 from .config import SettingError, TrainConfig, auto_amp
-from .preflight import check_augment, check_batching, check_class_count, check_crop_size, check_val_size
+from .preflight import (
+    check_augment,
+    check_band_settings,
+    check_batching,
+    check_class_count,
+    check_crop_size,
+    check_val_size,
+    generic_classes,
+)
 from .sampler import set_seed
 from .trainer import Trainer
 from .trainer_state import RUN_FILES
@@ -47,6 +55,7 @@ __all__ = [
     "RUN_FILES",
     "RunDirectoryError",
     "TrainingRun",
+    "check_band_settings",
     "check_dataset_options",
     "generic_classes",
     "resolve_settings",
@@ -119,20 +128,6 @@ def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
         raise SettingError(f"{names} appl{'ies' if len(given) == 1 else 'y'} to {{dataset=}} only", dataset="folder")
 
 
-def generic_classes(data_root: str | os.PathLike, num_classes: int | None, options: dict[str, Any]) -> None:
-    """A folder with no class names (no ``classes`` option, no ``classes.txt``) and a known class
-    count: name the classes ``class_0`` ... (in ``options``), with a warning."""
-    if "classes" in options or not num_classes or os.path.isfile(os.path.join(data_root, "classes.txt")):
-        return
-    options["classes"] = [f"class_{i}" for i in range(num_classes)]
-    logger.warning(
-        "no class names for %s (no classes option / --classes, no classes.txt): using class_0 .. class_%d; "
-        "write classes.txt (one name per line) to name them",
-        data_root,
-        num_classes - 1,
-    )
-
-
 @dataclass
 class TrainingRun:
     """Everything a training run needs: the model, the datasets, the settings and where to resume.
@@ -203,6 +198,8 @@ class TrainingRun:
         dataset_options: Mapping[str, Any] | None = None,
         world_size: int | None = None,
         protect: Iterable[str | os.PathLike] = (),
+        band_spec: str | os.PathLike | Mapping[str, Any] | None = None,
+        rgb_bands: Sequence[int] | None = None,
     ) -> TrainingRun:
         """A run from settings of the recipe shape (see :func:`resolve_settings`) and a data root.
 
@@ -227,6 +224,9 @@ class TrainingRun:
             world_size: processes of the run (default ``$WORLD_SIZE`` or 1), to compare the
                 images per step with the recipe's.
             protect: more files the run must never write over.
+            band_spec, rgb_bands: folder images in their own units (a band settings file or dict, recorded with
+                the model; default: the spec of ``weights``) and where RGB weights go in them (see
+                :func:`~pspnet_lib.engine.preflight.check_band_settings`, :func:`~pspnet_lib.load_pretrained`).
 
         Raises:
             SettingError: a setting out of range or contradicting the data (a ``ValueError``);
@@ -251,9 +251,12 @@ class TrainingRun:
         options = dict(dataset_options or {})
         check_dataset_options(name, options)
         out_dir = settings["train"]["out_dir"]
-        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect])
+        _check_run_dir(out_dir, data_root, [weights, weights_backbone], [options.get("classes"), *protect, band_spec])
         config = TrainConfig.from_dict(settings["train"])  # validates every setting before any work
         check_augment(settings["augment"])
+        channels, band_cfg, spec = check_band_settings(
+            name, settings["model"], band_spec, rgb_bands, weights or weights_backbone
+        )
         # Seed before anything random happens (the model's initialisation, the data split and sample,
         # the transforms): two runs with the same seed then start from the same weights, and a run
         # killed before its first checkpoint restarts from the same initialisation.
@@ -269,6 +272,7 @@ class TrainingRun:
             if flat:
                 split = None  # a flat folder without validation: train on every pair
             options["ignore_index"] = config.ignore_index  # the value the user's masks store
+            options.update(in_channels=channels, band_spec=spec)
         # Classes first (the model's classifier width), from the dataset without transforms.
         probe = build_dataset(name, data_root, split, None, **options)
         check_class_count(probe.classes)
@@ -293,16 +297,23 @@ class TrainingRun:
         aug = dict(settings["augment"])
         check_batching(aug, sizes, config.batch_size)
         check_crop_size(aug.get("crop_size"), sizes)
-        model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume)
+        model = _build_model(settings["model"], num_classes, weights, weights_backbone, resume, rgb_bands)
+        if band_cfg is not None:  # recorded with the weights: predict, export and calibration read the data so
+            setattr(model, "pretrained_cfg", {**(getattr(model, "pretrained_cfg", None) or {}), **band_cfg})
         cfg = PretrainedCfg.of(model)
+        if name == "folder" and (cfg.in_channels, cfg.bands) != (channels, spec):
+            # The weights take other bands (e.g. they carry a band spec): read the data so, check again.
+            options.update(in_channels=cfg.in_channels, band_spec=cfg.bands)
+            build_dataset(name, data_root, split, None, **options).verify(
+                max_images=PREFLIGHT_SAMPLES, warn_absent=False
+            )
         mean, std = list(cfg.mean), list(cfg.std)
         transforms = train_transforms(  # augmentation settings checked in check_augment
-            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, **aug
+            aug.pop("crop_size"), mean=mean, std=std, ignore_index=config.ignore_index, band_spec=cfg.bands, **aug
         )
         train_set = build_dataset(name, data_root, split, transforms, **options)
-        val_set = (
-            build_dataset(name, data_root, val_split, eval_transforms(normalize=False), **options) if validate else None
-        )
+        val_transforms = eval_transforms(mean, std, normalize=False, band_spec=cfg.bands)  # evaluate normalises
+        val_set = build_dataset(name, data_root, val_split, val_transforms, **options) if validate else None
         if val_set is not None:
             fraction = options.get("val_fraction")
             check_val_size(len(val_set), len(val_set) + len(train_set) if fraction else None, fraction)
@@ -330,13 +341,18 @@ def _build_model(
     weights: str | os.PathLike | None,
     weights_backbone: str | os.PathLike | None,
     resume: bool | str | os.PathLike,
+    rgb_bands: Sequence[int] | None = None,
 ) -> nn.Module:
-    """The network to train: from ``weights``, or built from the model settings (+ ``weights_backbone``)."""
+    """The network to train: from ``weights``, or built from the model settings (+ ``weights_backbone``);
+    RGB weights are adapted to ``in_channels`` bands (``rgb_bands``, see :func:`~pspnet_lib.load_pretrained`)."""
+    adapt: dict[str, Any] = {"rgb_bands": rgb_bands} if rgb_bands is not None else {}
     if weights:
-        return load_pretrained(weights, num_classes=num_classes)
+        if "in_channels" in options:
+            adapt["in_channels"] = options["in_channels"]
+        return load_pretrained(weights, num_classes=num_classes, **adapt)
     options = dict(options)
     backbone = options.pop("backbone", "resnet50")
-    model = build_pspnet(backbone, num_classes, weights_backbone=weights_backbone, **options)
+    model = build_pspnet(backbone, num_classes, weights_backbone=weights_backbone, **options, **adapt)
     if not weights_backbone and not resume:
         logger.warning(
             "training from scratch: no weights or weights_backbone given (CLI: --weights, --backbone-weights; the "

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,9 @@ class LoadReport:
         unexpected: checkpoint keys with no place in the model.
         mismatched: ``(key, checkpoint shape, model shape)`` for keys whose shapes differ.
         discarded: checkpoint keys dropped on request (the aux head with ``aux=False``).
+        adapted: checkpoint keys changed to fit the model before loading, with what was done
+            (the first convolution of RGB weights adapted to another input-channel count, see
+            :mod:`pspnet_lib.hub.input_conv`); they are in ``loaded`` too.
         settings: where each setting of the model came from, by name (``PSPNetConfig`` fields and
             ``pretrained_cfg`` keys): ``"argument"``, ``"zoo entry <name> (by file name)"``,
             ``"checkpoint meta config"``, ``"checkpoint meta CLASSES"``, ``"weights"`` (read
@@ -53,13 +56,14 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     discarded: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    adapted: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when nothing is missing, unexpected or mismatched."""
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def to_dict(self) -> dict[str, list]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
@@ -73,6 +77,8 @@ class LoadReport:
                 ]
                 more = f", ... {len(items) - 4} more" if len(items) > 4 else ""
                 parts.append(f"{len(items)} {name} ({', '.join(shown)}{more})")
+        if self.adapted:
+            parts.append(f"{len(self.adapted)} adapted ({'; '.join(f'{k}: {v}' for k, v in self.adapted.items())})")
         return "; ".join(parts)
 
 

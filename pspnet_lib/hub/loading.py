@@ -13,7 +13,7 @@ import copy
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..core.limits import ResourceLimitError
 from ..models.encoders import is_timm_backbone
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_files import read_pretrained_folder
+from .input_conv import adapt_state_dict, adapted_input_stats
 from .load_report import CLASSIFIER_KEYS, LoadReport, build_loaded, load_weights
 from .resolved import _CONFIG_FIELDS, Resolved, _default_pretrained_cfg, check_model_budget, verify_resolved
 from .serialization import CheckpointError
@@ -73,6 +74,7 @@ def load_pretrained(
     trust_pickle: bool = False,
     pretrained_cfg: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
+    rgb_bands: Sequence[int] | None = None,
     **overrides: Any,
 ) -> PSPNet:
     """Build a PSPNet and load weights from any supported source.
@@ -111,9 +113,15 @@ def load_pretrained(
         device: move the model there (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``); checked
             before anything is read or downloaded: a device this machine lacks is a
             ``RuntimeError``. Default: the CPU.
+        rgb_bands: with ``in_channels=N``: copy the RGB weights of the first convolution into
+            these band positions (0-based red, green, blue, e.g. ``(3, 2, 1)`` for Sentinel-2's
+            13 bands), the other bands starting at zero; without it, RGB weights are adapted to
+            N bands by timm's ``adapt_input_conv`` rule (:mod:`pspnet_lib.hub.input_conv`).
+            ``model.load_report.adapted`` says which was done.
         **overrides: :class:`~pspnet_lib.PSPNetConfig` fields the weights cannot tell, e.g.
-            ``align_corners=True``, ``output_stride=32, dilations=[1, 1, 2, 4]``. Defaults per layout
-            are in :data:`pspnet_lib.hub.converters.LAYOUT_DEFAULTS` (docs/weights.md).
+            ``align_corners=True``, ``output_stride=32, dilations=[1, 1, 2, 4]``, or
+            ``in_channels=N`` to load RGB weights into a model of N input bands (see ``rgb_bands``).
+            Defaults per layout are in :data:`pspnet_lib.hub.converters.LAYOUT_DEFAULTS` (docs/weights.md).
 
     Returns the model in eval mode, with ``model.pretrained_cfg`` (preprocessing, classes,
     palette, inference protocol) and ``model.load_report`` (a :class:`LoadReport`).
@@ -151,7 +159,13 @@ def load_pretrained(
     if pretrained_cfg is not None:
         pretrained_cfg = validate_pretrained_cfg(pretrained_cfg, "the pretrained_cfg argument")
     model = _build_and_load(
-        resolved, num_classes=num_classes, aux=aux, strict=strict, overrides=overrides, extra_cfg=pretrained_cfg
+        resolved,
+        num_classes=num_classes,
+        aux=aux,
+        strict=strict,
+        overrides=overrides,
+        extra_cfg=pretrained_cfg,
+        rgb_bands=rgb_bands,
     )
     return model.to(device) if device is not None else model
 
@@ -174,6 +188,7 @@ def _build_and_load(
     overrides: Mapping[str, Any],
     extra_cfg: Mapping[str, Any] | None,
     norm_layer: Callable[[int], nn.Module] | None = None,
+    rgb_bands: Sequence[int] | None = None,
 ) -> PSPNet:
     config = {k: v for k, v in resolved.config.items() if k in _CONFIG_FIELDS}
     checkpoint_classes = config.get("num_classes") if not resolved.backbone_only else None
@@ -216,16 +231,21 @@ def _build_and_load(
     # The fit is checked on the meta device (with strict, weights that do not fit the architecture
     # a file describes fail before its model is allocated); weights that fill the whole model
     # become its tensors, with no random initialisation to overwrite (build_loaded).
+    # RGB weights on N bands: the first convolution adapted before the load (input_conv).
     reinit, discard = plan(probe)
+    state_dict, adapted = adapt_state_dict(resolved.state_dict, probe, rgb_bands)
     model, report = build_loaded(
         lambda: PSPNet(arch, norm_layer=norm_layer),
-        resolved.state_dict,
+        state_dict,
         meta_model=probe,
         strict=strict,
         reinitialise=reinit,
         discard=discard,
         source=resolved.description,
     )
+    report.adapted = adapted
+    if adapted:
+        pretrained_cfg.update(adapted_input_stats(pretrained_cfg, model.config.in_channels, rgb_bands))
 
     if resolved.backbone_only or (checkpoint_classes is not None and model.config.num_classes != checkpoint_classes):
         origin = {k: pretrained_cfg.pop(k) for k in ("name", "url", "sha256") if k in pretrained_cfg}
@@ -307,17 +327,22 @@ def build_with_backbone_weights(
     *,
     explicit: AbstractSet[str] = frozenset(),
     norm_layer: Callable[[int], nn.Module] | None = None,
+    rgb_bands: Sequence[int] | None = None,
     **source_options: Any,
 ) -> PSPNet:
     """``build_pspnet(..., weights_backbone=...)``: a PSPNet whose backbone holds ImageNet weights.
 
     The stem type and width follow the weights unless ``explicit`` says the caller set them; a
-    conflicting depth or an explicitly different stem is an error. The heads keep their random
+    conflicting depth or an explicitly different stem is an error. An explicit ``in_channels``
+    other than the weights' 3 adapts the first convolution (``rgb_bands``, see
+    :func:`load_pretrained`; ``model.load_report.adapted`` says how). The heads keep their random
     initialisation, and the model stays in training mode (as built). A timm backbone's weights
     are read by :func:`~pspnet_lib.hub.timm_weights.build_with_timm_weights`.
     """
     if is_timm_backbone(config.get("backbone")):
-        return build_with_timm_weights(config, weights_backbone, norm_layer=norm_layer, **source_options)
+        return build_with_timm_weights(
+            config, weights_backbone, norm_layer=norm_layer, rgb_bands=rgb_bands, **source_options
+        )
     resolved = resolve_source(weights_backbone, **source_options)
     verify_resolved(resolved)
     state_dict = {k: v for k, v in resolved.state_dict.items() if k.startswith("backbone.")}
@@ -333,6 +358,8 @@ def build_with_backbone_weights(
     for key in ("stem", "stem_channels", "in_channels"):
         if key not in found:
             continue
+        if key == "in_channels" and key in explicit:
+            continue  # RGB weights are adapted to the model's bands (below)
         if key in explicit and config.get(key) != found[key]:
             raise ValueError(
                 f"weights_backbone={weights_backbone!r} needs {key}={found[key]!r} but {key}={config.get(key)!r} was set"
@@ -342,8 +369,14 @@ def build_with_backbone_weights(
     model = PSPNet(PSPNetConfig.from_dict(config), norm_layer=norm_layer)
     own = model.state_dict()
     reinit = {k for k in own if not k.startswith("backbone.")}
+    state_dict, adapted = adapt_state_dict(state_dict, model, rgb_bands)
     report = load_weights(model, state_dict, strict=True, reinitialise=reinit, source=resolved.description)
+    report.adapted = adapted
     model.pretrained_cfg = _default_pretrained_cfg(model.config.in_channels, backbone_weights=resolved.description)
+    if adapted:  # the RGB statistics follow the RGB weights
+        model.pretrained_cfg.update(
+            adapted_input_stats(_default_pretrained_cfg(3), model.config.in_channels, rgb_bands)
+        )
     model.load_report = report
     logger.info("initialised the backbone from %s: %s", resolved.description, report)
     return model

@@ -35,12 +35,12 @@ PSPNet (Zhao et al., *Pyramid Scene Parsing Network*, CVPR 2017) with a {{ backb
 from pspnet_lib import load_pretrained
 
 model = load_pretrained("hf-hub:{{ repo_id }}")      # or PSPNet.from_pretrained("{{ repo_id }}")
-logits = model(x)  # x: (N, 3, H, W) float, normalised as below; logits (N, {{ num_classes }}, H, W)
+logits = model(x)  # x: (N, {{ in_channels }}, H, W) float, normalised as below; logits (N, {{ num_classes }}, H, W)
 ```
 
 ## Preprocessing
 
-RGB image scaled to [0, 1], normalised with mean {{ mean }} and std {{ std }}.
+{{ preprocessing_text }}
 {{ resize_text }}
 
 ## Evaluation protocol
@@ -75,6 +75,23 @@ def hub_license(license: str | None) -> str | None:
     if not license:
         return None
     return _LICENSES.get(license.lower(), "other")
+
+
+def _preprocessing_text(cfg: PretrainedCfg) -> str:
+    """How inputs become the model's input: the photo rules, or the band spec (``pretrained_cfg["bands"]``)."""
+    mean, std = [round(v, 4) for v in cfg.mean], [round(v, 4) for v in cfg.std]
+    if cfg.bands is None:
+        what = "RGB image" if cfg.in_channels == 3 else f"{cfg.in_channels}-channel image"
+        return f"{what} scaled to [0, 1], normalised with mean {mean} and std {std}."
+    spec = cfg.bands.to_dict()
+    nodata = (
+        f"; nodata {spec['nodata']} enters as the band's mean and is labelled ignore_index" if "nodata" in spec else ""
+    )
+    return (
+        f"{cfg.in_channels} bands stored as {spec['dtype']}, taken as stored * scale + offset (scale {spec['scale']}, "
+        f"offset {spec['offset']}), normalised with mean {mean} and std {std}{nodata} (pretrained_cfg['bands'], "
+        "pspnet_lib.core.bands.normalise)."
+    )
 
 
 def _protocol_text(cfg: PretrainedCfg) -> str:
@@ -203,8 +220,8 @@ def generate_model_card(model: Any, repo_id: str | None = None, **kwargs: Any) -
         task_description=_task_description(dataset_title, config.num_classes),
         repo_id=repo_id or cfg.extra.get("hf_hub_id") or "<org>/<repo>",
         num_classes=config.num_classes,
-        mean=[round(v, 4) for v in cfg.mean],
-        std=[round(v, 4) for v in cfg.std],
+        in_channels=cfg.in_channels,
+        preprocessing_text=_preprocessing_text(cfg),
         resize_text=(
             f"The published numbers resize each image to fit {max(resize)} x {min(resize)} first (see below)."
             if resize

@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,11 @@ import torch
 import torch.nn as nn
 
 from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..core.pretrained_cfg import PretrainedCfg
 from ..models.encoders import build_encoder, require_timm, timm_name
 from ..models.pspnet import PSPNet, PSPNetConfig
 from .checkpoint_reader import CheckpointError, read_checkpoint, read_safetensors
 from .hf import hf_file
+from .input_conv import adapt_loaded_input_conv, adapted_input_stats
 from .load_report import LoadReport
 from .serialization import extract_state_dict
 from .sources import parse_hf_source
@@ -159,23 +159,26 @@ def build_with_timm_weights(
     weights_backbone: str | os.PathLike,
     *,
     norm_layer: Callable[[int], nn.Module] | None = None,
+    rgb_bands: Sequence[int] | None = None,
     **source_options: Any,
 ) -> PSPNet:
     """A PSPNet whose timm backbone holds ``weights_backbone`` (heads randomly initialised; training mode).
 
     The architecture is checked first, on the meta device (name, output stride, input channels),
     so that a model that cannot be built fails before anything is fetched. ``model.pretrained_cfg``
-    records the weights' mean/std (timm's pretrained config; generic statistics for other than 3
-    input channels) and ``backbone_weights`` (where they came from).
+    records the weights' mean/std (timm's pretrained config; for other than 3 input channels placed
+    as the RGB weights are, :func:`~pspnet_lib.hub.input_conv.adapted_input_stats`) and
+    ``backbone_weights`` (where they came from). RGB weights on N bands: timm's rule, or
+    ``rgb_bands`` (:mod:`pspnet_lib.hub.input_conv`); ``model.load_report.adapted`` says which.
     """
     arch = PSPNetConfig.from_dict(config)
     with torch.device("meta"):
         probe = PSPNet(copy.deepcopy(arch), norm_layer=norm_layer)
     weights = resolve_timm_weights(arch.backbone, weights_backbone, **source_options)
     probe.backbone.check_weights(weights.state_dict)  # before timm loads (and logs) weights that do not fit
-    # timm adapts RGB weights to other channel counts; their statistics are then the generic ones
-    stats = weights if arch.in_channels == 3 else PretrainedCfg(in_channels=arch.in_channels)
-    cfg = {"mean": list(stats.mean), "std": list(stats.std), "backbone_weights": weights.description}
+    rgb = {"mean": list(weights.mean), "std": list(weights.std)}
+    stats = rgb if arch.in_channels == 3 else adapted_input_stats(rgb, arch.in_channels, rgb_bands)
+    cfg = {**stats, "backbone_weights": weights.description}
     cfg = validate_pretrained_cfg(cfg, weights.description, in_channels=arch.in_channels)  # a repository's values
     model = PSPNet(arch, norm_layer=norm_layer, encoder=build_encoder(arch, norm_layer, pretrained=weights.state_dict))
     model.pretrained_cfg = cfg
@@ -183,6 +186,7 @@ def build_with_timm_weights(
     model.load_report = LoadReport(
         loaded=[k for k in names if k.startswith("backbone.")],
         reinitialised=[k for k in names if not k.startswith("backbone.")],
+        adapted=adapt_loaded_input_conv(model, weights.state_dict, rgb_bands),  # timm's rule, or rgb_bands
     )
     logger.info("initialised the backbone from %s: %s", weights.description, model.load_report)
     return model

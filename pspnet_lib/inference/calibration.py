@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.bands import normalise
 from ..core.images import IMAGE_EXTENSIONS, to_image_tensor
 from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
@@ -81,9 +82,11 @@ def calibration_images(
         size: deprecated (0.3) name of ``resize``.
 
     The resize and normalisation are :func:`pspnet_lib.hub.preprocessing.build_transforms`, the
-    pipeline the zoo's ``weights.transforms()`` use, so calibration sees what inference sees.
+    pipeline the zoo's ``weights.transforms()`` use, so calibration sees what inference sees. With
+    a band spec the stored values are normalised by :func:`pspnet_lib.core.bands.normalise` (what
+    ``predict`` and export compute), then resized.
     """
-    from ..hub.preprocessing import build_transforms
+    from ..hub.preprocessing import KeepRatioResize, build_transforms
     from .predict import resolve_protocol
 
     resize = resize_keyword(resize, size, where="calibration_images")
@@ -103,11 +106,16 @@ def calibration_images(
     for item in items:
         try:
             # the model's channel count: pictures, .npy arrays and multi-page TIFFs, as predict reads them
-            image = to_image_tensor(item, cfg.in_channels)
+            # (stored values of any type when the weights carry a band spec)
+            image = to_image_tensor(item, cfg.in_channels, band_spec=cfg.bands)
         except (OSError, ValueError) as exc:  # one unreadable picture should not stop the calibration
             logger.warning(
                 "calibration: skipping %s: %s", item if isinstance(item, (str, os.PathLike)) else "a picture", exc
             )
+            continue
+        if cfg.bands is not None:  # predict's normalisation, then the protocol's resize
+            x = normalise(image, cfg)
+            out.append((KeepRatioResize(resize)(x) if resize is not None else x).unsqueeze(0).contiguous())
             continue
         if image.dtype != torch.uint8:  # float [0, 1] -> the uint8 the transforms expect
             image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -184,13 +192,6 @@ def _fit_static(batches: list[torch.Tensor], shape: Sequence[int | None]) -> lis
         chunk += [chunk[-1]] * (n - len(chunk))
         grouped.append(torch.cat(chunk))
     return grouped
-
-
-def _to_uint8(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    # The inverse of the normalisation, for graphs that normalise inside (preprocess=True).
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return ((batch * s + m) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def _is_picture_source(calibration: Any) -> bool:

@@ -33,9 +33,8 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_output
-from ..core.constants import input_channels
-from ..core.pretrained_cfg import PretrainedCfg
 from ..models.ppm import MatmulAdaptiveAvgPool2d, PoolingBranch
+from .export_wrapper import OUTPUTS, ExportWrapper, example_input, input_description, preprocesses, wrap_for_export
 
 __all__ = [
     "make_exportable",
@@ -53,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("logits", "probs", "labels")
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
@@ -89,50 +87,6 @@ def exportable_pooling(model: nn.Module) -> Iterator[nn.Module]:
             branch.pool = pool
 
 
-class ExportWrapper(nn.Module):
-    """What gets exported: ``images -> logits | probs | labels`` as one tensor.
-
-    Args:
-        model: a PSPNet (or any module mapping a normalised batch to logits).
-        preprocess: take ``uint8`` batches ``(N, C, H, W)`` (0..255, C = ``config.in_channels``)
-            and normalise them inside the graph with the weights' mean/std (``pretrained_cfg``, one
-            value per channel; ImageNet by default for RGB). ``ValueError`` if their length is not C. Without
-            it the input is the normalised float batch that ``model(x)`` takes.
-        output: ``"logits"`` ``(N, K, H, W)``, ``"probs"`` (softmax of the logits) or ``"labels"``
-            ``(N, H, W)`` int64 class indices.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, model: nn.Module, *, preprocess: bool = False, output: str = "logits") -> None:
-        super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output {output!r}; expected one of {', '.join(OUTPUTS)}")
-        self.model = model
-        self.preprocess = bool(preprocess)
-        self.output = output
-        cfg = PretrainedCfg.of(model)
-        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std if self.preprocess else images
-        logits = self.model(x)
-        if self.output == "labels":
-            return logits.argmax(dim=1)
-        if self.output == "probs":
-            return logits.softmax(dim=1)
-        return logits
-
-
-def _layout(model: nn.Module) -> str:
-    channels = input_channels(model)
-    return "RGB (N, 3, H, W)" if channels == 3 else f"(N, {channels}, H, W)"
-
-
 def min_input_size(model: nn.Module) -> int:
     """Smallest height/width a dynamic ``torch.export`` graph accepts: ``output_stride + 1`` for ResNets.
 
@@ -147,26 +101,6 @@ def min_input_size(model: nn.Module) -> int:
         return int(measured(2))
     config = getattr(model, "config", None)
     return int(getattr(config, "output_stride", 8)) + 1
-
-
-def _wrap(model: nn.Module, preprocess: bool, output: str) -> ExportWrapper:
-    if model.training:
-        raise ValueError(
-            "the model is in training mode (dropout active, BatchNorm using batch statistics); "
-            "call model.eval() before exporting"
-        )
-    return ExportWrapper(model, preprocess=preprocess, output=output).eval()
-
-
-def _example(model: nn.Module, preprocess: bool, batch_size: int, height: int, width: int) -> torch.Tensor:
-    config = getattr(model, "config", None)
-    channels = int(getattr(config, "in_channels", 3))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if min(batch_size, height, width) < 1:
-        raise ValueError(f"the example input needs positive sizes, got batch {batch_size}, {height}x{width}")
-    if preprocess:
-        return torch.randint(0, 256, (batch_size, channels, height, width), dtype=torch.uint8, device=device)
-    return torch.randn(batch_size, channels, height, width, device=device)
 
 
 def _dims(model: nn.Module, dynamic: bool, height: int, width: int) -> dict[str, Any] | None:
@@ -208,8 +142,8 @@ def export_program(
     Returns the :class:`torch.export.ExportedProgram`; ``program.module()(x)`` runs it and
     :func:`save_program` writes it to a ``.pt2`` file.
     """
-    wrapper = _wrap(model, preprocess, output)
-    example = _example(model, preprocess, batch_size, height, width)
+    wrapper = wrap_for_export(model, preprocess, output)
+    example = example_input(model, preprocess, batch_size, height, width)
     return torch.export.export(wrapper, (example,), dynamic_shapes=_dims(model, dynamic, height, width))
 
 
@@ -239,8 +173,8 @@ def export_torchscript(
     deprecated in PyTorch, so prefer :func:`export_program` for new deployments.
     """
     path = Path(path)
-    wrapper = _wrap(model, preprocess, output)
-    example = _example(model, preprocess, batch_size, height, width)
+    wrapper = wrap_for_export(model, preprocess, output)
+    example = example_input(model, preprocess, batch_size, height, width)
     with warnings.catch_warnings():
         # The model's input checks compare shapes in Python; the tracer warns that it records them
         # as constants. They are checks, not computation, so the traced graph stays correct.
@@ -298,8 +232,8 @@ def export_onnx(
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(ONNX_EXPORTERS)}")
     path = Path(path)
-    wrapper = _wrap(model, preprocess, output)
-    example = _example(model, preprocess, batch_size, height, width)
+    wrapper = wrap_for_export(model, preprocess, output)
+    example = example_input(model, preprocess, batch_size, height, width)
     dims = _dims(model, dynamic, height, width)
     has_onnxscript = importlib.util.find_spec("onnxscript") is not None
     if exporter == "dynamo" and not has_onnxscript:
@@ -311,6 +245,13 @@ def export_onnx(
         if exporter == "auto" and has_onnxscript
         else [exporter if exporter != "auto" else "torchscript"]
     )
+    if example.dtype in (torch.uint16, torch.uint32):  # a band spec's type the TorchScript exporter cannot take
+        order = [name for name in order if name != "torchscript"]
+        if not order:
+            raise ValueError(
+                f"the model takes {str(example.dtype)[6:]} stored values (its band spec), which only the dynamo ONNX "
+                "exporter handles: pip install onnxscript and use exporter='dynamo' (or 'auto'; CLI: --exporter)"
+            )
     out_axes = {0: "batch", 1: "height", 2: "width"} if output == "labels" else {0: "batch", 2: "height", 3: "width"}
 
     with atomic_output(path) as tmp:
@@ -360,11 +301,7 @@ def export_onnx(
         meta = {
             "pspnet_lib.config": json.dumps(config.to_dict()) if config is not None else "{}",
             "pspnet_lib.pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None) or {}, default=str),
-            "pspnet_lib.input": (
-                f"uint8 {_layout(model)}, 0..255; normalised inside the graph"
-                if preprocess
-                else f"float32 {_layout(model)}, (x / 255 - mean) / std with pretrained_cfg mean/std"
-            ),
+            "pspnet_lib.input": input_description(model, preprocess),
             "pspnet_lib.output": output,
         }
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
@@ -392,21 +329,17 @@ def check_onnx(
         raise ImportError("checking an ONNX file needs onnxruntime: pip install 'pspnet-lib[onnx]'") from exc
     onnx = _require_onnx()
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
+    preprocess = preprocesses(props.get("pspnet_lib.input", ""))
     output = props.get("pspnet_lib.output", "logits")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    wrapper = _wrap(model, preprocess, output)
+    wrapper = wrap_for_export(model, preprocess, output)
     generator = torch.Generator().manual_seed(seed)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     worst = 0.0
     for height, width in sizes:
-        if preprocess:
-            x = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8, generator=generator)
-        else:
-            x = torch.randn(batch_size, 3, height, width, generator=generator)
+        x = example_input(model, preprocess, batch_size, height, width, generator)
         with torch.no_grad():
-            expected = wrapper(x.to(device)).cpu()
-        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+            expected = wrapper(x).cpu()
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
         if got.shape != expected.shape:
             raise RuntimeError(
                 f"ONNX output shape {tuple(got.shape)} differs from PyTorch's {tuple(expected.shape)} at {height}x{width}"

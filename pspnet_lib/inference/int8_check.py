@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..core.agreement import agreement_stats
+from ..core.bands import to_stored
 from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
@@ -23,10 +24,10 @@ from .calibration import (
     _fit_static,
     _is_picture_source,
     _static_input_shape,
-    _to_uint8,
     calibration_images,
 )
 from .export import _require_onnx
+from .export_wrapper import preprocesses
 
 __all__ = ["load_onnx_runner", "check_int8_onnx"]
 
@@ -87,14 +88,15 @@ def check_int8_onnx(
     all pictures: ``argmax_agreement`` (pixel-weighted fraction of pixels whose class agrees),
     ``max_rel_err`` (worst ``max|int8 - fp32| / max|fp32|`` of the logits), ``mean_abs_err``,
     ``pixels``. For an ``output="labels"`` file only the agreement is meaningful (errors are 0);
-    uint8-input files (``preprocess=True``) are fed the pictures' uint8 values.
+    uint8-input files (``preprocess=True``) are fed the pictures' uint8 values (weights with a band
+    spec: the stored values, :func:`pspnet_lib.core.bands.to_stored`).
     """
     resize = resize_keyword(resize, size, where="check_int8_onnx")
     from .export import ExportWrapper
 
     onnx = _require_onnx()
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    preprocess = props.get("pspnet_lib.input", "").startswith("uint8")
+    preprocess = preprocesses(props.get("pspnet_lib.input", ""))
     output = props.get("pspnet_lib.output", "logits")
     batches = _as_batches(
         calibration_images(images, model, count=count, resize=resize) if _is_picture_source(images) else images,
@@ -109,7 +111,7 @@ def check_int8_onnx(
     for x in batches:
         with torch.no_grad():
             ref = reference(x.to(device)).float().cpu()
-        feed = _to_uint8(x, cfg.mean, cfg.std) if preprocess else x
+        feed = to_stored(x, cfg) if preprocess else x  # uint8 pictures or the band spec's stored values
         got = torch.from_numpy(run(feed.numpy()))
         if output == "labels":
             agree = (got == ref.argmax(1)).float()

@@ -28,9 +28,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.band_spec import BandSpec
 from ..core.geometry import rescale_size
 from ..core.images import to_image_tensor
 from ..core.inference_protocol import InferenceProtocol
+from ..core.pretrained_cfg import PretrainedCfg
 from .predict import Prediction, predict
 
 __all__ = ["Outcome", "iter_predictions", "one_line"]
@@ -59,9 +61,10 @@ class _Decoded(Dataset):
     """Item ``i``: ``(i, (C, H, W) tensor or None, error or None, seconds)``; never raises, so one bad
     file does not stop the DataLoader."""
 
-    def __init__(self, sources: Sequence[str], channels: int) -> None:
+    def __init__(self, sources: Sequence[str], channels: int, band_spec: BandSpec | None = None) -> None:
         self.sources = sources
         self.channels = channels
+        self.band_spec = band_spec  # stored values in their own units when the weights carry one
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -69,7 +72,7 @@ class _Decoded(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None, float]:
         start = time.perf_counter()
         try:
-            tensor = to_image_tensor(self.sources[index], self.channels)
+            tensor = to_image_tensor(self.sources[index], self.channels, band_spec=self.band_spec)
         except Exception as exc:  # any decoder failure is this file's, recorded; the run goes on
             reason = one_line(exc)
             with contextlib.suppress(OSError):
@@ -114,7 +117,7 @@ def iter_predictions(
     limit = pending_limit or max(8, 4 * batch_size)
     pin = any(p.is_cuda for p in model.parameters())
     loader = DataLoader(
-        _Decoded(sources, channels),
+        _Decoded(sources, channels, PretrainedCfg.of(model).bands),
         batch_size=None,
         shuffle=False,
         num_workers=min(num_workers, len(sources)),  # no idle processes for a handful of pictures

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from ..core.bands import display_rgb, nodata_pixels, normalise
 from ..core.geometry import rescale_size
 from ..core.images import image_size, is_image_batch, to_image_tensor
 from ..core.inference_budget import check_inference_budget
@@ -50,7 +51,8 @@ class Prediction:
         image: the input as the model saw it before normalisation, as an ``(H, W, 3)`` uint8
             picture (what :meth:`overlay` draws on): RGB for 3-channel models, the grey channel
             repeated for 1-channel ones, the first three channels for N >= 3 (the first one
-            repeated for 2).
+            repeated for 2); with a band spec the bands ``rgb`` names (default the first three)
+            in the spec's units, 0..1 shown as 0..255 (:func:`pspnet_lib.core.bands.display_rgb`).
         classes: class names of the weights (``pretrained_cfg["classes"]``), or None if unknown.
         palette: one RGB colour per class (the weights' palette, or a generated one).
         source: the file path for path inputs, else None.
@@ -188,24 +190,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def normalise_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` in float32, uint8 pixels first divided by 255 (mean/std on the 0..1 scale)."""
-    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-    return (x - mean) / std
+def _name(items: list[Any], index: int) -> str:
+    item = items[index]
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"input {index}"
 
 
-def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
-    """One batch of same-size images; a mix of uint8 and float ones is brought to float in [0, 1]."""
+def _normalised(
+    tensors: list[torch.Tensor], chunk: list[int], items: list[Any], cfg: PretrainedCfg, device: torch.device
+) -> torch.Tensor:
+    """The model input of the same-size images ``chunk``: normalised by ``cfg`` (a mix of uint8 and
+    float pictures brought to float in [0, 1] first); stored values of a band spec each on its own."""
+    parts = [tensors[i] for i in chunk]
+    if cfg.bands is not None:
+        return torch.stack([normalise(p.to(device), cfg, what=_name(items, i)) for p, i in zip(parts, chunk)])
     if any(p.dtype != torch.uint8 for p in parts):
         parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p for p in parts]
-    return torch.stack(parts)
-
-
-def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    if image.dtype != torch.uint8:
-        image = (image * 255.0).round().clamp(0, 255).to(torch.uint8)
-    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    return normalise(torch.stack(parts).to(device, non_blocking=True), cfg)
 
 
 def predict(
@@ -239,7 +239,10 @@ def predict(
             tensor ``(C, H, W)``, or a 4-D batch, with C the model's input channels. For RGB
             models grayscale is repeated and alpha dropped; 1-channel models take grayscale
             ``(H, W)``; see :mod:`pspnet_lib.core.images` for files and pixel-value rules.
-            Do not normalise: the weights' mean/std are applied here.
+            Do not normalise: the weights' mean/std are applied here. Weights with a band spec
+            (``pretrained_cfg["bands"]``) take stored values in their own units (uint16, int16,
+            float ..., multi-band TIFFs), scaled by the spec (:func:`pspnet_lib.core.bands.normalise`);
+            pixels missing in every band (``nodata``) get ``ignore_index`` in the mask.
         protocol: the whole test protocol as one object (e.g.
             ``PretrainedCfg.of(model).tta``, ``InferenceProtocol(mode="slide", crop=512,
             stride=341)``), used as it is; then pass none of the keywords below. None: the
@@ -301,7 +304,7 @@ def predict(
             if found is not None:
                 check_inference_budget(*found, protocol, config=config, channels=channels, what=str(item))
         try:
-            tensors.append(to_image_tensor(item, channels))
+            tensors.append(to_image_tensor(item, channels, band_spec=cfg.bands))
         except (TypeError, ValueError, FileNotFoundError) as exc:
             if not batched:
                 raise
@@ -311,8 +314,6 @@ def predict(
     if device is not None:
         model.to(device)
     run_device = model_device(model)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=run_device).view(1, -1, 1, 1)
     single_run = protocol.runs == 1
 
     # Batch the images that reach the network at one size (their own size unless the protocol
@@ -340,15 +341,16 @@ def predict(
                     for i in indices[start : start + batch_size]:
                         by_size[tuple(tensors[i].shape[-2:])].append(i)
                     chunks = list(by_size.values())
-                    batches = [
-                        normalise_batch(_stack([tensors[i] for i in c]).to(run_device, non_blocking=True), mean, std)
-                        for c in chunks
-                    ]
+                    batches = [_normalised(tensors, c, items, cfg, run_device) for c in chunks]
                     with autocast:
                         outputs = infer_groups(model, batches, protocol=protocol)
                     for chunk, scores in zip(chunks, outputs):
                         scores = scores.float()
                         labels = scores.argmax(dim=1).cpu()
+                        for j, i in enumerate(chunk):
+                            missing = nodata_pixels(tensors[i], cfg.bands)
+                            if missing is not None:
+                                labels[j][missing] = cfg.ignore_index
                         if return_probs or confidence is not None:
                             scores = scores.softmax(dim=1) if single_run else scores
                         conf = confidence_map(scores, confidence).cpu() if confidence is not None else None
@@ -372,7 +374,7 @@ def predict(
         Prediction(
             mask=done[i],
             probs=probs[i],
-            image=_to_uint8_hwc(tensors[i]),
+            image=display_rgb(tensors[i], cfg),
             classes=classes,
             palette=palette,
             source=sources[i],

@@ -30,6 +30,7 @@ from typing import Any
 import torch.nn as nn
 
 from .._files import atomic_output
+from ..core.bands import to_stored
 from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
@@ -37,7 +38,6 @@ from .calibration import (
     _fit_static,
     _is_picture_source,
     _static_input_shape,
-    _to_uint8,
     calibration_files,
     calibration_images,
 )
@@ -122,7 +122,7 @@ def quantize_onnx(
     per_channel: bool = True,
     calibrate_method: str = "minmax",
     float_layers: Sequence[str] = DEFAULT_FLOAT_LAYERS,
-    input_uint8: tuple[Sequence[float], Sequence[float]] | None = None,
+    input_uint8: tuple[Sequence[float], Sequence[float]] | PretrainedCfg | None = None,
 ) -> Path:
     """Statically quantize an fp32 ONNX file (from :func:`~pspnet_lib.inference.export.export_onnx`) to QDQ INT8.
 
@@ -140,7 +140,9 @@ def quantize_onnx(
             :data:`FLOAT_LAYERS`: ``"classifier"`` (the default; the logits' own layer, where 8-bit
             steps flip the argmax of close classes) and ``"first"``; ``()`` quantizes every one.
         input_uint8: ``(mean, std)`` when the graph takes uint8 pictures (``preprocess=True``):
-            the calibration tensors are turned back into uint8 with them.
+            the calibration tensors are turned back into uint8 with them; or the model's
+            :class:`~pspnet_lib.core.pretrained_cfg.PretrainedCfg` for a graph that takes stored
+            values (pictures, or a band spec's type: :func:`pspnet_lib.core.bands.to_stored`).
 
     Activations are unsigned 8-bit with per-tensor asymmetric scales, weights signed 8-bit
     symmetric (ONNX Runtime's recommended U8S8 on x86; OpenVINO runs the same QDQ file).
@@ -156,7 +158,12 @@ def quantize_onnx(
     shape = _static_input_shape(fp32_path)
     batches = _fit_static(_as_batches(calibration, shape[1]), shape)
     if input_uint8 is not None:
-        batches = [_to_uint8(b, *input_uint8) for b in batches]
+        stored_cfg = (
+            input_uint8
+            if isinstance(input_uint8, PretrainedCfg)
+            else PretrainedCfg(in_channels=len(input_uint8[0]), mean=tuple(input_uint8[0]), std=tuple(input_uint8[1]))
+        )
+        batches = [to_stored(b, stored_cfg) for b in batches]
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
 
     reader_base: Any = q.CalibrationDataReader  # onnxruntime is imported lazily (an optional extra)
@@ -264,7 +271,7 @@ def export_onnx_int8(
     else:
         batches = calibration
     cfg = PretrainedCfg.of(model)
-    input_uint8 = (list(cfg.mean), list(cfg.std)) if preprocess else None
+    input_uint8 = cfg if preprocess else None  # the graph takes the stored values
     with tempfile.TemporaryDirectory(prefix="pspnet_int8_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(

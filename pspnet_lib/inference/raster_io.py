@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.band_spec import BandSpec, check_input_dtype
+from ..core.bands import nodata_pixels
 from ..core.decode import check_unit_range, integers_to_uint8
 from .tiled import class_indices
 
@@ -95,6 +97,11 @@ class RasterSource:
             raster's own mask (its nodata value, alpha band or internal mask; rasterio's
             ``read_masks``), a pixel being nodata where every selected band is masked.
         what: how errors name the raster (its path).
+        band_spec: the weights' band spec (``PretrainedCfg.bands``): windows are then the stored
+            values (their bit depth checked against the spec's; the band count must be
+            ``channels``), normalised by :func:`pspnet_lib.core.bands.normalise` in
+            :func:`~pspnet_lib.inference.tiled.run_tiled`; pixels of the spec's nodata in every
+            band are nodata too.
 
     Raises ``ValueError`` naming the raster and ``bands`` for a band count or dtype the model
     cannot take (before any pixel is read).
@@ -108,8 +115,9 @@ class RasterSource:
         bands: Sequence[int] | None = None,
         nodata: float | None = None,
         what: str = "the raster",
+        band_spec: BandSpec | None = None,
     ) -> None:
-        self.dataset, self.what = dataset, what
+        self.dataset, self.what, self.band_spec = dataset, what, band_spec
         count = int(dataset.count)
         if bands is None:
             chosen = list(range(1, count + 1))
@@ -122,7 +130,7 @@ class RasterSource:
                     f"in 1..{count} (--bands)"
                 )
         found = len(chosen)
-        if found == channels or (channels == 3 and found in (1, 4)):
+        if found == channels or (channels == 3 and found in (1, 4) and band_spec is None):
             self.bands = chosen
         else:
             raise ValueError(
@@ -136,7 +144,8 @@ class RasterSource:
         if len(dtypes) != 1:
             raise ValueError(f"{what}: the selected bands mix the types {sorted(dtypes)}; select bands of one type")
         self.dtype = dtypes.pop()
-        if self.dtype != "uint8" and self.dtype not in _WIDE_INTEGERS + _FLOATS:
+        check_input_dtype(self.dtype, band_spec, what, "pass the bands the weights were trained on (--bands)")
+        if band_spec is None and self.dtype != "uint8" and self.dtype not in _WIDE_INTEGERS + _FLOATS:
             raise ValueError(
                 f"{what} holds {self.dtype} pixels; the model reads uint8, 16/32-bit integers (v / 257) or floats in "
                 "[0, 1] (docs/inference.md): convert it, e.g. gdal_translate -ot Byte -scale"
@@ -169,6 +178,11 @@ class RasterSource:
             raise ValueError(
                 f"cannot read {self.what}, {_window_name(y1, y2, x1, x2)} (a corrupt or truncated raster?): {exc}"
             ) from exc
+        if self.band_spec is not None:  # stored values, scaled by the band spec where they are normalised
+            missing = nodata_pixels(data, self.band_spec)
+            if missing is not None:
+                valid = ~missing.numpy() if valid is None else valid & ~missing.numpy()
+            return data, valid
         data = data[: self.take]
         if self.dtype in _WIDE_INTEGERS:
             data = integers_to_uint8(data)

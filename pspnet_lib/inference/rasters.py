@@ -33,6 +33,7 @@ import torch.nn as nn
 from PIL import Image
 
 from .._files import atomic_output, check_outputs_spare_inputs, ensure_dir
+from ..core.band_spec import BandSpec
 from ..core.images import read_image
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import PretrainedCfg
@@ -167,11 +168,13 @@ def _pillow_limit(max_image_pixels: int | None) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _read_picture(path: Path, channels: int, max_image_pixels: int | None) -> np.ndarray:
+def _read_picture(
+    path: Path, channels: int, max_image_pixels: int | None, band_spec: BandSpec | None = None
+) -> np.ndarray:
     with _pillow_limit(max_image_pixels), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, not warn
         try:
-            return read_image(path, channels)
+            return read_image(path, channels, band_spec=band_spec)
         except Image.DecompressionBombWarning as exc:
             cause: BaseException | None = exc
         except ValueError as exc:
@@ -281,7 +284,7 @@ def predict_raster(
             assert path is not None
             if bands is not None or nodata is not None:
                 raise ValueError(f"{path} is a picture: bands= / nodata= (--bands/--nodata) apply to rasters only")
-            array = _read_picture(path, cfg.in_channels, max_image_pixels)  # (H, W, C)
+            array = _read_picture(path, cfg.in_channels, max_image_pixels, cfg.bands)  # (H, W, C)
             height, width = array.shape[:2]
             crs = transform = None
 
@@ -292,14 +295,14 @@ def predict_raster(
         else:
             dataset: Any = source if path is None else _open_raster(path, stack)
             name = str(path) if path is not None else str(getattr(dataset, "name", "the raster"))
-            reader = RasterSource(dataset, cfg.in_channels, bands=bands, nodata=nodata, what=name)
+            reader = RasterSource(dataset, cfg.in_channels, bands=bands, nodata=nodata, what=name, band_spec=cfg.bands)
             height, width, pixels = reader.height, reader.width, reader.read
             crs, transform = dataset.crs, dataset.transform
             if crs is None:
                 logger.warning("%s has no coordinate reference system; the outputs are written without one", name)
         crop_hw, stride_hw = resolve_tiling(model, crop, stride, size=(height, width))
         first = (min(crop_hw[0], height), min(crop_hw[1], width))
-        num_classes = count_classes(model, pixels, first, mean=cfg.mean, std=cfg.std)
+        num_classes = count_classes(model, pixels, first, mean=cfg.mean, std=cfg.std, band_spec=cfg.bands)
         palette = padded_palette(cfg.palette, num_classes)
         temporary = (
             dict(staged)
@@ -348,6 +351,7 @@ def predict_raster(
             num_classes=num_classes,
             mean=cfg.mean,
             std=cfg.std,
+            band_spec=cfg.bands,
             blend=blend,
             batch_size=batch_size,
             strip_width=strip_width,

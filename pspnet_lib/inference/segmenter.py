@@ -42,6 +42,7 @@ import torch.nn as nn
 
 from ..core.images import decode_image, to_image_tensor
 from ..core.inference_protocol import resize_keyword
+from ..core.pretrained_cfg import PretrainedCfg
 from .confidence import check_kind, scaled, uncertainty
 from .pipeline import one_line
 from .predict import Prediction, model_num_classes, predict, resolve_protocol
@@ -203,7 +204,8 @@ class Segmenter:
 
     def _predict(self, items: Sequence[Any]) -> list[Prediction | str]:
         """A Prediction per item, or its one-line error (``errors="record"``) ."""
-        channels = _channels(self.model)
+        cfg = PretrainedCfg.of(self.model)
+        channels = cfg.in_channels
         tensors: list[torch.Tensor | str] = []
         for index, item in enumerate(items):
             try:
@@ -211,7 +213,9 @@ class Segmenter:
                     array = decode_image(item, channels, what=f"picture {index} of the batch (encoded bytes)")
                     tensors.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
                 else:
-                    tensors.append(to_image_tensor(item, channels, what=f"picture {index} of the batch"))
+                    tensors.append(
+                        to_image_tensor(item, channels, band_spec=cfg.bands, what=f"picture {index} of the batch")
+                    )
             except (OSError, ValueError, TypeError) as exc:
                 if self.errors == "raise":
                     raise
@@ -300,12 +304,6 @@ class Segmenter:
 
             return pd.DataFrame(columns)
         return columns
-
-
-def _channels(model: nn.Module) -> int:
-    from ..core.pretrained_cfg import PretrainedCfg
-
-    return PretrainedCfg.of(model).in_channels
 
 
 def _items(values: Any) -> list[Any]:

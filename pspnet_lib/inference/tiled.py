@@ -37,9 +37,11 @@ import torch
 import torch.nn as nn
 
 from .._progress import progress_bar
+from ..core.band_spec import BandSpec
+from ..core.bands import normalise
 from ..core.pretrained_cfg import PretrainedCfg
 from .modes import slide_spans
-from .predict import model_device, model_num_classes, normalise_batch
+from .predict import model_device, model_num_classes
 from .tiled_band import RegionWriter, StripBand
 
 __all__ = [
@@ -176,6 +178,7 @@ def run_tiled(
     num_classes: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    band_spec: BandSpec | None = None,
     blend: str = "mean",
     batch_size: int = 4,
     strip_width: int | None = None,
@@ -199,7 +202,8 @@ def run_tiled(
             applied to the pixels ``read`` returns; nodata pixels become 0 (the mean colour). The
             batch is built here, in the calling thread, so that the reading thread allocates
             only the decoded pixels (memory freed across threads made glibc's heaps grow with
-            the picture's size).
+            the picture's size). With ``band_spec`` the pixels are stored values and mean/std are in
+            its units (:func:`pspnet_lib.core.bands.normalise`, what ``predict`` computes).
         blend: ``"mean"`` or ``"hann"`` (see the module's docstring).
         batch_size: windows per forward pass.
         strip_width: columns per strip, at least the crop's width (default
@@ -232,9 +236,9 @@ def run_tiled(
     ]
     device = model_device(model)
     weights = None if blend == "mean" else (profile_y[:, None] * profile_x[None, :]).float().to(device)
-    stats = _stats(mean, std)
+    stats = _stats(mean, std, band_spec)
     if num_classes is None:
-        num_classes = count_classes(model, read, crop, mean=mean, std=std)
+        num_classes = count_classes(model, read, crop, mean=mean, std=std, band_spec=band_spec)
     total = len(rows) * len(columns)
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
@@ -290,24 +294,25 @@ def run_tiled(
     return ran
 
 
-def _prepare(
-    loaded: list[tuple[Any, np.ndarray | None]], stats: tuple[torch.Tensor, torch.Tensor] | None
-) -> torch.Tensor:
-    """The model's input batch from the windows' pixels (in the main thread: see run_tiled)."""
-    if stats is None:
+def _prepare(loaded: list[tuple[Any, np.ndarray | None]], cfg: PretrainedCfg | None) -> torch.Tensor:
+    """The model's input batch from the windows' pixels (in the main thread: see run_tiled), by
+    :func:`pspnet_lib.core.bands.normalise` (the photo rules, or the band spec of ``cfg``)."""
+    if cfg is None:
         return torch.stack([pixels for pixels, _ in loaded])
-    x = normalise_batch(torch.from_numpy(np.stack([pixels for pixels, _ in loaded])), *stats)
+    x = normalise(np.stack([pixels for pixels, _ in loaded]), cfg, what="the window")
     for image, (_, valid) in zip(x, loaded):
         if valid is not None:
             image[:, torch.from_numpy(~valid)] = 0  # nodata enters the network as the mean colour
     return x
 
 
-def _stats(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _stats(
+    mean: Sequence[float] | None, std: Sequence[float] | None, band_spec: BandSpec | None = None
+) -> PretrainedCfg | None:
+    """The normalisation of the pixels ``read`` returns (None: they are the model's input already)."""
     if mean is None or std is None:
         return None
-    as_tensor = lambda v: torch.tensor(list(v), dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    return PretrainedCfg(in_channels=len(mean), mean=tuple(mean), std=tuple(std), bands=band_spec)
 
 
 def count_classes(
@@ -317,12 +322,13 @@ def count_classes(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    band_spec: BandSpec | None = None,
 ) -> int:
     """K: the model's ``config.num_classes``, else the channels of the logits of the top-left window."""
     known = model_num_classes(model)
     if known:
         return int(known)
-    x = _prepare([read(0, crop[0], 0, crop[1])], _stats(mean, std))[0]
+    x = _prepare([read(0, crop[0], 0, crop[1])], _stats(mean, std, band_spec))[0]
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -311,7 +311,16 @@ class PSPNet(
         return generate_model_card(self, **kwargs)
 
 
-_LOAD_OPTIONS = {"cache_dir", "local_files_only", "progress", "strict", "trust_pickle", "revision", "pretrained_cfg"}
+_LOAD_OPTIONS = {
+    "cache_dir",
+    "local_files_only",
+    "progress",
+    "strict",
+    "trust_pickle",
+    "revision",
+    "pretrained_cfg",
+    "rgb_bands",
+}
 #: the options of reading backbone weights (weights_backbone=)
 _SOURCE_OPTIONS = {"cache_dir", "local_files_only", "progress", "trust_pickle", "revision"}
 
@@ -355,7 +364,9 @@ def build_pspnet(
             (``"fb_in22k"``), ``"hf-hub:org/repo"`` or a ``.safetensors`` / checkpoint file in
             timm's layout; read through timm's pretrained configs and the Hugging Face cache
             (``local_files_only=True`` / ``HF_HUB_OFFLINE=1``: never the network), with the
-            encoder's mean/std recorded in ``model.pretrained_cfg``. See docs/weights.md.
+            encoder's mean/std recorded in ``model.pretrained_cfg``. See docs/weights.md. With
+            ``in_channels=N`` (and optionally ``rgb_bands=(r, g, b)``) the RGB weights of the first
+            convolution are adapted to N bands (see :func:`~pspnet_lib.load_pretrained`).
         **overrides: any :class:`PSPNetConfig` field (``aux=False``, ``output_stride=16``, ...);
             with ``weights`` also :func:`~pspnet_lib.load_pretrained`'s options (``cache_dir``,
             ``local_files_only``, ``progress``, ...); with ``weights_backbone`` ``cache_dir``,
@@ -380,6 +391,9 @@ def build_pspnet(
         base.update(PRESETS[preset])
     # load_pretrained's options (cache_dir=, progress=, ...) apply when weights= is given
     load_options = {k: overrides.pop(k) for k in _LOAD_OPTIONS & set(overrides)} if weights is not None else {}
+    rgb_bands = overrides.pop("rgb_bands", None)
+    if rgb_bands is not None and weights is None and weights_backbone is None:
+        raise ValueError("rgb_bands places RGB weights in a model of in_channels bands: pass it with weights_backbone=")
     if weights_backbone is not None:
         load_options = {k: overrides.pop(k) for k in _SOURCE_OPTIONS & set(overrides)}
     base.update(overrides)
@@ -397,6 +411,6 @@ def build_pspnet(
 
         explicit = set(overrides) | set(PRESETS.get(preset or "", {})) | (set(base) if config is not None else set())
         return build_with_backbone_weights(
-            base, weights_backbone, explicit=explicit, norm_layer=norm_layer, **load_options
+            base, weights_backbone, explicit=explicit, norm_layer=norm_layer, rgb_bands=rgb_bands, **load_options
         )
     return PSPNet(PSPNetConfig.from_dict(base), norm_layer=norm_layer)

@@ -2,7 +2,8 @@
 
 Every dataset follows one contract. ``dataset[i]`` returns ``transforms(image, mask)``, where without
 transforms ``image`` is a :class:`torchvision.tv_tensors.Image` (uint8, (C, H, W): RGB for the default
-``in_channels=3``, grey for 1, the file's N bands for N) and ``mask`` a
+``in_channels=3``, grey for 1, the file's N bands for N; with a band spec, ``band_spec=``, the stored
+values in their own type, and pixels of no data in any band ``ignore_index`` in the mask) and ``mask`` a
 :class:`torchvision.tv_tensors.Mask` (int64, (H, W)) holding class indices ``0..num_classes-1`` and
 ``ignore_index`` (255) for pixels that are not scored. Attributes: ``classes`` (names), ``palette``
 (one RGB tuple per class), ``num_classes``, ``ignore_index`` and ``files`` (``(image_path, mask_path)``
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..._files import atomic_output
+from ...core.band_spec import BandSpec, check_nodata_label
+from ...core.bands import nodata_pixels
 from ...core.constants import IGNORE_INDEX
 from ...core.images import read_image, read_mask, read_pair
 from ...core.palette import default_palette
@@ -115,10 +118,21 @@ class SegmentationDataset(Dataset):
         transforms: Transforms | None = None,
         ignore_index: int = IGNORE_INDEX,
         in_channels: int = 3,
+        band_spec: BandSpec | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
         self.in_channels = in_channels
+        if band_spec is not None and not isinstance(band_spec, BandSpec):
+            band_spec = BandSpec.from_dict(band_spec, in_channels, what=type(self).__name__)
+        if band_spec is not None and band_spec.bands != in_channels:
+            raise ValueError(
+                f"band_spec= describes {band_spec.bands} band(s) but in_channels={in_channels}; give one band spec entry per "
+                "input channel (CLI: --band-spec FILE, --in-channels N)"
+            )
+        check_nodata_label(band_spec, ignore_index, len(classes), type(self).__name__)
+        #: the band spec: pictures are read as stored values (see :meth:`load`); None: photo rules.
+        self.band_spec = band_spec
         self.files = [(Path(i), Path(m)) for i, m in files]
         self.classes = [str(c) for c in classes]
         if not self.classes:
@@ -156,23 +170,30 @@ class SegmentationDataset(Dataset):
         and a warning names the file.
         """
         image_path, mask_path = self.files[index]
-        image, raw, unapplied = read_pair(image_path, mask_path, channels=self.in_channels)
+        image, raw, unapplied = read_pair(image_path, mask_path, channels=self.in_channels, band_spec=self.band_spec)
         if unapplied is not None:
             _warn_orientation(image_path, mask_path, unapplied)
-        image = _as_uint8(image)
+        if self.band_spec is None:
+            image = _as_uint8(image)
         mask = self.convert_mask(raw, mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]}; an image and its mask must have the same size"
             )
-        self.check_mask(mask, mask_path, stored=raw)
         image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        missing = nodata_pixels(image_t.as_subclass(torch.Tensor), self.band_spec)
+        if missing is not None:  # no data in any band: not scored, whatever the mask says there
+            mask[missing.numpy()] = self.ignore_index
+        self.check_mask(mask, mask_path, stored=raw)
         return image_t, tv_tensors.Mask(torch.from_numpy(mask))
 
     def load_mask(self, index: int) -> np.ndarray:
         """The untransformed mask of sample ``index`` alone (its picture is not read): int64 ``(H, W)``
-        class indices and ``ignore_index``, values checked as :meth:`load` checks them."""
+        class indices and ``ignore_index``, values checked as :meth:`load` checks them. With a band
+        spec's ``nodata`` the picture is read too: its pixels of no data are ``ignore_index``."""
+        if self.band_spec is not None and self.band_spec.nodata is not None:
+            return self.load(index)[1].as_subclass(torch.Tensor).numpy()
         _, mask_path = self.files[index]
         mask = self.convert_mask(self.read_mask(mask_path), mask_path)
         self.check_mask(mask, mask_path)

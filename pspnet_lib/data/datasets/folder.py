@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...core.band_spec import BandSpec
 from ...core.constants import IGNORE_INDEX
 from ...core.text import read_lines
 from ..metadata import VOC_PALETTE
@@ -159,6 +160,12 @@ class FolderDataset(SegmentationDataset):
         in_channels: channels of the images as the model takes them (``config.in_channels``): 3
             reads every picture as RGB, 1 as grayscale, N multi-page TIFFs / N-band pictures /
             ``.npy`` arrays ``(H, W, N)`` (see :meth:`SegmentationDataset.read_image`).
+        band_spec: the band spec of images stored in their own units (a
+            :class:`~pspnet_lib.core.band_spec.BandSpec` or its stored dict, usually the model's
+            ``PretrainedCfg.of(model).bands``): images are then read as stored (uint16, int16,
+            float ..., multi-band GeoTIFFs with rasterio), their bit depth checked against the
+            spec, and pixels of nodata in every band set to ``ignore_index`` in the mask. The
+            transforms scale them: ``train_transforms(..., band_spec=...)``, ``eval_transforms(..., band_spec=...)``.
     """
 
     IGNORE_IS_CONVENTION = False
@@ -180,6 +187,7 @@ class FolderDataset(SegmentationDataset):
         ignore_index: int = IGNORE_INDEX,
         ignore_colours: Sequence[Sequence[int]] | None = None,
         in_channels: int = 3,
+        band_spec: BandSpec | Mapping[str, Any] | None = None,
     ) -> None:
         if val_fraction is not None and not (
             isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1
@@ -240,7 +248,7 @@ class FolderDataset(SegmentationDataset):
             files = [pairs[s] for s in stems]
         else:
             files = [pairs[s] for s in sorted(pairs)]
-        super().__init__(files, names, colours, transforms, ignore_index, in_channels)
+        super().__init__(files, names, colours, transforms, ignore_index, in_channels, band_spec)
 
     @staticmethod
     def _resolve_classes(root: Path, classes: Sequence[str] | PathLike | None) -> list[str]:
