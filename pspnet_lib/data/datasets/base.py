@@ -343,14 +343,10 @@ def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> n
 
 
 class ZooLabelConvention(SegmentationDataset):
-    """A dataset whose label mapping comes from its zoo :class:`~pspnet_lib.data.metadata.DatasetInfo`.
+    """A dataset whose label mapping is its record's (``@register_dataset(..., info=...)``, which sets
+    ``cls.record``) zoo :class:`~pspnet_lib.data.DatasetInfo`: with ``info.reduce_zero_label`` stored
+    values are mapped by :func:`reduce_zero_label` (a bad value is still reported as stored)."""
 
-    The convention is the ``info`` of the class's dataset record (``@register_dataset(..., info=...)``);
-    with ``info.reduce_zero_label`` stored values are mapped by :func:`reduce_zero_label` (a bad
-    value is still reported as stored, see :meth:`check_mask`).
-    """
-
-    #: Set on each registered class by :func:`~pspnet_lib.data.register_dataset`.
     record: Any
 
     @property
@@ -361,8 +357,7 @@ class ZooLabelConvention(SegmentationDataset):
     @property
     def prepare_command(self) -> str:
         """``pspnet prepare <name>``: the sub-command that writes this dataset's layout."""
-        record = type(self).record
-        return f"pspnet prepare {record.prepared_with or record.key}"
+        return f"pspnet prepare {self.record.prepared_with or self.record.key}"
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mask = super().convert_mask(raw, path)
