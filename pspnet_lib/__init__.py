@@ -4,7 +4,8 @@ from ._version import __version__
 from .assets import sample_images
 from .core.inference_protocol import InferenceProtocol
 from .core.pretrained_cfg import PretrainedCfg
-from .hub import get_weights, list_pretrained, load_pretrained
+from .hub import get_weights as get_weights  # deprecated alias of get_weight (0.3)
+from .hub import list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
 from .hub.zoo.registry import get_model_weights, get_weight
 from .inference.batch import predict_files
@@ -31,7 +32,6 @@ __all__ = [
     "get_model",
     "get_model_weights",
     "get_weight",
-    "get_weights",
     "legend",
     "list_models",
     "list_pretrained",

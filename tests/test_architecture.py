@@ -381,7 +381,10 @@ REEXPORT_PORTS: dict[str, set[str]] = {
         "read_safetensors",
     },
     # the dataset metadata's 0.1 path (tests, docs/weights.md's register_weights example)
-    "pspnet_lib.hub": {"DATASETS", "DatasetInfo", "get_dataset_info"},
+    # (DATASET_INFO: the 0.2 name hub.DATASETS, deprecated, points users to it)
+    "pspnet_lib.hub": {"DATASET_INFO", "DatasetInfo", "get_dataset_info"},
+    # the dataset tables' 0.2 path (docs/datasets.md): their records live in data/registry.py
+    "pspnet_lib.data.datasets": {"DATASETS", "DEFAULT_SPLITS", "ZOO_DATASETS"},
     # the normalisation constants' 0.1 path (benchmarks/data_pipeline.py)
     "pspnet_lib.data": {"IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"},
     # core.images is the one reader: its decoding step's names are read through it

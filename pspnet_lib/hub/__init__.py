@@ -13,17 +13,19 @@ import importlib.util
 import sys
 import types
 import warnings
+from typing import Any
 
-from ..data.metadata import DATASETS, DatasetInfo, get_dataset_info
+from ..data.registry import DATASET_INFO, DatasetInfo, get_dataset_info
 from .cache import ChecksumError, OfflineError, default_cache_dir, is_cached
 from .formats.serialization import CheckpointError
 from .load_report import LoadReport, load_weights
 from .loading import build_with_backbone_weights, load_pretrained
-from .zoo.registry import get_weights, list_pretrained, register_weights, unregister_weights
+from .zoo.registry import get_weight, list_pretrained, register_weights, unregister_weights
+from .zoo.registry import get_weights as get_weights  # deprecated alias of get_weight (0.3)
 from .zoo.weights import Weights
 
 __all__ = [
-    "DATASETS",
+    "DATASET_INFO",
     "CheckpointError",
     "ChecksumError",
     "DatasetInfo",
@@ -33,7 +35,7 @@ __all__ = [
     "build_with_backbone_weights",
     "default_cache_dir",
     "get_dataset_info",
-    "get_weights",
+    "get_weight",
     "is_cached",
     "list_pretrained",
     "load_pretrained",
@@ -84,3 +86,14 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATASETS":  # 0.2's name of DATASET_INFO
+        warnings.warn(
+            "pspnet_lib.hub.DATASETS is deprecated; use pspnet_lib.hub.DATASET_INFO (zoo key -> DatasetInfo)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DATASET_INFO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ from .checkpoint_files import Resolved, check_fits, check_values, resolve_path
 from .formats.converters import convert_state_dict
 from .formats.serialization import CheckpointError, extract_state_dict, read_checkpoint
 from .hf import resolve_hf
-from .zoo.registry import get_weights, resolve_name
+from .zoo.registry import get_weight, resolve_name
 from .zoo.weights import Weights
 
 __all__ = ["resolve_source", "parse_hf_source"]
@@ -209,7 +209,7 @@ def resolve_source(
     if format is not None:
         raise ValueError(f"format= applies to checkpoint files; the zoo entry {name!r} has a known format")
     return _resolve_zoo(
-        get_weights(name),
+        get_weight(name),
         default_cache_dir(cache_dir),
         local_files_only=local_files_only,
         progress=progress,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.images import pil_to_rgb
-from ..metadata import get_dataset_info
+from ..registry import get_dataset_info
 from ._common import (
     Member,
     PathLike,
