@@ -12,9 +12,11 @@ Typical use::
 Run the same script under ``torchrun --nproc_per_node N`` to train on N GPUs. To build the model,
 datasets and settings from a recipe and a data root, see :class:`pspnet_lib.engine.run.TrainingRun`.
 
-The Trainer is written in parts: the settings (:mod:`.config`), one optimisation step
-(:mod:`.trainer_step`), checkpoints and resumption (:mod:`.trainer_state`), validation and reports
-(:mod:`.trainer_report`); this module holds the set-up, the data stream and the loop.
+The Trainer is one class holding collaborators with explicit inputs: the settings (:mod:`.config`),
+one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and resumption
+(``Trainer.checkpoints``, :mod:`.trainer_state`), validation and reports (``Trainer.reports``,
+:mod:`.trainer_report`); this module holds the set-up, the data stream, the loop and the run's
+counters (``iteration``, ``best_miou``, ``history``), which it gives to them.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
 from .preflight import check_mask_fill, one_size_collate
-from .sampler import InfiniteSampler, SeededDataset, set_seed, usable_workers
-from .trainer_report import Meter, ReportMixin
-from .trainer_state import CheckpointMixin
+from .sampler import InfiniteSampler, SeededDataset, mix_seed, set_seed, usable_workers
+from .trainer_report import Meter, RunReports
+from .trainer_state import RunCheckpoints
 from .trainer_step import NonFiniteLossError, TrainStep
 
 # TrainConfig, AMP_MODES, set_seed and usable_workers moved to .config / .sampler; importing them from here still works.
@@ -50,7 +52,7 @@ __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "AMP_MODES", "Setting
 logger = logging.getLogger(__name__)
 
 
-class Trainer(CheckpointMixin, ReportMixin):
+class Trainer:
     """Train a PSPNet by iterations with the paper's recipe.
 
     Args:
@@ -77,6 +79,11 @@ class Trainer(CheckpointMixin, ReportMixin):
     training masks (one pass, rank 0, with a progress bar; see :mod:`.class_weights`) and replaced
     by the weights, which ``train_config.json``, the checkpoints and the saved model's
     ``pretrained_cfg`` (``class_weight``, ``class_weight_rule``) then record.
+
+    Its parts are objects it holds, built here with what they use: ``step``
+    (:class:`~.trainer_step.TrainStep`), ``checkpoints`` (:class:`~.trainer_state.RunCheckpoints`)
+    and ``reports`` (:class:`~.trainer_report.RunReports`); the counters ``iteration``,
+    ``best_miou`` and ``history`` are the Trainer's and given to them.
 
     ``fit()`` returns a summary dict: ``iteration``, ``metrics`` (last validation), ``best_miou``,
     ``checkpoint`` and ``model_dir`` paths, and ``history``.
@@ -112,7 +119,7 @@ class Trainer(CheckpointMixin, ReportMixin):
         self.class_weight_rule: str | None = None
         if loss_fn is None:
             self.config = config = self._resolve_class_weight(model, train_dataset)
-            self.loss_fn = PSPNetLoss(
+            loss_fn = PSPNetLoss(
                 config.aux_weight,
                 config.ignore_index,
                 loss=config.loss,
@@ -120,9 +127,8 @@ class Trainer(CheckpointMixin, ReportMixin):
                 class_weight=config.class_weight,  # type: ignore[arg-type]  # a list or None once resolved
                 sampler=config.sampler,
             )
-            self._log("loss: %s", self.loss_fn.describe())
-        else:
-            self.loss_fn = loss_fn
+            self._log("loss: %s", loss_fn.describe())
+        self.loss_fn: Any = loss_fn
         self.model = self._prepare_model(model)
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
@@ -152,16 +158,75 @@ class Trainer(CheckpointMixin, ReportMixin):
             distributed=self.dist.distributed,
             uses_aux=self.uses_aux,
         )
+        self.checkpoints = RunCheckpoints(
+            config,
+            dist=self.dist,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            out_dir=self.out_dir,
+        )
+        self.reports = RunReports(
+            config,
+            dist=self.dist,
+            model=self.model,
+            out_dir=self.out_dir,
+            explain_write_failure=self.checkpoints.explain_write_failure,
+        )
         self.iteration = 0
         self.best_miou = -math.inf
         self.history: list[dict[str, Any]] = []
-        self.last_metrics: dict[str, Any] | None = None
         self._resume = resume
         self._restored = False
-        self._saved_at = -1
-        self._validated_at = -1
-        #: ``(path, iteration)`` of the newest complete numbered checkpoint (written or resumed from).
-        self._last_checkpoint: tuple[Path, int] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """This process writes the run's files and logs (rank 0, or the only process)."""
+        return self.dist.is_main
+
+    def _log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
+        if self.is_main:
+            logger.log(level, msg, *args)
+
+    @property
+    def last_metrics(self) -> dict[str, Any] | None:
+        """The last validation's metrics (see :meth:`validate`), ``None`` before one."""
+        return self.reports.last_metrics
+
+    # ------------------------------------------------------------------ state and reports (delegated)
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (what a checkpoint holds)."""
+        return self.checkpoints.state_dict(
+            iteration=self.iteration, best_miou=self.best_miou, history=self.history, rng_states=rng_states
+        )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimiser, schedule, scaler, counters and RNG states)."""
+        self.iteration, self.best_miou, self.history = self.checkpoints.load_state_dict(state)
+
+    def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
+        """Write the run's state atomically (rank 0); ``latest.pt`` follows numbered checkpoints."""
+        return self.checkpoints.save(
+            iteration=self.iteration, best_miou=self.best_miou, history=self.history, numbered=numbered, best=best
+        )
+
+    def validate(self) -> dict[str, Any]:
+        """Evaluate the current model on the validation set with the configured protocol."""
+        return self.reports.validate(self.val_dataset, iteration=self.iteration, history=self.history)
+
+    def _restore_or_seed(self) -> None:
+        """Once: resume as ``resume`` asks (see :meth:`RunCheckpoints.find_resume`), else seed the run."""
+        if self._restored:
+            return
+        self._restored = True
+        found = self.checkpoints.find_resume(self._resume)
+        if found is None:
+            set_seed(mix_seed(self.config.seed, self.dist.rank))
+            return
+        path, state = found
+        self.load_state_dict(state)
+        self.checkpoints.resumed(path, self.iteration)
 
     # ------------------------------------------------------------------ set-up
     def _resolve_class_weight(self, model: nn.Module, dataset: Dataset) -> TrainConfig:
@@ -350,7 +415,7 @@ class Trainer(CheckpointMixin, ReportMixin):
         if self.is_main:
             ensure_dir(self.out_dir)
             settings = (c.to_json() + "\n").encode()
-            with self._explain_write_failure(
+            with self.checkpoints.explain_write_failure(
                 self.out_dir / "train_config.json", nbytes=len(settings), what="run settings"
             ):
                 atomic_write_bytes(self.out_dir / "train_config.json", settings)
@@ -378,7 +443,7 @@ class Trainer(CheckpointMixin, ReportMixin):
                 while self.iteration < end:
                     self._apply_train_mode()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    terms = self.step(batches, iteration=self.iteration, checkpoint_note=self._checkpoint_note)
+                    terms = self.step(batches, iteration=self.iteration, checkpoint_note=self.checkpoints.note)
                     self.iteration += 1
                     meter.add(terms, images_per_iteration)
                     bar.update(1)
@@ -389,7 +454,7 @@ class Trainer(CheckpointMixin, ReportMixin):
                         refresh=False,
                     )
                     if self.iteration % c.log_interval == 0 or self.iteration == end:
-                        self._log_window(meter, lr)
+                        self.reports.log_window(meter, lr, iteration=self.iteration, history=self.history)
                         meter.reset()
                     improved = False
                     if self.val_dataset is not None and (
@@ -413,6 +478,6 @@ class Trainer(CheckpointMixin, ReportMixin):
             "history": self.history,
         }
         if self.iteration >= c.iters:
-            summary["model_dir"] = self._finish()
+            summary["model_dir"] = self.reports.finish(self.val_dataset)
         D.barrier()
         return summary
