@@ -13,7 +13,7 @@ Run the same script under ``torchrun --nproc_per_node N`` to train on N GPUs. To
 datasets and settings from a recipe and a data root, see :class:`pspnet_lib.engine.run.TrainingRun`.
 
 The Trainer is one class holding collaborators with explicit inputs: the settings (:mod:`.config`),
-one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and resumption
+the set-up (:mod:`.trainer_setup`), one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and resumption
 (``Trainer.checkpoints``, :mod:`.trainer_state`), validation and reports (``Trainer.reports``,
 :mod:`.trainer_report`); this module holds the set-up, the data stream, the loop and the run's
 counters (``iteration``, ``best_miou``, ``history``), which it gives to them.
@@ -34,15 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import atomic_write_bytes, ensure_dir
 from .._progress import progress_bar
-from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
-from .class_weights import DEFAULT_RULE, compute_class_weights
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
-from .preflight import check_mask_fill, one_size_collate
+from .preflight import one_size_collate
 from .sampler import InfiniteSampler, SeededDataset, mix_seed, set_seed, usable_workers
 from .trainer_report import Meter, RunReports
+from .trainer_setup import check_setup, prepare_model, resolve_class_weight
 from .trainer_state import RunCheckpoints
 from .trainer_step import NonFiniteLossError, TrainStep
 
@@ -112,13 +111,15 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self._check_setup(model, loss_fn)
+        check_setup(config, model, loss_fn, train_dataset, val_dataset)
         self.collate_fn = collate_fn or one_size_collate
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        #: the rule ``config.class_weight`` named (its weights replace it in ``config``), or ``None``.
         self.class_weight_rule: str | None = None
         if loss_fn is None:
-            self.config = config = self._resolve_class_weight(model, train_dataset)
+            config, self.class_weight_rule = resolve_class_weight(config, model, train_dataset, self.dist)
+            self.config = config
             loss_fn = PSPNetLoss(
                 config.aux_weight,
                 config.ignore_index,
@@ -129,7 +130,7 @@ class Trainer:
             )
             self._log("loss: %s", loss_fn.describe())
         self.loss_fn: Any = loss_fn
-        self.model = self._prepare_model(model)
+        self.model, self.uses_aux = prepare_model(model, config, self.dist, train_dataset, self.class_weight_rule)
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
             self.train_model = DistributedDataParallel(
@@ -227,131 +228,6 @@ class Trainer:
         path, state = found
         self.load_state_dict(state)
         self.checkpoints.resumed(path, self.iteration)
-
-    # ------------------------------------------------------------------ set-up
-    def _resolve_class_weight(self, model: nn.Module, dataset: Dataset) -> TrainConfig:
-        """The config with its class weights checked against the class count and a rule computed
-        (rank 0 reads the masks; every rank gets the weights or the error)."""
-        c = self.config
-        num_classes = getattr(getattr(model, "config", None), "num_classes", None) or getattr(
-            dataset, "num_classes", None
-        )
-        if isinstance(num_classes, int):
-            c.check_num_classes(num_classes)
-        if not isinstance(c.class_weight, str):
-            return c
-        outcome: tuple[list[float] | None, str | None] = (None, None)
-        if self.is_main:
-            try:
-                weights = compute_class_weights(
-                    dataset, num_classes, c.class_weight, c.ignore_index, num_workers=c.num_workers, progress=c.progress
-                )
-                outcome = (weights, None)
-            except (ValueError, FileNotFoundError) as exc:
-                outcome = (None, str(exc))
-        weights, failure = D.broadcast_object(outcome)
-        if failure is not None:
-            raise SettingError(
-                "{class_weight=} could not be computed: " + SettingError.escape(failure), class_weight=c.class_weight
-            )
-        self.class_weight_rule = DEFAULT_RULE if c.class_weight == "auto" else c.class_weight
-        return c.replace(class_weight=weights)
-
-    def _check_setup(self, model: nn.Module, loss_fn: Callable[..., Any] | None) -> None:
-        """Refuse, before any work, a set-up that cannot learn or would stop at its first batches
-        (see :mod:`.preflight`): one class with the cross-entropy loss, datasets whose ignore index
-        is not the config's, transforms that pad masks with a value that is no class."""
-        ignore = self.config.ignore_index
-        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-        if loss_fn is None and num_classes is not None and num_classes < 2:
-            raise ValueError(
-                f"the model predicts {num_classes} class: a 1-class softmax always predicts it (cross-entropy 0, mIoU "
-                "100, nothing learnt). Build it for 2 classes (background + object; binary masks saved as 0/255: "
-                "label_map={255: 1}), or pass a loss_fn made for one output"
-            )
-        for role, dataset in (("training", self.train_dataset), ("validation", self.val_dataset)):
-            theirs = getattr(dataset, "ignore_index", None)
-            if isinstance(theirs, int) and theirs != ignore:
-                raise ValueError(
-                    f"the {role} dataset marks unscored pixels {theirs} but TrainConfig.ignore_index is {ignore}; "
-                    f"set one value for both (e.g. TrainConfig(ignore_index={theirs}))"
-                )
-        transforms = getattr(self.train_dataset, "transforms", None)
-        if transforms is not None and num_classes is not None:
-            check_mask_fill(transforms, ignore, num_classes)
-
-    def _prepare_model(self, model: nn.Module) -> nn.Module:
-        config = self.config
-        uses_aux = getattr(model, "aux_head", None) is not None and config.aux_weight > 0
-        if getattr(model, "aux_head", None) is not None and not uses_aux:
-            # An unused head would receive no gradient (DDP refuses that) and waste compute.
-            model.aux_head.requires_grad_(False)
-        self.uses_aux = uses_aux
-        if config.freeze_backbone:
-            freeze = getattr(model, "freeze_backbone", None)
-            if callable(freeze):
-                freeze()  # PSPNet's: parameters and BatchNorm statistics, also after train()
-            elif not hasattr(model, "backbone"):
-                raise ValueError("freeze_backbone needs a model with a .backbone")
-            else:
-                model.backbone.requires_grad_(False)
-        if config.grad_checkpointing:
-            if not hasattr(model, "set_grad_checkpointing"):
-                raise ValueError("grad_checkpointing needs a model with set_grad_checkpointing()")
-            getattr(model, "set_grad_checkpointing")(True)
-        if self.dist.distributed and config.sync_bn:
-            if self.device.type == "cuda":
-                model = D.convert_sync_batchnorm(model)
-            else:
-                self._log(
-                    "SyncBatchNorm needs GPUs; on the CPU each process keeps its own BatchNorm statistics "
-                    "(averaged over processes before validation and checkpoints)"
-                )
-        self._check_batch_statistics(model)
-        self._fill_pretrained_cfg(model)
-        model = model.to(self.device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    def _check_batch_statistics(self, model: nn.Module) -> None:
-        """Refuse batch size 1 when a 1x1 pyramid branch would train its BatchNorm (before any work).
-
-        The 1x1 branch pools each image to one value per channel; with one image BatchNorm has
-        no batch statistics and the forward pass fails. The model checks this too, but only at
-        the first step, after the run directory is made, and with advice for the Python API.
-        """
-        from ..models.ppm import PoolingBranch
-
-        if self.config.batch_size > 1 or self.config.freeze_bn:
-            return
-        for module in model.modules():
-            if isinstance(module, PoolingBranch) and module.bin_size == 1 and type(module.norm) is nn.BatchNorm2d:
-                raise ValueError(
-                    "batch_size=1 cannot train BatchNorm here: the 1x1 pyramid pooling branch then holds one value "
-                    "per channel, so there are no batch statistics. Use batch_size >= 2 (add grad_accum to keep "
-                    "memory low; CLI: --batch-size 2 --grad-accum N), or freeze_bn=True to keep the pretrained "
-                    "statistics when fine-tuning (CLI: --freeze-bn), or build the model with norm='group'"
-                )
-
-    def _fill_pretrained_cfg(self, model: nn.Module) -> None:
-        """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
-        typed = PretrainedCfg.of(model)
-        changes: dict[str, Any] = {"mean": typed.mean, "std": typed.std}  # written out, one value per input channel
-        for key in ("classes", "palette"):
-            value = getattr(self.train_dataset, key, None)
-            if value is not None:
-                changes[key] = value
-        changes["ignore_index"] = self.config.ignore_index
-        cfg = typed.replace(**changes).to_dict()
-        for key in ("class_weight", "class_weight_rule"):  # this run's, not those of the weights it started from
-            cfg.pop(key, None)
-        if isinstance(self.config.class_weight, list):
-            cfg["class_weight"] = self.config.class_weight
-            cfg["class_weight_rule"] = self.class_weight_rule or "given"
-        cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
-        if hasattr(model, "pretrained_cfg"):
-            setattr(model, "pretrained_cfg", cfg)  # nn.Module's typing hides the attribute
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         c = self.config
