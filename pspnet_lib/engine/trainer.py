@@ -12,11 +12,13 @@ Typical use::
 Run the same script under ``torchrun --nproc_per_node N`` to train on N GPUs. To build the model,
 datasets and settings from a recipe and a data root, see :class:`pspnet_lib.engine.run.TrainingRun`.
 
-The Trainer is one class holding collaborators with explicit inputs: the settings (:mod:`.config`),
-the set-up (:mod:`.trainer_setup`), one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and resumption
-(``Trainer.checkpoints``, :mod:`.trainer_state`), validation and reports (``Trainer.reports``,
-:mod:`.trainer_report`); this module holds the set-up, the data stream, the loop and the run's
-counters (``iteration``, ``best_miou``, ``history``), which it gives to them.
+The Trainer is one class using parts with explicit inputs: the settings (:mod:`.config`), the
+set-up checks and model preparation (functions of :mod:`.trainer_setup`), and the collaborators
+it holds: one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and
+resumption (``Trainer.checkpoints``, :mod:`.trainer_state`), validation and reports
+(``Trainer.reports``, :mod:`.trainer_report`). This module holds the construction, the data
+stream, the loop and the run's counters (``iteration``, ``best_miou``, ``history``), which it
+gives to them.
 """
 
 from __future__ import annotations
