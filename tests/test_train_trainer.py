@@ -360,3 +360,55 @@ def test_the_train_step_is_a_collaborator_with_explicit_inputs():
     ):
         step(iter([batch, batch]), iteration=3, checkpoint_note=lambda: "no checkpoint yet")
     assert torch.equal(model.weight, kept)  # stopped before the bad step touched the weights
+
+
+def test_checkpoints_and_reports_are_collaborators_with_explicit_inputs(tmp_path):
+    """The Trainer inherits nothing (issue 26); its checkpoints work from what they are given."""
+    from pspnet_lib.engine.distributed import DistInfo
+    from pspnet_lib.engine.optim import build_poly_scheduler
+    from pspnet_lib.engine.trainer_report import RunReports
+    from pspnet_lib.engine.trainer_state import RunCheckpoints
+
+    assert Trainer.__mro__ == (Trainer, object)
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Conv2d(3, 2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return model, RunCheckpoints(
+            TrainConfig(iters=10, out_dir=str(tmp_path), keep_last=2, export=False),
+            dist=DistInfo(),
+            model=model,
+            optimizer=optimizer,
+            scheduler=build_poly_scheduler(optimizer, 10, 0.9),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            out_dir=tmp_path,
+        )
+
+    model, checkpoints = parts(0)
+    assert checkpoints.note() == "no checkpoint had been written yet"
+    history = [{"type": "val", "iter": 3, "mIoU": 0.5}]
+    path = checkpoints.save(iteration=3, best_miou=0.5, history=history)
+    assert path == tmp_path / "checkpoints" / "iter_00000003.pt" and checkpoints.last_checkpoint == (path, 3)
+    assert "iteration 3" in checkpoints.note()
+    assert json.loads((tmp_path / "history.json").read_text())["history"] == history
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        checkpoints.find_resume(False)
+
+    other_model, other = parts(1)
+    assert not torch.equal(other_model.weight, model.weight)
+    found_path, state = other.find_resume(True)
+    assert found_path == tmp_path / "checkpoints" / "latest.pt"
+    assert other.load_state_dict(state) == (3, 0.5, history)
+    assert torch.equal(other_model.weight, model.weight)
+
+    reports = RunReports(
+        checkpoints.config,
+        dist=DistInfo(),
+        model=model,
+        out_dir=tmp_path,
+        explain_write_failure=other.explain_write_failure,
+    )
+    with pytest.raises(ValueError, match="needs a val_dataset"):
+        reports.validate(None, iteration=3, history=history)
+    assert reports.last_metrics is None and reports.finish(None) is None  # no validation, export=False

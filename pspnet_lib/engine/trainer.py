@@ -12,9 +12,13 @@ Typical use::
 Run the same script under ``torchrun --nproc_per_node N`` to train on N GPUs. To build the model,
 datasets and settings from a recipe and a data root, see :class:`pspnet_lib.engine.run.TrainingRun`.
 
-The Trainer is written in parts: the settings (:mod:`.config`), one optimisation step
-(:mod:`.trainer_step`), checkpoints and resumption (:mod:`.trainer_state`), validation and reports
-(:mod:`.trainer_report`); this module holds the set-up, the data stream and the loop.
+The Trainer is one class using parts with explicit inputs: the settings (:mod:`.config`), the
+set-up checks and model preparation (functions of :mod:`.trainer_setup`), and the collaborators
+it holds: one optimisation step (``Trainer.step``, :mod:`.trainer_step`), checkpoints and
+resumption (``Trainer.checkpoints``, :mod:`.trainer_state`), validation and reports
+(``Trainer.reports``, :mod:`.trainer_report`). This module holds the construction, the data
+stream, the loop and the run's counters (``iteration``, ``best_miou``, ``history``), which it
+gives to them.
 """
 
 from __future__ import annotations
@@ -32,16 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._files import atomic_write_bytes, ensure_dir
 from .._progress import progress_bar
-from ..core.pretrained_cfg import PretrainedCfg
 from . import distributed as D
-from .class_weights import DEFAULT_RULE, compute_class_weights
 from .config import AMP_MODES, SettingError, TrainConfig
 from .loss import PSPNetLoss
 from .optim import build_optimizer, build_poly_scheduler
-from .preflight import check_mask_fill, one_size_collate
-from .sampler import InfiniteSampler, SeededDataset, set_seed, usable_workers
-from .trainer_report import Meter, ReportMixin
-from .trainer_state import CheckpointMixin
+from .preflight import one_size_collate
+from .sampler import InfiniteSampler, SeededDataset, mix_seed, set_seed, usable_workers
+from .trainer_report import Meter, RunReports
+from .trainer_setup import check_setup, prepare_model, resolve_class_weight
+from .trainer_state import RunCheckpoints
 from .trainer_step import NonFiniteLossError, TrainStep
 
 # TrainConfig, AMP_MODES, set_seed and usable_workers moved to .config / .sampler; importing them from here still works.
@@ -50,7 +53,7 @@ __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "AMP_MODES", "Setting
 logger = logging.getLogger(__name__)
 
 
-class Trainer(CheckpointMixin, ReportMixin):
+class Trainer:
     """Train a PSPNet by iterations with the paper's recipe.
 
     Args:
@@ -77,6 +80,11 @@ class Trainer(CheckpointMixin, ReportMixin):
     training masks (one pass, rank 0, with a progress bar; see :mod:`.class_weights`) and replaced
     by the weights, which ``train_config.json``, the checkpoints and the saved model's
     ``pretrained_cfg`` (``class_weight``, ``class_weight_rule``) then record.
+
+    Its parts are objects it holds, built here with what they use: ``step``
+    (:class:`~.trainer_step.TrainStep`), ``checkpoints`` (:class:`~.trainer_state.RunCheckpoints`)
+    and ``reports`` (:class:`~.trainer_report.RunReports`); the counters ``iteration``,
+    ``best_miou`` and ``history`` are the Trainer's and given to them.
 
     ``fit()`` returns a summary dict: ``iteration``, ``metrics`` (last validation), ``best_miou``,
     ``checkpoint`` and ``model_dir`` paths, and ``history``.
@@ -105,14 +113,16 @@ class Trainer(CheckpointMixin, ReportMixin):
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self._check_setup(model, loss_fn)
+        check_setup(config, model, loss_fn, train_dataset, val_dataset)
         self.collate_fn = collate_fn or one_size_collate
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        #: the rule ``config.class_weight`` named (its weights replace it in ``config``), or ``None``.
         self.class_weight_rule: str | None = None
         if loss_fn is None:
-            self.config = config = self._resolve_class_weight(model, train_dataset)
-            self.loss_fn = PSPNetLoss(
+            config, self.class_weight_rule = resolve_class_weight(config, model, train_dataset, self.dist)
+            self.config = config
+            loss_fn = PSPNetLoss(
                 config.aux_weight,
                 config.ignore_index,
                 loss=config.loss,
@@ -120,10 +130,9 @@ class Trainer(CheckpointMixin, ReportMixin):
                 class_weight=config.class_weight,  # type: ignore[arg-type]  # a list or None once resolved
                 sampler=config.sampler,
             )
-            self._log("loss: %s", self.loss_fn.describe())
-        else:
-            self.loss_fn = loss_fn
-        self.model = self._prepare_model(model)
+            self._log("loss: %s", loss_fn.describe())
+        self.loss_fn: Any = loss_fn
+        self.model, self.uses_aux = prepare_model(model, config, self.dist, train_dataset, self.class_weight_rule)
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
             self.train_model = DistributedDataParallel(
@@ -152,141 +161,75 @@ class Trainer(CheckpointMixin, ReportMixin):
             distributed=self.dist.distributed,
             uses_aux=self.uses_aux,
         )
+        self.checkpoints = RunCheckpoints(
+            config,
+            dist=self.dist,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            out_dir=self.out_dir,
+        )
+        self.reports = RunReports(
+            config,
+            dist=self.dist,
+            model=self.model,
+            out_dir=self.out_dir,
+            explain_write_failure=self.checkpoints.explain_write_failure,
+        )
         self.iteration = 0
         self.best_miou = -math.inf
         self.history: list[dict[str, Any]] = []
-        self.last_metrics: dict[str, Any] | None = None
         self._resume = resume
         self._restored = False
-        self._saved_at = -1
-        self._validated_at = -1
-        #: ``(path, iteration)`` of the newest complete numbered checkpoint (written or resumed from).
-        self._last_checkpoint: tuple[Path, int] | None = None
 
-    # ------------------------------------------------------------------ set-up
-    def _resolve_class_weight(self, model: nn.Module, dataset: Dataset) -> TrainConfig:
-        """The config with its class weights checked against the class count and a rule computed
-        (rank 0 reads the masks; every rank gets the weights or the error)."""
-        c = self.config
-        num_classes = getattr(getattr(model, "config", None), "num_classes", None) or getattr(
-            dataset, "num_classes", None
-        )
-        if isinstance(num_classes, int):
-            c.check_num_classes(num_classes)
-        if not isinstance(c.class_weight, str):
-            return c
-        outcome: tuple[list[float] | None, str | None] = (None, None)
+    @property
+    def is_main(self) -> bool:
+        """This process writes the run's files and logs (rank 0, or the only process)."""
+        return self.dist.is_main
+
+    def _log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         if self.is_main:
-            try:
-                weights = compute_class_weights(
-                    dataset, num_classes, c.class_weight, c.ignore_index, num_workers=c.num_workers, progress=c.progress
-                )
-                outcome = (weights, None)
-            except (ValueError, FileNotFoundError) as exc:
-                outcome = (None, str(exc))
-        weights, failure = D.broadcast_object(outcome)
-        if failure is not None:
-            raise SettingError(
-                "{class_weight=} could not be computed: " + SettingError.escape(failure), class_weight=c.class_weight
-            )
-        self.class_weight_rule = DEFAULT_RULE if c.class_weight == "auto" else c.class_weight
-        return c.replace(class_weight=weights)
+            logger.log(level, msg, *args)
 
-    def _check_setup(self, model: nn.Module, loss_fn: Callable[..., Any] | None) -> None:
-        """Refuse, before any work, a set-up that cannot learn or would stop at its first batches
-        (see :mod:`.preflight`): one class with the cross-entropy loss, datasets whose ignore index
-        is not the config's, transforms that pad masks with a value that is no class."""
-        ignore = self.config.ignore_index
-        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-        if loss_fn is None and num_classes is not None and num_classes < 2:
-            raise ValueError(
-                f"the model predicts {num_classes} class: a 1-class softmax always predicts it (cross-entropy 0, mIoU "
-                "100, nothing learnt). Build it for 2 classes (background + object; binary masks saved as 0/255: "
-                "label_map={255: 1}), or pass a loss_fn made for one output"
-            )
-        for role, dataset in (("training", self.train_dataset), ("validation", self.val_dataset)):
-            theirs = getattr(dataset, "ignore_index", None)
-            if isinstance(theirs, int) and theirs != ignore:
-                raise ValueError(
-                    f"the {role} dataset marks unscored pixels {theirs} but TrainConfig.ignore_index is {ignore}; "
-                    f"set one value for both (e.g. TrainConfig(ignore_index={theirs}))"
-                )
-        transforms = getattr(self.train_dataset, "transforms", None)
-        if transforms is not None and num_classes is not None:
-            check_mask_fill(transforms, ignore, num_classes)
+    @property
+    def last_metrics(self) -> dict[str, Any] | None:
+        """The last validation's metrics (see :meth:`validate`), ``None`` before one."""
+        return self.reports.last_metrics
 
-    def _prepare_model(self, model: nn.Module) -> nn.Module:
-        config = self.config
-        uses_aux = getattr(model, "aux_head", None) is not None and config.aux_weight > 0
-        if getattr(model, "aux_head", None) is not None and not uses_aux:
-            # An unused head would receive no gradient (DDP refuses that) and waste compute.
-            model.aux_head.requires_grad_(False)
-        self.uses_aux = uses_aux
-        if config.freeze_backbone:
-            freeze = getattr(model, "freeze_backbone", None)
-            if callable(freeze):
-                freeze()  # PSPNet's: parameters and BatchNorm statistics, also after train()
-            elif not hasattr(model, "backbone"):
-                raise ValueError("freeze_backbone needs a model with a .backbone")
-            else:
-                model.backbone.requires_grad_(False)
-        if config.grad_checkpointing:
-            if not hasattr(model, "set_grad_checkpointing"):
-                raise ValueError("grad_checkpointing needs a model with set_grad_checkpointing()")
-            getattr(model, "set_grad_checkpointing")(True)
-        if self.dist.distributed and config.sync_bn:
-            if self.device.type == "cuda":
-                model = D.convert_sync_batchnorm(model)
-            else:
-                self._log(
-                    "SyncBatchNorm needs GPUs; on the CPU each process keeps its own BatchNorm statistics "
-                    "(averaged over processes before validation and checkpoints)"
-                )
-        self._check_batch_statistics(model)
-        self._fill_pretrained_cfg(model)
-        model = model.to(self.device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+    # ------------------------------------------------------------------ state and reports (delegated)
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (what a checkpoint holds)."""
+        return self.checkpoints.state_dict(
+            iteration=self.iteration, best_miou=self.best_miou, history=self.history, rng_states=rng_states
+        )
 
-    def _check_batch_statistics(self, model: nn.Module) -> None:
-        """Refuse batch size 1 when a 1x1 pyramid branch would train its BatchNorm (before any work).
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimiser, schedule, scaler, counters and RNG states)."""
+        self.iteration, self.best_miou, self.history = self.checkpoints.load_state_dict(state)
 
-        The 1x1 branch pools each image to one value per channel; with one image BatchNorm has
-        no batch statistics and the forward pass fails. The model checks this too, but only at
-        the first step, after the run directory is made, and with advice for the Python API.
-        """
-        from ..models.ppm import PoolingBranch
+    def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
+        """Write the run's state atomically (rank 0); ``latest.pt`` follows numbered checkpoints."""
+        return self.checkpoints.save(
+            iteration=self.iteration, best_miou=self.best_miou, history=self.history, numbered=numbered, best=best
+        )
 
-        if self.config.batch_size > 1 or self.config.freeze_bn:
+    def validate(self) -> dict[str, Any]:
+        """Evaluate the current model on the validation set with the configured protocol."""
+        return self.reports.validate(self.val_dataset, iteration=self.iteration, history=self.history)
+
+    def _restore_or_seed(self) -> None:
+        """Once: resume as ``resume`` asks (see :meth:`RunCheckpoints.find_resume`), else seed the run."""
+        if self._restored:
             return
-        for module in model.modules():
-            if isinstance(module, PoolingBranch) and module.bin_size == 1 and type(module.norm) is nn.BatchNorm2d:
-                raise ValueError(
-                    "batch_size=1 cannot train BatchNorm here: the 1x1 pyramid pooling branch then holds one value "
-                    "per channel, so there are no batch statistics. Use batch_size >= 2 (add grad_accum to keep "
-                    "memory low; CLI: --batch-size 2 --grad-accum N), or freeze_bn=True to keep the pretrained "
-                    "statistics when fine-tuning (CLI: --freeze-bn), or build the model with norm='group'"
-                )
-
-    def _fill_pretrained_cfg(self, model: nn.Module) -> None:
-        """Record what users of the trained weights need: classes, palette, normalisation, protocol."""
-        typed = PretrainedCfg.of(model)
-        changes: dict[str, Any] = {"mean": typed.mean, "std": typed.std}  # written out, one value per input channel
-        for key in ("classes", "palette"):
-            value = getattr(self.train_dataset, key, None)
-            if value is not None:
-                changes[key] = value
-        changes["ignore_index"] = self.config.ignore_index
-        cfg = typed.replace(**changes).to_dict()
-        for key in ("class_weight", "class_weight_rule"):  # this run's, not those of the weights it started from
-            cfg.pop(key, None)
-        if isinstance(self.config.class_weight, list):
-            cfg["class_weight"] = self.config.class_weight
-            cfg["class_weight_rule"] = self.class_weight_rule or "given"
-        cfg["inference"] = self.config.eval_protocol().to_dict(full=True)  # all six keys, as the CLI flags
-        if hasattr(model, "pretrained_cfg"):
-            setattr(model, "pretrained_cfg", cfg)  # nn.Module's typing hides the attribute
+        self._restored = True
+        found = self.checkpoints.find_resume(self._resume)
+        if found is None:
+            set_seed(mix_seed(self.config.seed, self.dist.rank))
+            return
+        path, state = found
+        self.load_state_dict(state)
+        self.checkpoints.resumed(path, self.iteration)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         c = self.config
@@ -350,7 +293,7 @@ class Trainer(CheckpointMixin, ReportMixin):
         if self.is_main:
             ensure_dir(self.out_dir)
             settings = (c.to_json() + "\n").encode()
-            with self._explain_write_failure(
+            with self.checkpoints.explain_write_failure(
                 self.out_dir / "train_config.json", nbytes=len(settings), what="run settings"
             ):
                 atomic_write_bytes(self.out_dir / "train_config.json", settings)
@@ -378,7 +321,7 @@ class Trainer(CheckpointMixin, ReportMixin):
                 while self.iteration < end:
                     self._apply_train_mode()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    terms = self.step(batches, iteration=self.iteration, checkpoint_note=self._checkpoint_note)
+                    terms = self.step(batches, iteration=self.iteration, checkpoint_note=self.checkpoints.note)
                     self.iteration += 1
                     meter.add(terms, images_per_iteration)
                     bar.update(1)
@@ -389,7 +332,7 @@ class Trainer(CheckpointMixin, ReportMixin):
                         refresh=False,
                     )
                     if self.iteration % c.log_interval == 0 or self.iteration == end:
-                        self._log_window(meter, lr)
+                        self.reports.log_window(meter, lr, iteration=self.iteration, history=self.history)
                         meter.reset()
                     improved = False
                     if self.val_dataset is not None and (
@@ -413,6 +356,6 @@ class Trainer(CheckpointMixin, ReportMixin):
             "history": self.history,
         }
         if self.iteration >= c.iters:
-            summary["model_dir"] = self._finish()
+            summary["model_dir"] = self.reports.finish(self.val_dataset)
         D.barrier()
         return summary

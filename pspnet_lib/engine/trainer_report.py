@@ -1,28 +1,33 @@
-"""The Trainer's reports: validation, the training log and curve, the final metrics and model."""
+"""The Trainer's reports: validation, the training log and curve, the final metrics and model
+(:class:`RunReports`, a collaborator with explicit inputs held as ``Trainer.reports``)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import Dataset
 
 from .._files import atomic_write_bytes, ensure_dir
 from ..inference.visualize import draw_confusion_matrix
 from . import distributed as D
 from .checkpoint import checkpoint_name, get_rng_state, set_rng_state, state_nbytes
+from .config import TrainConfig
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
 from .sampler import usable_workers
-from .trainer_base import TrainerBase
 
-__all__ = ["Meter", "ReportMixin"]
+__all__ = ["Meter", "RunReports"]
 
 logger = logging.getLogger("pspnet_lib.engine.trainer")
 
@@ -53,12 +58,48 @@ class Meter:
         return self.images / elapsed if elapsed > 0 else 0.0
 
 
-class ReportMixin(TrainerBase):
-    """Validation, logging and the end of a run of :class:`~pspnet_lib.engine.trainer.Trainer`."""
+class RunReports:
+    """Validation, the training log and the end of a run of :class:`~pspnet_lib.engine.trainer.Trainer`,
+    with everything it uses given here.
 
-    def validate(self) -> dict[str, Any]:
-        """Evaluate the current model on the validation set with the configured protocol."""
-        if self.val_dataset is None:
+    Args:
+        config: the run's :class:`~pspnet_lib.engine.TrainConfig` (the evaluation protocol,
+            ``val_amp``, ``iters``, ``export``).
+        dist: the process set-up (rank 0 writes and logs; ``dist.device`` evaluates).
+        model: the bare model (not the DDP wrapper).
+        out_dir: the run directory (``validation/``, ``metrics.json``, ``model/``).
+        explain_write_failure: ``explain_write_failure(path, nbytes=..., what=...)``, the context
+            manager that turns a failed write into one line
+            (:meth:`~pspnet_lib.engine.trainer_state.RunCheckpoints.explain_write_failure`).
+
+    The history list and the iteration are the Trainer's, given to each method. This object keeps
+    the last validation's metrics (``last_metrics``, ``None`` before one) and its iteration
+    (``validated_at``, -1 before one), which :meth:`finish` writes.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        dist: D.DistInfo,
+        model: nn.Module,
+        out_dir: Path,
+        explain_write_failure: Callable[..., contextlib.AbstractContextManager],
+    ) -> None:
+        self.config, self.dist, self.model, self.out_dir = config, dist, model, out_dir
+        self.explain_write_failure = explain_write_failure
+        self.last_metrics: dict[str, Any] | None = None
+        self.validated_at = -1
+
+    def _log(self, msg: str, *args: Any) -> None:
+        if self.dist.is_main:
+            logger.info(msg, *args)
+
+    def validate(self, dataset: Dataset | None, *, iteration: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Evaluate the model on ``dataset`` with the configured protocol at ``iteration``: records
+        the metrics (``last_metrics``), writes the per-class report (rank 0), appends a ``"val"``
+        entry to ``history`` and logs. Raises ``ValueError`` without a dataset."""
+        if dataset is None:
             raise ValueError("validate() needs a val_dataset")
         c = self.config
         D.average_buffers(self.model, self.dist)
@@ -68,11 +109,11 @@ class ReportMixin(TrainerBase):
         try:
             metrics = evaluate(
                 self.model,
-                self.val_dataset,
+                dataset,
                 num_classes=getattr(getattr(self.model, "config", None), "num_classes", None),
                 protocol=c.eval_protocol(),
                 ignore_index=c.ignore_index,
-                device=self.device,
+                device=self.dist.device,
                 amp_dtype=amp_dtype,
                 num_workers=usable_workers(min(c.num_workers, 2)),
                 progress=c.progress,
@@ -80,14 +121,14 @@ class ReportMixin(TrainerBase):
         finally:
             set_rng_state(rng)
         self.last_metrics = metrics
-        self._validated_at = self.iteration
-        if self.is_main:
-            self._write_class_report(metrics)
-        entry = {"iter": self.iteration, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"]}
-        self.history.append({"type": "val", **entry})
+        self.validated_at = iteration
+        if self.dist.is_main:
+            self._write_class_report(metrics, dataset, iteration)
+        entry = {"iter": iteration, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"]}
+        history.append({"type": "val", **entry})
         self._log(
             "iter %d validation (%s): mIoU %.2f  mAcc %.2f  aAcc %.2f",
-            self.iteration,
+            iteration,
             metrics["precision"],
             100 * metrics["mIoU"],
             100 * metrics["mAcc"],
@@ -95,42 +136,44 @@ class ReportMixin(TrainerBase):
         )
         return metrics
 
-    def _write_class_report(self, metrics: dict[str, Any]) -> None:
+    def _write_class_report(self, metrics: dict[str, Any], dataset: Dataset, iteration: int) -> None:
         """``validation/iter_XXXXXXXX.json`` (per-class IoU/Acc and the confusion matrix) and
         ``validation/iter_XXXXXXXX_confusion.png`` (the row-normalised matrix) of this evaluation."""
-        classes = getattr(self.val_dataset, "classes", None)
+        classes = getattr(dataset, "classes", None)
         if classes is not None and len(classes) != len(metrics["IoU"]):
             classes = None
         payload = json.loads(metrics_to_json(metrics, classes))
-        payload["iteration"] = self.iteration
+        payload["iteration"] = iteration
         picture = io.BytesIO()
-        title = f"Confusion matrix at iteration {self.iteration} (mIoU {100 * metrics['mIoU']:.2f})"
+        title = f"Confusion matrix at iteration {iteration} (mIoU {100 * metrics['mIoU']:.2f})"
         draw_confusion_matrix(metrics["confusion_matrix"], classes, title).save(picture, format="PNG")
-        stem = self.out_dir / "validation" / checkpoint_name(self.iteration).removesuffix(".pt")
+        stem = self.out_dir / "validation" / checkpoint_name(iteration).removesuffix(".pt")
         files = (
             (stem.with_name(stem.name + ".json"), (json.dumps(payload, indent=2) + "\n").encode(), "per-class metrics"),
             (stem.with_name(stem.name + "_confusion.png"), picture.getvalue(), "confusion matrix picture"),
         )
         ensure_dir(stem.parent)
         for path, data, what in files:
-            with self._explain_write_failure(path, nbytes=len(data), what=what):
+            with self.explain_write_failure(path, nbytes=len(data), what=what):
                 atomic_write_bytes(path, data)
 
-    def _log_window(self, meter: Meter, lr: float) -> None:
+    def log_window(self, meter: Meter, lr: float, *, iteration: int, history: list[dict[str, Any]]) -> None:
+        """Append a ``"train"`` entry (the window's mean loss terms over all processes, ``lr``,
+        images/s) to ``history`` and log it with the time left."""
         means = meter.means()
         if self.dist.distributed:  # the average over all processes' batches
             keys = sorted(means)
-            values = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=self.device)
+            values = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=self.dist.device)
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
             means = dict(zip(keys, (values / self.dist.world_size).tolist()))
         speed = meter.images_per_second()
-        entry = {"type": "train", "iter": self.iteration, "lr": lr, "img_per_s": speed, **means}
-        self.history.append(entry)
+        entry = {"type": "train", "iter": iteration, "lr": lr, "img_per_s": speed, **means}
+        history.append(entry)
         parts = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-        remaining = (self.config.iters - self.iteration) * meter.images / max(meter.steps, 1) / max(speed, 1e-9)
+        remaining = (self.config.iters - iteration) * meter.images / max(meter.steps, 1) / max(speed, 1e-9)
         self._log(
             "iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s  eta %s",
-            self.iteration,
+            iteration,
             self.config.iters,
             means.get("loss", math.nan),
             parts,
@@ -139,24 +182,25 @@ class ReportMixin(TrainerBase):
             time.strftime("%H:%M:%S", time.gmtime(remaining)),
         )
 
-    def _finish(self) -> str | None:
-        """Final metrics file and model export (rank 0)."""
-        if not self.is_main:
+    def finish(self, dataset: Dataset | None) -> str | None:
+        """Final metrics file (the last validation's, with ``dataset``'s class names) and model
+        export (rank 0); returns the model directory, or ``None``."""
+        if not self.dist.is_main:
             return None
         if self.last_metrics is not None:
-            classes = getattr(self.val_dataset, "classes", None)
+            classes = getattr(dataset, "classes", None)
             payload = json.loads(metrics_to_json(self.last_metrics, classes))
-            payload["iteration"] = self._validated_at
+            payload["iteration"] = self.validated_at
             report = (json.dumps(payload, indent=2) + "\n").encode()
-            with self._explain_write_failure(self.out_dir / "metrics.json", nbytes=len(report), what="metrics"):
+            with self.explain_write_failure(self.out_dir / "metrics.json", nbytes=len(report), what="metrics"):
                 atomic_write_bytes(self.out_dir / "metrics.json", report)
             logger.info(
-                "validation at iteration %d:\n%s", self._validated_at, format_metrics_table(self.last_metrics, classes)
+                "validation at iteration %d:\n%s", self.validated_at, format_metrics_table(self.last_metrics, classes)
             )
         if not self.config.export:
             return None
         directory = self.out_dir / "model"
-        with self._explain_write_failure(
+        with self.explain_write_failure(
             directory / "model.safetensors", nbytes=state_nbytes(self.model.state_dict()), what="final model"
         ):
             getattr(self.model, "save_pretrained")(

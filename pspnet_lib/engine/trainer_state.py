@@ -1,4 +1,5 @@
-"""The Trainer's state: ``state_dict`` / ``load_state_dict``, atomic checkpoints and exact resumption."""
+"""The Trainer's state: ``state_dict`` / ``load_state_dict``, atomic checkpoints and exact resumption
+(:class:`RunCheckpoints`, a collaborator with explicit inputs held as ``Trainer.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn as nn
 
 from .._files import atomic_save, atomic_write_bytes, remove_stale_temporaries
 from ..core.digest import content_digest
@@ -27,11 +31,11 @@ from .checkpoint import (
     set_rng_state,
     state_nbytes,
 )
+from .config import TrainConfig
 from .optim import PolyLambda
 from .sampler import mix_seed, set_seed
-from .trainer_base import TrainerBase
 
-__all__ = ["CheckpointMixin"]
+__all__ = ["RunCheckpoints"]
 
 logger = logging.getLogger("pspnet_lib.engine.trainer")
 
@@ -70,16 +74,62 @@ _TRAJECTORY_FIELDS = (
 )
 
 
-class CheckpointMixin(TrainerBase):
-    """Checkpoints and resumption of :class:`~pspnet_lib.engine.trainer.Trainer`."""
+class RunCheckpoints:
+    """Checkpoints and resumption of :class:`~pspnet_lib.engine.trainer.Trainer`, with everything it
+    uses given here: what a checkpoint holds, its atomic write with ``latest.pt``/``best.pt`` links
+    and rotation, ``history.json``, finding the checkpoint to resume from, and the one-line error of
+    a failed write.
 
-    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    Args:
+        config: the run's :class:`~pspnet_lib.engine.TrainConfig` (recorded, ``keep_last``, ``seed``,
+            the schedule restored on resumption).
+        dist: the process set-up (rank 0 writes; ``dist.device`` is where states are loaded).
+        model: the bare model (not the DDP wrapper); ``optimizer``, ``scheduler``, ``scaler``: the run's.
+        out_dir: the run directory (checkpoints in ``out_dir/checkpoints``).
+
+    The run's counters (iteration, best mIoU, history) stay the Trainer's: the methods take them as
+    arguments and :meth:`load_state_dict` returns them. This object keeps what only checkpoints
+    need: the iteration of the last numbered checkpoint written (``saved_at``, -1 before one) and
+    ``last_checkpoint``, ``(path, iteration)`` of the newest complete numbered checkpoint (written
+    or resumed from), or ``None``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        dist: D.DistInfo,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        scaler: torch.amp.GradScaler,
+        out_dir: Path,
+    ) -> None:
+        self.config, self.dist, self.model = config, dist, model
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.out_dir = out_dir
+        self.ckpt_dir = out_dir / "checkpoints"
+        self.saved_at = -1
+        self.last_checkpoint: tuple[Path, int] | None = None
+
+    def _log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
+        if self.dist.is_main:
+            logger.log(level, msg, *args)
+
+    def state_dict(
+        self,
+        *,
+        iteration: int,
+        best_miou: float,
+        history: list[dict[str, Any]],
+        rng_states: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         """Everything needed to continue this run exactly (what a checkpoint holds)."""
         model_config = getattr(self.model, "config", None)  # a PSPNetConfig (a user's model may have none)
         return {
             "format": CHECKPOINT_FORMAT,
             "version": 1,
-            "iteration": self.iteration,
+            "iteration": iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -91,12 +141,13 @@ class CheckpointMixin(TrainerBase):
             if model_config is not None and hasattr(model_config, "to_dict")
             else None,
             "pretrained_cfg": getattr(self.model, "pretrained_cfg", {}),
-            "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
-            "history": self.history,
+            "best_miou": best_miou if math.isfinite(best_miou) else None,
+            "history": history,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (model, optimiser, schedule, scaler, counters and RNG states)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> tuple[int, float, list[dict[str, Any]]]:
+        """Restore a :meth:`state_dict`'s model, optimiser, schedule, scaler and RNG states; returns
+        its counters ``(iteration, best_miou, history)`` (``best_miou`` ``-inf`` before a validation)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -115,9 +166,9 @@ class CheckpointMixin(TrainerBase):
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
-        self.best_miou = state["best_miou"] if state.get("best_miou") is not None else -math.inf
-        self.history = list(state.get("history") or [])
+        iteration = int(state["iteration"])
+        best_miou = state["best_miou"] if state.get("best_miou") is not None else -math.inf
+        history = list(state.get("history") or [])
         rng = state.get("rng") or []
         if len(rng) == self.dist.world_size:
             set_rng_state(rng[self.dist.rank])
@@ -129,23 +180,27 @@ class CheckpointMixin(TrainerBase):
                 self.dist.world_size,
                 level=logging.WARNING,
             )
-            set_seed(mix_seed(self.config.seed, self.dist.rank, self.iteration))
+            set_seed(mix_seed(self.config.seed, self.dist.rank, iteration))
+        return iteration, best_miou, history
 
-    def _restore_or_seed(self) -> None:
-        if self._restored:
-            return
-        self._restored = True
-        # Rank 0 decides, reading the checkpoint (the run directory must be on a file system every
-        # process can read); a torn latest.pt falls back to the newest readable iter_*.pt.
+    def find_resume(self, resume: bool | str | Path) -> tuple[Path, Mapping[str, Any]] | None:
+        """The checkpoint to resume from and its state, or ``None`` to start a new run.
+
+        ``resume`` is the Trainer's: ``False`` (an existing run in ``out_dir`` is a
+        ``FileExistsError``), ``True`` (``latest.pt``, falling back to the newest readable
+        ``iter_*.pt``; none: a new run) or a path. Rank 0 decides, reading the checkpoint (the run
+        directory must be on a file system every process can read), and every process gets its
+        decision or its error (``FileNotFoundError``, ``ValueError``). Changed settings that alter
+        the trajectory are logged as a warning."""
         decision: tuple[str | None, str | None, str | None] = (None, None, None)
         state = None
-        if self.is_main:
+        if self.dist.is_main:
             candidates = resume_candidates(self.ckpt_dir)
-            if self._resume is True:
+            if resume is True:
                 if not candidates:
                     logger.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
-            elif self._resume:
-                chosen = Path(self._resume)
+            elif resume:
+                chosen = Path(resume)
                 # An explicit latest.pt falls back like the default; another file is taken as given.
                 candidates = [chosen] + (resume_candidates(chosen.parent)[1:] if chosen.name == "latest.pt" else [])
             elif candidates:
@@ -160,7 +215,7 @@ class CheckpointMixin(TrainerBase):
                 candidates = []
             if candidates:
                 try:
-                    found = load_resume_checkpoint(candidates, map_location=self.device)
+                    found = load_resume_checkpoint(candidates, map_location=self.dist.device)
                 except (ValueError, OSError) as exc:
                     decision = (None, type(exc).__name__, str(exc))
                 else:
@@ -171,11 +226,10 @@ class CheckpointMixin(TrainerBase):
         if error:
             raise {"exists": FileExistsError, "FileNotFoundError": FileNotFoundError}.get(kind, ValueError)(error)
         if found_path is None:
-            set_seed(mix_seed(self.config.seed, self.dist.rank))
-            return
+            return None
         path = Path(found_path)
         if state is None:  # the other processes read the file rank 0 chose
-            state = load_checkpoint(path, map_location=self.device)
+            state = load_checkpoint(path, map_location=self.dist.device)
         saved = state.get("config") or {}
         changed = [
             f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}"
@@ -188,10 +242,14 @@ class CheckpointMixin(TrainerBase):
                 "; ".join(changed),
                 level=logging.WARNING,
             )
-        self.load_state_dict(state)
-        self._last_checkpoint = (path, self.iteration)
-        self._log("resumed from %s at iteration %d", path, self.iteration)
-        if self.is_main:
+        return path, state
+
+    def resumed(self, path: Path, iteration: int) -> None:
+        """Record that the run resumed from ``path`` (restored at ``iteration``) and, on rank 0, remove
+        what a kill left behind."""
+        self.last_checkpoint = (path, iteration)
+        self._log("resumed from %s at iteration %d", path, iteration)
+        if self.dist.is_main:
             self._tidy_run_dir(path)
 
     def _tidy_run_dir(self, resumed_from: Path) -> None:
@@ -204,50 +262,61 @@ class CheckpointMixin(TrainerBase):
         if removed:
             self._log("removed what an interrupted run left: %s", ", ".join(p.name for p in removed))
 
-    def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
-        """Write the run's state atomically (rank 0); ``latest.pt`` follows numbered checkpoints."""
+    def save(
+        self,
+        *,
+        iteration: int,
+        best_miou: float,
+        history: list[dict[str, Any]],
+        numbered: bool = True,
+        best: bool = False,
+    ) -> Path | None:
+        """Write the run's state atomically (rank 0; every process takes part in gathering the RNG
+        states and averaging BatchNorm buffers); ``latest.pt`` follows numbered checkpoints, then
+        ``history.json`` is rewritten. Returns the path written (``None`` on other ranks)."""
         D.average_buffers(self.model, self.dist)
         rng_states = D.all_gather_objects(get_rng_state())
-        if not self.is_main:
+        if not self.dist.is_main:
             return None
-        state = self.state_dict(rng_states)
+        state = self.state_dict(iteration=iteration, best_miou=best_miou, history=history, rng_states=rng_states)
         state[DIGEST_KEY] = content_digest(state)  # verified by --resume and load_pretrained
-        path = self.ckpt_dir / (checkpoint_name(self.iteration) if numbered else "best.pt")
-        with self._explain_write_failure(path, state=state):
+        path = self.ckpt_dir / (checkpoint_name(iteration) if numbered else "best.pt")
+        with self.explain_write_failure(path, state=state):
             if numbered:
                 atomic_save(state, path)
                 atomic_link(path, self.ckpt_dir / "latest.pt")
                 if best:
                     atomic_link(path, self.ckpt_dir / "best.pt")
                 # Complete and linked: from here on a resume starts here, whatever fails next.
-                self._last_checkpoint = (path, self.iteration)
+                self.last_checkpoint = (path, iteration)
                 rotate_checkpoints(self.ckpt_dir, self.config.keep_last)
-                self._saved_at = self.iteration
+                self.saved_at = iteration
             elif best:
                 atomic_save(state, path)
-            self._write_history()
+            self.write_history(history)
         logger.debug("checkpoint written: %s", path)
         return path
 
-    def _checkpoint_note(self) -> str:
+    def note(self) -> str:
         """What a stop leaves: the last good checkpoint (and how to resume), or none yet."""
         latest = self.ckpt_dir / "latest.pt"
-        if self._saved_at >= 0 or latest.is_file():
+        if self.saved_at >= 0 or latest.is_file():
             return (
-                f"the last good checkpoint {latest} (iteration {self._saved_at}) is intact; resume from it with "
+                f"the last good checkpoint {latest} (iteration {self.saved_at}) is intact; resume from it with "
                 "resume=True / --resume after changing the settings"
             )
         return "no checkpoint had been written yet"
 
-    def _explain_write_failure(
+    def explain_write_failure(
         self, path: Path, *, state: Any = None, nbytes: int | None = None, what: str = "checkpoint"
     ) -> contextlib.AbstractContextManager:
         """A failed write (a full disk above all) becomes one line naming the file, the space needed
-        and free, the last complete checkpoint and ``--resume`` (see :func:`explain_write_failure`).
+        and free, the last complete checkpoint and ``--resume`` (see
+        :func:`~pspnet_lib.engine.checkpoint.explain_write_failure`).
 
         The space needed is ``nbytes`` if given, else the size of the last checkpoint, else the
         size of ``state``'s tensors."""
-        last = self._last_checkpoint
+        last = self.last_checkpoint
         if nbytes is not None:
             needed, source = nbytes, f"the size of the {what}"
         elif last is not None and last[0].is_file():
@@ -256,6 +325,7 @@ class CheckpointMixin(TrainerBase):
             needed, source = state_nbytes(state), f"the size of the {what}'s tensors"
         return explain_write_failure(path, needed=needed, needed_source=source, last_checkpoint=last, what=what)
 
-    def _write_history(self) -> None:
-        payload = {"config": self.config.to_dict(), "history": self.history}
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """``history.json``: the run's settings and ``history``, written atomically."""
+        payload = {"config": self.config.to_dict(), "history": history}
         atomic_write_bytes(self.out_dir / "history.json", (json.dumps(payload, indent=1) + "\n").encode())
