@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_info, write_json
 
 from pspnet_lib import demo
 from pspnet_lib.data.synthetic import make_scene
@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    machine = machine_info(torch.device("cpu"), args.threads)
-    print(f"{machine['cpu']}; torch threads {args.threads}; iters {args.iters}; seed {args.seed}")
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    print(f"{cpu}; torch threads {args.threads}; iters {args.iters}; seed {args.seed}")
     names = args.layouts.split(",")
     generation = {name: scene_ms(LAYOUTS[name], 64) for name in names}
     rows = []
@@ -60,24 +60,12 @@ def main() -> None:
             result = demo.run_demo(Path(tmp) / "out", iters=args.iters, seed=args.seed, progress=False)
         ious = {c: round(100 * (v["IoU"] or 0), 1) for c, v in result["per_class"].items()}
         per_iter = 1000 * result["train_seconds"] / result["iterations"]
-        rows.append(
-            {
-                "layout": name,
-                "mIoU": round(100 * result["mIoU"], 1),
-                "ms_per_iter": round(per_iter),
-                "scene_ms": round(generation[name], 2),
-                "IoU": ious,
-                **LAYOUTS[name],
-            }
-        )
+        rows.append((name, 100 * result["mIoU"], per_iter, generation[name], ious))
         print(
             f"{name:12s} mIoU {100 * result['mIoU']:.1f}%  {per_iter:.0f} ms/iter (incl. val)  "
             f"scene {generation[name]:.2f} ms  {json.dumps(ious)}",
             flush=True,
         )
-    machine["load_average_after"] = machine_info(torch.device("cpu"), args.threads)["load_average"]
-    report = {"machine": machine, "iters": args.iters, "seed": args.seed, "rows": rows}
-    write_json(report, Path(__file__).parent / "results" / "demo_layouts.json")
 
 
 if __name__ == "__main__":

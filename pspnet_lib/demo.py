@@ -1,8 +1,7 @@
 """The offline demo: train a small PSPNet on synthetic scenes with the library's own Trainer and show the result.
 
-``pspnet demo`` (or :func:`run_demo`) generates labelled scenes (sky, ground and 2-3 large
-objects among discs, boxes, triangles, striped blobs: :data:`DEMO_LAYOUT`, see
-:mod:`pspnet_lib.data.synthetic`), trains a ResNet-18 PSPNet with
+``pspnet demo`` (or :func:`run_demo`) generates labelled scenes (sky, ground, discs, boxes,
+triangles, striped blobs; see :mod:`pspnet_lib.data.synthetic`), trains a ResNet-18 PSPNet with
 narrow heads from scratch on the CPU, scores it on held-out scenes and writes pictures you can
 look at. ``pspnet demo --weights NAME`` instead segments the bundled sample photos with zoo
 weights (:func:`run_weights_demo`).
@@ -43,10 +42,7 @@ DEMO_OUTPUTS = (
 )
 
 
-#: The demo's scene layout (:func:`~pspnet_lib.data.synthetic.make_scene`): 2-3 objects of radius 0.25-0.4
-#: of the side, spread out. At 64x64 and output stride 8 the logits are 8x8: the crowded default
-#: (4-5 objects of radius 0.13-0.26, about one feature cell) capped held-out mIoU at 65.9%
-#: (``benchmarks/demo_layouts.py``).
+#: The demo's scene layout (:func:`~pspnet_lib.data.synthetic.make_scene`): a few large objects.
 DEMO_LAYOUT: dict[str, Any] = {"objects": (2, 3), "object_radius": (0.25, 0.4)}
 
 

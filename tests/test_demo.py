@@ -50,7 +50,7 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
     assert metrics["iterations"] == 30 and metrics["val_images"] == 8
     assert set(metrics["per_class"]) == {"sky", "ground", "disc", "box", "triangle", "stripes"}
     baseline = metrics["baseline_constant"]["mIoU"]
-    # Predicting the majority class everywhere scores ~4%; 30 steps reach ~26% (observed), and an
+    # Predicting the majority class everywhere scores ~4%; 30 steps reach ~23% (observed), and an
     # untrained or broken network stays near the baseline.
     assert metrics["mIoU"] > max(2.5 * baseline, baseline + 0.1), metrics
     predictions = Image.open(out / "predictions.png")
