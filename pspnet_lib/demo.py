@@ -42,10 +42,6 @@ DEMO_OUTPUTS = (
 )
 
 
-#: The demo's scene layout (:func:`~pspnet_lib.data.synthetic.make_scene`): a few large objects.
-DEMO_LAYOUT: dict[str, Any] = {"objects": (2, 3), "object_radius": (0.25, 0.4)}
-
-
 def _save_png(image: Image.Image, path: Path, title: str | None = None) -> None:
     """Write a PNG atomically (no half-written picture if the run is interrupted); ``title`` is also
     stored as the PNG's ``Title`` text (what a viewer's properties and ``Image.open(p).text`` show)."""
@@ -214,16 +210,10 @@ def run_demo(
     set_seed(seed)
     size = (image_size, image_size)
     train_set = SyntheticScenes(
-        train_images,
-        size,
-        seed=seed,
-        transforms=train_transforms(image_size, scale_range=(0.75, 1.5), blur_p=0.3),
-        **DEMO_LAYOUT,
+        train_images, size, seed=seed, transforms=train_transforms(image_size, scale_range=(0.75, 1.5), blur_p=0.3)
     )
     val_seed = seed + 1  # held out: scenes are a function of (seed, index)
-    val_set = SyntheticScenes(
-        val_images, size, seed=val_seed, transforms=eval_transforms(normalize=False), **DEMO_LAYOUT
-    )
+    val_set = SyntheticScenes(val_images, size, seed=val_seed, transforms=eval_transforms(normalize=False))
     classes, palette = train_set.classes, train_set.palette
     model = build_pspnet("resnet18", len(classes), stem="standard", head_channels=64, aux_channels=32, ppm_channels=16)
     config = TrainConfig(
@@ -258,13 +248,13 @@ def run_demo(
     metrics = summary["metrics"]
 
     # The trivial baseline: the most frequent training class everywhere.
-    raw_train = SyntheticScenes(train_images, size, seed=seed, **DEMO_LAYOUT)
+    raw_train = SyntheticScenes(train_images, size, seed=seed)
     counts = np.zeros(len(classes), dtype=np.int64)
     for i in range(train_images):
         mask = raw_train.generate(i)[1]
         counts += np.bincount(mask[mask != 255].ravel(), minlength=len(classes))[: len(classes)]
     majority = int(counts.argmax())
-    raw_val = SyntheticScenes(val_images, size, seed=val_seed, **DEMO_LAYOUT)
+    raw_val = SyntheticScenes(val_images, size, seed=val_seed)
     baseline = constant_prediction_miou([raw_val.generate(i)[1] for i in range(val_images)], majority, len(classes))
 
     # Pictures: held-out scene | ground truth | prediction, and the legend.

@@ -20,7 +20,6 @@ from pspnet_lib.data import (
     train_transforms,
     write_synthetic_dataset,
 )
-from pspnet_lib.demo import DEMO_LAYOUT
 
 # Flat, far-apart colours per class, none close to the ImageNet mean used as fill colour.
 COLOURS = torch.tensor([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=torch.float32)
@@ -187,10 +186,9 @@ def test_synthetic_scenes_are_deterministic_and_have_every_class():
     assert (border == 255).any() and ((border == 255).float().mean() < 0.2)
 
 
-@pytest.mark.parametrize("layout", [{}, DEMO_LAYOUT], ids=["crowded", "demo"])
-def test_colour_alone_does_not_solve_synthetic_scenes(layout):
+def test_colour_alone_does_not_solve_synthetic_scenes():
     """A per-pixel colour lookup (the best colour-only rule, fitted on held-in scenes) stays well short."""
-    scenes = SyntheticScenes(40, size=(64, 64), seed=0, **layout)
+    scenes = SyntheticScenes(40, size=(64, 64), seed=0)
     arrays = [scenes.generate(i) for i in range(40)]
     rgb = np.stack([a[0] for a in arrays]).reshape(-1, 3).astype(np.int64) // 32
     labels = np.stack([a[1] for a in arrays]).ravel().astype(np.int64)
@@ -241,29 +239,3 @@ def test_plain_inputs_are_wrapped_so_the_mask_follows_the_image():
             assert out_mask.dtype == torch.int64 and _agreement(out_image, out_mask) > 0.99
     with pytest.raises(ValueError, match="differs from mask size"):
         transform(image, mask[:10])
-
-
-def _object_areas(scenes: SyntheticScenes) -> list[list[float]]:
-    """Per scene, the visible area of each object class present (fraction of the picture)."""
-    areas = []
-    for i in range(len(scenes)):
-        mask = scenes.generate(i)[1]
-        areas.append([float((mask == c).mean()) for c in range(2, 6) if (mask == c).any()])
-    return areas
-
-
-def test_demo_layout_has_few_large_objects():
-    """The demo's scenes: 2-3 objects (1 may hide), each far larger than in crowded scenes."""
-    crowded = _object_areas(SyntheticScenes(30, size=(64, 64), seed=0))
-    few = _object_areas(SyntheticScenes(30, size=(64, 64), seed=0, **DEMO_LAYOUT))
-    assert all(1 <= len(a) <= 3 for a in few) and np.mean([len(a) for a in crowded]) > 3.5
-    assert np.median([x for a in few for x in a]) > 2.5 * np.median([x for a in crowded for x in a])
-
-
-@pytest.mark.parametrize(
-    "layout, message",
-    [({"objects": (0, 2)}, "objects must be a range"), ({"object_radius": (0.3, 0.2)}, "object_radius must be")],
-)
-def test_synthetic_layout_rejects_bad_ranges(layout, message):
-    with pytest.raises(ValueError, match=message):
-        SyntheticScenes(2, **layout)

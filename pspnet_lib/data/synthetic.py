@@ -56,41 +56,8 @@ def _rotated(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float)
     return c * dx + s * dy, -s * dx + c * dy
 
 
-def _check_layout(objects: tuple[int, int] | None, object_radius: tuple[float, float]) -> None:
-    if objects is not None and not (len(objects) == 2 and 1 <= objects[0] <= objects[1]):
-        raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
-    if not (len(object_radius) == 2 and 0 < object_radius[0] <= object_radius[1] <= 1):
-        raise ValueError(f"object_radius must be (low, high) with 0 < low <= high <= 1, got {object_radius!r}")
-
-
-def _spread_centres(
-    rng: np.random.Generator, radii: np.ndarray, width: int, height: int, tries: int = 20
-) -> list[tuple[float, float]]:
-    """Centres for objects of ``radii`` (pixels), each drawn ``tries`` times and kept where it overlaps least."""
-    centres: list[tuple[float, float]] = []
-    for radius in radii:
-        margin_x, margin_y = min(0.6 * radius, width / 2), min(0.6 * radius, height / 2)
-        candidates = np.stack(
-            [rng.uniform(margin_x, width - margin_x, tries), rng.uniform(margin_y, height - margin_y, tries)], 1
-        )
-        if centres:
-            placed = np.asarray(centres)
-            reach = radius + radii[: len(centres)]
-            gaps = np.linalg.norm(candidates[:, None] - placed[None], axis=2) / reach[None]
-            best = candidates[int(gaps.min(1).argmax())]
-        else:
-            best = candidates[0]
-        centres.append((float(best[0]), float(best[1])))
-    return centres
-
-
 def make_scene(
-    rng: np.random.Generator,
-    size: Sequence[int] = (96, 96),
-    border_ignore: bool = False,
-    *,
-    objects: tuple[int, int] | None = None,
-    object_radius: tuple[float, float] = (0.13, 0.26),
+    rng: np.random.Generator, size: Sequence[int] = (96, 96), border_ignore: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random scene: ``(image (H, W, 3) uint8, mask (H, W) uint8)`` with :data:`SYNTHETIC_CLASSES` labels.
 
@@ -98,19 +65,10 @@ def make_scene(
         rng: the random generator (the scene is a function of its state).
         size: ``(height, width)``.
         border_ignore: mark 1-pixel object outlines 255 (ignored), like Pascal VOC's borders.
-        objects: ``(low, high)``: a number of objects drawn uniformly from that range (inclusive),
-            their classes drawn without repetition while there are classes left, their centres
-            spread out to limit occlusion. None (default): every object class once plus maybe one
-            extra, placed anywhere (a crowded scene).
-        object_radius: range of the objects' radius as a fraction of the shorter side.
-
-    Raises:
-        ValueError: a side under 8 pixels, or a malformed ``objects``/``object_radius`` range.
     """
     height, width = int(size[0]), int(size[1])
     if height < 8 or width < 8:
         raise ValueError(f"synthetic scenes need at least 8x8 pixels, got {height}x{width}")
-    _check_layout(objects, object_radius)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = float(min(height, width))
 
@@ -137,24 +95,12 @@ def make_scene(
     )
     image = np.where(sky[..., None], image, ground)
 
-    # Objects painted in random order (later ones occlude). Crowded: every class once plus maybe one
-    # extra, anywhere; else ``objects`` of them with spread-out centres.
-    kinds = list(_OBJECT_HUES)
-    centres: list[tuple[float, float]] | None = None
-    if objects is None:
-        classes = rng.permutation(kinds + list(rng.choice(kinds, size=rng.integers(0, 2))))
-    else:
-        count = int(rng.integers(objects[0], objects[1] + 1))
-        classes = np.concatenate([rng.permutation(kinds) for _ in range(-(-count // len(kinds)))])[:count]
-        radii = scale * rng.uniform(object_radius[0], object_radius[1], count)
-        centres = _spread_centres(rng, radii, width, height)
-    for k, cls in enumerate(classes):
+    # Every object class once plus maybe one extra, painted in random order (later ones occlude).
+    classes = list(_OBJECT_HUES) + list(rng.choice(list(_OBJECT_HUES), size=rng.integers(0, 2)))
+    for cls in rng.permutation(classes):
         cls = int(cls)
-        if centres is None:
-            cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.1, 0.95) * height
-            radius = scale * rng.uniform(*object_radius)
-        else:
-            (cx, cy), radius = centres[k], float(radii[k])
+        cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.1, 0.95) * height
+        radius = scale * rng.uniform(0.13, 0.26)
         angle = rng.uniform(0, math.pi)
         colour = _object_colour(rng, cls)
         u, v = _rotated(xx, yy, cx, cy, angle)
@@ -191,9 +137,9 @@ def make_scene(
         edge = np.zeros_like(sky)
         edge[:-1] |= mask[:-1] != mask[1:]
         edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
-        painted = mask >= DISC
+        objects = mask >= DISC
         mask = np.where(
-            edge & (painted | np.roll(painted, -1, 0) | np.roll(painted, -1, 1)), IGNORE_INDEX, mask
+            edge & (objects | np.roll(objects, -1, 0) | np.roll(objects, -1, 1)), IGNORE_INDEX, mask
         ).astype(np.uint8)
 
     image = image * rng.uniform(0.8, 1.2) + rng.normal(0, 6, image.shape).astype(np.float32)
@@ -213,8 +159,6 @@ class SyntheticScenes(Dataset):
         seed: base seed.
         transforms: joint transform.
         border_ignore: mark object outlines 255 (ignored).
-        objects, object_radius: the scene layout (:func:`make_scene`); the defaults give crowded
-            scenes, ``objects=(2, 3), object_radius=(0.25, 0.4)`` the demo's few large objects.
     """
 
     ignore_index: int = IGNORE_INDEX
@@ -226,14 +170,9 @@ class SyntheticScenes(Dataset):
         seed: int = 0,
         transforms: Callable[[Any, Any], Any] | None = None,
         border_ignore: bool = False,
-        *,
-        objects: tuple[int, int] | None = None,
-        object_radius: tuple[float, float] = (0.13, 0.26),
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be positive, got {num_images}")
-        _check_layout(objects, object_radius)
-        self.objects, self.object_radius = objects, object_radius
         self.num_images, self.size, self.seed = int(num_images), (int(size[0]), int(size[1])), int(seed)
         self.transforms, self.border_ignore = transforms, border_ignore
         self.classes = list(SYNTHETIC_CLASSES)
@@ -255,7 +194,7 @@ class SyntheticScenes(Dataset):
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         rng = np.random.default_rng([self.seed, index])
-        return make_scene(rng, self.size, self.border_ignore, objects=self.objects, object_radius=self.object_radius)
+        return make_scene(rng, self.size, self.border_ignore)
 
     def __getitem__(self, index: int) -> Any:
         image, mask = self.generate(index)
