@@ -87,9 +87,9 @@ def padding_agreement(model: torch.nn.Module, tensors: list[torch.Tensor], size)
     for tensor in tensors[:6]:
         height, width = rescale_size(tensor.shape[-2], tensor.shape[-1], size)
         seen = F.interpolate(tensor[None].float() / 255, size=(height, width), mode="bilinear", align_corners=False)[0]
-        exact = predict(model, seen, size=False).mask
+        exact = predict(model, seen, resize=False).mask
         padded = F.pad(seen, (0, width // 4, 0, height // 4))
-        cropped = predict(model, padded, size=False).mask[:height, :width]
+        cropped = predict(model, padded, resize=False).mask[:height, :width]
         agree += int((cropped == exact).sum())
         total += exact.numel()
     return agree / total

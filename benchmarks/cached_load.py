@@ -112,14 +112,14 @@ def skipped_work(spec: dict, cache: Path, threads: int) -> dict[str, float]:
     import torch
 
     from pspnet_lib.hub.download import cached_paths, sha256_file
-    from pspnet_lib.hub.registry import get_weights
+    from pspnet_lib.hub.registry import get_weight
     from pspnet_lib.hub.serialization import read_safetensors
     from pspnet_lib.hub.validation import check_tensors
     from pspnet_lib.models.pspnet import PSPNet, PSPNetConfig
 
     torch.set_num_threads(threads)
     _register(spec)
-    st, _ = cached_paths(get_weights(NAME), cache / "zoo")
+    st, _ = cached_paths(get_weight(NAME), cache / "zoo")
     tensors, _ = read_safetensors(st)
     config = PSPNetConfig.from_dict(spec["config"])
 

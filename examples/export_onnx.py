@@ -48,7 +48,7 @@ def main() -> None:
         (labels,) = session.run(None, {"images": image.transpose(2, 0, 1)[None]})
         mask = labels[0]  # (H, W) int64 class indices
         # ------------------------------------------------------------------------------------------
-        reference = pspnet_lib.predict(model, image, size=False)  # PyTorch, same input size
+        reference = pspnet_lib.predict(model, image, resize=False)  # PyTorch, same input size
         agreement = float((mask == reference.mask.numpy()).mean())
         out = args.out.with_name(f"{args.out.stem}_{path.stem}.png")
         pspnet_lib.colorize(mask, reference.palette).save(out)

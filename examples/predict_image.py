@@ -35,7 +35,7 @@ def main() -> None:
 
     model = pspnet_lib.load_pretrained(args.weights).to(args.device).eval()
     images = args.images or pspnet_lib.sample_images()
-    results = pspnet_lib.predict(model, images, size=args.size)
+    results = pspnet_lib.predict(model, images, resize=args.size)
 
     args.out.mkdir(parents=True, exist_ok=True)
     for path, result in zip(images, results):

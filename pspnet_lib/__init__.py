@@ -3,7 +3,8 @@
 from ._version import __version__
 from .assets import sample_images
 from .core.pretrained_cfg import InferenceProtocol, PretrainedCfg
-from .hub import get_weights, list_pretrained, load_pretrained
+from .hub import get_weights as get_weights  # deprecated alias of get_weight (0.3)
+from .hub import list_pretrained, load_pretrained
 from .hub.entrypoints import get_model, list_models
 from .hub.registry import get_model_weights, get_weight
 from .inference.batch import predict_files
@@ -30,7 +31,6 @@ __all__ = [
     "get_model",
     "get_model_weights",
     "get_weight",
-    "get_weights",
     "legend",
     "list_models",
     "list_pretrained",

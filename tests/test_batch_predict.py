@@ -111,16 +111,16 @@ def test_mixed_sizes_batch_and_equal_predict(weights, tmp_path):
 
 
 def test_protocol_resize_batches_different_sizes_together(weights):
-    """Sizes 60x80 and 63x84 both become 48x64 under size=48: one forward pass, results as one by one."""
+    """Sizes 60x80 and 63x84 both become 48x64 under resize=48: one forward pass, results as one by one."""
     _, model = weights
     rng = np.random.default_rng(1)
     pictures = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((60, 80, 3), (63, 84, 3), (60, 80, 3))]
     calls = []
     handle = model.register_forward_hook(lambda module, args, output: calls.append(tuple(args[0].shape)))
     try:
-        together = predict(model, pictures, size=48, batch_size=3, confidence="maxprob")
+        together = predict(model, pictures, resize=48, batch_size=3, confidence="maxprob")
         calls_together = list(calls)
-        alone = [predict(model, p, size=48, confidence="maxprob") for p in pictures]
+        alone = [predict(model, p, resize=48, confidence="maxprob") for p in pictures]
     finally:
         handle.remove()
     assert calls_together == [(3, 3, 48, 64)]

@@ -158,7 +158,7 @@ def test_onnx_torchscript_exporter_with_preprocessing_matches_predict(model, tmp
         (labels,) = session.run(None, {"images": image.transpose(2, 0, 1)[None]})
         assert labels.shape == (1, h, w)
         # uint8 in, class map out: the same answer predict() gives on the picture.
-        assert np.array_equal(labels[0], predict(model, image, size=False).mask.numpy())
+        assert np.array_equal(labels[0], predict(model, image, resize=False).mask.numpy())
 
 
 def test_onnx_static_export_is_fixed_to_its_size(model, tmp_path):

@@ -18,7 +18,7 @@ from pspnet_lib.hub import (
     ChecksumError,
     OfflineError,
     Weights,
-    get_weights,
+    get_weight,
     is_cached,
     register_weights,
     unregister_weights,
@@ -199,7 +199,7 @@ def test_air_gapped_copy_into_cache_is_verified_and_converted(published, entry, 
     shutil.copyfile(published["path"], cache / published["path"].name)
     model = load_pretrained(NAME, cache_dir=cache, local_files_only=True)
     _assert_reference(model, published["data"])
-    assert is_cached(get_weights(NAME), cache)
+    assert is_cached(get_weight(NAME), cache)
 
 
 def test_corrupt_cached_original_is_removed_with_a_clear_error(published, entry, tmp_path):

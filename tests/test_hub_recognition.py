@@ -11,7 +11,7 @@ import torch
 from pspnet_lib import load_pretrained
 from pspnet_lib.hub.download import sha256_file
 from pspnet_lib.hub.mmseg_config import parse_config_text, read_checkpoint_config, settings_from_config
-from pspnet_lib.hub.registry import Weights, get_weights, register_weights, unregister_weights
+from pspnet_lib.hub.registry import Weights, get_weight, register_weights, unregister_weights
 
 from .reference import load_case, reference_state_dict
 
@@ -84,7 +84,7 @@ work_dir = './work_dirs/pspnet_r50-d8_769x769_40k_cityscapes'
 gpu_ids = range(0, 8)
 """
 
-CITYSCAPES = get_weights("pspnet_r50-d8_cityscapes-769x769-40k").meta["categories"]
+CITYSCAPES = get_weight("pspnet_r50-d8_cityscapes-769x769-40k").meta["categories"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_meta_config_text_gives_the_same_settings(r50_cityscapes, caplog):
 def test_renamed_zoo_file_recognised_by_sha256(r50_cityscapes, tmp_path):
     path, _, _ = r50_cityscapes
     digest = sha256_file(path)
-    entry = get_weights("pspnet_r50-d8_cityscapes-769x769-40k")
+    entry = get_weight("pspnet_r50-d8_cityscapes-769x769-40k")
     fake = Weights(
         "test-sha-entry",
         f"https://example.invalid/x/released-{digest[:8]}.pth",

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from pspnet_lib import PSPNet, PSPNetConfig, get_weights, list_pretrained
-from pspnet_lib.hub import DATASETS, Weights, register_weights, unregister_weights
+import pspnet_lib
+from pspnet_lib import PSPNet, PSPNetConfig, get_weight, list_pretrained
+from pspnet_lib.hub import DATASET_INFO, Weights, register_weights, unregister_weights
 from pspnet_lib.inference.modes import MODES
 
 SEGMENTATION = list_pretrained(task="semantic-segmentation")
@@ -25,8 +26,8 @@ def test_required_entries_exist():
             assert f"pspnet_r{depth}-d8_ade20k-512x512-{schedule}" in SEGMENTATION
         for schedule in ("20k", "40k"):
             assert f"pspnet_r{depth}-d8_voc12aug-512x512-{schedule}" in SEGMENTATION
-    datasets = {get_weights(n).meta["dataset"] for n in SEGMENTATION}
-    assert datasets == set(DATASETS)
+    datasets = {get_weight(n).meta["dataset"] for n in SEGMENTATION}
+    assert datasets == set(DATASET_INFO)
     assert {
         "pspnet_r50-d32_cityscapes-512x1024-80k",
         "pspnet_r50b-d32_cityscapes-512x1024-80k",
@@ -38,12 +39,12 @@ def test_required_entries_exist():
 
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_entry_is_complete_and_consistent(name):
-    w = get_weights(name)
+    w = get_weight(name)
     assert w.url.startswith("https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/")
     assert w.url.endswith(f"-{w.sha256}.pth") and re.fullmatch(r"[0-9a-f]{8}", w.sha256)
     assert w.format == "mmseg"
     meta = w.meta
-    dataset = DATASETS[meta["dataset"]]
+    dataset = DATASET_INFO[meta["dataset"]]
     assert (
         meta["num_classes"]
         == len(meta["categories"])
@@ -76,35 +77,35 @@ def test_segmentation_entry_is_complete_and_consistent(name):
 
 
 def test_known_facts():
-    ade = get_weights("pspnet_r50-d8_ade20k-512x512-80k")
+    ade = get_weight("pspnet_r50-d8_ade20k-512x512-80k")
     assert ade.sha256 == "15a8b914" and ade.meta["metrics"]["mIoU"] == 41.13
     assert ade.meta["categories"][:3] == ["wall", "building", "sky"] and ade.meta["categories"][7] == "bed"
     assert ade.meta["reduce_zero_label"]
-    cs769 = get_weights("pspnet_r101-d8_cityscapes-769x769-80k")
+    cs769 = get_weight("pspnet_r101-d8_cityscapes-769x769-80k")
     assert cs769.url.startswith("https://download.openmmlab.com/")  # not the metafile's misspelled host
     assert cs769.config["align_corners"] and cs769.meta["inference"]["mode"] == "slide"
-    assert get_weights("pspnet_r50-d8_voc12aug-512x512-20k").meta["categories"][0] == "background"
-    assert DATASETS["cityscapes"].classes[-1] == "bicycle" and DATASETS["pascal-context-59"].num_classes == 59
-    assert DATASETS["coco-stuff164k"].num_classes == 171 and DATASETS["isaid"].num_classes == 16
-    d32 = get_weights("pspnet_r50-d32_cityscapes-512x1024-80k").config
+    assert get_weight("pspnet_r50-d8_voc12aug-512x512-20k").meta["categories"][0] == "background"
+    assert DATASET_INFO["cityscapes"].classes[-1] == "bicycle" and DATASET_INFO["pascal-context-59"].num_classes == 59
+    assert DATASET_INFO["coco-stuff164k"].num_classes == 171 and DATASET_INFO["isaid"].num_classes == 16
+    d32 = get_weight("pspnet_r50-d32_cityscapes-512x1024-80k").config
     assert d32["output_stride"] == 32 and d32["dilations"] == [1, 1, 2, 4]
 
 
 def test_backbone_entries():
-    tv = get_weights("resnet50_torchvision")
+    tv = get_weight("resnet50_torchvision")
     assert tv.url == "https://download.pytorch.org/models/resnet50-0676ba61.pth" and tv.format == "torchvision"
     assert tv.config["stem"] == "standard" and tv.task == "backbone"
-    v1c = get_weights("resnet101_v1c")
+    v1c = get_weight("resnet101_v1c")
     assert v1c.sha256 == "e67eebb6" and v1c.config == {"backbone": "resnet101", "stem": "deep", "stem_channels": 64}
 
 
 def test_aliases_point_to_best_single_scale():
-    assert get_weights("pspnet_r50-d8_ade20k").name == "pspnet_r50-d8_ade20k-512x512-160k"
-    assert get_weights("pspnet_r101-d8_cityscapes").name == "pspnet_r101-d8_cityscapes-769x769-80k"
+    assert get_weight("pspnet_r50-d8_ade20k").name == "pspnet_r50-d8_ade20k-512x512-160k"
+    assert get_weight("pspnet_r101-d8_cityscapes").name == "pspnet_r101-d8_cityscapes-769x769-80k"
     aliases = set(list_pretrained(include_aliases=True)) - set(list_pretrained())
     for alias in aliases:
-        target = get_weights(alias)
-        siblings = [get_weights(n) for n in SEGMENTATION if n.startswith(alias + "-") and n.rsplit("-", 2)[0] == alias]
+        target = get_weight(alias)
+        siblings = [get_weight(n) for n in SEGMENTATION if n.startswith(alias + "-") and n.rsplit("-", 2)[0] == alias]
         assert target.meta["metrics"]["mIoU"] == max(s.meta["metrics"]["mIoU"] for s in siblings)
 
 
@@ -112,7 +113,7 @@ def test_list_filter_and_unknown_names():
     assert list_pretrained("*ADE20K*") == [n for n in SEGMENTATION if "ade20k" in n]
     assert list_pretrained("nothing*") == []
     with pytest.raises(ValueError, match=r"Did you mean 'pspnet_r18-d8_loveda-512x512-80k'"):
-        get_weights("pspnet_r18-d8_loveda-512x512-8k")
+        get_weight("pspnet_r18-d8_loveda-512x512-8k")
     with pytest.raises(ValueError, match="unknown task"):
         list_pretrained(task="detection")
 
@@ -123,7 +124,7 @@ def test_register_validates():
     )
     register_weights(w)
     try:
-        assert get_weights("my-model") is w and "my-model" in list_pretrained()
+        assert get_weight("my-model") is w and "my-model" in list_pretrained()
         with pytest.raises(ValueError, match="already exists"):
             register_weights(w)
     finally:
@@ -134,17 +135,17 @@ def test_register_validates():
 
 
 def test_transforms_resize_and_normalise():
-    ade = get_weights("pspnet_r50-d8_ade20k-512x512-80k").transforms()
+    ade = get_weight("pspnet_r50-d8_ade20k-512x512-80k").transforms()
     image = torch.randint(0, 256, (3, 600, 900), dtype=torch.uint8)
     out = ade(image)
     assert out.dtype == torch.float32 and out.shape == (3, 512, 768)  # short side 512 (long side <= 2048)
     expected = (image[:, :1, :1].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
         [0.229, 0.224, 0.225]
     ).view(3, 1, 1)
-    unresized = get_weights("pspnet_r50-d8_ade20k-512x512-80k").transforms(resize=False)(image)
+    unresized = get_weight("pspnet_r50-d8_ade20k-512x512-80k").transforms(resize=False)(image)
     torch.testing.assert_close(unresized[:, :1, :1], expected)
 
-    potsdam = get_weights("pspnet_r18-d8_potsdam-512x512-80k").transforms()
+    potsdam = get_weight("pspnet_r18-d8_potsdam-512x512-80k").transforms()
     img, mask = potsdam(
         tv_tensors.Image(torch.zeros(3, 1000, 600, dtype=torch.uint8)),
         tv_tensors.Mask(torch.arange(6).repeat(1000, 100)),
@@ -152,5 +153,12 @@ def test_transforms_resize_and_normalise():
     assert img.shape == (3, 512, 307) and mask.shape == (512, 307)
     assert mask.dtype == torch.int64 and set(mask.unique().tolist()) <= set(range(6))  # nearest: no new labels
 
-    cityscapes = get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").transforms()
+    cityscapes = get_weight("pspnet_r18-d8_cityscapes-512x1024-80k").transforms()
     assert cityscapes(torch.zeros(3, 1024, 2048, dtype=torch.uint8)).shape == (3, 1024, 2048)  # already fits
+
+
+def test_get_weights_is_a_deprecated_alias_of_get_weight():
+    with pytest.warns(DeprecationWarning, match="use pspnet_lib.get_weight"):
+        old = pspnet_lib.get_weights("pspnet_r50-d8_ade20k")
+    assert old is get_weight("pspnet_r50-d8_ade20k")
+    assert "get_weights" not in pspnet_lib.__all__ and "get_weight" in pspnet_lib.__all__

@@ -362,7 +362,7 @@ def test_fast_int8_module_contract(fast_int8):
         fast.to(torch.float64)
     with pytest.raises(ValueError, match="expected an input of shape"):
         fast(torch.zeros(1, 4, 16, 16))
-    result = fast.predict(np.zeros((40, 50, 3), dtype=np.uint8), size=False)
+    result = fast.predict(np.zeros((40, 50, 3), dtype=np.uint8), resize=False)
     assert result.mask.shape == (40, 50)
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from pspnet_lib import build_pspnet
 from pspnet_lib.engine.evaluate import evaluate
 from pspnet_lib.engine.metrics import ConfusionMatrix, format_metrics_table, metrics_to_json
-from pspnet_lib.inference.modes import infer, infer_slide, rescale_size
+from pspnet_lib.inference.modes import InferenceProtocol, infer, infer_slide, rescale_size
 
 
 def test_metrics_equal_hand_computed_confusion_matrix():
@@ -79,14 +79,14 @@ def test_slide_equals_whole_when_crop_covers_image():
     model = build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=8).eval()
     x = torch.randn(1, 3, 41, 37)
     whole = infer(model, x)
-    slide = infer(model, x, mode="slide", crop=64, stride=48)
+    slide = infer(model, x, protocol=InferenceProtocol(mode="slide", crop=64, stride=48))
     torch.testing.assert_close(slide, whole)
 
 
 def test_multiscale_flip_returns_probabilities_at_input_size():
     model = build_pspnet("resnet18", 3, head_channels=16, aux_channels=8, ppm_channels=8).eval()
     x = torch.randn(1, 3, 33, 45)
-    probs = infer(model, x, scales=(0.5, 1.0, 1.5), flip=True)
+    probs = infer(model, x, protocol=InferenceProtocol(scales=(0.5, 1.0, 1.5), flip=True))
     assert probs.shape == (1, 3, 33, 45)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 33, 45))
 
@@ -109,6 +109,8 @@ def test_rescale_size_keeps_ratio_within_limits():
 def test_bad_protocols(kwargs, message):
     with pytest.raises(ValueError, match=message):
         infer(CountingModel(), torch.randn(1, 3, 8, 8), **kwargs)
+    with pytest.raises(ValueError, match=kwargs and next(iter(kwargs))):  # the object names the field
+        infer(CountingModel(), torch.randn(1, 3, 8, 8), protocol=InferenceProtocol(**kwargs))
 
 
 class ListDataset(torch.utils.data.Dataset):

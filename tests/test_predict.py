@@ -9,7 +9,7 @@ from PIL import Image
 
 from pspnet_lib import Prediction, predict, sample_images
 from pspnet_lib.core.constants import IMAGENET_MEAN, IMAGENET_STD
-from pspnet_lib.inference.modes import infer
+from pspnet_lib.inference.modes import InferenceProtocol, infer
 
 from .infer_utils import CLASSES, tiny_model
 
@@ -36,7 +36,7 @@ def _reference_probs(model, array: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_
     x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
-        return infer(model, x, **protocol)[0].softmax(0)
+        return infer(model, x, protocol=InferenceProtocol(**protocol))[0].softmax(0)
 
 
 def test_every_input_kind_gives_the_same_segmentation(model, picture, tmp_path):
@@ -115,9 +115,9 @@ def test_protocol_defaults_come_from_the_weights_and_can_be_overridden(configure
     resized = predict(model, picture, return_probs=True)
     assert resized.mask.shape == (37, 53)  # resized for the model, returned at the original size
     assert torch.allclose(resized.probs, _reference_probs(model, picture, resize=(40, 20)), atol=1e-5)
-    own_size = predict(model, picture, size=False, return_probs=True)
+    own_size = predict(model, picture, resize=False, return_probs=True)
     assert torch.allclose(own_size.probs, _reference_probs(model, picture), atol=1e-5)
-    short_side = predict(model, picture, size=25, return_probs=True)
+    short_side = predict(model, picture, resize=25, return_probs=True)
     assert torch.allclose(short_side.probs, _reference_probs(model, picture, resize=(1 << 30, 25)), atol=1e-5)
 
     model.pretrained_cfg = {"inference": {"mode": "slide", "crop": 32, "stride": 24, "resize": None}}
@@ -125,6 +125,22 @@ def test_protocol_defaults_come_from_the_weights_and_can_be_overridden(configure
     assert torch.allclose(slid.probs, _reference_probs(model, picture, mode="slide", crop=32, stride=24), atol=1e-5)
     whole = predict(model, picture, mode="whole", return_probs=True)
     assert torch.allclose(whole.probs, _reference_probs(model, picture), atol=1e-5)
+
+
+def test_predict_takes_the_protocol_object_and_the_old_size_keyword_warns(configured, picture):
+    model = configured
+    model.pretrained_cfg = {"inference": {"mode": "whole", "resize": [40, 20]}}
+    protocol = InferenceProtocol(mode="slide", crop=32, stride=24, flip=True)
+    given = predict(model, picture, protocol=protocol, return_probs=True)  # used as it is, not over the stored one
+    expected = predict(model, picture, mode="slide", crop=32, stride=24, flip=True, resize=False, return_probs=True)
+    assert torch.equal(given.probs, expected.probs)
+    with pytest.raises(ValueError, match=r"not both.*protocol.replace"):
+        predict(model, picture, protocol=protocol, flip=True)
+    with pytest.warns(DeprecationWarning, match=r"predict\(size=...\) is deprecated; pass resize"):
+        old = predict(model, picture, size=25, return_probs=True)
+    assert torch.equal(old.probs, predict(model, picture, resize=25, return_probs=True).probs)
+    with pytest.raises(ValueError, match="resize= only"):
+        predict(model, picture, size=25, resize=25)
 
 
 def test_flip_and_scales_average_probabilities(model, picture):
@@ -135,7 +151,7 @@ def test_flip_and_scales_average_probabilities(model, picture):
     x = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 255
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = infer(model, x, flip=True, scales=(0.75, 1.0))[0]
+        expected = infer(model, x, protocol=InferenceProtocol(flip=True, scales=(0.75, 1.0)))[0]
     assert torch.allclose(result.probs, expected, atol=1e-5)
 
 
@@ -225,7 +241,7 @@ def test_bad_files_and_options(model, picture, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         predict(model, picture, batch_size=0)
     with pytest.raises(ValueError, match="size must be"):
-        predict(model, picture, size=(1, 2, 3))
+        predict(model, picture, resize=(1, 2, 3))
 
 
 def test_sample_images_are_small_real_photos(model):
@@ -237,5 +253,5 @@ def test_sample_images_are_small_real_photos(model):
             assert image.mode == "RGB" and 256 <= max(image.size) <= 512
             # A photo, not a flat synthetic picture: many distinct colours.
             assert len(image.getcolors(maxcolors=1 << 20) or []) > 5000
-    results = predict(model, paths, size=64)
+    results = predict(model, paths, resize=64)
     assert [r.mask.shape for r in results] == [(400, 400), (300, 451), (320, 480)]

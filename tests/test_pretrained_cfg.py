@@ -9,7 +9,8 @@ import torch
 
 from pspnet_lib import InferenceProtocol, PretrainedCfg, load_pretrained
 from pspnet_lib.core.constants import GENERIC_MEAN, GENERIC_STD, IMAGENET_MEAN, IMAGENET_STD, input_stats
-from pspnet_lib.hub import get_weights, list_pretrained
+from pspnet_lib.engine.evaluate import evaluate
+from pspnet_lib.hub import get_weight, list_pretrained
 from pspnet_lib.hub.validation import validate_pretrained_cfg
 from pspnet_lib.inference.modes import infer
 
@@ -29,7 +30,7 @@ TRAINER_CFG = {
 
 @pytest.mark.parametrize("name", list_pretrained())
 def test_every_zoo_entry_round_trips_exactly(name):
-    stored = get_weights(name).pretrained_cfg()
+    stored = get_weight(name).pretrained_cfg()
     cfg = PretrainedCfg.from_dict(stored, what=name)
     assert cfg.to_dict() == stored
     # same keys in the same order, same JSON: config.json and the safetensors metadata stay byte-identical
@@ -168,13 +169,21 @@ def test_protocol_object_gives_the_same_logits_as_keywords():
     model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
     images = torch.randn(2, 3, 37, 45)
     kwargs = dict(mode="slide", resize=(60, 30), crop=(16, 16), stride=(11, 11), scales=(0.75, 1.0), flip=True)
-    expected = infer(model, images, **kwargs)
+    with pytest.warns(
+        DeprecationWarning, match=r"infer\(mode=, resize=, crop=, stride=, scales=, flip=...\) is deprecated"
+    ):
+        expected = infer(model, images, **kwargs)  # the keyword form: deprecated alias for one release
     got = infer(model, images, protocol=InferenceProtocol(**kwargs))
     assert torch.equal(got, expected) and got.shape == (2, 4, 37, 45)
     whole = infer(model, images, protocol=InferenceProtocol())
     assert torch.equal(whole, infer(model, images))
     with pytest.raises(ValueError, match="either as protocol=InferenceProtocol"):
         infer(model, images, protocol=InferenceProtocol(), flip=True)
+    dataset = [(torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8), torch.randint(0, 4, (20, 24)))]
+    with pytest.warns(DeprecationWarning, match=r"evaluate\(flip=...\) is deprecated"):
+        old = evaluate(model, dataset, num_classes=4, flip=True, progress=False)
+    new = evaluate(model, dataset, num_classes=4, protocol=InferenceProtocol(flip=True), progress=False)
+    assert (old["mIoU"], old["aAcc"]) == (new["mIoU"], new["aAcc"])
 
 
 def test_saved_and_reloaded_model_has_the_same_cfg(tmp_path):

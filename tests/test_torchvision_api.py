@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pspnet_lib
-from pspnet_lib import build_pspnet, get_model, get_model_weights, get_weight, get_weights, list_models, list_pretrained
+from pspnet_lib import build_pspnet, get_model, get_model_weights, get_weight, list_models, list_pretrained
 from pspnet_lib.hub import Weights, register_weights, unregister_weights
 from pspnet_lib.hub.zoo_stats import count_stats
 from pspnet_lib.models import variants
@@ -26,7 +26,7 @@ def test_list_models_is_one_scheme_with_the_zoo_and_hubconf():
     assert "pspnet_r50_d8" in names and list_models("*r18*") == ["pspnet_r18_d8", "pspnet_r18b_d8"]
     # every segmentation entry of the zoo belongs to a listed model, named by its prefix
     for name in list_pretrained(task="semantic-segmentation"):
-        model = get_weights(name).meta["model"]
+        model = get_weight(name).meta["model"]
         assert model in names
         assert name.startswith(model.replace("_", "-").replace("pspnet-", "pspnet_"))
 
@@ -95,7 +95,7 @@ def test_weights_meta_has_torchvision_fields():
 def test_get_model_weights_enum():
     enum = get_model_weights("pspnet_r50_d8")
     assert enum.__name__ == "PSPNet_R50_D8_Weights"
-    assert enum.DEFAULT.value is get_weights("pspnet_r50-d8_ade20k-512x512-160k")
+    assert enum.DEFAULT.value is get_weight("pspnet_r50-d8_ade20k-512x512-160k")
     assert enum.ADE20K_512X512_80K.url.endswith("15a8b914.pth") and enum.DEFAULT.meta["num_classes"] == 150
     assert get_weight("PSPNet_R50_D8_Weights.DEFAULT") is enum.DEFAULT.value
     assert get_weight(enum.VOC12AUG_512X512_20K).name == "pspnet_r50-d8_voc12aug-512x512-20k"
@@ -119,9 +119,9 @@ def published(tmp_path_factory):
 def zoo_entry(published, monkeypatch, tmp_path):
     """A zoo entry of pspnet_r18_d8 served on 127.0.0.1 and made the model's DEFAULT."""
     with serve_directory(published["dir"]) as server:
-        config = {**get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").config, "num_classes": 5}
+        config = {**get_weight("pspnet_r18-d8_cityscapes-512x1024-80k").config, "num_classes": 5}
         meta = {
-            **get_weights("pspnet_r18-d8_cityscapes-512x1024-80k").meta,
+            **get_weight("pspnet_r18-d8_cityscapes-512x1024-80k").meta,
             "num_classes": 5,
             "categories": list("abcde"),
             "palette": [[i, i, i] for i in range(5)],

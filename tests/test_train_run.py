@@ -190,3 +190,16 @@ def test_cli_modules_import_no_private_names_of_each_other():
     assert not offenders, offenders
     evaluate = ast.parse((cli / "evaluate.py").read_text(encoding="utf-8"))
     assert not [n for n in ast.walk(evaluate) if isinstance(n, ast.ImportFrom) and n.module == "train"]
+
+
+def test_recipe_sections_are_declared_once_by_the_typed_recipe():
+    from pspnet_lib.recipes import RECIPE_SECTIONS, RECIPES, Recipe, check_recipe
+
+    assert RECIPE_SECTIONS == ("dataset", "num_classes", "model", "augment", "train", "gpus")
+    assert set(RECIPE_SECTIONS) <= set(Recipe.__annotations__)
+    for name, recipe in RECIPES.items():  # every built-in recipe passes the one check
+        assert check_recipe(recipe, name) == recipe
+    with pytest.raises(ValueError, match=r"my recipe has unknown section\(s\) \['trian'\]; expected \['dataset'"):
+        check_recipe({"dataset": "voc", "trian": {}}, "my recipe")
+    with pytest.raises(ValueError, match=r"unknown section\(s\) \['optim'\]"):
+        resolve_settings({"dataset": "voc", "optim": {}})

@@ -323,3 +323,40 @@ def test_torn_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path, capl
         Trainer(_model(), data, None, longer, resume=True).fit()
     message = str(info.value)
     assert all(str(p) in message for p in (latest, newest, older)) and "none of the 3" in message
+
+
+def test_the_train_step_is_a_collaborator_with_explicit_inputs():
+    from pspnet_lib.engine.trainer import NonFiniteLossError, TrainConfig
+    from pspnet_lib.engine.trainer_step import TrainStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scale = {"value": 1.0}
+
+    def loss_fn(outputs, masks):
+        return {"loss": outputs.float().mean() * scale["value"], "extra": outputs.float().abs().mean()}
+
+    step = TrainStep(
+        TrainConfig(grad_accum=2, amp="none"),
+        model=model,
+        train_model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        loss_fn=loss_fn,
+        device=torch.device("cpu"),
+        distributed=False,
+        uses_aux=False,
+    )
+    batch = (torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8), torch.zeros(1, 4, 4, dtype=torch.long))
+    before = model.weight.detach().clone()
+    terms = step(iter([batch, batch]), iteration=0, checkpoint_note=lambda: "unused")
+    assert set(terms) == {"loss", "extra"} and not torch.equal(model.weight, before)  # one step, two micro-batches
+    scale["value"] = float("nan")
+    kept = model.weight.detach().clone()
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite at iteration 4 \(loss=nan, extra=.*\); no checkpoint yet\."
+    ):
+        step(iter([batch, batch]), iteration=3, checkpoint_note=lambda: "no checkpoint yet")
+    assert torch.equal(model.weight, kept)  # stopped before the bad step touched the weights

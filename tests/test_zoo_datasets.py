@@ -566,12 +566,12 @@ def test_recipe_trains_two_iterations(tmp_path, dataset):
 def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
     from pspnet_lib.cli.prepare import PREPARE_CHOICES
     from pspnet_lib.cli.train import DATASET_CHOICES, add_dataset_args
+    from pspnet_lib.data import DATASET_INFO as ZOO_INFO
     from pspnet_lib.data import ZOO_DATASETS
-    from pspnet_lib.data.metadata import DATASETS as ZOO_INFO
-    from pspnet_lib.hub import get_weights, list_pretrained
+    from pspnet_lib.hub import get_weight, list_pretrained
     from pspnet_lib.recipes import RECIPES
 
-    assert tuple(DATASETS) == DATASET_CHOICES and tuple(PREPARERS) == PREPARE_CHOICES
+    assert tuple(DATASETS) == tuple(DATASET_CHOICES) and tuple(PREPARERS) == tuple(PREPARE_CHOICES)
     assert set(ZOO_DATASETS) == set(ZOO_INFO)
     # the dataset key `pspnet list` shows (voc12aug for the VOC models) is accepted by --dataset
     parser = argparse.ArgumentParser()
@@ -580,10 +580,9 @@ def test_every_zoo_dataset_has_a_dataset_recipe_and_cli_choice():
         assert parser.parse_args(["--dataset", key]).dataset == name
     for key, name in ZOO_DATASETS.items():
         dataset_class = DATASETS[name]
-        if hasattr(dataset_class, "DATASET_KEY"):
-            assert dataset_class.DATASET_KEY == key
+        assert dataset_class.record.zoo_key == key and dataset_class.record.key == name
     # every zoo row of these datasets is named by a recipe (its training settings)
     covered = {z for r in RECIPES.values() for z in r.get("_zoo", [])}
     for name in list_pretrained():
-        if get_weights(name).meta.get("dataset") in ZOO_KEYS:
+        if get_weight(name).meta.get("dataset") in ZOO_KEYS:
             assert name in covered, name

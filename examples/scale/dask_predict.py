@@ -39,7 +39,7 @@ def main() -> None:
         blocks = rng.integers(0, 256, (-(-height // 32), -(-width // 32), 3), dtype=np.uint8)
         picture = np.kron(blocks, np.ones((32, 32, 1), np.uint8))[:height, :width]
     image = da.from_array(picture, chunks=(args.chunk, args.chunk, picture.shape[2]))
-    segmenter = Segmenter(args.weights, size=False)  # each chunk at its own resolution
+    segmenter = Segmenter(args.weights, resize=False)  # each chunk at its own resolution
     mask = da.map_overlap(
         segmenter,
         image,

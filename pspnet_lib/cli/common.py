@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..core.inference_protocol import MAX_SIDE
-from ..data import DATASETS
+from ..data import DATASET_ALIASES, DATASETS
 from ..engine.config import SettingError, setting_specs
 from ..engine.run import check_dataset_options
 
@@ -33,10 +33,8 @@ __all__ = [
     "setting_overrides",
 ]
 
-#: ``--dataset`` choices: the datasets ``build_dataset`` knows.
-DATASET_CHOICES = tuple(DATASETS)
-#: Zoo dataset keys that name a dataset differently (pspnet list shows voc12aug for the VOC models).
-_DATASET_ALIASES = {"voc12aug": "voc"}
+#: ``--dataset`` choices: the datasets ``build_dataset`` knows (a live view of the dataset records).
+DATASET_CHOICES = DATASETS.keys()
 
 
 def ints(text: str) -> list[int]:
@@ -138,7 +136,7 @@ def label_map(text: str) -> dict[int, int]:
 def dataset_name(text: str) -> str:
     """A ``--dataset`` value: case-insensitive, zoo aliases (voc12aug) accepted."""
     key = text.strip().lower()
-    return _DATASET_ALIASES.get(key, key)
+    return DATASET_ALIASES.get(key, key)
 
 
 def add_dataset_args(parser: argparse.ArgumentParser, *, workers: bool = True) -> argparse._ArgumentGroup:
@@ -148,7 +146,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, workers: bool = True) -
     group.add_argument(
         "--dataset",
         type=dataset_name,
-        choices=DATASET_CHOICES,
+        choices=tuple(DATASETS),
         help="dataset layout (see docs/datasets.md; the zoo's voc12aug is voc); a recipe sets it",
     )
     group.add_argument("--data-root", metavar="DIR", help="the dataset's directory")

@@ -236,7 +236,7 @@ def _int8_calibration(args: argparse.Namespace, inputs: Sequence[str | Path], si
     pictures = calibration_files(args.calibration) if args.calibration is not None else inputs
     # The same resize as inference (--size/--no-resize or the weights' protocol), so the calibrated
     # ranges are those of the activations the model will see.
-    return lambda model: calibration_images(pictures, model, count=args.calibration_count, size=size)
+    return lambda model: calibration_images(pictures, model, count=args.calibration_count, resize=size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--calibration applies to --dtype int8 only")
     size = False if args.no_resize else _pair(_flat(args.size), "size")
     options = dict(
-        mode=args.mode, size=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
+        mode=args.mode, resize=size, crop=_pair(_flat(args.crop), "crop"), stride=_pair(_flat(args.stride), "stride")
     )
     scales = _flat(args.scales) or [1.0]  # the flag has a default; never None
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: Kept in step with pspnet_lib.data.prepare.PREPARERS (a test checks); listed here so that
-#: building the parser does not import the data package.
-PREPARE_CHOICES = ("pascal-context", "coco-stuff10k", "coco-stuff164k", "loveda", "potsdam", "vaihingen", "isaid")
+from ..data import DATASETS, PREPARERS, dataset_record
+
+#: ``pspnet prepare`` choices: the datasets with a preparer (a live view of the dataset records).
+PREPARE_CHOICES = PREPARERS.keys()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Finished files are skipped, so an interrupted run continues where it stopped. PASCAL Context's "
         "masks serve both pascal-context and pascal-context-59. See docs/datasets.md for each dataset's inputs.",
     )
-    p.add_argument("dataset", choices=PREPARE_CHOICES, help="which dataset")
+    p.add_argument("dataset", choices=tuple(PREPARERS), help="which dataset")
     p.add_argument("src", metavar="SRC", help="folder holding the downloaded archives (or their extracted folders)")
     p.add_argument("dst", metavar="DST", help="folder to write the prepared dataset to (may be SRC)")
     p.add_argument(
@@ -51,30 +52,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_OPTIONS = {
-    "annotations": ("pascal-context",),
-    "tile_size": ("potsdam", "vaihingen"),
-    "stride": ("potsdam", "vaihingen"),
-    "patch_size": ("isaid",),
-    "overlap": ("isaid",),
-}
+#: The preparation options this command has flags for (a preparer's keyword-only parameters).
+_OPTIONS = ("annotations", "tile_size", "stride", "patch_size", "overlap")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.prepare import PREPARERS
+    import inspect
+
+    def takes(dataset: str) -> set[str]:
+        params = inspect.signature(PREPARERS[dataset]).parameters.values()
+        return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
     kwargs = {}
-    for option, datasets in _OPTIONS.items():
+    for option in _OPTIONS:
         value = getattr(args, option)
         if value is None:
             continue
-        if args.dataset not in datasets:
+        if option not in takes(args.dataset):
+            datasets = [d for d in PREPARERS if option in takes(d)]
             raise ValueError(f"--{option.replace('_', '-')} applies to {', '.join(datasets)} only, not {args.dataset}")
         kwargs[option] = value
     result = PREPARERS[args.dataset](args.src, args.dst, **kwargs)
-    names = {"pascal-context": "pascal-context or pascal-context-59"}
+    record = dataset_record(args.dataset)
+    served = [record.key] + [r.key for r in map(dataset_record, DATASETS) if r.prepared_with == record.key]
     sys.stdout.write(
         f"{args.dataset}: wrote {result['written']} file(s), {result['skipped']} already there; "
-        f"use --dataset {names.get(args.dataset, args.dataset)} --data-root {args.dst}\n"
+        f"use --dataset {' or '.join(served)} --data-root {args.dst}\n"
     )
     return 0

@@ -61,12 +61,12 @@ def _cache_state(w, cache_dir: Path | None) -> tuple[bool, str | None]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..hub.registry import get_weights, list_pretrained
+    from ..hub.registry import get_weight, list_pretrained
 
     names = list_pretrained(args.pattern, task=args.task, include_aliases=args.aliases)
     rows = []
     for name in names:
-        w = get_weights(name)
+        w = get_weight(name)
         cached, problem = _cache_state(w, args.cache_dir)
         metrics = w.meta.get("metrics") or {}
         rows.append(
@@ -109,11 +109,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     from ..hub.download import cached_paths, default_cache_dir
-    from ..hub.registry import aliases_of, get_weights
+    from ..hub.registry import aliases_of, get_weight
 
     if Path(args.name).expanduser().exists():
         return _info_local(args)
-    w = get_weights(args.name)
+    w = get_weight(args.name)
     cache = default_cache_dir(args.cache_dir)
     st, _ = cached_paths(w, cache)
     cached, problem = _cache_state(w, args.cache_dir)
@@ -179,12 +179,12 @@ def _info_local(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from ..hub.download import cached_paths, default_cache_dir, recheck_cached, verify_cached
     from ..hub.loading import resolve_source
-    from ..hub.registry import get_weights
+    from ..hub.registry import get_weight
 
     cache = default_cache_dir(args.cache_dir)
     status = 0
     for name in args.names:
-        w = get_weights(name)
+        w = get_weight(name)
         recheck_cached(w, cache)  # a full hash (what a stamp cannot see); a damaged entry is removed
         resolve_source(w.name, cache_dir=cache)  # (re)builds it
         problem = verify_cached(w, cache)

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 from .escape import short_repr
 from .geometry import MODES
 
-__all__ = ["InferenceProtocol", "MAX_SIDE", "MAX_SCALE", "MAX_SCALES", "UNLIMITED_SIDE"]
+__all__ = [
+    "InferenceProtocol",
+    "MAX_SIDE",
+    "MAX_SCALE",
+    "MAX_SCALES",
+    "UNLIMITED_SIDE",
+    "protocol_from_keywords",
+    "resize_keyword",
+]
 
 #: Largest image side a protocol may ask for (resize, crop, stride), in pixels: 4x the largest
 #: published protocol (Cityscapes' 2048x1024); ``resize=[100000, 100000]`` would make predicting
@@ -260,3 +269,57 @@ class InferenceProtocol:
 
 
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(InferenceProtocol) if f.init}
+
+
+def protocol_from_keywords(
+    protocol: InferenceProtocol | None, keywords: Mapping[str, Any], *, where: str, stacklevel: int = 3
+) -> InferenceProtocol:
+    """The protocol of a call that takes ``protocol=InferenceProtocol(...)``, with the protocol's
+    fields still accepted as keywords (deprecated since 0.3, removed in the next release).
+
+    Args:
+        protocol: the object the caller passed, or None.
+        keywords: the field keywords (``mode``, ``resize``, ``crop``, ``stride``, ``scales``,
+            ``flip``) as passed; a value of None means "not given".
+        where: the function's name, for the warning and the errors (``"infer"``).
+        stacklevel: passed to ``warnings.warn`` (3: the caller of the function calling this).
+
+    Returns ``protocol``, or one built from the keywords (``InferenceProtocol()`` when neither).
+    Raises ``TypeError`` for a ``protocol`` that is not an :class:`InferenceProtocol`,
+    ``ValueError`` when both are given or a keyword is invalid. Warns ``DeprecationWarning`` when
+    keywords are given.
+    """
+    given = {name: value for name, value in keywords.items() if value is not None}
+    if protocol is not None:
+        if not isinstance(protocol, InferenceProtocol):
+            raise TypeError(f"{where}: protocol must be an InferenceProtocol, got {type(protocol).__name__}")
+        if given:
+            raise ValueError(
+                f"{where}: pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments "
+                f"({', '.join(given)}), not both"
+            )
+        return protocol
+    if not given:
+        return InferenceProtocol()
+    warnings.warn(
+        f"{where}({', '.join(f'{k}=' for k in given)}...) is deprecated; pass "
+        f"protocol=InferenceProtocol({', '.join(f'{k}=...' for k in given)}) instead",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    if "scales" in given:
+        given["scales"] = tuple(given["scales"])
+    return InferenceProtocol(**given)
+
+
+def resize_keyword(resize: Any, size: Any, *, where: str, stacklevel: int = 3) -> Any:
+    """``resize``, or the deprecated ``size`` keyword of the same meaning (0.3; removed in the
+    next release) with a ``DeprecationWarning``; ``ValueError`` when both are given."""
+    if size is None:
+        return resize
+    if resize is not None:
+        raise ValueError(f"{where}: pass resize= only (size= is its deprecated old name), not both")
+    warnings.warn(
+        f"{where}(size=...) is deprecated; pass resize=... instead", DeprecationWarning, stacklevel=stacklevel
+    )
+    return size

@@ -34,6 +34,15 @@ from .prepare import (
     prepare_potsdam,
     prepare_vaihingen,
 )
+from .registry import (
+    DATASET_ALIASES,
+    DATASET_INFO,
+    DatasetInfo,
+    DatasetRecord,
+    dataset_record,
+    register_dataset,
+    unregister_dataset,
+)
 from .stats import BandStats, compute_stats
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, make_scene, write_synthetic_dataset
 from .transforms import RandomScale, ScaleBands, ToImageMask, eval_transforms, train_transforms
@@ -43,6 +52,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DATASETS",
+    "DATASET_ALIASES",
+    "DATASET_INFO",
+    "DatasetInfo",
+    "DatasetRecord",
+    "dataset_record",
+    "register_dataset",
+    "unregister_dataset",
     "DEFAULT_SPLITS",
     "SegmentationDataset",
     "VOCAugDataset",

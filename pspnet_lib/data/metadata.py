@@ -8,11 +8,13 @@ an extra "ignore" value 0 in their annotation files: model class ``k`` is annota
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
+
+from .registry import DATASET_INFO, DatasetInfo, get_dataset_info
 
 __all__ = [
     "DatasetInfo",
-    "DATASETS",
+    "DATASET_INFO",
     "get_dataset_info",
     "VOC_CLASSES",
     "VOC_PALETTE",
@@ -26,36 +28,7 @@ __all__ = [
 Palette = list[tuple[int, int, int]]
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model's outputs mean for one dataset.
-
-    Attributes:
-        name: short key used in zoo names (``"ade20k"``).
-        title: human-readable name.
-        classes: class names, index = model output channel.
-        palette: one RGB colour per class.
-        ignore_index: label value that is not scored.
-        reduce_zero_label: annotation value 0 is ignored and model class ``k`` is annotation ``k + 1``.
-        homepage: where the dataset is described.
-        label_convention: one sentence on how annotation files map to model classes.
-    """
-
-    name: str
-    title: str
-    classes: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int
-    reduce_zero_label: bool
-    homepage: str
-    label_convention: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-_CITYSCAPES = DatasetInfo(
+CITYSCAPES_INFO = DatasetInfo(
     name="cityscapes",
     title="Cityscapes",
     classes=(
@@ -106,7 +79,7 @@ _CITYSCAPES = DatasetInfo(
     label_convention="19 evaluation classes in trainId order (``*_gtFine_labelTrainIds.png``); 255 = void.",
 )
 
-_ADE20K = DatasetInfo(
+ADE20K_INFO = DatasetInfo(
     name="ade20k",
     title="ADE20K (SceneParsing, 150 classes)",
     classes=(
@@ -419,7 +392,7 @@ _ADE20K = DatasetInfo(
     label_convention="annotation value 0 is 'other objects' (ignored); model class k is annotation value k + 1.",
 )
 
-_VOC12AUG = DatasetInfo(
+VOC12AUG_INFO = DatasetInfo(
     name="voc12aug",
     title="PASCAL VOC 2012 + SBD augmentation",
     classes=(
@@ -474,7 +447,7 @@ _VOC12AUG = DatasetInfo(
     label_convention="21 classes including background (0); 255 = object borders / void.",
 )
 
-_PASCAL_CONTEXT = DatasetInfo(
+PASCAL_CONTEXT_INFO = DatasetInfo(
     name="pascal-context",
     title="PASCAL Context (60 classes)",
     classes=(
@@ -540,25 +513,25 @@ _PASCAL_CONTEXT = DatasetInfo(
         "wood",
     ),
     # mmsegmentation's PascalContextDataset.METAINFO palette is the first 60 colours of ADE20K's.
-    palette=_ADE20K.palette[:60],
+    palette=ADE20K_INFO.palette[:60],
     ignore_index=255,
     reduce_zero_label=False,
     homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
     label_convention="60 classes including background (0).",
 )
 
-_PASCAL_CONTEXT_59 = DatasetInfo(
+PASCAL_CONTEXT_59_INFO = DatasetInfo(
     name="pascal-context-59",
     title="PASCAL Context (59 classes)",
-    classes=_PASCAL_CONTEXT.classes[1:],  # the 60 classes without background
-    palette=_PASCAL_CONTEXT.palette[1:],
+    classes=PASCAL_CONTEXT_INFO.classes[1:],  # the 60 classes without background
+    palette=PASCAL_CONTEXT_INFO.palette[1:],
     ignore_index=255,
     reduce_zero_label=True,
     homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
     label_convention="annotation value 0 (background) is ignored; model class k is annotation value k + 1.",
 )
 
-_COCO_STUFF10K = DatasetInfo(
+COCO_STUFF10K_INFO = DatasetInfo(
     name="coco-stuff10k",
     title="COCO-Stuff 10k",
     classes=(
@@ -913,18 +886,18 @@ _COCO_STUFF10K = DatasetInfo(
     label_convention="171 things+stuff classes; annotation value 0 is unlabeled (ignored), model class k is annotation value k + 1.",
 )
 
-_COCO_STUFF164K = DatasetInfo(
+COCO_STUFF164K_INFO = DatasetInfo(
     name="coco-stuff164k",
     title="COCO-Stuff 164k",
-    classes=_COCO_STUFF10K.classes,  # the same classes and colours
-    palette=_COCO_STUFF10K.palette,
+    classes=COCO_STUFF10K_INFO.classes,  # the same classes and colours
+    palette=COCO_STUFF10K_INFO.palette,
     ignore_index=255,
     reduce_zero_label=False,
     homepage="https://github.com/nightrome/cocostuff",
     label_convention="171 things+stuff classes (``*_labelTrainIds.png``, 255 = unlabeled).",
 )
 
-_LOVEDA = DatasetInfo(
+LOVEDA_INFO = DatasetInfo(
     name="loveda",
     title="LoveDA",
     classes=(
@@ -951,7 +924,7 @@ _LOVEDA = DatasetInfo(
     label_convention="annotation value 0 is no-data (ignored); model class k is annotation value k + 1.",
 )
 
-_POTSDAM = DatasetInfo(
+POTSDAM_INFO = DatasetInfo(
     name="potsdam",
     title="ISPRS Potsdam",
     classes=(
@@ -976,18 +949,18 @@ _POTSDAM = DatasetInfo(
     label_convention="annotation value 0 is the eroded boundary (ignored); model class k is annotation value k + 1.",
 )
 
-_VAIHINGEN = DatasetInfo(
+VAIHINGEN_INFO = DatasetInfo(
     name="vaihingen",
     title="ISPRS Vaihingen",
-    classes=_POTSDAM.classes,  # the same classes and colours
-    palette=_POTSDAM.palette,
+    classes=POTSDAM_INFO.classes,  # the same classes and colours
+    palette=POTSDAM_INFO.palette,
     ignore_index=255,
     reduce_zero_label=True,
     homepage="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx",
     label_convention="annotation value 0 is the eroded boundary (ignored); model class k is annotation value k + 1.",
 )
 
-_ISAID = DatasetInfo(
+ISAID_INFO = DatasetInfo(
     name="isaid",
     title="iSAID",
     classes=(
@@ -1032,40 +1005,28 @@ _ISAID = DatasetInfo(
     label_convention="16 classes including background (0); 255 = ignored.",
 )
 
-#: Every dataset with released weights, by zoo key.
-DATASETS: dict[str, DatasetInfo] = {
-    d.name: d
-    for d in (
-        _CITYSCAPES,
-        _ADE20K,
-        _VOC12AUG,
-        _PASCAL_CONTEXT,
-        _PASCAL_CONTEXT_59,
-        _COCO_STUFF10K,
-        _COCO_STUFF164K,
-        _LOVEDA,
-        _POTSDAM,
-        _VAIHINGEN,
-        _ISAID,
-    )
-}
 
+def __getattr__(name: str) -> Any:
+    if name == "DATASETS":  # 0.2's name of DATASET_INFO (DATASETS is the --dataset classes)
+        import warnings
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a dataset key (see :data:`DATASETS`)."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
+        warnings.warn(
+            "pspnet_lib.data.metadata.DATASETS is deprecated; use pspnet_lib.data.DATASET_INFO "
+            "(zoo key -> DatasetInfo; pspnet_lib.data.DATASETS is the dataset classes)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DATASET_INFO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The three benchmarks the dataset classes read, as plain lists (index = training label).
-VOC_CLASSES: list[str] = list(_VOC12AUG.classes)
-VOC_PALETTE: Palette = list(_VOC12AUG.palette)
-ADE20K_CLASSES: list[str] = list(_ADE20K.classes)
-ADE20K_PALETTE: Palette = list(_ADE20K.palette)
-CITYSCAPES_CLASSES: list[str] = list(_CITYSCAPES.classes)
-CITYSCAPES_PALETTE: Palette = list(_CITYSCAPES.palette)
+VOC_CLASSES: list[str] = list(VOC12AUG_INFO.classes)
+VOC_PALETTE: Palette = list(VOC12AUG_INFO.palette)
+ADE20K_CLASSES: list[str] = list(ADE20K_INFO.classes)
+ADE20K_PALETTE: Palette = list(ADE20K_INFO.palette)
+CITYSCAPES_CLASSES: list[str] = list(CITYSCAPES_INFO.classes)
+CITYSCAPES_PALETTE: Palette = list(CITYSCAPES_INFO.palette)
 
 #: Cityscapes labelIds -> trainIds (the official mapping; every other id is ignored).
 CITYSCAPES_LABELID_TO_TRAINID: dict[int, int] = {

@@ -4,6 +4,7 @@ from a recipe, checkpoints, distributed helpers and metrics."""
 from .class_weights import compute_class_weights
 from .config import SettingError, TrainConfig
 from .evaluate import evaluate, normalize_images
+from .evaluate_dataset import DatasetEvaluation, evaluate_dataset
 from .loss import PSPNetLoss, check_target
 from .metrics import ConfusionMatrix, format_metrics_table, metrics_to_json
 from .optim import PolyLambda, build_optimizer, build_poly_scheduler, param_groups
@@ -13,6 +14,7 @@ from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "ConfusionMatrix",
+    "DatasetEvaluation",
     "NonFiniteLossError",
     "PSPNetLoss",
     "PolyLambda",
@@ -25,6 +27,7 @@ __all__ = [
     "check_target",
     "compute_class_weights",
     "evaluate",
+    "evaluate_dataset",
     "format_metrics_table",
     "metrics_to_json",
     "normalize_images",

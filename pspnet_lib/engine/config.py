@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 from ..core.constants import IGNORE_INDEX
 from ..core.geometry import MODES
 from ..core.inference_protocol import MAX_SCALE, MAX_SCALES, MAX_SIDE, InferenceProtocol
+from ..core.setting_error import SettingError
 from .losses.settings import LossSettingError, check_class_counts, loss_settings
 from .optim import OPTIMIZERS
-from .setting_error import SettingError
 
 __all__ = ["AMP_MODES", "SettingError", "SettingSpec", "TrainConfig", "auto_amp", "setting_specs"]
 

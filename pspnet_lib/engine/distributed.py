@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..models._utils import FrozenBatchNorm2d
 
 __all__ = [
+    "average_buffers",
     "DistInfo",
     "init_distributed",
     "cleanup",
@@ -193,3 +194,17 @@ def any_true(flag: bool | torch.Tensor, device: torch.device | None = None) -> b
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def average_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Average ``model``'s floating-point buffers (BatchNorm statistics) over the processes of
+    ``info`` (each saw different batches when not synchronised); other buffers come from rank 0.
+    Nothing to do in a single process."""
+    if not info.distributed:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(info.world_size)
+        else:
+            dist.broadcast(buffer, src=0)

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .._progress import progress_bar
 from ..core.bands import normalise
 from ..core.constants import IGNORE_INDEX
-from ..core.pretrained_cfg import InferenceProtocol, PretrainedCfg
+from ..core.inference_protocol import InferenceProtocol, protocol_from_keywords
+from ..core.pretrained_cfg import PretrainedCfg
 from ..inference.modes import infer
 from .metrics import NOTHING_SCORED, ConfusionMatrix
 
@@ -91,13 +92,13 @@ def evaluate(
     dataset: Dataset,
     *,
     num_classes: int | None = None,
-    mode: str = "whole",
+    protocol: InferenceProtocol | None = None,
+    mode: str | None = None,
     resize: Sequence[int] | None = None,
     crop: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    protocol: InferenceProtocol | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
     ignore_index: int | None = None,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
@@ -115,9 +116,10 @@ def evaluate(
             count and the dataset's (``dataset.num_classes`` when it has one): otherwise
             ``ValueError`` before anything runs, since scoring K-class predictions against
             another class list gives meaningless numbers.
-        mode, resize, crop, stride, scales, flip: the inference protocol, see
-            :func:`pspnet_lib.inference.modes.infer`.
-        protocol: the protocol as one object instead (e.g. ``PretrainedCfg.of(model).protocol``).
+        protocol: the test protocol (e.g. ``PretrainedCfg.of(model).protocol``); None: the whole
+            image at its own size. See :func:`pspnet_lib.inference.modes.infer`.
+        mode, resize, crop, stride, scales, flip: deprecated (0.3; removed in the next release):
+            the protocol's fields as keywords.
         ignore_index: mask value not scored; default the dataset's ``ignore_index`` (255 for a
             dataset without one). A value other than the dataset's is a ``ValueError``.
         device: where to run (default: the model's device).
@@ -133,14 +135,11 @@ def evaluate(
     """
     num_classes = _check_class_counts(model, dataset, num_classes)
     ignore_index = _ignore_index(dataset, ignore_index)
-    if protocol is None:
-        protocol = InferenceProtocol(
-            mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales), flip=flip
-        )
-    elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
-        raise ValueError(
-            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
-        )
+    protocol = protocol_from_keywords(
+        protocol,
+        {"mode": mode, "resize": resize, "crop": crop, "stride": stride, "scales": scales, "flip": flip},
+        where="evaluate",
+    )
     if device is None:
         device = next(model.parameters()).device
     rank, world = _rank_and_world()

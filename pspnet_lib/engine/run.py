@@ -33,7 +33,7 @@ from ..data import DATASETS, DEFAULT_SPLITS, build_dataset, eval_transforms, tra
 from ..data.datasets import has_split
 from ..hub.loading import load_pretrained
 from ..models import build_pspnet
-from ..recipes import load_recipe
+from ..recipes import check_recipe, load_recipe
 from . import distributed as D
 from .config import SettingError, TrainConfig, auto_amp
 from .preflight import (
@@ -67,7 +67,6 @@ logger = logging.getLogger(__name__)
 PREFLIGHT_SAMPLES = 32
 #: ``build_dataset`` options that only the ``folder`` dataset takes.
 FOLDER_OPTIONS = ("classes", "val_fraction", "mask_suffix", "label_map", "ignore_colours")
-_SECTIONS = ("dataset", "num_classes", "model", "augment", "train", "gpus")
 
 
 def resolve_settings(
@@ -94,12 +93,9 @@ def resolve_settings(
     if recipe is None:
         base: dict[str, Any] = {}
     elif isinstance(recipe, Mapping):
-        base = dict(recipe)
-        unknown = sorted(k for k in base if k not in _SECTIONS and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"unknown recipe section(s) {unknown}; expected {list(_SECTIONS)}")
+        base = dict(check_recipe(recipe))
     else:
-        base = load_recipe(recipe)
+        base = dict(load_recipe(recipe))
     settings: dict[str, Any] = {
         "dataset": dataset or base.get("dataset"),
         "num_classes": num_classes if num_classes is not None else base.get("num_classes"),

@@ -43,7 +43,7 @@ from .preflight import check_mask_fill, one_size_collate
 from .sampler import InfiniteSampler, SeededDataset, set_seed, usable_workers
 from .trainer_report import Meter, ReportMixin
 from .trainer_state import CheckpointMixin
-from .trainer_step import NonFiniteLossError, StepMixin
+from .trainer_step import NonFiniteLossError, TrainStep
 
 # TrainConfig, AMP_MODES, set_seed and usable_workers moved to .config / .sampler; importing them from here still works.
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "AMP_MODES", "SettingError", "set_seed", "usable_workers"]
@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "AMP_MODES", "Setting
 logger = logging.getLogger(__name__)
 
 
-class Trainer(StepMixin, CheckpointMixin, ReportMixin):
+class Trainer(CheckpointMixin, ReportMixin):
     """Train a PSPNet by iterations with the paper's recipe.
 
     Args:
@@ -141,6 +141,18 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
         )
         self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.step = TrainStep(
+            config,
+            model=self.model,
+            train_model=self.train_model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            loss_fn=self.loss_fn,
+            device=self.device,
+            distributed=self.dist.distributed,
+            uses_aux=self.uses_aux,
+        )
         self.iteration = 0
         self.best_miou = -math.inf
         self.history: list[dict[str, Any]] = []
@@ -367,7 +379,7 @@ class Trainer(StepMixin, CheckpointMixin, ReportMixin):
                 while self.iteration < end:
                     self._apply_train_mode()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    terms = self._step(batches)
+                    terms = self.step(batches, iteration=self.iteration, checkpoint_note=self._checkpoint_note)
                     self.iteration += 1
                     meter.add(terms, images_per_iteration)
                     bar.update(1)

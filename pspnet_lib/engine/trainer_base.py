@@ -1,9 +1,11 @@
 """What the parts of the :class:`~pspnet_lib.engine.trainer.Trainer` share: its attributes (set in
 ``Trainer.__init__``), ``is_main`` and rank-0 logging.
 
-The Trainer is one class assembled from parts, one concern per module: ``trainer_step``
-(``StepMixin``), ``trainer_state`` (``CheckpointMixin``), ``trainer_report`` (``ReportMixin``) and
-``trainer`` (set-up, data, the loop). Each part reads the attributes declared here.
+The Trainer is one class assembled from parts, one concern per module: ``trainer_state``
+(``CheckpointMixin``), ``trainer_report`` (``ReportMixin``) and ``trainer`` (set-up, data, the
+loop), which read the attributes declared here; the optimiser step is a collaborator with explicit
+inputs (``trainer_step.TrainStep``, ``Trainer.step``), BatchNorm statistics are averaged by
+``distributed.average_buffers``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ class TrainerBase:
     #: ``(path, iteration)`` of the newest complete numbered checkpoint (written or resumed from).
     _last_checkpoint: tuple[Path, int] | None
     # Methods one part calls on another.
-    _sync_buffers: Callable[[], None]
     _explain_write_failure: Callable[..., contextlib.AbstractContextManager]
 
     @property

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from .._files import ensure_dir
 from ..inference.visualize import draw_confusion_matrix
+from . import distributed as D
 from .checkpoint import atomic_write_bytes, checkpoint_name, get_rng_state, set_rng_state, state_nbytes
 from .evaluate import evaluate
 from .metrics import format_metrics_table, metrics_to_json
@@ -60,7 +61,7 @@ class ReportMixin(TrainerBase):
         if self.val_dataset is None:
             raise ValueError("validate() needs a val_dataset")
         c = self.config
-        self._sync_buffers()
+        D.average_buffers(self.model, self.dist)
         rng = get_rng_state()  # evaluation draws from the global RNG; keep training's stream unchanged
         # Full precision unless asked (val_amp): the numbers are then pspnet eval's.
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp) if c.val_amp else None

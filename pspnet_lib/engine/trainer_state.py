@@ -208,7 +208,7 @@ class CheckpointMixin(TrainerBase):
 
     def save_checkpoint(self, *, numbered: bool = True, best: bool = False) -> Path | None:
         """Write the run's state atomically (rank 0); ``latest.pt`` follows numbered checkpoints."""
-        self._sync_buffers()
+        D.average_buffers(self.model, self.dist)
         rng_states = D.all_gather_objects(get_rng_state())
         if not self.is_main:
             return None
@@ -230,6 +230,16 @@ class CheckpointMixin(TrainerBase):
             self._write_history()
         logger.debug("checkpoint written: %s", path)
         return path
+
+    def _checkpoint_note(self) -> str:
+        """What a stop leaves: the last good checkpoint (and how to resume), or none yet."""
+        latest = self.ckpt_dir / "latest.pt"
+        if self._saved_at >= 0 or latest.is_file():
+            return (
+                f"the last good checkpoint {latest} (iteration {self._saved_at}) is intact; resume from it with "
+                "resume=True / --resume after changing the settings"
+            )
+        return "no checkpoint had been written yet"
 
     def _explain_write_failure(
         self, path: Path, *, state: Any = None, nbytes: int | None = None, what: str = "checkpoint"

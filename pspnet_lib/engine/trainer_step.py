@@ -3,40 +3,79 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.nn as nn
 
 from . import distributed as D
+from .config import TrainConfig
 from .evaluate import normalize_images
 from .loss import PSPNetLoss
-from .trainer_base import TrainerBase
 
-__all__ = ["NonFiniteLossError", "StepMixin"]
+__all__ = ["NonFiniteLossError", "TrainStep", "non_finite_message"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the bad step touched the weights."""
 
 
-class StepMixin(TrainerBase):
-    """One optimiser step of :class:`~pspnet_lib.engine.trainer.Trainer` (its ``_step`` and helpers)."""
+class TrainStep:
+    """One optimiser step of :class:`~pspnet_lib.engine.trainer.Trainer`: autocast, the loss terms,
+    gradient accumulation (``no_sync`` on all but the last micro-batch under DDP), clipping, the
+    scaler, the scheduler, and the stop on a non-finite loss, with everything it uses given here.
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    Args:
+        config: the run's :class:`~pspnet_lib.engine.TrainConfig` (``amp``, ``grad_accum``,
+            ``channels_last``, ``clip_grad_norm``).
+        model: the bare model (normalisation, clipping); ``train_model`` runs the forward pass (the
+            ``DistributedDataParallel`` wrapper under torchrun, else ``model``).
+        optimizer, scheduler, scaler, loss_fn: the run's.
+        device: where batches go; ``distributed``: several processes (they stop together).
+        uses_aux: the forward pass returns the auxiliary logits too (``return_aux=True``).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: nn.Module,
+        train_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        loss_fn: Any,
+        device: torch.device,
+        distributed: bool,
+        uses_aux: bool,
+    ) -> None:
+        self.config, self.model, self.train_model = config, model, train_model
+        self.optimizer, self.scheduler, self.scaler, self.loss_fn = optimizer, scheduler, scaler, loss_fn
+        self.device, self.distributed, self.uses_aux = device, distributed, uses_aux
+
+    def autocast(self) -> contextlib.AbstractContextManager:
         amp = self.config.amp
         if amp == "none":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
-    def _loss_terms(self, outputs: Any, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, outputs: Any, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         if isinstance(self.loss_fn, PSPNetLoss):
             return self.loss_fn.components(outputs, masks)
         result = self.loss_fn(outputs, masks)
         return dict(result) if isinstance(result, Mapping) else {"loss": result}
 
-    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    def __call__(
+        self,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        iteration: int,
+        checkpoint_note: Callable[[], str],
+    ) -> dict[str, float]:
+        """Run step ``iteration + 1`` on the next ``grad_accum`` batches; returns the loss terms
+        (floats, averaged over the micro-batches). Raises :class:`NonFiniteLossError` (its message
+        ends with ``checkpoint_note()``: what was kept) before a non-finite loss touches the weights."""
         c = self.config
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
@@ -48,19 +87,15 @@ class StepMixin(TrainerBase):
             masks = masks.to(self.device, non_blocking=True)
             last = micro == c.grad_accum - 1
             # Under torchrun train_model is the DistributedDataParallel wrapper (it has no_sync).
-            sync = (
-                contextlib.nullcontext()
-                if last or not self.dist.distributed
-                else getattr(self.train_model, "no_sync")()
-            )
+            sync = contextlib.nullcontext() if last or not self.distributed else getattr(self.train_model, "no_sync")()
             with sync:
-                with self._autocast():
+                with self.autocast():
                     outputs = self.train_model(images, return_aux=True) if self.uses_aux else self.train_model(images)
-                terms = self._loss_terms(outputs, masks)
+                terms = self.loss_terms(outputs, masks)
                 loss = terms["loss"]
                 # All processes must stop together, or the others would wait forever in backward.
                 if D.any_true(~torch.isfinite(loss.detach())):
-                    raise NonFiniteLossError(self._non_finite_message(terms))
+                    raise NonFiniteLossError(non_finite_message(terms, iteration, checkpoint_note()))
                 self.scaler.scale(loss / c.grad_accum).backward()
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / c.grad_accum
@@ -72,31 +107,13 @@ class StepMixin(TrainerBase):
         self.scheduler.step()
         return totals
 
-    def _non_finite_message(self, terms: Mapping[str, torch.Tensor]) -> str:
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        latest = self.ckpt_dir / "latest.pt"
-        kept = (
-            (
-                f"the last good checkpoint {latest} (iteration {self._saved_at}) is intact; resume from it with "
-                "resume=True / --resume after changing the settings"
-            )
-            if self._saved_at >= 0 or latest.is_file()
-            else "no checkpoint had been written yet"
-        )
-        return (
-            f"training stopped: the loss became non-finite at iteration {self.iteration + 1} ({values}); {kept}. "
-            "Usual causes: a learning rate too high for the batch size (lower --lr or add warm-up), fp16 overflow "
-            "(use amp='bf16' or 'none'), or corrupt input data"
-        )
 
-    def _sync_buffers(self) -> None:
-        """Average BatchNorm statistics over processes (each saw different batches when not synchronised)."""
-        if not self.dist.distributed:
-            return
-        world = self.dist.world_size
-        for buffer in self.model.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-                buffer.div_(world)
-            else:
-                dist.broadcast(buffer, src=0)
+def non_finite_message(terms: Mapping[str, torch.Tensor], iteration: int, kept: str) -> str:
+    """The one-line error of a non-finite loss at step ``iteration + 1``: the terms, ``kept`` (the
+    checkpoint left intact), the usual causes."""
+    values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    return (
+        f"training stopped: the loss became non-finite at iteration {iteration + 1} ({values}); {kept}. "
+        "Usual causes: a learning rate too high for the batch size (lower --lr or add warm-up), fp16 overflow "
+        "(use amp='bf16' or 'none'), or corrupt input data"
+    )

@@ -17,7 +17,7 @@ from typing import Any
 from ..models.pspnet import PSPNet, PSPNetConfig, build_pspnet
 from ..models.variants import VARIANTS, Variant, get_variant
 from .loading import load_pretrained
-from .registry import Weights, WeightsEnum, get_weights, resolve_name
+from .registry import Weights, WeightsEnum, get_weight, resolve_name
 
 __all__ = ["ENTRY_POINTS", "build_variant", "build_with_weights", "get_model", "list_models", "resolve_weights_arg"]
 
@@ -109,7 +109,7 @@ def build_variant(
         except ValueError:
             name = None
         if name is not None:
-            entry = get_weights(name)
+            entry = get_weight(name)
             if entry.task != "semantic-segmentation" or not _matches(
                 variant, PSPNetConfig.from_dict(entry.config).to_dict()
             ):
@@ -155,7 +155,7 @@ def build_with_weights(
         name = None
     overrides = {k: v for k, v in config.items() if k in explicit and k not in ("backbone", "num_classes")}
     if name is not None:
-        found = PSPNetConfig.from_dict(get_weights(name).config).to_dict()
+        found = PSPNetConfig.from_dict(get_weight(name).config).to_dict()
         wrong = [k for k in ("backbone", *overrides) if k in _ARCH_KEYS and found.get(k) != full.get(k)]
         if wrong:
             raise ValueError(

@@ -6,7 +6,7 @@ Names follow ``pspnet_<backbone>_<dataset>-<crop>-<schedule>``:
   output stride 8), ``r18b-d8`` ... (the ``b`` models: torchvision's 7x7 stem), ``r50-d32`` /
   ``r50b-d32`` (output stride 32, layer3/4 strided *and* dilated), with a suffix ``-rsb``
   (ResNet-strikes-back ImageNet pre-training, AdamW) or ``-fp16`` (trained with mixed precision);
-* ``<dataset>``: a key of :data:`~pspnet_lib.data.metadata.DATASETS`;
+* ``<dataset>``: a key of :data:`~pspnet_lib.data.DATASET_INFO`;
 * ``<crop>``: the training crop; ``<schedule>``: training iterations.
 
 Every ``pspnet_<backbone>_<dataset>`` without crop and schedule is an alias of the entry with
@@ -14,7 +14,7 @@ the best single-scale mIoU (e.g. ``pspnet_r50-d8_ade20k`` = ``pspnet_r50-d8_ade2
 ImageNet backbones are ``resnet{18,50,101}_v1c`` (mmsegmentation's pre-training of the deep-stem
 ResNets) and ``resnet{18,50,101}_torchvision`` (torchvision's ``IMAGENET1K_V1``).
 
-Each entry is a :class:`Weights`; ``get_weights(name).meta`` holds the class names under
+Each entry is a :class:`Weights`; ``get_weight(name).meta`` holds the class names under
 ``"categories"`` (as torchvision's weights enums do), and ``.transforms()`` the preprocessing.
 The table is data (:mod:`pspnet_lib.hub.zoo_table`), the entry type :class:`Weights`
 (:mod:`pspnet_lib.hub.weights`); this module holds the registry: look-up, listing, aliases,
@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import warnings
 from typing import cast
 
 from ..models.variants import VARIANTS, get_variant
@@ -34,7 +35,6 @@ from .zoo_entries import builtin_entries
 
 __all__ = [
     "Weights",
-    "get_weights",
     "list_pretrained",
     "register_weights",
     "unregister_weights",
@@ -126,20 +126,15 @@ def find_weights_for_file(filename: str | None = None, sha256: str | None = None
     return None
 
 
-def get_weights(name: str | Weights) -> Weights:
-    """The :class:`Weights` entry of a zoo name or alias.
-
-    Example::
-
-        w = get_weights("pspnet_r50-d8_ade20k-512x512-80k")
-        w.meta["categories"][:3]     # ['wall', 'building', 'sky']
-        preprocess = w.transforms()  # resize + float + ImageNet normalisation
-    """
-    if isinstance(name, Weights):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"get_weights expects a zoo name (str), got {type(name).__name__}")
-    return _REGISTRY[resolve_name(name)]
+def get_weights(name: str | Weights | WeightsEnum) -> Weights:
+    """Deprecated (0.3; removed in the next release): use :func:`get_weight` (torchvision's
+    spelling), which reads the same names."""
+    warnings.warn(
+        "pspnet_lib.get_weights is deprecated; use pspnet_lib.get_weight(name) (same names, torchvision's spelling)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return get_weight(name)
 
 
 def list_pretrained(filter: str | None = None, *, task: str | None = None, include_aliases: bool = False) -> list[str]:
@@ -169,12 +164,23 @@ def get_weight(name: str | Weights | WeightsEnum) -> Weights:
     """torchvision's ``get_weight``: the :class:`Weights` of a zoo name, alias or ``"<Enum>.<MEMBER>"``.
 
     ``get_weight("pspnet_r50-d8_ade20k")``, ``get_weight("PSPNet_R50_D8_Weights.DEFAULT")`` and
-    ``get_weight(get_model_weights("pspnet_r50_d8").DEFAULT)`` all work. Raises ``ValueError``
-    for an unknown name (with close matches).
+    ``get_weight(get_model_weights("pspnet_r50_d8").DEFAULT)`` all work; a :class:`Weights` is
+    returned as it is. Raises ``ValueError`` for an unknown name (with close matches),
+    ``TypeError`` for something that is not a name.
+
+    Example::
+
+        w = get_weight("pspnet_r50-d8_ade20k-512x512-80k")
+        w.meta["categories"][:3]     # ['wall', 'building', 'sky']
+        preprocess = w.transforms()  # resize + float + ImageNet normalisation
     """
+    if isinstance(name, Weights):
+        return name
     if isinstance(name, WeightsEnum):
         return name.value
-    if isinstance(name, str) and "." in name:
+    if not isinstance(name, str):
+        raise TypeError(f"get_weight expects a zoo name (str), got {type(name).__name__}")
+    if "." in name:
         enum_name, _, member = name.partition(".")
         for variant in VARIANTS.values():
             weights_enum = get_model_weights(variant.name)
@@ -185,7 +191,7 @@ def get_weight(name: str | Weights | WeightsEnum) -> Weights:
                     raise ValueError(
                         f"{enum_name} has no member {member!r}; members: {', '.join(weights_enum.__members__)}"
                     ) from None
-    return get_weights(name)
+    return _REGISTRY[resolve_name(name)]
 
 
 _WEIGHT_ENUMS: dict[str, type[WeightsEnum]] = {}

@@ -30,7 +30,7 @@ from .download import (
     url_values_checked,
 )
 from .hf import resolve_hf
-from .registry import Weights, get_weights, resolve_name
+from .registry import Weights, get_weight, resolve_name
 from .resolved import Resolved, _check_fits, check_values
 from .serialization import CheckpointError, extract_state_dict, read_checkpoint
 
@@ -209,7 +209,7 @@ def resolve_source(
     if format is not None:
         raise ValueError(f"format= applies to checkpoint files; the zoo entry {name!r} has a known format")
     return _resolve_zoo(
-        get_weights(name),
+        get_weight(name),
         default_cache_dir(cache_dir),
         local_files_only=local_files_only,
         progress=progress,

@@ -11,7 +11,7 @@ import copy
 from typing import Any
 
 from ..core.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data.metadata import DATASETS
+from ..data.registry import DATASET_INFO
 from ..models.variants import model_name, variant_of_code
 from ._zoo_stats import STATS
 from .weights import Weights, sha256_prefix_from_filename
@@ -66,7 +66,7 @@ def _docs(
 
 def _mmseg_entry(row: tuple) -> Weights:
     code, dataset_key, crop, schedule, miou, miou_ms, upstream, path = row
-    dataset = DATASETS[dataset_key]
+    dataset = DATASET_INFO[dataset_key]
     recipe = RECIPES.get((dataset_key, crop, schedule)) if code.endswith("-d8") else None
     name = f"pspnet_{code}_{dataset_key}-{crop}-{schedule}"
     url = MMSEG_BASE + path

@@ -61,12 +61,12 @@ def count_stats(config: Mapping[str, Any], size: tuple[int, int]) -> dict[str, A
 
 
 def _generate() -> dict[str, dict[str, Any]]:
-    from .registry import get_weights, list_pretrained
+    from .registry import get_weight, list_pretrained
 
     cache: dict[str, dict[str, Any]] = {}
     table = {}
     for name in list_pretrained(task="semantic-segmentation"):
-        weights = get_weights(name)
+        weights = get_weight(name)
         size = tuple(weights.meta["crop_size"])
         key = repr((sorted(weights.config.items()), size))
         if key not in cache:

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from .._files import check_outputs_spare_inputs, ensure_dir, local_files, sibling_folder, temporary_target
 from .._progress import progress_bar
+from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .inputs import InputFile, Shard, input_folders, list_inputs, shard_from_environment
 from .jobs import InputRunner, PictureRunner, RunContext
@@ -114,7 +115,7 @@ class PredictionPlan:
         model: nn.Module | None,
         *,
         mode: str | None = None,
-        size: int | Sequence[int] | bool | None = None,
+        resize: int | Sequence[int] | bool | None = None,
         crop: int | Sequence[int] | None = None,
         stride: int | Sequence[int] | None = None,
         scales: Sequence[float] = (1.0,),
@@ -125,6 +126,7 @@ class PredictionPlan:
         fail_fast: bool = False,
         amp_dtype: torch.dtype | None = None,
         progress: bool | None = None,
+        size: int | Sequence[int] | bool | None = None,
     ) -> PredictSummary:
         """Segment the planned inputs with ``model``; see :func:`predict_files` for the arguments.
 
@@ -134,6 +136,7 @@ class PredictionPlan:
         Raises ``ValueError`` for an invalid protocol before any file is read, and ``OSError``
         when the manifest cannot be written (every other failure is an input's, recorded).
         """
+        resize = resize_keyword(resize, size, where="run")
         start = time.perf_counter()
         summary = PredictSummary(self.out, self.manifest, self.shard, self.total)
         summary.already_done, summary.skipped = len(self.keep), len(self.skipped)
@@ -141,7 +144,9 @@ class PredictionPlan:
         if self.jobs:  # a bad protocol fails here, before anything is read or written
             if model is None:
                 raise ValueError(f"{len(self.jobs)} input(s) remain to be segmented: pass the model")
-            protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
+            protocol = resolve_protocol(
+                model, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip
+            )
             num_classes = model_num_classes(model)
             if self.confidence == "entropy" and num_classes is None:
                 raise ValueError(
@@ -360,7 +365,7 @@ def predict_files(
         tiled_options: ``predict_raster``'s ``bands``, ``nodata``, ``crop``, ``stride``, ``blend``,
             ``batch_size``, ``probs``, ``polygons``, ``max_image_pixels`` for the tiled inputs.
         device: where to load ``model`` when it is given as weights.
-        run_options: ``mode``, ``size``, ``crop``, ``stride``, ``scales``, ``flip`` (the
+        run_options: ``mode``, ``resize``, ``crop``, ``stride``, ``scales``, ``flip`` (the
             protocol, as :func:`~pspnet_lib.predict`), ``batch_size`` (1), ``num_workers``
             (decoding processes, 2), ``write_threads`` (2), ``fail_fast``, ``amp_dtype``, ``progress``.
 

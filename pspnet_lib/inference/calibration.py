@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..core.bands import normalise
 from ..core.images import IMAGE_EXTENSIONS, to_image_tensor
+from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .export import _require_onnx
 
@@ -61,6 +62,7 @@ def calibration_images(
     model: nn.Module,
     *,
     count: int | None = None,
+    resize: int | Sequence[int] | bool | None = None,
     size: int | Sequence[int] | bool | None = None,
     seed: int = 0,
 ) -> list[torch.Tensor]:
@@ -74,9 +76,10 @@ def calibration_images(
         model: the model whose ``pretrained_cfg`` gives mean/std (ImageNet by default) and the
             test resize.
         count: use at most this many pictures, sampled reproducibly (``seed``); None = all.
-        size: the resize, as in :func:`~pspnet_lib.inference.predict.predict`: None = the weights'
+        resize: the resize, as in :func:`~pspnet_lib.inference.predict.predict`: None = the weights'
             protocol (``pretrained_cfg["inference"]["resize"]``; none stored = the picture's own
             size), False = no resize, an int = short side, ``(long, short)`` = limits.
+        size: deprecated (0.3) name of ``resize``.
 
     The resize and normalisation are :func:`pspnet_lib.hub.preprocessing.build_transforms`, the
     pipeline the zoo's ``weights.transforms()`` use, so calibration sees what inference sees. With
@@ -86,6 +89,7 @@ def calibration_images(
     from ..hub.preprocessing import KeepRatioResize, build_transforms
     from .predict import resolve_protocol
 
+    resize = resize_keyword(resize, size, where="calibration_images")
     if isinstance(source, nn.Module) or not isinstance(model, nn.Module):
         raise TypeError(
             "calibration_images(source, model) takes the pictures first and the model second, got "
@@ -96,7 +100,7 @@ def calibration_images(
         raise ValueError("no calibration pictures given")
     items = _sample(items, count, seed)
     cfg = PretrainedCfg.of(model)
-    resize = resolve_protocol(model, size=size).resize
+    resize = resolve_protocol(model, resize=resize).resize
     transform = build_transforms(resize=resize, mean=cfg.mean, std=cfg.std)
     out = []
     for item in items:

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..core.agreement import agreement_stats
 from ..core.bands import to_stored
+from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
     _as_batches,
@@ -76,18 +77,21 @@ def check_int8_onnx(
     *,
     runtime: str = "onnxruntime",
     count: int | None = None,
+    resize: int | Sequence[int] | bool | None = None,
     size: int | Sequence[int] | bool | None = None,
 ) -> dict[str, float]:
     """Compare an INT8 file with the fp32 PyTorch ``model`` on held-out pictures.
 
     ``images`` is a folder / list of pictures (preprocessed like :func:`calibration_images`) or
-    normalised float tensors. Returns :func:`~pspnet_lib.runtime.agreement_stats` aggregated over
+    normalised float tensors (``resize``: their resize, as there; ``size`` is its deprecated
+    0.3 name). Returns :func:`~pspnet_lib.runtime.agreement_stats` aggregated over
     all pictures: ``argmax_agreement`` (pixel-weighted fraction of pixels whose class agrees),
     ``max_rel_err`` (worst ``max|int8 - fp32| / max|fp32|`` of the logits), ``mean_abs_err``,
     ``pixels``. For an ``output="labels"`` file only the agreement is meaningful (errors are 0);
     uint8-input files (``preprocess=True``) are fed the pictures' uint8 values (weights with a band
     spec: the stored values, :func:`pspnet_lib.core.bands.to_stored`).
     """
+    resize = resize_keyword(resize, size, where="check_int8_onnx")
     from .export import ExportWrapper
 
     onnx = _require_onnx()
@@ -95,7 +99,7 @@ def check_int8_onnx(
     preprocess = preprocesses(props.get("pspnet_lib.input", ""))
     output = props.get("pspnet_lib.output", "logits")
     batches = _as_batches(
-        calibration_images(images, model, count=count, size=size) if _is_picture_source(images) else images,
+        calibration_images(images, model, count=count, resize=resize) if _is_picture_source(images) else images,
         PretrainedCfg.of(model).in_channels,
     )
     batches = _fit_static(batches, _static_input_shape(path))

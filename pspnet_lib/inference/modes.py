@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..core.geometry import MODES, rescale_size
 from ..core.inference_budget import check_inference_budget
-from ..core.inference_protocol import InferenceProtocol
+from ..core.inference_protocol import InferenceProtocol, protocol_from_keywords
 
 __all__ = [
     "infer",
@@ -110,13 +110,13 @@ def infer(
     model: nn.Module,
     images: torch.Tensor,
     *,
-    mode: str = "whole",
+    protocol: InferenceProtocol | None = None,
+    mode: str | None = None,
     resize: Sequence[int] | None = None,
     crop: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    protocol: InferenceProtocol | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
 ) -> torch.Tensor:
     """Segment a normalised batch with a test protocol; scores at the input's size.
 
@@ -124,13 +124,11 @@ def infer(
         model: a module mapping ``(N, C, h, w)`` to logits ``(N, K, h, w)`` (a PSPNet, or one
             from :func:`~pspnet_lib.optimize_for_inference`).
         images: normalised float batch ``(N, C, H, W)``.
-        protocol: the whole protocol as one object (e.g. ``PretrainedCfg.of(model).protocol``);
-            then leave the keyword arguments below at their defaults.
-        mode: ``"whole"`` or ``"slide"``.
-        resize: keep-ratio resize limits ``(long, short)`` applied first (see :func:`rescale_size`).
-        crop, stride: sliding-window size and step (``mode="slide"``).
-        scales: extra scale factors relative to the resized size (multi-scale testing).
-        flip: also run on the horizontally mirrored image.
+        protocol: the test protocol (e.g. ``PretrainedCfg.of(model).protocol``,
+            ``InferenceProtocol(mode="slide", crop=769, stride=513)``); None: the whole image at
+            its own size.
+        mode, resize, crop, stride, scales, flip: deprecated (0.3; removed in the next release):
+            the protocol's fields as keywords, same meaning as :class:`InferenceProtocol`'s.
 
     Returns logits for a single run, and the mean of softmax probabilities when several runs
     (scales or flip) are combined. Either way ``argmax(dim=1)`` is the prediction.
@@ -142,21 +140,18 @@ def infer(
     :func:`~pspnet_lib.core.inference_budget.check_inference_budget` (tiled inference processes
     large rasters window by window instead).
     """
-    if protocol is None:
-        if mode not in MODES:
+    if protocol is None:  # the deprecated keyword form keeps its own messages
+        if mode is not None and mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode == "slide" and (crop is None or stride is None):
             raise ValueError("mode='slide' needs crop and stride (e.g. crop=769, stride=513)")
-        scales = tuple(float(s) for s in scales) or (1.0,)
-        if any(not math.isfinite(s) or s <= 0 for s in scales):
-            raise ValueError(f"scales must be positive numbers, got {scales!r}")
-        protocol = InferenceProtocol(mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip)
-    elif not isinstance(protocol, InferenceProtocol):
-        raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
-    elif (mode, resize, crop, stride, tuple(scales), flip) != ("whole", None, None, None, (1.0,), False):
-        raise ValueError(
-            "pass the protocol either as protocol=InferenceProtocol(...) or as keyword arguments, not both"
-        )
+        if scales is not None and any(not math.isfinite(float(s)) or float(s) <= 0 for s in scales):
+            raise ValueError(f"scales must be positive numbers, got {tuple(scales)!r}")
+    protocol = protocol_from_keywords(
+        protocol,
+        {"mode": mode, "resize": resize, "crop": crop, "stride": stride, "scales": scales, "flip": flip},
+        where="infer",
+    )
     if images.ndim != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
     return infer_groups(model, [images], protocol=protocol)[0]

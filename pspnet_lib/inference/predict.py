@@ -29,6 +29,7 @@ from ..core.bands import display_rgb, nodata_pixels, normalise
 from ..core.geometry import rescale_size
 from ..core.images import image_size, is_image_batch, to_image_tensor
 from ..core.inference_budget import check_inference_budget
+from ..core.inference_protocol import resize_keyword
 from ..core.palette import padded_palette
 from ..core.pretrained_cfg import UNLIMITED_SIDE, InferenceProtocol, PretrainedCfg
 from .confidence import check_kind, confidence_map
@@ -108,45 +109,63 @@ def model_num_classes(model: nn.Module) -> int | None:
 def resolve_protocol(
     model: nn.Module,
     *,
+    protocol: InferenceProtocol | None = None,
     mode: str | None = None,
-    size: int | Sequence[int] | bool | None = None,
+    resize: int | Sequence[int] | bool | None = None,
     crop: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    size: int | Sequence[int] | bool | None = None,
 ) -> InferenceProtocol:
     """The inference protocol to use: the caller's choices over the weights' stored one.
 
     The stored protocol is ``PretrainedCfg.of(model).protocol`` (``pretrained_cfg["inference"]``;
     whole image at its own size when none is stored). See :func:`predict` for the arguments;
-    ``scales`` and ``flip`` are the caller's (the stored ``tta`` is not applied implicitly).
+    ``scales`` and ``flip`` are the caller's (the stored ``tta`` is not applied implicitly). A
+    ``protocol`` object is used as it is (then pass none of the field keywords); ``size`` is the
+    deprecated (0.3) name of ``resize``.
 
     Returns an :class:`~pspnet_lib.core.pretrained_cfg.InferenceProtocol` (pass it to
     :func:`pspnet_lib.inference.modes.infer` as ``protocol=``; ``.infer_kwargs()`` gives the
     keyword form). Raises ``ValueError`` for an unknown mode, a bad size, or ``mode="slide"``
     without a window.
     """
+    resize = resize_keyword(resize, size, where="resolve_protocol")
+    if protocol is not None:
+        if not isinstance(protocol, InferenceProtocol):
+            raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
+        given = {"mode": mode, "resize": resize, "crop": crop, "stride": stride}
+        given = {k: v for k, v in given.items() if v is not None}
+        given.update({"scales": scales} if tuple(scales) != (1.0,) else {})
+        given.update({"flip": flip} if flip else {})
+        if given:
+            raise ValueError(
+                f"pass protocol=InferenceProtocol(...) or the keywords ({', '.join(given)}), not both; "
+                "protocol.replace(...) changes some of its fields"
+            )
+        return protocol
     stored = PretrainedCfg.of(model).protocol
     mode = mode if mode is not None else stored.mode
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
-    resize: tuple[int, ...] | None
-    if size is None:
-        resize = stored.resize
-    elif size is False:
-        resize = None
-    elif isinstance(size, bool):
+    limits: tuple[int, ...] | None
+    if resize is None:
+        limits = stored.resize
+    elif resize is False:
+        limits = None
+    elif isinstance(resize, bool):
         raise ValueError(
-            "size=True is meaningless; pass None (the weights' default), False (no resize), an int or (long, short)"
+            "resize=True is meaningless; pass None (the weights' default), False (no resize), an int or (long, short)"
         )
-    elif isinstance(size, int):
-        if size < 1:
-            raise ValueError(f"size must be positive, got {size}")
-        resize = (UNLIMITED_SIDE, size)  # an int limits only the short side
+    elif isinstance(resize, int):
+        if resize < 1:
+            raise ValueError(f"resize must be positive, got {resize}")
+        limits = (UNLIMITED_SIDE, resize)  # an int limits only the short side
     else:
-        resize = tuple(int(s) for s in size)
-        if len(resize) != 2 or min(resize) < 1:
-            raise ValueError(f"size must be an int (short side) or a pair (long side, short side), got {size!r}")
+        limits = tuple(int(s) for s in resize)
+        if len(limits) != 2 or min(limits) < 1:
+            raise ValueError(f"resize must be an int (short side) or a pair (long side, short side), got {resize!r}")
     if mode == "slide":
         crop = crop if crop is not None else stored.crop
         stride = stride if stride is not None else stored.stride
@@ -158,7 +177,7 @@ def resolve_protocol(
     else:
         crop = stride = None
     return InferenceProtocol(
-        mode=mode, resize=resize, crop=crop, stride=stride, scales=tuple(scales) or (1.0,), flip=flip
+        mode=mode, resize=limits, crop=crop, stride=stride, scales=tuple(scales) or (1.0,), flip=flip
     )
 
 
@@ -193,8 +212,9 @@ def predict(
     model: nn.Module,
     images: Any,
     *,
+    protocol: InferenceProtocol | None = None,
     mode: str | None = None,
-    size: int | Sequence[int] | bool | None = None,
+    resize: int | Sequence[int] | bool | None = None,
     crop: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
     flip: bool = False,
@@ -204,7 +224,7 @@ def predict(
     return_probs: bool = False,
     amp_dtype: torch.dtype | None = None,
     confidence: str | None = None,
-    protocol: InferenceProtocol | None = None,
+    size: int | Sequence[int] | bool | None = None,
 ) -> Prediction | list[Prediction]:
     """Segment one image or many, each returned at its original size.
 
@@ -223,8 +243,12 @@ def predict(
             (``pretrained_cfg["bands"]``) take stored values in their own units (uint16, int16,
             float ..., multi-band TIFFs), scaled by the spec (:func:`pspnet_lib.core.bands.normalise`);
             pixels missing in every band (``nodata``) get ``ignore_index`` in the mask.
+        protocol: the whole test protocol as one object (e.g.
+            ``PretrainedCfg.of(model).tta``, ``InferenceProtocol(mode="slide", crop=512,
+            stride=341)``), used as it is; then pass none of the keywords below. None: the
+            weights' protocol with the keywords below applied over it.
         mode: ``"whole"`` or ``"slide"``; None uses the weights' protocol (whole if none stored).
-        size: resize before inference (results still come back at the original size): None uses
+        resize: resize before inference (results still come back at the original size): None uses
             the weights' protocol; False runs at the image's own size; an int scales the short
             side to it; ``(long, short)`` fits the image within those limits keeping its aspect
             ratio (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)``).
@@ -244,8 +268,7 @@ def predict(
             :attr:`Prediction.confidence` ``(H, W)`` float32, computed from the probabilities
             (averaged over the runs with ``flip``/``scales``); see
             :mod:`pspnet_lib.inference.confidence` for the units and the 8-bit scaling.
-        protocol: the whole protocol as one object, e.g. from :func:`resolve_protocol` (then
-            leave ``mode``, ``size``, ``crop``, ``stride``, ``scales`` and ``flip`` at their defaults).
+        size: deprecated (0.3; removed in the next release): the old name of ``resize``.
 
     Returns:
         A :class:`Prediction` for a single image, or a list of them (in input order) for a
@@ -263,12 +286,10 @@ def predict(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_kind(confidence)
-    if protocol is None:
-        protocol = resolve_protocol(model, mode=mode, size=size, crop=crop, stride=stride, scales=scales, flip=flip)
-    elif not isinstance(protocol, InferenceProtocol):
-        raise TypeError(f"protocol must be an InferenceProtocol, got {type(protocol).__name__}")
-    elif (mode, size, crop, stride, tuple(scales), flip) != (None, None, None, None, (1.0,), False):
-        raise ValueError("pass the protocol either as protocol=... or as mode/size/crop/stride/scales/flip, not both")
+    resize = resize_keyword(resize, size, where="predict")
+    protocol = resolve_protocol(
+        model, protocol=protocol, mode=mode, resize=resize, crop=crop, stride=stride, scales=scales, flip=flip
+    )
     cfg = PretrainedCfg.of(model)
     channels = cfg.in_channels
     batched = is_image_batch(images)

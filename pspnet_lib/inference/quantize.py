@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from .._files import atomic_output
 from ..core.bands import to_stored
+from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .calibration import (
     _as_batches,
@@ -227,6 +228,7 @@ def export_onnx_int8(
     calibration: Any,
     *,
     calibration_count: int | None = None,
+    resize: int | Sequence[int] | bool | None = None,
     size: int | Sequence[int] | bool | None = None,
     per_channel: bool = True,
     calibrate_method: str = "minmax",
@@ -252,7 +254,8 @@ def export_onnx_int8(
             them, used as given.
         calibration_count: calibrate on at most this many pictures (a reproducible sample, ``seed``).
             Picture folders only; tensors are used as given.
-        size: the resize of the calibration pictures (see :func:`calibration_images`).
+        resize: the resize of the calibration pictures (see :func:`calibration_images`);
+            ``size`` is its deprecated (0.3) name.
         per_channel, calibrate_method, float_layers: see :func:`quantize_onnx`.
         dynamic, opset, height, width, batch_size, preprocess, output, exporter: as for
             :func:`~pspnet_lib.inference.export.export_onnx`; the INT8 file is dynamic in batch,
@@ -262,8 +265,9 @@ def export_onnx_int8(
     Returns ``path``. The file runs in ONNX Runtime (``CPUExecutionProvider``) and OpenVINO
     (``core.read_model(path)``); :func:`check_int8_onnx` compares it with the fp32 model.
     """
+    resize = resize_keyword(resize, size, where="export_onnx_int8")
     if _is_picture_source(calibration):
-        batches: Any = calibration_images(calibration, model, count=calibration_count, size=size, seed=seed)
+        batches: Any = calibration_images(calibration, model, count=calibration_count, resize=resize, seed=seed)
     else:
         batches = calibration
     cfg = PretrainedCfg.of(model)

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from ..core.images import decode_image, to_image_tensor
+from ..core.inference_protocol import resize_keyword
 from ..core.pretrained_cfg import PretrainedCfg
 from .confidence import check_kind, scaled, uncertainty
 from .pipeline import one_line
@@ -71,7 +72,7 @@ class Segmenter:
             forms), or its mean and the picture's uncertainty (row and table forms).
         column: the column holding the pictures in dict/table batches (default: the first of
             ``image``, ``bytes``, ``path`` present).
-        mode, size, crop, stride, scales, flip: the protocol, as :func:`~pspnet_lib.predict`
+        mode, resize, crop, stride, scales, flip: the protocol, as :func:`~pspnet_lib.predict`
             (default: the weights').
         batch_size: pictures per forward pass.
         prepare: ``prepare(model) -> model`` applied once after loading, e.g.
@@ -89,7 +90,7 @@ class Segmenter:
         confidence: str | None = None,
         column: str | None = None,
         mode: str | None = None,
-        size: int | Sequence[int] | bool | None = None,
+        resize: int | Sequence[int] | bool | None = None,
         crop: int | Sequence[int] | None = None,
         stride: int | Sequence[int] | None = None,
         scales: Sequence[float] = (1.0,),
@@ -97,6 +98,7 @@ class Segmenter:
         batch_size: int = 8,
         prepare: Callable[[nn.Module], nn.Module] | None = None,
         errors: str = "raise",
+        size: int | Sequence[int] | bool | None = None,
     ) -> None:
         if errors not in ("raise", "record"):
             raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
@@ -107,7 +109,12 @@ class Segmenter:
         self.confidence = check_kind(confidence)
         self.column = column
         self.protocol_options: dict[str, Any] = dict(
-            mode=mode, size=size, crop=crop, stride=stride, scales=tuple(scales), flip=flip
+            mode=mode,
+            resize=resize_keyword(resize, size, where="Segmenter"),
+            crop=crop,
+            stride=stride,
+            scales=tuple(scales),
+            flip=flip,
         )
         self.batch_size = batch_size
         self.prepare = prepare

@@ -231,7 +231,7 @@ class PSPNet(
             raise TypeError(
                 f"PSPNet expects a floating-point input, got {x.dtype}. Convert and normalise first, e.g. "
                 "x.float() / 255 followed by ImageNet mean/std normalisation "
-                "(get_weights(name).transforms() does this)."
+                "(get_weight(name).transforms() does this)."
             )
         if x.shape[1] != self.config.in_channels:
             raise ValueError(

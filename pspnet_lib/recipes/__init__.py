@@ -1,6 +1,6 @@
 """Training recipes of the published PSPNet models (mmsegmentation's and the author's hszhao/semseg).
 
-A recipe is a plain dict (or a JSON file of the same shape) with these sections:
+A recipe is a :class:`Recipe`: a plain dict (or a JSON file of the same shape) with these sections:
 
 * ``dataset``, ``num_classes``: what it trains on;
 * ``model``: :func:`~pspnet_lib.build_pspnet` arguments (``backbone``, ``preset``, overrides);
@@ -18,14 +18,46 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from .._files import read_json
 
-__all__ = ["RECIPES", "get_recipe", "list_recipes", "load_recipe"]
+__all__ = ["RECIPES", "RECIPE_SECTIONS", "Recipe", "check_recipe", "get_recipe", "list_recipes", "load_recipe"]
 
-_SECTIONS = {"dataset", "num_classes", "model", "augment", "train", "gpus"}
+
+class Recipe(TypedDict, total=False):
+    """A training recipe's sections (the one declaration of them; every section is optional).
+
+    Keys starting with ``_`` are notes (``_source``, published numbers, deviations) and may
+    accompany them; a JSON recipe file has the same shape.
+    """
+
+    dataset: str  # a --dataset name (pspnet_lib.data.DATASETS)
+    num_classes: int
+    model: dict[str, Any]  # build_pspnet arguments
+    augment: dict[str, Any]  # train_transforms arguments
+    train: dict[str, Any]  # TrainConfig fields (batch_size per process)
+    gpus: int  # processes of the published run
+    _source: str  # notes: where the settings come from,
+    _published: str  # the published numbers,
+    _zoo: str  # the zoo entry of the published weights (other ``_`` keys are notes too)
+
+
+#: The sections of a :class:`Recipe`, in order.
+RECIPE_SECTIONS: tuple[str, ...] = tuple(k for k in Recipe.__annotations__ if not k.startswith("_"))
+
+
+def check_recipe(recipe: Any, what: str = "recipe") -> Recipe:
+    """``recipe`` as a :class:`Recipe` after checking its shape: a mapping whose keys are
+    sections or ``_`` notes. Raises ``ValueError`` naming ``what`` and the unknown sections."""
+    if not isinstance(recipe, Mapping):
+        raise ValueError(f"{what} must hold a JSON object with sections {list(RECIPE_SECTIONS)}")
+    unknown = sorted(str(k) for k in recipe if k not in RECIPE_SECTIONS and not str(k).startswith("_"))
+    if unknown:
+        raise ValueError(f"{what} has unknown section(s) {unknown}; expected {list(RECIPE_SECTIONS)}")
+    return cast(Recipe, dict(recipe))
 
 
 def _mmseg(
@@ -38,7 +70,7 @@ def _mmseg(
     per_gpu: int,
     eval_resize: list[int],
     **extra: Any,
-) -> dict[str, Any]:
+) -> Recipe:
     """mmsegmentation's PSPNet schedule: SGD lr 0.01, wd 5e-4, poly 0.9 down to 1e-4, heads at 1x."""
     interval = iters // 10
     train = {
@@ -58,7 +90,7 @@ def _mmseg(
         "eval_resize": eval_resize,
     }
     train.update(extra.pop("train", {}))
-    recipe = {
+    recipe: dict[str, Any] = {
         "dataset": dataset,
         "num_classes": num_classes,
         "model": {"backbone": "resnet50", "preset": "mmseg", **extra.pop("model", {})},
@@ -77,7 +109,7 @@ def _mmseg(
         "_source": "mmsegmentation configs/pspnet (ResNet-50-D8, ImageNet-pretrained ResNetV1c backbone)",
     }
     recipe.update(extra)
-    return recipe
+    return cast(Recipe, recipe)
 
 
 def _semseg(
@@ -91,50 +123,53 @@ def _semseg(
     epochs: int,
     images: int,
     **notes: Any,
-) -> dict[str, Any]:
+) -> Recipe:
     """The author's hszhao/semseg schedule: SGD lr 0.01, wd 1e-4, poly 0.9 to 0, heads at 10x."""
     stride = -(-2 * crop // 3)  # semseg's stride_rate = 2/3
-    return {
-        "dataset": dataset,
-        "num_classes": num_classes,
-        "model": {"backbone": "resnet50", "preset": "semseg"},
-        # RandScale(0.5, 2) -> RandRotate(+-10, p=0.5) -> GaussianBlur(p=0.5) -> HFlip -> Crop, padded with the mean.
-        "augment": {
-            "crop_size": [crop, crop],
-            "scale_range": [0.5, 2.0],
-            "base_size": None,
-            "rotation": 10.0,
-            "blur_p": 0.5,
-            "flip_p": 0.5,
+    return cast(
+        Recipe,
+        {
+            "dataset": dataset,
+            "num_classes": num_classes,
+            "model": {"backbone": "resnet50", "preset": "semseg"},
+            # RandScale(0.5, 2) -> RandRotate(+-10, p=0.5) -> GaussianBlur(p=0.5) -> HFlip -> Crop, padded with the mean.
+            "augment": {
+                "crop_size": [crop, crop],
+                "scale_range": [0.5, 2.0],
+                "base_size": None,
+                "rotation": 10.0,
+                "blur_p": 0.5,
+                "flip_p": 0.5,
+            },
+            "train": {
+                "iters": iters,
+                "batch_size": total_batch // gpus,
+                "lr": 0.01,
+                "optimizer": "sgd",
+                "momentum": 0.9,
+                "weight_decay": 0.0001,
+                "head_lr_mult": 10.0,
+                "poly_power": 0.9,
+                "min_lr": 0.0,
+                "aux_weight": 0.4,
+                "val_interval": iters // 10,
+                "ckpt_interval": iters // 20,
+                # Test: long side resized to base_size, sliding crops with stride 2/3 of the crop, plus the flip.
+                "eval_mode": "slide",
+                "eval_resize": [base_size, base_size],
+                "eval_crop": [crop, crop],
+                "eval_stride": [stride, stride],
+                "eval_flip": True,
+            },
+            "gpus": gpus,
+            "_source": f"hszhao/semseg config/{dataset}/*_pspnet50.yaml: {epochs} epochs of {images} images, batch "
+            f"{total_batch} on {gpus} GPUs = {iters} iterations (the author's ImageNet-pretrained deep-stem ResNet-50)",
+            **notes,
         },
-        "train": {
-            "iters": iters,
-            "batch_size": total_batch // gpus,
-            "lr": 0.01,
-            "optimizer": "sgd",
-            "momentum": 0.9,
-            "weight_decay": 0.0001,
-            "head_lr_mult": 10.0,
-            "poly_power": 0.9,
-            "min_lr": 0.0,
-            "aux_weight": 0.4,
-            "val_interval": iters // 10,
-            "ckpt_interval": iters // 20,
-            # Test: long side resized to base_size, sliding crops with stride 2/3 of the crop, plus the flip.
-            "eval_mode": "slide",
-            "eval_resize": [base_size, base_size],
-            "eval_crop": [crop, crop],
-            "eval_stride": [stride, stride],
-            "eval_flip": True,
-        },
-        "gpus": gpus,
-        "_source": f"hszhao/semseg config/{dataset}/*_pspnet50.yaml: {epochs} epochs of {images} images, batch "
-        f"{total_batch} on {gpus} GPUs = {iters} iterations (the author's ImageNet-pretrained deep-stem ResNet-50)",
-        **notes,
-    }
+    )
 
 
-RECIPES: dict[str, dict[str, Any]] = {
+RECIPES: dict[str, Recipe] = {
     "voc-mmseg-20k": _mmseg(
         "voc",
         21,
@@ -346,7 +381,7 @@ def list_recipes() -> list[str]:
     return sorted(RECIPES)
 
 
-def get_recipe(name: str) -> dict[str, Any]:
+def get_recipe(name: str) -> Recipe:
     """A deep copy of the built-in recipe ``name``."""
     if name not in RECIPES:
         raise ValueError(
@@ -355,7 +390,7 @@ def get_recipe(name: str) -> dict[str, Any]:
     return copy.deepcopy(RECIPES[name])
 
 
-def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
+def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     """A built-in recipe by name, or a JSON file of the same shape (unknown sections are an error)."""
     text = str(name_or_path)
     if text in RECIPES:
@@ -365,10 +400,4 @@ def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{text!r} is neither a built-in recipe ({', '.join(list_recipes())}) nor an existing JSON file"
         )
-    recipe = read_json(path, "recipe file")
-    if not isinstance(recipe, dict):
-        raise ValueError(f"recipe file {path} must hold a JSON object with sections {sorted(_SECTIONS)}")
-    unknown = sorted(k for k in recipe if k not in _SECTIONS and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"recipe file {path} has unknown section(s) {unknown}; expected {sorted(_SECTIONS)}")
-    return recipe
+    return check_recipe(read_json(path, "recipe file"), f"recipe file {path}")

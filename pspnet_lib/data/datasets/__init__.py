@@ -5,8 +5,13 @@ ISPRS Potsdam and Vaihingen, iSAID. One module per dataset family (``voc``, ``ad
 ``cityscapes``, ``pascal_context``, ``coco_stuff``, ``loveda``, ``isprs``, ``isaid``, ``folder``) on top of ``base``
 (the :class:`SegmentationDataset` contract and shared file helpers); ``factory`` maps names to
 classes. The directory layouts and how to prepare each dataset are described in docs/datasets.md.
+Each dataset class registers itself (``@register_dataset`` in its module, see :mod:`..registry`).
 """
 
+# isort: off
+from . import factory  # noqa: F401  first: it imports the built-in datasets in the order of the --dataset choices
+
+# isort: on
 from .ade20k import ADE20KDataset
 from .base import IMAGE_EXTENSIONS, MASK_EXTENSIONS, ImageAnnotationDirs, SegmentationDataset, reduce_zero_label
 from .cityscapes import CityscapesDataset, cityscapes_labelids_to_trainids, create_cityscapes_trainids

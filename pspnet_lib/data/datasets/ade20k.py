@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import ADE20K_CLASSES, ADE20K_PALETTE
+from ..metadata import ADE20K_CLASSES, ADE20K_INFO, ADE20K_PALETTE
+from ..registry import register_dataset
 from .base import (
     IMAGE_EXTENSIONS,
     PathLike,
@@ -20,6 +21,7 @@ from .base import (
 __all__ = ["ADE20KDataset"]
 
 
+@register_dataset("ade20k", splits=("training", "validation"), info=ADE20K_INFO)
 class ADE20KDataset(SegmentationDataset):
     """ADE20K SceneParsing (``ADEChallengeData2016``), 150 classes.
 

@@ -343,13 +343,21 @@ def reduce_zero_label(stored: np.ndarray, ignore_index: int = IGNORE_INDEX) -> n
 
 
 class ZooLabelConvention(SegmentationDataset):
-    """A dataset whose label mapping comes from its zoo :class:`~pspnet_lib.data.metadata.DatasetInfo`.
+    """A dataset whose label mapping is its record's (``@register_dataset(..., info=...)``, which sets
+    ``cls.record``) zoo :class:`~pspnet_lib.data.DatasetInfo`: with ``info.reduce_zero_label`` stored
+    values are mapped by :func:`reduce_zero_label` (a bad value is still reported as stored)."""
 
-    Subclasses set ``self.info``; with ``info.reduce_zero_label`` stored values are mapped by
-    :func:`reduce_zero_label` (a bad value is still reported as stored, see :meth:`check_mask`).
-    """
+    record: Any
 
-    info: Any
+    @property
+    def info(self) -> Any:
+        """The zoo :class:`~pspnet_lib.data.DatasetInfo` of this dataset (its record's)."""
+        return type(self).record.info
+
+    @property
+    def prepare_command(self) -> str:
+        """``pspnet prepare <name>``: the sub-command that writes this dataset's layout."""
+        return f"pspnet prepare {self.record.prepared_with or self.record.key}"
 
     def convert_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mask = super().convert_mask(raw, path)
@@ -361,8 +369,8 @@ class ImageAnnotationDirs(ZooLabelConvention):
 
     An image ``<images>/<split>/<stem><IMG_SUFFIX>`` is paired with
     ``<annotations>/<split>/<stem><SEG_SUFFIX>``. Subclasses set the class attributes below;
-    ``dataset_info`` names the :class:`~pspnet_lib.data.metadata.DatasetInfo` that gives the
-    class names, palette and whether ``reduce_zero_label`` applies.
+    the dataset record's :class:`~pspnet_lib.data.DatasetInfo` gives the class names,
+    palette and whether ``reduce_zero_label`` applies.
 
     Args:
         root: the dataset's directory (as written by ``pspnet prepare <dataset>``).
@@ -370,26 +378,20 @@ class ImageAnnotationDirs(ZooLabelConvention):
         transforms: joint transform called as ``transforms(image, mask)``.
     """
 
-    DATASET_KEY: str = ""
     IMAGE_DIR: str = "img_dir"
     ANNOTATION_DIR: str = "ann_dir"
     IMG_SUFFIX: str = ".png"
     SEG_SUFFIX: str = ".png"
     #: split names accepted -> folder name under IMAGE_DIR / ANNOTATION_DIR
     SPLITS: dict[str, str] = {"train": "train", "val": "val"}
-    #: the ``pspnet prepare`` sub-command that writes this layout
-    PREPARE: str = ""
 
     def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
-        from ..metadata import get_dataset_info
-
-        self.info = get_dataset_info(self.DATASET_KEY)
         root = Path(root)
         if split not in self.SPLITS:
             raise ValueError(f"unknown {self.info.title} split {split!r}; expected one of {', '.join(self.SPLITS)}")
         self.root, self.split = root, self.SPLITS[split]
         image_dir, ann_dir = root / self.IMAGE_DIR / self.split, root / self.ANNOTATION_DIR / self.split
-        prepare = f"; prepare it with `pspnet prepare {self.PREPARE} SRC {root}` (see docs/datasets.md)"
+        prepare = f"; prepare it with `{self.prepare_command} SRC {root}` (see docs/datasets.md)"
         if not image_dir.is_dir():
             raise FileNotFoundError(
                 f"no {self.info.title} found at {root}: expected {self.IMAGE_DIR}/{self.split}/*{self.IMG_SUFFIX} and "
@@ -413,5 +415,5 @@ class ImageAnnotationDirs(ZooLabelConvention):
         stored = f"0 (ignored), 1..{k}" if self.info.reduce_zero_label else f"0..{k - 1}"
         return (
             f"{self.info.title} annotations store {stored} and {self.ignore_index} (ignore) ({self.info.label_convention}); "
-            f"this file was not written by `pspnet prepare {self.PREPARE}` or mmsegmentation's converter"
+            f"this file was not written by `{self.prepare_command}` or mmsegmentation's converter"
         )

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from ...core.constants import IGNORE_INDEX
-from ..metadata import CITYSCAPES_CLASSES, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PALETTE
+from ..metadata import CITYSCAPES_CLASSES, CITYSCAPES_INFO, CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_PALETTE
+from ..registry import register_dataset
 from .base import PathLike, SegmentationDataset, Transforms, _save_png_atomically, _show, logger
 
 __all__ = ["CityscapesDataset", "cityscapes_labelids_to_trainids", "create_cityscapes_trainids"]
@@ -91,6 +92,7 @@ _TRAINIDS_HELP = (
 )
 
 
+@register_dataset("cityscapes", splits=("train", "val"), info=CITYSCAPES_INFO)
 class CityscapesDataset(SegmentationDataset):
     """Cityscapes fine annotations, 19 classes (trainIds; 255 = not evaluated).
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from ..metadata import COCO_STUFF10K_INFO, COCO_STUFF164K_INFO
+from ..prepare.coco_stuff import prepare_coco_stuff10k, prepare_coco_stuff164k
+from ..registry import register_dataset
 from .base import ImageAnnotationDirs
 
 __all__ = ["COCOStuff10kDataset", "COCOStuff164kDataset"]
 
 
+@register_dataset(
+    "coco-stuff10k", splits=("train2014", "test2014"), info=COCO_STUFF10K_INFO, prepare=prepare_coco_stuff10k
+)
 class COCOStuff10kDataset(ImageAnnotationDirs):
     """COCO-Stuff 10k as prepared by ``pspnet prepare coco-stuff10k`` (or mmsegmentation's ``coco_stuff10k.py``).
 
@@ -17,8 +23,6 @@ class COCOStuff10kDataset(ImageAnnotationDirs):
     ``train``) and ``test2014`` (1,000; alias ``val``/``test``), the split the published mIoU uses.
     """
 
-    DATASET_KEY = "coco-stuff10k"
-    PREPARE = "coco-stuff10k"
     IMAGE_DIR, ANNOTATION_DIR = "images", "annotations"
     IMG_SUFFIX, SEG_SUFFIX = ".jpg", "_labelTrainIds.png"
     SPLITS = {
@@ -30,6 +34,9 @@ class COCOStuff10kDataset(ImageAnnotationDirs):
     }
 
 
+@register_dataset(
+    "coco-stuff164k", splits=("train2017", "val2017"), info=COCO_STUFF164K_INFO, prepare=prepare_coco_stuff164k
+)
 class COCOStuff164kDataset(COCOStuff10kDataset):
     """COCO-Stuff 164k as prepared by ``pspnet prepare coco-stuff164k`` (or mmsegmentation's ``coco_stuff164k.py``).
 
@@ -37,6 +44,4 @@ class COCOStuff164kDataset(COCOStuff10kDataset):
     Stored values are the trainIds 0..170 and 255 (unlabeled, ignored); no ``reduce_zero_label``.
     """
 
-    DATASET_KEY = "coco-stuff164k"
-    PREPARE = "coco-stuff164k"
     SPLITS = {"train2017": "train2017", "val2017": "val2017", "train": "train2017", "val": "val2017"}

@@ -14,6 +14,7 @@ from ...core.band_spec import BandSpec
 from ...core.constants import IGNORE_INDEX
 from ...core.text import read_lines
 from ..metadata import VOC_PALETTE
+from ..registry import register_dataset
 from .base import (
     _LOSSY_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -118,6 +119,7 @@ def _parse_palette_file(path: PathLike) -> tuple[Palette, Palette]:
 VOC_VOID_COLOUR = (224, 224, 192)
 
 
+@register_dataset("folder", splits=("train", "val"))
 class FolderDataset(SegmentationDataset):
     """One's own images and masks in a folder (the fine-tuning case).
 

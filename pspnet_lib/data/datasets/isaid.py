@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ..metadata import ISAID_INFO
+from ..prepare.isaid import prepare_isaid
+from ..registry import register_dataset
 from .base import ImageAnnotationDirs
 
 __all__ = ["ISAIDDataset"]
 
 
+@register_dataset("isaid", splits=("train", "val"), info=ISAID_INFO, prepare=prepare_isaid)
 class ISAIDDataset(ImageAnnotationDirs):
     """iSAID patches as prepared by ``pspnet prepare isaid`` (or mmsegmentation's ``isaid.py``).
 
@@ -16,6 +20,4 @@ class ISAIDDataset(ImageAnnotationDirs):
     mmsegmentation's ``iSAIDDataset`` (no ``reduce_zero_label``).
     """
 
-    DATASET_KEY = "isaid"
-    PREPARE = "isaid"
     SEG_SUFFIX = "_instance_color_RGB.png"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ..metadata import POTSDAM_INFO, VAIHINGEN_INFO
+from ..prepare.isprs import prepare_potsdam, prepare_vaihingen
+from ..registry import register_dataset
 from .base import ImageAnnotationDirs
 
 __all__ = ["PotsdamDataset", "VaihingenDataset"]
 
 
+@register_dataset("potsdam", splits=("train", "val"), info=POTSDAM_INFO, prepare=prepare_potsdam)
 class PotsdamDataset(ImageAnnotationDirs):
     """ISPRS Potsdam tiles as prepared by ``pspnet prepare potsdam`` (or mmsegmentation's ``potsdam.py``).
 
@@ -16,12 +20,7 @@ class PotsdamDataset(ImageAnnotationDirs):
     (``reduce_zero_label``, as mmsegmentation's ``PotsdamDataset``).
     """
 
-    DATASET_KEY = "potsdam"
-    PREPARE = "potsdam"
 
-
+@register_dataset("vaihingen", splits=("train", "val"), info=VAIHINGEN_INFO, prepare=prepare_vaihingen)
 class VaihingenDataset(PotsdamDataset):
     """ISPRS Vaihingen tiles as prepared by ``pspnet prepare vaihingen``: same layout, classes and values as Potsdam."""
-
-    DATASET_KEY = "vaihingen"
-    PREPARE = "vaihingen"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ..metadata import LOVEDA_INFO
+from ..prepare.loveda import prepare_loveda
+from ..registry import register_dataset
 from .base import ImageAnnotationDirs
 
 __all__ = ["LoveDADataset"]
 
 
+@register_dataset("loveda", splits=("train", "val"), info=LOVEDA_INFO, prepare=prepare_loveda)
 class LoveDADataset(ImageAnnotationDirs):
     """LoveDA as prepared by ``pspnet prepare loveda`` (or mmsegmentation's ``loveda.py``).
 
@@ -14,6 +18,3 @@ class LoveDADataset(ImageAnnotationDirs):
     values: 0 = no-data (ignored), 1..7 = background, building, road, water, barren, forest,
     agricultural, read as classes 0..6 (``reduce_zero_label``, as mmsegmentation's ``LoveDADataset``).
     """
-
-    DATASET_KEY = "loveda"
-    PREPARE = "loveda"

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ...core.text import read_lines
-from ..metadata import get_dataset_info
+from ..metadata import PASCAL_CONTEXT_59_INFO, PASCAL_CONTEXT_INFO
+from ..prepare.pascal_context import prepare_pascal_context
+from ..registry import register_dataset
 from .base import (
     PathLike,
     Transforms,
@@ -19,6 +21,7 @@ from .base import (
 __all__ = ["PascalContextDataset", "PascalContext59Dataset"]
 
 
+@register_dataset("pascal-context", splits=("train", "val"), info=PASCAL_CONTEXT_INFO, prepare=prepare_pascal_context)
 class PascalContextDataset(ZooLabelConvention):
     """PASCAL Context with 60 classes: class 0 is ``background``, a scored class (mmseg's ``PascalContextDataset``).
 
@@ -34,14 +37,12 @@ class PascalContextDataset(ZooLabelConvention):
         transforms: joint transform.
     """
 
-    DATASET_KEY = "pascal-context"
     SPLITS = ("train", "val")
 
     def __init__(self, root: PathLike, split: str = "train", transforms: Transforms | None = None) -> None:
-        self.info = get_dataset_info(self.DATASET_KEY)
         given = Path(root)
         found = _first_existing([given, given / "VOC2010", given / "VOCdevkit" / "VOC2010"], "SegmentationClassContext")
-        prepare = f"prepare it with `pspnet prepare {self.DATASET_KEY} SRC DST` (see docs/datasets.md)"
+        prepare = f"prepare it with `{self.prepare_command} SRC DST` (see docs/datasets.md)"
         if found is None:
             raise FileNotFoundError(
                 f"no PASCAL Context found at {given}: expected JPEGImages/, SegmentationClassContext/ and "
@@ -67,8 +68,9 @@ class PascalContextDataset(ZooLabelConvention):
         )
 
 
+@register_dataset(
+    "pascal-context-59", splits=("train", "val"), info=PASCAL_CONTEXT_59_INFO, prepared_with="pascal-context"
+)
 class PascalContext59Dataset(PascalContextDataset):
     """PASCAL Context with 59 classes: the same files, background (stored 0) ignored and stored k read as class k - 1
     (``reduce_zero_label``, mmseg's ``PascalContextDataset59``)."""
-
-    DATASET_KEY = "pascal-context-59"

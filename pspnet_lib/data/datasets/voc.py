@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.text import read_lines
-from ..metadata import VOC_CLASSES, VOC_PALETTE
+from ..metadata import VOC12AUG_INFO, VOC_CLASSES, VOC_PALETTE
+from ..registry import register_dataset
 from .base import PathLike, SegmentationDataset, Transforms, _first_existing, _require_files
 
 __all__ = ["VOCAugDataset"]
 
 
+@register_dataset("voc", splits=("train_aug", "val"), info=VOC12AUG_INFO)
 class VOCAugDataset(SegmentationDataset):
     """Pascal VOC 2012 with the SBD augmented training set (21 classes, 255 = object borders).
 

@@ -10,8 +10,7 @@ archive or folder in a one-line error. docs/datasets.md lists the inputs of each
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from ..registry import PREPARERS as _PREPARERS
 from .coco_stuff import prepare_coco_stuff10k, prepare_coco_stuff164k
 from .isaid import prepare_isaid
 from .isprs import prepare_potsdam, prepare_vaihingen
@@ -29,13 +28,5 @@ __all__ = [
     "prepare_isaid",
 ]
 
-#: ``pspnet prepare`` names -> functions. PASCAL Context's masks serve both the 60- and 59-class datasets.
-PREPARERS: dict[str, Callable[..., dict[str, int]]] = {
-    "pascal-context": prepare_pascal_context,
-    "coco-stuff10k": prepare_coco_stuff10k,
-    "coco-stuff164k": prepare_coco_stuff164k,
-    "loveda": prepare_loveda,
-    "potsdam": prepare_potsdam,
-    "vaihingen": prepare_vaihingen,
-    "isaid": prepare_isaid,
-}
+#: ``pspnet prepare`` names -> functions: derived from the dataset records (a dataset's ``prepare=``).
+PREPARERS = _PREPARERS

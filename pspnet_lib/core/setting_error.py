@@ -6,11 +6,12 @@ A message is a template in which ``{name}`` / ``{name=}`` stand for a setting; P
 
 from __future__ import annotations
 
+import os
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["SettingError"]
+__all__ = ["SettingError", "check_outputs_are_not_inputs"]
 
 
 class SettingError(ValueError):
@@ -63,3 +64,24 @@ class _Spelling(string.Formatter):
         if key.endswith("="):
             return self.name_value(self.name(key[:-1]), self.values.get(key[:-1]))
         return self.name(key)
+
+
+def check_outputs_are_not_inputs(
+    outputs: Mapping[str, Any],
+    inputs: Iterable[str | os.PathLike],
+    *,
+    input_roots: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """:func:`pspnet_lib._files.check_outputs_spare_inputs` for outputs given as settings
+    (``{"json_path": path}``; None values skipped), its error a :class:`SettingError` whose advice
+    names the setting as the caller spells it (``choose another json_path file`` / ``--json``)."""
+    from .._files import OverwritesInputError, check_outputs_spare_inputs
+
+    inputs, roots = list(inputs), list(input_roots)
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            check_outputs_spare_inputs([path], inputs, input_roots=roots, advice="\0")
+        except OverwritesInputError as exc:
+            raise SettingError(SettingError.escape(exc).replace("\0", f"choose another {{{name}}} file")) from None
