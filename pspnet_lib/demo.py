@@ -183,7 +183,9 @@ def run_demo(
         lr: AdamW learning rate, backbone and heads alike (``min(20, iters // 10)`` warm-up iterations,
             then poly decay).
             AdamW at 2e-3 beat the paper's SGD (0.01, heads 10x) at this budget: 65.9% against 61.7%
-            held-out mIoU after 300 iterations (seed 0, one torch thread; CHANGELOG).
+            held-out mIoU after 300 iterations (seed 0, one torch thread; CHANGELOG). The scenes are
+            augmented by flips and small rotations only: random rescaling (0.75-1.5) and blur cost
+            about 4 points at this budget (65.9% against 69.8%, one thread).
         seed: seed of the scenes, the augmentation and the initialisation.
         num_workers: DataLoader workers.
         samples: held-out scenes drawn as picture | ground truth | prediction.
@@ -210,7 +212,7 @@ def run_demo(
     set_seed(seed)
     size = (image_size, image_size)
     train_set = SyntheticScenes(
-        train_images, size, seed=seed, transforms=train_transforms(image_size, scale_range=(0.75, 1.5), blur_p=0.3)
+        train_images, size, seed=seed, transforms=train_transforms(image_size, scale_range=None, blur_p=0.0)
     )
     val_seed = seed + 1  # held out: scenes are a function of (seed, index)
     val_set = SyntheticScenes(val_images, size, seed=val_seed, transforms=eval_transforms(normalize=False))
