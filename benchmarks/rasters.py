@@ -40,7 +40,6 @@ import json, sys, time
 import numpy as np, torch
 from pspnet_lib import build_pspnet, predict_raster
 from pspnet_lib.inference.modes import slide_spans
-from pspnet_lib.inference.predict import normalise_batch
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -72,7 +71,7 @@ else:
         tensors = [torch.from_numpy(np.stack([src.read(window=Window(x, y, crop, crop)) for y, x in b])) for b in batches]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1)
-    inputs = [normalise_batch(t, mean, std) for t in tensors]
+    inputs = [(t.float() / 255.0 - mean) / std for t in tensors]  # the photo rule (core.bands.normalise)
     with torch.no_grad():
         model(inputs[0])  # first-call set-up, as the tiled run's probe window
         start = time.perf_counter()
