@@ -76,6 +76,9 @@ def test_torchvision_resnet18_file_gives_torchvision_features(tmp_path):
         build_pspnet("resnet18", 4, weights_backbone=path, stem="deep", **SMALL)
     with pytest.raises(ValueError, match=r"holds a resnet18 but the model is a resnet50"):
         build_pspnet("resnet50", 4, weights_backbone=path, **SMALL)
+    # the width is read from the weights: a half-width model cannot take full-width weights
+    with pytest.raises(ValueError, match=r"needs base_channels=64 but base_channels=32 was set"):
+        build_pspnet("resnet18", 4, weights_backbone=path, base_channels=32, **SMALL)
 
 
 def test_mmseg_v1c_backbone_file(tmp_path):

@@ -119,6 +119,30 @@ def test_config_round_trips_through_json():
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("backbone, expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_base_channels_scales_every_stage_and_round_trips(backbone, expansion):
+    """mmsegmentation's ``base_channels``: layer1 is that wide, each later stage twice the one before."""
+    model = build_pspnet(backbone, 3, stem_channels=32, base_channels=16, **SMALL)
+    assert model.backbone.out_channels == [16 * expansion, 32 * expansion, 64 * expansion, 128 * expansion]
+    assert model.config.backbone_channels == model.backbone.out_channels
+    assert model.config.ppm_channels == 8  # given; the default would follow the narrower layer4
+    assert build_pspnet(backbone, 3, base_channels=16).config.ppm_channels == 128 * expansion // 4
+    stored = json.loads(model.config.to_json())
+    assert stored["base_channels"] == 16
+    assert PSPNet(PSPNetConfig.from_dict(stored)).backbone.out_channels == model.backbone.out_channels
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
+    # The published width is left out of stored configs, so every released config.json is unchanged.
+    assert "base_channels" not in build_pspnet(backbone, 3).config.to_dict()
+
+
+def test_base_channels_is_checked_and_refused_where_it_means_nothing():
+    with pytest.raises(ValueError, match=r"base_channels must be a positive integer \(at most 256\), got 0"):
+        build_pspnet("resnet18", 3, base_channels=0)
+    with pytest.raises(ValueError, match="no model of the zoo has this architecture .*base_channels=32"):
+        build_pspnet("resnet18", 3, base_channels=32, weights="DEFAULT")
+
+
 def test_presets_set_the_documented_fields():
     cfg = build_pspnet("resnet50", preset="semseg").config
     assert (cfg.stem, cfg.stem_channels, cfg.contract_dilation, cfg.align_corners) == ("deep", 128, False, True)

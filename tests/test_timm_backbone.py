@@ -114,6 +114,7 @@ def test_bad_names_and_settings_are_one_line_errors(monkeypatch):
         (dict(backbone="timm:convnext_atto.fb_in22k"), r"no pretrained tag 'fb_in22k'.*its tags: d2_in1k"),
         (dict(backbone="timm:../../x"), r"is not a timm model name"),
         (dict(backbone="timm:convnext_atto", stem="standard"), r"stem='standard' applies to ResNet backbones only"),
+        (dict(backbone="timm:convnext_atto", base_channels=32), r"base_channels=32 applies to ResNet backbones only"),
         (dict(backbone="timm:convnext_atto", backbone_kwargs={"depths": [99]}), r"unsupported setting 'depths'"),
         (
             dict(backbone="timm:convnext_atto", backbone_kwargs={"drop_path_rate": 2}),

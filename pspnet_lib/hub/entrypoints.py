@@ -9,6 +9,7 @@ enum) or this library's ``pretrained=`` (False, True or any :func:`load_pretrain
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from collections.abc import Callable
@@ -22,7 +23,14 @@ from .zoo.weights import Weights, WeightsEnum
 
 __all__ = ["ENTRY_POINTS", "build_variant", "build_with_weights", "get_model", "list_models", "resolve_weights_arg"]
 
-_ARCH_KEYS = ("backbone", "stem", "stem_channels", "output_stride", "dilations", "contract_dilation")
+_ARCH_KEYS = ("backbone", "stem", "stem_channels", "base_channels", "output_stride", "dilations", "contract_dilation")
+#: to_dict() leaves out fields at their default (base_channels=64): compare with the default then.
+_ARCH_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PSPNetConfig) if f.name in _ARCH_KEYS}
+
+
+def _arch(config: dict[str, Any], key: str) -> Any:
+    return config.get(key, _ARCH_DEFAULTS[key])
+
 
 _ARGS = """
     Args:
@@ -47,7 +55,7 @@ def _matches(variant: Variant, config: dict) -> bool:
     if variant.architecture.get("backbone") != config.get("backbone"):
         return False  # before building the variant's config: a timm variant's would import timm
     full = PSPNetConfig.from_dict({**variant.architecture}).to_dict()
-    return all(full.get(k) == config.get(k) for k in _ARCH_KEYS)
+    return all(_arch(full, k) == _arch(config, k) for k in _ARCH_KEYS)
 
 
 def resolve_weights_arg(weights: Any, pretrained: Any, variant: Variant | None) -> str | os.PathLike | None:
@@ -143,7 +151,7 @@ def build_with_weights(
     variant = next((v for v in VARIANTS.values() if _matches(v, full)), None)
     if weights == "DEFAULT" and variant is None:
         raise ValueError(
-            f"no model of the zoo has this architecture ({', '.join(f'{k}={full[k]!r}' for k in _ARCH_KEYS)}), so "
+            f"no model of the zoo has this architecture ({', '.join(f'{k}={_arch(full, k)!r}' for k in _ARCH_KEYS)}), so "
             "weights='DEFAULT' means nothing here; see pspnet_lib.list_models() for the named models"
         )
     resolved = resolve_weights_arg(weights, None, variant)
@@ -157,11 +165,11 @@ def build_with_weights(
     overrides = {k: v for k, v in config.items() if k in explicit and k not in ("backbone", "num_classes")}
     if name is not None:
         found = PSPNetConfig.from_dict(get_weight(name).config).to_dict()
-        wrong = [k for k in ("backbone", *overrides) if k in _ARCH_KEYS and found.get(k) != full.get(k)]
+        wrong = [k for k in ("backbone", *overrides) if k in _ARCH_KEYS and _arch(found, k) != _arch(full, k)]
         if wrong:
             raise ValueError(
-                f"weights {name!r} are for a {', '.join(f'{k}={found[k]!r}' for k in wrong)} model, but "
-                f"{', '.join(f'{k}={full[k]!r}' for k in wrong)} was asked for; drop those arguments or pick "
+                f"weights {name!r} are for a {', '.join(f'{k}={_arch(found, k)!r}' for k in wrong)} model, but "
+                f"{', '.join(f'{k}={_arch(full, k)!r}' for k in wrong)} was asked for; drop those arguments or pick "
                 f"weights from list_pretrained() that fit"
             )
     return load_pretrained(

@@ -355,7 +355,10 @@ def build_with_backbone_weights(
             f"weights_backbone={weights_backbone!r} holds a {found['backbone']} but the model is a "
             f"{config.get('backbone', 'resnet50')}; build it with backbone={found['backbone']!r}"
         )
-    for key in ("stem", "stem_channels", "in_channels"):
+    first = state_dict.get("backbone.layer1.0.conv1.weight")
+    if first is not None and first.ndim == 4:  # the width, read from the weights (configs leave 64 out)
+        found = {**found, "base_channels": int(first.shape[0])}
+    for key in ("stem", "stem_channels", "base_channels", "in_channels"):
         if key not in found:
             continue
         if key == "in_channels" and key in explicit:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 BACKBONES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
 
 #: The ResNet-only layout fields and their defaults: a timm backbone keeps its own stem and dilations.
-_RESNET_ONLY = {"stem": "deep", "stem_channels": 64, "contract_dilation": True, "dilations": None}
+_RESNET_ONLY = {"stem": "deep", "stem_channels": 64, "base_channels": 64, "contract_dilation": True, "dilations": None}
 
 
 #: Bounds of the architecture values (checked before anything is allocated). Label maps are
@@ -68,6 +68,7 @@ class PSPNetConfig:
     in_channels: int = 3
     stem: str = "deep"
     stem_channels: int = 64
+    base_channels: int = 64
     output_stride: int = 8
     contract_dilation: bool = True
     dilations: list[int] | None = None
@@ -126,6 +127,8 @@ class PSPNetConfig:
             self.num_classes = int(value)
         self.in_channels = _integer("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
         self.stem_channels = _integer("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
+        # layer4 is 8 * base_channels wide (x4 for Bottleneck): bounded like every other width
+        self.base_channels = _integer("base_channels", self.base_channels, 1, MAX_CHANNELS // 32)
         self.norm_groups = _integer("norm_groups", self.norm_groups, 1, MAX_CHANNELS)
         self.output_stride = _integer("output_stride", self.output_stride, 1, 64)
         if self.output_stride not in OUTPUT_STRIDES:
@@ -181,13 +184,16 @@ class PSPNetConfig:
         """Channels of the four ResNet stages; ``AttributeError`` for a timm backbone (its channels are
         ``model.backbone.out_channels``, known once it is built)."""
         expansion = RESNET_DEPTHS[self.depth][0].expansion
-        return [64 * 2**i * expansion for i in range(4)]
+        return [self.base_channels * 2**i * expansion for i in range(4)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (``backbone_kwargs`` only when set: ResNet configs stay as before)."""
+        """The fields as a JSON-ready dict (``backbone_kwargs`` only when set and ``base_channels`` only
+        when not 64: the configs of every released model stay as before)."""
         values = dataclasses.asdict(self)
         if values["backbone_kwargs"] is None:
             del values["backbone_kwargs"]
+        if values["base_channels"] == 64:
+            del values["base_channels"]
         return values
 
     @classmethod

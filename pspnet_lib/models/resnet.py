@@ -131,6 +131,9 @@ class ResNet(nn.Module):
             then max-pool).
         stem_channels: output channels of the stem; 64 (torchvision, mmsegmentation V1c) or
             128 (the author's deep base, whose layer1 then takes 128 inputs).
+        base_channels: width of layer1; layer2..4 double it (mmsegmentation's ``base_channels``).
+            64 in every published ResNet; 32 gives a "half-width" network with about a quarter
+            of the multiply-adds (the offline demo's).
         output_stride: 8, 16 or 32: total downsampling of the last stage.
         contract_dilation: if True, the first block of a dilated stage uses half the stage's
             dilation (torchvision, mmsegmentation); if False, every block of the stage uses it
@@ -148,6 +151,7 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         stem: str = "deep",
         stem_channels: int = 64,
+        base_channels: int = 64,
         output_stride: int = 8,
         contract_dilation: bool = True,
         dilations: Sequence[int] | None = None,
@@ -186,7 +190,7 @@ class ResNet(nn.Module):
         self.feature_info: list[dict] = []
         inplanes, reduction = stem_channels, 4
         for i, (blocks, stride, dilation) in enumerate(zip(layers, strides, stage_dilations)):
-            planes = 64 * 2**i
+            planes = base_channels * 2**i
             layer = self._make_layer(block, inplanes, planes, blocks, stride, dilation, contract_dilation, norm_layer)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion

@@ -84,6 +84,7 @@ def build_encoder(
         in_channels=config.in_channels,
         stem=config.stem,
         stem_channels=config.stem_channels,
+        base_channels=config.base_channels,
         output_stride=config.output_stride,
         contract_dilation=config.contract_dilation,
         dilations=config.dilations,
