@@ -1,9 +1,9 @@
 """The offline demo: train a small PSPNet on synthetic scenes with the library's own Trainer and show the result.
 
 ``pspnet demo`` (or :func:`run_demo`) generates labelled scenes (sky, ground, discs, boxes,
-triangles, striped blobs; see :mod:`pspnet_lib.data.synthetic`), trains a ResNet-18 PSPNet with
-narrow heads from scratch on the CPU, scores it on held-out scenes and writes pictures you can
-look at. ``pspnet demo --weights NAME`` instead segments the bundled sample photos with zoo
+triangles, striped blobs; see :mod:`pspnet_lib.data.synthetic`), trains a small PSPNet (a
+half-width ResNet-18, ``base_channels=32``, with narrow heads) from scratch on the CPU, scores it
+on held-out scenes and writes pictures you can look at. ``pspnet demo --weights NAME`` instead segments the bundled sample photos with zoo
 weights (:func:`run_weights_demo`).
 """
 
@@ -159,8 +159,8 @@ def _upscale(image: Image.Image, factor: int) -> Image.Image:
 def run_demo(
     out_dir: str | Path = "pspnet-demo",
     *,
-    iters: int = 300,
-    image_size: int = 64,
+    iters: int = 400,
+    image_size: int = 96,
     train_images: int = 200,
     val_images: int = 40,
     batch_size: int = 8,
@@ -186,6 +186,13 @@ def run_demo(
             held-out mIoU after 300 iterations (seed 0, one torch thread; CHANGELOG). The scenes are
             augmented by flips and small rotations only: random rescaling (0.75-1.5) and blur cost
             about 4 points at this budget (65.9% against 69.8%, one thread).
+
+    The model is a half-width ResNet-18 (``stem_channels=32, base_channels=32``: stages 32-64-128-256
+    wide) with narrow heads: at a quarter of the full width's multiply-adds one iteration at 96 px
+    takes about as long as a full-width one at 64 px (0.13 s against 0.24-0.27 s at batch 8, 2
+    threads, AMD EPYC Zen 4), and the finer 12x12 output grid draws the shapes' corners: 85.4%
+    held-out mIoU in 400 iterations against 78.1% for the full width at 64 px in 300, in about the
+    same time (CHANGELOG, 0.3).
         seed: seed of the scenes, the augmentation and the initialisation.
         num_workers: DataLoader workers.
         samples: held-out scenes drawn as picture | ground truth | prediction.
@@ -217,7 +224,16 @@ def run_demo(
     val_seed = seed + 1  # held out: scenes are a function of (seed, index)
     val_set = SyntheticScenes(val_images, size, seed=val_seed, transforms=eval_transforms(normalize=False))
     classes, palette = train_set.classes, train_set.palette
-    model = build_pspnet("resnet18", len(classes), stem="standard", head_channels=64, aux_channels=32, ppm_channels=16)
+    model = build_pspnet(
+        "resnet18",
+        len(classes),
+        stem="standard",
+        stem_channels=32,
+        base_channels=32,
+        head_channels=64,
+        aux_channels=32,
+        ppm_channels=16,
+    )
     config = TrainConfig(
         iters=iters,
         batch_size=batch_size,
@@ -237,7 +253,7 @@ def run_demo(
         progress=progress,
     )
     logger.info(
-        "demo: training a ResNet-18 PSPNet on %d synthetic %dx%d scenes for %d iterations, "
+        "demo: training a half-width ResNet-18 PSPNet on %d synthetic %dx%d scenes for %d iterations, "
         "scoring on %d held-out scenes",
         train_images,
         image_size,

@@ -50,7 +50,7 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
     assert metrics["iterations"] == 30 and metrics["val_images"] == 8
     assert set(metrics["per_class"]) == {"sky", "ground", "disc", "box", "triangle", "stripes"}
     baseline = metrics["baseline_constant"]["mIoU"]
-    # Predicting the majority class everywhere scores ~4%; 30 steps reach ~23% (observed), and an
+    # Predicting the majority class everywhere scores ~4%; 30 steps reach ~26% (observed), and an
     # untrained or broken network stays near the baseline.
     assert metrics["mIoU"] > max(2.5 * baseline, baseline + 0.1), metrics
     predictions = Image.open(out / "predictions.png")
@@ -76,6 +76,24 @@ def test_demo_reduced_budget_learns_and_writes_its_files(demo_run, capsys):
 
     model = load_model(out / "model")
     assert model.pretrained_cfg["classes"][0] == "sky" and model.config.num_classes == 6
+    assert model.config.base_channels == 32 and model.backbone.out_channels == [32, 64, 128, 256]  # half width
+
+
+def test_cli_defaults_are_run_demos():
+    """``pspnet demo`` and ``run_demo()`` train the same default run (the one the README measures)."""
+    import argparse
+    import inspect
+
+    from pspnet_lib.cli.demo import register
+    from pspnet_lib.demo import run_demo
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = vars(parser.parse_args(["demo"]))
+    defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+    for name in ("iters", "image_size", "train_images", "val_images", "batch_size", "lr", "seed", "num_workers"):
+        assert args[name] == defaults[name], name
+    assert (defaults["iters"], defaults["image_size"]) == (400, 96)
 
 
 def test_demo_refuses_to_overwrite_silently(demo_run, caplog):

@@ -11,16 +11,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "demo",
-        help="offline demo: train a small PSPNet on synthetic scenes (about two minutes on a CPU)",
-        description="Generate labelled synthetic scenes, train a ResNet-18 PSPNet on them with the library's "
+        help="offline demo: train a small PSPNet on synthetic scenes (one to two minutes on a CPU)",
+        description="Generate labelled synthetic scenes, train a small (half-width ResNet-18) PSPNet on them with the library's "
         "Trainer, score it on held-out scenes and write pictures of its predictions next to the ground truth, "
         "a training curve, the metrics and the model. With --weights NAME, segment the bundled sample photos "
         "with zoo weights instead.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="pspnet-demo", metavar="DIR", help="output directory")
-    p.add_argument("--iters", type=int_in(1), default=300, help="training iterations (run time scales with it)")
-    p.add_argument("--image-size", type=int_in(32, 4096), default=64, metavar="N", help="side of the square scenes")
+    p.add_argument("--iters", type=int_in(1), default=400, help="training iterations (run time scales with it)")
+    p.add_argument("--image-size", type=int_in(32, 4096), default=96, metavar="N", help="side of the square scenes")
     p.add_argument("--train-images", type=int_in(1, 1_000_000), default=200, metavar="N", help="training scenes")
     p.add_argument("--val-images", type=int_in(1, 1_000_000), default=40, metavar="N", help="held-out scenes scored")
     p.add_argument("--batch-size", type=int_in(1, 4096), default=8)

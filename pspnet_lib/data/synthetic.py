@@ -1,10 +1,13 @@
 """Synthetic labelled scenes for the offline demo and for testing training end to end.
 
 Each scene has a sky above a wavy horizon and textured ground below, with discs, boxes,
-triangles and striped blobs placed at random, overlapping each other. Colour is a cue but not a
-solution: object hues are drawn around a per-class centre with a spread that overlaps the other
-classes and the sky/ground colours, so a network has to use shape, texture and context too.
-Everything is deterministic per ``(seed, index)``.
+triangles and striped blobs placed at random, overlapping each other. Each object class has its
+own shape, shading and colour family (red discs, yellow boxes, green triangles, blue stripes), so
+no object class can be taken for another by a chance colour; but the families lie inside the
+ground's earth-to-grass hues and the sky's blues, so colour alone does not tell an object from
+the ground or the sky: a network needs edges, texture and context too (the best per-pixel colour
+lookup reaches 0.57 mIoU, ``tests/test_data_transforms.py``). Everything is deterministic per
+``(seed, index)``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ SYNTHETIC_PALETTE: list[tuple[int, int, int]] = [
 ]  # fmt: skip
 
 SKY, GROUND, DISC, BOX, TRIANGLE, STRIPES = range(6)
-# Hue centre of each object class; the spread below makes neighbouring ranges overlap.
-_OBJECT_HUES = {DISC: 0.0, BOX: 0.15, TRIANGLE: 0.85, STRIPES: 0.6}
-_HUE_SPREAD = 0.15
+# Hue centre of each object class (red, yellow, green, blue): 0.14 or more apart, so that with the
+# spread below no two object families overlap, while each overlaps the ground's hues (0.02-0.4) or
+# the sky's (0.5-0.7). The earlier spread of 0.15 let a yellowish disc pass for a box by chance:
+# 69.7% held-out mIoU for the demo against 85.4% now (CHANGELOG, 0.3).
+_OBJECT_HUES = {DISC: 0.0, BOX: 0.14, TRIANGLE: 0.33, STRIPES: 0.6}
+_HUE_SPREAD = 0.04
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
