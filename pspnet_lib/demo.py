@@ -3,8 +3,8 @@
 ``pspnet demo`` (or :func:`run_demo`) generates labelled scenes (sky, ground, discs, boxes,
 triangles, striped blobs; see :mod:`pspnet_lib.data.synthetic`), trains a small PSPNet (a
 half-width ResNet-18, ``base_channels=32``, with narrow heads) from scratch on the CPU, scores it
-on held-out scenes and writes pictures you can look at. ``pspnet demo --weights NAME`` instead segments the bundled sample photos with zoo
-weights (:func:`run_weights_demo`).
+on held-out scenes and writes pictures you can look at. ``pspnet demo --weights NAME`` instead
+segments the bundled sample photos with zoo weights (:func:`run_weights_demo`).
 """
 
 from __future__ import annotations
@@ -186,6 +186,12 @@ def run_demo(
             held-out mIoU after 300 iterations (seed 0, one torch thread; CHANGELOG). The scenes are
             augmented by flips and small rotations only: random rescaling (0.75-1.5) and blur cost
             about 4 points at this budget (65.9% against 69.8%, one thread).
+        seed: seed of the scenes, the augmentation and the initialisation.
+        num_workers: DataLoader workers.
+        samples: held-out scenes drawn as picture | ground truth | prediction.
+        device: ``"cpu"``, ``"cuda"`` or None (CUDA if available).
+        overwrite: replace the results of an earlier demo in ``out_dir``.
+        progress: the training progress bar: None = on a terminal only, True = always, False = never.
 
     The model is a half-width ResNet-18 (``stem_channels=32, base_channels=32``: stages 32-64-128-256
     wide) with narrow heads: at a quarter of the full width's multiply-adds one iteration at 96 px
@@ -193,12 +199,6 @@ def run_demo(
     threads, AMD EPYC Zen 4), and the finer 12x12 output grid draws the shapes' corners: 85.4%
     held-out mIoU in 400 iterations against 78.1% for the full width at 64 px in 300, in about the
     same time (CHANGELOG, 0.3).
-        seed: seed of the scenes, the augmentation and the initialisation.
-        num_workers: DataLoader workers.
-        samples: held-out scenes drawn as picture | ground truth | prediction.
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA if available).
-        overwrite: replace the results of an earlier demo in ``out_dir``.
-        progress: the training progress bar: None = on a terminal only, True = always, False = never.
 
     Writes ``predictions.png`` (one row per sample), ``overlays/sample_*.png``,
     ``training_curve.png``, ``metrics.json`` (held-out mIoU per class and the constant-prediction

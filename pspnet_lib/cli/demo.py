@@ -12,8 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="offline demo: train a small PSPNet on synthetic scenes (one to two minutes on a CPU)",
-        description="Generate labelled synthetic scenes, train a small (half-width ResNet-18) PSPNet on them with the library's "
-        "Trainer, score it on held-out scenes and write pictures of its predictions next to the ground truth, "
+        description="Generate labelled synthetic scenes, train a small (half-width ResNet-18) PSPNet on them with "
+        "the library's Trainer, score it on held-out scenes and write pictures of its predictions next to the ground truth, "
         "a training curve, the metrics and the model. With --weights NAME, segment the bundled sample photos "
         "with zoo weights instead.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
