@@ -7,8 +7,8 @@ Random-weight models (``benchmarks/inference.py``) show the arithmetic error; a 
 what users see: how many pixels change class. Without ``--model`` this trains the model of
 ``pspnet demo`` (default settings, seeded) into a temporary folder. It then compares
 ``optimize_for_inference`` variants with the fp32 model (:func:`pspnet_lib.runtime.compare_models`)
-on held-out synthetic scenes (seeds the demo never trains on) at two sizes: the 64 px the demo
-trains at and 256 px. Columns: argmax agreement (pixel-weighted), max relative logit error
+on held-out synthetic scenes (seeds the demo never trains on) at two sizes: the size the demo
+trains at (``run_demo``'s ``image_size``, 96 px) and 256 px. Columns: argmax agreement (pixel-weighted), max relative logit error
 (max |diff| / max |fp32 logit|), mean absolute logit error.
 
 Variants: ``fast-fp32``; ``fast-bf16`` (defaults: Winograd and space-to-batch chosen by
@@ -19,6 +19,7 @@ space-to-batch); plus ``autocast-bf16`` (``torch.autocast``) for reference.
 from __future__ import annotations
 
 import argparse
+import inspect
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from _common import machine_info, write_json  # noqa: E402  (also puts the check
 
 from pspnet_lib import load_pretrained, optimize_for_inference  # noqa: E402
 from pspnet_lib.data.synthetic import SyntheticScenes  # noqa: E402
+from pspnet_lib.demo import run_demo  # noqa: E402
 from pspnet_lib.engine.evaluate import normalize_images  # noqa: E402
 from pspnet_lib.runtime import agreement_stats, compare_models, native_dtype_support  # noqa: E402
 
@@ -60,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         source = args.model
         if source is None:
-            from pspnet_lib.demo import run_demo
-
             print("training the demo model (pspnet demo, default settings) ...")
             run_demo(Path(tmp) / "demo", progress=False)
             source = str(Path(tmp) / "demo" / "model")
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     rows = []
-    for size, count in ((64, 32), (256, 8)):
+    demo_size = inspect.signature(run_demo).parameters["image_size"].default
+    for size, count in ((demo_size, 32), (256, 8)):
         batches = held_out_batches(size, count, model)
         for name, kw in variants.items():
             fast = optimize_for_inference(model, tuning_cache=False, **kw)

@@ -296,3 +296,42 @@ def test_files_without_weights_or_unknown_layout(tmp_path):
         FileNotFoundError, match=r"not a save_pretrained folder: expected config.json and model.safetensors"
     ):
         load_pretrained(tmp_path / "folder")
+
+
+def test_half_width_weights_load_from_their_shapes_and_refuse_another_width(tmp_path):
+    """base_channels is read from the tensors like every width; a width asked for must fit the weights."""
+    half = build_pspnet("resnet18", 3, stem_channels=32, base_channels=32, head_channels=32, aux_channels=16)
+    torch.save(half.state_dict(), tmp_path / "half.pth")  # no config: only the shapes tell
+    loaded = load_pretrained(tmp_path / "half.pth")
+    assert (loaded.config.base_channels, loaded.config.stem_channels) == (32, 32)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), half.eval()(x))
+    full = build_pspnet("resnet18", 3, head_channels=32, aux_channels=16)
+    full.save_pretrained(tmp_path / "full")
+    with pytest.raises(
+        ValueError, match=r"do not fit the model.*backbone\.layer1\.0\.\S+: checkpoint \[64\] vs model \[32\]"
+    ):
+        build_pspnet("resnet18", base_channels=32, weights=tmp_path / "full")  # was: silently 64 wide
+
+
+def test_zoo_weights_refuse_a_layout_they_lack_before_any_download():
+    import pspnet_lib
+
+    name = "pspnet_r18-d8_cityscapes-512x1024-80k"
+    for kwargs, field in (
+        (dict(weights="DEFAULT", base_channels=32), "base_channels=32"),
+        (dict(pretrained=True, stem_channels=32), "stem_channels=32"),
+        (dict(weights=name, output_stride=16), "output_stride=16"),
+    ):
+        with pytest.raises(ValueError, match=rf"weights '{name}' are for a .* model, but {field} was asked for"):
+            pspnet_lib.get_model("pspnet_r18_d8", **kwargs)
+    # ImageNet backbones of the zoo: their layout is known before the download
+    with pytest.raises(
+        ValueError, match=r"weights_backbone='resnet18_v1c' needs base_channels=64 but base_channels=32"
+    ):
+        build_pspnet("resnet18", 3, base_channels=32, weights_backbone="resnet18_v1c")
+    with pytest.raises(
+        ValueError, match=r"weights_backbone='resnet50_v1c' needs stem_channels=64 but stem_channels=32"
+    ):
+        pspnet_lib.get_model("pspnet_r50_d8", weights_backbone=True, stem_channels=32, num_classes=3)

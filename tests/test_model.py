@@ -143,6 +143,17 @@ def test_base_channels_is_checked_and_refused_where_it_means_nothing():
         build_pspnet("resnet18", 3, base_channels=32, weights="DEFAULT")
 
 
+def test_narrow_widths_fail_early_with_the_fix():
+    with pytest.raises(
+        ValueError, match=r"ppm_channels would be 0 \(layer4's 8 channels over 9 bins\); set ppm_channels"
+    ):
+        build_pspnet("resnet18", 3, base_channels=1, bins=[1, 2, 3, 6, 7, 8, 9, 10, 11])
+    assert build_pspnet("resnet18", 3, base_channels=1, bins=[1, 2, 3, 6, 7, 8, 9, 10, 11], ppm_channels=1)
+    for value in (0, True, "32"):
+        with pytest.raises(ValueError, match=f"base_channels must be a positive integer, got {value!r}"):
+            ResNet(18, base_channels=value)
+
+
 def test_presets_set_the_documented_fields():
     cfg = build_pspnet("resnet50", preset="semseg").config
     assert (cfg.stem, cfg.stem_channels, cfg.contract_dilation, cfg.align_corners) == ("deep", 128, False, True)

@@ -58,6 +58,18 @@ def _matches(variant: Variant, config: dict) -> bool:
     return all(_arch(full, k) == _arch(config, k) for k in _ARCH_KEYS)
 
 
+def _check_layout(name: str, found: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Refuse layout fields in ``asked`` that the zoo weights ``name`` (architecture ``found``) do not have."""
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in asked.items() if k in _ARCH_KEYS}
+    wrong = [k for k, v in given.items() if _arch(found, k) != v]
+    if wrong:
+        raise ValueError(
+            f"weights {name!r} are for a {', '.join(f'{k}={_arch(found, k)!r}' for k in wrong)} model, but "
+            f"{', '.join(f'{k}={given[k]!r}' for k in wrong)} was asked for; drop those arguments or pick "
+            f"weights from list_pretrained() that fit"
+        )
+
+
 def resolve_weights_arg(weights: Any, pretrained: Any, variant: Variant | None) -> str | os.PathLike | None:
     """Turn ``weights=`` / ``pretrained=`` into one :func:`load_pretrained` source, or None (no weights).
 
@@ -126,6 +138,7 @@ def build_variant(
                     f"{name!r} is not a {variant.name} checkpoint ({variant.description}); "
                     f"pick one of list_pretrained('pspnet_{code}_*'), or use pspnet_lib.load_pretrained({name!r})"
                 )
+            _check_layout(name, PSPNetConfig.from_dict(entry.config).to_dict(), kwargs)  # before any download
         return load_pretrained(source, num_classes=num_classes, **kwargs)
     kwargs.pop("progress", None)  # nothing to download
     if kwargs.get("weights_backbone") is True:
@@ -164,14 +177,10 @@ def build_with_weights(
         name = None
     overrides = {k: v for k, v in config.items() if k in explicit and k not in ("backbone", "num_classes")}
     if name is not None:
-        found = PSPNetConfig.from_dict(get_weight(name).config).to_dict()
-        wrong = [k for k in ("backbone", *overrides) if k in _ARCH_KEYS and _arch(found, k) != _arch(full, k)]
-        if wrong:
-            raise ValueError(
-                f"weights {name!r} are for a {', '.join(f'{k}={_arch(found, k)!r}' for k in wrong)} model, but "
-                f"{', '.join(f'{k}={_arch(full, k)!r}' for k in wrong)} was asked for; drop those arguments or pick "
-                f"weights from list_pretrained() that fit"
-            )
+        asked = {k: _arch(full, k) for k in ("backbone", *overrides) if k in _ARCH_KEYS}
+        _check_layout(name, PSPNetConfig.from_dict(get_weight(name).config).to_dict(), asked)
+    if name is None:  # a file, folder or Hub repo: the layout fields given must fit its weights (checked there)
+        return load_pretrained(source, num_classes=num_classes, **options, **overrides)
     return load_pretrained(
         source, num_classes=num_classes, **options, **{k: v for k, v in overrides.items() if k not in _ARCH_KEYS}
     )

@@ -41,6 +41,7 @@ from .input_conv import adapt_state_dict, adapted_input_stats
 from .load_report import CLASSIFIER_KEYS, build_loaded, load_weights
 from .sources import resolve_source
 from .timm_weights import build_with_timm_weights
+from .zoo.registry import get_weight, resolve_name
 
 __all__ = ["load_pretrained", "build_with_backbone_weights", "from_pretrained_files"]
 
@@ -343,13 +344,34 @@ def build_with_backbone_weights(
         return build_with_timm_weights(
             config, weights_backbone, norm_layer=norm_layer, rgb_bands=rgb_bands, **source_options
         )
+    config = dict(config)
+
+    def follow(found: Mapping[str, Any]) -> None:  # the stem and widths follow the weights unless given
+        for key in ("stem", "stem_channels", "base_channels", "in_channels"):
+            if key not in found:
+                continue
+            if key == "in_channels" and key in explicit:
+                continue  # RGB weights are adapted to the model's bands (below)
+            if key in explicit and config.get(key) != found[key]:
+                raise ValueError(
+                    f"weights_backbone={weights_backbone!r} needs {key}={found[key]!r} but {key}={config.get(key)!r} "
+                    "was set"
+                    + ("; torchvision weights need stem='standard' (preset='mmseg-b')" if key == "stem" else "")
+                )
+            config[key] = found[key]
+
+    try:  # a zoo name: its layout is known before anything is downloaded
+        entry = get_weight(resolve_name(os.fspath(weights_backbone)))
+    except (TypeError, ValueError):
+        entry = None
+    if entry is not None:
+        follow({"base_channels": 64, **entry.config})  # every zoo backbone is 64 wide
     resolved = resolve_source(weights_backbone, **source_options)
     verify_resolved(resolved)
     state_dict = {k: v for k, v in resolved.state_dict.items() if k.startswith("backbone.")}
     if not state_dict:
         raise ValueError(f"{resolved.description} holds no backbone weights")
     found = resolved.config
-    config = dict(config)
     if found.get("backbone") and config.get("backbone", "resnet50") != found["backbone"]:
         raise ValueError(
             f"weights_backbone={weights_backbone!r} holds a {found['backbone']} but the model is a "
@@ -358,17 +380,7 @@ def build_with_backbone_weights(
     first = state_dict.get("backbone.layer1.0.conv1.weight")
     if first is not None and first.ndim == 4:  # the width, read from the weights (configs leave 64 out)
         found = {**found, "base_channels": int(first.shape[0])}
-    for key in ("stem", "stem_channels", "base_channels", "in_channels"):
-        if key not in found:
-            continue
-        if key == "in_channels" and key in explicit:
-            continue  # RGB weights are adapted to the model's bands (below)
-        if key in explicit and config.get(key) != found[key]:
-            raise ValueError(
-                f"weights_backbone={weights_backbone!r} needs {key}={found[key]!r} but {key}={config.get(key)!r} was set"
-                + ("; torchvision weights need stem='standard' (preset='mmseg-b')" if key == "stem" else "")
-            )
-        config[key] = found[key]
+    follow(found)
     model = PSPNet(PSPNetConfig.from_dict(config), norm_layer=norm_layer)
     own = model.state_dict()
     reinit = {k for k in own if not k.startswith("backbone.")}

@@ -166,6 +166,11 @@ class PSPNetConfig:
             self.aux_channels = 64 if basic else 256
         if self.ppm_channels is None:
             self.ppm_channels = self.backbone_channels[3] // len(self.bins)
+            if self.ppm_channels < 1:  # only a very narrow base_channels with many bins gets here
+                raise ValueError(
+                    f"ppm_channels would be 0 (layer4's {self.backbone_channels[3]} channels over {len(self.bins)} "
+                    f"bins); set ppm_channels or a larger base_channels (got {self.base_channels})"
+                )
 
     @property
     def is_timm(self) -> bool:

@@ -14,6 +14,7 @@ torchvision's own ResNet cannot do this for BasicBlock depths, hence this module
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -132,8 +133,8 @@ class ResNet(nn.Module):
         stem_channels: output channels of the stem; 64 (torchvision, mmsegmentation V1c) or
             128 (the author's deep base, whose layer1 then takes 128 inputs).
         base_channels: width of layer1; layer2..4 double it (mmsegmentation's ``base_channels``).
-            64 in every published ResNet; 32 gives a "half-width" network with about a quarter
-            of the multiply-adds (the offline demo's).
+            64 in every published ResNet; 32 gives a "half-width" backbone with about a
+            quarter of the multiply-adds (the offline demo's).
         output_stride: 8, 16 or 32: total downsampling of the last stage.
         contract_dilation: if True, the first block of a dilated stage uses half the stage's
             dilation (torchvision, mmsegmentation); if False, every block of the stage uses it
@@ -162,6 +163,9 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet depth {depth!r}; expected one of {sorted(RESNET_DEPTHS)}")
         if stem not in ("standard", "deep"):
             raise ValueError(f"unknown stem {stem!r}; expected 'standard' or 'deep'")
+        for name, value in (("stem_channels", stem_channels), ("base_channels", base_channels)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         block, layers = RESNET_DEPTHS[depth]
         strides, stage_dilations = resnet_stage_plan(output_stride, dilations)
         self.depth = depth

@@ -290,6 +290,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], format: str = "pspnet_l
         cfg["in_channels"] = dim("backbone.conv1.weight", 1)
     else:
         raise ValueError("the weights hold no backbone stem (backbone.stem.* or backbone.conv1.*)")
+    if "backbone.layer1.0.conv1.weight" in sd:  # layer1's width: 64 in every published ResNet
+        cfg["base_channels"] = dim("backbone.layer1.0.conv1.weight", 0)
 
     if "decode_head.classifier.weight" in sd:
         cfg["num_classes"] = dim("decode_head.classifier.weight", 0)

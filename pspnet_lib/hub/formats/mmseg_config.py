@@ -21,7 +21,7 @@ values again: a pipeline nested in itself by name 64 times would have 2^63 paths
 ``config_values`` limit of :mod:`pspnet_lib.core.limits`.
 
 :func:`settings_from_config` turns the parsed assignments into :class:`~pspnet_lib.PSPNetConfig`
-fields (``align_corners``, ``num_classes``, ``backbone``, ``stem``, ``stem_channels``,
+fields (``align_corners``, ``num_classes``, ``backbone``, ``stem``, ``stem_channels``, ``base_channels``,
 ``output_stride``, ``dilations``, ``contract_dilation``, ``bins``) and ``pretrained_cfg`` entries
 (``inference``: ``mode``/``resize``/``crop``/``stride``; ``mean``/``std`` on the 0..1 scale).
 """
@@ -239,6 +239,8 @@ def settings_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
             config["stem"] = "deep" if deep else "standard"
         if isinstance(backbone.get("stem_channels"), int):
             config["stem_channels"] = backbone["stem_channels"]
+        if isinstance(backbone.get("base_channels"), int):
+            config["base_channels"] = backbone["base_channels"]
         if isinstance(backbone.get("in_channels"), int):
             config["in_channels"] = backbone["in_channels"]
         if isinstance(backbone.get("contract_dilation"), bool):
