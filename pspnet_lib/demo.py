@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 #: What one demo run writes (and what ``overwrite=True`` replaces).
 DEMO_OUTPUTS = (
     "checkpoints",
+    "validation",
     "model",
     "overlays",
     "history.json",
@@ -58,6 +59,8 @@ def _save_png(image: Image.Image, path: Path, title: str | None = None) -> None:
 
 
 def _prepare_out_dir(out: Path, overwrite: bool, names: Sequence[str]) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose another --out (the demo writes a folder)")
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -198,7 +201,7 @@ def run_demo(
     takes about as long as a full-width one at 64 px (0.13 s against 0.24-0.27 s at batch 8, 2
     threads, AMD EPYC Zen 4), and the finer 12x12 output grid draws the shapes' corners: 85.4%
     held-out mIoU in 400 iterations against 78.1% for the full width at 64 px in 300, in about the
-    same time (CHANGELOG, 0.3).
+    same time (CHANGELOG, Unreleased).
 
     Writes ``predictions.png`` (one row per sample), ``overlays/sample_*.png``,
     ``training_curve.png``, ``metrics.json`` (held-out mIoU per class and the constant-prediction

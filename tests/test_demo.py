@@ -140,6 +140,20 @@ def test_demo_refuses_to_overwrite_silently(demo_run, caplog):
         == 0
     )
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 2
+    # --overwrite replaced every file of the earlier run: no validation record of its iteration 7 is left
+    assert (out / "validation").is_dir() and not list((out / "validation").glob("iter_00000007*"))
+
+
+def test_demo_flags_are_checked_before_anything_is_written(tmp_path, capsys, caplog):
+    with pytest.raises(SystemExit):
+        main(["demo", "--device", "gpu", "--out", str(tmp_path / "gpu")])
+    assert "argument --device: expected a device such as cpu, cuda or cuda:1, got 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "gpu").exists()
+    (tmp_path / "afile").write_text("mine")
+    caplog.set_level(logging.ERROR)
+    assert main(["demo", "--out", str(tmp_path / "afile"), "--iters", "1"]) == 1
+    assert "is a file, not a folder; choose another --out" in caplog.text
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_demo_with_weights_segments_the_sample_photos(demo_run, tmp_path):

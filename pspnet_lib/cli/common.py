@@ -106,6 +106,17 @@ def float_in(low: float, high: float, *, open_low: bool = False, open_high: bool
     return parse
 
 
+def device_name(text: str) -> str:
+    """argparse type of ``--device``: a device torch can parse (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
+
+
 def colour(text: str) -> tuple[int, int, int]:
     """``224,224,192`` -> (224, 224, 192)."""
     try:

@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .common import float_in, int_in
+    from .common import device_name, float_in, int_in
 
     p = subparsers.add_parser(
         "demo",
@@ -19,15 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="pspnet-demo", metavar="DIR", help="output directory")
-    p.add_argument("--iters", type=int_in(1), default=400, help="training iterations (run time scales with it)")
+    p.add_argument(
+        "--iters", type=int_in(1), default=400, metavar="N", help="training iterations (run time scales with it)"
+    )
     p.add_argument("--image-size", type=int_in(32, 4096), default=96, metavar="N", help="side of the square scenes")
     p.add_argument("--train-images", type=int_in(1, 1_000_000), default=200, metavar="N", help="training scenes")
     p.add_argument("--val-images", type=int_in(1, 1_000_000), default=40, metavar="N", help="held-out scenes scored")
-    p.add_argument("--batch-size", type=int_in(1, 4096), default=8)
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=8, metavar="N", help="scenes per training iteration")
     p.add_argument("--lr", type=float_in(0, 100, open_low=True), default=0.002, help="AdamW learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes, augmentation and initialisation")
     p.add_argument("--num-workers", type=int_in(0, 1024), default=0, help="DataLoader workers")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ...; None picks cuda if available, else cpu")
     p.add_argument("--weights", metavar="NAME", help="segment the bundled sample photos with these weights instead")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

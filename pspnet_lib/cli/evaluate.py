@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .common import add_dataset_args, dataset_options, flag_names, floats, ints
+from .common import add_dataset_args, dataset_options, device_name, flag_names, floats, ints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE.png",
         help="also draw the confusion matrix (rows: ground truth, normalised; columns: prediction) as a PNG here",
     )
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", type=device_name, help="cuda or cpu (default: cuda if available)")
     p.add_argument(
         "--amp",
         choices=("none", "bf16", "fp16"),

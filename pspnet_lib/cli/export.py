@@ -19,7 +19,7 @@ logger = logging.getLogger("pspnet_lib.cli.export")
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..core.inference_protocol import MAX_SIDE
     from ..inference.export_formats import EXPORT_FORMATS
-    from .common import flag_names, float_in, int_in
+    from .common import device_name, flag_names, float_in, int_in
 
     parser = subparsers.add_parser(
         "export",
@@ -120,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.98,
         help="with --int8 --check: exit 1 below this argmax agreement (default 0.98)",
     )
-    parser.add_argument("--device", default="cpu", help="device to trace on (default cpu)")
+    parser.add_argument("--device", type=device_name, default="cpu", help="device to trace on (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run, flags=flag_names(parser))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.confidence import CONFIDENCE_KINDS
+from .common import device_name
 from .predict_tiled import add_tiled_args, names_one_file, run_tiled, tiled_flags, wants_tiled
 
 
@@ -96,7 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-scale factors, e.g. 0.75 1.0 1.25 (or 0.75,1.0,1.25)",
     )
     parser.add_argument("--flip", action="store_true", help="also predict on mirrored images and average")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)"
+    )
     parser.add_argument(
         "--fast", action="store_true", help="use pspnet_lib.optimize_for_inference (faster, same classes)"
     )

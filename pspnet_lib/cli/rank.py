@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..inference.confidence import CONFIDENCE_KINDS
-from .common import floats
+from .common import device_name, floats
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scales", type=floats, nargs="+", default=[[1.0]], metavar="S", help="multi-scale factors, e.g. 0.75 1.0 1.25"
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="pictures per forward pass (default 1)")
     parser.add_argument("--num-workers", type=int, default=2, metavar="N", help="decoding processes (default 2)")
     parser.set_defaults(func=run)

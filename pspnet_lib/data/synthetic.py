@@ -42,7 +42,7 @@ SKY, GROUND, DISC, BOX, TRIANGLE, STRIPES = range(6)
 # Hue centre of each object class (red, yellow, green, blue): 0.14 or more apart, so that with the
 # spread below no two object families overlap, while each overlaps the ground's hues (0.02-0.4) or
 # the sky's (0.5-0.7). The earlier spread of 0.15 let a yellowish disc pass for a box by chance:
-# 69.7% held-out mIoU for the demo against 85.4% now (CHANGELOG, 0.3).
+# 69.7% held-out mIoU for the demo against 85.4% now (CHANGELOG, Unreleased).
 _OBJECT_HUES = {DISC: 0.0, BOX: 0.14, TRIANGLE: 0.33, STRIPES: 0.6}
 _HUE_SPREAD = 0.04
 
