@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
+from .stored import band_array
+
 __all__ = [
     "QUARTER_TURNS",
     "SIXTEEN_BIT",
@@ -345,17 +347,7 @@ def pil_to_array(image: Image.Image, channels: int = 3, *, what: str = "the imag
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     image = to_eight_bit(image, what)
-    array = np.array(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[-1] != channels:
-        page_count = f" ({frames} pages)" if frames > 1 else ""
-        raise ValueError(
-            f"{what} has {array.shape[-1]} channel(s) (mode {image.mode}{page_count}) but the model takes {channels} "
-            f"(config.in_channels); pass an image with {channels} bands: an (H, W, {channels}) array, a .npy file "
-            f"holding one, or a multi-page TIFF of {channels} pages"
-        )
-    return array
+    return band_array(np.array(image), channels, what, image.mode, frames)
 
 
 def _single_band(frame: Image.Image, what: str) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence
 
-__all__ = ["RASTER_SUFFIXES", "read_raster", "stored_values"]
+__all__ = ["RASTER_SUFFIXES", "band_array", "read_raster", "stored_values"]
 
 #: Files that rasterio may read when Pillow cannot (multi-band TIFFs).
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -57,13 +57,18 @@ def stored_values(image: Image.Image, channels: int, what: str) -> np.ndarray:
         pages = [_band_array(frame.copy()) for frame in ImageSequence.Iterator(image)]
         if len(pages) == channels and all(p.ndim == 2 and p.shape == pages[0].shape for p in pages):
             return np.stack(pages, axis=-1)
-    array = _band_array(image)
+    return band_array(_band_array(image), channels, what, image.mode, frames)
+
+
+def band_array(array: np.ndarray, channels: int, what: str, mode: str, frames: int = 1) -> np.ndarray:
+    """``array`` (H, W) or (H, W, C) decoded from a picture of PIL ``mode`` as (H, W, C), refused
+    in one line naming ``what`` unless C == ``channels`` (the model's ``config.in_channels``)."""
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[-1] != channels:
         paged = f" ({frames} pages)" if frames > 1 else ""
         raise ValueError(
-            f"{what} has {array.shape[-1]} band(s) (mode {image.mode}{paged}) but the model takes {channels} "
+            f"{what} has {array.shape[-1]} band(s) (mode {mode}{paged}) but the model takes {channels} "
             f"(config.in_channels); pass {channels} bands: an (H, W, {channels}) array, a .npy file holding one, "
             f"a TIFF of {channels} bands or {channels} pages"
         )
